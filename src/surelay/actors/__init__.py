@@ -1,0 +1,1 @@
+"""surelay.actors (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""surelay.storage (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""surelay.transports (see DESIGN.md)."""
