@@ -1,0 +1,65 @@
+"""The public exceptions. Every surelay error is a `SurelayError`."""
+
+from __future__ import annotations
+
+__all__ = [
+    "InvalidMessage",
+    "Overloaded",
+    "PermanentError",
+    "RetryTransaction",
+    "RuntimeClosed",
+    "SchemaMismatch",
+    "StorageError",
+    "StorageFull",
+    "SurelayError",
+    "TransientError",
+    "UnknownTransport",
+]
+
+
+class SurelayError(Exception):
+    """Base class of everything surelay raises on purpose."""
+
+
+class InvalidMessage(SurelayError, ValueError):
+    """A message was refused before acceptance; the text names the bad argument."""
+
+
+class UnknownTransport(SurelayError, KeyError):
+    """`send` named a transport the runtime was not given."""
+
+
+class Overloaded(SurelayError):
+    """Refused by pressure before acceptance; try again after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RuntimeClosed(SurelayError):
+    """The runtime is closed (or closing) and admits nothing."""
+
+
+class TransientError(SurelayError):
+    """Raised by a transport: try again later, by the retry policy."""
+
+
+class PermanentError(SurelayError):
+    """Raised by a transport: this message can never be delivered; dead-letter it."""
+
+
+class StorageError(SurelayError):
+    """The store cannot do what was asked; the text says why and what to do."""
+
+
+class StorageFull(StorageError):
+    """The LMDB map is at its configured maximum; the write was not made."""
+
+
+class RetryTransaction(StorageError):
+    """A host transaction hit a full map; the map was grown: run the transaction again."""
+
+
+class SchemaMismatch(StorageError):
+    """The data directory was written by an incompatible schema version."""

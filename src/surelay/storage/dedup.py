@@ -1,0 +1,83 @@
+"""Dedup records: idempotency keys already delivered, each with an expiry.
+
+An expiry index (expires_at, key) lets the TTL sweep remove exactly the expired records
+in time proportional to their number.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable
+
+from surelay.storage.codec import DecodeError, decode_dedup, encode_dedup
+from surelay.storage.environment import Environment, Txn
+from surelay.storage.keys import micros, text_key
+from surelay.storage.records import DedupRecord
+
+__all__ = ["Dedup"]
+
+Report = Callable[[str, bytes, bytes, Exception], None]
+
+
+class Dedup:
+    def __init__(self, env: Environment, report: Report) -> None:
+        self._db = env.db("dedup")
+        self._exp = env.db("dedup_exp")
+        self._report = report
+
+    def put(self, txn: Txn, key: str, *, delivered_at: float, expires_at: float) -> DedupRecord:
+        """Record `key` as delivered (replacing an earlier record of it)."""
+        k = text_key(key)
+        old = txn.get(k, db=self._db)
+        if old is not None:
+            # If undecodable, it is overwritten below; its stale index entry is skipped.
+            with contextlib.suppress(DecodeError):
+                txn.delete(micros(decode_dedup(bytes(old))[1]) + k, db=self._exp)
+        txn.put(k, encode_dedup(delivered_at, expires_at), db=self._db)
+        txn.put(micros(expires_at) + k, b"", db=self._exp)
+        return DedupRecord(key, delivered_at, expires_at)
+
+    def get(self, txn: Txn, key: str, *, now: float) -> DedupRecord | None:
+        """The live record of `key`, or None (absent or expired)."""
+        k = text_key(key)
+        raw = txn.get(k, db=self._db)
+        if raw is None:
+            return None
+        try:
+            delivered_at, expires_at = decode_dedup(bytes(raw))
+        except DecodeError as error:
+            self._report("dedup", k, bytes(raw), error)
+            return None
+        if expires_at <= now:
+            return None
+        return DedupRecord(key, delivered_at, expires_at)
+
+    def seen(self, txn: Txn, keys: Iterable[str], *, now: float) -> set[str]:
+        """Which of `keys` were delivered and have not expired (one lookup each)."""
+        return {key for key in keys if self.get(txn, key, now=now) is not None}
+
+    def sweep(self, txn: Txn, *, now: float, limit: int | None = None) -> int:
+        """Delete records that expired at or before `now`; returns how many."""
+        bound = micros(now)
+        cursor = txn.cursor(db=self._exp)
+        removed = 0
+        while cursor.first():
+            index_key = bytes(cursor.key())
+            if index_key[:8] > bound or (limit is not None and removed >= limit):
+                break
+            k = index_key[8:]
+            raw = txn.get(k, db=self._db)
+            if raw is not None:
+                try:
+                    current = micros(decode_dedup(bytes(raw))[1]) == index_key[:8]
+                except DecodeError as error:
+                    self._report("dedup", k, bytes(raw), error)
+                    current = False
+                if current:
+                    txn.delete(k, db=self._db)
+                    removed += 1
+            cursor.delete()
+        return removed
+
+    def count(self, txn: Txn) -> int:
+        return int(txn.stat(self._db)["entries"])

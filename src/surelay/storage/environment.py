@@ -1,0 +1,304 @@
+"""The LMDB environment of one data directory: tables, schema version, map growth.
+
+LMDB rules this module keeps so the rest of surelay need not think about them:
+- one write transaction at a time in this process (a lock; LMDB's own lock covers other
+  processes, so the CLI may write beside a running host);
+- the map may only be resized while *no* transaction is open in this process, so every
+  transaction passes a gate that a resize closes and waits to drain;
+- when another process grew the map, our next transaction adopts the new size.
+
+Never wait for a group-commit future while holding a transaction from here: a map
+resize waits for that transaction to end, and the writer waits for the resize.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import lmdb
+
+from surelay.errors import SchemaMismatch, StorageError, StorageFull
+from surelay.storage.keys import from_u64, u64
+
+__all__ = ["SCHEMA_VERSION", "TABLES", "Environment", "Txn"]
+
+logger = logging.getLogger("surelay.storage")
+
+Txn = Any  # lmdb.Transaction: py-lmdb ships no type information
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+TABLES = (
+    "meta",
+    "outbox",
+    "outbox_id",
+    "outbox_due",
+    "outbox_part",
+    "dead",
+    "dead_idx",
+    "dedup",
+    "dedup_exp",
+    "replay",
+    "quarantine",
+)
+HOST_TABLE_PREFIX = "host."
+MIGRATIONS: dict[int, Callable[[Txn, dict[str, Any]], None]] = {}
+"""`MIGRATIONS[n]` upgrades a schema-n directory to n+1 inside one write transaction."""
+
+
+class _Gate:
+    """Shared for transactions, exclusive for a map resize."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._active = 0
+        self._resizing = False
+
+    def enter(self) -> None:
+        with self._lock:
+            while self._resizing:
+                self._changed.wait()
+            self._active += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self._active -= 1
+            if self._resizing and self._active == 0:
+                self._changed.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._lock:
+            while self._resizing:
+                self._changed.wait()
+            self._resizing = True
+            while self._active:
+                self._changed.wait()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._resizing = False
+                self._changed.notify_all()
+
+
+class Environment:
+    """An open data directory. Create with `Environment.open`."""
+
+    def __init__(
+        self, env: Any, path: Path, dbs: dict[str, Any], max_map_size: int, durability: str
+    ) -> None:
+        self._env = env
+        self.path = path
+        self._dbs = dbs
+        self.max_map_size = max_map_size
+        self.durability = durability
+        self._gate = _Gate()
+        self._write_lock = threading.Lock()
+        self._closed = False
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        map_size: int,
+        max_map_size: int,
+        durability: str = "sync",
+        create: bool = True,
+        host_tables: int = 32,
+    ) -> Environment:
+        if durability not in ("sync", "async"):
+            raise ValueError(f"durability must be 'sync' or 'async', got {durability!r}")
+        if map_size <= 0 or max_map_size < map_size:
+            raise ValueError(
+                f"need 0 < map_size <= max_map_size, got map_size={map_size}, "
+                f"max_map_size={max_map_size}"
+            )
+        where = Path(path)
+        if where.exists() and not where.is_dir():
+            raise StorageError(f"{where} is not a directory")
+        if not where.exists():
+            if not create:
+                raise StorageError(f"{where} does not exist (no surelay data directory there)")
+            where.mkdir(mode=0o700, parents=True)
+        elif not create and not (where / "data.mdb").exists():
+            raise StorageError(f"{where} is not a surelay data directory (no data.mdb)")
+        try:
+            env = lmdb.open(
+                str(where),
+                map_size=map_size,
+                max_dbs=len(TABLES) + host_tables,
+                mode=0o700,
+                sync=durability == "sync",
+                metasync=durability == "sync",
+                max_readers=256,
+            )
+        except lmdb.Error as error:
+            raise StorageError(
+                f"cannot open {where} as a surelay data directory: {error}"
+            ) from error
+        try:
+            dbs = {name: env.open_db(name.encode(), create=True) for name in TABLES}
+            _check_schema(env, dbs, where)
+        except BaseException:
+            env.close()
+            raise
+        return cls(env, where, dbs, max_map_size, durability)
+
+    # -- tables --------------------------------------------------------------------------
+
+    def db(self, name: str) -> Any:
+        return self._dbs[name]
+
+    def host_db(self, name: str) -> Any:
+        """A named database of the host's own (kept apart from surelay's tables)."""
+        full = HOST_TABLE_PREFIX + name
+        handle = self._dbs.get(full)
+        if handle is None:
+            self._gate.enter()
+            try:
+                with self._write_lock:
+                    handle = self._dbs[full] = self._env.open_db(full.encode(), create=True)
+            except lmdb.DbsFullError as error:
+                raise StorageError(f"too many host tables; cannot open {name!r}") from error
+            finally:
+                self._gate.leave()
+        return handle
+
+    @property
+    def map_size(self) -> int:
+        return int(self._env.info()["map_size"])
+
+    def usage(self) -> tuple[int, int]:
+        """(map size, bytes in use) in bytes."""
+        info = self._env.info()
+        used = int(self._env.stat()["psize"]) * (int(info["last_pgno"]) + 1)
+        return int(info["map_size"]), used
+
+    # -- transactions --------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Txn]:
+        """A read-only snapshot."""
+        self._check_open()
+        self._gate.enter()
+        try:
+            txn = self._begin(write=False)
+            try:
+                yield txn
+            finally:
+                txn.abort()
+        finally:
+            self._gate.leave()
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Txn]:
+        """A write transaction, committed on normal exit and aborted on an exception.
+
+        `lmdb.MapFullError` escapes as is: the caller decides whether to `grow` and retry
+        (the group-commit writer does) or to report it (see `Store.transaction`).
+        """
+        self._check_open()
+        with self._write_lock:
+            self._gate.enter()
+            try:
+                txn = self._begin(write=True)
+                try:
+                    yield txn
+                except BaseException:
+                    txn.abort()
+                    raise
+                txn.commit()
+            finally:
+                self._gate.leave()
+
+    def _begin(self, *, write: bool) -> Txn:
+        try:
+            return self._env.begin(write=write)
+        except lmdb.MapResizedError:
+            # Another process grew the map: adopt its size. We hold the gate shared, so
+            # step out, resize exclusively, step back in.
+            self._gate.leave()
+            try:
+                with self._gate.exclusive():
+                    self._env.set_mapsize(0)
+            finally:
+                self._gate.enter()
+            return self._env.begin(write=write)
+
+    def grow(self) -> int:
+        """Double the map (up to `max_map_size`); `StorageFull` if it is there already.
+
+        Call with no transaction open in this thread.
+        """
+        with self._gate.exclusive():
+            current = self.map_size
+            if current >= self.max_map_size:
+                raise StorageFull(
+                    f"the store at {self.path} is full: its map is at max_map_size "
+                    f"({self.max_map_size} bytes); raise max_map_size or free space "
+                    "(purge dead letters, sweep dedup records)"
+                )
+            target = min(current * 2, self.max_map_size)
+            self._env.set_mapsize(target)
+        logger.warning("grew the LMDB map of %s from %d to %d bytes", self.path, current, target)
+        return target
+
+    def sync(self) -> None:
+        """Flush OS buffers to disk (for `durability="async"`)."""
+        if not self._closed:
+            self._env.sync(True)
+
+    def stat(self, name: str) -> dict[str, int]:
+        with self.read() as txn:
+            return dict(txn.stat(self._dbs[name]))
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        with self._write_lock, self._gate.exclusive():
+            self._closed = True
+            self._env.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StorageError(f"the store at {self.path} is closed")
+
+
+def _check_schema(env: Any, dbs: dict[str, Any], where: Path) -> None:
+    meta = dbs["meta"]
+    with env.begin(write=True) as txn:
+        raw = txn.get(b"schema", db=meta)
+        if raw is None:
+            txn.put(b"schema", u64(SCHEMA_VERSION), db=meta)
+            return
+        found = from_u64(raw)
+        if found > SCHEMA_VERSION:
+            raise SchemaMismatch(
+                f"{where} was written by a newer surelay (schema {found}); this version "
+                f"reads schema {SCHEMA_VERSION} and older: upgrade surelay to open it"
+            )
+        while found < SCHEMA_VERSION:
+            migrate = MIGRATIONS.get(found)
+            if migrate is None:
+                raise SchemaMismatch(
+                    f"{where} uses schema {found}, which this surelay cannot migrate to "
+                    f"{SCHEMA_VERSION}; open it with the surelay release that wrote it and "
+                    "drain it first"
+                )
+            migrate(txn, dbs)
+            found += 1
+            txn.put(b"schema", u64(found), db=meta)
+            logger.warning("migrated %s to schema %d", where, found)

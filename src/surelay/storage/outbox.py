@@ -1,0 +1,152 @@
+"""The outbox: accepted messages not yet delivered or dead-lettered.
+
+Keyed by acceptance sequence, with indexes by message id, by due time ("everything due
+by T") and by partition ("everything for partition P, in order"). Functions take the
+caller's transaction so compound operations stay atomic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from surelay.envelope import Envelope
+from surelay.storage.codec import DecodeError, decode, encode
+from surelay.storage.environment import Environment, Txn
+from surelay.storage.keys import from_u64, micros, text_key, u16, u64
+from surelay.storage.records import OutboxEntry
+
+__all__ = ["Outbox"]
+
+Report = Callable[[str, bytes, bytes, Exception], None]
+MAX_PARTITIONS = 1 << 16
+
+
+class Outbox:
+    def __init__(self, env: Environment, report: Report) -> None:
+        self._main = env.db("outbox")
+        self._ids = env.db("outbox_id")
+        self._due = env.db("outbox_due")
+        self._part = env.db("outbox_part")
+        self._meta = env.db("meta")
+        self._report = report
+
+    def _next_seq(self, txn: Txn) -> int:
+        raw = txn.get(b"outbox_seq", db=self._meta)
+        seq = from_u64(raw) + 1 if raw is not None else 1
+        txn.put(b"outbox_seq", u64(seq), db=self._meta)
+        return seq
+
+    def _load(self, txn: Txn, seq_key: bytes) -> OutboxEntry | None:
+        raw = txn.get(seq_key, db=self._main)
+        if raw is None:
+            return None
+        try:
+            return decode(OutboxEntry, raw)
+        except DecodeError as error:
+            self._report("outbox", bytes(seq_key), bytes(raw), error)
+            return None
+
+    def enqueue(
+        self, txn: Txn, envelope: Envelope, *, partition: int, due_at: float
+    ) -> OutboxEntry:
+        """Add an accepted message; `ValueError` if its id is already in the outbox."""
+        if not 0 <= partition < MAX_PARTITIONS:
+            raise ValueError(f"partition must be in [0, {MAX_PARTITIONS}), got {partition}")
+        id_key = text_key(envelope.message_id)
+        if txn.get(id_key, db=self._ids) is not None:
+            raise ValueError(f"message {envelope.message_id!r} is already in the outbox")
+        entry = OutboxEntry(self._next_seq(txn), envelope, due_at, partition)
+        seq = u64(entry.seq)
+        txn.put(seq, encode(entry), db=self._main)
+        txn.put(id_key, seq, db=self._ids)
+        txn.put(micros(due_at) + seq, b"", db=self._due)
+        txn.put(u16(partition) + seq, b"", db=self._part)
+        return entry
+
+    def get(self, txn: Txn, message_id: str) -> OutboxEntry | None:
+        seq = txn.get(text_key(message_id), db=self._ids)
+        return None if seq is None else self._load(txn, bytes(seq))
+
+    def reschedule(
+        self, txn: Txn, message_id: str, *, attempt: int, due_at: float
+    ) -> OutboxEntry | None:
+        """Set the next attempt number and when it is due; None if not in the outbox."""
+        entry = self.get(txn, message_id)
+        if entry is None:
+            return None
+        seq = u64(entry.seq)
+        txn.delete(micros(entry.due_at) + seq, db=self._due)
+        updated = replace(entry, envelope=replace(entry.envelope, attempt=attempt), due_at=due_at)
+        txn.put(seq, encode(updated), db=self._main)
+        txn.put(micros(due_at) + seq, b"", db=self._due)
+        return updated
+
+    def remove(self, txn: Txn, message_id: str) -> OutboxEntry | None:
+        """Remove a message and its index entries; returns it, or None if absent."""
+        id_key = text_key(message_id)
+        seq = txn.get(id_key, db=self._ids)
+        if seq is None:
+            return None
+        seq = bytes(seq)
+        entry = self._load(txn, seq)
+        txn.delete(id_key, db=self._ids)
+        txn.delete(seq, db=self._main)
+        if entry is not None:
+            txn.delete(micros(entry.due_at) + seq, db=self._due)
+            txn.delete(u16(entry.partition) + seq, db=self._part)
+        return entry
+
+    def scan(self, txn: Txn, *, after: int = 0, limit: int | None = None) -> list[OutboxEntry]:
+        """Entries in acceptance order, after sequence number `after`."""
+        out: list[OutboxEntry] = []
+        cursor = txn.cursor(db=self._main)
+        if not cursor.set_range(u64(after + 1)):
+            return out
+        for key in cursor.iternext(keys=True, values=False):
+            entry = self._load(txn, bytes(key))
+            if entry is not None:
+                out.append(entry)
+                if limit is not None and len(out) >= limit:
+                    break
+        return out
+
+    def due(self, txn: Txn, until: float, *, limit: int | None = None) -> list[OutboxEntry]:
+        """Entries due at or before `until`, earliest first."""
+        bound = micros(until)
+        return self._via_index(txn, self._due, b"", lambda k: k[:8] <= bound, limit)
+
+    def in_partition(
+        self, txn: Txn, partition: int, *, after: int = 0, limit: int | None = None
+    ) -> list[OutboxEntry]:
+        """Entries of one partition in acceptance order, after sequence number `after`."""
+        prefix = u16(partition)
+        start = prefix + u64(after + 1)
+        return self._via_index(txn, self._part, start, lambda k: k[:2] == prefix, limit)
+
+    def _via_index(
+        self,
+        txn: Txn,
+        index: Any,
+        start: bytes,
+        keep_going: Callable[[bytes], bool],
+        limit: int | None,
+    ) -> list[OutboxEntry]:
+        out: list[OutboxEntry] = []
+        cursor = txn.cursor(db=index)
+        if not cursor.set_range(start):
+            return out
+        for found in cursor.iternext(keys=True, values=False):
+            index_entry = bytes(found)
+            if not keep_going(index_entry):
+                break
+            entry = self._load(txn, index_entry[-8:])
+            if entry is not None:
+                out.append(entry)
+                if limit is not None and len(out) >= limit:
+                    break
+        return out
+
+    def count(self, txn: Txn) -> int:
+        return int(txn.stat(self._main)["entries"])

@@ -1,0 +1,122 @@
+"""The records surelay persists, as frozen dataclasses (encoded by `codec`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
+
+from surelay.envelope import Envelope, Priority
+
+__all__ = [
+    "DEAD_LETTER_STATUSES",
+    "REASON_CLASSES",
+    "DeadLetter",
+    "DedupRecord",
+    "OutboxEntry",
+    "QuarantinedRecord",
+    "ReplayRequest",
+]
+
+DEAD_LETTER_STATUSES = ("dead", "replaying", "replayed", "archived")
+REASON_CLASSES = ("exhausted", "permanent", "invalid", "expired", "crash")
+
+DeadLetterStatus = Literal["dead", "replaying", "replayed", "archived"]
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """An accepted message not yet delivered or dead-lettered.
+
+    `seq` orders acceptance; `envelope.attempt` is the attempt to make next, at `due_at`
+    (epoch seconds); `partition` is the sender partition it was accepted for.
+    """
+
+    seq: int
+    envelope: Envelope
+    due_at: float
+    partition: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message that could not be delivered, with why and what happened to it since.
+
+    `status`: `dead` (waiting for an operator), `replaying` (leased by a replay worker
+    until `lease_until`), `replayed`, or `archived`.
+    """
+
+    id: str
+    message_id: str
+    key: str | None
+    transport: str
+    payload: bytes
+    headers: Mapping[str, str]
+    idempotency_key: str
+    priority: Priority
+    trace_id: str | None
+    reason_class: str
+    reason: str
+    error_type: str | None
+    attempts: int
+    first_attempt_at: float
+    failed_at: float
+    status: str = "dead"
+    replay_count: int = 0
+    lease_until: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.reason_class not in REASON_CLASSES:
+            raise ValueError(
+                f"reason_class must be one of {REASON_CLASSES}, got {self.reason_class!r}"
+            )
+        if self.status not in DEAD_LETTER_STATUSES:
+            raise ValueError(f"status must be one of {DEAD_LETTER_STATUSES}, got {self.status!r}")
+        if not isinstance(self.headers, MappingProxyType):
+            object.__setattr__(self, "headers", MappingProxyType(dict(self.headers)))
+
+
+@dataclass(frozen=True, slots=True)
+class DedupRecord:
+    """An idempotency key that was delivered; it suppresses duplicates until `expires_at`."""
+
+    key: str
+    delivered_at: float
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayRequest:
+    """A replay asked for by an operator (often from another process, via the CLI).
+
+    Either `ids` or the filters select the records. `status`: `pending` until the runtime
+    owning the directory takes it, then `running`, then `done` (or `failed` with `error`).
+    `progress` holds the report's counters as they grow.
+    """
+
+    id: str
+    created_at: float
+    ids: tuple[str, ...] | None = None
+    filters: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    rate: float | None = None
+    status: str = "pending"
+    progress: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    updated_at: float = 0.0
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantinedRecord:
+    """A stored record that could not be decoded, kept with the reason instead of lost."""
+
+    table: str
+    key: bytes
+    raw: bytes
+    error: str
+    at: float
+
+
+def as_dict(record: Any) -> dict[str, Any]:
+    """A record's fields as a plain dict (for JSON output)."""
+    return {name: getattr(record, name) for name in record.__dataclass_fields__}

@@ -1,0 +1,48 @@
+"""Replay requests: what an operator asked for (often from the CLI, in another process)
+for the runtime owning the directory to carry out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from surelay.storage.codec import DecodeError, decode, encode
+from surelay.storage.environment import Environment, Txn
+from surelay.storage.records import ReplayRequest
+
+__all__ = ["ReplayRequests"]
+
+Report = Callable[[str, bytes, bytes, Exception], None]
+
+
+class ReplayRequests:
+    def __init__(self, env: Environment, report: Report) -> None:
+        self._db = env.db("replay")
+        self._report = report
+
+    def put(self, txn: Txn, request: ReplayRequest) -> ReplayRequest:
+        """Store (or update) a request."""
+        txn.put(request.id.encode("utf-8"), encode(request), db=self._db)
+        return request
+
+    def get(self, txn: Txn, request_id: str) -> ReplayRequest | None:
+        key = request_id.encode("utf-8")
+        raw = txn.get(key, db=self._db)
+        return None if raw is None else self._decode(key, raw)
+
+    def list(self, txn: Txn, *, status: str | None = None, limit: int = 100) -> list[ReplayRequest]:
+        """Requests oldest first (ids are time-ordered), optionally of one status."""
+        out = []
+        for key, raw in txn.cursor(db=self._db):
+            request = self._decode(bytes(key), raw)
+            if request is not None and (status is None or request.status == status):
+                out.append(request)
+                if len(out) >= limit:
+                    break
+        return out
+
+    def _decode(self, key: bytes, raw: bytes) -> ReplayRequest | None:
+        try:
+            return decode(ReplayRequest, raw)
+        except DecodeError as error:
+            self._report("replay", key, bytes(raw), error)
+            return None

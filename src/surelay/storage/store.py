@@ -1,0 +1,263 @@
+"""`Store`: the one place surelay persists anything.
+
+One LMDB environment per data directory, its tables, the group-commit writer, and the
+compound operations the runtime needs, each one atomic write transaction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import lmdb
+
+from surelay.envelope import Envelope
+from surelay.errors import RetryTransaction, StorageError, StorageFull
+from surelay.storage.dead_letters import DeadLetters
+from surelay.storage.dedup import Dedup
+from surelay.storage.environment import Environment, Txn
+from surelay.storage.outbox import Outbox
+from surelay.storage.quarantine import Quarantine
+from surelay.storage.records import DEAD_LETTER_STATUSES, DeadLetter, OutboxEntry
+from surelay.storage.replay_requests import ReplayRequests
+from surelay.storage.writer import GroupCommitWriter
+
+__all__ = ["Store", "StoreStats"]
+
+T = TypeVar("T")
+
+_OPEN: set[Path] = set()
+_OPEN_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    """Sizes of the tables and of the map, read without scanning."""
+
+    outbox_pending: int
+    dead_letters: dict[str, int]
+    dedup_records: int
+    quarantined: int
+    map_size: int
+    map_used: int
+    commits: int
+    operations: int
+
+
+class Store:
+    """An open data directory. Open with `Store.open`, close with `close()`.
+
+    Reads: `with store.read() as txn:` then the table accessors (`store.outbox.scan(txn)`,
+    `store.dead_letters.list(txn, ...)`, ...). Writes: the compound operations below, or
+    `store.write(op)` for any function of a write transaction; each returns a future
+    that completes once the write is durable.
+    """
+
+    def __init__(self, env: Environment, clock: Callable[[], float], writer: GroupCommitWriter):
+        self.env = env
+        self.path = env.path
+        self.clock = clock
+        self._writer = writer
+        self.quarantine = Quarantine(env)
+        self.quarantine.attach(writer.submit)
+
+        def report(table: str, key: bytes, raw: bytes, error: Exception) -> None:
+            self.quarantine.report(table, key, raw, error, self.clock())
+
+        self.outbox = Outbox(env, report)
+        self.dead_letters = DeadLetters(env, report)
+        self.dedup = Dedup(env, report)
+        self.replay_requests = ReplayRequests(env, report)
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        map_size: int = 1 << 30,
+        max_map_size: int | None = None,
+        durability: str = "sync",
+        create: bool = True,
+        clock: Callable[[], float] = time.time,
+        max_batch: int = 1024,
+        flush_interval: float = 1.0,
+    ) -> Store:
+        """Open (creating, mode 0o700, if `create`) the data directory at `path`.
+
+        `map_size` is the initial LMDB map; it doubles on demand up to `max_map_size`
+        (default 16 x `map_size`). `durability`: `"sync"` (fsync per commit) or
+        `"async"` (see `surelay.storage.writer`). Raises `StorageError` for a directory
+        that is not a surelay one, `SchemaMismatch` for an incompatible schema. Another
+        process may open the same directory (LMDB's own locking); this process may not
+        open it twice.
+        """
+        real = Path(os.path.realpath(path))
+        with _OPEN_LOCK:
+            if real in _OPEN:
+                raise StorageError(
+                    f"{real} is already open in this process; share the open Store "
+                    "(LMDB forbids opening one environment twice in a process)"
+                )
+            _OPEN.add(real)
+        try:
+            env = Environment.open(
+                real,
+                map_size=map_size,
+                max_map_size=max_map_size if max_map_size is not None else 16 * map_size,
+                durability=durability,
+                create=create,
+            )
+            writer = GroupCommitWriter(env, max_batch=max_batch, flush_interval=flush_interval)
+        except BaseException:
+            with _OPEN_LOCK:
+                _OPEN.discard(real)
+            raise
+        return cls(env, clock, writer)
+
+    # -- transactions --------------------------------------------------------------------
+
+    def read(self) -> contextlib.AbstractContextManager[Txn]:
+        """A read-only snapshot for the table accessors."""
+        return self.env.read()
+
+    def write(self, op: Callable[[Txn], T]) -> Future[T]:
+        """Run `op(txn)` in the next group commit; see `surelay.storage.writer`."""
+        return self._writer.submit(op)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Txn]:
+        """A write transaction for the host's own tables (`host_table`), committed when
+        the block ends and aborted if it raises. `store.outbox.enqueue(txn, ...)` inside
+        it puts messages in the outbox in the same transaction.
+
+        It waits for the group-commit writer's current batch (one writer at a time);
+        do not wait on store futures inside it. If the map fills up, the map is grown and
+        `RetryTransaction` raised (nothing was written): run the block again.
+        """
+        try:
+            with self.env.write() as txn:
+                yield txn
+        except lmdb.MapFullError as error:
+            try:
+                size = self.env.grow()
+            except StorageFull as full:
+                raise full from error
+            raise RetryTransaction(
+                f"the map was full and has grown to {size} bytes; nothing was written: "
+                "run the transaction again"
+            ) from error
+
+    def host_table(self, name: str) -> Any:
+        """The handle of a named database of the host's own, for use in `transaction()`."""
+        return self.env.host_db(name)
+
+    # -- compound operations -------------------------------------------------------------
+
+    def enqueue(
+        self, envelopes: Sequence[tuple[Envelope, int]], *, due_at: float | None = None
+    ) -> Future[list[OutboxEntry]]:
+        """Accept (envelope, partition) pairs into the outbox, all or none."""
+        at = self.clock() if due_at is None else due_at
+
+        def op(txn: Txn) -> list[OutboxEntry]:
+            return [self.outbox.enqueue(txn, e, partition=p, due_at=at) for e, p in envelopes]
+
+        return self.write(op)
+
+    def reschedule(
+        self, message_id: str, *, attempt: int, due_at: float
+    ) -> Future[OutboxEntry | None]:
+        return self.write(
+            lambda txn: self.outbox.reschedule(txn, message_id, attempt=attempt, due_at=due_at)
+        )
+
+    def delivered(
+        self, message_id: str, *, idempotency_key: str, delivered_at: float, expires_at: float
+    ) -> Future[bool]:
+        """Record the delivery (dedup record) and remove it from the outbox, atomically.
+        The future holds whether the message was still in the outbox."""
+
+        def op(txn: Txn) -> bool:
+            self.dedup.put(txn, idempotency_key, delivered_at=delivered_at, expires_at=expires_at)
+            return self.outbox.remove(txn, message_id) is not None
+
+        return self.write(op)
+
+    def dead_lettered(self, record: DeadLetter) -> Future[DeadLetter]:
+        """Store a dead letter and remove its message from the outbox, atomically."""
+
+        def op(txn: Txn) -> DeadLetter:
+            self.dead_letters.insert(txn, record)
+            self.outbox.remove(txn, record.message_id)
+            return record
+
+        return self.write(op)
+
+    def replayed(
+        self, dead_letter_id: str, *, delivered_at: float, expires_at: float
+    ) -> Future[DeadLetter]:
+        """Mark a leased dead letter `replayed` and record its idempotency key as
+        delivered, atomically."""
+
+        def op(txn: Txn) -> DeadLetter:
+            record = self.dead_letters.get(txn, dead_letter_id)
+            if record is None:
+                raise KeyError(f"no dead letter {dead_letter_id!r}")
+            self.dedup.put(
+                txn, record.idempotency_key, delivered_at=delivered_at, expires_at=expires_at
+            )
+            return self.dead_letters.transition(
+                txn, dead_letter_id, "replayed", replay_count=record.replay_count + 1
+            )
+
+        return self.write(op)
+
+    def sweep_dedup(self, *, now: float | None = None, limit: int | None = None) -> Future[int]:
+        """Remove dedup records expired by `now` (default: the clock)."""
+        at = self.clock() if now is None else now
+        return self.write(lambda txn: self.dedup.sweep(txn, now=at, limit=limit))
+
+    def sweep_dead_letters(
+        self, ttl: float, *, now: float | None = None, limit: int | None = None
+    ) -> Future[int]:
+        """Retention: remove dead letters that failed more than `ttl` seconds ago."""
+        cutoff = (self.clock() if now is None else now) - ttl
+        return self.write(lambda txn: self.dead_letters.sweep(txn, cutoff=cutoff, limit=limit))
+
+    # -- introspection and life cycle ----------------------------------------------------
+
+    def stats(self) -> StoreStats:
+        map_size, map_used = self.env.usage()
+        with self.read() as txn:
+            return StoreStats(
+                outbox_pending=self.outbox.count(txn),
+                dead_letters={s: self.dead_letters.count(txn, s) for s in DEAD_LETTER_STATUSES},
+                dedup_records=self.dedup.count(txn),
+                quarantined=self.quarantine.count(txn),
+                map_size=map_size,
+                map_used=map_used,
+                commits=self._writer.commits,
+                operations=self._writer.operations,
+            )
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Commit what is queued, stop the writer, close the environment. Idempotent."""
+        if self.env.closed:
+            return
+        self._writer.close(timeout)
+        self.env.close()
+        with _OPEN_LOCK:
+            _OPEN.discard(self.path)
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
