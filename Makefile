@@ -29,6 +29,7 @@ test: lint typecheck pytest
 
 bench: $(DEV_STAMP)
 	$(BIN)/python benchmarks/supervision.py
+	$(BIN)/python benchmarks/storage.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -138,7 +138,9 @@ class DeadLetters:
             raise ValueError(
                 f"dead letter {dead_letter_id!r} is {record.status!r}; it cannot become {to!r}"
             )
-        lease = changes.pop("lease_until", None) if to == "replaying" else None
+        lease = changes.pop("lease_until", None)
+        if to != "replaying":
+            lease = None  # only a replaying record holds a lease
         updated = replace(record, status=to, lease_until=lease, **changes)
         self._write(txn, record, updated)
         return updated

@@ -102,6 +102,7 @@ class Environment:
         self.durability = durability
         self._gate = _Gate()
         self._write_lock = threading.Lock()
+        self._local = threading.local()  # .writing: this thread holds the write lock
         self._closed = False
 
     @classmethod
@@ -159,10 +160,19 @@ class Environment:
         return self._dbs[name]
 
     def host_db(self, name: str) -> Any:
-        """A named database of the host's own (kept apart from surelay's tables)."""
+        """A named database of the host's own (kept apart from surelay's tables).
+
+        Opening one takes a write transaction, so a table must be opened once before it
+        is first used inside `write()`; asking for a new one there is an error.
+        """
         full = HOST_TABLE_PREFIX + name
         handle = self._dbs.get(full)
         if handle is None:
+            if getattr(self._local, "writing", False):
+                raise StorageError(
+                    f"host table {name!r} is not open yet and this thread is inside a write "
+                    "transaction; call host_table() once before the transaction"
+                )
             self._gate.enter()
             try:
                 with self._write_lock:
@@ -207,8 +217,11 @@ class Environment:
         (the group-commit writer does) or to report it (see `Store.transaction`).
         """
         self._check_open()
+        if getattr(self._local, "writing", False):
+            raise StorageError("a write transaction is already open in this thread")
         with self._write_lock:
             self._gate.enter()
+            self._local.writing = True
             try:
                 txn = self._begin(write=True)
                 try:
@@ -218,6 +231,7 @@ class Environment:
                     raise
                 txn.commit()
             finally:
+                self._local.writing = False
                 self._gate.leave()
 
     def _begin(self, *, write: bool) -> Txn:

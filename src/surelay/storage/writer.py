@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -103,6 +104,7 @@ class GroupCommitWriter:
 
     def _run(self) -> None:
         asynchronous = self._env.durability == "async"
+        last_batch = 0
         while True:
             with self._lock:
                 while not self._queue and not self._closing:
@@ -113,8 +115,15 @@ class GroupCommitWriter:
                         self._wake.wait()
                 if not self._queue and self._closing:
                     break
+            if last_batch > 1:
+                # Several callers just had their futures completed and are about to
+                # submit again; letting them run first turns a batch of one into a batch
+                # of many. (With one caller this would only add latency.)
+                time.sleep(0)
+            with self._lock:
                 take = min(len(self._queue), self._max_batch)
                 batch = [self._queue.popleft() for _ in range(take)]
+            last_batch = len(batch)
             if batch:
                 self._commit(batch)
                 self._unsynced = asynchronous

@@ -1,0 +1,104 @@
+"""Every stored record survives encode/decode; bad bytes raise DecodeError, never more."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from surelay.envelope import Envelope
+from surelay.storage import DecodeError, OutboxEntry, QuarantinedRecord, ReplayRequest
+from surelay.storage.codec import decode, decode_dedup, encode, encode_dedup
+from surelay.storage.keys import index_prefix, micros, new_id, text_key
+from surelay.storage.records import DeadLetter
+
+from .builders import dead_letters, envelopes, times
+
+
+@given(
+    seq=st.integers(1, 2**63),
+    envelope=envelopes,
+    due=times,
+    partition=st.integers(0, 65535),
+)
+def test_outbox_entry_round_trip(seq: int, envelope: object, due: float, partition: int) -> None:
+    entry = OutboxEntry(seq, envelope, due, partition)  # type: ignore[arg-type]
+    assert decode(OutboxEntry, encode(entry)) == entry
+
+
+@given(dead_letters)
+def test_dead_letter_round_trip(record: DeadLetter) -> None:
+    assert decode(DeadLetter, encode(record)) == record
+
+
+@given(
+    ids=st.none() | st.lists(st.text(max_size=26), max_size=5).map(tuple),
+    filters=st.dictionaries(st.sampled_from(["key", "transport", "reason_class"]), st.text()),
+    rate=st.none() | st.floats(0.1, 1e6),
+    status=st.sampled_from(["pending", "running", "done", "failed"]),
+    progress=st.dictionaries(st.text(max_size=10), st.integers(0, 10**9), max_size=5),
+    error=st.none() | st.text(),
+)
+def test_replay_request_round_trip(**fields: object) -> None:
+    request = ReplayRequest(id=new_id(None), created_at=1.5, updated_at=2.5, **fields)  # type: ignore[arg-type]
+    assert decode(ReplayRequest, encode(request)) == request
+
+
+@given(st.text(), st.binary(), st.binary(), st.text(), times)
+def test_quarantined_record_round_trip(
+    table: str, key: bytes, raw: bytes, error: str, at: float
+) -> None:
+    record = QuarantinedRecord(table, key, raw, error, at)
+    assert decode(QuarantinedRecord, encode(record)) == record
+
+
+@given(times, times)
+def test_dedup_value_round_trip(delivered_at: float, expires_at: float) -> None:
+    assert decode_dedup(encode_dedup(delivered_at, expires_at)) == (delivered_at, expires_at)
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        (b"\xc1", "not msgpack"),
+        (msgpack.packb({"v": 1}), "versioned array"),
+        (msgpack.packb([99, 1, 2]), "unknown record version 99"),
+        (msgpack.packb([1, 2]), "expected 19 fields"),
+    ],
+)
+def test_bad_bytes_raise_decode_error(raw: bytes, why: str) -> None:
+    with pytest.raises(DecodeError, match=why):
+        decode(DeadLetter, raw)
+
+
+def test_bad_field_types_raise_decode_error() -> None:
+    items = msgpack.unpackb(encode(OutboxEntry(1, _envelope(), 0.0, 0)))
+    items[7] = "no such priority"
+    with pytest.raises(DecodeError, match="OutboxEntry"):
+        decode(OutboxEntry, msgpack.packb(items))
+    with pytest.raises(DecodeError, match="DedupRecord"):
+        decode_dedup(b"\x02" + bytes(16))
+
+
+def _envelope() -> Envelope:
+    return Envelope("m", "t", b"")
+
+
+@given(st.lists(times, min_size=2, max_size=20))
+def test_time_keys_sort_like_times(values: list[float]) -> None:
+    assert sorted(values, key=micros) == sorted(values, key=lambda v: round(v * 1e6))
+
+
+@given(st.lists(times, min_size=1, max_size=50))
+def test_ids_made_in_order_sort_in_order(values: list[float]) -> None:
+    ids = [new_id(v) for v in sorted(values)]
+    assert ids == sorted(ids)
+    assert all(len(i) == 26 and i.isascii() for i in ids)
+
+
+@given(st.text())
+def test_text_keys_are_bounded_and_distinct_from_hashes(value: str) -> None:
+    key = text_key(value)
+    assert len(key) <= 400 or (len(key) == 33 and key[0] == 0xFF)
+    assert index_prefix(b"k", value) != index_prefix(b"k", None)
