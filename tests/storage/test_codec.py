@@ -74,7 +74,7 @@ def test_bad_bytes_raise_decode_error(raw: bytes, why: str) -> None:
 
 def test_bad_field_types_raise_decode_error() -> None:
     items = msgpack.unpackb(encode(OutboxEntry(1, _envelope(), 0.0, 0)))
-    items[7] = "no such priority"
+    items[2][5] = "no such priority"  # the envelope's priority
     with pytest.raises(DecodeError, match="OutboxEntry"):
         decode(OutboxEntry, msgpack.packb(items))
     with pytest.raises(DecodeError, match="DedupRecord"):

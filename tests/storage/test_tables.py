@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from surelay.envelope import Envelope
-from surelay.storage import Store
+from surelay.storage import ReplayRequest, Store, new_id
 
 from .conftest import Clock
 
@@ -99,3 +101,17 @@ def test_ttl_sweep_removes_exactly_the_expired(
             left = {k for k in final if s.dedup.get(txn, k, now=-1.0) is not None}
             assert left == set(final) - expected_gone
             assert s.dedup.count(txn) == len(left)
+
+
+def test_replay_requests_wait_in_order_and_update_in_place(store: Store, clock: Clock) -> None:
+    first = ReplayRequest(new_id(clock.now), clock.now, ids=("a", "b"), rate=5.0)
+    second = ReplayRequest(new_id(clock.now + 1), clock.now + 1, filters={"key": "k"})
+    store.write(lambda txn: [store.replay_requests.put(txn, r) for r in (first, second)]).result()
+    with store.read() as txn:
+        assert store.replay_requests.list(txn, status="pending") == [first, second]
+    running = replace(first, status="running", progress={"replayed": 1})
+    store.write(lambda txn: store.replay_requests.put(txn, running)).result()
+    with store.read() as txn:
+        assert store.replay_requests.list(txn, status="pending") == [second]
+        assert store.replay_requests.get(txn, first.id) == running
+        assert store.replay_requests.get(txn, "missing") is None

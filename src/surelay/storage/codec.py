@@ -8,7 +8,7 @@ record of an unknown version, or one that is not a well-formed array, raises
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import msgpack
@@ -50,142 +50,102 @@ def _unpack(raw: bytes, kind: str, width: int) -> list[Any]:
     return items
 
 
-def _envelope(items: list[Any]) -> Envelope:
-    return Envelope(
-        message_id=items[0],
-        transport=items[1],
-        payload=items[2],
-        key=items[3],
-        idempotency_key=items[4],
-        priority=Priority(items[5]),
-        headers=items[6],
-        attempt=items[7],
-        created_at=items[8],
-    )
+# The wire order of each record's fields. Explicit, not dataclass order, so that
+# reordering a dataclass can never change the stored format.
+_WIRE: dict[type[Any], tuple[str, ...]] = {
+    Envelope: (
+        "message_id",
+        "transport",
+        "payload",
+        "key",
+        "idempotency_key",
+        "priority",
+        "headers",
+        "attempt",
+        "created_at",
+    ),
+    OutboxEntry: ("seq", "envelope", "due_at", "partition"),
+    DeadLetter: (
+        "id",
+        "message_id",
+        "key",
+        "transport",
+        "payload",
+        "headers",
+        "idempotency_key",
+        "priority",
+        "trace_id",
+        "reason_class",
+        "reason",
+        "error_type",
+        "attempts",
+        "first_attempt_at",
+        "failed_at",
+        "status",
+        "replay_count",
+        "lease_until",
+    ),
+    ReplayRequest: (
+        "id",
+        "created_at",
+        "ids",
+        "filters",
+        "rate",
+        "status",
+        "progress",
+        "updated_at",
+        "error",
+    ),
+    QuarantinedRecord: ("table", "key", "raw", "error", "at"),
+}
 
 
-def _envelope_items(e: Envelope) -> list[Any]:
-    return [
-        e.message_id,
-        e.transport,
-        e.payload,
-        e.key,
-        e.idempotency_key,
-        e.priority.value,
-        dict(e.headers),
-        e.attempt,
-        e.created_at,
-    ]
+def _to_wire(value: Any) -> Any:
+    if isinstance(value, Priority):
+        return value.value
+    if isinstance(value, Envelope):
+        return [_to_wire(getattr(value, name)) for name in _WIRE[Envelope]]
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return value
 
 
-def _encode(record: Any) -> list[Any]:
-    if isinstance(record, OutboxEntry):
-        return [V1, record.seq, *_envelope_items(record.envelope), record.due_at, record.partition]
-    if isinstance(record, DeadLetter):
-        return [
-            V1,
-            record.id,
-            record.message_id,
-            record.key,
-            record.transport,
-            record.payload,
-            dict(record.headers),
-            record.idempotency_key,
-            record.priority.value,
-            record.trace_id,
-            record.reason_class,
-            record.reason,
-            record.error_type,
-            record.attempts,
-            record.first_attempt_at,
-            record.failed_at,
-            record.status,
-            record.replay_count,
-            record.lease_until,
-        ]
-    if isinstance(record, ReplayRequest):
-        return [
-            V1,
-            record.id,
-            record.created_at,
-            list(record.ids) if record.ids is not None else None,
-            dict(record.filters),
-            record.rate,
-            record.status,
-            dict(record.progress),
-            record.updated_at,
-            record.error,
-        ]
-    if isinstance(record, QuarantinedRecord):
-        return [V1, record.table, record.key, record.raw, record.error, record.at]
-    raise TypeError(f"no encoding for {type(record).__name__}")
+def _from_wire(name: str, value: Any) -> Any:
+    if name == "priority":
+        return Priority(value)
+    if name == "envelope":
+        return _build(Envelope, value)
+    if name == "ids" and value is not None:
+        return tuple(value)
+    return value
+
+
+def _build(kind: type[T], items: list[Any]) -> T:
+    names = _WIRE[kind]
+    if not isinstance(items, list) or len(items) != len(names):
+        raise DecodeError(f"{kind.__name__}: expected {len(names)} fields")
+    return kind(**{name: _from_wire(name, v) for name, v in zip(names, items, strict=True)})
 
 
 def encode(record: Any) -> bytes:
-    """The stored bytes of a record."""
-    return _pack(_encode(record))
-
-
-def _outbox(i: list[Any]) -> OutboxEntry:
-    return OutboxEntry(seq=i[1], envelope=_envelope(i[2:11]), due_at=i[11], partition=i[12])
-
-
-def _dead_letter(i: list[Any]) -> DeadLetter:
-    return DeadLetter(
-        id=i[1],
-        message_id=i[2],
-        key=i[3],
-        transport=i[4],
-        payload=i[5],
-        headers=i[6],
-        idempotency_key=i[7],
-        priority=Priority(i[8]),
-        trace_id=i[9],
-        reason_class=i[10],
-        reason=i[11],
-        error_type=i[12],
-        attempts=i[13],
-        first_attempt_at=i[14],
-        failed_at=i[15],
-        status=i[16],
-        replay_count=i[17],
-        lease_until=i[18],
-    )
-
-
-def _replay_request(i: list[Any]) -> ReplayRequest:
-    return ReplayRequest(
-        id=i[1],
-        created_at=i[2],
-        ids=tuple(i[3]) if i[3] is not None else None,
-        filters=i[4],
-        rate=i[5],
-        status=i[6],
-        progress=i[7],
-        updated_at=i[8],
-        error=i[9],
-    )
-
-
-_DECODERS: dict[type[Any], tuple[int, Callable[[list[Any]], Any]]] = {
-    OutboxEntry: (13, _outbox),
-    DeadLetter: (19, _dead_letter),
-    ReplayRequest: (10, _replay_request),
-    QuarantinedRecord: (6, lambda i: QuarantinedRecord(i[1], i[2], i[3], i[4], i[5])),
-}
+    """The stored bytes of a record: its version, then its fields in wire order."""
+    names = _WIRE.get(type(record))
+    if names is None or isinstance(record, Envelope):
+        raise TypeError(f"no stored encoding for {type(record).__name__}")
+    return _pack([V1, *(_to_wire(getattr(record, name)) for name in names)])
 
 
 def decode(kind: type[T], raw: bytes) -> T:
     """Decode `raw` as a `kind` record; `DecodeError` if it is not one."""
-    width, build = _DECODERS[kind]
-    items = _unpack(bytes(raw), kind.__name__, width)
+    items = _unpack(bytes(raw), kind.__name__, len(_WIRE[kind]) + 1)
     try:
-        record = build(items)
+        return _build(kind, items[1:])
     except (TypeError, ValueError, KeyError) as error:
+        if isinstance(error, DecodeError):
+            raise
         raise DecodeError(f"{kind.__name__}: {error}") from error
-    if not isinstance(record, kind):  # pragma: no cover - the table above is typed by hand
-        raise DecodeError(f"{kind.__name__}: decoded a {type(record).__name__}")
-    return record
 
 
 # Dedup records are read on every send, so they are a fixed-width struct rather than

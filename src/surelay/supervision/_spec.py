@@ -32,8 +32,10 @@ class ChildSpec:
     return an unstarted `surelay.supervision.Actor`. `restart`: `"permanent"` is always
     restarted, `"transient"` only after a crash, `"temporary"` never (its spec is removed
     when it exits). `shutdown`: seconds to wait for the child to stop before abandoning it
-    (`None` waits forever). `significant` children may stop their supervisor when
-    `auto_shutdown` says so; they must be transient or temporary.
+    (`None` waits forever). Python threads cannot be killed: an abandoned child's thread
+    runs on until its handler returns, but takes no further messages, and the caller of
+    the message it is stuck on gets `ActorDeadError`. `significant` children may stop
+    their supervisor when `auto_shutdown` says so; they must be transient or temporary.
     """
 
     id: str
