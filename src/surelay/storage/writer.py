@@ -15,7 +15,9 @@ after LMDB's fsync, does it complete the futures. Many sends share one fsync.
 - With `durability="async"`, commits skip the fsync and the writer flushes every
   `flush_interval` seconds (and on close): a process crash (even kill -9) loses nothing,
   since the OS holds the pages; an OS crash or power loss can lose the commits of the
-  last interval.
+  last interval. LMDB documents that this keeps the file consistent only on a
+  filesystem that preserves write order (ext4's default `data=ordered` does); on
+  others an OS crash may corrupt it. Use `"sync"` where that matters.
 """
 
 from __future__ import annotations
