@@ -1,0 +1,213 @@
+"""Runtime configuration: frozen dataclasses, validated on construction.
+
+Every bad value raises `ValueError` naming the field, so a misconfigured host fails at
+start-up rather than on the first failed delivery.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from surelay.envelope import Priority
+
+__all__ = [
+    "JITTERS",
+    "BreakerPolicy",
+    "Guarantee",
+    "PressurePolicy",
+    "RetryPolicy",
+    "RuntimeConfig",
+]
+
+JITTERS = ("none", "full", "equal", "decorrelated")
+
+
+class Guarantee(enum.Enum):
+    """`AT_LEAST_ONCE`: `send` returns once the message is durable in the outbox.
+    `BEST_EFFORT`: no outbox write (a crash loses what was in flight)."""
+
+    BEST_EFFORT = "best_effort"
+    AT_LEAST_ONCE = "at_least_once"
+
+
+def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
+    ok = isinstance(value, int | float) and math.isfinite(value)
+    ok = ok and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+
+
+def _count(name: str, value: int, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """When a failed delivery is tried again.
+
+    `max_attempts` counts every attempt, the first included. The first
+    `immediate_retries` retries happen at once; the delay before the n-th delayed retry
+    (n >= 1) without jitter is `min(base_delay * multiplier ** (n - 1), max_delay)`.
+    `jitter` is one of `none`, `full`, `equal`, `decorrelated` (as the AWS Architecture
+    Blog defines them).
+    """
+
+    max_attempts: int = 5
+    base_delay: float = 5.0
+    max_delay: float = 300.0
+    multiplier: float = 2.0
+    jitter: str = "full"
+    immediate_retries: int = 0
+
+    def __post_init__(self) -> None:
+        _count("RetryPolicy.max_attempts", self.max_attempts, 1)
+        _positive("RetryPolicy.base_delay", self.base_delay, allow_zero=True)
+        _positive("RetryPolicy.max_delay", self.max_delay, allow_zero=True)
+        if self.max_delay < self.base_delay:
+            raise ValueError(
+                f"RetryPolicy.max_delay ({self.max_delay}) must be >= base_delay "
+                f"({self.base_delay})"
+            )
+        _positive("RetryPolicy.multiplier", self.multiplier)
+        if self.multiplier < 1:
+            raise ValueError(f"RetryPolicy.multiplier must be >= 1, got {self.multiplier!r}")
+        if self.jitter not in JITTERS:
+            raise ValueError(f"RetryPolicy.jitter must be one of {JITTERS}, got {self.jitter!r}")
+        _count("RetryPolicy.immediate_retries", self.immediate_retries, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerPolicy:
+    """Circuit breaker per transport, over the last `window` calls.
+
+    Opens when at least `min_calls` of the window's calls were made and the share of
+    failures is at least `failure_ratio`; stays open `open_for` seconds; then lets
+    `half_open_calls` probes through: all succeed, it closes; one fails, it opens again.
+    """
+
+    window: int = 10
+    failure_ratio: float = 0.5
+    min_calls: int = 10
+    open_for: float = 30.0
+    half_open_calls: int = 1
+
+    def __post_init__(self) -> None:
+        _count("BreakerPolicy.window", self.window, 1)
+        if not (isinstance(self.failure_ratio, int | float) and 0 < self.failure_ratio <= 1):
+            raise ValueError(
+                f"BreakerPolicy.failure_ratio must be in (0, 1], got {self.failure_ratio!r}"
+            )
+        _count("BreakerPolicy.min_calls", self.min_calls, 1)
+        if self.min_calls > self.window:
+            raise ValueError(
+                f"BreakerPolicy.min_calls ({self.min_calls}) must be <= window ({self.window})"
+            )
+        _positive("BreakerPolicy.open_for", self.open_for)
+        _count("BreakerPolicy.half_open_calls", self.half_open_calls, 1)
+
+
+@dataclass(frozen=True, slots=True)
+class PressurePolicy:
+    """Admission under load: ratios of `capacity` messages in flight.
+
+    At `critical_at` priorities in `shed` are refused; at `capacity` everything but HIGH
+    is; the level falls back only below `recover_at` (hysteresis). `rate_per_key`:
+    `(count, per_seconds)` bounds each key with a token bucket.
+    """
+
+    elevated_at: float = 0.70
+    critical_at: float = 0.90
+    recover_at: float = 0.60
+    capacity: int = 10_000
+    shed: tuple[Priority, ...] = (Priority.LOW,)
+    rate_per_key: tuple[int, float] | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < self.recover_at < self.elevated_at < self.critical_at <= 1:
+            raise ValueError(
+                "PressurePolicy needs 0 < recover_at < elevated_at < critical_at <= 1, got "
+                f"recover_at={self.recover_at}, elevated_at={self.elevated_at}, "
+                f"critical_at={self.critical_at}"
+            )
+        _count("PressurePolicy.capacity", self.capacity, 1)
+        shed = tuple(self.shed)
+        if not all(isinstance(p, Priority) for p in shed):
+            raise ValueError(f"PressurePolicy.shed must hold Priority values, got {self.shed!r}")
+        object.__setattr__(self, "shed", shed)
+        if self.rate_per_key is not None:
+            if len(self.rate_per_key) != 2:
+                raise ValueError(
+                    f"PressurePolicy.rate_per_key must be (count, per_seconds), "
+                    f"got {self.rate_per_key!r}"
+                )
+            count, per = self.rate_per_key
+            _count("PressurePolicy.rate_per_key count", count, 1)
+            _positive("PressurePolicy.rate_per_key per_seconds", per)
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeConfig:
+    """Everything a `Runtime` is configured with; see API.md for each field's meaning.
+
+    `clock` returns epoch seconds; tests inject one to drive retry, breaker and TTL
+    logic without sleeping.
+    """
+
+    guarantee: Guarantee = Guarantee.AT_LEAST_ONCE
+    partitions: int = 4
+    replay_partitions: int = 4
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    retry_per_transport: Mapping[str, RetryPolicy] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
+    pressure: PressurePolicy = field(default_factory=PressurePolicy)
+    dedup_ttl: float = 86_400.0
+    dead_letter_ttl: float | None = None
+    message_ttl: float | None = None
+    max_payload_bytes: int = 1_048_576
+    max_batch: int = 1000
+    map_size: int = 1 << 30
+    clock: Callable[[], float] = time.time
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.guarantee, Guarantee):
+            raise ValueError(f"RuntimeConfig.guarantee must be a Guarantee, got {self.guarantee!r}")
+        _count("RuntimeConfig.partitions", self.partitions, 1)
+        _count("RuntimeConfig.replay_partitions", self.replay_partitions, 1)
+        if self.partitions > 1 << 16 or self.replay_partitions > 1 << 16:
+            raise ValueError("RuntimeConfig.partitions and replay_partitions must be <= 65536")
+        for name, policy in (("retry", self.retry), ("breaker", self.breaker)):
+            expected = RetryPolicy if name == "retry" else BreakerPolicy
+            if not isinstance(policy, expected):
+                raise ValueError(f"RuntimeConfig.{name} must be a {expected.__name__}")
+        per = dict(self.retry_per_transport)
+        for transport, policy in per.items():
+            if not isinstance(policy, RetryPolicy):
+                raise ValueError(
+                    f"RuntimeConfig.retry_per_transport[{transport!r}] must be a RetryPolicy"
+                )
+        object.__setattr__(self, "retry_per_transport", MappingProxyType(per))
+        if not isinstance(self.pressure, PressurePolicy):
+            raise ValueError("RuntimeConfig.pressure must be a PressurePolicy")
+        _positive("RuntimeConfig.dedup_ttl", self.dedup_ttl)
+        if self.dead_letter_ttl is not None:
+            _positive("RuntimeConfig.dead_letter_ttl", self.dead_letter_ttl)
+        if self.message_ttl is not None:
+            _positive("RuntimeConfig.message_ttl", self.message_ttl)
+        _count("RuntimeConfig.max_payload_bytes", self.max_payload_bytes, 1)
+        _count("RuntimeConfig.max_batch", self.max_batch, 1)
+        _count("RuntimeConfig.map_size", self.map_size, 1 << 16)
+        if not callable(self.clock):
+            raise ValueError(f"RuntimeConfig.clock must be callable, got {self.clock!r}")
+
+    def retry_for(self, transport: str) -> RetryPolicy:
+        """The retry policy of `transport` (its own, or the default)."""
+        return self.retry_per_transport.get(transport, self.retry)
