@@ -1,9 +1,39 @@
 """surelay: an embeddable, OTP-style supervised actor runtime that delivers messages reliably.
 
-The supervision layer lives in `surelay.supervision`; the delivery runtime's public names
-are re-exported here as they land.
+The public names of API.md, re-exported as they land; supervision lives in
+`surelay.supervision`, persistence in `surelay.storage`.
 """
+
+from surelay.config import BreakerPolicy, Guarantee, PressurePolicy, RetryPolicy, RuntimeConfig
+from surelay.envelope import Envelope, Priority
+from surelay.errors import (
+    InvalidMessage,
+    Overloaded,
+    PermanentError,
+    RuntimeClosed,
+    SurelayError,
+    TransientError,
+    UnknownTransport,
+)
+from surelay.storage.records import DeadLetter
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "BreakerPolicy",
+    "DeadLetter",
+    "Envelope",
+    "Guarantee",
+    "InvalidMessage",
+    "Overloaded",
+    "PermanentError",
+    "PressurePolicy",
+    "Priority",
+    "RetryPolicy",
+    "RuntimeClosed",
+    "RuntimeConfig",
+    "SurelayError",
+    "TransientError",
+    "UnknownTransport",
+    "__version__",
+]
