@@ -42,7 +42,15 @@ class RuntimeClosed(SurelayError):
 
 
 class TransientError(SurelayError):
-    """Raised by a transport: try again later, by the retry policy."""
+    """Raised by a transport: try again later, by the retry policy.
+
+    `retry_after` (seconds), when the receiver said how long to wait (HTTP
+    `Retry-After`), asks for at least that delay before the next attempt.
+    """
+
+    def __init__(self, message: str = "", retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class PermanentError(SurelayError):
