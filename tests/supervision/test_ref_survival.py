@@ -15,13 +15,19 @@ from surelay.supervision import NO_MESSAGE, Actor, ChildSpec, Ref, Supervisor
 from .workers import WAIT, Boom, Gate, Journal, crash, running, sync, worker
 
 
+def hold(ref: Ref) -> Gate:
+    """Block the child on a gate, so what is sent next queues up behind it."""
+    gate = Gate()
+    ref.tell(gate)
+    assert gate.arrived.wait(WAIT)
+    return gate
+
+
 def test_200_tells_queued_behind_a_crash_are_handled_in_order() -> None:
     journal = Journal()
     with running(worker(journal, "a")) as sup:
         a = sup.child("a")
-        gate = Gate()
-        a.tell(gate)
-        assert gate.arrived.wait(WAIT)
+        gate = hold(a)
         a.tell(("crash", "poison"))
         for n in range(200):
             a.tell(("log", n))
@@ -35,9 +41,7 @@ def test_20_concurrent_asks_waiting_at_the_crash_all_get_answers() -> None:
     journal = Journal()
     with running(worker(journal, "a")) as sup:
         a = sup.child("a")
-        gate = Gate()
-        a.tell(gate)
-        assert gate.arrived.wait(WAIT)
+        gate = hold(a)
         a.tell("crash")
         queued = threading.Barrier(21)
         answers: dict[int, Any] = {}
@@ -76,9 +80,7 @@ def test_asks_pending_when_the_child_stops_for_good_fail_instead_of_hanging() ->
     journal = Journal()
     sup = Supervisor.start([worker(journal, "a", restart="transient")])
     a = sup.child("a")
-    gate = Gate()
-    a.tell(gate)
-    assert gate.arrived.wait(WAIT)
+    gate = hold(a)
     a.tell("exit")
     pending: list[Future[Any]] = [a.ask(("echo", n), block=False) for n in range(5)]
     gate.release.set()

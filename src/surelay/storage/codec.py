@@ -8,7 +8,7 @@ record of an unknown version, or one that is not a well-formed array, raises
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import msgpack
@@ -21,7 +21,15 @@ from surelay.storage.records import (
     ReplayRequest,
 )
 
-__all__ = ["DecodeError", "decode", "decode_dedup", "encode", "encode_dedup"]
+__all__ = [
+    "DecodeError",
+    "Report",
+    "decode",
+    "decode_dedup",
+    "decode_or_report",
+    "encode",
+    "encode_dedup",
+]
 
 T = TypeVar("T")
 V1 = 1
@@ -146,6 +154,20 @@ def decode(kind: type[T], raw: bytes) -> T:
         if isinstance(error, DecodeError):
             raise
         raise DecodeError(f"{kind.__name__}: {error}") from error
+
+
+Report = Callable[[str, bytes, bytes, Exception], None]
+"""Told (table, key, raw bytes, error) about a record that failed to decode."""
+
+
+def decode_or_report(kind: type[T], table: str, key: bytes, raw: bytes, report: Report) -> T | None:
+    """Decode a stored record, or report it (for quarantine) and return None, so that
+    one bad record never stops a scan."""
+    try:
+        return decode(kind, raw)
+    except DecodeError as error:
+        report(table, bytes(key), bytes(raw), error)
+        return None
 
 
 # Dedup records are read on every send, so they are a fixed-width struct rather than

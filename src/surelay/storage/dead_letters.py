@@ -13,18 +13,16 @@ replayed records may be archived. Every change is one write, indexes included.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from surelay.storage.codec import DecodeError, decode, encode
+from surelay.storage.codec import Report, decode_or_report, encode
 from surelay.storage.environment import Environment, Txn
 from surelay.storage.keys import from_u64, index_key, index_prefix, u64
 from surelay.storage.records import DEAD_LETTER_STATUSES, DeadLetter
 
 __all__ = ["TRANSITIONS", "DeadLetters"]
 
-Report = Callable[[str, bytes, bytes, Exception], None]
 
 TRANSITIONS: dict[str, frozenset[str]] = {
     "dead": frozenset({"replaying", "archived"}),
@@ -51,11 +49,7 @@ class DeadLetters:
         raw = txn.get(key, db=self._db)
         if raw is None:
             return None
-        try:
-            return decode(DeadLetter, raw)
-        except DecodeError as error:
-            self._report("dead", key, bytes(raw), error)
-            return None
+        return decode_or_report(DeadLetter, "dead", key, raw, self._report)
 
     def list(
         self,

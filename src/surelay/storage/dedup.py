@@ -7,16 +7,14 @@ in time proportional to their number.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
-from surelay.storage.codec import DecodeError, decode_dedup, encode_dedup
+from surelay.storage.codec import DecodeError, Report, decode_dedup, encode_dedup
 from surelay.storage.environment import Environment, Txn
 from surelay.storage.keys import micros, text_key
 from surelay.storage.records import DedupRecord
 
 __all__ = ["Dedup"]
-
-Report = Callable[[str, bytes, bytes, Exception], None]
 
 
 class Dedup:

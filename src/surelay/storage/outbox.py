@@ -12,14 +12,13 @@ from dataclasses import replace
 from typing import Any
 
 from surelay.envelope import Envelope
-from surelay.storage.codec import DecodeError, decode, encode
+from surelay.storage.codec import Report, decode_or_report, encode
 from surelay.storage.environment import Environment, Txn
 from surelay.storage.keys import from_u64, micros, text_key, u16, u64
 from surelay.storage.records import OutboxEntry
 
 __all__ = ["Outbox"]
 
-Report = Callable[[str, bytes, bytes, Exception], None]
 MAX_PARTITIONS = 1 << 16
 
 
@@ -42,11 +41,7 @@ class Outbox:
         raw = txn.get(seq_key, db=self._main)
         if raw is None:
             return None
-        try:
-            return decode(OutboxEntry, raw)
-        except DecodeError as error:
-            self._report("outbox", bytes(seq_key), bytes(raw), error)
-            return None
+        return decode_or_report(OutboxEntry, "outbox", seq_key, raw, self._report)
 
     def enqueue(
         self, txn: Txn, envelope: Envelope, *, partition: int, due_at: float

@@ -3,15 +3,11 @@ for the runtime owning the directory to carry out."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from surelay.storage.codec import DecodeError, decode, encode
+from surelay.storage.codec import Report, decode_or_report, encode
 from surelay.storage.environment import Environment, Txn
 from surelay.storage.records import ReplayRequest
 
 __all__ = ["ReplayRequests"]
-
-Report = Callable[[str, bytes, bytes, Exception], None]
 
 
 class ReplayRequests:
@@ -41,8 +37,4 @@ class ReplayRequests:
         return out
 
     def _decode(self, key: bytes, raw: bytes) -> ReplayRequest | None:
-        try:
-            return decode(ReplayRequest, raw)
-        except DecodeError as error:
-            self._report("replay", key, bytes(raw), error)
-            return None
+        return decode_or_report(ReplayRequest, "replay", key, raw, self._report)
