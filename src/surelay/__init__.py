@@ -15,6 +15,8 @@ from surelay.errors import (
     TransientError,
     UnknownTransport,
 )
+from surelay.receipts import Outcome, Receipt
+from surelay.runtime import Runtime, RuntimeStats
 from surelay.storage.records import DeadLetter
 
 __version__ = "0.1.0"
@@ -25,13 +27,17 @@ __all__ = [
     "Envelope",
     "Guarantee",
     "InvalidMessage",
+    "Outcome",
     "Overloaded",
     "PermanentError",
     "PressurePolicy",
     "Priority",
+    "Receipt",
     "RetryPolicy",
+    "Runtime",
     "RuntimeClosed",
     "RuntimeConfig",
+    "RuntimeStats",
     "SurelayError",
     "TransientError",
     "UnknownTransport",

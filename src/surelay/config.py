@@ -157,7 +157,9 @@ class RuntimeConfig:
     """Everything a `Runtime` is configured with; see API.md for each field's meaning.
 
     `clock` returns epoch seconds; tests inject one to drive retry, breaker and TTL
-    logic without sleeping.
+    logic without sleeping. Beyond API.md: `ack_timeout` (seconds) cuts off a transport
+    call that hangs and retries it (a transport's own `ack_timeout` attribute, then
+    `ack_timeout_per_transport`, override it).
     """
 
     guarantee: Guarantee = Guarantee.AT_LEAST_ONCE
@@ -176,6 +178,10 @@ class RuntimeConfig:
     max_batch: int = 1000
     map_size: int = 1 << 30
     clock: Callable[[], float] = time.time
+    ack_timeout: float = 30.0
+    ack_timeout_per_transport: Mapping[str, float] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.guarantee, Guarantee):
@@ -205,6 +211,11 @@ class RuntimeConfig:
         _count("RuntimeConfig.max_payload_bytes", self.max_payload_bytes, 1)
         _count("RuntimeConfig.max_batch", self.max_batch, 1)
         _count("RuntimeConfig.map_size", self.map_size, 1 << 16)
+        _positive("RuntimeConfig.ack_timeout", self.ack_timeout)
+        acks = dict(self.ack_timeout_per_transport)
+        for transport, seconds in acks.items():
+            _positive(f"RuntimeConfig.ack_timeout_per_transport[{transport!r}]", seconds)
+        object.__setattr__(self, "ack_timeout_per_transport", MappingProxyType(acks))
         if not callable(self.clock):
             raise ValueError(f"RuntimeConfig.clock must be callable, got {self.clock!r}")
 

@@ -7,7 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-__all__ = ["Envelope", "Priority"]
+from surelay.errors import InvalidMessage
+
+__all__ = ["Envelope", "Priority", "check_headers", "check_payload", "check_text"]
 
 
 class Priority(enum.Enum):
@@ -50,3 +52,71 @@ class Envelope:
             object.__setattr__(self, "idempotency_key", self.message_id)
         if not isinstance(self.headers, MappingProxyType):
             object.__setattr__(self, "headers", MappingProxyType(dict(self.headers)))
+
+
+# -- validation ------------------------------------------------------------------------
+
+MAX_KEY_CHARS = 1024
+"""Longest `key` or `idempotency_key` accepted (characters)."""
+MAX_HEADERS = 64
+"""Most headers one message may carry."""
+MAX_HEADER_BYTES = 16_384
+"""Most UTF-8 bytes all of one message's header names and values may take together."""
+
+_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def check_payload(payload: object, max_bytes: int) -> bytes:
+    """`payload` as bytes, or `InvalidMessage` saying why it cannot be sent."""
+    if isinstance(payload, bytes):
+        data = payload
+    elif isinstance(payload, bytearray | memoryview):
+        data = bytes(payload)
+    else:
+        raise InvalidMessage(
+            f"payload must be bytes, got {type(payload).__name__} "
+            "(encode text or JSON yourself, e.g. json.dumps(obj).encode())"
+        )
+    if len(data) > max_bytes:
+        raise InvalidMessage(f"payload is {len(data)} bytes, over max_payload_bytes={max_bytes}")
+    return data
+
+
+def check_text(name: str, value: object, *, optional: bool) -> str | None:
+    """A `key` or `idempotency_key`: None (if `optional`) or a non-empty str."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not value:
+        raise InvalidMessage(f"{name} must be a non-empty str or None, got {value!r}")
+    if len(value) > MAX_KEY_CHARS:
+        raise InvalidMessage(f"{name} is {len(value)} characters, over {MAX_KEY_CHARS}")
+    return value
+
+
+def check_headers(headers: object) -> Mapping[str, str]:
+    """Headers as an immutable mapping of HTTP-token names to single-line str values."""
+    if headers is None:
+        return _NO_HEADERS
+    if not isinstance(headers, Mapping):
+        raise InvalidMessage(
+            f"headers must be a mapping of str to str, got {type(headers).__name__}"
+        )
+    if len(headers) > MAX_HEADERS:
+        raise InvalidMessage(f"headers has {len(headers)} entries, over {MAX_HEADERS}")
+    size = 0
+    for name, value in headers.items():
+        if not isinstance(name, str) or not name or not _TOKEN.issuperset(name):
+            raise InvalidMessage(
+                f"header name {name!r} must be a non-empty str of HTTP token characters"
+            )
+        if not isinstance(value, str):
+            raise InvalidMessage(f"header {name!r} must be a str, got {type(value).__name__}")
+        if "\r" in value or "\n" in value or "\x00" in value:
+            raise InvalidMessage(f"header {name!r} holds a CR, LF or NUL character")
+        size += len(name) + len(value.encode("utf-8"))
+    if size > MAX_HEADER_BYTES:
+        raise InvalidMessage(f"headers take {size} bytes, over {MAX_HEADER_BYTES}")
+    return MappingProxyType(dict(headers))
+
+
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})

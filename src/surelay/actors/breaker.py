@@ -12,11 +12,13 @@ owns a transport's breaker keeps the state and the clock; this module holds the 
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from surelay.config import BreakerPolicy
 
-__all__ = ["STATE_GAUGE", "BreakerState", "allow", "record", "retry_in"]
+__all__ = ["STATE_GAUGE", "BreakerState", "Breakers", "allow", "record", "retry_in"]
 
 STATE_GAUGE = {"closed": 0, "half_open": 1, "open": 2}
 """Values of the `surelay.breaker.state` gauge."""
@@ -72,3 +74,41 @@ def retry_in(state: BreakerState, policy: BreakerPolicy, now: float) -> float:
     if current.state == "half_open" and current.probes >= policy.half_open_calls:
         return policy.open_for  # probes are out: wait for their outcomes, at most this long
     return 0.0
+
+
+class Breakers:
+    """The breaker state of every transport, shared by all senders (thread-safe).
+
+    Senders of every partition call the same transport, so its breaker is one value
+    here, updated under a lock with the pure functions above.
+    """
+
+    def __init__(self, policy: BreakerPolicy, transports: Iterable[str]) -> None:
+        self._policy = policy
+        self._lock = threading.Lock()
+        self._states = {name: BreakerState() for name in transports}
+
+    def allow(self, transport: str, now: float) -> float:
+        """0 if a call to `transport` may go now (counted as a probe when half-open),
+        else the seconds until one may."""
+        with self._lock:
+            ok, state = allow(self._states[transport], self._policy, now)
+            self._states[transport] = state
+            if ok:
+                return 0.0
+            wait = retry_in(state, self._policy, now)
+            if state.state == "half_open":  # probes out: look again soon, not open_for later
+                wait = min(wait, 1.0)
+            return max(wait, 0.001)
+
+    def record(self, transport: str, now: float, *, failed: bool) -> str:
+        """Record a call's outcome; returns the state after it."""
+        with self._lock:
+            state = record(self._states[transport], self._policy, now, failed)
+            self._states[transport] = state
+            return state.state
+
+    def states(self, now: float) -> dict[str, str]:
+        """`closed`, `open` or `half_open` per transport, as of `now`."""
+        with self._lock:
+            return {t: _now(s, self._policy, now).state for t, s in self._states.items()}

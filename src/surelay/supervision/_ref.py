@@ -78,6 +78,10 @@ class Ref:
         """A pykka `ActorProxy` whose calls go through this ref (and so survive restarts)."""
         return ActorProxy(actor_ref=cast("ActorRef[Any]", self))
 
+    def queued(self) -> int:
+        """How many messages wait in the child's mailbox (a depth gauge, not a promise)."""
+        return len(self._mailbox)
+
     def is_alive(self) -> bool:
         """False once the child is stopped for good; True while running or restarting."""
         return not self._mailbox.closed

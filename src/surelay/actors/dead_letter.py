@@ -1,0 +1,132 @@
+"""Dead-lettering: the record of a message that will not be delivered, and the actor
+that stores it.
+
+A sender decides *that* a message is dead (permanent error, attempts exhausted, TTL
+expired, rejected as invalid, or a sender crash twice on it) and sends a `Capture`; the
+`DeadLetterSink` stores the `DeadLetter` and removes the message from the outbox in one
+transaction, then completes its receipt with `DEAD_LETTERED`.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from surelay.receipts import Outcome
+from surelay.storage.keys import new_id
+from surelay.storage.records import DeadLetter, OutboxEntry
+from surelay.supervision import Actor, CrashReport
+from surelay.telemetry import (
+    ATTR_ATTEMPT,
+    ATTR_DEAD_LETTER_ID,
+    ATTR_KEY,
+    ATTR_MESSAGE_ID,
+    ATTR_OUTCOME,
+    ATTR_REASON_CLASS,
+    ATTR_TRANSPORT,
+    SPAN_DEAD_LETTER,
+    context_from,
+    trace_id_of,
+)
+
+if TYPE_CHECKING:
+    from surelay.actors.hub import Hub
+
+__all__ = ["Capture", "DeadLetterSink", "make_dead_letter"]
+
+logger = logging.getLogger("surelay.actors")
+
+
+@dataclass(frozen=True, slots=True)
+class Capture:
+    """Store `entry` as a dead letter. `attempts`: transport attempts made."""
+
+    entry: OutboxEntry
+    reason_class: str
+    reason: str
+    error_type: str | None
+    attempts: int
+    first_attempt_at: float
+    failed_at: float
+
+
+def make_dead_letter(capture: Capture) -> DeadLetter:
+    """The record a capture becomes (pure; the id is a new time-ordered id)."""
+    envelope = capture.entry.envelope
+    return DeadLetter(
+        id=new_id(capture.failed_at),
+        message_id=envelope.message_id,
+        key=envelope.key,
+        transport=envelope.transport,
+        payload=envelope.payload,
+        headers=envelope.headers,
+        idempotency_key=envelope.idempotency_key,
+        priority=envelope.priority,
+        trace_id=trace_id_of(envelope.headers),
+        reason_class=capture.reason_class,
+        reason=capture.reason,
+        error_type=capture.error_type,
+        attempts=capture.attempts,
+        first_attempt_at=capture.first_attempt_at,
+        failed_at=capture.failed_at,
+    )
+
+
+class DeadLetterSink(Actor):
+    """Stores captures. A crash on one is retried once by the next incarnation; a
+    capture that crashes it twice is left in the outbox (logged) for the next open."""
+
+    def __init__(self, hub: Hub, crashed: set[str]) -> None:
+        super().__init__()
+        self._hub = hub
+        self._crashed = crashed  # given by the spec, so it outlives incarnations
+
+    def on_restart(self, crash: CrashReport) -> None:
+        if isinstance(crash.message, Capture):
+            message_id = crash.message.entry.envelope.message_id
+            if message_id in self._crashed:
+                logger.error("dead-lettering %s crashed twice; it stays in the outbox", message_id)
+                return
+            self._crashed.add(message_id)
+            self._capture(crash.message)
+
+    def on_receive(self, message: Any) -> None:
+        if isinstance(message, Capture):
+            self._capture(message)
+
+    def _capture(self, capture: Capture) -> None:
+        hub = self._hub
+        record = make_dead_letter(capture)
+        envelope = capture.entry.envelope
+        if hub.telemetry.tracing:
+            span = hub.telemetry.tracer.start_span(
+                SPAN_DEAD_LETTER,
+                context=context_from(envelope.headers),
+                attributes={
+                    ATTR_MESSAGE_ID: envelope.message_id,
+                    ATTR_TRANSPORT: envelope.transport,
+                    ATTR_KEY: envelope.key or "",
+                    ATTR_ATTEMPT: capture.attempts,
+                    ATTR_REASON_CLASS: capture.reason_class,
+                    ATTR_DEAD_LETTER_ID: record.id,
+                    ATTR_OUTCOME: "dead_lettered",
+                },
+            )
+            span.end()
+        future = hub.store.dead_lettered(record)
+
+        def stored(done: Future[DeadLetter]) -> None:
+            error = done.exception()
+            if error is not None:
+                logger.error(
+                    "could not store dead letter for %s (%s); it stays in the outbox",
+                    envelope.message_id,
+                    error,
+                )
+                return
+            if hub.tracker.complete((envelope.message_id,), Outcome.DEAD_LETTERED):
+                hub.counters.add("dead_lettered", envelope.transport)
+
+        future.add_done_callback(stored)

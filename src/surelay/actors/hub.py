@@ -1,0 +1,95 @@
+"""`Hub`: what the delivery actors share, and the runtime's `Counters`.
+
+One Hub per runtime, made before the supervision tree and handed to every actor spec.
+The actors' stable refs are filled in once the tree runs (a `Ref` outlives every
+incarnation, so they are set once), before the first message is dispatched.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from surelay.config import RuntimeConfig
+from surelay.envelope import Envelope
+from surelay.receipts import Tracker
+from surelay.storage.store import Store
+from surelay.telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from surelay.actors.breaker import Breakers
+    from surelay.actors.retry import RetryBacklog
+    from surelay.supervision import Ref
+
+__all__ = ["COUNTER_NAMES", "Counters", "Hub", "Transport"]
+
+Transport = Callable[[Envelope], Any]
+"""Any callable taking an `Envelope`; returning means delivered."""
+
+COUNTER_NAMES = (
+    "accepted",
+    "delivered",
+    "retried",
+    "dead_lettered",
+    "duplicates",
+    "refused",
+    "replayed",
+)
+
+
+class Counters:
+    """The runtime's monotonic counters (`stats()`), mirrored to OpenTelemetry."""
+
+    def __init__(self, telemetry: Telemetry) -> None:
+        self._lock = threading.Lock()
+        self._values = dict.fromkeys(COUNTER_NAMES, 0)
+        self._telemetry = telemetry
+
+    def add(self, name: str, transport: str, amount: int = 1) -> None:
+        if amount:
+            with self._lock:
+                self._values[name] += amount
+            self._telemetry.count(name, transport, amount)
+
+    def add_each(self, name: str, transports: list[str]) -> None:
+        """One per element of `transports` (one instrument call per distinct transport)."""
+        if transports:
+            with self._lock:
+                self._values[name] += len(transports)
+            self._telemetry.count_many(name, transports)
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._values)
+
+
+@dataclass
+class Hub:
+    store: Store
+    config: RuntimeConfig
+    transports: Mapping[str, Transport]
+    tracker: Tracker
+    counters: Counters
+    telemetry: Telemetry
+    breakers: Breakers
+    backlog: RetryBacklog
+    rng: random.Random = field(default_factory=random.Random)
+    senders: tuple[Ref, ...] = ()
+    scheduler: Ref | None = None
+    sink: Ref | None = None
+
+    @property
+    def durable(self) -> bool:
+        """Whether accepted messages are in the outbox (AT_LEAST_ONCE)."""
+        return self.config.guarantee.value == "at_least_once"
+
+    def ack_timeout(self, transport: str) -> float:
+        """Seconds one call to `transport` may take before it is cut off and retried."""
+        per = self.config.ack_timeout_per_transport.get(transport)
+        if per is not None:
+            return per
+        own = getattr(self.transports.get(transport), "ack_timeout", None)
+        return float(own) if isinstance(own, int | float) else self.config.ack_timeout

@@ -1,0 +1,133 @@
+"""What `send` returns (`Receipt`), how a message ended (`Outcome`), and the `Tracker`
+that knows which accepted messages have not ended yet (what `flush` waits for)."""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from collections.abc import Iterable
+
+__all__ = ["Outcome", "Receipt", "Tracker"]
+
+
+class Outcome(enum.Enum):
+    """How an accepted message ended."""
+
+    DELIVERED = "delivered"
+    """The transport returned."""
+    DEAD_LETTERED = "dead_lettered"
+    """Stored as a dead letter (see `rt.dead_letters`)."""
+    DUPLICATE = "duplicate"
+    """Its idempotency key was delivered within `dedup_ttl`; the transport was not called."""
+
+
+class Receipt:
+    """The handle `send` returns for one accepted message."""
+
+    __slots__ = ("_outcome", "_tracker", "message_id")
+
+    def __init__(self, message_id: str, tracker: Tracker) -> None:
+        self.message_id = message_id
+        self._outcome: Outcome | None = None
+        self._tracker = tracker
+
+    def wait(self, timeout: float | None = None) -> Outcome | None:
+        """Block until the message ends and return how, or None after `timeout` seconds.
+
+        An outcome is final: DELIVERED and DUPLICATE once the delivery is recorded
+        durably, DEAD_LETTERED once the dead letter is. A message still pending when the
+        runtime closes stays in the outbox; its receipt then times out here.
+        """
+        if self._outcome is not None:
+            return self._outcome
+        return self._tracker.wait(self, timeout)
+
+    @property
+    def outcome(self) -> Outcome | None:
+        """The outcome if the message has ended, else None (never blocks)."""
+        return self._outcome
+
+    def __repr__(self) -> str:
+        state = self._outcome.name if self._outcome else "pending"
+        return f"Receipt({self.message_id!r}, {state})"
+
+
+class Tracker:
+    """Accepted messages that have not ended, with their receipts.
+
+    Thread-safe. A message is added before it is dispatched and completed once its
+    outcome is durable, so `pending == 0` means nothing accepted is still waiting.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._pending: dict[str, Receipt | None] = {}
+
+    def add(self, message_ids: Iterable[str], *, receipts: bool = True) -> list[Receipt]:
+        """Track messages; returns their receipts (none for `receipts=False`, used for
+        messages recovered from the outbox, whose senders are gone)."""
+        made = [Receipt(m, self) for m in message_ids] if receipts else []
+        with self._cond:
+            if receipts:
+                for receipt in made:
+                    self._pending[receipt.message_id] = receipt
+            else:
+                for message_id in message_ids:
+                    self._pending.setdefault(message_id, None)
+        return made
+
+    def complete(self, message_ids: Iterable[str], outcome: Outcome) -> int:
+        """Record how messages ended; returns how many were still pending (a message
+        ends once: a second outcome for it is ignored)."""
+        ended = 0
+        with self._cond:
+            for message_id in message_ids:
+                if message_id in self._pending:
+                    receipt = self._pending.pop(message_id)
+                    ended += 1
+                    if receipt is not None:
+                        receipt._outcome = outcome
+            if ended:
+                self._cond.notify_all()
+        return ended
+
+    def forget(self, message_ids: Iterable[str]) -> None:
+        """Stop tracking messages that were never accepted (a failed outbox write)."""
+        with self._cond:
+            for message_id in message_ids:
+                self._pending.pop(message_id, None)
+            self._cond.notify_all()
+
+    def is_pending(self, message_id: str) -> bool:
+        return message_id in self._pending
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def wait(self, receipt: Receipt, timeout: float | None) -> Outcome | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while receipt._outcome is None:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
+                self._cond.wait(remaining)
+            return receipt._outcome
+
+    def wait_empty(self, timeout: float | None, *, until: float | None = None) -> bool:
+        """Block until nothing is pending; False after `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._pending:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            return True
+
+    def wait_change(self, timeout: float) -> None:
+        """Block until some message ends, at most `timeout` seconds."""
+        with self._cond:
+            self._cond.wait(timeout)

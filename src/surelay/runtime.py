@@ -1,0 +1,629 @@
+"""`Runtime`: what a host embeds. Opens the store, runs the supervision tree, accepts
+messages and hands them to the sender of their partition.
+
+```
+root Supervisor "surelay" (one_for_one)
+├── retry          RetryScheduler: timer heap of held messages
+├── dead_letters   DeadLetterSink: stores terminal failures
+├── senders        Supervisor: Sender "sender-<i>" per partition
+└── sweeper        Sweeper: dedup and dead-letter retention
+```
+
+The store's group-commit writer is a thread the store owns, not an actor: it must keep
+committing while the tree stops, so that nothing accepted is lost at close.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from surelay.actors.breaker import STATE_GAUGE, Breakers
+from surelay.actors.dead_letter import DeadLetterSink
+from surelay.actors.hub import Counters, Hub, Transport
+from surelay.actors.retry import RetryBacklog, RetryScheduler
+from surelay.actors.sender import Deliver, PartitionState, Sender, partition_for
+from surelay.actors.sweeper import Sweeper
+from surelay.config import RuntimeConfig
+from surelay.dead_letter_ops import DeadLetters
+from surelay.envelope import Envelope, Priority, check_headers, check_payload, check_text
+from surelay.errors import InvalidMessage, RuntimeClosed, UnknownTransport
+from surelay.receipts import Receipt, Tracker
+from surelay.storage.environment import Txn
+from surelay.storage.keys import new_id
+from surelay.storage.records import OutboxEntry
+from surelay.storage.store import Store
+from surelay.supervision import ChildSpec, Supervisor, SupervisorRef
+from surelay.telemetry import (
+    ATTR_KEY,
+    ATTR_MESSAGE_ID,
+    ATTR_TRANSPORT,
+    SPAN_SEND,
+    TRACEPARENT,
+    Telemetry,
+    record_error,
+    traceparent_of,
+)
+
+__all__ = ["Runtime", "RuntimeStats"]
+
+logger = logging.getLogger("surelay.runtime")
+
+_SEND_ARGS = frozenset(
+    {"transport", "payload", "key", "idempotency_key", "priority", "headers", "txn"}
+)
+_RECOVERY_CHUNK = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeStats:
+    """A snapshot of the runtime: counters since `open`, gauges now."""
+
+    accepted: int
+    delivered: int
+    retried: int
+    dead_lettered: int
+    duplicates: int
+    refused: int
+    replayed: int
+    in_flight: int
+    """Accepted (or recovered) messages that have not ended yet."""
+    outbox_pending: int
+    retry_pending: int
+    """Messages held until a retry time (or until their breaker lets a call through)."""
+    dead_letters: int
+    """Dead letters with status `dead`."""
+    pressure: str
+    breakers: Mapping[str, str]
+
+
+class Runtime:
+    """An open runtime on a data directory. Open with `Runtime.open`; use as a context
+    manager or call `close()`."""
+
+    def __init__(self, store: Store, hub: Hub, root: SupervisorRef, states: list[PartitionState]):
+        self._store = store
+        self._hub = hub
+        self._root = root
+        self._states = states
+        self._config = hub.config
+        self._transports = hub.transports
+        self._lock = threading.Condition()
+        self._closing = False
+        self._closed = False
+        self._active = 0
+        self._round_robin = itertools.count()
+        self._txns: dict[int, list[OutboxEntry]] = {}
+        self._orphans: dict[str, int] = {}
+        self._dead_letters = DeadLetters(store, hub)
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        transports: Mapping[str, Transport],
+        config: RuntimeConfig | None = None,
+    ) -> Runtime:
+        """Open (creating, mode 0o700) the data directory at `path`, start the tree and
+        dispatch again everything an earlier run left in the outbox, in order per key.
+
+        Raises `ValueError`/`TypeError` for bad transports or config, `StorageError`
+        for a directory that is not surelay's (or is already open in this process).
+        """
+        config = RuntimeConfig() if config is None else config
+        if not isinstance(config, RuntimeConfig):
+            raise TypeError(f"config must be a RuntimeConfig, got {type(config).__name__}")
+        transports = _check_transports(transports)
+        store = Store.open(path, map_size=config.map_size, clock=config.clock)
+        try:
+            telemetry_ref: list[Runtime] = []
+            telemetry = Telemetry(lambda: telemetry_ref[0]._gauges() if telemetry_ref else {})
+            hub = Hub(
+                store=store,
+                config=config,
+                transports=transports,
+                tracker=Tracker(),
+                counters=Counters(telemetry),
+                telemetry=telemetry,
+                breakers=Breakers(config.breaker, transports),
+                backlog=RetryBacklog(),
+            )
+            states = [PartitionState(i) for i in range(config.partitions)]
+            root = Supervisor.start(_tree(hub, states), name="surelay", intensity=10, period=5.0)
+        except BaseException:
+            store.close()
+            raise
+        runtime = cls(store, hub, root, states)
+        senders = root.child("senders")
+        assert isinstance(senders, SupervisorRef)
+        hub.scheduler = root.child("retry")
+        hub.sink = root.child("dead_letters")
+        hub.senders = tuple(senders.child(f"sender-{i}") for i in range(config.partitions))
+        telemetry_ref.append(runtime)
+        try:
+            runtime._recover()
+        except BaseException:
+            runtime.close(timeout=1.0)
+            raise
+        return runtime
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop admitting, let in-flight work finish for up to `timeout` seconds, stop
+        the tree (reverse start order) and close the store. Idempotent.
+
+        Messages not delivered by then (waiting for a retry, say) stay in the outbox and
+        are dispatched again by the next `open`; with BEST_EFFORT they are lost.
+        """
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            if self._closing:
+                while not self._closed:
+                    self._lock.wait()
+                return
+            self._closing = True
+            while self._active:
+                self._lock.wait()
+        try:
+            while self._busy() and time.monotonic() < deadline:
+                self._hub.tracker.wait_change(min(0.02, max(0.0, deadline - time.monotonic())))
+            self._root.stop(timeout=max(1.0, deadline - time.monotonic()))
+        finally:
+            self._store.close()
+            with self._lock:
+                self._closed = True
+                self._lock.notify_all()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _busy(self) -> bool:
+        """True while a sender has work it can do now (not counting held messages)."""
+        for state, ref in zip(self._states, self._hub.senders, strict=True):
+            if state.queue.ready_count or state.in_flight or ref.queued():
+                return True
+        sink = self._hub.sink
+        return sink is not None and sink.queued() > 0
+
+    # -- sending -------------------------------------------------------------------------
+
+    def send(
+        self,
+        transport: str,
+        payload: bytes,
+        *,
+        key: str | None = None,
+        idempotency_key: str | None = None,
+        priority: Priority = Priority.NORMAL,
+        headers: Mapping[str, str] | None = None,
+        txn: Txn | None = None,
+    ) -> Receipt:
+        """Accept one message for `transport` and return its receipt.
+
+        With AT_LEAST_ONCE it returns once the message is durable in the outbox; with
+        `txn` (from `transaction()`) it is written in that transaction and dispatched
+        after it commits. Raises `UnknownTransport`, `InvalidMessage`, `Overloaded`,
+        `RuntimeClosed`; nothing is accepted when it raises.
+        """
+        envelope = self._envelope(transport, payload, key, idempotency_key, priority, headers)
+        return self._accept([envelope], txn)[0]
+
+    def send_batch(self, messages: Sequence[Mapping[str, Any]]) -> list[Receipt]:
+        """Accept several messages at once, all or none: each mapping holds `send`'s
+        arguments by name. Every message is validated first; `InvalidMessage` (or
+        `UnknownTransport`) names the index of the first bad one. At most
+        `config.max_batch` messages; one durable write for all of them.
+        """
+        if isinstance(messages, str | bytes) or not isinstance(messages, Sequence):
+            raise InvalidMessage(
+                f"messages must be a sequence of mappings, got {type(messages).__name__}"
+            )
+        if len(messages) > self._config.max_batch:
+            raise InvalidMessage(
+                f"batch of {len(messages)} messages is over max_batch={self._config.max_batch}"
+            )
+        envelopes = []
+        txn: Txn | None = None
+        for index, message in enumerate(messages):
+            try:
+                envelope, message_txn = self._from_mapping(message)
+            except UnknownTransport as error:
+                raise UnknownTransport(f"messages[{index}]: {error.args[0]}") from None
+            except InvalidMessage as error:
+                raise InvalidMessage(f"messages[{index}]: {error}") from None
+            if index and message_txn is not txn:
+                raise InvalidMessage(
+                    f"messages[{index}]: every message of a batch needs the same txn"
+                )
+            txn = message_txn
+            envelopes.append(envelope)
+        if not envelopes:
+            return []
+        return self._accept(envelopes, txn)
+
+    def _from_mapping(self, message: object) -> tuple[Envelope, Txn | None]:
+        if not isinstance(message, Mapping):
+            raise InvalidMessage(
+                f"expected a mapping of send() arguments, got {type(message).__name__}"
+            )
+        unknown = set(message) - _SEND_ARGS
+        if unknown:
+            raise InvalidMessage(f"unknown send() argument(s) {sorted(map(str, unknown))}")
+        for required in ("transport", "payload"):
+            if required not in message:
+                raise InvalidMessage(f"missing {required!r}")
+        envelope = self._envelope(
+            message["transport"],
+            message["payload"],
+            message.get("key"),
+            message.get("idempotency_key"),
+            message.get("priority", Priority.NORMAL),
+            message.get("headers"),
+        )
+        return envelope, message.get("txn")
+
+    def _envelope(  # noqa: PLR0917  # send()'s arguments, checked in one place
+        self,
+        transport: object,
+        payload: object,
+        key: object,
+        idempotency_key: object,
+        priority: object,
+        headers: object,
+    ) -> Envelope:
+        if not isinstance(transport, str) or transport not in self._transports:
+            known = ", ".join(sorted(self._transports))
+            raise UnknownTransport(f"unknown transport {transport!r}; this runtime has: {known}")
+        data = check_payload(payload, self._config.max_payload_bytes)
+        checked_key = check_text("key", key, optional=True)
+        checked_idempotency = check_text("idempotency_key", idempotency_key, optional=True)
+        if not isinstance(priority, Priority):
+            raise InvalidMessage(f"priority must be a surelay.Priority, got {priority!r}")
+        checked_headers = check_headers(headers)
+        now = self._config.clock()
+        message_id = new_id(now)
+        return Envelope(
+            message_id=message_id,
+            transport=transport,
+            payload=data,
+            key=checked_key,
+            idempotency_key=checked_idempotency or message_id,
+            priority=priority,
+            headers=checked_headers,
+            attempt=1,
+            created_at=now,
+        )
+
+    def _accept(self, envelopes: list[Envelope], txn: Txn | None) -> list[Receipt]:
+        hub = self._hub
+        with self._lock:
+            if self._closing:
+                raise RuntimeClosed("the runtime is closed (or closing); nothing was accepted")
+            self._active += 1
+        try:
+            spans = self._start_send_spans(envelopes) if hub.telemetry.tracing else None
+            if spans is not None:
+                envelopes = [
+                    _with_traceparent(e, traceparent_of(s))
+                    for e, s in zip(envelopes, spans, strict=True)
+                ]
+            try:
+                receipts = self._admit(envelopes, txn)
+            except BaseException as error:
+                if spans is not None:
+                    for span in spans:
+                        record_error(span, error)
+                        span.end()
+                raise
+            if spans is not None:
+                for span in spans:
+                    span.end()
+            return receipts
+        finally:
+            with self._lock:
+                self._active -= 1
+                if not self._active:
+                    self._lock.notify_all()
+
+    def _admit(self, envelopes: list[Envelope], txn: Txn | None) -> list[Receipt]:
+        hub = self._hub
+        partitions = self._config.partitions
+        routed = [
+            (
+                e,
+                partition_for(e.key, partitions)
+                if e.key is not None
+                else next(self._round_robin) % partitions,
+            )
+            for e in envelopes
+        ]
+        ids = [e.message_id for e in envelopes]
+        receipts = hub.tracker.add(ids)
+        try:
+            if txn is not None:
+                pending = self._txns.get(id(txn))
+                if pending is None:
+                    raise InvalidMessage(
+                        "txn must be the transaction of rt.transaction(), still open"
+                    )
+                now = self._config.clock()
+                entries = [
+                    self._store.outbox.enqueue(txn, e, partition=p, due_at=now) for e, p in routed
+                ]
+                pending.extend(entries)
+            elif hub.durable:
+                entries = self._store.enqueue(routed).result()
+            else:
+                now = self._config.clock()
+                entries = [OutboxEntry(0, e, now, p) for e, p in routed]
+        except BaseException:
+            hub.tracker.forget(ids)
+            raise
+        hub.counters.add_each("accepted", [e.transport for e in envelopes])
+        if txn is None:
+            self._dispatch(entries)
+        return receipts
+
+    def _dispatch(self, entries: Sequence[OutboxEntry]) -> None:
+        senders = self._hub.senders
+        if len(entries) == 1:
+            senders[entries[0].partition].tell(Deliver((entries[0],)))
+            return
+        by_partition: dict[int, list[OutboxEntry]] = {}
+        for entry in entries:
+            by_partition.setdefault(entry.partition, []).append(entry)
+        for partition, group in by_partition.items():
+            senders[partition].tell(Deliver(tuple(group)))
+
+    def _start_send_spans(self, envelopes: list[Envelope]) -> list[Any]:
+        tracer = self._hub.telemetry.tracer
+        return [
+            tracer.start_span(
+                SPAN_SEND,
+                attributes={
+                    ATTR_MESSAGE_ID: e.message_id,
+                    ATTR_TRANSPORT: e.transport,
+                    ATTR_KEY: e.key if e.key is not None else "",
+                },
+            )
+            for e in envelopes
+        ]
+
+    # -- the transactional outbox --------------------------------------------------------
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Txn]:
+        """A write transaction on the runtime's LMDB environment, for the host's own
+        tables (`rt.table(name)`), committed when the block ends, aborted if it raises.
+
+        `rt.send(..., txn=txn)` inside it writes the message to the outbox in the same
+        transaction: it is dispatched only after the commit, never if the block aborts.
+        If the map had to grow, `RetryTransaction` is raised and nothing was written:
+        run the block again.
+        """
+        with self._lock:
+            if self._closing:
+                raise RuntimeClosed("the runtime is closed (or closing)")
+        pending: list[OutboxEntry] = []
+        try:
+            with self._store.transaction() as txn:
+                self._txns[id(txn)] = pending
+                try:
+                    yield txn
+                finally:
+                    del self._txns[id(txn)]
+        except BaseException:
+            self._hub.tracker.forget(e.envelope.message_id for e in pending)
+            raise
+        if pending:
+            self._dispatch(pending)
+
+    def table(self, name: str) -> Any:
+        """The handle of the host's own named database `name`, for `txn.get/put(...,
+        db=handle)` inside `transaction()`."""
+        return self._store.host_table(name)
+
+    # -- waiting and looking -------------------------------------------------------------
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until nothing accepted is still waiting for delivery, retry or
+        dead-lettering; False if `timeout` seconds pass first."""
+        return self._hub.tracker.wait_empty(timeout)
+
+    def stats(self) -> RuntimeStats:
+        hub = self._hub
+        counters = hub.counters.snapshot()
+        store_stats = self._store.stats() if not self._store.env.closed else None
+        return RuntimeStats(
+            **counters,
+            in_flight=hub.tracker.pending,
+            outbox_pending=store_stats.outbox_pending if store_stats else 0,
+            retry_pending=len(hub.backlog),
+            dead_letters=store_stats.dead_letters.get("dead", 0) if store_stats else 0,
+            pressure="normal",
+            breakers=MappingProxyType(hub.breakers.states(self._config.clock())),
+        )
+
+    def health(self) -> Mapping[str, Any]:
+        """`{"ok": bool, "actors": ..., "storage": ..., "breakers": ...}`: `ok` is False
+        when an actor is not running, the store is closed or nearly full, or a breaker
+        is open. Each part has its own `ok`."""
+        actors = _actor_health(self._root) if self._root.is_alive() else {}
+        storage: dict[str, Any]
+        if self._store.env.closed:
+            storage = {"ok": False, "error": "closed"}
+        else:
+            size, used = self._store.env.usage()
+            storage = {
+                "ok": used < 0.9 * self._store.env.max_map_size,
+                "path": str(self._store.path),
+                "map_size": size,
+                "map_used": used,
+                "quarantined": self._store.stats().quarantined,
+            }
+        breakers = {
+            name: {"ok": state != "open", "state": state}
+            for name, state in self._hub.breakers.states(self._config.clock()).items()
+        }
+        ok = (
+            self._root.is_alive()
+            and all(a["ok"] for a in actors.values())
+            and storage["ok"]
+            and all(b["ok"] for b in breakers.values())
+        )
+        return {
+            "ok": ok,
+            "closed": self._closing,
+            "actors": actors,
+            "storage": storage,
+            "breakers": breakers,
+            "orphaned": dict(self._orphans),
+        }
+
+    @property
+    def supervisor(self) -> SupervisorRef:
+        """The root supervisor."""
+        return self._root
+
+    @property
+    def dead_letters(self) -> DeadLetters:
+        """Operations on dead letters: list, get, archive, purge."""
+        return self._dead_letters
+
+    @property
+    def config(self) -> RuntimeConfig:
+        return self._config
+
+    @property
+    def path(self) -> str:
+        return str(self._store.path)
+
+    # -- recovery ------------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        """Dispatch what an earlier run left in the outbox, in acceptance order."""
+        store = self._store
+        partitions = self._config.partitions
+        after = 0
+        recovered = 0
+        while True:
+            with store.read() as txn:
+                chunk = store.outbox.scan(txn, after=after, limit=_RECOVERY_CHUNK)
+            if not chunk:
+                break
+            after = chunk[-1].seq
+            entries = []
+            for entry in chunk:
+                envelope = entry.envelope
+                if envelope.transport not in self._transports:
+                    self._orphans[envelope.transport] = self._orphans.get(envelope.transport, 0) + 1
+                    continue
+                key = envelope.key
+                partition = (
+                    partition_for(key, partitions)
+                    if key is not None
+                    else entry.partition % partitions
+                )
+                entries.append(entry if partition == entry.partition else _moved(entry, partition))
+            self._hub.tracker.add((e.envelope.message_id for e in entries), receipts=False)
+            self._dispatch(entries)
+            recovered += len(entries)
+        if recovered:
+            logger.info("recovered %d message(s) from the outbox of %s", recovered, store.path)
+        for transport, count in self._orphans.items():
+            logger.warning(
+                "%d message(s) in the outbox are for transport %r, which this runtime was not "
+                "given; they stay in the outbox until a runtime with that transport opens",
+                count,
+                transport,
+            )
+
+    def _gauges(self) -> Mapping[str, float | Mapping[str, float]]:
+        if self._store.env.closed:
+            return {}
+        stats = self.stats()
+        return {
+            "surelay.outbox.pending": stats.outbox_pending,
+            "surelay.retry.pending": stats.retry_pending,
+            "surelay.dead_letters": stats.dead_letters,
+            "surelay.pressure.level": 0,
+            "surelay.breaker.state": {t: STATE_GAUGE[s] for t, s in stats.breakers.items()},
+        }
+
+
+def _tree(hub: Hub, states: list[PartitionState]) -> list[ChildSpec]:
+    partitions = len(states)
+    senders = [
+        ChildSpec(f"sender-{i}", Sender, args=(hub, states[i]), shutdown=5.0)
+        for i in range(partitions)
+    ]
+    return [
+        ChildSpec("retry", RetryScheduler, args=(hub,)),
+        ChildSpec("dead_letters", DeadLetterSink, args=(hub, set())),
+        # A poison message crashes its sender at most twice before it is dead-lettered,
+        # so only a sender that cannot run at all should exhaust this.
+        Supervisor.spec("senders", senders, intensity=max(20, 10 * partitions), period=1.0),
+        ChildSpec("sweeper", Sweeper, args=(hub,)),
+    ]
+
+
+def _check_transports(transports: object) -> Mapping[str, Transport]:
+    if not isinstance(transports, Mapping) or not transports:
+        raise ValueError("transports must be a non-empty mapping of name to callable")
+    checked: dict[str, Transport] = {}
+    for name, transport in transports.items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"transport names must be non-empty str, got {name!r}")
+        if not callable(transport):
+            raise TypeError(f"transport {name!r} must be callable (Envelope) -> None")
+        checked[name] = transport
+    return MappingProxyType(checked)
+
+
+def _with_traceparent(envelope: Envelope, traceparent: str | None) -> Envelope:
+    if traceparent is None:
+        return envelope
+    headers = dict(envelope.headers)
+    headers[TRACEPARENT] = traceparent
+    return Envelope(
+        message_id=envelope.message_id,
+        transport=envelope.transport,
+        payload=envelope.payload,
+        key=envelope.key,
+        idempotency_key=envelope.idempotency_key,
+        priority=envelope.priority,
+        headers=MappingProxyType(headers),
+        attempt=envelope.attempt,
+        created_at=envelope.created_at,
+    )
+
+
+def _moved(entry: OutboxEntry, partition: int) -> OutboxEntry:
+    return OutboxEntry(entry.seq, entry.envelope, entry.due_at, partition)
+
+
+def _actor_health(supervisor: SupervisorRef, prefix: str = "") -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for info in supervisor.which_children():
+        name = prefix + info.id
+        out[name] = {
+            "ok": info.status == "running",
+            "status": info.status,
+            "restarts": info.restarts,
+        }
+        if isinstance(info.ref, SupervisorRef) and info.status == "running":
+            out.update(_actor_health(info.ref, name + "/"))
+    return out

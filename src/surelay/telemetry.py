@@ -1,0 +1,187 @@
+"""Telemetry names (a public contract, API.md "Telemetry") and the few helpers that use them.
+
+Library code imports `opentelemetry-api` only; the host installs the SDK. With no tracer
+provider installed, `Telemetry.tracing` is False and the runtime skips span work
+altogether, so an uninstrumented host pays one attribute read per batch.
+
+A message's trace context travels in its envelope's W3C `traceparent` header, set from
+the `surelay.send` span; delivery attempts, retries and dead-lettering are its children.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from opentelemetry import metrics, trace
+from opentelemetry.context import Context
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, Status, StatusCode, TraceFlags
+
+__all__ = [
+    "ATTR_ATTEMPT",
+    "ATTR_DEAD_LETTER_ID",
+    "ATTR_KEY",
+    "ATTR_MESSAGE_ID",
+    "ATTR_OUTCOME",
+    "ATTR_PRESSURE_LEVEL",
+    "ATTR_REASON_CLASS",
+    "ATTR_TRANSPORT",
+    "NAME",
+    "SPAN_DEAD_LETTER",
+    "SPAN_DELIVER",
+    "SPAN_PRESSURE",
+    "SPAN_REPLAY",
+    "SPAN_RETRY",
+    "SPAN_SEND",
+    "TRACEPARENT",
+    "Telemetry",
+    "context_from",
+    "record_error",
+    "trace_id_of",
+    "traceparent_of",
+]
+
+NAME = "surelay"
+"""Tracer and meter name."""
+
+SPAN_SEND = "surelay.send"
+SPAN_DELIVER = "surelay.deliver"
+SPAN_RETRY = "surelay.retry"
+SPAN_DEAD_LETTER = "surelay.dead_letter"
+SPAN_REPLAY = "surelay.replay"
+SPAN_PRESSURE = "surelay.pressure"
+
+ATTR_MESSAGE_ID = "surelay.message_id"
+ATTR_TRANSPORT = "surelay.transport"
+ATTR_KEY = "surelay.key"
+ATTR_ATTEMPT = "surelay.attempt"
+ATTR_OUTCOME = "surelay.outcome"
+ATTR_REASON_CLASS = "surelay.reason_class"
+ATTR_DEAD_LETTER_ID = "surelay.dead_letter_id"
+ATTR_PRESSURE_LEVEL = "surelay.pressure.level"
+
+TRACEPARENT = "traceparent"
+
+COUNTERS = (
+    "accepted",
+    "delivered",
+    "retried",
+    "dead_lettered",
+    "duplicates",
+    "refused",
+    "replayed",
+)
+"""`surelay.messages.<name>` counters, each with a `surelay.transport` attribute."""
+
+GAUGES = (
+    "surelay.outbox.pending",
+    "surelay.retry.pending",
+    "surelay.dead_letters",
+    "surelay.pressure.level",
+    "surelay.breaker.state",
+)
+"""Observable gauges; `surelay.breaker.state` has one observation per transport."""
+
+Gauges = Callable[[], Mapping[str, float | Mapping[str, float]]]
+"""Reads the gauges: name -> value, or name -> {transport: value} for per-transport ones."""
+
+
+class Telemetry:
+    """The runtime's tracer, meter and instruments, made once per runtime."""
+
+    def __init__(self, gauges: Gauges) -> None:
+        self.tracer = trace.get_tracer(NAME)
+        meter = metrics.get_meter(NAME)
+        self.counters = {
+            name: meter.create_counter(f"surelay.messages.{name}", unit="{message}")
+            for name in COUNTERS
+        }
+        self.duration = meter.create_histogram(
+            "surelay.delivery.duration", unit="s", description="One transport attempt"
+        )
+        self._gauges = gauges
+        self._observed: dict[str, Mapping[str, float | Mapping[str, float]]] = {}
+        for name in GAUGES:
+            meter.create_observable_gauge(name, callbacks=[self._observer(name)])
+
+    @property
+    def tracing(self) -> bool:
+        """Whether a tracer provider is installed (span work is skipped otherwise)."""
+        return trace.get_tracer_provider() is not _PROXY or _ENV_PROVIDER in os.environ
+
+    def count(self, name: str, transport: str, amount: int = 1) -> None:
+        if amount:
+            self.counters[name].add(amount, {ATTR_TRANSPORT: transport})
+
+    def count_many(self, name: str, transports: Iterable[str]) -> None:
+        """Add one per transport occurrence, one instrument call per distinct transport."""
+        tally: dict[str, int] = {}
+        for transport in transports:
+            tally[transport] = tally.get(transport, 0) + 1
+        for transport, amount in tally.items():
+            self.counters[name].add(amount, {ATTR_TRANSPORT: transport})
+
+    def _observer(self, name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def observe(_options: CallbackOptions) -> Iterable[Observation]:
+            value = self._gauges().get(name)
+            if value is None:
+                return []
+            if isinstance(value, Mapping):
+                return [Observation(v, {ATTR_TRANSPORT: t}) for t, v in value.items()]
+            return [Observation(value)]
+
+        return observe
+
+
+_PROXY = trace.get_tracer_provider()  # the API's placeholder until a host sets one
+_ENV_PROVIDER = "OTEL_PYTHON_TRACER_PROVIDER"
+
+
+def traceparent_of(span: Span) -> str | None:
+    """The W3C `traceparent` value of `span`, or None for an invalid context."""
+    ctx = span.get_span_context()
+    if not ctx.is_valid:
+        return None
+    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+
+
+def _parse(headers: Mapping[str, str]) -> SpanContext | None:
+    value = headers.get(TRACEPARENT)
+    if value is None or len(value) != 55 or value[2] != "-" or value[35] != "-":
+        return None
+    try:
+        trace_id = int(value[3:35], 16)
+        span_id = int(value[36:52], 16)
+        flags = int(value[53:55], 16)
+    except ValueError:
+        return None
+    if not trace_id or not span_id:
+        return None
+    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags))
+
+
+def context_from(headers: Mapping[str, str]) -> Context | None:
+    """The parent context carried in `headers` (None: start a new trace)."""
+    parsed = _parse(headers)
+    if parsed is None:
+        return None
+    return trace.set_span_in_context(NonRecordingSpan(parsed))
+
+
+def trace_id_of(headers: Mapping[str, str]) -> str | None:
+    """The 32-hex-digit trace id carried in `headers`, if any."""
+    parsed = _parse(headers)
+    return None if parsed is None else f"{parsed.trace_id:032x}"
+
+
+def record_error(span: Span, error: BaseException) -> None:
+    """Mark `span` failed by `error`, as API.md asks (status ERROR + the exception)."""
+    span.record_exception(error)
+    span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+
+
+def attributes(**values: Any) -> dict[str, Any]:
+    """Span attributes without the None values OpenTelemetry would reject."""
+    return {k: v for k, v in values.items() if v is not None}
