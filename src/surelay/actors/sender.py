@@ -142,7 +142,7 @@ class Sender(Actor):
             if crashes >= CRASHES_TO_DEAD_LETTER:
                 self._dead(blamed, "crash", f"{reason}, {crashes} times", error, now)
             else:
-                self._retry_or_exhaust(blamed, error, reason, now)
+                self._retry_or_exhaust(blamed, error, reason, now, spent="crash")
         self._pump_later()
 
     # -- messages ------------------------------------------------------------------------
@@ -301,15 +301,23 @@ class Sender(Actor):
             self._retry_or_exhaust(entry, error, _describe(error), now)
 
     def _retry_or_exhaust(
-        self, entry: OutboxEntry, error: BaseException, reason: str, now: float
+        self,
+        entry: OutboxEntry,
+        error: BaseException,
+        reason: str,
+        now: float,
+        *,
+        spent: str = "exhausted",
     ) -> None:
+        """Retry `entry` if its policy allows another attempt, else dead-letter it with
+        reason class `spent` (`crash` when the last attempt crashed the sender)."""
         hub = self._hub
         state = self._state
         envelope = entry.envelope
         made = envelope.attempt
         policy = hub.config.retry_for(envelope.transport)
         if not can_retry(policy, made):
-            self._dead(entry, "exhausted", f"{made} attempt(s) failed; last: {reason}", error, now)
+            self._dead(entry, spent, f"{made} attempt(s) failed; last: {reason}", error, now)
             return
         message_id = envelope.message_id
         delay = retry_delay(policy, made, hub.rng, state.last_delay.get(message_id))
