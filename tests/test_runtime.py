@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from surelay import (
+    BreakerPolicy,
     Envelope,
     Guarantee,
     InvalidMessage,
@@ -19,7 +20,6 @@ from surelay import (
     RetryPolicy,
     Runtime,
     RuntimeClosed,
-    RuntimeConfig,
     TransientError,
     UnknownTransport,
 )
@@ -223,8 +223,6 @@ def test_a_transport_that_hangs_is_cut_off_and_retried(tmp_path: Path) -> None:
 
 
 def test_breaker_holds_messages_without_spending_attempts(tmp_path: Path) -> None:
-    from surelay import BreakerPolicy
-
     clock = Clock()
     down = threading.Event()
     down.set()
