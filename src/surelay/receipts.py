@@ -116,7 +116,7 @@ class Tracker:
                 self._cond.wait(remaining)
             return receipt._outcome
 
-    def wait_empty(self, timeout: float | None, *, until: float | None = None) -> bool:
+    def wait_empty(self, timeout: float | None) -> bool:
         """Block until nothing is pending; False after `timeout` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:

@@ -179,6 +179,7 @@ class Runtime:
                 self._hub.tracker.wait_change(min(0.02, max(0.0, deadline - time.monotonic())))
             self._root.stop(timeout=max(1.0, deadline - time.monotonic()))
         finally:
+            self._hub.telemetry.close()
             self._store.close()
             with self._lock:
                 self._closed = True

@@ -10,13 +10,15 @@ the `surelay.send` span; delivery attempts, retries and dead-lettering are its c
 
 from __future__ import annotations
 
+import functools
 import os
+import weakref
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from dataclasses import dataclass
 
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context
-from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.metrics import CallbackOptions, Counter, Histogram, Observation
 from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, Status, StatusCode, TraceFlags
 
 __all__ = [
@@ -89,22 +91,23 @@ Gauges = Callable[[], Mapping[str, float | Mapping[str, float]]]
 
 
 class Telemetry:
-    """The runtime's tracer, meter and instruments, made once per runtime."""
+    """The runtime's tracer and instruments.
+
+    Instruments are made once per process (an SDK keeps the first instrument of a
+    name), and the gauges' callbacks observe every open runtime's `Gauges`.
+    """
 
     def __init__(self, gauges: Gauges) -> None:
         self.tracer = trace.get_tracer(NAME)
-        meter = metrics.get_meter(NAME)
-        self.counters = {
-            name: meter.create_counter(f"surelay.messages.{name}", unit="{message}")
-            for name in COUNTERS
-        }
-        self.duration = meter.create_histogram(
-            "surelay.delivery.duration", unit="s", description="One transport attempt"
-        )
-        self._gauges = gauges
-        self._observed: dict[str, Mapping[str, float | Mapping[str, float]]] = {}
-        for name in GAUGES:
-            meter.create_observable_gauge(name, callbacks=[self._observer(name)])
+        instruments = _instruments()
+        self.counters = instruments.counters
+        self.duration = instruments.duration
+        self.gauges = gauges
+        _LIVE.add(self)
+
+    def close(self) -> None:
+        """Stop observing this runtime's gauges."""
+        _LIVE.discard(self)
 
     @property
     def tracing(self) -> bool:
@@ -123,16 +126,43 @@ class Telemetry:
         for transport, amount in tally.items():
             self.counters[name].add(amount, {ATTR_TRANSPORT: transport})
 
-    def _observer(self, name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
-        def observe(_options: CallbackOptions) -> Iterable[Observation]:
-            value = self._gauges().get(name)
-            if value is None:
-                return []
-            if isinstance(value, Mapping):
-                return [Observation(v, {ATTR_TRANSPORT: t}) for t, v in value.items()]
-            return [Observation(value)]
 
-        return observe
+_LIVE: weakref.WeakSet[Telemetry] = weakref.WeakSet()
+
+
+@dataclass(frozen=True, slots=True)
+class _Instruments:
+    counters: Mapping[str, Counter]
+    duration: Histogram
+
+
+@functools.cache
+def _instruments() -> _Instruments:
+    meter = metrics.get_meter(NAME)
+    counters = {
+        name: meter.create_counter(f"surelay.messages.{name}", unit="{message}")
+        for name in COUNTERS
+    }
+    duration = meter.create_histogram(
+        "surelay.delivery.duration", unit="s", description="One transport attempt"
+    )
+    for name in GAUGES:
+        meter.create_observable_gauge(name, callbacks=[_observer(name)])
+    return _Instruments(counters, duration)
+
+
+def _observer(name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    def observe(_options: CallbackOptions) -> Iterable[Observation]:
+        out: list[Observation] = []
+        for telemetry in list(_LIVE):
+            value = telemetry.gauges().get(name)
+            if isinstance(value, Mapping):
+                out.extend(Observation(v, {ATTR_TRANSPORT: t}) for t, v in value.items())
+            elif value is not None:
+                out.append(Observation(value))
+        return out
+
+    return observe
 
 
 _PROXY = trace.get_tracer_provider()  # the API's placeholder until a host sets one
@@ -180,8 +210,3 @@ def record_error(span: Span, error: BaseException) -> None:
     """Mark `span` failed by `error`, as API.md asks (status ERROR + the exception)."""
     span.record_exception(error)
     span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
-
-
-def attributes(**values: Any) -> dict[str, Any]:
-    """Span attributes without the None values OpenTelemetry would reject."""
-    return {k: v for k, v in values.items() if v is not None}

@@ -1,0 +1,139 @@
+"""Spans and metrics, read back with the OpenTelemetry SDK's in-memory exporters."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
+
+from surelay import Envelope, Outcome, PermanentError, RetryPolicy, TransientError
+
+from .helpers import Recorder, open_runtime
+
+EXPORTER = InMemorySpanExporter()
+READER = InMemoryMetricReader()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def sdk() -> Iterator[None]:
+    """The SDK, installed once per process (OpenTelemetry's globals are set-once)."""
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(EXPORTER))
+    trace.set_tracer_provider(provider)
+    metrics.set_meter_provider(MeterProvider(metric_readers=[READER]))
+    yield
+
+
+@pytest.fixture(autouse=True)
+def clean() -> None:
+    EXPORTER.clear()
+
+
+def spans(name: str) -> list[ReadableSpan]:
+    return [s for s in EXPORTER.get_finished_spans() if s.name == name]
+
+
+def metric_points() -> dict[str, list[Any]]:
+    data = READER.get_metrics_data()
+    out: dict[str, list[Any]] = {}
+    assert data is not None
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            if scope.scope.name != "surelay":
+                continue
+            for metric in scope.metrics:
+                out[metric.name] = list(metric.data.data_points)
+    return out
+
+
+def test_a_message_is_one_trace_from_send_to_dead_letter(tmp_path: Path) -> None:
+    attempts = 0
+
+    def fail_then_reject(envelope: Envelope) -> None:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            raise TransientError("busy")
+        raise PermanentError("rejected")
+
+    policy = RetryPolicy(base_delay=0.001, max_delay=0.001)
+    with open_runtime(tmp_path, {"t": Recorder(fail_then_reject)}, retry=policy) as rt:
+        receipt = rt.send("t", b"x", key="k")
+        assert receipt.wait(5) is Outcome.DEAD_LETTERED
+        (letter,) = rt.dead_letters.list()
+    (send,) = spans("surelay.send")
+    trace_id = send.context.trace_id
+    assert send.attributes == {
+        "surelay.message_id": receipt.message_id,
+        "surelay.transport": "t",
+        "surelay.key": "k",
+    }
+    delivers = spans("surelay.deliver")
+    assert [s.attributes["surelay.attempt"] for s in delivers] == [1, 2]  # type: ignore[index]
+    assert all(s.context.trace_id == trace_id for s in delivers)
+    assert all(s.parent is not None and s.parent.span_id == send.context.span_id for s in delivers)
+    assert all(s.status.status_code is StatusCode.ERROR for s in delivers)
+    assert delivers[0].events[0].name == "exception"
+    (retry,) = spans("surelay.retry")
+    assert retry.attributes["surelay.attempt"] == 2  # type: ignore[index]
+    assert retry.context.trace_id == trace_id
+    (dead,) = spans("surelay.dead_letter")
+    assert dead.attributes["surelay.reason_class"] == "permanent"  # type: ignore[index]
+    assert dead.attributes["surelay.dead_letter_id"] == letter.id  # type: ignore[index]
+    assert letter.trace_id == f"{trace_id:032x}"
+
+
+def test_the_traceparent_header_reaches_the_transport(tmp_path: Path) -> None:
+    sink = Recorder()
+    with open_runtime(tmp_path, {"t": sink}) as rt:
+        rt.send("t", b"x").wait(5)
+    (send,) = spans("surelay.send")
+    header = sink.delivered[0].headers["traceparent"]
+    ctx = send.context
+    assert header == f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+    assert int(ctx.trace_flags) & 1  # sampled
+
+
+def test_metrics_count_by_transport_and_observe_gauges(tmp_path: Path) -> None:
+    def behaviour(envelope: Envelope) -> None:
+        if envelope.payload == b"bad":
+            raise PermanentError("no")
+
+    with open_runtime(tmp_path, {"sms": Recorder(behaviour), "mail": Recorder()}) as rt:
+        for payload in (b"ok", b"ok", b"bad"):
+            rt.send("sms", payload).wait(5)
+        rt.send("mail", b"ok", idempotency_key="once").wait(5)
+        rt.send("mail", b"ok", idempotency_key="once").wait(5)
+        points = metric_points()
+
+    def total(name: str, transport: str) -> int:
+        return sum(
+            p.value for p in points[name] if p.attributes.get("surelay.transport") == transport
+        )
+
+    assert total("surelay.messages.accepted", "sms") >= 3
+    assert total("surelay.messages.delivered", "sms") >= 2
+    assert total("surelay.messages.dead_lettered", "sms") >= 1
+    assert total("surelay.messages.duplicates", "mail") >= 1
+    durations = [
+        p
+        for p in points["surelay.delivery.duration"]
+        if p.attributes.get("surelay.transport") == "sms"
+    ]
+    assert durations and durations[0].count >= 3
+    breaker = {p.attributes["surelay.transport"]: p.value for p in points["surelay.breaker.state"]}
+    assert breaker == {"sms": 0, "mail": 0}
+    gauges = {
+        name: points[name][0].value for name in ("surelay.outbox.pending", "surelay.dead_letters")
+    }
+    assert gauges == {"surelay.outbox.pending": 0, "surelay.dead_letters": 1}
+    assert points["surelay.pressure.level"][0].value == 0
