@@ -378,14 +378,18 @@ class Runtime:
             self._dispatch(entries)
         return receipts
 
-    def _dispatch(self, entries: Sequence[OutboxEntry]) -> None:
+    def _dispatch(
+        self, entries: Sequence[OutboxEntry], partitions: Sequence[int] | None = None
+    ) -> None:
+        """Hand entries to their senders: `entry.partition`'s, or `partitions[i]`'s."""
         senders = self._hub.senders
-        if len(entries) == 1:
+        if len(entries) == 1 and partitions is None:
             senders[entries[0].partition].tell(Deliver((entries[0],)))
             return
         by_partition: dict[int, list[OutboxEntry]] = {}
-        for entry in entries:
-            by_partition.setdefault(entry.partition, []).append(entry)
+        routes = partitions if partitions is not None else [e.partition for e in entries]
+        for entry, partition in zip(entries, routes, strict=True):
+            by_partition.setdefault(partition, []).append(entry)
         for partition, group in by_partition.items():
             senders[partition].tell(Deliver(tuple(group)))
 
@@ -527,6 +531,7 @@ class Runtime:
                 break
             after = chunk[-1].seq
             entries = []
+            routes = []
             for entry in chunk:
                 envelope = entry.envelope
                 if envelope.transport not in self._transports:
@@ -538,9 +543,10 @@ class Runtime:
                     if key is not None
                     else entry.partition % partitions
                 )
-                entries.append(entry if partition == entry.partition else _moved(entry, partition))
+                entries.append(entry)  # keeps the partition its index entry was made for
+                routes.append(partition)
             self._hub.tracker.add((e.envelope.message_id for e in entries), receipts=False)
-            self._dispatch(entries)
+            self._dispatch(entries, routes)
             recovered += len(entries)
         if recovered:
             logger.info("recovered %d message(s) from the outbox of %s", recovered, store.path)
@@ -610,10 +616,6 @@ def _with_traceparent(envelope: Envelope, traceparent: str | None) -> Envelope:
         attempt=envelope.attempt,
         created_at=envelope.created_at,
     )
-
-
-def _moved(entry: OutboxEntry, partition: int) -> OutboxEntry:
-    return OutboxEntry(entry.seq, entry.envelope, entry.due_at, partition)
 
 
 def _actor_health(supervisor: SupervisorRef, prefix: str = "") -> dict[str, dict[str, Any]]:

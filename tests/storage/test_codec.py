@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from surelay.envelope import Envelope
 from surelay.storage import DecodeError, OutboxEntry, QuarantinedRecord, ReplayRequest
-from surelay.storage.codec import decode, decode_dedup, encode, encode_dedup
+from surelay.storage.codec import decode, decode_dedup, encode, encode_dedup, encode_generic
 from surelay.storage.keys import index_prefix, micros, new_id, text_key
 from surelay.storage.records import DeadLetter
 
@@ -25,6 +25,14 @@ from .builders import dead_letters, envelopes, times
 def test_outbox_entry_round_trip(seq: int, envelope: object, due: float, partition: int) -> None:
     entry = OutboxEntry(seq, envelope, due, partition)  # type: ignore[arg-type]
     assert decode(OutboxEntry, encode(entry)) == entry
+
+
+@given(st.integers(1, 2**63), envelopes, times, st.integers(0, 65535))
+def test_the_outbox_fast_path_writes_the_generic_bytes(
+    seq: int, envelope: Envelope, due: float, partition: int
+) -> None:
+    entry = OutboxEntry(seq, envelope, due, partition)
+    assert encode(entry) == encode_generic(entry)
 
 
 @given(dead_letters)

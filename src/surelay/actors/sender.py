@@ -385,6 +385,7 @@ class Sender(Actor):
         state = self._state
         keys = [e.envelope.idempotency_key for e in delivered]
         ids = [e.envelope.message_id for e in delivered]
+        entries = list(delivered)
         state.delivering.update(keys)
         expires = now + hub.config.dedup_ttl
         dedup = hub.store.dedup
@@ -394,8 +395,8 @@ class Sender(Actor):
             for key in keys:
                 dedup.put(txn, key, delivered_at=now, expires_at=expires)
             if outbox is not None:
-                for message_id in ids:
-                    outbox.remove(txn, message_id)
+                for entry in entries:
+                    outbox.remove_entry(txn, entry)
 
         def done(future: Future[None]) -> None:
             state.delivering.difference_update(keys)

@@ -60,6 +60,32 @@ class Outbox:
         txn.put(u16(partition) + seq, b"", db=self._part)
         return entry
 
+    def enqueue_many(
+        self, txn: Txn, items: list[tuple[Envelope, int]], *, due_at: float
+    ) -> list[OutboxEntry]:
+        """`enqueue` for several (envelope, partition) pairs, one sequence update."""
+        raw = txn.get(b"outbox_seq", db=self._meta)
+        seq = from_u64(raw) if raw is not None else 0
+        due = micros(due_at)
+        out = []
+        ids, main, due_idx, part_idx = self._ids, self._main, self._due, self._part
+        for envelope, partition in items:
+            if not 0 <= partition < MAX_PARTITIONS:
+                raise ValueError(f"partition must be in [0, {MAX_PARTITIONS}), got {partition}")
+            id_key = text_key(envelope.message_id)
+            if txn.get(id_key, db=ids) is not None:
+                raise ValueError(f"message {envelope.message_id!r} is already in the outbox")
+            seq += 1
+            entry = OutboxEntry(seq, envelope, due_at, partition)
+            seq_key = u64(seq)
+            txn.put(seq_key, encode(entry), db=main)
+            txn.put(id_key, seq_key, db=ids)
+            txn.put(due + seq_key, b"", db=due_idx)
+            txn.put(u16(partition) + seq_key, b"", db=part_idx)
+            out.append(entry)
+        txn.put(b"outbox_seq", u64(seq), db=self._meta)
+        return out
+
     def get(self, txn: Txn, message_id: str) -> OutboxEntry | None:
         seq = txn.get(text_key(message_id), db=self._ids)
         return None if seq is None else self._load(txn, bytes(seq))
@@ -92,6 +118,18 @@ class Outbox:
             txn.delete(micros(entry.due_at) + seq, db=self._due)
             txn.delete(u16(entry.partition) + seq, db=self._part)
         return entry
+
+    def remove_entry(self, txn: Txn, entry: OutboxEntry) -> bool:
+        """Remove `entry` as its owner last saw it (no read-back, for the hot path).
+        If its due time changed meanwhile, the stale due-index entry is skipped by
+        every reader (it points at nothing). True if it was there."""
+        seq = u64(entry.seq)
+        if not txn.delete(text_key(entry.envelope.message_id), db=self._ids):
+            return False
+        txn.delete(seq, db=self._main)
+        txn.delete(micros(entry.due_at) + seq, db=self._due)
+        txn.delete(u16(entry.partition) + seq, db=self._part)
+        return True
 
     def scan(self, txn: Txn, *, after: int = 0, limit: int | None = None) -> list[OutboxEntry]:
         """Entries in acceptance order, after sequence number `after`."""

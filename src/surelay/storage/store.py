@@ -166,8 +166,10 @@ class Store:
         """Accept (envelope, partition) pairs into the outbox, all or none."""
         at = self.clock() if due_at is None else due_at
 
+        items = list(envelopes)
+
         def op(txn: Txn) -> list[OutboxEntry]:
-            return [self.outbox.enqueue(txn, e, partition=p, due_at=at) for e, p in envelopes]
+            return self.outbox.enqueue_many(txn, items, due_at=at)
 
         return self.write(op)
 

@@ -1,0 +1,178 @@
+"""Delivery throughput against a naive ceiling written here.
+
+Run: .venv/bin/python benchmarks/throughput.py [--messages N]
+
+The naive ceiling is the least a durable pipeline must do: one pykka actor that packs
+each message with msgpack, puts batches of 256 into LMDB with a synced commit, calls a
+no-op deliver for each, and deletes the batch in a second synced commit. surelay does
+that plus validation, receipts, per-key ordering, dedup records and retry bookkeeping.
+
+Figures, in one run:
+- durable `send_batch(1000)` to a no-op transport, no tracer provider, vs the ceiling;
+- 16 threads x `send()`: messages/s and p50/p99 `send` latency;
+- BEST_EFFORT `send_batch(1000)`;
+- with the OpenTelemetry SDK (ALWAYS_ON, BatchSpanProcessor, an exporter that drops
+  everything): surelay vs the ceiling with one span per message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import lmdb
+import msgpack
+import pykka
+
+from surelay import Envelope, Guarantee, Runtime, RuntimeConfig
+
+BATCH = 256
+
+
+class NaivePipeline(pykka.ThreadingActor):
+    def __init__(self, path: str, span: Callable[[], object] | None) -> None:
+        super().__init__()
+        self.env = lmdb.open(path, map_size=1 << 30, sync=True)
+        self.span = span
+        self.next = 0
+
+    def on_receive(self, message: object) -> object:
+        if message == "done":
+            return self.next
+        assert isinstance(message, list)
+        keys = []
+        with self.env.begin(write=True) as txn:
+            for item in message:
+                self.next += 1
+                key = self.next.to_bytes(8, "big")
+                txn.put(key, msgpack.packb(item))
+                keys.append(key)
+        for item in message:
+            if self.span is not None:
+                with self.span():  # type: ignore[attr-defined]
+                    deliver(item)
+            else:
+                deliver(item)
+        with self.env.begin(write=True) as txn:
+            for key in keys:
+                txn.delete(key)
+        return None
+
+    def on_stop(self) -> None:
+        self.env.close()
+
+
+def deliver(_item: object) -> None:
+    """The no-op downstream."""
+
+
+def naive(messages: int, span: Callable[[], object] | None = None) -> float:
+    with tempfile.TemporaryDirectory() as path:
+        actor = NaivePipeline.start(path, span)
+        item = {"transport": "t", "payload": b"x" * 100, "key": "k"}
+        start = time.perf_counter()
+        for _ in range(0, messages, BATCH):
+            actor.tell([dict(item) for _ in range(BATCH)])
+        actor.ask("done")
+        elapsed = time.perf_counter() - start
+        actor.stop()
+    return messages / elapsed
+
+
+def surelay_batches(messages: int, guarantee: Guarantee = Guarantee.AT_LEAST_ONCE) -> float:
+    with tempfile.TemporaryDirectory() as path:
+        config = RuntimeConfig(guarantee=guarantee)
+        with Runtime.open(path, transports={"t": noop}, config=config) as rt:
+            batch = [
+                {"transport": "t", "payload": b"x" * 100, "key": f"k{i % 64}"} for i in range(1000)
+            ]
+            start = time.perf_counter()
+            for _ in range(messages // 1000):
+                rt.send_batch(batch)
+            assert rt.flush(300)
+            elapsed = time.perf_counter() - start
+            assert rt.stats().delivered == messages // 1000 * 1000
+    return messages // 1000 * 1000 / elapsed
+
+
+def noop(_envelope: Envelope) -> None:
+    pass
+
+
+def threads_send(messages: int, threads: int = 16) -> tuple[float, float, float]:
+    with tempfile.TemporaryDirectory() as path, Runtime.open(path, transports={"t": noop}) as rt:
+        per_thread = messages // threads
+        latencies: list[list[float]] = [[] for _ in range(threads)]
+
+        def worker(n: int) -> None:
+            own = latencies[n]
+            for i in range(per_thread):
+                t0 = time.perf_counter()
+                rt.send("t", b"x" * 100, key=f"{n}-{i % 8}")
+                own.append(time.perf_counter() - t0)
+
+        workers = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
+        start = time.perf_counter()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        assert rt.flush(300)
+        elapsed = time.perf_counter() - start
+        flat = sorted(x for own in latencies for x in own)
+    return (
+        per_thread * threads / elapsed,
+        statistics.median(flat) * 1000,
+        flat[int(len(flat) * 0.99)] * 1000,
+    )
+
+
+def install_sdk() -> Callable[[], object]:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+
+    class Drop(SpanExporter):
+        def export(self, spans: Sequence[object]) -> SpanExportResult:  # type: ignore[override]
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider(sampler=ALWAYS_ON)
+    provider.add_span_processor(BatchSpanProcessor(Drop()))
+    trace.set_tracer_provider(provider)
+    tracer = trace.get_tracer("naive")
+    return lambda: tracer.start_as_current_span("deliver")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--messages", type=int, default=50_000)
+    n = parser.parse_args().messages
+    ceiling = naive(n)
+    batched = surelay_batches(n)
+    rate16, p50, p99 = threads_send(min(n, 20_000))
+    best_effort = surelay_batches(n, Guarantee.BEST_EFFORT)
+    span = install_sdk()
+    ceiling_spans = naive(n, span)
+    traced = surelay_batches(n)
+    rows = [
+        ("naive ceiling (msgpack + LMDB 256/commit + no-op + delete)", ceiling, None),
+        ("surelay send_batch(1000), AT_LEAST_ONCE, no tracing", batched, batched / ceiling),
+        ("surelay 16 threads x send(), AT_LEAST_ONCE", rate16, None),
+        ("surelay send_batch(1000), BEST_EFFORT", best_effort, best_effort / ceiling),
+        ("naive ceiling + one span per message (SDK)", ceiling_spans, None),
+        ("surelay send_batch(1000), SDK ALWAYS_ON", traced, traced / ceiling_spans),
+    ]
+    print(f"messages per run: {n}")
+    print(f"{'pipeline':62} {'msg/s':>10} {'of ceiling':>10}")
+    for name, rate, share in rows:
+        print(f"{name:62} {rate:>10,.0f} {'' if share is None else f'{share:.0%}':>10}")
+    print(f"16 threads x send(): latency p50 {p50:.2f} ms, p99 {p99:.2f} ms")
+
+
+if __name__ == "__main__":
+    main()
