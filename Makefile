@@ -15,6 +15,16 @@ $(DEV_STAMP): pyproject.toml $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $@
 
+DEMO_STAMP := $(VENV)/.demo-installed
+
+$(DEMO_STAMP): pyproject.toml $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[cli]'
+	@touch $@
+
+# The main job: a host sending to a flaky downstream, on ./surelay-data.
+demo: $(DEMO_STAMP)
+	$(BIN)/surelay demo
+
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
@@ -30,6 +40,7 @@ test: lint typecheck pytest
 bench: $(DEV_STAMP)
 	$(BIN)/python benchmarks/supervision.py
 	$(BIN)/python benchmarks/storage.py
+	$(BIN)/python benchmarks/throughput.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) surelay-data .mypy_cache .pytest_cache .ruff_cache .hypothesis

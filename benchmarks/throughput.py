@@ -27,6 +27,10 @@ from collections.abc import Callable, Sequence
 import lmdb
 import msgpack
 import pykka
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
 from surelay import Envelope, Guarantee, Runtime, RuntimeConfig
 
@@ -132,11 +136,6 @@ def threads_send(messages: int, threads: int = 16) -> tuple[float, float, float]
 
 
 def install_sdk() -> Callable[[], object]:
-    from opentelemetry import trace
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-    from opentelemetry.sdk.trace.sampling import ALWAYS_ON
-
     class Drop(SpanExporter):
         def export(self, spans: Sequence[object]) -> SpanExportResult:  # type: ignore[override]
             return SpanExportResult.SUCCESS

@@ -1,0 +1,39 @@
+"""The `surelay` command line (click for parsing, rich for output).
+
+Needs the `cli` extra (`pip install 'surelay[cli]'`). Exit codes: 0 on success, 1 on an
+operational failure, 2 on bad usage (click's own).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from surelay.demo import run_demo
+
+__all__ = ["main"]
+
+
+@click.group(help="surelay: reliable delivery, supervised.")
+def main() -> None:
+    """Entry point of the `surelay` script."""
+
+
+@main.command(help="Send messages to a simulated flaky downstream and show what happens.")
+@click.option("--messages", type=click.IntRange(min=2), default=3000, show_default=True)
+@click.option(
+    "--path",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("surelay-data"),
+    show_default=True,
+    help="data directory (created if missing)",
+)
+def demo(messages: int, path: Path) -> None:
+    result = run_demo(path, messages)
+    if not result.flushed:
+        raise click.ClickException("the demo ended with messages still in flight")
+
+
+if __name__ == "__main__":
+    main()
