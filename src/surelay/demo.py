@@ -96,13 +96,15 @@ def _messages(count: int, run: str) -> list[dict[str, Any]]:
         roll = rng.random()
         priority = Priority.HIGH if roll < 0.1 else Priority.LOW if roll < 0.3 else Priority.NORMAL
         payload = f"order {i}".encode() + (b"#reject" if i % 97 == 96 else b"")
-        # Every 50th message repeats the previous one's idempotency key: a duplicate.
-        idem = f"{run}-{i - 1 if i % 50 == 49 else i}"
+        # Every 50th message is a retransmission of the previous one (same key, same
+        # idempotency key): the runtime suppresses it as a duplicate.
+        original = i - 1 if i % 50 == 49 else i
+        idem = f"{run}-{original}"
         out.append(
             {
                 "transport": "orders",
                 "payload": payload,
-                "key": f"customer-{i % 200}",
+                "key": f"customer-{original % 200}",
                 "priority": priority,
                 "idempotency_key": idem,
             }

@@ -22,7 +22,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -603,18 +603,8 @@ def _check_transports(transports: object) -> Mapping[str, Transport]:
 def _with_traceparent(envelope: Envelope, traceparent: str | None) -> Envelope:
     if traceparent is None:
         return envelope
-    headers = dict(envelope.headers)
-    headers[TRACEPARENT] = traceparent
-    return Envelope(
-        message_id=envelope.message_id,
-        transport=envelope.transport,
-        payload=envelope.payload,
-        key=envelope.key,
-        idempotency_key=envelope.idempotency_key,
-        priority=envelope.priority,
-        headers=MappingProxyType(headers),
-        attempt=envelope.attempt,
-        created_at=envelope.created_at,
+    return replace(
+        envelope, headers=MappingProxyType({**envelope.headers, TRACEPARENT: traceparent})
     )
 
 

@@ -17,7 +17,7 @@ from surelay.config import RuntimeConfig
 from surelay.envelope import Envelope
 from surelay.receipts import Tracker
 from surelay.storage.store import Store
-from surelay.telemetry import Telemetry
+from surelay.telemetry import COUNTERS, Telemetry
 
 if TYPE_CHECKING:
     from surelay.actors.breaker import Breakers
@@ -29,15 +29,7 @@ __all__ = ["COUNTER_NAMES", "Counters", "Hub", "Transport"]
 Transport = Callable[[Envelope], Any]
 """Any callable taking an `Envelope`; returning means delivered."""
 
-COUNTER_NAMES = (
-    "accepted",
-    "delivered",
-    "retried",
-    "dead_lettered",
-    "duplicates",
-    "refused",
-    "replayed",
-)
+COUNTER_NAMES = COUNTERS
 
 
 class Counters:
