@@ -127,8 +127,7 @@ class Runtime:
         transports = _check_transports(transports)
         store = Store.open(path, map_size=config.map_size, clock=config.clock)
         try:
-            telemetry_ref: list[Runtime] = []
-            telemetry = Telemetry(lambda: telemetry_ref[0]._gauges() if telemetry_ref else {})
+            telemetry = Telemetry()  # observes the runtime's gauges once it exists
             hub = Hub(
                 store=store,
                 config=config,
@@ -150,7 +149,7 @@ class Runtime:
         hub.scheduler = root.child("retry")
         hub.sink = root.child("dead_letters")
         hub.senders = tuple(senders.child(f"sender-{i}") for i in range(config.partitions))
-        telemetry_ref.append(runtime)
+        telemetry.gauges = runtime._gauges
         try:
             runtime._recover()
         except BaseException:

@@ -97,7 +97,7 @@ class Telemetry:
     name), and the gauges' callbacks observe every open runtime's `Gauges`.
     """
 
-    def __init__(self, gauges: Gauges) -> None:
+    def __init__(self, gauges: Gauges = dict) -> None:
         self.tracer = trace.get_tracer(NAME)
         instruments = _instruments()
         self.counters = instruments.counters

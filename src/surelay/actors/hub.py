@@ -24,12 +24,10 @@ if TYPE_CHECKING:
     from surelay.actors.retry import RetryBacklog
     from surelay.supervision import Ref
 
-__all__ = ["COUNTER_NAMES", "Counters", "Hub", "Transport"]
+__all__ = ["Counters", "Hub", "Transport"]
 
 Transport = Callable[[Envelope], Any]
 """Any callable taking an `Envelope`; returning means delivered."""
-
-COUNTER_NAMES = COUNTERS
 
 
 class Counters:
@@ -37,7 +35,7 @@ class Counters:
 
     def __init__(self, telemetry: Telemetry) -> None:
         self._lock = threading.Lock()
-        self._values = dict.fromkeys(COUNTER_NAMES, 0)
+        self._values = dict.fromkeys(COUNTERS, 0)
         self._telemetry = telemetry
 
     def add(self, name: str, transport: str, amount: int = 1) -> None:

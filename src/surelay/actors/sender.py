@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import zlib
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -420,22 +421,23 @@ class Sender(Actor):
             self._settle(entry, now)
         outbox = hub.store.outbox
 
+        def ended() -> None:
+            hub.tracker.complete(ids, Outcome.DUPLICATE)
+            hub.counters.add_each("duplicates", [e.envelope.transport for e in duplicates])
+
+        if not hub.durable:  # nothing in the outbox to remove
+            ended()
+            return
+
+        def op(txn: Txn) -> None:
+            for entry in duplicates:
+                outbox.remove_entry(txn, entry)
+
         def done(future: Future[None]) -> None:
             if future.exception() is None:
-                hub.tracker.complete(ids, Outcome.DUPLICATE)
-                hub.counters.add_each("duplicates", [e.envelope.transport for e in duplicates])
+                ended()
 
-        if hub.durable:
-
-            def op(txn: Txn) -> None:
-                for message_id in ids:
-                    outbox.remove(txn, message_id)
-
-            hub.store.write(op).add_done_callback(done)
-        else:
-            finished: Future[None] = Future()
-            finished.set_result(None)
-            done(finished)
+        hub.store.write(op).add_done_callback(done)
 
 
 def _describe(error: BaseException) -> str:
@@ -443,7 +445,7 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
-def _log_failure(what: str, message_id: str) -> Any:
+def _log_failure(what: str, message_id: str) -> Callable[[Future[Any]], None]:
     def check(future: Future[Any]) -> None:
         if future.exception() is not None:
             logger.error("%s %s: %s", what, message_id, future.exception())
