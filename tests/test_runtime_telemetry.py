@@ -137,3 +137,31 @@ def test_metrics_count_by_transport_and_observe_gauges(tmp_path: Path) -> None:
     }
     assert gauges == {"surelay.outbox.pending": 0, "surelay.dead_letters": 1}
     assert points["surelay.pressure.level"][0].value == 0
+
+
+def test_a_replay_is_its_own_span_linked_to_the_original_trace(tmp_path: Path) -> None:
+    healthy = False
+
+    def downstream(envelope: Envelope) -> None:
+        if not healthy:
+            raise PermanentError("rejected")
+
+    with open_runtime(
+        tmp_path, {"t": Recorder(downstream)}, retry=RetryPolicy(max_attempts=1)
+    ) as rt:
+        assert rt.send("t", b"x", key="k").wait(5) is Outcome.DEAD_LETTERED
+        (letter,) = rt.dead_letters.list()
+        healthy = True
+        assert rt.dead_letters.replay().replayed == 1
+        replayed_points = metric_points()["surelay.messages.replayed"]
+    (send,) = spans("surelay.send")
+    (replay,) = spans("surelay.replay")
+    assert letter.trace_id == f"{send.context.trace_id:032x}"
+    assert [link.context.trace_id for link in replay.links] == [send.context.trace_id]
+    assert replay.attributes is not None
+    assert replay.attributes["surelay.dead_letter_id"] == letter.id
+    assert replay.attributes["surelay.outcome"] == "replayed"
+    first, again = spans("surelay.deliver")
+    assert first.context.trace_id == send.context.trace_id
+    assert again.parent is not None and again.parent.span_id == replay.context.span_id
+    assert [(p.attributes, p.value) for p in replayed_points] == [({"surelay.transport": "t"}, 1)]

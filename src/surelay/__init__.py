@@ -16,6 +16,7 @@ from surelay.errors import (
     UnknownTransport,
 )
 from surelay.receipts import Outcome, Receipt
+from surelay.replay_report import ReplayReport
 from surelay.runtime import Runtime, RuntimeStats
 from surelay.storage.records import DeadLetter
 
@@ -33,6 +34,7 @@ __all__ = [
     "PressurePolicy",
     "Priority",
     "Receipt",
+    "ReplayReport",
     "RetryPolicy",
     "Runtime",
     "RuntimeClosed",

@@ -1,17 +1,30 @@
-"""`rt.dead_letters`: what an operator does with dead letters (list, get, archive, purge).
+"""`rt.dead_letters`: what an operator does with dead letters (list, get, replay,
+archive, purge).
 
 Reads are snapshots; every change is one durable write. Listing is oldest first (ids are
-time-ordered), paged with `after`, the last id of the previous page.
+time-ordered), paged with `after`, the last id of the previous page. A replay is stored
+as a request first (so it survives a crash and `surelay dlq` can watch it), then carried
+out by the replay actors (see `surelay.actors.replay`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from surelay.actors.replay import ReplayState, StartReplay, request_filters
+from surelay.errors import RuntimeClosed
+from surelay.replay_report import ReplayReport
 from surelay.storage.dead_letters import MAX_LIMIT
 from surelay.storage.environment import Txn
-from surelay.storage.records import DEAD_LETTER_STATUSES, REASON_CLASSES, DeadLetter
+from surelay.storage.keys import new_id
+from surelay.storage.records import (
+    DEAD_LETTER_STATUSES,
+    REASON_CLASSES,
+    DeadLetter,
+    ReplayRequest,
+)
 from surelay.storage.store import Store
 
 if TYPE_CHECKING:
@@ -21,9 +34,10 @@ __all__ = ["DeadLetters"]
 
 
 class DeadLetters:
-    def __init__(self, store: Store, hub: Hub) -> None:
+    def __init__(self, store: Store, hub: Hub, replays: ReplayState) -> None:
         self._store = store
         self._hub = hub
+        self._replays = replays
 
     def list(
         self,
@@ -62,6 +76,60 @@ class DeadLetters:
         with self._store.read() as txn:
             return self._store.dead_letters.get(txn, dead_letter_id)
 
+    def replay(
+        self,
+        ids: Iterable[str] | None = None,
+        *,
+        reason_class: str | None = None,
+        key: str | None = None,
+        transport: str | None = None,
+        rate: float | None = None,
+        wait: bool = True,
+        timeout: float | None = None,
+    ) -> ReplayReport:
+        """Replay the records `ids`, or every `dead` record matching the filters (all
+        of them if none is given), at most `rate` per second.
+
+        One key's records are replayed in failure order. A record whose idempotency key
+        was delivered meanwhile is not sent (`skipped_duplicate`), nor is one already
+        replayed; archived ones are refused. With `wait` it returns once every record has
+        ended, or after `timeout` seconds with `pending` counting the rest (the replay
+        goes on); without, at once. Raises `ValueError` for bad arguments.
+        """
+        selected = _check_replay(ids, reason_class, rate, timeout)
+        if selected is not None and (reason_class, key, transport) != (None, None, None):
+            raise ValueError("give either ids or filters (reason_class, key, transport), not both")
+        for name, value in (("key", key), ("transport", transport)):
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"{name} must be a str or None, got {value!r}")
+        coordinator = self._hub.replay_coordinator
+        if coordinator is None or not coordinator.is_alive():
+            raise RuntimeClosed("the runtime is closed; nothing was replayed")
+        now = self._hub.config.clock()
+        request = ReplayRequest(
+            id=new_id(now),
+            created_at=now,
+            ids=selected,
+            filters=request_filters(reason_class, key, transport),
+            rate=rate,
+            updated_at=now,
+        )
+        self._store.write(lambda txn: self._store.replay_requests.put(txn, request)).result()
+        requested = coordinator.ask(StartReplay(request.id), timeout=timeout)
+        if not wait:
+            return self._replays.report(request.id) or ReplayReport(
+                requested=requested, pending=requested, request_id=request.id
+            )
+        finished = self._replays.finished(request.id)
+        if finished is not None:
+            try:
+                return finished.result(timeout)
+            except TimeoutError:
+                pass
+        return self._replays.report(request.id) or ReplayReport(
+            requested=requested, request_id=request.id
+        )
+
     def archive(self, ids: Iterable[str]) -> int:
         """Archive `dead` and `replayed` records; returns how many changed. Unknown ids
         and records in other states are left alone."""
@@ -89,3 +157,28 @@ class DeadLetters:
         return self._store.write(
             lambda txn: table.purge(txn, status=status, older_than=older_than, now=now)
         ).result()
+
+
+def _check_replay(
+    ids: Iterable[str] | None, reason_class: str | None, rate: float | None, timeout: float | None
+) -> tuple[str, ...] | None:
+    """The ids as a tuple (None: select by filters), after checking every argument."""
+    if reason_class is not None and reason_class not in REASON_CLASSES:
+        raise ValueError(
+            f"reason_class must be one of {REASON_CLASSES} or None, got {reason_class!r}"
+        )
+    if rate is not None and not (
+        isinstance(rate, int | float) and not isinstance(rate, bool) and math.isfinite(rate)
+    ):
+        raise ValueError(f"rate must be a number of records per second > 0, got {rate!r}")
+    if rate is not None and rate <= 0:
+        raise ValueError(f"rate must be a number of records per second > 0, got {rate!r}")
+    if timeout is not None and not (isinstance(timeout, int | float) and timeout >= 0):
+        raise ValueError(f"timeout must be seconds >= 0 or None, got {timeout!r}")
+    if ids is None:
+        return None
+    selected = (ids,) if isinstance(ids, str) else tuple(ids)
+    for dead_letter_id in selected:
+        if not isinstance(dead_letter_id, str) or not dead_letter_id:
+            raise ValueError(f"dead letter ids are non-empty str, got {dead_letter_id!r}")
+    return selected

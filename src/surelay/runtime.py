@@ -6,11 +6,16 @@ root Supervisor "surelay" (one_for_one)
 ├── retry          RetryScheduler: timer heap of held messages
 ├── dead_letters   DeadLetterSink: stores terminal failures
 ├── senders        Supervisor: Sender "sender-<i>" per partition
-└── sweeper        Sweeper: dedup and dead-letter retention
+├── sweeper        Sweeper: dedup and dead-letter retention
+└── replay         Supervisor: ReplayWorker "replay-<i>" per replay partition, then
+                   the ReplayCoordinator "coordinator"
 ```
 
 The store's group-commit writer is a thread the store owns, not an actor: it must keep
 committing while the tree stops, so that nothing accepted is lost at close.
+
+One runtime owns a data directory at a time (`surelay.storage.owner`); other processes
+(the CLI) may open its store beside it.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from typing import Any
 from surelay.actors.breaker import STATE_GAUGE, Breakers
 from surelay.actors.dead_letter import DeadLetterSink
 from surelay.actors.hub import Counters, Hub, Transport
+from surelay.actors.replay import ReplayCoordinator, ReplayState
+from surelay.actors.replay_worker import ReplayWorker, WorkerState
 from surelay.actors.retry import RetryBacklog, RetryScheduler
 from surelay.actors.sender import Deliver, PartitionState, Sender, partition_for
 from surelay.actors.sweeper import Sweeper
@@ -39,6 +46,7 @@ from surelay.errors import InvalidMessage, RuntimeClosed, UnknownTransport
 from surelay.receipts import Receipt, Tracker
 from surelay.storage.environment import Txn
 from surelay.storage.keys import new_id
+from surelay.storage.owner import OwnerLock
 from surelay.storage.records import OutboxEntry
 from surelay.storage.store import Store
 from surelay.supervision import ChildSpec, Supervisor, SupervisorRef
@@ -89,8 +97,19 @@ class Runtime:
     """An open runtime on a data directory. Open with `Runtime.open`; use as a context
     manager or call `close()`."""
 
-    def __init__(self, store: Store, hub: Hub, root: SupervisorRef, states: list[PartitionState]):
+    def __init__(
+        self,
+        store: Store,
+        hub: Hub,
+        root: SupervisorRef,
+        states: list[PartitionState],
+        *,
+        replays: ReplayState,
+        owner: OwnerLock,
+    ):
         self._store = store
+        self._owner = owner
+        self._replays = replays
         self._hub = hub
         self._root = root
         self._states = states
@@ -103,7 +122,7 @@ class Runtime:
         self._round_robin = itertools.count()
         self._txns: dict[int, list[OutboxEntry]] = {}
         self._orphans: dict[str, int] = {}
-        self._dead_letters = DeadLetters(store, hub)
+        self._dead_letters = DeadLetters(store, hub, replays)
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -127,6 +146,11 @@ class Runtime:
         transports = _check_transports(transports)
         store = Store.open(path, map_size=config.map_size, clock=config.clock)
         try:
+            owner = OwnerLock.acquire(store.path)
+        except BaseException:
+            store.close()
+            raise
+        try:
             telemetry = Telemetry()  # observes the runtime's gauges once it exists
             hub = Hub(
                 store=store,
@@ -139,16 +163,25 @@ class Runtime:
                 backlog=RetryBacklog(),
             )
             states = [PartitionState(i) for i in range(config.partitions)]
-            root = Supervisor.start(_tree(hub, states), name="surelay", intensity=10, period=5.0)
+            replays = ReplayState()
+            root = Supervisor.start(
+                _tree(hub, states, replays), name="surelay", intensity=10, period=5.0
+            )
         except BaseException:
             store.close()
+            owner.release()
             raise
-        runtime = cls(store, hub, root, states)
+        runtime = cls(store, hub, root, states, replays=replays, owner=owner)
         senders = root.child("senders")
-        assert isinstance(senders, SupervisorRef)
+        replay = root.child("replay")
+        assert isinstance(senders, SupervisorRef) and isinstance(replay, SupervisorRef)
         hub.scheduler = root.child("retry")
         hub.sink = root.child("dead_letters")
         hub.senders = tuple(senders.child(f"sender-{i}") for i in range(config.partitions))
+        hub.replay_coordinator = replay.child("coordinator")
+        replays.workers = tuple(
+            replay.child(f"replay-{i}") for i in range(config.replay_partitions)
+        )
         telemetry.gauges = runtime._gauges
         try:
             runtime._recover()
@@ -180,6 +213,7 @@ class Runtime:
         finally:
             self._hub.telemetry.close()
             self._store.close()
+            self._owner.release()
             with self._lock:
                 self._closed = True
                 self._lock.notify_all()
@@ -504,7 +538,7 @@ class Runtime:
 
     @property
     def dead_letters(self) -> DeadLetters:
-        """Operations on dead letters: list, get, archive, purge."""
+        """Operations on dead letters: list, get, replay, archive, purge."""
         return self._dead_letters
 
     @property
@@ -570,12 +604,17 @@ class Runtime:
         }
 
 
-def _tree(hub: Hub, states: list[PartitionState]) -> list[ChildSpec]:
+def _tree(hub: Hub, states: list[PartitionState], replays: ReplayState) -> list[ChildSpec]:
     partitions = len(states)
     senders = [
         ChildSpec(f"sender-{i}", Sender, args=(hub, states[i]), shutdown=5.0)
         for i in range(partitions)
     ]
+    workers = [
+        ChildSpec(f"replay-{i}", ReplayWorker, args=(hub, replays, WorkerState(i)), shutdown=5.0)
+        for i in range(hub.config.replay_partitions)
+    ]
+    coordinator = ChildSpec("coordinator", ReplayCoordinator, args=(hub, replays))
     return [
         ChildSpec("retry", RetryScheduler, args=(hub,)),
         ChildSpec("dead_letters", DeadLetterSink, args=(hub, set())),
@@ -583,6 +622,13 @@ def _tree(hub: Hub, states: list[PartitionState]) -> list[ChildSpec]:
         # so only a sender that cannot run at all should exhaust this.
         Supervisor.spec("senders", senders, intensity=max(20, 10 * partitions), period=1.0),
         ChildSpec("sweeper", Sweeper, args=(hub,)),
+        # The same for a record that crashes its replay worker.
+        Supervisor.spec(
+            "replay",
+            [*workers, coordinator],
+            intensity=max(20, 10 * len(workers)),
+            period=1.0,
+        ),
     ]
 
 

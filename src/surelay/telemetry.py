@@ -19,7 +19,15 @@ from dataclasses import dataclass
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context
 from opentelemetry.metrics import CallbackOptions, Counter, Histogram, Observation
-from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, Status, StatusCode, TraceFlags
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    Status,
+    StatusCode,
+    TraceFlags,
+)
 
 __all__ = [
     "ATTR_ATTEMPT",
@@ -40,6 +48,7 @@ __all__ = [
     "TRACEPARENT",
     "Telemetry",
     "context_from",
+    "links_from",
     "record_error",
     "trace_id_of",
     "traceparent_of",
@@ -198,6 +207,13 @@ def context_from(headers: Mapping[str, str]) -> Context | None:
     if parsed is None:
         return None
     return trace.set_span_in_context(NonRecordingSpan(parsed))
+
+
+def links_from(headers: Mapping[str, str]) -> list[Link]:
+    """A link to the span context carried in `headers` (none if there is none): how a
+    replay points back at the trace of the message's first life."""
+    parsed = _parse(headers)
+    return [] if parsed is None else [Link(parsed)]
 
 
 def trace_id_of(headers: Mapping[str, str]) -> str | None:

@@ -70,6 +70,7 @@ class Hub:
     senders: tuple[Ref, ...] = ()
     scheduler: Ref | None = None
     sink: Ref | None = None
+    replay_coordinator: Ref | None = None
 
     @property
     def durable(self) -> bool:

@@ -140,14 +140,15 @@ class DeadLetters:
         return updated
 
     def lease(
-        self, txn: Txn, dead_letter_id: str, *, now: float, until: float
+        self, txn: Txn, dead_letter_id: str, *, now: float, until: float, renew: bool = False
     ) -> DeadLetter | None:
         """Take a record for replay until `until`: a `dead` one, or a `replaying` one
-        whose lease expired (its worker died). None if it cannot be taken."""
+        whose lease expired (its worker died), or, with `renew`, one the caller knows it
+        holds already. None if it cannot be taken."""
         record = self.get(txn, dead_letter_id)
         if record is None:
             return None
-        if record.status == "replaying" and (record.lease_until or 0.0) <= now:
+        if record.status == "replaying" and (renew or (record.lease_until or 0.0) <= now):
             updated = replace(record, lease_until=until)
             self._write(txn, record, updated)
             return updated

@@ -221,6 +221,60 @@ class Store:
 
         return self.write(op)
 
+    def lease_for_replay(
+        self, dead_letter_id: str, *, now: float, until: float, renew: bool = False
+    ) -> Future[tuple[str, DeadLetter | None]]:
+        """Take a dead letter for replay, guarded by dedup, in one transaction.
+
+        The verdict is `leased` (now `replaying` until `until`: send it), `duplicate`
+        (its idempotency key was delivered meanwhile: now `replayed`, never to be sent),
+        `replayed` (replayed before), `archived`, `held` (another replay holds a live
+        lease; `renew` takes it anyway, for a worker re-taking its own) or `missing`.
+        """
+
+        def op(txn: Txn) -> tuple[str, DeadLetter | None]:
+            table = self.dead_letters
+            record = table.get(txn, dead_letter_id)
+            if record is None:
+                return "missing", None
+            if record.status in ("archived", "replayed"):
+                return record.status, record
+            if record.status == "replaying" and not renew and (record.lease_until or 0.0) > now:
+                return "held", record
+            leased = table.lease(txn, dead_letter_id, now=now, until=until, renew=renew)
+            if leased is None:
+                return "held", record
+            if self.dedup.get(txn, leased.idempotency_key, now=now) is not None:
+                return "duplicate", table.transition(txn, dead_letter_id, "replayed")
+            return "leased", leased
+
+        return self.write(op)
+
+    def replay_failed(self, dead_letter_id: str, **changes: Any) -> Future[DeadLetter]:
+        """Put a leased dead letter back to `dead` after a failed replay attempt, with
+        `replay_count + 1` and the new failure's fields (`changes`)."""
+
+        def op(txn: Txn) -> DeadLetter:
+            record = self.dead_letters.get(txn, dead_letter_id)
+            if record is None:
+                raise KeyError(f"no dead letter {dead_letter_id!r}")
+            return self.dead_letters.transition(
+                txn, dead_letter_id, "dead", replay_count=record.replay_count + 1, **changes
+            )
+
+        return self.write(op)
+
+    def release_lease(self, dead_letter_id: str) -> Future[DeadLetter | None]:
+        """Put a leased dead letter back to `dead` unchanged: no attempt was made."""
+
+        def op(txn: Txn) -> DeadLetter | None:
+            record = self.dead_letters.get(txn, dead_letter_id)
+            if record is None or record.status != "replaying":
+                return record
+            return self.dead_letters.transition(txn, dead_letter_id, "dead")
+
+        return self.write(op)
+
     def sweep_dedup(self, *, now: float | None = None, limit: int | None = None) -> Future[int]:
         """Remove dedup records expired by `now` (default: the clock)."""
         at = self.clock() if now is None else now

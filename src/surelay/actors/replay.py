@@ -1,0 +1,396 @@
+"""Replay of dead letters: the protocol, the shared state and the ReplayCoordinator.
+
+A replay is a stored `ReplayRequest` (made by `rt.dead_letters.replay` or by
+`surelay dlq replay` in another process). The coordinator turns a request into a job:
+it selects the records (the ids given, or every `dead` one matching the filters, in
+failure order) and hands each to the `ReplayWorker` of its partition (stable hash of the
+dead letter's key), so one key's records are replayed in their failure order. With a
+`rate`, a token bucket on the monotonic clock paces the hand-outs across all workers.
+
+The coordinator also polls the store (every `POLL` seconds) for requests from other
+processes, writes each job's progress there for `surelay dlq replay --wait`, and picks
+up records left `replaying` whose lease expired (or, when the runtime opens, every
+`replaying` record: the owner lock means no other runtime can hold one).
+
+Jobs live in a `ReplayState` the runtime owns, so a coordinator crash loses none.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from surelay.actors.alarm import Alarm
+from surelay.actors.sender import partition_for
+from surelay.ratelimit import TokenBucket
+from surelay.replay_report import RESULTS, ReplayReport
+from surelay.storage.dead_letters import MAX_LIMIT
+from surelay.storage.records import ReplayRequest
+from surelay.supervision import Actor
+
+if TYPE_CHECKING:
+    from surelay.actors.hub import Hub
+    from surelay.supervision import Ref
+
+__all__ = [
+    "FILTERS",
+    "POLL",
+    "Replay",
+    "ReplayCoordinator",
+    "ReplayState",
+    "Replayed",
+    "StartReplay",
+    "replay_partition",
+]
+
+logger = logging.getLogger("surelay.actors")
+
+POLL = 0.25
+"""Seconds between looks at the store for requests, progress and expired leases."""
+
+FILTERS = ("reason_class", "key", "transport")
+"""The filters a replay request may carry (as `rt.dead_letters.list` takes them)."""
+
+_RECOVERY_LIMIT = 1000
+
+
+def replay_partition(key: str | None, dead_letter_id: str, partitions: int) -> int:
+    """The replay worker of a record: by its key (one key's records go to one worker, in
+    order), by its id when it has none."""
+    return partition_for(key if key is not None else dead_letter_id, partitions)
+
+
+# -- protocol ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StartReplay:
+    """Ask: carry out stored request `request_id`; answers how many records it selected."""
+
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """To a worker: replay one record for job `job` (None: a lease recovery)."""
+
+    job: str | None
+    dead_letter_id: str
+    renew: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Replayed:
+    """From a worker: how one record's replay ended (one of `RESULTS`)."""
+
+    job: str | None
+    dead_letter_id: str
+    result: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Tick:
+    """From the alarm: pace rated jobs, poll the store."""
+
+
+# -- state ---------------------------------------------------------------------------------
+
+
+class _Job:
+    """One request being carried out."""
+
+    def __init__(self, request: ReplayRequest, bucket: TokenBucket | None) -> None:
+        self.request = request
+        self.requested = 0
+        self.pending: deque[tuple[int, str]] = deque()
+        self.outstanding = 0
+        self.counts = dict.fromkeys(RESULTS, 0)
+        self.bucket = bucket
+        self.finished: Future[ReplayReport] = Future()
+        self.saved: dict[str, int] | None = None
+        self.ended: float | None = None
+        """`time.monotonic()` when it finished."""
+
+    def report(self) -> ReplayReport:
+        done = sum(self.counts.values())
+        return ReplayReport(
+            requested=self.requested,
+            pending=self.requested - done,
+            request_id=self.request.id,
+            **self.counts,
+        )
+
+
+class ReplayState:
+    """What the replay actors share; owned by the runtime so crashes keep it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.jobs: dict[str, _Job] = {}
+        self.held: set[str] = set()
+        """Dead letter ids a worker of this runtime has leased."""
+        self.workers: tuple[Ref, ...] = ()
+        self.recovered_at_start = False
+
+    def report(self, request_id: str) -> ReplayReport | None:
+        with self.lock:
+            job = self.jobs.get(request_id)
+            return None if job is None else job.report()
+
+    def finished(self, request_id: str) -> Future[ReplayReport] | None:
+        with self.lock:
+            job = self.jobs.get(request_id)
+            return None if job is None else job.finished
+
+
+# -- the coordinator -----------------------------------------------------------------------
+
+
+class ReplayCoordinator(Actor):
+    def __init__(self, hub: Hub, state: ReplayState) -> None:
+        super().__init__()
+        self._hub = hub
+        self._state = state
+        self._alarm: Alarm | None = None
+        self._next_poll = 0.0
+
+    def on_start(self) -> None:
+        ref = self.ref if self.ref is not None else self.actor_ref
+        self._alarm = Alarm(
+            lambda: ref.tell(_Tick()), time.monotonic, name="surelay-replay", poll=POLL
+        )
+        self._alarm.set(time.monotonic())
+
+    def on_stop(self) -> None:
+        self._stop_alarm()
+
+    def on_failure(self, *_exc_info: Any) -> None:
+        self._stop_alarm()
+
+    def _stop_alarm(self) -> None:
+        if self._alarm is not None:
+            self._alarm.stop()
+            self._alarm = None
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, StartReplay):
+            job = self._start(message.request_id)
+            return 0 if job is None else job.requested
+        if isinstance(message, Replayed):
+            self._replayed(message)
+        elif isinstance(message, _Tick):
+            self._tick()
+        return None
+
+    # -- jobs ----------------------------------------------------------------------------
+
+    def _start(self, request_id: str) -> _Job | None:
+        """Select the request's records and hand them out (paced if it has a rate)."""
+        state = self._state
+        with state.lock:
+            job = state.jobs.get(request_id)
+        if job is not None:
+            return job  # already started (the API's ask and a poll may both name it)
+        store = self._hub.store
+        with store.read() as txn:
+            request = store.replay_requests.get(txn, request_id)
+        if request is None:
+            raise KeyError(f"no replay request {request_id!r}")
+        if request.status in ("done", "failed"):
+            return None
+        rate = request.rate
+        bucket = None if rate is None else TokenBucket(rate, max(1.0, rate / 20), time.monotonic())
+        job = _Job(replace(request, status="running"), bucket)
+        try:
+            selected, refused = self._select(request)
+        except Exception as error:
+            logger.exception("replay request %s could not select its records", request_id)
+            self._save(replace(request, status="failed", error=str(error)))
+            raise
+        job.requested = len(selected) + refused
+        job.counts["refused"] = refused
+        partitions = len(state.workers)
+        job.pending.extend(
+            (replay_partition(key, dl_id, partitions), dl_id) for dl_id, key in selected
+        )
+        with state.lock:
+            state.jobs[request_id] = job
+        logger.info(
+            "replay %s: %d record(s) selected%s",
+            request_id,
+            job.requested,
+            "" if rate is None else f", at most {rate}/s",
+        )
+        self._save(replace(job.request, progress=job.report().progress()))
+        self._dispatch(job)
+        self._finish_if_done(job)
+        return job
+
+    def _select(self, request: ReplayRequest) -> tuple[list[tuple[str, str | None]], int]:
+        """(id, key) of the records to replay in failure order, and how many ids named
+        no record at all (refused)."""
+        store = self._hub.store
+        table = store.dead_letters
+        selected: list[tuple[str, str | None]] = []
+        refused = 0
+        with store.read() as txn:
+            if request.ids is not None:
+                for dl_id in sorted(set(request.ids)):  # ids are time-ordered
+                    record = table.get(txn, dl_id)
+                    if record is None:
+                        refused += 1
+                    else:
+                        selected.append((record.id, record.key))
+                return selected, refused
+            filters = {name: request.filters.get(name) for name in FILTERS}
+            after = None
+            while True:
+                page = table.list(txn, status="dead", limit=MAX_LIMIT, after=after, **filters)
+                selected.extend((r.id, r.key) for r in page)
+                if len(page) < MAX_LIMIT:
+                    return selected, refused
+                after = page[-1].id
+
+    def _dispatch(self, job: _Job) -> float:
+        """Hand out what the job's rate allows now; the seconds until more may go."""
+        workers = self._state.workers
+        while job.pending:
+            if job.bucket is not None:
+                wait = job.bucket.take(time.monotonic())
+                if wait:
+                    return wait
+            partition, dl_id = job.pending.popleft()
+            job.outstanding += 1
+            workers[partition].tell(Replay(job.request.id, dl_id))
+        return 0.0
+
+    def _replayed(self, message: Replayed) -> None:
+        if message.job is None:
+            logger.info("recovered replay of %s: %s", message.dead_letter_id, message.result)
+            return
+        with self._state.lock:
+            job = self._state.jobs.get(message.job)
+            if job is None:
+                return
+            job.counts[message.result] += 1
+            job.outstanding -= 1
+        self._finish_if_done(job)
+
+    def _finish_if_done(self, job: _Job) -> None:
+        if job.pending or job.outstanding or job.finished.done():
+            return
+        report = job.report()
+        job.request = replace(job.request, status="done")
+        job.ended = time.monotonic()
+        self._save(replace(job.request, progress=report.progress()))
+        logger.info("replay %s done: %s", job.request.id, report)
+        job.finished.set_result(report)
+
+    # -- the periodic look ---------------------------------------------------------------
+
+    def _tick(self) -> None:
+        if not self._state.workers:  # the runtime is still wiring the tree
+            if self._alarm is not None:
+                self._alarm.set(time.monotonic() + 0.01)
+            return
+        now = time.monotonic()
+        if now >= self._next_poll:
+            self._next_poll = now + POLL
+            self._poll()
+        deadline = self._next_poll
+        with self._state.lock:
+            jobs = list(self._state.jobs.values())
+        for job in jobs:
+            if job.pending:
+                wait = self._dispatch(job)
+                if wait:
+                    deadline = min(deadline, time.monotonic() + wait)
+            elif job.finished.done() and job.outstanding == 0:
+                self._forget_later(job)
+        if self._alarm is not None:
+            self._alarm.set(deadline)
+
+    def _poll(self) -> None:
+        store = self._hub.store
+        with store.read() as txn:
+            requests = store.replay_requests.list(txn, limit=MAX_LIMIT)
+        for request in requests:
+            job = self._state.jobs.get(request.id)
+            if job is None and request.status in ("pending", "running"):
+                # pending: asked from another process; running: left by a runtime that
+                # died mid-replay (the owner lock says it is not running now)
+                try:
+                    self._start(request.id)
+                except Exception:
+                    logger.exception("replay request %s failed to start", request.id)
+            elif job is not None and not job.finished.done():
+                progress = job.report().progress()
+                if progress != job.saved:
+                    self._save(replace(job.request, progress=progress))
+        self._recover_leases()
+
+    def _recover_leases(self) -> None:
+        """Replay again records left `replaying` by a worker that is gone."""
+        hub = self._hub
+        state = self._state
+        now = hub.config.clock()
+        with hub.store.read() as txn:
+            stuck = hub.store.dead_letters.list(txn, status="replaying", limit=_RECOVERY_LIMIT)
+        at_start = not state.recovered_at_start
+        state.recovered_at_start = True
+        partitions = len(state.workers)
+        for record in stuck:
+            with state.lock:
+                if record.id in state.held:
+                    continue
+            if at_start or (record.lease_until or 0.0) <= now:
+                logger.warning(
+                    "dead letter %s was left replaying (lease until %s); replaying it again, "
+                    "guarded by dedup",
+                    record.id,
+                    record.lease_until,
+                )
+                worker = state.workers[replay_partition(record.key, record.id, partitions)]
+                worker.tell(Replay(None, record.id, renew=at_start))
+
+    def _forget_later(self, job: _Job) -> None:
+        """Drop a finished job from memory a while after it ended (its waiters have
+        their report; the stored request keeps it for the CLI)."""
+        if job.ended is not None and time.monotonic() - job.ended > 60.0:
+            with self._state.lock:
+                self._state.jobs.pop(job.request.id, None)
+
+    def _save(self, request: ReplayRequest) -> None:
+        store = self._hub.store
+        saved = replace(request, updated_at=self._hub.config.clock())
+        job = self._state.jobs.get(request.id)
+        if job is not None:
+            job.request = saved
+            job.saved = dict(saved.progress)
+
+        def put(txn: Any) -> None:
+            store.replay_requests.put(txn, saved)
+
+        store.write(put).add_done_callback(_log_failure(request.id))
+
+
+def _log_failure(request_id: str) -> Any:
+    def check(future: Future[Any]) -> None:
+        if future.exception() is not None:
+            logger.error("could not save replay request %s: %s", request_id, future.exception())
+
+    return check
+
+
+def request_filters(
+    reason_class: str | None, key: str | None, transport: str | None
+) -> Mapping[str, str]:
+    """The filters given, as a request stores them."""
+    given = {"reason_class": reason_class, "key": key, "transport": transport}
+    return {name: value for name, value in given.items() if value is not None}
