@@ -7,6 +7,7 @@ root Supervisor "surelay" (one_for_one)
 ├── dead_letters   DeadLetterSink: stores terminal failures
 ├── senders        Supervisor: Sender "sender-<i>" per partition
 ├── sweeper        Sweeper: dedup and dead-letter retention
+├── status         StatusReporter: publishes stats() to the store for `surelay stats`
 └── replay         Supervisor: ReplayWorker "replay-<i>" per replay partition, then
                    the ReplayCoordinator "coordinator"
 ```
@@ -38,6 +39,7 @@ from surelay.actors.replay import ReplayCoordinator, ReplayState
 from surelay.actors.replay_worker import ReplayWorker, WorkerState
 from surelay.actors.retry import RetryBacklog, RetryScheduler
 from surelay.actors.sender import Deliver, PartitionState, Sender, partition_for
+from surelay.actors.status import Snapshot, StatusReporter
 from surelay.actors.sweeper import Sweeper
 from surelay.config import RuntimeConfig
 from surelay.dead_letter_ops import DeadLetters
@@ -164,8 +166,9 @@ class Runtime:
             )
             states = [PartitionState(i) for i in range(config.partitions)]
             replays = ReplayState()
+            snapshot: list[Snapshot] = []
             root = Supervisor.start(
-                _tree(hub, states, replays), name="surelay", intensity=10, period=5.0
+                _tree(hub, states, replays, snapshot), name="surelay", intensity=10, period=5.0
             )
         except BaseException:
             store.close()
@@ -183,6 +186,7 @@ class Runtime:
             replay.child(f"replay-{i}") for i in range(config.replay_partitions)
         )
         telemetry.gauges = runtime._gauges
+        snapshot.append(runtime._status)
         try:
             runtime._recover()
         except BaseException:
@@ -209,6 +213,7 @@ class Runtime:
         try:
             while self._busy() and time.monotonic() < deadline:
                 self._hub.tracker.wait_change(min(0.02, max(0.0, deadline - time.monotonic())))
+            self._publish_final_status()
             self._root.stop(timeout=max(1.0, deadline - time.monotonic()))
         finally:
             self._hub.telemetry.close()
@@ -591,6 +596,25 @@ class Runtime:
                 transport,
             )
 
+    def _publish_final_status(self) -> None:
+        """What `surelay stats` shows once this runtime is gone: its last counters."""
+        try:
+            status = {**self._status(), "pid": os.getpid(), "at": self._config.clock()}
+            store = self._store
+            store.write(lambda txn: store.status.put(txn, status)).result(timeout=5.0)
+        except Exception:
+            logger.warning("could not publish the final status", exc_info=True)
+
+    def _status(self) -> Mapping[str, Any]:
+        """What the StatusReporter publishes for `surelay stats` in other processes."""
+        stats = self.stats()
+        health = self.health()
+        out: dict[str, Any] = {name: getattr(stats, name) for name in RuntimeStats.__slots__}
+        out["breakers"] = dict(stats.breakers)
+        out["ok"] = health["ok"]
+        out["unhealthy_actors"] = sorted(n for n, a in health["actors"].items() if not a["ok"])
+        return out
+
     def _gauges(self) -> Mapping[str, float | Mapping[str, float]]:
         if self._store.env.closed:
             return {}
@@ -604,7 +628,9 @@ class Runtime:
         }
 
 
-def _tree(hub: Hub, states: list[PartitionState], replays: ReplayState) -> list[ChildSpec]:
+def _tree(
+    hub: Hub, states: list[PartitionState], replays: ReplayState, snapshot: list[Snapshot]
+) -> list[ChildSpec]:
     partitions = len(states)
     senders = [
         ChildSpec(f"sender-{i}", Sender, args=(hub, states[i]), shutdown=5.0)
@@ -622,6 +648,7 @@ def _tree(hub: Hub, states: list[PartitionState], replays: ReplayState) -> list[
         # so only a sender that cannot run at all should exhaust this.
         Supervisor.spec("senders", senders, intensity=max(20, 10 * partitions), period=1.0),
         ChildSpec("sweeper", Sweeper, args=(hub,)),
+        ChildSpec("status", StatusReporter, args=(hub, snapshot)),
         # The same for a record that crashes its replay worker.
         Supervisor.spec(
             "replay",

@@ -13,13 +13,14 @@ replayed records may be archived. Every change is one write, indexes included.
 from __future__ import annotations
 
 import builtins
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
 from surelay.storage.codec import Report, decode_or_report, encode
 from surelay.storage.environment import Environment, Txn
 from surelay.storage.keys import from_u64, index_key, index_prefix, u64
-from surelay.storage.records import DEAD_LETTER_STATUSES, DeadLetter
+from surelay.storage.records import DEAD_LETTER_STATUSES, REASON_CLASSES, DeadLetter
 
 __all__ = ["TRANSITIONS", "DeadLetters"]
 
@@ -109,6 +110,27 @@ class DeadLetters:
             return int(txn.stat(self._db)["entries"])
         raw = txn.get(b"dl_count:" + status.encode(), db=self._meta)
         return from_u64(raw) if raw is not None else 0
+
+    def count_by_reason(self, txn: Txn, status: str = "dead") -> dict[str, int]:
+        """How many records in `status` each reason class has: index keys only, no
+        record is decoded."""
+        in_status = set(self._ids_under(txn, index_prefix(b"s", status)))
+        return {
+            reason: sum(
+                1 for i in self._ids_under(txn, index_prefix(b"r", reason)) if i in in_status
+            )
+            for reason in REASON_CLASSES
+        }
+
+    def _ids_under(self, txn: Txn, prefix: bytes) -> Iterator[bytes]:
+        cursor = txn.cursor(db=self._idx)
+        if not cursor.set_range(prefix):
+            return
+        for found in cursor.iternext(keys=True, values=False):
+            entry = bytes(found)
+            if not entry.startswith(prefix):
+                return
+            yield entry[len(prefix) :]
 
     # -- writing -------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from surelay.storage.outbox import Outbox
 from surelay.storage.quarantine import Quarantine
 from surelay.storage.records import DEAD_LETTER_STATUSES, DeadLetter, OutboxEntry
 from surelay.storage.replay_requests import ReplayRequests
+from surelay.storage.status import RuntimeStatus
 from surelay.storage.writer import GroupCommitWriter
 
 __all__ = ["Store", "StoreStats"]
@@ -75,6 +76,7 @@ class Store:
         self.dead_letters = DeadLetters(env, report)
         self.dedup = Dedup(env, report)
         self.replay_requests = ReplayRequests(env, report)
+        self.status = RuntimeStatus(env)
 
     @classmethod
     def open(

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import click
 
-from surelay.demo import run_demo
+from surelay.cli.dlq import dlq
+from surelay.cli.stats import stats
 
 __all__ = ["main"]
 
@@ -30,10 +31,12 @@ def main() -> None:
     help="data directory (created if missing)",
 )
 def demo(messages: int, path: Path) -> None:
+    from surelay.demo import run_demo  # noqa: PLC0415  # the SDK and the demo load only here
+
     result = run_demo(path, messages)
     if not result.flushed:
         raise click.ClickException("the demo ended with messages still in flight")
 
 
-if __name__ == "__main__":
-    main()
+main.add_command(dlq)
+main.add_command(stats)

@@ -1,0 +1,84 @@
+"""The StatusReporter: publishes the runtime's status to the store for other processes.
+
+Every `PERIOD` seconds (real time) it takes the runtime's snapshot (`stats()` and
+health) and writes it when it changed, or at least every `HEARTBEAT` seconds, so an idle
+runtime costs one small write a minute and `surelay stats` is at most a second behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from surelay.actors.alarm import Alarm
+from surelay.supervision import Actor
+
+if TYPE_CHECKING:
+    from surelay.actors.hub import Hub
+
+__all__ = ["HEARTBEAT", "PERIOD", "Publish", "Snapshot", "StatusReporter"]
+
+logger = logging.getLogger("surelay.actors")
+
+PERIOD = 1.0
+HEARTBEAT = 60.0
+
+Snapshot = Callable[[], Mapping[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """Publish now (also sent by the alarm)."""
+
+
+class StatusReporter(Actor):
+    def __init__(self, hub: Hub, snapshot: list[Snapshot]) -> None:
+        super().__init__()
+        self._hub = hub
+        self._snapshot = snapshot  # filled in by the runtime once it exists
+        self._alarm: Alarm | None = None
+        self._last: Mapping[str, Any] | None = None
+        self._written_at = 0.0
+
+    def on_start(self) -> None:
+        ref = self.ref if self.ref is not None else self.actor_ref
+        self._alarm = Alarm(
+            lambda: ref.tell(Publish()), time.monotonic, name="surelay-status", poll=PERIOD
+        )
+        self._alarm.set(time.monotonic() + PERIOD)
+
+    def on_stop(self) -> None:
+        self._stop_alarm()
+
+    def on_failure(self, *_exc_info: Any) -> None:
+        self._stop_alarm()
+
+    def _stop_alarm(self) -> None:
+        if self._alarm is not None:
+            self._alarm.stop()
+            self._alarm = None
+
+    def on_receive(self, message: Any) -> None:
+        if not isinstance(message, Publish):
+            return
+        now = time.monotonic()
+        if self._alarm is not None:
+            self._alarm.set(now + PERIOD)
+        if not self._snapshot:
+            return
+        try:
+            snapshot = dict(self._snapshot[0]())
+        except Exception:  # the runtime is closing under us: nothing worth publishing
+            logger.debug("no status snapshot", exc_info=True)
+            return
+        if snapshot == self._last and now - self._written_at < HEARTBEAT:
+            return
+        self._last = snapshot
+        self._written_at = now
+        status = {**snapshot, "pid": os.getpid(), "at": self._hub.config.clock()}
+        store = self._hub.store
+        store.write(lambda txn: store.status.put(txn, status)).result()

@@ -1,0 +1,396 @@
+"""`surelay dlq`: list, get, replay, archive and purge dead letters of a data directory.
+
+Reads and archive/purge work on the store directly (LMDB is safe across processes).
+Transports live in the host, so `replay` records a request that the runtime owning the
+directory carries out; `--wait` follows its progress.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+from rich import box
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from surelay.actors.replay import request_filters
+from surelay.cli.common import (
+    age,
+    dead_letter_json,
+    emit_json,
+    err_console,
+    json_option,
+    open_store,
+    out_console,
+    path_option,
+)
+from surelay.replay_report import ReplayReport
+from surelay.storage.dead_letters import MAX_LIMIT
+from surelay.storage.keys import new_id
+from surelay.storage.owner import running_owner
+from surelay.storage.records import DEAD_LETTER_STATUSES, REASON_CLASSES, DeadLetter, ReplayRequest
+from surelay.storage.store import Store
+
+__all__ = ["dlq"]
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+if TYPE_CHECKING:
+    _ParamType = click.ParamType[float, Any]  # generic only in newer click's stubs
+else:
+    _ParamType = click.ParamType
+
+
+class Duration(_ParamType):
+    """Seconds, or a number with a unit: 90, 90s, 15m, 12h, 7d."""
+
+    name = "duration"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        text = str(value).strip().lower()
+        scale = _UNITS.get(text[-1:])
+        number = text[:-1] if scale is not None else text
+        try:
+            seconds = float(number) * (scale or 1.0)
+        except ValueError:
+            self.fail(f"{value!r} is not a duration like 90, 90s, 15m, 12h or 7d", param, ctx)
+        if not seconds >= 0 or seconds == float("inf"):
+            self.fail(f"{value!r} must be a finite duration >= 0", param, ctx)
+        return seconds
+
+
+def filter_options(command: Any) -> Any:
+    for option in reversed(
+        [
+            click.option(
+                "--reason-class", type=click.Choice(REASON_CLASSES), help="only this reason class"
+            ),
+            click.option("--key", help="only records of this message key"),
+            click.option("--transport", help="only records for this transport"),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+@click.group(help="Dead letters: see what failed and why, replay it safely, clean up.")
+def dlq() -> None:
+    """The `surelay dlq` group."""
+
+
+# -- list and get ----------------------------------------------------------------------------
+
+
+@dlq.command("list", help="Dead letters, oldest failure first.")
+@path_option
+@click.option(
+    "--status",
+    type=click.Choice([*DEAD_LETTER_STATUSES, "any"]),
+    default="dead",
+    show_default=True,
+)
+@filter_options
+@click.option("--limit", type=click.IntRange(1, MAX_LIMIT), default=50, show_default=True)
+@click.option("--after", metavar="ID", help="the last id of the previous page")
+@json_option
+def list_command(
+    *,
+    path: Path,
+    status: str,
+    reason_class: str | None,
+    key: str | None,
+    transport: str | None,
+    limit: int,
+    after: str | None,
+    as_json: bool,
+) -> None:
+    with open_store(path) as store, store.read() as txn:
+        records = store.dead_letters.list(
+            txn,
+            status=None if status == "any" else status,
+            reason_class=reason_class,
+            key=key,
+            transport=transport,
+            limit=limit,
+            after=after,
+        )
+    if as_json:
+        emit_json([dead_letter_json(r) for r in records])
+        return
+    if not records:
+        out_console.print("no dead letters match")
+        return
+    table = Table(title=f"dead letters ({status})", title_justify="left", box=box.SIMPLE_HEAD)
+    table.add_column("id", no_wrap=True, min_width=26)
+    table.add_column("reason", no_wrap=True, min_width=9)
+    table.add_column("key", no_wrap=True, min_width=6, max_width=32)
+    table.add_column("transport", no_wrap=True, min_width=9, max_width=24)
+    table.add_column("attempts", no_wrap=True, min_width=8)
+    table.add_column("age", no_wrap=True, min_width=5)
+    table.add_column("error", no_wrap=True, overflow="ellipsis", min_width=12, ratio=1)
+    now = time.time()
+    for r in records:
+        table.add_row(
+            r.id,
+            r.reason_class if r.status == "dead" else f"{r.reason_class} ({r.status})",
+            r.key if r.key is not None else "-",
+            r.transport,
+            str(r.attempts) + (f" +{r.replay_count}r" if r.replay_count else ""),
+            age(r.failed_at, now),
+            r.reason,
+        )
+    out_console.print(table)
+    if len(records) == limit:
+        out_console.print(f"more may follow: --after {records[-1].id}")
+
+
+@dlq.command(help="One dead letter, every field.")
+@path_option
+@click.argument("dead_letter_id", metavar="ID")
+@json_option
+def get(path: Path, dead_letter_id: str, as_json: bool) -> None:
+    with open_store(path) as store, store.read() as txn:
+        record = store.dead_letters.get(txn, dead_letter_id)
+    if record is None:
+        raise click.ClickException(f"no dead letter {dead_letter_id!r} in {path}")
+    data = dead_letter_json(record)
+    if as_json:
+        emit_json(data)
+        return
+    table = Table(show_header=False, title=f"dead letter {record.id}", title_justify="left")
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    for name, value in data.items():
+        shown = "-" if value is None else str(value)
+        if name in ("failed_at", "first_attempt_at", "lease_until") and value is not None:
+            shown = f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(value))}Z ({age(value)} ago)"
+        table.add_row(name, shown)
+    out_console.print(table)
+
+
+# -- replay ------------------------------------------------------------------------------
+
+
+@dlq.command(help="Replay dead letters through the running runtime (canary first: --limit 1).")
+@path_option
+@click.argument("ids", nargs=-1, metavar="[ID]...")
+@filter_options
+@click.option("--all", "everything", is_flag=True, help="every dead record (no ids, no filter)")
+@click.option("--limit", type=click.IntRange(1), help="only the first N matching (oldest first)")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="records per second")
+@click.option("--wait/--no-wait", default=False, help="follow progress until done")
+@click.option("--timeout", type=Duration(), help="with --wait: give up waiting after this")
+@json_option
+def replay(
+    *,
+    path: Path,
+    ids: Sequence[str],
+    reason_class: str | None,
+    key: str | None,
+    transport: str | None,
+    everything: bool,
+    limit: int | None,
+    rate: float | None,
+    wait: bool,
+    timeout: float | None,
+    as_json: bool,
+) -> None:
+    filters = request_filters(reason_class, key, transport)
+    if ids and (filters or everything):
+        raise click.UsageError("give ids, or filters/--all, not both")
+    if not ids and not filters and not everything:
+        raise click.UsageError("say what to replay: ids, a filter, or --all")
+    with open_store(path) as store:
+        selected: tuple[str, ...] | None = tuple(ids) if ids else None
+        if limit is not None:
+            selected = _first(store, selected, filters, limit)
+        now = time.time()
+        request = ReplayRequest(
+            id=new_id(now),
+            created_at=now,
+            ids=selected,
+            filters=filters if selected is None else {},
+            rate=rate,
+            updated_at=now,
+        )
+        store.write(lambda txn: store.replay_requests.put(txn, request)).result()
+        owner = running_owner(path)
+        if not as_json:
+            where = (
+                f"the runtime in process {owner} will carry it out"
+                if owner
+                else "no runtime owns this directory now: it waits for the next Runtime.open"
+            )
+            err_console.print(f"replay request {request.id} recorded; {where}")
+        if not wait:
+            if as_json:
+                emit_json({"request_id": request.id, "status": "pending", "runtime_pid": owner})
+            return
+        report, finished = _follow(store, request.id, timeout, quiet=as_json)
+    if as_json:
+        emit_json(
+            {
+                "request_id": request.id,
+                "done": finished,
+                **report.progress(),
+                "pending": report.pending,
+            }
+        )
+    else:
+        _print_report(report)
+    if not finished:
+        raise click.ClickException(
+            f"gave up waiting after {timeout}s; the replay goes on (request {request.id})"
+        )
+    if report.failed or report.refused:
+        raise click.ClickException(
+            f"{report.failed} failed and {report.refused} refused: see `surelay dlq list`"
+        )
+
+
+def _first(
+    store: Store, ids: tuple[str, ...] | None, filters: Mapping[str, str], limit: int
+) -> tuple[str, ...]:
+    """The first `limit` of the ids given, or of the dead records matching `filters`."""
+    if ids is not None:
+        return tuple(sorted(ids)[:limit])
+    with store.read() as txn:
+        page = store.dead_letters.list(txn, status="dead", limit=min(limit, MAX_LIMIT), **filters)
+    return tuple(r.id for r in page)
+
+
+def _request(store: Store, request_id: str) -> ReplayRequest:
+    with store.read() as txn:
+        request = store.replay_requests.get(txn, request_id)
+    if request is None:
+        raise click.ClickException(f"replay request {request_id} vanished from the store")
+    return request
+
+
+def _follow(
+    store: Store, request_id: str, timeout: float | None, *, quiet: bool
+) -> tuple[ReplayReport, bool]:
+    """Show the request's progress until it is done (True) or `timeout` passes (False)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    progress = Progress(
+        TextColumn("replay"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+        console=err_console,
+        disable=quiet,
+    )
+    with progress:
+        task = progress.add_task("replay", total=None, detail="waiting for the runtime")
+        while True:
+            request = _request(store, request_id)
+            report = ReplayReport.from_progress(request.progress, request_id)
+            if request.status != "pending":
+                finished = report.requested - report.pending
+                detail = (
+                    f"{report.replayed} replayed, {report.skipped_duplicate} skipped, "
+                    f"{report.failed} failed, {report.refused} refused"
+                )
+                progress.update(task, total=report.requested, completed=finished, detail=detail)
+            if request.status == "failed":
+                raise click.ClickException(f"replay request {request_id} failed: {request.error}")
+            if request.status == "done":
+                return report, True
+            if deadline is not None and time.monotonic() >= deadline:
+                return report, False
+            time.sleep(0.2)  # polling another process's progress: nothing to wait on
+
+
+def _print_report(report: ReplayReport) -> None:
+    table = Table(title=f"replay {report.request_id}", title_justify="left", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("count", justify="right")
+    for name, value in report.progress().items():
+        table.add_row(name.replace("_", " "), str(value))
+    if report.pending:
+        table.add_row("pending", str(report.pending))
+    out_console.print(table)
+
+
+# -- cleanup -------------------------------------------------------------------------------
+
+
+@dlq.command(help="Archive dead letters (dead or replayed): kept, but never replayed.")
+@path_option
+@click.argument("ids", nargs=-1, metavar="[ID]...")
+@filter_options
+@click.option("--all", "everything", is_flag=True, help="every dead record (no ids, no filter)")
+@json_option
+def archive(
+    *,
+    path: Path,
+    ids: Sequence[str],
+    reason_class: str | None,
+    key: str | None,
+    transport: str | None,
+    everything: bool,
+    as_json: bool,
+) -> None:
+    filters = request_filters(reason_class, key, transport)
+    if ids and (filters or everything):
+        raise click.UsageError("give ids, or filters/--all, not both")
+    if not ids and not filters and not everything:
+        raise click.UsageError("say what to archive: ids, a filter, or --all")
+    with open_store(path) as store:
+        table = store.dead_letters
+
+        def op(txn: Any) -> int:
+            chosen: list[DeadLetter | None]
+            if ids:
+                chosen = [table.get(txn, i) for i in ids]
+            else:
+                chosen = []
+                after = None
+                while True:
+                    page = table.list(txn, status="dead", limit=MAX_LIMIT, after=after, **filters)
+                    chosen.extend(page)
+                    if len(page) < MAX_LIMIT:
+                        break
+                    after = page[-1].id
+            changed = 0
+            for record in chosen:
+                if record is not None and record.status in ("dead", "replayed"):
+                    table.transition(txn, record.id, "archived")
+                    changed += 1
+            return changed
+
+        changed = store.write(op).result()
+    if as_json:
+        emit_json({"archived": changed})
+    else:
+        out_console.print(f"archived {changed} dead letter(s)")
+
+
+@dlq.command(help="Delete dead letters for good (archived ones by default).")
+@path_option
+@click.option(
+    "--status",
+    type=click.Choice([s for s in DEAD_LETTER_STATUSES if s != "replaying"]),
+    default="archived",
+    show_default=True,
+)
+@click.option("--older-than", type=Duration(), help="only those that failed longer ago (7d, 12h)")
+@json_option
+def purge(path: Path, status: str, older_than: float | None, as_json: bool) -> None:
+    with open_store(path) as store:
+        now = time.time()
+        removed = store.write(
+            lambda txn: store.dead_letters.purge(txn, status=status, older_than=older_than, now=now)
+        ).result()
+    if as_json:
+        emit_json({"purged": removed})
+    else:
+        out_console.print(f"purged {removed} {status} dead letter(s)")

@@ -1,0 +1,91 @@
+"""`surelay stats`: what a data directory holds, and what its runtime last published."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from surelay.cli.common import age, emit_json, json_option, open_store, out_console, path_option
+from surelay.storage.codec import DecodeError
+from surelay.storage.owner import running_owner
+
+__all__ = ["stats"]
+
+
+@click.command(help="Outbox, dead letters, storage, and the running runtime's last status.")
+@path_option
+@json_option
+def stats(path: Path, as_json: bool) -> None:
+    with open_store(path) as store:
+        store_stats = store.stats()
+        with store.read() as txn:
+            by_reason = store.dead_letters.count_by_reason(txn)
+            requests = store.replay_requests.list(txn, limit=10_000)
+            try:
+                status = store.status.get(txn)
+            except DecodeError as error:
+                status = {"error": str(error)}
+    owner = running_owner(path)
+    data: dict[str, Any] = {
+        "path": str(path),
+        "runtime": {"running": owner is not None, "pid": owner or None},
+        "outbox_pending": store_stats.outbox_pending,
+        "dead_letters": store_stats.dead_letters,
+        "dead_by_reason": by_reason,
+        "dedup_records": store_stats.dedup_records,
+        "quarantined": store_stats.quarantined,
+        "map_size": store_stats.map_size,
+        "map_used": store_stats.map_used,
+        "replay_requests": {
+            s: sum(1 for r in requests if r.status == s)
+            for s in ("pending", "running", "done", "failed")
+        },
+        "last_status": status,
+    }
+    if as_json:
+        emit_json(data)
+        return
+    _print(data)
+
+
+def _print(data: dict[str, Any]) -> None:
+    table = Table(title=f"surelay {data['path']}", title_justify="left", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value", overflow="fold")
+    runtime = data["runtime"]
+    table.add_row(
+        "runtime", f"running (pid {runtime['pid']})" if runtime["running"] else "not running"
+    )
+    table.add_row("outbox pending", str(data["outbox_pending"]))
+    dead = data["dead_letters"]
+    table.add_row("dead letters", ", ".join(f"{k} {v}" for k, v in dead.items()))
+    reasons = ", ".join(f"{k} {v}" for k, v in data["dead_by_reason"].items() if v) or "-"
+    table.add_row("dead by reason", reasons)
+    table.add_row("dedup records", str(data["dedup_records"]))
+    table.add_row("quarantined", str(data["quarantined"]))
+    used = data["map_used"] / data["map_size"] if data["map_size"] else 0.0
+    table.add_row("storage", f"{data['map_used']:,} of {data['map_size']:,} bytes ({used:.0%})")
+    table.add_row(
+        "replay requests", ", ".join(f"{k} {v}" for k, v in data["replay_requests"].items())
+    )
+    status = data["last_status"]
+    if status and "at" in status:
+        when = f"{age(status['at'], time.time())} ago" + (
+            "" if runtime["running"] else " (by a runtime since closed)"
+        )
+        table.add_row("last status", when)
+        table.add_row("pressure", str(status.get("pressure")))
+        breakers = status.get("breakers") or {}
+        table.add_row("breakers", ", ".join(f"{t} {s}" for t, s in breakers.items()) or "-")
+        table.add_row("in flight", str(status.get("in_flight")))
+        table.add_row("retry pending", str(status.get("retry_pending")))
+        counters = ("accepted", "delivered", "retried", "dead_lettered", "duplicates")
+        table.add_row("since open", ", ".join(f"{name} {status.get(name)}" for name in counters))
+        table.add_row("refused / replayed", f"{status.get('refused')} / {status.get('replayed')}")
+        unhealthy = status.get("unhealthy_actors") or []
+        table.add_row("health", "ok" if status.get("ok") else f"NOT ok {unhealthy}")
+    out_console.print(table)

@@ -1,0 +1,187 @@
+"""`surelay dlq` and `surelay stats` as an operator runs them: a real subprocess on a data
+directory written by a runtime in this (another) process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from surelay import Envelope, Outcome, PermanentError, RetryPolicy, Runtime
+from tests.helpers import Recorder, open_runtime
+
+
+def surelay(*args: str) -> subprocess.CompletedProcess[str]:
+    """The command as an operator piping it runs it (no terminal, no COLUMNS)."""
+    command = [sys.executable, "-m", "surelay.cli", *args]
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False, env=env)
+
+
+def surelay_json(*args: str) -> Any:
+    done = surelay(*args, "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        threading.Event().wait(0.01)
+
+
+class Switch:
+    """A transport that rejects (permanently) until switched on."""
+
+    def __init__(self) -> None:
+        self.on = False
+        self.recorder = Recorder(self._behave)
+
+    def _behave(self, envelope: Envelope) -> None:
+        if not self.on:
+            raise PermanentError(f"HTTP 422 for {envelope.payload.decode()}")
+
+
+def fill(rt: Runtime) -> None:
+    """Six dead letters: keys a (x3), b (x2), c; transports sms and mail."""
+    sends = [("sms", "a"), ("sms", "b"), ("mail", "a"), ("sms", "a"), ("mail", "c"), ("sms", "b")]
+    receipts = [
+        rt.send(transport, f"{key}-{i}".encode(), key=key)
+        for i, (transport, key) in enumerate(sends)
+    ]
+    assert all(r.wait(10) is Outcome.DEAD_LETTERED for r in receipts)
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[tuple[Path, Runtime, Switch]]:
+    """A running runtime with six dead letters."""
+    switch = Switch()
+    transports = {"sms": switch.recorder, "mail": switch.recorder}
+    path = tmp_path / "data"
+    with open_runtime(path, transports, retry=RetryPolicy(max_attempts=1)) as rt:  # type: ignore[arg-type]
+        fill(rt)
+        yield path, rt, switch
+
+
+def test_list_and_get_for_scripts_and_people(live: tuple[Path, Runtime, Switch]) -> None:
+    path, rt, _ = live
+    listed = surelay_json("dlq", "list", "--path", str(path))
+    assert [d["payload_text"] for d in listed] == [f"{k}-{i}" for i, k in enumerate("abaacb")]
+    assert [d["id"] for d in listed] == [d.id for d in rt.dead_letters.list()]
+    first = listed[0]
+    assert (first["reason_class"], first["transport"], first["status"]) == (
+        "permanent",
+        "sms",
+        "dead",
+    )
+    assert first["reason"] == "PermanentError: HTTP 422 for a-0"
+    assert surelay_json("dlq", "get", "--path", str(path), first["id"]) == first
+
+    only_a = surelay_json("dlq", "list", "--path", str(path), "--key", "a", "--transport", "sms")
+    assert [d["payload_text"] for d in only_a] == ["a-0", "a-3"]
+    page = surelay_json("dlq", "list", "--path", str(path), "--limit", "4")
+    rest = surelay_json("dlq", "list", "--path", str(path), "--after", page[-1]["id"])
+    assert [d["id"] for d in page + rest] == [d["id"] for d in listed]
+
+    table = surelay("dlq", "list", "--path", str(path), "--reason-class", "permanent")
+    assert table.returncode == 0
+    for text in ("reason", "transport", "attempts", "age", "HTTP 422 for c-4", first["id"]):
+        assert text in table.stdout, table.stdout
+    shown = surelay("dlq", "get", "--path", str(path), first["id"])
+    assert "HTTP 422 for a-0" in shown.stdout and "replay_count" in shown.stdout
+
+    missing = surelay("dlq", "get", "--path", str(path), "01NOSUCHID")
+    assert missing.returncode == 1
+    assert "no dead letter '01NOSUCHID'" in missing.stderr
+
+
+def test_a_replay_request_is_carried_out_by_the_running_runtime(
+    live: tuple[Path, Runtime, Switch],
+) -> None:
+    path, rt, switch = live
+    switch.on = True
+    canary = surelay_json("dlq", "replay", "--path", str(path), "--all", "--limit", "1", "--wait")
+    assert (canary["requested"], canary["replayed"], canary["done"]) == (1, 1, True)
+    assert [e.payload for e in switch.recorder.delivered] == [b"a-0"]
+
+    rest = surelay("dlq", "replay", "--path", str(path), "--key", "a", "--wait", "--rate", "50")
+    assert rest.returncode == 0, rest.stderr
+    assert "replayed" in rest.stdout
+    assert switch.recorder.payloads("a") == [b"a-0", b"a-2", b"a-3"]  # the canary only once
+    assert rt.stats().replayed == 3
+
+    again = surelay_json("dlq", "replay", "--path", str(path), "--all", "--wait")
+    assert (again["requested"], again["replayed"]) == (3, 3)  # the dead ones left: b, c, b
+    assert len(switch.recorder.delivered) == 6
+
+
+def test_archived_records_are_refused_and_purged(live: tuple[Path, Runtime, Switch]) -> None:
+    path, rt, switch = live
+    first, second = (d.id for d in rt.dead_letters.list(limit=2))
+    assert surelay_json("dlq", "archive", "--path", str(path), first) == {"archived": 1}
+    switch.on = True
+    refused = surelay("dlq", "replay", "--path", str(path), first, second, "--wait", "--json")
+    assert refused.returncode == 1  # not everything asked for was replayed
+    report = json.loads(refused.stdout)
+    assert (report["refused"], report["replayed"]) == (1, 1)
+    assert "1 refused" in refused.stderr
+    assert surelay_json("dlq", "purge", "--path", str(path), "--older-than", "1d") == {"purged": 0}
+    assert surelay_json("dlq", "purge", "--path", str(path)) == {"purged": 1}
+    assert rt.dead_letters.get(first) is None
+    assert surelay_json("dlq", "archive", "--path", str(path), "--transport", "mail") == {
+        "archived": 2
+    }
+
+
+def test_a_request_waits_for_the_next_runtime(tmp_path: Path) -> None:
+    switch = Switch()
+    path = tmp_path / "data"
+    transports = {"sms": switch.recorder, "mail": switch.recorder}
+    with open_runtime(path, transports, retry=RetryPolicy(max_attempts=1)) as rt:  # type: ignore[arg-type]
+        fill(rt)
+    asked = surelay("dlq", "replay", "--path", str(path), "--reason-class", "permanent")
+    assert asked.returncode == 0, asked.stderr
+    assert "waits for the next Runtime.open" in asked.stderr
+    stats = surelay_json("stats", "--path", str(path))
+    assert stats["runtime"] == {"running": False, "pid": None}
+    assert stats["replay_requests"]["pending"] == 1
+    assert stats["last_status"]["dead_lettered"] == 6  # published when that runtime closed
+    switch.on = True
+    with open_runtime(path, transports, retry=RetryPolicy(max_attempts=1)) as rt:  # type: ignore[arg-type]
+        wait_until(lambda: rt.stats().replayed == 6)
+        stats = surelay_json("stats", "--path", str(path))
+    assert stats["runtime"]["running"] is True
+    assert stats["dead_letters"]["replayed"] == 6
+    assert stats["outbox_pending"] == 0
+
+
+def test_stats_for_people(live: tuple[Path, Runtime, Switch]) -> None:
+    path, _, _ = live
+    shown = surelay("stats", "--path", str(path))
+    assert shown.returncode == 0, shown.stderr
+    for text in ("running (pid", "dead 6", "permanent 6", "outbox pending"):
+        assert text in shown.stdout
+
+
+def test_bad_usage_and_bad_directories(tmp_path: Path) -> None:
+    missing = surelay("dlq", "list", "--path", str(tmp_path / "nope"))
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("not a data directory")
+    alien = surelay("stats", "--path", str(foreign))
+    assert alien.returncode == 2 and "not a surelay data directory" in alien.stderr
+    assert not (foreign / "data.mdb").exists()  # nothing created there
+    nothing = surelay("dlq", "replay", "--path", str(foreign))
+    assert nothing.returncode == 2 and "ids, a filter, or --all" in nothing.stderr
+    assert surelay("dlq", "purge", "--older-than", "soon").returncode == 2
+    assert surelay("dlq", "list", "--status", "lost").returncode == 2
