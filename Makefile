@@ -41,6 +41,7 @@ bench: $(DEV_STAMP)
 	$(BIN)/python benchmarks/supervision.py
 	$(BIN)/python benchmarks/storage.py
 	$(BIN)/python benchmarks/throughput.py
+	$(BIN)/python benchmarks/overload.py
 
 clean:
 	rm -rf $(VENV) surelay-data .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,16 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-from surelay import Envelope, Outcome, PermanentError, RetryPolicy, TransientError
+from surelay import (
+    Envelope,
+    Outcome,
+    Overloaded,
+    PermanentError,
+    PressurePolicy,
+    Priority,
+    RetryPolicy,
+    TransientError,
+)
 
 from .helpers import Recorder, open_runtime
 
@@ -165,3 +176,34 @@ def test_a_replay_is_its_own_span_linked_to_the_original_trace(tmp_path: Path) -
     assert first.context.trace_id == send.context.trace_id
     assert again.parent is not None and again.parent.span_id == replay.context.span_id
     assert [(p.attributes, p.value) for p in replayed_points] == [({"surelay.transport": "t"}, 1)]
+
+
+def test_pressure_transitions_are_spans_and_refusals_are_counted(tmp_path: Path) -> None:
+    release = threading.Event()
+    policy = PressurePolicy(capacity=4, elevated_at=0.5, critical_at=0.75, recover_at=0.25)
+    with open_runtime(
+        tmp_path, {"t": Recorder(lambda e: release.wait(10) and None)}, pressure=policy
+    ) as rt:
+        receipts = [rt.send("t", b"x", key="k") for _ in range(3)]
+        deadline = time.monotonic() + 5
+        while rt.stats().pressure != "critical":
+            assert time.monotonic() < deadline
+            threading.Event().wait(0.01)
+        gauge = [p.value for p in metric_points()["surelay.pressure.level"]]
+        with pytest.raises(Overloaded):
+            rt.send("t", b"low", priority=Priority.LOW)
+        release.set()
+        assert all(r.wait(10) is Outcome.DELIVERED for r in receipts)
+        while rt.stats().pressure != "normal":
+            assert time.monotonic() < deadline + 5
+            threading.Event().wait(0.01)
+        refused = metric_points()["surelay.messages.refused"]
+    assert gauge == [2]
+    levels = [
+        s.attributes["surelay.pressure.level"] for s in spans("surelay.pressure") if s.attributes
+    ]
+    assert levels[0] in ("elevated", "critical") and "critical" in levels
+    assert levels[-1] == "normal"
+    assert [(p.attributes, p.value) for p in refused] == [
+        ({"surelay.transport": "t", "surelay.priority": "LOW", "surelay.reason": "critical"}, 1)
+    ]

@@ -8,7 +8,15 @@ import threading
 import time
 from collections.abc import Iterable
 
-__all__ = ["Outcome", "Receipt", "Tracker"]
+__all__ = ["Outcome", "OverLimit", "Receipt", "Tracker"]
+
+
+class OverLimit(Exception):  # a signal between modules, never shown to users
+    """`Tracker.add` would pass its limit; `pending` messages are tracked now."""
+
+    def __init__(self, pending: int) -> None:
+        super().__init__(pending)
+        self.pending = pending
 
 
 class Outcome(enum.Enum):
@@ -64,11 +72,16 @@ class Tracker:
         self._cond = threading.Condition(threading.Lock())
         self._pending: dict[str, Receipt | None] = {}
 
-    def add(self, message_ids: Iterable[str], *, receipts: bool = True) -> list[Receipt]:
+    def add(
+        self, message_ids: Iterable[str], *, receipts: bool = True, limit: int | None = None
+    ) -> list[Receipt]:
         """Track messages; returns their receipts (none for `receipts=False`, used for
-        messages recovered from the outbox, whose senders are gone)."""
+        messages recovered from the outbox, whose senders are gone). With `limit`, all or
+        none: `OverLimit` if tracking them would make more than `limit` pending."""
         made = [Receipt(m, self) for m in message_ids] if receipts else []
         with self._cond:
+            if limit is not None and len(self._pending) + len(made) > limit:
+                raise OverLimit(len(self._pending))
             if receipts:
                 for receipt in made:
                     self._pending[receipt.message_id] = receipt

@@ -3,6 +3,7 @@ messages and hands them to the sender of their partition.
 
 ```
 root Supervisor "surelay" (one_for_one)
+├── governor       PressureGovernor: samples depths, publishes the pressure level
 ├── retry          RetryScheduler: timer heap of held messages
 ├── dead_letters   DeadLetterSink: stores terminal failures
 ├── senders        Supervisor: Sender "sender-<i>" per partition
@@ -30,10 +31,11 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NoReturn
 
 from surelay.actors.breaker import STATE_GAUGE, Breakers
 from surelay.actors.dead_letter import DeadLetterSink
+from surelay.actors.governor import PressureGovernor, Sample
 from surelay.actors.hub import Counters, Hub, Transport
 from surelay.actors.replay import ReplayCoordinator, ReplayState
 from surelay.actors.replay_worker import ReplayWorker, WorkerState
@@ -44,8 +46,10 @@ from surelay.actors.sweeper import Sweeper
 from surelay.config import RuntimeConfig
 from surelay.dead_letter_ops import DeadLetters
 from surelay.envelope import Envelope, Priority, check_headers, check_payload, check_text
-from surelay.errors import InvalidMessage, RuntimeClosed, UnknownTransport
-from surelay.receipts import Receipt, Tracker
+from surelay.errors import InvalidMessage, Overloaded, RuntimeClosed, UnknownTransport
+from surelay.pressure import LEVELS, admission, hard_bound
+from surelay.ratelimit import KeyRates
+from surelay.receipts import OverLimit, Receipt, Tracker
 from surelay.storage.environment import Txn
 from surelay.storage.keys import new_id
 from surelay.storage.owner import OwnerLock
@@ -125,6 +129,8 @@ class Runtime:
         self._txns: dict[int, list[OutboxEntry]] = {}
         self._orphans: dict[str, int] = {}
         self._dead_letters = DeadLetters(store, hub, replays)
+        rate = self._config.pressure.rate_per_key
+        self._key_rates = None if rate is None else KeyRates(*rate)
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -178,6 +184,7 @@ class Runtime:
         senders = root.child("senders")
         replay = root.child("replay")
         assert isinstance(senders, SupervisorRef) and isinstance(replay, SupervisorRef)
+        hub.governor = root.child("governor")
         hub.scheduler = root.child("retry")
         hub.sink = root.child("dead_letters")
         hub.senders = tuple(senders.child(f"sender-{i}") for i in range(config.partitions))
@@ -353,6 +360,7 @@ class Runtime:
                 raise RuntimeClosed("the runtime is closed (or closing); nothing was accepted")
             self._active += 1
         try:
+            self._check_pressure(envelopes)
             spans = self._start_send_spans(envelopes) if hub.telemetry.tracing else None
             if spans is not None:
                 envelopes = [
@@ -377,6 +385,51 @@ class Runtime:
                 if not self._active:
                     self._lock.notify_all()
 
+    def _check_pressure(self, envelopes: list[Envelope]) -> None:
+        """Refuse (`Overloaded`) or slow down a send by the published pressure level and
+        the per-key rates; a batch is admitted or refused whole."""
+        hub = self._hub
+        policy = self._config.pressure
+        state = hub.pressure
+        level = state.level
+        delay = 0.0
+        for priority in {e.priority for e in envelopes}:
+            decision = admission(level, priority, state.ratio, policy)
+            if not decision.admit:
+                self._refuse(
+                    envelopes,
+                    decision.reason,
+                    state.retry_after,
+                    f"pressure is {level}: {priority.name} sends are shed",
+                )
+            delay = max(delay, decision.delay)
+        rates = self._key_rates
+        if rates is not None:
+            keys = [e.key for e in envelopes if e.key is not None]
+            wait = rates.take(keys, self._config.clock()) if keys else 0.0
+            if wait == float("inf"):
+                raise InvalidMessage(
+                    f"the batch holds more messages for one key than rate_per_key allows "
+                    f"at once ({policy.rate_per_key}); split it"
+                )
+            if wait > 0:
+                self._refuse(
+                    envelopes,
+                    "rate_per_key",
+                    wait,
+                    f"a key is over its rate {policy.rate_per_key} (count, per_seconds)",
+                )
+        if delay > 0:
+            time.sleep(delay)  # the throttle: bounded, LOW only, while elevated
+
+    def _refuse(self, envelopes: list[Envelope], reason: str, after: float, why: str) -> NoReturn:
+        """Count the refusal (by the batch's lowest priority) and raise `Overloaded`."""
+        priority = max((e.priority for e in envelopes), key=lambda p: p.rank).name
+        self._hub.counters.refused([e.transport for e in envelopes], priority, reason)
+        raise Overloaded(
+            f"{why}; nothing was accepted, retry after {after:.3g}s", retry_after=after
+        )
+
     def _admit(self, envelopes: list[Envelope], txn: Txn | None) -> list[Receipt]:
         hub = self._hub
         partitions = self._config.partitions
@@ -390,7 +443,25 @@ class Runtime:
             for e in envelopes
         ]
         ids = [e.message_id for e in envelopes]
-        receipts = hub.tracker.add(ids)
+        policy = self._config.pressure
+        limit = min(hard_bound(e.priority, policy) for e in envelopes)
+        try:
+            receipts = hub.tracker.add(ids, limit=limit)
+        except OverLimit as full:
+            self._refuse(
+                envelopes,
+                "capacity",
+                hub.pressure.retry_after,
+                f"{full.pending} messages are in flight, at the bound of {limit}",
+            )
+        tracked = hub.tracker.pending
+        if (
+            tracked >= policy.elevated_at * policy.capacity
+            or (hub.pressure.level != "normal" and tracked < policy.recover_at * policy.capacity)
+        ) and not hub.pressure.sample_asked:
+            hub.pressure.sample_asked = True  # a threshold crossed between two samples
+            if hub.governor is not None:
+                hub.governor.tell(Sample())
         try:
             if txn is not None:
                 pending = self._txns.get(id(txn))
@@ -496,7 +567,7 @@ class Runtime:
             outbox_pending=store_stats.outbox_pending if store_stats else 0,
             retry_pending=len(hub.backlog),
             dead_letters=store_stats.dead_letters.get("dead", 0) if store_stats else 0,
-            pressure="normal",
+            pressure=hub.pressure.level,
             breakers=MappingProxyType(hub.breakers.states(self._config.clock())),
         )
 
@@ -623,7 +694,7 @@ class Runtime:
             "surelay.outbox.pending": stats.outbox_pending,
             "surelay.retry.pending": stats.retry_pending,
             "surelay.dead_letters": stats.dead_letters,
-            "surelay.pressure.level": 0,
+            "surelay.pressure.level": LEVELS.index(self._hub.pressure.level),
             "surelay.breaker.state": {t: STATE_GAUGE[s] for t, s in stats.breakers.items()},
         }
 
@@ -642,6 +713,7 @@ def _tree(
     ]
     coordinator = ChildSpec("coordinator", ReplayCoordinator, args=(hub, replays))
     return [
+        ChildSpec("governor", PressureGovernor, args=(hub, hub.pressure)),
         ChildSpec("retry", RetryScheduler, args=(hub,)),
         ChildSpec("dead_letters", DeadLetterSink, args=(hub, set())),
         # A poison message crashes its sender at most twice before it is dead-lettered,

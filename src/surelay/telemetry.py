@@ -36,6 +36,8 @@ __all__ = [
     "ATTR_MESSAGE_ID",
     "ATTR_OUTCOME",
     "ATTR_PRESSURE_LEVEL",
+    "ATTR_PRIORITY",
+    "ATTR_REASON",
     "ATTR_REASON_CLASS",
     "ATTR_TRANSPORT",
     "NAME",
@@ -72,6 +74,9 @@ ATTR_OUTCOME = "surelay.outcome"
 ATTR_REASON_CLASS = "surelay.reason_class"
 ATTR_DEAD_LETTER_ID = "surelay.dead_letter_id"
 ATTR_PRESSURE_LEVEL = "surelay.pressure.level"
+ATTR_PRIORITY = "surelay.priority"
+ATTR_REASON = "surelay.reason"
+"""Why a send was refused: `critical`, `capacity`, `rate_per_key`."""
 
 TRACEPARENT = "traceparent"
 
@@ -134,6 +139,16 @@ class Telemetry:
             tally[transport] = tally.get(transport, 0) + 1
         for transport, amount in tally.items():
             self.counters[name].add(amount, {ATTR_TRANSPORT: transport})
+
+    def count_refused(self, transports: Iterable[str], priority: str, reason: str) -> None:
+        tally: dict[str, int] = {}
+        for transport in transports:
+            tally[transport] = tally.get(transport, 0) + 1
+        for transport, amount in tally.items():
+            self.counters["refused"].add(
+                amount,
+                {ATTR_TRANSPORT: transport, ATTR_PRIORITY: priority, ATTR_REASON: reason},
+            )
 
 
 _LIVE: weakref.WeakSet[Telemetry] = weakref.WeakSet()

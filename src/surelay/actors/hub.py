@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from surelay.actors.governor import PressureState
 from surelay.config import RuntimeConfig
 from surelay.envelope import Envelope
 from surelay.receipts import Tracker
@@ -51,6 +52,12 @@ class Counters:
                 self._values[name] += len(transports)
             self._telemetry.count_many(name, transports)
 
+    def refused(self, transports: list[str], priority: str, reason: str) -> None:
+        """Sends turned away by pressure, by transport, priority and reason."""
+        with self._lock:
+            self._values["refused"] += len(transports)
+        self._telemetry.count_refused(transports, priority, reason)
+
     def snapshot(self) -> dict[str, int]:
         with self._lock:
             return dict(self._values)
@@ -71,6 +78,8 @@ class Hub:
     scheduler: Ref | None = None
     sink: Ref | None = None
     replay_coordinator: Ref | None = None
+    pressure: PressureState = field(default_factory=PressureState)
+    governor: Ref | None = None
 
     @property
     def durable(self) -> bool:

@@ -1,0 +1,150 @@
+"""The PressureGovernor: samples the work in hand and publishes the pressure level.
+
+Every `PERIOD` seconds (real time), and when `send` asks for a sample (`Sample`, told
+when in-flight work crosses a threshold between samples), it reads the depths that
+matter (messages in flight, the retry backlog, the outbox, sender mailboxes), measures
+how fast work drains, and moves the level by `surelay.pressure.next_level`. The result
+goes into a `PressureState` that `send` reads without an actor round trip. Every level
+change emits a `surelay.pressure` span and a log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from surelay.actors.alarm import Alarm
+from surelay.pressure import LEVELS, next_level, retry_after
+from surelay.supervision import Actor
+from surelay.telemetry import ATTR_PRESSURE_LEVEL, SPAN_PRESSURE
+
+if TYPE_CHECKING:
+    from surelay.actors.hub import Hub
+
+__all__ = ["PERIOD", "PressureGovernor", "PressureState", "Sample"]
+
+logger = logging.getLogger("surelay.actors")
+
+PERIOD = 0.05
+"""Seconds between samples."""
+
+_ENDED = ("delivered", "dead_lettered", "duplicates")
+_SMOOTHING = 0.3
+
+
+@dataclass
+class PressureState:
+    """What the governor publishes (plain attributes: a read is one load, no lock)."""
+
+    level: str = "normal"
+    ratio: float = 0.0
+    retry_after: float = 1.0
+    """Seconds a refused sender should wait: to `recover_at` at the measured drain."""
+    drain: float = 0.0
+    """Messages ended per second, smoothed."""
+    depths: dict[str, int] = field(default_factory=dict)
+    sample_asked: bool = False
+    transitions: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """Sample now (the alarm's message, and `send`'s request)."""
+
+
+class PressureGovernor(Actor):
+    def __init__(self, hub: Hub, state: PressureState) -> None:
+        super().__init__()
+        self._hub = hub
+        self._state = state
+        self._alarm: Alarm | None = None
+        self._last_ended: int | None = None
+        self._last_at = 0.0
+
+    def on_start(self) -> None:
+        ref = self.ref if self.ref is not None else self.actor_ref
+        self._alarm = Alarm(
+            lambda: ref.tell(Sample()), time.monotonic, name="surelay-governor", poll=PERIOD
+        )
+        self._alarm.set(time.monotonic())
+
+    def on_stop(self) -> None:
+        self._stop_alarm()
+
+    def on_failure(self, *_exc_info: Any) -> None:
+        self._stop_alarm()
+
+    def _stop_alarm(self) -> None:
+        if self._alarm is not None:
+            self._alarm.stop()
+            self._alarm = None
+
+    def on_receive(self, message: Any) -> Any:
+        if not isinstance(message, Sample):
+            return None
+        now = time.monotonic()
+        self._sample(now)
+        if self._alarm is not None:
+            self._alarm.set(now + PERIOD)
+        return self._state.level
+
+    def _sample(self, now: float) -> None:
+        hub = self._hub
+        state = self._state
+        state.sample_asked = False
+        policy = hub.config.pressure
+        in_flight = hub.tracker.pending
+        depths = {
+            "in_flight": in_flight,
+            "retry_pending": len(hub.backlog),
+            "mailboxes": sum(ref.queued() for ref in hub.senders),
+            "outbox_pending": self._outbox_pending(),
+        }
+        counters = hub.counters.snapshot()
+        ended = sum(counters[name] for name in _ENDED)
+        if self._last_ended is not None and now > self._last_at:
+            rate = (ended - self._last_ended) / (now - self._last_at)
+            state.drain = _SMOOTHING * rate + (1 - _SMOOTHING) * state.drain
+        self._last_ended, self._last_at = ended, now
+        ratio = in_flight / policy.capacity
+        level = next_level(state.level, ratio, policy)
+        state.depths = depths
+        state.ratio = ratio
+        state.retry_after = retry_after(in_flight, policy, state.drain)
+        if level != state.level:
+            self._transition(state.level, level, depths, ratio)
+            state.level = level
+
+    def _outbox_pending(self) -> int:
+        store = self._hub.store
+        if not self._hub.durable or store.env.closed:
+            return 0
+        with store.read() as txn:
+            return store.outbox.count(txn)
+
+    def _transition(self, before: str, after: str, depths: dict[str, int], ratio: float) -> None:
+        state = self._state
+        state.transitions += 1
+        log = logger.warning if LEVELS.index(after) > LEVELS.index(before) else logger.info
+        log(
+            "pressure %s -> %s: %.0f%% of capacity in flight (%s), draining %.0f/s",
+            before,
+            after,
+            100 * ratio,
+            ", ".join(f"{k} {v}" for k, v in depths.items()),
+            state.drain,
+        )
+        telemetry = self._hub.telemetry
+        if telemetry.tracing:
+            span = telemetry.tracer.start_span(
+                SPAN_PRESSURE,
+                attributes={
+                    ATTR_PRESSURE_LEVEL: after,
+                    "surelay.pressure.previous": before,
+                    "surelay.pressure.ratio": ratio,
+                    **{f"surelay.pressure.{k}": v for k, v in depths.items()},
+                },
+            )
+            span.end()
