@@ -14,7 +14,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Alarm"]
+from surelay.supervision import Actor
+
+__all__ = ["Alarm", "AlarmOwner"]
 
 logger = logging.getLogger("surelay.actors")
 
@@ -65,3 +67,36 @@ class Alarm:
                 except Exception:  # the owner is gone (stopped for good): nothing to tell
                     logger.debug("alarm target gone; alarm stops", exc_info=True)
                     return
+
+
+class AlarmOwner(Actor):
+    """An actor with one `Alarm` per incarnation: made by `start_alarm` (in `on_start`),
+    stopped when the incarnation stops or crashes, so no alarm thread outlives it."""
+
+    _alarm: Alarm | None = None
+
+    def start_alarm(
+        self,
+        message: Any,
+        clock: Callable[[], float],
+        *,
+        name: str,
+        at: float | None,
+        poll: float = 0.05,
+    ) -> Alarm:
+        """An alarm that tells this actor `message` when it fires; armed for `at`."""
+        ref = self.ref if self.ref is not None else self.actor_ref
+        self._alarm = Alarm(lambda: ref.tell(message), clock, name=name, poll=poll)
+        self._alarm.set(at)
+        return self._alarm
+
+    def on_stop(self) -> None:
+        self._stop_alarm()
+
+    def on_failure(self, *_exc_info: Any) -> None:
+        self._stop_alarm()
+
+    def _stop_alarm(self) -> None:
+        if self._alarm is not None:
+            self._alarm.stop()
+            self._alarm = None

@@ -15,9 +15,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from surelay.actors.alarm import Alarm
+from surelay.actors.alarm import AlarmOwner
 from surelay.pressure import LEVELS, next_level, retry_after
-from surelay.supervision import Actor
 from surelay.telemetry import ATTR_PRESSURE_LEVEL, SPAN_PRESSURE
 
 if TYPE_CHECKING:
@@ -54,32 +53,18 @@ class Sample:
     """Sample now (the alarm's message, and `send`'s request)."""
 
 
-class PressureGovernor(Actor):
+class PressureGovernor(AlarmOwner):
     def __init__(self, hub: Hub, state: PressureState) -> None:
         super().__init__()
         self._hub = hub
         self._state = state
-        self._alarm: Alarm | None = None
         self._last_ended: int | None = None
         self._last_at = 0.0
 
     def on_start(self) -> None:
-        ref = self.ref if self.ref is not None else self.actor_ref
-        self._alarm = Alarm(
-            lambda: ref.tell(Sample()), time.monotonic, name="surelay-governor", poll=PERIOD
+        self.start_alarm(
+            Sample(), time.monotonic, name="surelay-governor", at=time.monotonic(), poll=PERIOD
         )
-        self._alarm.set(time.monotonic())
-
-    def on_stop(self) -> None:
-        self._stop_alarm()
-
-    def on_failure(self, *_exc_info: Any) -> None:
-        self._stop_alarm()
-
-    def _stop_alarm(self) -> None:
-        if self._alarm is not None:
-            self._alarm.stop()
-            self._alarm = None
 
     def on_receive(self, message: Any) -> Any:
         if not isinstance(message, Sample):

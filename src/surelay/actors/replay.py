@@ -26,13 +26,12 @@ from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from surelay.actors.alarm import Alarm
+from surelay.actors.alarm import AlarmOwner
 from surelay.actors.sender import partition_for
 from surelay.ratelimit import TokenBucket
 from surelay.replay_report import RESULTS, ReplayReport
 from surelay.storage.dead_letters import MAX_LIMIT
 from surelay.storage.records import ReplayRequest
-from surelay.supervision import Actor
 
 if TYPE_CHECKING:
     from surelay.actors.hub import Hub
@@ -152,31 +151,17 @@ class ReplayState:
 # -- the coordinator -----------------------------------------------------------------------
 
 
-class ReplayCoordinator(Actor):
+class ReplayCoordinator(AlarmOwner):
     def __init__(self, hub: Hub, state: ReplayState) -> None:
         super().__init__()
         self._hub = hub
         self._state = state
-        self._alarm: Alarm | None = None
         self._next_poll = 0.0
 
     def on_start(self) -> None:
-        ref = self.ref if self.ref is not None else self.actor_ref
-        self._alarm = Alarm(
-            lambda: ref.tell(_Tick()), time.monotonic, name="surelay-replay", poll=POLL
+        self.start_alarm(
+            _Tick(), time.monotonic, name="surelay-replay", at=time.monotonic(), poll=POLL
         )
-        self._alarm.set(time.monotonic())
-
-    def on_stop(self) -> None:
-        self._stop_alarm()
-
-    def on_failure(self, *_exc_info: Any) -> None:
-        self._stop_alarm()
-
-    def _stop_alarm(self) -> None:
-        if self._alarm is not None:
-            self._alarm.stop()
-            self._alarm = None
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, StartReplay):

@@ -14,8 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from surelay.actors.alarm import Alarm
-from surelay.supervision import Actor
+from surelay.actors.alarm import AlarmOwner
 
 if TYPE_CHECKING:
     from surelay.actors.hub import Hub
@@ -35,32 +34,18 @@ class Publish:
     """Publish now (also sent by the alarm)."""
 
 
-class StatusReporter(Actor):
+class StatusReporter(AlarmOwner):
     def __init__(self, hub: Hub, snapshot: list[Snapshot]) -> None:
         super().__init__()
         self._hub = hub
         self._snapshot = snapshot  # filled in by the runtime once it exists
-        self._alarm: Alarm | None = None
         self._last: Mapping[str, Any] | None = None
         self._written_at = 0.0
 
     def on_start(self) -> None:
-        ref = self.ref if self.ref is not None else self.actor_ref
-        self._alarm = Alarm(
-            lambda: ref.tell(Publish()), time.monotonic, name="surelay-status", poll=PERIOD
+        self.start_alarm(
+            Publish(), time.monotonic, name="surelay-status", at=time.monotonic() + PERIOD
         )
-        self._alarm.set(time.monotonic() + PERIOD)
-
-    def on_stop(self) -> None:
-        self._stop_alarm()
-
-    def on_failure(self, *_exc_info: Any) -> None:
-        self._stop_alarm()
-
-    def _stop_alarm(self) -> None:
-        if self._alarm is not None:
-            self._alarm.stop()
-            self._alarm = None
 
     def on_receive(self, message: Any) -> None:
         if not isinstance(message, Publish):

@@ -12,8 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from surelay.actors.alarm import Alarm
-from surelay.supervision import Actor
+from surelay.actors.alarm import AlarmOwner
 
 if TYPE_CHECKING:
     from surelay.actors.hub import Hub
@@ -37,30 +36,18 @@ class Sweep:
     """Sweep now (also sent by the alarm)."""
 
 
-class Sweeper(Actor):
+class Sweeper(AlarmOwner):
     def __init__(self, hub: Hub) -> None:
         super().__init__()
         self._hub = hub
-        self._alarm: Alarm | None = None
         config = hub.config
         self._interval = sweep_interval(config.dedup_ttl, config.dead_letter_ttl)
 
     def on_start(self) -> None:
-        ref = self.ref if self.ref is not None else self.actor_ref
         clock = self._hub.config.clock
-        self._alarm = Alarm(lambda: ref.tell(Sweep()), clock, name="surelay-sweeper", poll=0.2)
-        self._alarm.set(clock() + self._interval)
-
-    def on_stop(self) -> None:
-        self._stop_alarm()
-
-    def on_failure(self, *_exc_info: Any) -> None:
-        self._stop_alarm()
-
-    def _stop_alarm(self) -> None:
-        if self._alarm is not None:
-            self._alarm.stop()
-            self._alarm = None
+        self.start_alarm(
+            Sweep(), clock, name="surelay-sweeper", at=clock() + self._interval, poll=0.2
+        )
 
     def on_receive(self, message: Any) -> Any:
         if not isinstance(message, Sweep):

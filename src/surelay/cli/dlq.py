@@ -202,11 +202,7 @@ def replay(
     timeout: float | None,
     as_json: bool,
 ) -> None:
-    filters = request_filters(reason_class, key, transport)
-    if ids and (filters or everything):
-        raise click.UsageError("give ids, or filters/--all, not both")
-    if not ids and not filters and not everything:
-        raise click.UsageError("say what to replay: ids, a filter, or --all")
+    filters = _selection("replay", ids, reason_class, key, transport, everything=everything)
     with open_store(path) as store:
         selected: tuple[str, ...] | None = tuple(ids) if ids else None
         if limit is not None:
@@ -253,6 +249,24 @@ def replay(
         raise click.ClickException(
             f"{report.failed} failed and {report.refused} refused: see `surelay dlq list`"
         )
+
+
+def _selection(
+    verb: str,
+    ids: Sequence[str],
+    reason_class: str | None,
+    key: str | None,
+    transport: str | None,
+    *,
+    everything: bool,
+) -> Mapping[str, str]:
+    """The filters given, after checking that exactly one way of choosing was used."""
+    filters = request_filters(reason_class, key, transport)
+    if ids and (filters or everything):
+        raise click.UsageError("give ids, or filters/--all, not both")
+    if not ids and not filters and not everything:
+        raise click.UsageError(f"say what to {verb}: ids, a filter, or --all")
+    return filters
 
 
 def _first(
@@ -339,11 +353,7 @@ def archive(
     everything: bool,
     as_json: bool,
 ) -> None:
-    filters = request_filters(reason_class, key, transport)
-    if ids and (filters or everything):
-        raise click.UsageError("give ids, or filters/--all, not both")
-    if not ids and not filters and not everything:
-        raise click.UsageError("say what to archive: ids, a filter, or --all")
+    filters = _selection("archive", ids, reason_class, key, transport, everything=everything)
     with open_store(path) as store:
         table = store.dead_letters
 
