@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from surelay.errors import InvalidMessage, PermanentError, TransientError
 from surelay.storage.records import OutboxEntry
+from surelay.supervision import Actor
 from surelay.telemetry import (
     ATTR_ATTEMPT,
     ATTR_KEY,
@@ -34,7 +35,7 @@ from surelay.telemetry import (
 if TYPE_CHECKING:
     from surelay.actors.hub import Hub
 
-__all__ = ["VERDICTS", "Attempt", "Caller", "classify"]
+__all__ = ["VERDICTS", "Attempt", "Caller", "CallerOwner", "classify"]
 
 logger = logging.getLogger("surelay.actors")
 
@@ -215,6 +216,32 @@ class Caller:
             span.set_attribute(ATTR_OUTCOME, "delivered")
             span.end()
         return Attempt(entry, "ok")
+
+
+class CallerOwner(Actor):
+    """An actor with one `Caller` thread per incarnation, made in `on_start` and stopped
+    when the incarnation stops or crashes (a hung call's thread is abandoned, not joined)."""
+
+    _caller: Caller | None = None
+    _caller_name = "surelay-caller"
+
+    def __init__(self, hub: Hub) -> None:
+        super().__init__()
+        self._hub = hub
+
+    def on_start(self) -> None:
+        self._caller = Caller(self._hub, self._caller_name)
+
+    def on_stop(self) -> None:
+        self._stop_caller()
+
+    def on_failure(self, *_exc_info: Any) -> None:
+        self._stop_caller()
+
+    def _stop_caller(self) -> None:
+        if self._caller is not None:
+            self._caller.stop()
+            self._caller = None
 
 
 _ATTRS: dict[str, Mapping[str, Any]] = {}

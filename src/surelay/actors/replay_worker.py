@@ -29,12 +29,12 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from surelay.actors.delivery import Attempt, Caller, classify
+from surelay.actors.delivery import Attempt, CallerOwner, classify
 from surelay.actors.replay import Replay, Replayed, ReplayState
 from surelay.actors.sender import CRASHES_TO_DEAD_LETTER
 from surelay.envelope import Envelope
 from surelay.storage.records import DeadLetter, OutboxEntry
-from surelay.supervision import Actor, CrashReport
+from surelay.supervision import CrashReport
 from surelay.telemetry import (
     ATTR_ATTEMPT,
     ATTR_DEAD_LETTER_ID,
@@ -86,28 +86,12 @@ class WorkerState:
         self.crashes: dict[str, int] = {}
 
 
-class ReplayWorker(Actor):
+class ReplayWorker(CallerOwner):
     def __init__(self, hub: Hub, shared: ReplayState, state: WorkerState) -> None:
-        super().__init__()
-        self._hub = hub
+        super().__init__(hub)
         self._shared = shared
         self._state = state
-        self._caller: Caller | None = None
-        self._coordinator: Any = None
-
-    def on_start(self) -> None:
-        self._caller = Caller(self._hub, f"surelay-replay-caller-{self._state.partition}")
-
-    def on_stop(self) -> None:
-        self._stop_caller()
-
-    def on_failure(self, *_exc_info: Any) -> None:
-        self._stop_caller()
-
-    def _stop_caller(self) -> None:
-        if self._caller is not None:
-            self._caller.stop()
-            self._caller = None
+        self._caller_name = f"surelay-replay-caller-{state.partition}"
 
     def on_restart(self, crash: CrashReport) -> None:
         state = self._state

@@ -27,14 +27,14 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from surelay.actors.dead_letter import Capture
-from surelay.actors.delivery import Attempt, Caller, classify
+from surelay.actors.delivery import Attempt, CallerOwner, classify
 from surelay.actors.queues import PartitionQueue
 from surelay.actors.retry import Due, Schedule, can_retry, retry_delay
 from surelay.errors import TransientError
 from surelay.receipts import Outcome
 from surelay.storage.environment import Txn
 from surelay.storage.records import OutboxEntry
-from surelay.supervision import Actor, CrashReport
+from surelay.supervision import CrashReport
 from surelay.telemetry import (
     ATTR_ATTEMPT,
     ATTR_KEY,
@@ -102,28 +102,13 @@ class PartitionState:
         self.pump_queued = False
 
 
-class Sender(Actor):
+class Sender(CallerOwner):
     def __init__(self, hub: Hub, state: PartitionState) -> None:
-        super().__init__()
-        self._hub = hub
+        super().__init__(hub)
         self._state = state
-        self._caller: Caller | None = None
+        self._caller_name = f"surelay-caller-{state.partition}"
 
     # -- life cycle ----------------------------------------------------------------------
-
-    def on_start(self) -> None:
-        self._caller = Caller(self._hub, f"surelay-caller-{self._state.partition}")
-
-    def on_stop(self) -> None:
-        self._stop_caller()
-
-    def on_failure(self, *_exc_info: Any) -> None:
-        self._stop_caller()
-
-    def _stop_caller(self) -> None:
-        if self._caller is not None:
-            self._caller.stop()
-            self._caller = None
 
     def on_restart(self, crash: CrashReport) -> None:
         """Settle what the crashed incarnation held: the blamed message is retried or
