@@ -17,7 +17,6 @@ from surelay.actors.replay import ReplayState, StartReplay, request_filters
 from surelay.errors import RuntimeClosed
 from surelay.replay_report import ReplayReport
 from surelay.storage.dead_letters import MAX_LIMIT
-from surelay.storage.environment import Txn
 from surelay.storage.keys import new_id
 from surelay.storage.records import (
     DEAD_LETTER_STATUSES,
@@ -135,17 +134,7 @@ class DeadLetters:
         and records in other states are left alone."""
         wanted = [ids] if isinstance(ids, str) else list(ids)
         table = self._store.dead_letters
-
-        def op(txn: Txn) -> int:
-            changed = 0
-            for dead_letter_id in wanted:
-                record = table.get(txn, dead_letter_id)
-                if record is not None and record.status in ("dead", "replayed"):
-                    table.transition(txn, dead_letter_id, "archived")
-                    changed += 1
-            return changed
-
-        return self._store.write(op).result()
+        return self._store.write(lambda txn: table.archive(txn, wanted)).result()
 
     def purge(self, *, status: str = "archived", older_than: float | None = None) -> int:
         """Delete records in `status` that failed more than `older_than` seconds ago
@@ -168,10 +157,11 @@ def _check_replay(
             f"reason_class must be one of {REASON_CLASSES} or None, got {reason_class!r}"
         )
     if rate is not None and not (
-        isinstance(rate, int | float) and not isinstance(rate, bool) and math.isfinite(rate)
+        isinstance(rate, int | float)
+        and not isinstance(rate, bool)
+        and math.isfinite(rate)
+        and rate > 0
     ):
-        raise ValueError(f"rate must be a number of records per second > 0, got {rate!r}")
-    if rate is not None and rate <= 0:
         raise ValueError(f"rate must be a number of records per second > 0, got {rate!r}")
     if timeout is not None and not (isinstance(timeout, int | float) and timeout >= 0):
         raise ValueError(f"timeout must be seconds >= 0 or None, got {timeout!r}")

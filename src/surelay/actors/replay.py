@@ -234,13 +234,8 @@ class ReplayCoordinator(AlarmOwner):
                         selected.append((record.id, record.key))
                 return selected, refused
             filters = {name: request.filters.get(name) for name in FILTERS}
-            after = None
-            while True:
-                page = table.list(txn, status="dead", limit=MAX_LIMIT, after=after, **filters)
-                selected.extend((r.id, r.key) for r in page)
-                if len(page) < MAX_LIMIT:
-                    return selected, refused
-                after = page[-1].id
+            selected.extend((r.id, r.key) for r in table.matching(txn, **filters))
+            return selected, refused
 
     def _dispatch(self, job: _Job) -> float:
         """Hand out what the job's rate allows now; the seconds until more may go."""
@@ -325,24 +320,28 @@ class ReplayCoordinator(AlarmOwner):
         hub = self._hub
         state = self._state
         now = hub.config.clock()
-        with hub.store.read() as txn:
-            stuck = hub.store.dead_letters.list(txn, status="replaying", limit=_RECOVERY_LIMIT)
         at_start = not state.recovered_at_start
         state.recovered_at_start = True
+        table = hub.store.dead_letters
+        with hub.store.read() as txn:
+            stuck = (
+                table.list(txn, status="replaying", limit=_RECOVERY_LIMIT)
+                if at_start  # the owner lock: none of them is held by a live runtime
+                else table.expired_leases(txn, now=now, limit=_RECOVERY_LIMIT)
+            )
         partitions = len(state.workers)
         for record in stuck:
             with state.lock:
                 if record.id in state.held:
                     continue
-            if at_start or (record.lease_until or 0.0) <= now:
-                logger.warning(
-                    "dead letter %s was left replaying (lease until %s); replaying it again, "
-                    "guarded by dedup",
-                    record.id,
-                    record.lease_until,
-                )
-                worker = state.workers[replay_partition(record.key, record.id, partitions)]
-                worker.tell(Replay(None, record.id, renew=at_start))
+            logger.warning(
+                "dead letter %s was left replaying (lease until %s); replaying it again, "
+                "guarded by dedup",
+                record.id,
+                record.lease_until,
+            )
+            worker = state.workers[replay_partition(record.key, record.id, partitions)]
+            worker.tell(Replay(None, record.id, renew=at_start))
 
     def _forget_later(self, job: _Job) -> None:
         """Drop a finished job from memory a while after it ended (its waiters have

@@ -7,6 +7,7 @@ directory carries out; `--wait` follows its progress.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,7 +33,7 @@ from surelay.replay_report import ReplayReport
 from surelay.storage.dead_letters import MAX_LIMIT
 from surelay.storage.keys import new_id
 from surelay.storage.owner import running_owner
-from surelay.storage.records import DEAD_LETTER_STATUSES, REASON_CLASSES, DeadLetter, ReplayRequest
+from surelay.storage.records import DEAD_LETTER_STATUSES, REASON_CLASSES, ReplayRequest
 from surelay.storage.store import Store
 
 __all__ = ["dlq"]
@@ -78,6 +79,15 @@ def filter_options(command: Any) -> Any:
     ):
         command = option(command)
     return command
+
+
+def selection_options(command: Any) -> Any:
+    """Ids, or the filters, or `--all`: how `replay` and `archive` choose records."""
+    command = click.option(
+        "--all", "everything", is_flag=True, help="every dead record (no ids, no filter)"
+    )(command)
+    command = filter_options(command)
+    return click.argument("ids", nargs=-1, metavar="[ID]...")(command)
 
 
 @click.group(help="Dead letters: see what failed and why, replay it safely, clean up.")
@@ -180,9 +190,7 @@ def get(path: Path, dead_letter_id: str, as_json: bool) -> None:
 
 @dlq.command(help="Replay dead letters through the running runtime (canary first: --limit 1).")
 @path_option
-@click.argument("ids", nargs=-1, metavar="[ID]...")
-@filter_options
-@click.option("--all", "everything", is_flag=True, help="every dead record (no ids, no filter)")
+@selection_options
 @click.option("--limit", type=click.IntRange(1), help="only the first N matching (oldest first)")
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="records per second")
 @click.option("--wait/--no-wait", default=False, help="follow progress until done")
@@ -276,8 +284,9 @@ def _first(
     if ids is not None:
         return tuple(sorted(ids)[:limit])
     with store.read() as txn:
-        page = store.dead_letters.list(txn, status="dead", limit=min(limit, MAX_LIMIT), **filters)
-    return tuple(r.id for r in page)
+        return tuple(
+            r.id for r in itertools.islice(store.dead_letters.matching(txn, **filters), limit)
+        )
 
 
 def _request(store: Store, request_id: str) -> ReplayRequest:
@@ -339,9 +348,7 @@ def _print_report(report: ReplayReport) -> None:
 
 @dlq.command(help="Archive dead letters (dead or replayed): kept, but never replayed.")
 @path_option
-@click.argument("ids", nargs=-1, metavar="[ID]...")
-@filter_options
-@click.option("--all", "everything", is_flag=True, help="every dead record (no ids, no filter)")
+@selection_options
 @json_option
 def archive(
     *,
@@ -358,24 +365,8 @@ def archive(
         table = store.dead_letters
 
         def op(txn: Any) -> int:
-            chosen: list[DeadLetter | None]
-            if ids:
-                chosen = [table.get(txn, i) for i in ids]
-            else:
-                chosen = []
-                after = None
-                while True:
-                    page = table.list(txn, status="dead", limit=MAX_LIMIT, after=after, **filters)
-                    chosen.extend(page)
-                    if len(page) < MAX_LIMIT:
-                        break
-                    after = page[-1].id
-            changed = 0
-            for record in chosen:
-                if record is not None and record.status in ("dead", "replayed"):
-                    table.transition(txn, record.id, "archived")
-                    changed += 1
-            return changed
+            chosen = ids or [r.id for r in table.matching(txn, **filters)]
+            return table.archive(txn, chosen)
 
         changed = store.write(op).result()
     if as_json:

@@ -13,7 +13,7 @@ replayed records may be archived. Every change is one write, indexes included.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -104,6 +104,32 @@ class DeadLetters:
                     break
         return out
 
+    def matching(
+        self,
+        txn: Txn,
+        *,
+        status: str | None = "dead",
+        reason_class: str | None = None,
+        key: str | None = None,
+        transport: str | None = None,
+    ) -> Iterator[DeadLetter]:
+        """Every record `list` would give, page after page, oldest first."""
+        after = None
+        while True:
+            page = self.list(
+                txn,
+                status=status,
+                reason_class=reason_class,
+                key=key,
+                transport=transport,
+                limit=MAX_LIMIT,
+                after=after,
+            )
+            yield from page
+            if len(page) < MAX_LIMIT:
+                return
+            after = page[-1].id
+
     def count(self, txn: Txn, status: str | None = None) -> int:
         """How many records have `status` (all records if None), without a scan."""
         if status is None:
@@ -184,6 +210,17 @@ class DeadLetters:
         """`replaying` records whose lease ran out."""
         page = self.list(txn, status="replaying", limit=min(limit, MAX_LIMIT))
         return [r for r in page if (r.lease_until or 0.0) <= now]
+
+    def archive(self, txn: Txn, ids: Iterable[str]) -> int:
+        """Archive the `dead` and `replayed` records among `ids`; returns how many
+        changed. Unknown ids and records in other states are left alone."""
+        changed = 0
+        for dead_letter_id in ids:
+            record = self.get(txn, dead_letter_id)
+            if record is not None and record.status in ("dead", "replayed"):
+                self.transition(txn, dead_letter_id, "archived")
+                changed += 1
+        return changed
 
     def remove(self, txn: Txn, dead_letter_id: str) -> DeadLetter | None:
         record = self.get(txn, dead_letter_id)
