@@ -76,6 +76,10 @@ _SEND_ARGS = frozenset(
 )
 _RECOVERY_CHUNK = 10_000
 
+_Checked = tuple[str, bytes, str | None, str | None, Priority, Mapping[str, str]]
+"""send()'s arguments, checked: transport, payload, key, idempotency key, priority,
+headers."""
+
 
 @dataclass(frozen=True, slots=True)
 class RuntimeStats:
@@ -264,8 +268,8 @@ class Runtime:
         after it commits. Raises `UnknownTransport`, `InvalidMessage`, `Overloaded`,
         `RuntimeClosed`; nothing is accepted when it raises.
         """
-        envelope = self._envelope(transport, payload, key, idempotency_key, priority, headers)
-        return self._accept([envelope], txn)[0]
+        checked = self._check(transport, payload, key, idempotency_key, priority, headers)
+        return self._accept(self._envelopes([checked]), txn)[0]
 
     def send_batch(self, messages: Sequence[Mapping[str, Any]]) -> list[Receipt]:
         """Accept several messages at once, all or none: each mapping holds `send`'s
@@ -281,11 +285,11 @@ class Runtime:
             raise InvalidMessage(
                 f"batch of {len(messages)} messages is over max_batch={self._config.max_batch}"
             )
-        envelopes = []
+        checked = []
         txn: Txn | None = None
         for index, message in enumerate(messages):
             try:
-                envelope, message_txn = self._from_mapping(message)
+                arguments, message_txn = self._from_mapping(message)
             except UnknownTransport as error:
                 raise UnknownTransport(f"messages[{index}]: {error.args[0]}") from None
             except InvalidMessage as error:
@@ -295,23 +299,23 @@ class Runtime:
                     f"messages[{index}]: every message of a batch needs the same txn"
                 )
             txn = message_txn
-            envelopes.append(envelope)
-        if not envelopes:
+            checked.append(arguments)
+        if not checked:
             return []
-        return self._accept(envelopes, txn)
+        return self._accept(self._envelopes(checked), txn)
 
-    def _from_mapping(self, message: object) -> tuple[Envelope, Txn | None]:
+    def _from_mapping(self, message: object) -> tuple[_Checked, Txn | None]:
         if not isinstance(message, Mapping):
             raise InvalidMessage(
                 f"expected a mapping of send() arguments, got {type(message).__name__}"
             )
-        unknown = set(message) - _SEND_ARGS
-        if unknown:
+        if not _SEND_ARGS.issuperset(message):
+            unknown = set(message) - _SEND_ARGS
             raise InvalidMessage(f"unknown send() argument(s) {sorted(map(str, unknown))}")
         for required in ("transport", "payload"):
             if required not in message:
                 raise InvalidMessage(f"missing {required!r}")
-        envelope = self._envelope(
+        checked = self._check(
             message["transport"],
             message["payload"],
             message.get("key"),
@@ -319,9 +323,9 @@ class Runtime:
             message.get("priority", Priority.NORMAL),
             message.get("headers"),
         )
-        return envelope, message.get("txn")
+        return checked, message.get("txn")
 
-    def _envelope(  # noqa: PLR0917  # send()'s arguments, checked in one place
+    def _check(  # noqa: PLR0917  # send()'s arguments, checked in one place
         self,
         transport: object,
         payload: object,
@@ -329,7 +333,7 @@ class Runtime:
         idempotency_key: object,
         priority: object,
         headers: object,
-    ) -> Envelope:
+    ) -> _Checked:
         if not isinstance(transport, str) or transport not in self._transports:
             known = ", ".join(sorted(self._transports))
             raise UnknownTransport(f"unknown transport {transport!r}; this runtime has: {known}")
@@ -338,20 +342,27 @@ class Runtime:
         checked_idempotency = check_text("idempotency_key", idempotency_key, optional=True)
         if not isinstance(priority, Priority):
             raise InvalidMessage(f"priority must be a surelay.Priority, got {priority!r}")
-        checked_headers = check_headers(headers)
+        return transport, data, checked_key, checked_idempotency, priority, check_headers(headers)
+
+    def _envelopes(self, checked: list[_Checked]) -> list[Envelope]:
+        """Envelopes for checked arguments: one clock reading, ids in acceptance order."""
         now = self._config.clock()
-        message_id = new_id(now)
-        return Envelope(
-            message_id=message_id,
-            transport=transport,
-            payload=data,
-            key=checked_key,
-            idempotency_key=checked_idempotency or message_id,
-            priority=priority,
-            headers=checked_headers,
-            attempt=1,
-            created_at=now,
-        )
+        return [
+            Envelope(
+                message_id,
+                transport,
+                data,
+                key,
+                idempotency or message_id,
+                priority,
+                headers,
+                1,
+                now,
+            )
+            for message_id, (transport, data, key, idempotency, priority, headers) in zip(
+                new_id.many(len(checked), now), checked, strict=True
+            )
+        ]
 
     def _accept(self, envelopes: list[Envelope], txn: Txn | None) -> list[Receipt]:
         hub = self._hub

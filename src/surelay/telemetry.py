@@ -117,6 +117,7 @@ class Telemetry:
         self.counters = instruments.counters
         self.duration = instruments.duration
         self.gauges = gauges
+        self._tracing = False
         _LIVE.add(self)
 
     def close(self) -> None:
@@ -125,8 +126,14 @@ class Telemetry:
 
     @property
     def tracing(self) -> bool:
-        """Whether a tracer provider is installed (span work is skipped otherwise)."""
-        return trace.get_tracer_provider() is not _PROXY or _ENV_PROVIDER in os.environ
+        """Whether a tracer provider is installed (span work is skipped otherwise).
+
+        The API sets its global provider once, so a True answer is kept; until then each
+        call looks again (two environment lookups: ask once per batch, not per message).
+        """
+        if not self._tracing:
+            self._tracing = trace.get_tracer_provider() is not _PROXY or _ENV_PROVIDER in os.environ
+        return self._tracing
 
     def count(self, name: str, transport: str, amount: int = 1) -> None:
         if amount:

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from surelay.envelope import Envelope
 from surelay.storage import DecodeError, OutboxEntry, QuarantinedRecord, ReplayRequest
 from surelay.storage.codec import decode, decode_dedup, encode, encode_dedup, encode_generic
-from surelay.storage.keys import index_prefix, micros, new_id, text_key
+from surelay.storage.keys import _Ulid, index_prefix, micros, new_id, text_key
 from surelay.storage.records import DeadLetter
 
 from .builders import dead_letters, envelopes, times
@@ -103,6 +103,31 @@ def test_ids_made_in_order_sort_in_order(values: list[float]) -> None:
     ids = [new_id(v) for v in sorted(values)]
     assert ids == sorted(ids)
     assert all(len(i) == 26 and i.isascii() for i in ids)
+
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def _ulid_value(text: str) -> int:
+    value = 0
+    for digit in text:
+        value = value * 32 + _CROCKFORD.index(digit)
+    return value
+
+
+@given(
+    ms=st.integers(0, 2**48 - 1),
+    rand=st.one_of(st.integers(1, 2**79), st.integers(2**40 - 3, 2**40 + 3)),
+    count=st.integers(1, 6),
+)
+def test_ids_are_the_ulid_of_time_and_counter(ms: int, rand: int, count: int) -> None:
+    """Built from a cached prefix and table lookups, an id is still exactly the ULID
+    (Crockford base 32) of its millisecond and random part, across carries too."""
+    ids = _Ulid()
+    ids._last_ms, ids._last_rand = ms, rand - 1  # the next id of this ms is `rand`
+    made = ids.many(count, ms / 1000)
+    assert [_ulid_value(i) for i in made] == [(ms << 80) | (rand + i) for i in range(count)]
+    assert made == sorted(made)
 
 
 @given(st.text())

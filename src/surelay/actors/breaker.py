@@ -28,6 +28,7 @@ STATE_GAUGE = {"closed": 0, "half_open": 1, "open": 2}
 class BreakerState:
     state: str = "closed"
     outcomes: tuple[bool, ...] = ()  # closed: the window, True for a failure
+    failures: int = 0  # closed: failures in the window
     opened_at: float = 0.0
     probes: int = 0  # half-open: probes let through
     successes: int = 0  # half-open: probes that succeeded
@@ -53,10 +54,13 @@ def record(state: BreakerState, policy: BreakerPolicy, now: float, failed: bool)
     """The state after a call's outcome."""
     current = _now(state, policy, now)
     if current.state == "closed":
+        if not failed and not current.failures and len(current.outcomes) >= policy.window:
+            return current  # a full window of successes stays one (the common case)
         window = (*current.outcomes, failed)[-policy.window :]
-        if len(window) >= policy.min_calls and sum(window) / len(window) >= policy.failure_ratio:
+        failures = sum(window)
+        if len(window) >= policy.min_calls and failures / len(window) >= policy.failure_ratio:
             return BreakerState("open", opened_at=now)
-        return replace(current, outcomes=window)
+        return replace(current, outcomes=window, failures=failures)
     if current.state == "half_open":
         if failed:
             return BreakerState("open", opened_at=now)
@@ -91,6 +95,8 @@ class Breakers:
     def allow(self, transport: str, now: float) -> float:
         """0 if a call to `transport` may go now (counted as a probe when half-open),
         else the seconds until one may."""
+        if self._states[transport].state == "closed":
+            return 0.0  # closed lets every call through and changes nothing: no lock
         with self._lock:
             ok, state = allow(self._states[transport], self._policy, now)
             self._states[transport] = state

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from surelay.actors.queues import line_of
 from surelay.errors import InvalidMessage, PermanentError, TransientError
 from surelay.storage.records import OutboxEntry
 from surelay.supervision import Actor
@@ -76,7 +77,9 @@ class Attempt:
 
     `kind`: `ok` (delivered), `failed` (raised `error`), `held` (its breaker is open:
     no call made, retry in `wait` seconds), `timeout` (cut off after the ack timeout),
-    `crash` (raised a BaseException that is not an Exception: the sender crashes).
+    `crash` (raised a BaseException that is not an Exception: the sender crashes),
+    `skipped` (not called: an earlier message of its key in the batch was not delivered,
+    and a key's messages go in order).
     """
 
     entry: OutboxEntry
@@ -117,8 +120,9 @@ class Caller:
         self._jobs.put(None)
 
     def run(self, batch: list[OutboxEntry]) -> tuple[list[Attempt], list[OutboxEntry]]:
-        """Attempt each message of `batch`; returns the attempts made, in order, and the
-        messages not tried (after a timeout or a crash)."""
+        """Attempt each message of `batch` in order, except those behind a message of
+        their key that was not delivered (`skipped`); returns the attempts, in order, and
+        the messages not reached (after a timeout or a crash)."""
         if not batch:
             return [], []
         job = _Job(batch)
@@ -156,13 +160,21 @@ class Caller:
             job = jobs.get()
             if job is None:
                 return
+            tracing = self._hub.telemetry.tracing
+            stopped: set[str] = set()  # lines with a message not delivered in this batch
             for i, entry in enumerate(job.batch):
                 with job.lock:
                     if job.abandoned:
                         return
                     job.index = i
                     job.started = time.monotonic()
-                attempt = self._attempt(entry)
+                line = line_of(entry)
+                if line in stopped:
+                    attempt = Attempt(entry, "skipped")
+                else:
+                    attempt = self._attempt(entry, tracing)
+                    if attempt.kind != "ok":
+                        stopped.add(line)
                 with job.lock:
                     if job.abandoned:
                         return  # cut off: the sender has moved on without this result
@@ -171,7 +183,7 @@ class Caller:
                     break
             job.done.set()
 
-    def _attempt(self, entry: OutboxEntry) -> Attempt:
+    def _attempt(self, entry: OutboxEntry, tracing: bool) -> Attempt:
         hub = self._hub
         envelope = entry.envelope
         transport_name = envelope.transport
@@ -180,7 +192,7 @@ class Caller:
             return Attempt(entry, "held", wait=wait)
         transport = hub.transports[transport_name]
         span = None
-        if hub.telemetry.tracing:
+        if tracing:
             span = hub.telemetry.tracer.start_span(
                 SPAN_DELIVER,
                 context=context_from(envelope.headers),

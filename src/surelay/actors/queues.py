@@ -15,6 +15,7 @@ Plain Python, no threads: the Sender actor owns one and is its only user.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Iterator
 
@@ -91,6 +92,15 @@ class PartitionQueue:
                 rank = 0 if ready[0] else 1 if ready[1] else 2
             out.append(ready[rank].popleft())
         return out
+
+    def behind(self, head: OutboxEntry, limit: int) -> list[OutboxEntry]:
+        """Up to `limit` entries queued behind `head` in its key's line, in order."""
+        return list(itertools.islice(self._lines[line_of(head)], 1, limit + 1))
+
+    def is_head(self, entry: OutboxEntry) -> bool:
+        """Whether `entry` is the head of its key's line."""
+        queue = self._lines.get(line_of(entry))
+        return queue is not None and queue[0].envelope.message_id == entry.envelope.message_id
 
     def finish(self, entry: OutboxEntry) -> OutboxEntry | None:
         """The head ended (delivered, duplicate or dead-lettered): drop it and return

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from surelay.actors.dead_letter import Capture
 from surelay.actors.delivery import Attempt, CallerOwner, classify
-from surelay.actors.queues import PartitionQueue
+from surelay.actors.queues import PartitionQueue, line_of
 from surelay.actors.retry import Due, Schedule, can_retry, retry_delay
 from surelay.errors import TransientError
 from surelay.receipts import Outcome
@@ -107,6 +107,9 @@ class Sender(CallerOwner):
         super().__init__(hub)
         self._state = state
         self._caller_name = f"surelay-caller-{state.partition}"
+        self._batch: set[str] = set()
+        """Message ids of the batch under way that have not ended or been put back: when
+        one of them becomes its key's head, the batch itself carries it on."""
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -118,7 +121,8 @@ class Sender(CallerOwner):
         blamed = state.in_flight.pop(state.current, None) if state.current else None
         state.current = None
         for entry in state.in_flight.values():
-            state.queue.ready(entry)
+            if state.queue.is_head(entry):  # the others wait behind their key's head
+                state.queue.ready(entry)
         state.in_flight.clear()
         if blamed is not None:
             message_id = blamed.envelope.message_id
@@ -173,22 +177,48 @@ class Sender(CallerOwner):
 
     # -- a batch -------------------------------------------------------------------------
 
-    def _deliver(self, batch: list[OutboxEntry]) -> None:
+    def _runs(self, heads: list[OutboxEntry], now: float) -> list[OutboxEntry]:
+        """The ready heads, then what is due behind each of them in its key's line (an
+        equal share of the batch per head), so a busy key sends many messages per batch
+        rather than one; the caller attempts them in order and stops a key at its first
+        message not delivered."""
+        room = BATCH - len(heads)
+        if room <= 0:
+            return heads
+        share = max(1, room // len(heads))
+        queue = self._state.queue
+        batch = list(heads)
+        for head in heads:
+            for entry in queue.behind(head, min(share, BATCH - len(batch))):
+                if entry.due_at > now:
+                    break
+                batch.append(entry)
+        return batch
+
+    def _put_back(self, entry: OutboxEntry, now: float) -> None:
+        """An entry of the batch that was not attempted waits in its key's line; if it
+        is the head now, it is ready again (or held until it is due)."""
+        message_id = entry.envelope.message_id
+        self._state.in_flight.pop(message_id, None)
+        self._batch.discard(message_id)
+        if self._state.queue.is_head(entry):
+            self._head(entry, now)
+
+    def _deliver(self, heads: list[OutboxEntry]) -> None:
         hub = self._hub
         state = self._state
         now = hub.config.clock()
+        batch = self._runs(heads, now)
         in_flight = state.in_flight
         for entry in batch:
             in_flight[entry.envelope.message_id] = entry
+        self._batch = {entry.envelope.message_id for entry in batch}
         live = self._drop_expired(batch, now)
         live = self._drop_duplicates(live, now)
         for entry in live:
             state.first_attempt.setdefault(entry.envelope.message_id, now)
         assert self._caller is not None
         attempts, untried = self._caller.run(live)
-        for entry in untried:
-            in_flight.pop(entry.envelope.message_id, None)
-            state.queue.ready(entry)
         delivered: list[OutboxEntry] = []
         crash: Attempt | None = None
         now = hub.config.clock()
@@ -206,49 +236,71 @@ class Sender(CallerOwner):
                 in_flight.pop(message_id, None)
                 state.queue.hold(entry)
                 self._schedule(entry, now + attempt.wait)
+            elif attempt.kind == "skipped":
+                self._put_back(entry, now)
             else:
                 self._failed(attempt, now)
             state.current = None
+        for entry in untried:
+            self._put_back(entry, now)
+        self._batch.clear()
         self._record_delivered(delivered, now)
         if crash is not None:
             assert crash.error is not None
             raise crash.error  # the blamed message is settled by the next incarnation
 
     def _drop_expired(self, batch: list[OutboxEntry], now: float) -> list[OutboxEntry]:
+        """Expired messages are dead-lettered; one behind a live message of its key is
+        put back (with the rest of its key), to expire once it is the head."""
         ttl = self._hub.config.message_ttl
         if ttl is None:
             return batch
         live = []
+        stopped: set[str] = set()
         for entry in batch:
+            line = line_of(entry)
             age = now - entry.envelope.created_at
-            if age > ttl:
+            if line in stopped:
+                self._put_back(entry, now)
+            elif age <= ttl:
+                live.append(entry)
+            elif self._state.queue.is_head(entry):
                 reason = f"not delivered within message_ttl={ttl}s (accepted {age:.3f}s ago)"
                 self._dead(entry, "expired", reason, None, now, attempts=entry.envelope.attempt - 1)
             else:
-                live.append(entry)
+                stopped.add(line)
+                self._put_back(entry, now)
         return live
 
     def _drop_duplicates(self, batch: list[OutboxEntry], now: float) -> list[OutboxEntry]:
         """Messages whose idempotency key was delivered within dedup_ttl end DUPLICATE.
-        A key seen twice in one batch waits for the next, when the first has settled."""
+        An idempotency key seen twice in one batch waits for the next, when the first has
+        settled; so does a duplicate behind a live message of its key (it can only end
+        once it is the head), and everything behind either in its key's line."""
         hub = self._hub
-        state = self._state
         live: list[OutboxEntry] = []
         duplicates: list[OutboxEntry] = []
         in_batch: set[str] = set()
-        delivering = state.delivering
+        live_lines: set[str] = set()
+        stopped: set[str] = set()
+        delivering = self._state.delivering
         dedup = hub.store.dedup
         with hub.store.read() as txn:
-            for entry in batch:
-                key = entry.envelope.idempotency_key
-                if key in delivering or dedup.get(txn, key, now=now) is not None:
-                    duplicates.append(entry)
-                elif key in in_batch:
-                    state.in_flight.pop(entry.envelope.message_id, None)
-                    state.queue.ready(entry)
-                else:
-                    in_batch.add(key)
-                    live.append(entry)
+            seen = dedup.seen(txn, [e.envelope.idempotency_key for e in batch], now=now)
+        for entry in batch:
+            key = entry.envelope.idempotency_key
+            line = line_of(entry)
+            if line in stopped:
+                self._put_back(entry, now)
+            elif key in in_batch or (line in live_lines and (key in delivering or key in seen)):
+                stopped.add(line)
+                self._put_back(entry, now)
+            elif key in delivering or key in seen:
+                duplicates.append(entry)
+            else:
+                in_batch.add(key)
+                live_lines.add(line)
+                live.append(entry)
         if duplicates:
             self._record_duplicates(duplicates, now)
         return live
@@ -264,7 +316,7 @@ class Sender(CallerOwner):
         state.first_attempt.pop(message_id, None)
         state.last_delay.pop(message_id, None)
         following = state.queue.finish(entry)
-        if following is not None:
+        if following is not None and following.envelope.message_id not in self._batch:
             self._head(following, now)
 
     def _failed(self, attempt: Attempt, now: float) -> None:
@@ -378,8 +430,7 @@ class Sender(CallerOwner):
         outbox = hub.store.outbox if hub.durable else None
 
         def op(txn: Txn) -> None:
-            for key in keys:
-                dedup.put(txn, key, delivered_at=now, expires_at=expires)
+            dedup.put_many(txn, keys, delivered_at=now, expires_at=expires)
             if outbox is not None:
                 for entry in entries:
                     outbox.remove_entry(txn, entry)

@@ -25,15 +25,26 @@ class Dedup:
 
     def put(self, txn: Txn, key: str, *, delivered_at: float, expires_at: float) -> DedupRecord:
         """Record `key` as delivered (replacing an earlier record of it)."""
-        k = text_key(key)
-        old = txn.get(k, db=self._db)
-        if old is not None:
-            # If undecodable, it is overwritten below; its stale index entry is skipped.
-            with contextlib.suppress(DecodeError):
-                txn.delete(micros(decode_dedup(bytes(old))[1]) + k, db=self._exp)
-        txn.put(k, encode_dedup(delivered_at, expires_at), db=self._db)
-        txn.put(micros(expires_at) + k, b"", db=self._exp)
+        self.put_many(txn, (key,), delivered_at=delivered_at, expires_at=expires_at)
         return DedupRecord(key, delivered_at, expires_at)
+
+    def put_many(
+        self, txn: Txn, keys: Iterable[str], *, delivered_at: float, expires_at: float
+    ) -> None:
+        """`put` for keys delivered together: one encoding of the shared value and a few
+        LMDB calls for all of them (each call releases the GIL)."""
+        value = encode_dedup(delivered_at, expires_at)
+        expiry = micros(expires_at)
+        raw_keys = list(dict.fromkeys(text_key(key) for key in keys))
+        db, exp = self._db, self._exp
+        for k, old in txn.cursor(db=db).getmulti(raw_keys):
+            # If undecodable, it is overwritten; its stale index entry is skipped.
+            with contextlib.suppress(DecodeError):
+                old_expiry = micros(decode_dedup(bytes(old))[1])
+                if old_expiry != expiry:
+                    txn.delete(old_expiry + bytes(k), db=exp)
+        txn.cursor(db=db).putmulti([(k, value) for k in raw_keys])
+        txn.cursor(db=exp).putmulti([(expiry + k, b"") for k in raw_keys])
 
     def get(self, txn: Txn, key: str, *, now: float) -> DedupRecord | None:
         """The live record of `key`, or None (absent or expired)."""
@@ -51,8 +62,18 @@ class Dedup:
         return DedupRecord(key, delivered_at, expires_at)
 
     def seen(self, txn: Txn, keys: Iterable[str], *, now: float) -> set[str]:
-        """Which of `keys` were delivered and have not expired (one lookup each)."""
-        return {key for key in keys if self.get(txn, key, now=now) is not None}
+        """Which of `keys` were delivered and have not expired (one LMDB call)."""
+        by_key = {text_key(key): key for key in keys}
+        live = set()
+        for k, raw in txn.cursor(db=self._db).getmulti(list(by_key)):
+            try:
+                expires_at = decode_dedup(bytes(raw))[1]
+            except DecodeError as error:
+                self._report("dedup", bytes(k), bytes(raw), error)
+                continue
+            if expires_at > now:
+                live.add(by_key[bytes(k)])
+        return live
 
     def sweep(self, txn: Txn, *, now: float, limit: int | None = None) -> int:
         """Delete records that expired at or before `now`; returns how many."""

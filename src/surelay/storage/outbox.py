@@ -63,26 +63,35 @@ class Outbox:
     def enqueue_many(
         self, txn: Txn, items: list[tuple[Envelope, int]], *, due_at: float
     ) -> list[OutboxEntry]:
-        """`enqueue` for several (envelope, partition) pairs, one sequence update."""
+        """`enqueue` for several (envelope, partition) pairs: one sequence update, and one
+        LMDB call per table (py-lmdb releases the GIL on every call, which costs a thread
+        switch whenever another thread is running)."""
         raw = txn.get(b"outbox_seq", db=self._meta)
         seq = from_u64(raw) if raw is not None else 0
         due = micros(due_at)
         out = []
-        ids, main, due_idx, part_idx = self._ids, self._main, self._due, self._part
+        main, ids, due_idx, part_idx = [], [], [], []
         for envelope, partition in items:
             if not 0 <= partition < MAX_PARTITIONS:
                 raise ValueError(f"partition must be in [0, {MAX_PARTITIONS}), got {partition}")
-            id_key = text_key(envelope.message_id)
-            if txn.get(id_key, db=ids) is not None:
-                raise ValueError(f"message {envelope.message_id!r} is already in the outbox")
             seq += 1
             entry = OutboxEntry(seq, envelope, due_at, partition)
             seq_key = u64(seq)
-            txn.put(seq_key, encode(entry), db=main)
-            txn.put(id_key, seq_key, db=ids)
-            txn.put(due + seq_key, b"", db=due_idx)
-            txn.put(u16(partition) + seq_key, b"", db=part_idx)
+            main.append((seq_key, encode(entry)))
+            ids.append((text_key(envelope.message_id), seq_key))
+            due_idx.append((due + seq_key, b""))
+            part_idx.append((u16(partition) + seq_key, b""))
             out.append(entry)
+        _, added = txn.cursor(db=self._ids).putmulti(ids, overwrite=False)
+        if added != len(ids):
+            for (id_key, seq_key), entry in zip(ids, out, strict=True):
+                if txn.get(id_key, db=self._ids) != seq_key:
+                    raise ValueError(
+                        f"message {entry.envelope.message_id!r} is already in the outbox"
+                    )
+        txn.cursor(db=self._main).putmulti(main)
+        txn.cursor(db=self._due).putmulti(due_idx)
+        txn.cursor(db=self._part).putmulti(part_idx)
         txn.put(b"outbox_seq", u64(seq), db=self._meta)
         return out
 
