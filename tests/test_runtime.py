@@ -309,6 +309,84 @@ def test_per_key_order_holds_under_retries_with_four_partitions(tmp_path: Path) 
         assert sink.payloads(key) == sent[key], key
 
 
+def _queued_behind_a_gate(
+    tmp_path: Path,
+    behaviour: Callable[[Envelope], None],
+    messages: list[dict[str, object]],
+    *,
+    idempotency_keys_delivered: tuple[str, ...] = (),
+) -> tuple[Recorder, list[Outcome | None]]:
+    """Send `messages` (to transport "t") while the only partition is blocked, so its
+    next batch holds whole runs of each key; then let it go."""
+    gate = Gate()
+
+    def blocked_first(envelope: Envelope) -> None:
+        if envelope.payload == b"block":
+            gate(envelope)
+        else:
+            behaviour(envelope)
+
+    sink = Recorder(blocked_first)
+    with open_runtime(tmp_path, {"t": sink}, partitions=1, retry=FAST) as rt:
+        for earlier in idempotency_keys_delivered:
+            assert rt.send("t", b"earlier", idempotency_key=earlier).wait(5) is Outcome.DELIVERED
+        rt.send("t", b"block", key="blocker")
+        assert gate.entered.wait(5)
+        receipts = rt.send_batch([{"transport": "t", **m} for m in messages])
+        gate.open()
+        assert rt.flush(10)
+        senders = rt.supervisor.child("senders").which_children()  # type: ignore[attr-defined]
+        assert sum(c.restarts for c in senders) == 0  # no sender tripped over a run
+        return sink, [r.wait(0) for r in receipts]
+
+
+def test_a_keys_run_in_one_batch_stops_at_a_failure_and_keeps_order(tmp_path: Path) -> None:
+    failed: set[bytes] = set()
+
+    def fail_once(envelope: Envelope) -> None:
+        if envelope.payload in (b"a3", b"b0") and envelope.payload not in failed:
+            failed.add(envelope.payload)
+            raise TransientError("not yet")
+        if envelope.payload == b"a6":
+            raise PermanentError("rejected")
+
+    messages: list[dict[str, object]] = [
+        {"payload": b"%s%d" % (k, i), "key": k.decode()} for i in range(10) for k in (b"a", b"b")
+    ]
+    sink, outcomes = _queued_behind_a_gate(tmp_path, fail_once, messages)
+    for key in ("a", "b"):
+        calls = [e.payload for e in sink.attempts if e.key == key]
+        expected = [b"%s%d" % (key.encode(), i) for i in range(10)]
+        failing = b"a3" if key == "a" else b"b0"
+        retried = expected.index(failing) + 1
+        # Nothing behind the failed message was called before its retry succeeded.
+        assert calls == [*expected[:retried], *expected[retried - 1 :]]
+    assert outcomes.count(Outcome.DEAD_LETTERED) == 1
+    assert outcomes[messages.index({"payload": b"a6", "key": "a"})] is Outcome.DEAD_LETTERED
+    assert outcomes.count(Outcome.DELIVERED) == 19
+
+
+def test_duplicates_inside_a_keys_run_end_duplicate_in_order(tmp_path: Path) -> None:
+    messages: list[dict[str, object]] = [
+        {"payload": b"1", "key": "k", "idempotency_key": "x"},
+        {"payload": b"2", "key": "k", "idempotency_key": "x"},  # same run, same key
+        {"payload": b"3", "key": "k"},
+        {"payload": b"4", "key": "j"},
+        {"payload": b"5", "key": "j", "idempotency_key": "x"},  # another key's run
+        {"payload": b"6", "key": "j"},
+        {"payload": b"7", "key": "i"},
+        {"payload": b"8", "key": "i", "idempotency_key": "y"},  # delivered before the run
+        {"payload": b"9", "key": "i"},
+    ]
+    sink, outcomes = _queued_behind_a_gate(
+        tmp_path, lambda e: None, messages, idempotency_keys_delivered=("y",)
+    )
+    assert outcomes == [Outcome.DELIVERED, Outcome.DUPLICATE, Outcome.DELIVERED] * 3
+    assert sink.payloads("k") == [b"1", b"3"]
+    assert sink.payloads("j") == [b"4", b"6"]
+    assert sink.payloads("i") == [b"7", b"9"]
+
+
 def test_priorities_are_served_by_weight_without_starving_low(tmp_path: Path) -> None:
     gate = Gate()
     first = threading.Event()

@@ -79,3 +79,21 @@ def test_half_open_never_lets_more_than_its_probes_through(steps: list[tuple[boo
         assert retry_in(s, POLICY, now) >= 0
         assert before.state != "open" or now - before.opened_at < POLICY.open_for or ok
     assert passed_while_half_open <= POLICY.half_open_calls
+
+
+@given(st.lists(st.booleans(), max_size=40))
+def test_closed_state_counts_the_failures_of_its_window(outcomes: list[bool]) -> None:
+    """The kept failure count (which lets a run of successes skip the window copy) is
+    always the failures in the window, and the state is what the window says."""
+    policy = BreakerPolicy(window=8, failure_ratio=0.5, min_calls=6, open_for=30.0)
+    state = BreakerState()
+    window: list[bool] = []
+    for failed in outcomes:
+        state = record(state, policy, 0.0, failed)
+        window = [*window, failed][-8:]
+        tripped = len(window) >= 6 and sum(window) / len(window) >= 0.5
+        if tripped:
+            assert state.state == "open"
+            break
+        assert state.state == "closed" and state.failures == sum(window)
+        assert list(state.outcomes) == window

@@ -93,3 +93,18 @@ def test_each_key_is_served_in_acceptance_order_one_at_a_time(
     assert len(queue) == sum(len(v) for v in accepted.values()) - sum(
         len(v) for v in served.values()
     )
+
+
+def test_behind_lists_a_heads_line_in_order_and_is_head_follows_finish() -> None:
+    queue = PartitionQueue()
+    a0, b0, a1, a2 = entry(0, "a"), entry(1, "b"), entry(2, "a"), entry(3, "a")
+    for e in (a0, b0, a1, a2):
+        queue.add(e)
+    assert queue.behind(a0, 5) == [a1, a2]
+    assert queue.behind(a0, 1) == [a1]
+    assert queue.behind(b0, 5) == []
+    assert queue.is_head(a0) and queue.is_head(b0) and not queue.is_head(a1)
+    assert queue.finish(a0) is a1
+    assert queue.is_head(a1) and queue.behind(a1, 5) == [a2]
+    queue.finish(b0)
+    assert not queue.is_head(b0)  # its line is gone

@@ -109,6 +109,10 @@ class Breakers:
 
     def record(self, transport: str, now: float, *, failed: bool) -> str:
         """Record a call's outcome; returns the state after it."""
+        state = self._states[transport]
+        full = len(state.outcomes) >= self._policy.window
+        if not failed and state.state == "closed" and not state.failures and full:
+            return "closed"  # a full window of successes stays one: no lock
         with self._lock:
             state = record(self._states[transport], self._policy, now, failed)
             self._states[transport] = state
