@@ -32,7 +32,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
-from surelay import Envelope, Guarantee, Runtime, RuntimeConfig
+from surelay import Envelope, Guarantee, PressurePolicy, Runtime, RuntimeConfig
 
 BATCH = 256
 
@@ -87,9 +87,15 @@ def naive(messages: int, span: Callable[[], object] | None = None) -> float:
     return messages / elapsed
 
 
+# The producer here may run ahead of delivery; admission control (measured by
+# benchmarks/overload.py) would then refuse it. This script measures the pipeline, so its
+# capacity bound is out of the way.
+UNBOUNDED = PressurePolicy(capacity=10_000_000)
+
+
 def surelay_batches(messages: int, guarantee: Guarantee = Guarantee.AT_LEAST_ONCE) -> float:
     with tempfile.TemporaryDirectory() as path:
-        config = RuntimeConfig(guarantee=guarantee)
+        config = RuntimeConfig(guarantee=guarantee, pressure=UNBOUNDED)
         with Runtime.open(path, transports={"t": noop}, config=config) as rt:
             batch = [
                 {"transport": "t", "payload": b"x" * 100, "key": f"k{i % 64}"} for i in range(1000)
@@ -108,7 +114,11 @@ def noop(_envelope: Envelope) -> None:
 
 
 def threads_send(messages: int, threads: int = 16) -> tuple[float, float, float]:
-    with tempfile.TemporaryDirectory() as path, Runtime.open(path, transports={"t": noop}) as rt:
+    config = RuntimeConfig(pressure=UNBOUNDED)
+    with (
+        tempfile.TemporaryDirectory() as path,
+        Runtime.open(path, transports={"t": noop}, config=config) as rt,
+    ):
         per_thread = messages // threads
         latencies: list[list[float]] = [[] for _ in range(threads)]
 

@@ -1,6 +1,8 @@
 """One partition's queue: strict FIFO per key, weighted priorities across keys.
 
-Each key has a line of entries in acceptance order; only its head may be sent. A head is
+Each key has a line of entries in acceptance order; only its head is taken (the sender
+may carry the entries `behind` a taken head in the same batch, attempted after it in
+order, and stops the line at the first one not delivered). A head is
 *ready* (waiting for the sender), *taken* (being delivered) or *held* (waiting for a retry
 or for its transport's breaker). The key's next entry becomes head only when the head
 ends, so a message waiting for a retry holds back every later message of its key, and a

@@ -2,8 +2,10 @@
 
 A message goes to the sender of `partition_for(key)`. The sender keeps a
 `PartitionQueue` (strict FIFO per key, weighted priorities across keys), takes ready
-messages in batches, drops the expired and the duplicates, has its `Caller` attempt the
-rest, and settles each attempt:
+heads in batches, adds to each the run of due messages behind it in its key's line,
+drops the expired and the duplicates, has its `Caller` attempt the rest in order (a key
+stops at its first message not delivered; those behind it are put back), and settles
+each attempt:
 
 - delivered: dedup record written and outbox entry removed in one transaction;
   the receipt completes once that is durable; the key's next message becomes ready;
@@ -183,7 +185,7 @@ class Sender(CallerOwner):
         rather than one; the caller attempts them in order and stops a key at its first
         message not delivered."""
         room = BATCH - len(heads)
-        if room <= 0:
+        if room <= 0 or not heads:
             return heads
         share = max(1, room // len(heads))
         queue = self._state.queue
