@@ -481,9 +481,7 @@ class Runtime:
                         "txn must be the transaction of rt.transaction(), still open"
                     )
                 now = self._config.clock()
-                entries = [
-                    self._store.outbox.enqueue(txn, e, partition=p, due_at=now) for e, p in routed
-                ]
+                entries = self._store.outbox.enqueue_many(txn, routed, due_at=now)
                 pending.extend(entries)
             elif hub.durable:
                 entries = self._store.enqueue(routed).result()

@@ -50,12 +50,17 @@ def allow(state: BreakerState, policy: BreakerPolicy, now: float) -> tuple[bool,
     return False, current
 
 
+def _steady(state: BreakerState, policy: BreakerPolicy) -> bool:
+    """Closed with a full window of successes: another success changes nothing."""
+    return state.state == "closed" and not state.failures and len(state.outcomes) >= policy.window
+
+
 def record(state: BreakerState, policy: BreakerPolicy, now: float, failed: bool) -> BreakerState:
     """The state after a call's outcome."""
     current = _now(state, policy, now)
+    if not failed and _steady(current, policy):
+        return current  # the common case: no window copy
     if current.state == "closed":
-        if not failed and not current.failures and len(current.outcomes) >= policy.window:
-            return current  # a full window of successes stays one (the common case)
         window = (*current.outcomes, failed)[-policy.window :]
         failures = sum(window)
         if len(window) >= policy.min_calls and failures / len(window) >= policy.failure_ratio:
@@ -109,10 +114,8 @@ class Breakers:
 
     def record(self, transport: str, now: float, *, failed: bool) -> str:
         """Record a call's outcome; returns the state after it."""
-        state = self._states[transport]
-        full = len(state.outcomes) >= self._policy.window
-        if not failed and state.state == "closed" and not state.failures and full:
-            return "closed"  # a full window of successes stays one: no lock
+        if not failed and _steady(self._states[transport], self._policy):
+            return "closed"  # nothing to change, so no lock
         with self._lock:
             state = record(self._states[transport], self._policy, now, failed)
             self._states[transport] = state

@@ -292,12 +292,13 @@ class Sender(CallerOwner):
         for entry in batch:
             key = entry.envelope.idempotency_key
             line = line_of(entry)
+            duplicate = key in delivering or key in seen
             if line in stopped:
                 self._put_back(entry, now)
-            elif key in in_batch or (line in live_lines and (key in delivering or key in seen)):
+            elif key in in_batch or (duplicate and line in live_lines):
                 stopped.add(line)
                 self._put_back(entry, now)
-            elif key in delivering or key in seen:
+            elif duplicate:
                 duplicates.append(entry)
             else:
                 in_batch.add(key)

@@ -31,12 +31,6 @@ class Outbox:
         self._meta = env.db("meta")
         self._report = report
 
-    def _next_seq(self, txn: Txn) -> int:
-        raw = txn.get(b"outbox_seq", db=self._meta)
-        seq = from_u64(raw) + 1 if raw is not None else 1
-        txn.put(b"outbox_seq", u64(seq), db=self._meta)
-        return seq
-
     def _load(self, txn: Txn, seq_key: bytes) -> OutboxEntry | None:
         raw = txn.get(seq_key, db=self._main)
         if raw is None:
@@ -47,18 +41,7 @@ class Outbox:
         self, txn: Txn, envelope: Envelope, *, partition: int, due_at: float
     ) -> OutboxEntry:
         """Add an accepted message; `ValueError` if its id is already in the outbox."""
-        if not 0 <= partition < MAX_PARTITIONS:
-            raise ValueError(f"partition must be in [0, {MAX_PARTITIONS}), got {partition}")
-        id_key = text_key(envelope.message_id)
-        if txn.get(id_key, db=self._ids) is not None:
-            raise ValueError(f"message {envelope.message_id!r} is already in the outbox")
-        entry = OutboxEntry(self._next_seq(txn), envelope, due_at, partition)
-        seq = u64(entry.seq)
-        txn.put(seq, encode(entry), db=self._main)
-        txn.put(id_key, seq, db=self._ids)
-        txn.put(micros(due_at) + seq, b"", db=self._due)
-        txn.put(u16(partition) + seq, b"", db=self._part)
-        return entry
+        return self.enqueue_many(txn, [(envelope, partition)], due_at=due_at)[0]
 
     def enqueue_many(
         self, txn: Txn, items: list[tuple[Envelope, int]], *, due_at: float
