@@ -29,7 +29,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, NoReturn
 
@@ -753,11 +753,22 @@ def _check_transports(transports: object) -> Mapping[str, Transport]:
     return MappingProxyType(checked)
 
 
-def _with_traceparent(envelope: Envelope, traceparent: str | None) -> Envelope:
+def _with_traceparent(e: Envelope, traceparent: str | None) -> Envelope:
+    """`e` carrying `traceparent` (built directly: `dataclasses.replace` costs about three
+    times as much, once per message of every traced send)."""
     if traceparent is None:
-        return envelope
-    return replace(
-        envelope, headers=MappingProxyType({**envelope.headers, TRACEPARENT: traceparent})
+        return e
+    headers = MappingProxyType({**e.headers, TRACEPARENT: traceparent})
+    return Envelope(
+        e.message_id,
+        e.transport,
+        e.payload,
+        e.key,
+        e.idempotency_key,
+        e.priority,
+        headers,
+        e.attempt,
+        e.created_at,
     )
 
 

@@ -63,6 +63,24 @@ def test_delivered_writes_dedup_and_removes_from_the_outbox(store: Store, clock:
         assert store.outbox.due(txn, clock.now + 1000) == []
 
 
+def test_remove_entries_clears_every_index_and_counts_what_was_there(
+    store: Store, clock: Clock
+) -> None:
+    entries = store.enqueue([(env(n), n % 2) for n in range(4)], due_at=clock.now).result()
+    # m0 is rescheduled after its owner saw it: its old due-index entry goes stale.
+    store.reschedule("m0", attempt=2, due_at=clock.now + 60).result()
+    removed = store.write(lambda txn: store.outbox.remove_entries(txn, entries[:3])).result()
+    assert removed == 3
+    again = store.write(lambda txn: store.outbox.remove_entries(txn, entries)).result()
+    assert again == 1  # only m3 was still there
+    with store.read() as txn:
+        assert store.outbox.count(txn) == 0
+        assert store.outbox.scan(txn) == []
+        assert store.outbox.in_partition(txn, 0) == store.outbox.in_partition(txn, 1) == []
+        assert store.outbox.due(txn, clock.now + 1000) == []  # m0's stale entry is skipped
+        assert all(store.outbox.get(txn, f"m{n}") is None for n in range(4))
+
+
 def test_long_idempotency_keys_are_stored_hashed(store: Store, clock: Clock) -> None:
     long_key = "x" * 5000
     store.write(

@@ -435,8 +435,7 @@ class Sender(CallerOwner):
         def op(txn: Txn) -> None:
             dedup.put_many(txn, keys, delivered_at=now, expires_at=expires)
             if outbox is not None:
-                for entry in entries:
-                    outbox.remove_entry(txn, entry)
+                outbox.remove_entries(txn, entries)
 
         def done(future: Future[None]) -> None:
             state.delivering.difference_update(keys)
@@ -469,8 +468,7 @@ class Sender(CallerOwner):
             return
 
         def op(txn: Txn) -> None:
-            for entry in duplicates:
-                outbox.remove_entry(txn, entry)
+            outbox.remove_entries(txn, duplicates)
 
         def done(future: Future[None]) -> None:
             if future.exception() is None:

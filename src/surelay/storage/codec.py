@@ -8,6 +8,7 @@ record of an unknown version, or one that is not a well-formed array, raises
 from __future__ import annotations
 
 import struct
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, cast
 
@@ -30,6 +31,7 @@ __all__ = [
     "encode",
     "encode_dedup",
     "encode_generic",
+    "encode_outbox",
 ]
 
 T = TypeVar("T")
@@ -40,8 +42,15 @@ class DecodeError(ValueError):
     """A stored record could not be decoded; the text says why."""
 
 
+_PACKERS = threading.local()
+
+
 def _pack(items: list[Any]) -> bytes:
-    packed: bytes = msgpack.packb(items, use_bin_type=True)
+    # One Packer per thread: making one per call costs more than packing a small record.
+    packer = getattr(_PACKERS, "packer", None)
+    if packer is None:
+        packer = _PACKERS.packer = msgpack.Packer(use_bin_type=True)
+    packed: bytes = packer.pack(items)
     return packed
 
 
@@ -141,7 +150,7 @@ def _build(kind: type[T], items: list[Any]) -> T:
 def encode(record: Any) -> bytes:
     """The stored bytes of a record: its version, then its fields in wire order."""
     if type(record) is OutboxEntry:
-        return _encode_outbox(record)
+        return encode_outbox(record)
     return encode_generic(record)
 
 
@@ -171,7 +180,8 @@ def decode(kind: type[T], raw: bytes) -> T:
 # bytes of `encode_generic`; tests/storage/test_codec.py checks that they agree.
 
 
-def _encode_outbox(entry: OutboxEntry) -> bytes:
+def encode_outbox(entry: OutboxEntry) -> bytes:
+    """`encode` of an `OutboxEntry`, without the dispatch on type."""
     e = entry.envelope
     envelope = [
         e.message_id,
@@ -180,7 +190,7 @@ def _encode_outbox(entry: OutboxEntry) -> bytes:
         e.key,
         e.idempotency_key,
         e.priority.value,
-        dict(e.headers),
+        dict(e.headers) if e.headers else {},
         e.attempt,
         e.created_at,
     ]

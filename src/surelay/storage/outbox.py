@@ -7,12 +7,12 @@ caller's transaction so compound operations stay atomic.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
 from surelay.envelope import Envelope
-from surelay.storage.codec import Report, decode_or_report, encode
+from surelay.storage.codec import Report, decode_or_report, encode, encode_outbox
 from surelay.storage.environment import Environment, Txn
 from surelay.storage.keys import from_u64, micros, text_key, u16, u64
 from surelay.storage.records import OutboxEntry
@@ -54,16 +54,20 @@ class Outbox:
         due = micros(due_at)
         out = []
         main, ids, due_idx, part_idx = [], [], [], []
+        prefixes: dict[int, bytes] = {}
         for envelope, partition in items:
-            if not 0 <= partition < MAX_PARTITIONS:
-                raise ValueError(f"partition must be in [0, {MAX_PARTITIONS}), got {partition}")
+            prefix = prefixes.get(partition)
+            if prefix is None:
+                if not 0 <= partition < MAX_PARTITIONS:
+                    raise ValueError(f"partition must be in [0, {MAX_PARTITIONS}), got {partition}")
+                prefix = prefixes[partition] = u16(partition)
             seq += 1
             entry = OutboxEntry(seq, envelope, due_at, partition)
             seq_key = u64(seq)
-            main.append((seq_key, encode(entry)))
+            main.append((seq_key, encode_outbox(entry)))
             ids.append((text_key(envelope.message_id), seq_key))
             due_idx.append((due + seq_key, b""))
-            part_idx.append((u16(partition) + seq_key, b""))
+            part_idx.append((prefix + seq_key, b""))
             out.append(entry)
         _, added = txn.cursor(db=self._ids).putmulti(ids, overwrite=False)
         if added != len(ids):
@@ -111,17 +115,23 @@ class Outbox:
             txn.delete(u16(entry.partition) + seq, db=self._part)
         return entry
 
-    def remove_entry(self, txn: Txn, entry: OutboxEntry) -> bool:
-        """Remove `entry` as its owner last saw it (no read-back, for the hot path).
-        If its due time changed meanwhile, the stale due-index entry is skipped by
-        every reader (it points at nothing). True if it was there."""
-        seq = u64(entry.seq)
-        if not txn.delete(text_key(entry.envelope.message_id), db=self._ids):
-            return False
-        txn.delete(seq, db=self._main)
-        txn.delete(micros(entry.due_at) + seq, db=self._due)
-        txn.delete(u16(entry.partition) + seq, db=self._part)
-        return True
+    def remove_entries(self, txn: Txn, entries: Iterable[OutboxEntry]) -> int:
+        """Remove entries as their owner last saw them (no read-back, for the hot path);
+        returns how many were still there. If an entry's due time changed meanwhile, its
+        stale due-index entry is left behind and skipped by every reader (it points at
+        nothing)."""
+        delete = txn.delete  # positional calls: py-lmdb parses keywords per call
+        ids, main, due, part = self._ids, self._main, self._due, self._part
+        removed = 0
+        for entry in entries:
+            if not delete(text_key(entry.envelope.message_id), b"", ids):
+                continue
+            seq = u64(entry.seq)
+            delete(seq, b"", main)
+            delete(micros(entry.due_at) + seq, b"", due)
+            delete(u16(entry.partition) + seq, b"", part)
+            removed += 1
+        return removed
 
     def scan(self, txn: Txn, *, after: int = 0, limit: int | None = None) -> list[OutboxEntry]:
         """Entries in acceptance order, after sequence number `after`."""
