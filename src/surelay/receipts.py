@@ -78,15 +78,15 @@ class Tracker:
         """Track messages; returns their receipts (none for `receipts=False`, used for
         messages recovered from the outbox, whose senders are gone). With `limit`, all or
         none: `OverLimit` if tracking them would make more than `limit` pending."""
-        made = [Receipt(m, self) for m in message_ids] if receipts else []
+        ids = list(message_ids)
+        made = [Receipt(m, self) for m in ids] if receipts else []
         with self._cond:
             if limit is not None and len(self._pending) + len(made) > limit:
                 raise OverLimit(len(self._pending))
             if receipts:
-                for receipt in made:
-                    self._pending[receipt.message_id] = receipt
+                self._pending.update(zip(ids, made))
             else:
-                for message_id in message_ids:
+                for message_id in ids:
                     self._pending.setdefault(message_id, None)
         return made
 

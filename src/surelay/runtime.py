@@ -444,18 +444,20 @@ class Runtime:
     def _admit(self, envelopes: list[Envelope], txn: Txn | None) -> list[Receipt]:
         hub = self._hub
         partitions = self._config.partitions
-        routed = [
-            (
-                e,
-                partition_for(e.key, partitions)
-                if e.key is not None
-                else next(self._round_robin) % partitions,
-            )
-            for e in envelopes
-        ]
+        by_key: dict[str, int] = {}  # a batch often repeats its keys
+        routed = []
+        for e in envelopes:
+            key = e.key
+            if key is None:
+                partition = next(self._round_robin) % partitions
+            else:
+                partition = by_key.get(key, -1)
+                if partition < 0:
+                    partition = by_key[key] = partition_for(key, partitions)
+            routed.append((e, partition))
         ids = [e.message_id for e in envelopes]
         policy = self._config.pressure
-        limit = min(hard_bound(e.priority, policy) for e in envelopes)
+        limit = min(hard_bound(p, policy) for p in {e.priority for e in envelopes})
         try:
             receipts = hub.tracker.add(ids, limit=limit)
         except OverLimit as full:
