@@ -84,7 +84,7 @@ class Tracker:
             if limit is not None and len(self._pending) + len(made) > limit:
                 raise OverLimit(len(self._pending))
             if receipts:
-                self._pending.update(zip(ids, made))
+                self._pending.update(zip(ids, made, strict=True))
             else:
                 for message_id in ids:
                     self._pending.setdefault(message_id, None)

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from surelay.envelope import Envelope
-from surelay.storage import DecodeError, OutboxEntry, QuarantinedRecord, ReplayRequest
+from surelay.storage import DecodeError, OutboxEntry, QuarantinedRecord, ReplayRequest, codec
 from surelay.storage.codec import decode, decode_dedup, encode, encode_dedup, encode_generic
 from surelay.storage.keys import _Ulid, index_prefix, micros, new_id, text_key
 from surelay.storage.records import DeadLetter
@@ -33,6 +33,18 @@ def test_the_outbox_fast_path_writes_the_generic_bytes(
 ) -> None:
     entry = OutboxEntry(seq, envelope, due, partition)
     assert encode(entry) == encode_generic(entry)
+
+
+def test_a_thread_keeps_no_packer_grown_for_a_large_record() -> None:
+    large = OutboxEntry(1, Envelope("m1", "t", b"x" * (1 << 20)), 0.0, 0)
+    small = OutboxEntry(2, Envelope("m2", "t", b"y"), 0.0, 0)
+    encode(small)
+    kept = codec._PACKERS.packer
+    assert kept is not None  # small records reuse one packer per thread
+    assert decode(OutboxEntry, encode(large)) == large
+    assert codec._PACKERS.packer is None  # its 1 MiB buffer is not kept
+    assert encode(small) == encode_generic(small)
+    assert codec._PACKERS.packer is not None
 
 
 @given(dead_letters)

@@ -43,14 +43,20 @@ class DecodeError(ValueError):
 
 
 _PACKERS = threading.local()
+_PACKER_BUFFER = 16 * 1024
+"""A thread's kept Packer starts with this buffer; one that grew past it for a large
+record is dropped after packing it, so no thread holds on to a large buffer."""
 
 
 def _pack(items: list[Any]) -> bytes:
-    # One Packer per thread: making one per call costs more than packing a small record.
+    # One Packer per thread: making one per call (as msgpack.packb does) costs more
+    # than packing a small record.
     packer = getattr(_PACKERS, "packer", None)
     if packer is None:
-        packer = _PACKERS.packer = msgpack.Packer(use_bin_type=True)
+        packer = _PACKERS.packer = msgpack.Packer(use_bin_type=True, buf_size=_PACKER_BUFFER)
     packed: bytes = packer.pack(items)
+    if len(packed) > _PACKER_BUFFER:
+        _PACKERS.packer = None
     return packed
 
 
