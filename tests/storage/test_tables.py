@@ -108,11 +108,13 @@ def test_ttl_sweep_removes_exactly_the_expired(
             for n, expires in enumerate(expiries):
                 s.dedup.put(txn, f"k{n}", delivered_at=0.0, expires_at=expires)
             s.dedup.put(txn, "k0", delivered_at=0.0, expires_at=2000.0)  # re-put moves it
+            s.dedup.put(txn, "k1", delivered_at=0.0, expires_at=0.0)  # ... either way
 
         s.write(fill).result()
         removed = s.sweep_dedup(now=now).result()
         final = {f"k{n}": e for n, e in enumerate(expiries)}
         final["k0"] = 2000.0
+        final["k1"] = 0.0
         expected_gone = {k for k, e in final.items() if round(e * 1e6) <= round(now * 1e6)}
         assert removed == len(expected_gone)
         with s.read() as txn:
