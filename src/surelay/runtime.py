@@ -28,7 +28,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, NoReturn
@@ -269,7 +269,7 @@ class Runtime:
         `RuntimeClosed`; nothing is accepted when it raises.
         """
         checked = self._check(transport, payload, key, idempotency_key, priority, headers)
-        return self._accept(self._envelopes([checked]), txn)[0]
+        return self._accept([checked], txn)[0]
 
     def send_batch(self, messages: Sequence[Mapping[str, Any]]) -> list[Receipt]:
         """Accept several messages at once, all or none: each mapping holds `send`'s
@@ -302,7 +302,7 @@ class Runtime:
             checked.append(arguments)
         if not checked:
             return []
-        return self._accept(self._envelopes(checked), txn)
+        return self._accept(checked, txn)
 
     def _from_mapping(self, message: object) -> tuple[_Checked, Txn | None]:
         if not isinstance(message, Mapping):
@@ -344,42 +344,47 @@ class Runtime:
             raise InvalidMessage(f"priority must be a surelay.Priority, got {priority!r}")
         return transport, data, checked_key, checked_idempotency, priority, check_headers(headers)
 
-    def _envelopes(self, checked: list[_Checked]) -> list[Envelope]:
-        """Envelopes for checked arguments: one clock reading, ids in acceptance order."""
-        now = self._config.clock()
-        return [
-            Envelope(
-                message_id,
-                transport,
-                data,
-                key,
-                idempotency or message_id,
-                priority,
-                headers,
-                1,
-                now,
+    @staticmethod
+    def _envelopes(
+        checked: list[_Checked], ids: list[str], now: float, spans: list[Any] | None
+    ) -> list[Envelope]:
+        """Envelopes for checked arguments, with `spans` (one per message) each carrying
+        its send span's `traceparent` (built once: a copy per message would cost more)."""
+        if spans is None:
+            return [
+                Envelope(m, transport, data, key, idempotency or m, priority, headers, 1, now)
+                for m, (transport, data, key, idempotency, priority, headers) in zip(
+                    ids, checked, strict=True
+                )
+            ]
+        envelopes = []
+        for m, span, (transport, data, key, idempotency, priority, given) in zip(
+            ids, spans, checked, strict=True
+        ):
+            traceparent = traceparent_of(span)
+            headers = (
+                given
+                if traceparent is None
+                else MappingProxyType({**given, TRACEPARENT: traceparent})
             )
-            for message_id, (transport, data, key, idempotency, priority, headers) in zip(
-                new_id.many(len(checked), now), checked, strict=True
+            envelopes.append(
+                Envelope(m, transport, data, key, idempotency or m, priority, headers, 1, now)
             )
-        ]
+        return envelopes
 
-    def _accept(self, envelopes: list[Envelope], txn: Txn | None) -> list[Receipt]:
+    def _accept(self, checked: list[_Checked], txn: Txn | None) -> list[Receipt]:
         hub = self._hub
         with self._lock:
             if self._closing:
                 raise RuntimeClosed("the runtime is closed (or closing); nothing was accepted")
             self._active += 1
         try:
-            self._check_pressure(envelopes)
-            spans = self._start_send_spans(envelopes) if hub.telemetry.tracing else None
-            if spans is not None:
-                envelopes = [
-                    _with_traceparent(e, traceparent_of(s))
-                    for e, s in zip(envelopes, spans, strict=True)
-                ]
+            self._check_pressure(checked)
+            now = self._config.clock()  # one reading, ids in acceptance order
+            ids = new_id.many(len(checked), now)
+            spans = self._start_send_spans(ids, checked) if hub.telemetry.tracing else None
             try:
-                receipts = self._admit(envelopes, txn)
+                receipts = self._admit(self._envelopes(checked, ids, now, spans), txn)
             except BaseException as error:
                 if spans is not None:
                     for span in spans:
@@ -396,7 +401,7 @@ class Runtime:
                 if not self._active:
                     self._lock.notify_all()
 
-    def _check_pressure(self, envelopes: list[Envelope]) -> None:
+    def _check_pressure(self, checked: list[_Checked]) -> None:
         """Refuse (`Overloaded`) or slow down a send by the published pressure level and
         the per-key rates; a batch is admitted or refused whole."""
         hub = self._hub
@@ -404,11 +409,13 @@ class Runtime:
         state = hub.pressure
         level = state.level
         delay = 0.0
-        for priority in {e.priority for e in envelopes}:
+        priorities = {c[4] for c in checked}
+        for priority in priorities:
             decision = admission(level, priority, state.ratio, policy)
             if not decision.admit:
                 self._refuse(
-                    envelopes,
+                    [c[0] for c in checked],
+                    priorities,
                     decision.reason,
                     state.retry_after,
                     f"pressure is {level}: {priority.name} sends are shed",
@@ -416,7 +423,7 @@ class Runtime:
             delay = max(delay, decision.delay)
         rates = self._key_rates
         if rates is not None:
-            keys = [e.key for e in envelopes if e.key is not None]
+            keys = [c[2] for c in checked if c[2] is not None]
             wait = rates.take(keys, self._config.clock()) if keys else 0.0
             if wait == float("inf"):
                 raise InvalidMessage(
@@ -425,7 +432,8 @@ class Runtime:
                 )
             if wait > 0:
                 self._refuse(
-                    envelopes,
+                    [c[0] for c in checked],
+                    priorities,
                     "rate_per_key",
                     wait,
                     f"a key is over its rate {policy.rate_per_key} (count, per_seconds)",
@@ -433,10 +441,17 @@ class Runtime:
         if delay > 0:
             time.sleep(delay)  # the throttle: bounded, LOW only, while elevated
 
-    def _refuse(self, envelopes: list[Envelope], reason: str, after: float, why: str) -> NoReturn:
+    def _refuse(
+        self,
+        transports: list[str],
+        priorities: Iterable[Priority],
+        reason: str,
+        after: float,
+        why: str,
+    ) -> NoReturn:
         """Count the refusal (by the batch's lowest priority) and raise `Overloaded`."""
-        priority = max((e.priority for e in envelopes), key=lambda p: p.rank).name
-        self._hub.counters.refused([e.transport for e in envelopes], priority, reason)
+        priority = max(priorities, key=lambda p: p.rank).name
+        self._hub.counters.refused(transports, priority, reason)
         raise Overloaded(
             f"{why}; nothing was accepted, retry after {after:.3g}s", retry_after=after
         )
@@ -457,12 +472,14 @@ class Runtime:
             routed.append((e, partition))
         ids = [e.message_id for e in envelopes]
         policy = self._config.pressure
-        limit = min(hard_bound(p, policy) for p in {e.priority for e in envelopes})
+        priorities = {e.priority for e in envelopes}
+        limit = min(hard_bound(p, policy) for p in priorities)
         try:
             receipts = hub.tracker.add(ids, limit=limit)
         except OverLimit as full:
             self._refuse(
-                envelopes,
+                [e.transport for e in envelopes],
+                priorities,
                 "capacity",
                 hub.pressure.retry_after,
                 f"{full.pending} messages are in flight, at the bound of {limit}",
@@ -513,18 +530,18 @@ class Runtime:
         for partition, group in by_partition.items():
             senders[partition].tell(Deliver(tuple(group)))
 
-    def _start_send_spans(self, envelopes: list[Envelope]) -> list[Any]:
+    def _start_send_spans(self, ids: list[str], checked: list[_Checked]) -> list[Any]:
         tracer = self._hub.telemetry.tracer
         return [
             tracer.start_span(
                 SPAN_SEND,
                 attributes={
-                    ATTR_MESSAGE_ID: e.message_id,
-                    ATTR_TRANSPORT: e.transport,
-                    ATTR_KEY: e.key if e.key is not None else "",
+                    ATTR_MESSAGE_ID: message_id,
+                    ATTR_TRANSPORT: c[0],
+                    ATTR_KEY: c[2] if c[2] is not None else "",
                 },
             )
-            for e in envelopes
+            for message_id, c in zip(ids, checked, strict=True)
         ]
 
     # -- the transactional outbox --------------------------------------------------------
@@ -753,25 +770,6 @@ def _check_transports(transports: object) -> Mapping[str, Transport]:
             raise TypeError(f"transport {name!r} must be callable (Envelope) -> None")
         checked[name] = transport
     return MappingProxyType(checked)
-
-
-def _with_traceparent(e: Envelope, traceparent: str | None) -> Envelope:
-    """`e` carrying `traceparent` (built directly: `dataclasses.replace` costs about three
-    times as much, once per message of every traced send)."""
-    if traceparent is None:
-        return e
-    headers = MappingProxyType({**e.headers, TRACEPARENT: traceparent})
-    return Envelope(
-        e.message_id,
-        e.transport,
-        e.payload,
-        e.key,
-        e.idempotency_key,
-        e.priority,
-        headers,
-        e.attempt,
-        e.created_at,
-    )
 
 
 def _actor_health(supervisor: SupervisorRef, prefix: str = "") -> dict[str, dict[str, Any]]:
