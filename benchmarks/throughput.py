@@ -18,8 +18,10 @@ Figures, in one run:
 - the floor: the storage work surelay's contract itself asks for (an `Envelope` and an
   id per message, the outbox entry with its id, due-time and partition indexes, then the
   dedup record with its expiry index and the outbox removal, each batch in one synced
-  commit), done in one thread with no runtime at all. No runtime of that contract can
-  beat it, so its share of the ceiling bounds what any surelay pipeline can reach.
+  commit), done in one thread through surelay's storage layer with no runtime at all;
+  and the raw floor, the same LMDB writes with keys and values built inline. No runtime
+  of this contract can beat the raw floor; the time the ceiling leaves beyond it is all
+  a runtime could spend on validation, receipts, ordering, actors and threads.
 """
 
 from __future__ import annotations
@@ -154,6 +156,60 @@ def floor(messages: int) -> float:
     return messages // 1000 * 1000 / elapsed
 
 
+def fields(e: Envelope) -> list[object]:
+    return [e.message_id, e.transport, e.payload, e.key, e.idempotency_key, e.priority.value]
+
+
+def raw_floor(messages: int) -> float:
+    """`floor` without surelay's storage layer: the same Envelopes, msgpack records and
+    LMDB writes (4 outbox entries, 2 dedup entries, 4 deletes per message), with keys and
+    values built inline and no record objects. The gap to `floor` is what the storage
+    layer's own Python costs; what is left of the ceiling's time is all the runtime could
+    spend on everything else."""
+    with tempfile.TemporaryDirectory() as path:
+        env = lmdb.open(path, max_dbs=8, map_size=1 << 30, sync=True)
+        names = (b"outbox", b"ids", b"due", b"partition", b"dedup", b"dedup_exp")
+        outbox, ids, due, part, dedup, dedup_exp = (env.open_db(n) for n in names)
+        keys = [f"k{i % 64}" for i in range(1000)]
+        seq = 0
+        start = time.perf_counter()
+        for _ in range(messages // 1000):
+            now = time.time()
+            envelopes = [
+                Envelope(m, "t", b"x" * 100, k, m, Priority.NORMAL, {}, 1, now)
+                for m, k in zip(new_id.many(1000, now), keys, strict=True)
+            ]
+            seqs = [(seq + i).to_bytes(8, "big") for i in range(1, 1001)]
+            seq += 1000
+            at = int(now * 1e6).to_bytes(8, "big")
+            with env.begin(write=True) as txn:
+                records = [
+                    (q, msgpack.packb([1, q, [*fields(e), {}, 1, now], now, 0]))
+                    for q, e in zip(seqs, envelopes, strict=True)
+                ]
+                txn.cursor(db=outbox).putmulti(records)
+                txn.cursor(db=ids).putmulti(
+                    [(e.message_id.encode(), q) for q, e in zip(seqs, envelopes, strict=True)]
+                )
+                txn.cursor(db=due).putmulti([(at + q, b"") for q in seqs])
+                txn.cursor(db=part).putmulti([(b"\0\0" + q, b"") for q in seqs])
+            for e in envelopes:
+                deliver(e)
+            with env.begin(write=True) as txn:
+                done = [e.message_id.encode() for e in envelopes]
+                txn.cursor(db=dedup).putmulti([(k, b"delivered") for k in done])
+                txn.cursor(db=dedup_exp).putmulti([(at + k, b"") for k in done])
+                delete = txn.delete
+                for k, q in zip(done, seqs, strict=True):
+                    delete(k, b"", ids)
+                    delete(q, b"", outbox)
+                    delete(at + q, b"", due)
+                    delete(b"\0\0" + q, b"", part)
+        elapsed = time.perf_counter() - start
+        env.close()
+    return messages // 1000 * 1000 / elapsed
+
+
 # The producer here may run ahead of delivery; admission control (measured by
 # benchmarks/overload.py) would then refuse it. This script measures the pipeline, so its
 # capacity bound is out of the way.
@@ -238,6 +294,7 @@ def main() -> None:
     n, runs = arguments.messages, arguments.runs
     ceiling = best(runs, lambda: naive(n))
     least = best(runs, lambda: floor(n))
+    least_raw = best(runs, lambda: raw_floor(n))
     batched = best(runs, lambda: surelay_batches(n))
     rate16, p50, p99 = threads_send(min(n, 20_000))
     best_effort = best(runs, lambda: surelay_batches(n, Guarantee.BEST_EFFORT))
@@ -247,6 +304,7 @@ def main() -> None:
     traced = best(runs, lambda: surelay_batches(n))
     rows = [
         ("naive ceiling (msgpack + LMDB 256/commit + no-op + delete)", ceiling, ""),
+        ("floor, raw: the same LMDB writes with keys built inline", least_raw, least_raw / ceiling),
         ("floor: the contract's storage work, one thread, no runtime", least, least / ceiling),
         ("surelay send_batch(1000), AT_LEAST_ONCE, no tracing", batched, batched / ceiling),
         ("surelay 16 threads x send(), AT_LEAST_ONCE", rate16, ""),
