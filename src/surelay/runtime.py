@@ -409,12 +409,12 @@ class Runtime:
         state = hub.pressure
         level = state.level
         delay = 0.0
-        priorities = {c[4] for c in checked}
+        priorities = {priority for _, _, _, _, priority, _ in checked}
         for priority in priorities:
             decision = admission(level, priority, state.ratio, policy)
             if not decision.admit:
                 self._refuse(
-                    [c[0] for c in checked],
+                    [transport for transport, _, _, _, _, _ in checked],
                     priorities,
                     decision.reason,
                     state.retry_after,
@@ -423,7 +423,7 @@ class Runtime:
             delay = max(delay, decision.delay)
         rates = self._key_rates
         if rates is not None:
-            keys = [c[2] for c in checked if c[2] is not None]
+            keys = [key for _, _, key, _, _, _ in checked if key is not None]
             wait = rates.take(keys, self._config.clock()) if keys else 0.0
             if wait == float("inf"):
                 raise InvalidMessage(
@@ -432,7 +432,7 @@ class Runtime:
                 )
             if wait > 0:
                 self._refuse(
-                    [c[0] for c in checked],
+                    [transport for transport, _, _, _, _, _ in checked],
                     priorities,
                     "rate_per_key",
                     wait,
@@ -537,11 +537,11 @@ class Runtime:
                 SPAN_SEND,
                 attributes={
                     ATTR_MESSAGE_ID: message_id,
-                    ATTR_TRANSPORT: c[0],
-                    ATTR_KEY: c[2] if c[2] is not None else "",
+                    ATTR_TRANSPORT: transport,
+                    ATTR_KEY: key if key is not None else "",
                 },
             )
-            for message_id, c in zip(ids, checked, strict=True)
+            for message_id, (transport, _, key, _, _, _) in zip(ids, checked, strict=True)
         ]
 
     # -- the transactional outbox --------------------------------------------------------
