@@ -16,9 +16,9 @@ Figures, in one run:
   the two spans surelay makes per message (`surelay.send`, then `surelay.deliver` as its
   child through the `traceparent` header);
 - the floor: the storage work surelay's contract itself asks for (an `Envelope` and an
-  id per message, the outbox entry with its id, due-time and partition indexes, then the
-  dedup record with its expiry index and the outbox removal, each batch in one synced
-  commit), done in one thread through surelay's storage layer with no runtime at all;
+  id per message, the outbox entry, stored by partition and sequence, with its id-index
+  entry, then the dedup record with its expiry index and the outbox removal, each batch
+  in one synced commit), done in one thread through surelay's storage layer with no runtime at all;
   and the raw floor, the same LMDB writes with keys and values built inline. No runtime
   of this contract can beat the raw floor; the time the ceiling leaves beyond it is all
   a runtime could spend on validation, receipts, ordering, actors and threads.
@@ -169,20 +169,20 @@ def fields(e: Envelope) -> list[object]:
 
 def raw_floor(messages: int) -> float:
     """`floor` without surelay's storage layer: the same Envelopes, msgpack records and
-    LMDB writes (4 outbox entries, 2 dedup entries, 4 deletes per message), with keys and
-    values built inline and no record objects. The gap to `floor` is what the storage
-    layer's own Python costs; what is left of the ceiling's time is all the runtime could
-    spend on everything else."""
+    LMDB writes (the outbox entry and its id-index entry, 2 dedup entries, 2 deletes per
+    message), with keys and values built inline and no record objects. The gap to `floor`
+    is what the storage layer's own Python costs; what is left of the ceiling's time is
+    all the runtime could spend on everything else."""
     with tempfile.TemporaryDirectory() as path:
         env = lmdb.open(path, max_dbs=8, map_size=1 << 30, sync=True)
-        names = (b"outbox", b"ids", b"due", b"partition", b"dedup", b"dedup_exp")
-        outbox, ids, due, part, dedup, dedup_exp = (env.open_db(n) for n in names)
+        names = (b"outbox", b"ids", b"dedup", b"dedup_exp")
+        outbox, ids, dedup, dedup_exp = (env.open_db(n) for n in names)
         seq = 0
         start = time.perf_counter()
         for _ in range(messages // 1000):
             now = time.time()
             envelopes = thousand_envelopes(now)
-            seqs = [(seq + i).to_bytes(8, "big") for i in range(1, 1001)]
+            seqs = [b"\0\0" + (seq + i).to_bytes(8, "big") for i in range(1, 1001)]
             seq += 1000
             at = int(now * 1e6).to_bytes(8, "big")
             with env.begin(write=True) as txn:
@@ -194,8 +194,6 @@ def raw_floor(messages: int) -> float:
                 txn.cursor(db=ids).putmulti(
                     [(e.message_id.encode(), q) for q, e in zip(seqs, envelopes, strict=True)]
                 )
-                txn.cursor(db=due).putmulti([(at + q, b"") for q in seqs])
-                txn.cursor(db=part).putmulti([(b"\0\0" + q, b"") for q in seqs])
             for e in envelopes:
                 deliver(e)
             with env.begin(write=True) as txn:
@@ -206,8 +204,6 @@ def raw_floor(messages: int) -> float:
                 for k, q in zip(done, seqs, strict=True):
                     delete(k, b"", ids)
                     delete(q, b"", outbox)
-                    delete(at + q, b"", due)
-                    delete(b"\0\0" + q, b"", part)
         elapsed = time.perf_counter() - start
         env.close()
     return messages // 1000 * 1000 / elapsed

@@ -11,8 +11,9 @@ import pytest
 
 from surelay.envelope import Envelope
 from surelay.errors import RetryTransaction, SchemaMismatch, StorageError, StorageFull
-from surelay.storage import SCHEMA_VERSION, DeadLetter, Store, environment
-from surelay.storage.keys import u64
+from surelay.storage import SCHEMA_VERSION, DeadLetter, OutboxEntry, Store, codec, environment
+from surelay.storage.keys import micros, u16, u64
+from surelay.storage.outbox import location
 
 from .builders import dead_letter
 from .conftest import Clock
@@ -82,13 +83,52 @@ def test_older_schema_is_migrated(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         pass
     _set_schema(tmp_path / "d", 0)
     ran = []
-    monkeypatch.setitem(environment.MIGRATIONS, 0, lambda txn, dbs: ran.append(0))
+    monkeypatch.setitem(environment.MIGRATIONS, 0, lambda env, txn, dbs: ran.append(0))
     with Store.open(tmp_path / "d", map_size=1 << 20):
         pass
     assert ran == [0]
     with Store.open(tmp_path / "d", map_size=1 << 20):  # now current: no second run
         pass
     assert ran == [0]
+
+
+def test_a_schema_1_outbox_is_rekeyed_by_partition(tmp_path: Path) -> None:
+    where = tmp_path / "d"
+    with Store.open(where, map_size=1 << 20):
+        pass
+    entries = [
+        OutboxEntry(1, Envelope("m1", "t", b"a"), 10.0, 1),
+        OutboxEntry(2, Envelope("m2", "t", b"b", attempt=3), 50.0, 0),
+        OutboxEntry(3, Envelope("m3", "t", b"c"), 11.0, 1),
+    ]
+    env = lmdb.open(str(where), max_dbs=64)  # schema 1's layout, written by hand
+    db = {n: env.open_db(n.encode()) for n in ("meta", "outbox", "outbox_id", "outbox_due")}
+    db["outbox_part"] = env.open_db(b"outbox_part")
+    with env.begin(write=True) as txn:
+        txn.put(b"schema", u64(1), db=db["meta"])
+        for entry in entries:
+            seq = u64(entry.seq)
+            txn.put(seq, codec.encode(entry), db=db["outbox"])
+            txn.put(entry.envelope.message_id.encode(), seq, db=db["outbox_id"])
+            txn.put(micros(entry.due_at) + seq, b"", db=db["outbox_due"])
+            txn.put(u16(entry.partition) + seq, b"", db=db["outbox_part"])
+        txn.put(u64(4), b"\x01\x02", db=db["outbox"])  # a record that does not decode
+        txn.put(b"outbox_seq", u64(4), db=db["meta"])
+    env.close()
+    with Store.open(where, map_size=1 << 20) as store:
+        with store.read() as txn:
+            assert store.outbox.scan(txn) == entries
+            assert store.outbox.in_partition(txn, 1) == [entries[0], entries[2]]
+            assert store.outbox.get(txn, "m2") == entries[1]
+            assert store.outbox.due(txn, 20.0) == [entries[0], entries[2]]
+            assert store.outbox.due(txn, 60.0) == [entries[0], entries[2], entries[1]]
+            assert [(q.table, q.key) for q in store.quarantine.list(txn)] == [("outbox", u64(4))]
+        (fifth,) = store.enqueue([(Envelope("m5", "t", b"e"), 0)]).result()
+        assert fifth.seq == 5
+    env = lmdb.open(str(where), max_dbs=64)
+    with pytest.raises(lmdb.NotFoundError):
+        env.open_db(b"outbox_part", create=False)
+    env.close()
 
 
 def test_map_grows_without_losing_a_write(tmp_path: Path) -> None:
@@ -160,7 +200,7 @@ def test_corrupted_records_are_quarantined_and_scans_go_on(store: Store, clock: 
     store.enqueue([(Envelope(f"m{n}", "t", b""), 0) for n in range(3)]).result()
     with store.env.write() as txn:  # corrupt by hand, as a disk or a bug might
         txn.put(bad.id.encode(), b"\x93garbage", db=store.env.db("dead"))
-        txn.put(u64(2), b"\x01\x02", db=store.env.db("outbox"))
+        txn.put(location(0, 2), b"\x01\x02", db=store.env.db("outbox"))
     with store.read() as txn:
         assert [r.message_id for r in store.dead_letters.list(txn)] == ["good"]
         assert [e.envelope.message_id for e in store.outbox.scan(txn)] == ["m0", "m2"]

@@ -41,6 +41,14 @@ def test_outbox_orders_by_acceptance_due_time_and_partition(store: Store, clock:
         assert len(first) + len(rest) == 9
 
 
+def test_a_reschedule_is_a_retry(store: Store, clock: Clock) -> None:
+    store.enqueue([(env(1), 0)]).result()
+    with pytest.raises(ValueError, match="next attempt is at least 2, got 1"):
+        store.reschedule("m1", attempt=1, due_at=clock.now + 5).result()
+    with store.read() as txn:
+        assert store.outbox.due(txn, clock.now)[0].envelope.attempt == 1
+
+
 def test_outbox_refuses_a_duplicate_id_and_keeps_the_batch_atomic(store: Store) -> None:
     store.enqueue([(env(1), 0)]).result()
     with pytest.raises(ValueError, match="already in the outbox"):
@@ -67,7 +75,7 @@ def test_remove_entries_clears_every_index_and_counts_what_was_there(
     store: Store, clock: Clock
 ) -> None:
     entries = store.enqueue([(env(n), n % 2) for n in range(4)], due_at=clock.now).result()
-    # m0 is rescheduled after its owner saw it: its old due-index entry goes stale.
+    # m0 is rescheduled after its owner saw it: its new due-index entry is left behind.
     store.reschedule("m0", attempt=2, due_at=clock.now + 60).result()
     removed = store.write(lambda txn: store.outbox.remove_entries(txn, entries[:3])).result()
     assert removed == 3

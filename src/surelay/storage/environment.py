@@ -17,7 +17,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,6 +25,7 @@ import lmdb
 
 from surelay.errors import SchemaMismatch, StorageError, StorageFull
 from surelay.storage.keys import from_u64, u64
+from surelay.storage.migrations import MIGRATIONS
 
 __all__ = ["SCHEMA_VERSION", "TABLES", "Environment", "Txn"]
 
@@ -33,13 +34,12 @@ logger = logging.getLogger("surelay.storage")
 Txn = Any  # lmdb.Transaction: py-lmdb ships no type information
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 TABLES = (
     "meta",
     "outbox",
     "outbox_id",
     "outbox_due",
-    "outbox_part",
     "dead",
     "dead_idx",
     "dedup",
@@ -48,8 +48,6 @@ TABLES = (
     "quarantine",
 )
 HOST_TABLE_PREFIX = "host."
-MIGRATIONS: dict[int, Callable[[Txn, dict[str, Any]], None]] = {}
-"""`MIGRATIONS[n]` upgrades a schema-n directory to n+1 inside one write transaction."""
 
 
 class _Gate:
@@ -312,7 +310,7 @@ def _check_schema(env: Any, dbs: dict[str, Any], where: Path) -> None:
                     f"{SCHEMA_VERSION}; open it with the surelay release that wrote it and "
                     "drain it first"
                 )
-            migrate(txn, dbs)
+            migrate(env, txn, dbs)
             found += 1
             txn.put(b"schema", u64(found), db=meta)
             logger.warning("migrated %s to schema %d", where, found)

@@ -11,6 +11,7 @@ import time
 
 __all__ = [
     "MAX_KEY_TEXT",
+    "from_u16",
     "from_u64",
     "index_key",
     "index_prefix",
@@ -37,6 +38,10 @@ def from_u64(b: bytes, offset: int = 0) -> int:
 
 def u16(n: int) -> bytes:
     return _U16.pack(n)
+
+
+def from_u16(b: bytes, offset: int = 0) -> int:
+    return int(_U16.unpack_from(b, offset)[0])
 
 
 def micros(seconds: float) -> bytes:

@@ -1,25 +1,35 @@
 """The outbox: accepted messages not yet delivered or dead-lettered.
 
-Keyed by acceptance sequence, with indexes by message id, by due time ("everything due
-by T") and by partition ("everything for partition P, in order"). Functions take the
+Each entry is stored under its location: its partition, then its acceptance sequence, so
+"everything for partition P, in order" is one range of the table. Two indexes: by message
+id (to its location), and by due time for entries that have been retried. An entry on its
+first attempt (`envelope.attempt == 1`) is due from its acceptance, so the table itself,
+in acceptance order, answers "everything due by T" for it. That keeps the hot path at two
+LMDB writes per accepted message and two deletes per delivered one. Functions take the
 caller's transaction so compound operations stay atomic.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import heapq
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from typing import Any
 
 from surelay.envelope import Envelope
-from surelay.storage.codec import Report, decode_or_report, encode, encode_outbox
+from surelay.storage.codec import Report, decode_or_report, encode_outbox
 from surelay.storage.environment import Environment, Txn
-from surelay.storage.keys import from_u64, micros, text_key, u16, u64
+from surelay.storage.keys import from_u16, from_u64, micros, text_key, u16, u64
 from surelay.storage.records import OutboxEntry
 
-__all__ = ["Outbox"]
+__all__ = ["Outbox", "location"]
 
 MAX_PARTITIONS = 1 << 16
+
+
+def location(partition: int, seq: int) -> bytes:
+    """An entry's key in the outbox table: partition (2 bytes), then sequence (8)."""
+    return u16(partition) + u64(seq)
 
 
 class Outbox:
@@ -27,15 +37,14 @@ class Outbox:
         self._main = env.db("outbox")
         self._ids = env.db("outbox_id")
         self._due = env.db("outbox_due")
-        self._part = env.db("outbox_part")
         self._meta = env.db("meta")
         self._report = report
 
-    def _load(self, txn: Txn, seq_key: bytes) -> OutboxEntry | None:
-        raw = txn.get(seq_key, db=self._main)
+    def _load(self, txn: Txn, where: bytes) -> OutboxEntry | None:
+        raw = txn.get(where, db=self._main)
         if raw is None:
             return None
-        return decode_or_report(OutboxEntry, "outbox", seq_key, raw, self._report)
+        return decode_or_report(OutboxEntry, "outbox", where, raw, self._report)
 
     def enqueue(
         self, txn: Txn, envelope: Envelope, *, partition: int, due_at: float
@@ -51,9 +60,8 @@ class Outbox:
         switch whenever another thread is running)."""
         raw = txn.get(b"outbox_seq", db=self._meta)
         seq = from_u64(raw) if raw is not None else 0
-        due = micros(due_at)
         out = []
-        main, ids, due_idx, part_idx = [], [], [], []
+        main, ids, retried = [], [], []
         prefixes: dict[int, bytes] = {}
         for envelope, partition in items:
             prefix = prefixes.get(partition)
@@ -63,84 +71,87 @@ class Outbox:
                 prefix = prefixes[partition] = u16(partition)
             seq += 1
             entry = OutboxEntry(seq, envelope, due_at, partition)
-            seq_key = u64(seq)
-            main.append((seq_key, encode_outbox(entry)))
-            ids.append((text_key(envelope.message_id), seq_key))
-            due_idx.append((due + seq_key, b""))
-            part_idx.append((prefix + seq_key, b""))
+            where = prefix + u64(seq)
+            main.append((where, encode_outbox(entry)))
+            ids.append((text_key(envelope.message_id), where))
+            if envelope.attempt > 1:  # carried over from elsewhere: due like a retry
+                retried.append((micros(due_at) + where, b""))
             out.append(entry)
         _, added = txn.cursor(db=self._ids).putmulti(ids, overwrite=False)
         if added != len(ids):
-            for (id_key, seq_key), entry in zip(ids, out, strict=True):
-                if txn.get(id_key, db=self._ids) != seq_key:
+            for (id_key, where), entry in zip(ids, out, strict=True):
+                if txn.get(id_key, db=self._ids) != where:
                     raise ValueError(
                         f"message {entry.envelope.message_id!r} is already in the outbox"
                     )
         txn.cursor(db=self._main).putmulti(main)
-        txn.cursor(db=self._due).putmulti(due_idx)
-        txn.cursor(db=self._part).putmulti(part_idx)
+        if retried:
+            txn.cursor(db=self._due).putmulti(retried)
         txn.put(b"outbox_seq", u64(seq), db=self._meta)
         return out
 
     def get(self, txn: Txn, message_id: str) -> OutboxEntry | None:
-        seq = txn.get(text_key(message_id), db=self._ids)
-        return None if seq is None else self._load(txn, bytes(seq))
+        where = txn.get(text_key(message_id), db=self._ids)
+        return None if where is None else self._load(txn, bytes(where))
 
     def reschedule(
         self, txn: Txn, message_id: str, *, attempt: int, due_at: float
     ) -> OutboxEntry | None:
-        """Set the next attempt number and when it is due; None if not in the outbox."""
+        """Set the next attempt number (a retry's, so at least 2) and when it is due;
+        None if the message is not in the outbox."""
+        if attempt < 2:
+            raise ValueError(f"a rescheduled message's next attempt is at least 2, got {attempt}")
         entry = self.get(txn, message_id)
         if entry is None:
             return None
-        seq = u64(entry.seq)
-        txn.delete(micros(entry.due_at) + seq, db=self._due)
+        where = location(entry.partition, entry.seq)
+        if entry.envelope.attempt > 1:
+            txn.delete(micros(entry.due_at) + where, db=self._due)
         updated = replace(entry, envelope=replace(entry.envelope, attempt=attempt), due_at=due_at)
-        txn.put(seq, encode(updated), db=self._main)
-        txn.put(micros(due_at) + seq, b"", db=self._due)
+        txn.put(where, encode_outbox(updated), db=self._main)
+        txn.put(micros(due_at) + where, b"", db=self._due)
         return updated
 
     def remove(self, txn: Txn, message_id: str) -> OutboxEntry | None:
         """Remove a message and its index entries; returns it, or None if absent."""
         id_key = text_key(message_id)
-        seq = txn.get(id_key, db=self._ids)
-        if seq is None:
+        where = txn.get(id_key, db=self._ids)
+        if where is None:
             return None
-        seq = bytes(seq)
-        entry = self._load(txn, seq)
+        where = bytes(where)
+        entry = self._load(txn, where)
         txn.delete(id_key, db=self._ids)
-        txn.delete(seq, db=self._main)
-        if entry is not None:
-            txn.delete(micros(entry.due_at) + seq, db=self._due)
-            txn.delete(u16(entry.partition) + seq, db=self._part)
+        txn.delete(where, db=self._main)
+        if entry is not None and entry.envelope.attempt > 1:
+            txn.delete(micros(entry.due_at) + where, db=self._due)
         return entry
 
     def remove_entries(self, txn: Txn, entries: Iterable[OutboxEntry]) -> int:
         """Remove entries as their owner last saw them (no read-back, for the hot path);
-        returns how many were still there. If an entry's due time changed meanwhile, its
-        stale due-index entry is left behind and skipped by every reader (it points at
-        nothing)."""
+        returns how many were still there. If an entry was rescheduled after its owner
+        saw it, its due-index entry is left behind and skipped by every reader (it
+        points at nothing)."""
         delete = txn.delete  # positional calls: py-lmdb parses keywords per call
-        ids, main, due, part = self._ids, self._main, self._due, self._part
+        ids, main, due = self._ids, self._main, self._due
         removed = 0
         for entry in entries:
             if not delete(text_key(entry.envelope.message_id), b"", ids):
                 continue
-            seq = u64(entry.seq)
-            delete(seq, b"", main)
-            delete(micros(entry.due_at) + seq, b"", due)
-            delete(u16(entry.partition) + seq, b"", part)
+            where = location(entry.partition, entry.seq)
+            delete(where, b"", main)
+            if entry.envelope.attempt > 1:
+                delete(micros(entry.due_at) + where, b"", due)
             removed += 1
         return removed
 
     def scan(self, txn: Txn, *, after: int = 0, limit: int | None = None) -> list[OutboxEntry]:
-        """Entries in acceptance order, after sequence number `after`."""
+        """Entries in acceptance order, after sequence number `after`: the partitions'
+        ranges merged by sequence number."""
+        start = u64(after + 1)
+        ranges = [self._range(txn, prefix, prefix + start) for prefix in self._prefixes(txn)]
         out: list[OutboxEntry] = []
-        cursor = txn.cursor(db=self._main)
-        if not cursor.set_range(u64(after + 1)):
-            return out
-        for key in cursor.iternext(keys=True, values=False):
-            entry = self._load(txn, bytes(key))
+        for where in heapq.merge(*ranges, key=_seq_part):
+            entry = self._load(txn, where)
             if entry is not None:
                 out.append(entry)
                 if limit is not None and len(out) >= limit:
@@ -148,40 +159,76 @@ class Outbox:
         return out
 
     def due(self, txn: Txn, until: float, *, limit: int | None = None) -> list[OutboxEntry]:
-        """Entries due at or before `until`, earliest first."""
+        """Entries due at or before `until`, earliest first (ties in acceptance order).
+
+        Retried entries come from the due index. Entries on their first attempt are due
+        from acceptance: each partition's range is read in acceptance order up to the
+        first one accepted as due after `until`, so one accepted after a step back of the
+        wall clock is listed with those accepted before it.
+        """
         bound = micros(until)
-        return self._via_index(txn, self._due, b"", lambda k: k[:8] <= bound, limit)
+        found: list[tuple[bytes, bytes, OutboxEntry]] = []
+        for key in self._range(txn, b"", b"", db=self._due):
+            when, where = key[:8], key[8:]
+            if when > bound:
+                break
+            entry = self._load(txn, where)
+            if entry is not None and micros(entry.due_at) == when:
+                found.append((when, where[2:], entry))
+        for prefix in self._prefixes(txn):
+            for where in self._range(txn, prefix, prefix):
+                entry = self._load(txn, where)
+                if entry is None or entry.envelope.attempt > 1:
+                    continue
+                when = micros(entry.due_at)
+                if when > bound:
+                    break
+                found.append((when, where[2:], entry))
+        found.sort(key=lambda item: item[:2])
+        return [entry for _, _, entry in found[:limit]]
 
     def in_partition(
         self, txn: Txn, partition: int, *, after: int = 0, limit: int | None = None
     ) -> list[OutboxEntry]:
         """Entries of one partition in acceptance order, after sequence number `after`."""
         prefix = u16(partition)
-        start = prefix + u64(after + 1)
-        return self._via_index(txn, self._part, start, lambda k: k[:2] == prefix, limit)
-
-    def _via_index(
-        self,
-        txn: Txn,
-        index: Any,
-        start: bytes,
-        keep_going: Callable[[bytes], bool],
-        limit: int | None,
-    ) -> list[OutboxEntry]:
         out: list[OutboxEntry] = []
-        cursor = txn.cursor(db=index)
-        if not cursor.set_range(start):
-            return out
-        for found in cursor.iternext(keys=True, values=False):
-            index_entry = bytes(found)
-            if not keep_going(index_entry):
-                break
-            entry = self._load(txn, index_entry[-8:])
+        for where in self._range(txn, prefix, prefix + u64(after + 1)):
+            entry = self._load(txn, where)
             if entry is not None:
                 out.append(entry)
                 if limit is not None and len(out) >= limit:
                     break
         return out
 
+    def _prefixes(self, txn: Txn) -> list[bytes]:
+        """The partitions that hold entries, one seek each."""
+        out = []
+        cursor = txn.cursor(db=self._main)
+        probe = b""
+        while cursor.set_range(probe):
+            prefix = bytes(cursor.key()[:2])
+            out.append(prefix)
+            following = from_u16(prefix) + 1
+            if following >= MAX_PARTITIONS:
+                break
+            probe = u16(following)
+        return out
+
+    def _range(self, txn: Txn, prefix: bytes, start: bytes, *, db: Any = None) -> Iterator[bytes]:
+        """Keys of the outbox table (or of `db`) that start with `prefix`, from `start` on."""
+        cursor = txn.cursor(db=self._main if db is None else db)
+        if not cursor.set_range(start):
+            return
+        for found in cursor.iternext(keys=True, values=False):
+            key = bytes(found)
+            if not key.startswith(prefix):
+                return
+            yield key
+
     def count(self, txn: Txn) -> int:
         return int(txn.stat(self._main)["entries"])
+
+
+def _seq_part(where: bytes) -> bytes:
+    return where[2:]

@@ -1,0 +1,61 @@
+"""Upgrades of a data directory's layout, one schema version at a time.
+
+`MIGRATIONS[n]` upgrades a schema-n directory to n + 1 inside the one write transaction
+that opening the directory runs, so a directory is either wholly upgraded or untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import lmdb
+
+from surelay.storage.codec import DecodeError, decode, encode
+from surelay.storage.keys import micros, text_key, u16, u64
+from surelay.storage.records import OutboxEntry, QuarantinedRecord
+
+__all__ = ["MIGRATIONS"]
+
+logger = logging.getLogger("surelay.storage")
+
+Migration = Callable[[Any, Any, dict[str, Any]], None]
+"""(LMDB environment, write transaction, the current schema's tables by name)."""
+
+
+def _outbox_by_partition(env: Any, txn: Any, dbs: dict[str, Any]) -> None:
+    """Schema 1 → 2. Schema 1 kept outbox records by sequence number, with an index entry
+    by due time and one by partition for every message. Schema 2 keeps them by
+    (partition, sequence), which is the partition index, and indexes by due time only the
+    retried ones. Records that do not decode go to quarantine, as a scan would send them."""
+    outbox, ids, due = dbs["outbox"], dbs["outbox_id"], dbs["outbox_due"]
+    old = list(txn.cursor(db=outbox))
+    for db in (outbox, ids, due):
+        txn.drop(db, delete=False)
+    moved = quarantined = 0
+    for key, raw in old:
+        try:
+            entry = decode(OutboxEntry, raw)
+        except DecodeError as error:
+            record = QuarantinedRecord("outbox", bytes(key), bytes(raw), str(error), time.time())
+            txn.put(b"outbox\x00" + bytes(key), encode(record), db=dbs["quarantine"])
+            quarantined += 1
+            continue
+        where = u16(entry.partition) + u64(entry.seq)
+        txn.put(where, raw, db=outbox)
+        txn.put(text_key(entry.envelope.message_id), where, db=ids)
+        if entry.envelope.attempt > 1:
+            txn.put(micros(entry.due_at) + where, b"", db=due)
+        moved += 1
+    try:
+        partition_index = env.open_db(b"outbox_part", txn=txn, create=False)
+    except lmdb.NotFoundError:
+        pass
+    else:
+        txn.drop(partition_index, delete=True)
+    logger.info("outbox re-keyed by partition: %d moved, %d quarantined", moved, quarantined)
+
+
+MIGRATIONS: dict[int, Migration] = {1: _outbox_by_partition}
