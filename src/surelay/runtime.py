@@ -45,7 +45,14 @@ from surelay.actors.status import Snapshot, StatusReporter
 from surelay.actors.sweeper import Sweeper
 from surelay.config import RuntimeConfig
 from surelay.dead_letter_ops import DeadLetters
-from surelay.envelope import Envelope, Priority, check_headers, check_payload, check_text
+from surelay.envelope import (
+    Envelope,
+    Priority,
+    check_headers,
+    check_payload,
+    check_text,
+    checked_envelope,
+)
 from surelay.errors import InvalidMessage, Overloaded, RuntimeClosed, UnknownTransport
 from surelay.pressure import LEVELS, admission, hard_bound
 from surelay.ratelimit import KeyRates
@@ -53,7 +60,7 @@ from surelay.receipts import OverLimit, Receipt, Tracker
 from surelay.storage.environment import Txn
 from surelay.storage.keys import new_id
 from surelay.storage.owner import OwnerLock
-from surelay.storage.records import OutboxEntry
+from surelay.storage.records import OutboxEntry, outbox_entry
 from surelay.storage.store import Store
 from surelay.supervision import ChildSpec, Supervisor, SupervisorRef
 from surelay.telemetry import (
@@ -76,7 +83,7 @@ _SEND_ARGS = frozenset(
 )
 _RECOVERY_CHUNK = 10_000
 
-_Checked = tuple[str, bytes, str | None, str | None, Priority, Mapping[str, str]]
+_Checked = tuple[str, bytes, str | None, str | None, Priority, MappingProxyType[str, str]]
 """send()'s arguments, checked: transport, payload, key, idempotency key, priority,
 headers."""
 
@@ -352,7 +359,9 @@ class Runtime:
         its send span's `traceparent` (built once: a copy per message would cost more)."""
         if spans is None:
             return [
-                Envelope(m, transport, data, key, idempotency or m, priority, headers, 1, now)
+                checked_envelope(
+                    m, transport, data, key, idempotency or m, priority, headers, 1, now
+                )
                 for m, (transport, data, key, idempotency, priority, headers) in zip(
                     ids, checked, strict=True
                 )
@@ -368,7 +377,9 @@ class Runtime:
                 else MappingProxyType({**given, TRACEPARENT: traceparent})
             )
             envelopes.append(
-                Envelope(m, transport, data, key, idempotency or m, priority, headers, 1, now)
+                checked_envelope(
+                    m, transport, data, key, idempotency or m, priority, headers, 1, now
+                )
             )
         return envelopes
 
@@ -506,7 +517,7 @@ class Runtime:
                 entries = self._store.enqueue(routed).result()
             else:
                 now = self._config.clock()
-                entries = [OutboxEntry(0, e, now, p) for e, p in routed]
+                entries = [outbox_entry(0, e, now, p) for e, p in routed]
         except BaseException:
             hub.tracker.forget(ids)
             raise

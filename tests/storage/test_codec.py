@@ -11,7 +11,7 @@ from surelay.envelope import Envelope
 from surelay.storage import DecodeError, OutboxEntry, QuarantinedRecord, ReplayRequest, codec
 from surelay.storage.codec import decode, decode_dedup, encode, encode_dedup, encode_generic
 from surelay.storage.keys import _Ulid, index_prefix, micros, new_id, text_key
-from surelay.storage.records import DeadLetter
+from surelay.storage.records import DeadLetter, outbox_entry
 
 from .builders import dead_letters, envelopes, times
 
@@ -33,6 +33,15 @@ def test_the_outbox_fast_path_writes_the_generic_bytes(
 ) -> None:
     entry = OutboxEntry(seq, envelope, due, partition)
     assert encode(entry) == encode_generic(entry)
+
+
+@given(st.integers(1, 2**63), envelopes, times, st.integers(0, 65535))
+def test_the_fast_outbox_entry_equals_the_dataclass_built_one(
+    seq: int, envelope: Envelope, due: float, partition: int
+) -> None:
+    made = outbox_entry(seq, envelope, due, partition)
+    assert type(made) is OutboxEntry
+    assert made == OutboxEntry(seq, envelope, due, partition)
 
 
 def test_a_thread_keeps_no_packer_grown_for_a_large_record() -> None:

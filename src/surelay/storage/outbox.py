@@ -20,7 +20,7 @@ from surelay.envelope import Envelope
 from surelay.storage.codec import Report, decode_or_report, encode_outbox
 from surelay.storage.environment import Environment, Txn
 from surelay.storage.keys import from_u16, from_u64, micros, text_key, u16, u64
-from surelay.storage.records import OutboxEntry
+from surelay.storage.records import OutboxEntry, outbox_entry
 
 __all__ = ["Outbox", "location"]
 
@@ -70,7 +70,7 @@ class Outbox:
                     raise ValueError(f"partition must be in [0, {MAX_PARTITIONS}), got {partition}")
                 prefix = prefixes[partition] = u16(partition)
             seq += 1
-            entry = OutboxEntry(seq, envelope, due_at, partition)
+            entry = outbox_entry(seq, envelope, due_at, partition)
             where = prefix + u64(seq)
             main.append((where, encode_outbox(entry)))
             ids.append((text_key(envelope.message_id), where))
