@@ -31,16 +31,19 @@ def _outbox_by_partition(env: Any, txn: Any, dbs: dict[str, Any]) -> None:
     (partition, sequence), which is the partition index, and indexes by due time only the
     retried ones. Records that do not decode go to quarantine, as a scan would send them."""
     outbox, ids, due = dbs["outbox"], dbs["outbox_id"], dbs["outbox_due"]
-    old = list(txn.cursor(db=outbox))
-    for db in (outbox, ids, due):
-        txn.drop(db, delete=False)
+    # Only the keys are held in memory (8 bytes each); each record is moved on its own.
+    old = [bytes(k) for k in txn.cursor(db=outbox).iternext(keys=True, values=False)]
+    for index in (ids, due):
+        txn.drop(index, delete=False)  # both are rebuilt below
     moved = quarantined = 0
-    for key, raw in old:
+    for key in old:
+        raw = bytes(txn.get(key, db=outbox))
+        txn.delete(key, db=outbox)
         try:
             entry = decode(OutboxEntry, raw)
         except DecodeError as error:
-            record = QuarantinedRecord("outbox", bytes(key), bytes(raw), str(error), time.time())
-            txn.put(b"outbox\x00" + bytes(key), encode(record), db=dbs["quarantine"])
+            record = QuarantinedRecord("outbox", key, raw, str(error), time.time())
+            txn.put(b"outbox\x00" + key, encode(record), db=dbs["quarantine"])
             quarantined += 1
             continue
         where = u16(entry.partition) + u64(entry.seq)
