@@ -3,40 +3,28 @@ archive, purge, retention, and filtered, paged listing."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import invariant, precondition, rule
 
-from surelay.storage import DEAD_LETTER_STATUSES, REASON_CLASSES, DeadLetter, Store
+from surelay.storage import DEAD_LETTER_STATUSES, REASON_CLASSES, DeadLetter
 from surelay.storage.dead_letters import TRANSITIONS
 
 from .builders import dead_letter
-from .conftest import Clock
+from .conftest import StoreMachine
 
 KEYS = ["a", "b", None]
 TRANSPORTS = ["sms", "mail"]
 
 
-class DeadLetterMachine(RuleBasedStateMachine):
+class DeadLetterMachine(StoreMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.dir = Path(tempfile.mkdtemp())
-        self.clock = Clock(1000.0)
-        self.store = Store.open(
-            self.dir / "s", map_size=1 << 22, clock=self.clock, durability="async"
-        )
         self.model: dict[str, DeadLetter] = {}
         self.n = 0
-
-    def teardown(self) -> None:
-        self.store.close()
-        shutil.rmtree(self.dir)
 
     def ids(self) -> list[str]:
         return sorted(self.model)

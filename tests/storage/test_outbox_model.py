@@ -4,20 +4,17 @@ back), reschedule, both ways of removing, and every read: by id, in acceptance o
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from dataclasses import replace
-from pathlib import Path
 
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import invariant, precondition, rule
 
 from surelay.envelope import Envelope
-from surelay.storage import OutboxEntry, Store
+from surelay.storage import OutboxEntry
 from surelay.storage.keys import micros
 
-from .conftest import Clock
+from .conftest import StoreMachine
 
 PARTITIONS = [0, 1, 2, 300]
 
@@ -38,20 +35,11 @@ def model_due(entries: list[OutboxEntry], until: float) -> list[OutboxEntry]:
     return sorted(found, key=lambda e: (micros(e.due_at), e.seq))
 
 
-class OutboxMachine(RuleBasedStateMachine):
+class OutboxMachine(StoreMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.dir = Path(tempfile.mkdtemp())
-        self.clock = Clock(1000.0)
-        self.store = Store.open(
-            self.dir / "s", map_size=1 << 22, clock=self.clock, durability="async"
-        )
         self.model: dict[str, OutboxEntry] = {}
         self.seq = 0
-
-    def teardown(self) -> None:
-        self.store.close()
-        shutil.rmtree(self.dir)
 
     def entries(self) -> list[OutboxEntry]:
         return sorted(self.model.values(), key=lambda e: e.seq)

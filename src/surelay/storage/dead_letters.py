@@ -18,7 +18,7 @@ from dataclasses import replace
 from typing import Any
 
 from surelay.storage.codec import Report, decode_or_report, encode
-from surelay.storage.environment import Environment, Txn
+from surelay.storage.environment import Environment, Txn, keys_with_prefix
 from surelay.storage.keys import from_u64, index_key, index_prefix, u64
 from surelay.storage.records import DEAD_LETTER_STATUSES, REASON_CLASSES, DeadLetter
 
@@ -149,14 +149,7 @@ class DeadLetters:
         }
 
     def _ids_under(self, txn: Txn, prefix: bytes) -> Iterator[bytes]:
-        cursor = txn.cursor(db=self._idx)
-        if not cursor.set_range(prefix):
-            return
-        for found in cursor.iternext(keys=True, values=False):
-            entry = bytes(found)
-            if not entry.startswith(prefix):
-                return
-            yield entry[len(prefix) :]
+        return (entry[len(prefix) :] for entry in keys_with_prefix(txn, self._idx, prefix))
 
     # -- writing -------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from surelay.errors import SchemaMismatch, StorageError, StorageFull
 from surelay.storage.keys import from_u64, u64
 from surelay.storage.migrations import MIGRATIONS
 
-__all__ = ["SCHEMA_VERSION", "TABLES", "Environment", "Txn"]
+__all__ = ["SCHEMA_VERSION", "TABLES", "Environment", "Txn", "keys_with_prefix"]
 
 logger = logging.getLogger("surelay.storage")
 
@@ -48,6 +48,21 @@ TABLES = (
     "quarantine",
 )
 HOST_TABLE_PREFIX = "host."
+
+
+def keys_with_prefix(
+    txn: Txn, db: Any, prefix: bytes, start: bytes | None = None
+) -> Iterator[bytes]:
+    """The keys of `db` that start with `prefix`, in order, from `start` (default: the
+    first such key) on."""
+    cursor = txn.cursor(db=db)
+    if not cursor.set_range(prefix if start is None else start):
+        return
+    for found in cursor.iternext(keys=True, values=False):
+        key = bytes(found)
+        if not key.startswith(prefix):
+            return
+        yield key
 
 
 class _Gate:

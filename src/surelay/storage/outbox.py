@@ -12,13 +12,12 @@ caller's transaction so compound operations stay atomic.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import replace
-from typing import Any
 
 from surelay.envelope import Envelope
 from surelay.storage.codec import Report, decode_or_report, encode_outbox
-from surelay.storage.environment import Environment, Txn
+from surelay.storage.environment import Environment, Txn, keys_with_prefix
 from surelay.storage.keys import from_u16, from_u64, micros, text_key, u16, u64
 from surelay.storage.records import OutboxEntry, outbox_entry
 
@@ -148,7 +147,10 @@ class Outbox:
         """Entries in acceptance order, after sequence number `after`: the partitions'
         ranges merged by sequence number."""
         start = u64(after + 1)
-        ranges = [self._range(txn, prefix, prefix + start) for prefix in self._prefixes(txn)]
+        ranges = [
+            keys_with_prefix(txn, self._main, prefix, prefix + start)
+            for prefix in self._prefixes(txn)
+        ]
         out: list[OutboxEntry] = []
         for where in heapq.merge(*ranges, key=_seq_part):
             entry = self._load(txn, where)
@@ -168,7 +170,7 @@ class Outbox:
         """
         bound = micros(until)
         found: list[tuple[bytes, bytes, OutboxEntry]] = []
-        for key in self._range(txn, b"", b"", db=self._due):
+        for key in keys_with_prefix(txn, self._due, b""):
             when, where = key[:8], key[8:]
             if when > bound:
                 break
@@ -176,7 +178,7 @@ class Outbox:
             if entry is not None and micros(entry.due_at) == when:
                 found.append((when, where[2:], entry))
         for prefix in self._prefixes(txn):
-            for where in self._range(txn, prefix, prefix):
+            for where in keys_with_prefix(txn, self._main, prefix):
                 entry = self._load(txn, where)
                 if entry is None or entry.envelope.attempt > 1:
                     continue
@@ -193,7 +195,7 @@ class Outbox:
         """Entries of one partition in acceptance order, after sequence number `after`."""
         prefix = u16(partition)
         out: list[OutboxEntry] = []
-        for where in self._range(txn, prefix, prefix + u64(after + 1)):
+        for where in keys_with_prefix(txn, self._main, prefix, prefix + u64(after + 1)):
             entry = self._load(txn, where)
             if entry is not None:
                 out.append(entry)
@@ -214,17 +216,6 @@ class Outbox:
                 break
             probe = u16(following)
         return out
-
-    def _range(self, txn: Txn, prefix: bytes, start: bytes, *, db: Any = None) -> Iterator[bytes]:
-        """Keys of the outbox table (or of `db`) that start with `prefix`, from `start` on."""
-        cursor = txn.cursor(db=self._main if db is None else db)
-        if not cursor.set_range(start):
-            return
-        for found in cursor.iternext(keys=True, values=False):
-            key = bytes(found)
-            if not key.startswith(prefix):
-                return
-            yield key
 
     def count(self, txn: Txn) -> int:
         return int(txn.stat(self._main)["entries"])
