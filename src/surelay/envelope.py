@@ -61,7 +61,6 @@ class Envelope:
             object.__setattr__(self, "headers", MappingProxyType(dict(self.headers)))
 
 
-_SET = {name: Envelope.__dict__[name].__set__ for name in Envelope.__slots__}
 _new = object.__new__
 (
     _set_message_id,
@@ -73,7 +72,7 @@ _new = object.__new__
     _set_headers,
     _set_attempt,
     _set_created_at,
-) = (_SET[f] for f in Envelope.__match_args__)
+) = (Envelope.__dict__[name].__set__ for name in Envelope.__match_args__)
 
 
 def checked_envelope(  # noqa: PLR0917  # Envelope's fields, in order

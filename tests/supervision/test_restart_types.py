@@ -4,20 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from .workers import Journal, crash, exit_normally, running, sync, worker
-
-CASES = [
-    # restart, how it ends, restarted?
-    ("permanent", "normal", True),
-    ("permanent", "crash", True),
-    ("transient", "normal", False),
-    ("transient", "crash", True),
-    ("temporary", "normal", False),
-    ("temporary", "crash", False),
-]
+from .workers import RESTART_TYPES, Journal, crash, exit_normally, running, sync, worker
 
 
-@pytest.mark.parametrize(("restart", "ending", "restarted"), CASES)
+@pytest.mark.parametrize(("restart", "ending", "restarted"), RESTART_TYPES)
 def test_restart_type(restart: str, ending: str, restarted: bool) -> None:
     journal = Journal()
     with running(worker(journal, "a", restart=restart), intensity=5) as sup:

@@ -13,18 +13,10 @@ from surelay.supervision._rules import (
     should_restart,
 )
 
+from .workers import RESTART_TYPES
 
-@pytest.mark.parametrize(
-    ("restart", "kind", "expected"),
-    [
-        ("permanent", "normal", True),
-        ("permanent", "crash", True),
-        ("transient", "normal", False),
-        ("transient", "crash", True),
-        ("temporary", "normal", False),
-        ("temporary", "crash", False),
-    ],
-)
+
+@pytest.mark.parametrize(("restart", "kind", "expected"), RESTART_TYPES)
 def test_should_restart_follows_otp(restart: str, kind: str, expected: bool) -> None:
     assert should_restart(restart, kind) is expected  # type: ignore[arg-type]
 

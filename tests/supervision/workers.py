@@ -150,3 +150,15 @@ def running(*children: ChildSpec, **flags: Any) -> Iterator[SupervisorRef]:
         yield sup
     finally:
         sup.stop(WAIT)
+
+
+# OTP's restart types: (restart, how the child ends, is it restarted?). The pure rule
+# (test_rules.py) and the running supervisor (test_restart_types.py) are both held to it.
+RESTART_TYPES = [
+    ("permanent", "normal", True),
+    ("permanent", "crash", True),
+    ("transient", "normal", False),
+    ("transient", "crash", True),
+    ("temporary", "normal", False),
+    ("temporary", "crash", False),
+]

@@ -151,14 +151,7 @@ class Outbox:
             keys_with_prefix(txn, self._main, prefix, prefix + start)
             for prefix in self._prefixes(txn)
         ]
-        out: list[OutboxEntry] = []
-        for where in heapq.merge(*ranges, key=_seq_part):
-            entry = self._load(txn, where)
-            if entry is not None:
-                out.append(entry)
-                if limit is not None and len(out) >= limit:
-                    break
-        return out
+        return self._entries(txn, heapq.merge(*ranges, key=_seq_part), limit)
 
     def due(self, txn: Txn, until: float, *, limit: int | None = None) -> list[OutboxEntry]:
         """Entries due at or before `until`, earliest first (ties in acceptance order).
@@ -194,9 +187,15 @@ class Outbox:
     ) -> list[OutboxEntry]:
         """Entries of one partition in acceptance order, after sequence number `after`."""
         prefix = u16(partition)
+        where = keys_with_prefix(txn, self._main, prefix, prefix + u64(after + 1))
+        return self._entries(txn, where, limit)
+
+    def _entries(self, txn: Txn, where: Iterable[bytes], limit: int | None) -> list[OutboxEntry]:
+        """The entries at these locations, in their order, up to `limit` (an entry that
+        fails to decode is reported and skipped)."""
         out: list[OutboxEntry] = []
-        for where in keys_with_prefix(txn, self._main, prefix, prefix + u64(after + 1)):
-            entry = self._load(txn, where)
+        for location_key in where:
+            entry = self._load(txn, location_key)
             if entry is not None:
                 out.append(entry)
                 if limit is not None and len(out) >= limit:
