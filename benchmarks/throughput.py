@@ -14,7 +14,8 @@ Figures, in one run:
 - with the OpenTelemetry SDK (ALWAYS_ON, BatchSpanProcessor, an exporter that drops
   everything): surelay vs the ceiling with one span per message, and vs the ceiling with
   the two spans surelay makes per message (`surelay.send`, then `surelay.deliver` as its
-  child through the `traceparent` header);
+  child through the `traceparent` header); then with the sampler a busy host would use,
+  `ParentBased(TraceIdRatioBased(0.01))` (against the ceiling without spans);
 - the floor: the storage work surelay's contract itself asks for (an `Envelope` and an
   id per message, the outbox entry, stored by partition and sequence, with its id-index
   entry, then the dedup record with its expiry index and the outbox removal, each batch
@@ -32,6 +33,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import lmdb
 import msgpack
@@ -39,7 +41,13 @@ import pykka
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_ON,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
+)
 
 from surelay import Envelope, Guarantee, PressurePolicy, Priority, Runtime, RuntimeConfig
 from surelay.storage import Store, new_id
@@ -267,12 +275,30 @@ def threads_send(messages: int, threads: int = 16) -> tuple[float, float, float]
     )
 
 
+class Switchable(Sampler):
+    """The provider's sampler, switchable within one process (a tracer provider can be
+    set only once): ALWAYS_ON, then what a busy production host would use."""
+
+    def __init__(self) -> None:
+        self.inner: Sampler = ALWAYS_ON
+
+    def should_sample(self, *args: Any, **kwargs: Any) -> SamplingResult:
+        return self.inner.should_sample(*args, **kwargs)
+
+    def get_description(self) -> str:
+        return self.inner.get_description()
+
+
+SAMPLER = Switchable()
+ONE_PERCENT = ParentBased(TraceIdRatioBased(0.01))
+
+
 def install_sdk() -> tuple[Callable[[], object], SameSpans]:
     class Drop(SpanExporter):
         def export(self, spans: Sequence[object]) -> SpanExportResult:
             return SpanExportResult.SUCCESS
 
-    provider = TracerProvider(sampler=ALWAYS_ON)
+    provider = TracerProvider(sampler=SAMPLER)
     provider.add_span_processor(BatchSpanProcessor(Drop()))
     trace.set_tracer_provider(provider)
     tracer = trace.get_tracer("naive")
@@ -301,6 +327,8 @@ def main() -> None:
     ceiling_span = best(runs, lambda: naive(n, span))
     ceiling_same = best(runs, lambda: naive(n, same_spans))
     traced = best(runs, lambda: surelay_batches(n))
+    SAMPLER.inner = ONE_PERCENT
+    sampled = best(runs, lambda: surelay_batches(n))
     rows = [
         ("naive ceiling (msgpack + LMDB 256/commit + no-op + delete)", ceiling, ""),
         ("floor, raw: the same LMDB writes with keys built inline", least_raw, least_raw / ceiling),
@@ -312,6 +340,7 @@ def main() -> None:
         ("naive ceiling + surelay's two spans per message (SDK)", ceiling_same, ""),
         ("surelay send_batch(1000), SDK ALWAYS_ON", traced, traced / ceiling_span),
         ("  the same, against the ceiling with the same two spans", traced, traced / ceiling_same),
+        ("surelay send_batch(1000), SDK sampling 1% (ParentBased)", sampled, sampled / ceiling),
     ]
     print(f"messages per run: {n}; each row the best of {runs} runs")
     print(f"{'pipeline':62} {'msg/s':>10} {'of ceiling':>10}")
