@@ -20,6 +20,7 @@ from surelay import (
     RuntimeClosed,
     TransientError,
 )
+from surelay.actors.replay import Replay, replay_partition
 from surelay.storage.keys import new_id
 from surelay.storage.records import ReplayRequest
 
@@ -298,6 +299,7 @@ def test_records_left_replaying_by_a_dead_runtime_are_replayed_at_open(tmp_path:
     down = Downstream()
     with open_runtime(tmp_path, {"t": down.recorder}, retry=RetryPolicy(max_attempts=1)) as rt:
         (letter,) = kill(rt, 1)
+        wait_until(lambda: rt._replays.recovered_at_start)  # else this runtime recovers it
         now = time.time()
         # what a runtime killed mid-replay leaves: the record leased far into the future
         verdict, _ = rt._store.lease_for_replay(letter.id, now=now, until=now + 3600).result()
@@ -308,6 +310,22 @@ def test_records_left_replaying_by_a_dead_runtime_are_replayed_at_open(tmp_path:
             lambda: (r := rt.dead_letters.get(letter.id)) is not None and r.status == "replayed"
         )
     assert [e.payload for e in down.delivered] == [letter.payload]
+
+
+def test_a_recovery_that_finds_the_replay_ended_sends_nothing(tmp_path: Path) -> None:
+    # the coordinator saw `a` replaying, but its replay failed before the worker got to
+    # the recovery: `a` is dead again, and only an operator may replay it now
+    down = Downstream()
+    with open_runtime(tmp_path, {"t": down.recorder}, retry=RetryPolicy(max_attempts=1)) as rt:
+        a, b = kill(rt, 2, key="k")  # one key: one worker, which takes its mail in order
+        wait_until(lambda: rt._replays.recovered_at_start)
+        worker = rt._replays.workers[replay_partition("k", a.id, len(rt._replays.workers))]
+        worker.tell(Replay(None, a.id, renew=True))
+        report = rt.dead_letters.replay([b.id])  # handled after the recovery
+        record = rt.dead_letters.get(a.id)
+    assert report.failed == 1
+    assert [e.payload for e in down.recorder.attempts] == [a.payload, b.payload, b.payload]
+    assert record is not None and (record.status, record.replay_count) == ("dead", 0)
 
 
 def test_expired_leases_are_picked_up_again(tmp_path: Path) -> None:

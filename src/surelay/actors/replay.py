@@ -77,7 +77,8 @@ class StartReplay:
 
 @dataclass(frozen=True, slots=True)
 class Replay:
-    """To a worker: replay one record for job `job` (None: a lease recovery)."""
+    """To a worker: replay one record for job `job` (None: a lease recovery, which
+    takes the record only if it is still `replaying`)."""
 
     job: str | None
     dead_letter_id: str
@@ -136,6 +137,7 @@ class ReplayState:
         """Dead letter ids a worker of this runtime has leased."""
         self.workers: tuple[Ref, ...] = ()
         self.recovered_at_start = False
+        """Whether the sweep at open has handed out every record left `replaying`."""
 
     def report(self, request_id: str) -> ReplayReport | None:
         with self.lock:
@@ -321,7 +323,6 @@ class ReplayCoordinator(AlarmOwner):
         state = self._state
         now = hub.config.clock()
         at_start = not state.recovered_at_start
-        state.recovered_at_start = True
         table = hub.store.dead_letters
         with hub.store.read() as txn:
             stuck = (
@@ -342,6 +343,8 @@ class ReplayCoordinator(AlarmOwner):
             )
             worker = state.workers[replay_partition(record.key, record.id, partitions)]
             worker.tell(Replay(None, record.id, renew=at_start))
+        # only now: a record leased after this point was leased by this runtime
+        state.recovered_at_start = True
 
     def _forget_later(self, job: _Job) -> None:
         """Drop a finished job from memory a while after it ended (its waiters have

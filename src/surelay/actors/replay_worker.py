@@ -64,6 +64,7 @@ _NOT_SENT = {
     "replayed": "skipped_duplicate",
     "archived": "refused",
     "held": "refused",
+    "dead": "refused",
     "missing": "refused",
 }
 
@@ -136,7 +137,9 @@ class ReplayWorker(CallerOwner):
 
     def _handle(self, message: Replay) -> None:
         self._state.current = message
-        result = self._replay(message.dead_letter_id, renew=message.renew)
+        result = self._replay(
+            message.dead_letter_id, renew=message.renew, recovering=message.job is None
+        )
         self._state.current = None
         self._state.crashes.pop(message.dead_letter_id, None)
         self._tell_result(message, result)
@@ -150,13 +153,17 @@ class ReplayWorker(CallerOwner):
 
     # -- one record ----------------------------------------------------------------------
 
-    def _replay(self, dead_letter_id: str, *, renew: bool) -> str:
+    def _replay(self, dead_letter_id: str, *, renew: bool, recovering: bool) -> str:
         hub = self._hub
         now = hub.config.clock()
         with self._shared.lock:
             self._shared.held.add(dead_letter_id)
         verdict, record = hub.store.lease_for_replay(
-            dead_letter_id, now=now, until=now + self._lease_seconds(), renew=renew
+            dead_letter_id,
+            now=now,
+            until=now + self._lease_seconds(),
+            renew=renew,
+            recovering=recovering,
         ).result()
         if verdict != "leased":
             logger.info("replay of %s: not sent (%s)", dead_letter_id, verdict)

@@ -224,7 +224,13 @@ class Store:
         return self.write(op)
 
     def lease_for_replay(
-        self, dead_letter_id: str, *, now: float, until: float, renew: bool = False
+        self,
+        dead_letter_id: str,
+        *,
+        now: float,
+        until: float,
+        renew: bool = False,
+        recovering: bool = False,
     ) -> Future[tuple[str, DeadLetter | None]]:
         """Take a dead letter for replay, guarded by dedup, in one transaction.
 
@@ -232,6 +238,8 @@ class Store:
         (its idempotency key was delivered meanwhile: now `replayed`, never to be sent),
         `replayed` (replayed before), `archived`, `held` (another replay holds a live
         lease; `renew` takes it anyway, for a worker re-taking its own) or `missing`.
+        A `recovering` caller takes only a record still `replaying`: one whose replay
+        ended since the caller saw it gets the verdict `dead` and is left to operators.
         """
 
         def op(txn: Txn) -> tuple[str, DeadLetter | None]:
@@ -241,6 +249,8 @@ class Store:
                 return "missing", None
             if record.status in ("archived", "replayed"):
                 return record.status, record
+            if recovering and record.status == "dead":
+                return "dead", record
             if record.status == "replaying" and not renew and (record.lease_until or 0.0) > now:
                 return "held", record
             leased = table.lease(txn, dead_letter_id, now=now, until=until, renew=renew)
