@@ -6,6 +6,7 @@ For each record, in this order:
 1. lease it and check dedup, in one transaction (`Store.lease_for_replay`): a record
    whose idempotency key was delivered meanwhile becomes `replayed` without a send;
    `replayed` and `archived` records, and ones another live replay holds, are not sent;
+   a lease recovery sends a record only while it is still `replaying`;
 2. make one attempt through the same delivery path as the senders (breaker, the
    transport under its ack timeout, classification, `surelay.deliver` span), under a
    `surelay.replay` span linked to the message's original trace;
