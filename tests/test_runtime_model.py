@@ -50,6 +50,12 @@ class Send:
         return None if self.idempotency is None else f"{self.key}-{self.idempotency}"
 
 
+def answer(script: str, attempt: int) -> str:
+    """What attempt `attempt` (from 1) of a message with `script` answers: "T", "P" or
+    "ok" (the transport below and the model read scripts the same way)."""
+    return script[attempt - 1] if attempt <= len(script) else "ok"
+
+
 RESTART = "restart"
 
 sends = st.builds(
@@ -78,13 +84,13 @@ def model(messages: list[Send]) -> list[Expected]:
             out.append(Expected(Outcome.DUPLICATE, None, 0))
             continue
         for attempt in range(1, POLICY.max_attempts + 1):
-            answer = send.script[attempt - 1] if attempt <= len(send.script) else "ok"
-            if answer == "ok":
+            reply = answer(send.script, attempt)
+            if reply == "ok":
                 if shared is not None:
                     delivered.add(shared)
                 out.append(Expected(Outcome.DELIVERED, None, attempt))
                 break
-            if answer == "P":
+            if reply == "P":
                 out.append(Expected(Outcome.DEAD_LETTERED, "permanent", attempt))
                 break
         else:
@@ -103,11 +109,10 @@ class Scripted:
     def __call__(self, envelope: Envelope) -> None:
         with self._lock:
             self.attempts.append((envelope.message_id, envelope.attempt))
-        script = envelope.payload.decode().split(":")[1]
-        answer = script[envelope.attempt - 1] if envelope.attempt <= len(script) else "ok"
-        if answer == "T":
+        reply = answer(envelope.payload.decode().split(":")[1], envelope.attempt)
+        if reply == "T":
             raise TransientError(f"scripted: attempt {envelope.attempt}")
-        if answer == "P":
+        if reply == "P":
             raise PermanentError(f"scripted: attempt {envelope.attempt}")
 
 
