@@ -12,7 +12,7 @@ from surelay.envelope import Priority
 
 def test_defaults_match_the_contract() -> None:
     assert RetryPolicy() == RetryPolicy(5, 5.0, 300.0, 2.0, "full", 0)
-    assert BreakerPolicy() == BreakerPolicy(10, 0.5, 10, 30.0, 1)
+    assert BreakerPolicy() == BreakerPolicy(100, 0.5, 20, 30.0, 1)
     p = PressurePolicy()
     assert (p.elevated_at, p.critical_at, p.recover_at, p.capacity) == (0.7, 0.9, 0.6, 10_000)
     assert p.shed == (Priority.LOW,) and p.rate_per_key is None
@@ -21,6 +21,9 @@ def test_defaults_match_the_contract() -> None:
     assert (c.partitions, c.replay_partitions, c.dedup_ttl) == (4, 4, 86_400.0)
     assert (c.max_payload_bytes, c.max_batch, c.map_size) == (1_048_576, 1000, 1 << 30)
     assert c.dead_letter_ttl is None and c.message_ttl is None
+    assert (c.concurrency, dict(c.concurrency_per_transport), c.ack_timeout) == (64, {}, 30.0)
+    assert RuntimeConfig(concurrency_per_transport={"sms": 8}).concurrency_for("sms") == 8
+    assert RuntimeConfig(concurrency=3).concurrency_for("sms") == 3
 
 
 @pytest.mark.parametrize(
@@ -34,7 +37,7 @@ def test_defaults_match_the_contract() -> None:
         (RetryPolicy, {"immediate_retries": -1}, "immediate_retries"),
         (BreakerPolicy, {"window": 0}, "window"),
         (BreakerPolicy, {"failure_ratio": 0}, "failure_ratio"),
-        (BreakerPolicy, {"min_calls": 11}, "min_calls"),
+        (BreakerPolicy, {"min_calls": 101}, "min_calls"),
         (BreakerPolicy, {"open_for": 0}, "open_for"),
         (BreakerPolicy, {"half_open_calls": 0}, "half_open_calls"),
         (PressurePolicy, {"recover_at": 0.8}, "recover_at"),
@@ -49,6 +52,8 @@ def test_defaults_match_the_contract() -> None:
         (RuntimeConfig, {"message_ttl": -5}, "message_ttl"),
         (RuntimeConfig, {"max_batch": 0}, "max_batch"),
         (RuntimeConfig, {"clock": 3}, "clock"),
+        (RuntimeConfig, {"concurrency": 0}, "concurrency"),
+        (RuntimeConfig, {"concurrency_per_transport": {"sms": 0}}, "concurrency_per_transport"),
     ],
 )
 def test_bad_values_name_their_field(cls: type[Any], fields: dict[str, Any], name: str) -> None:

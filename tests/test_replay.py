@@ -20,7 +20,8 @@ from surelay import (
     RuntimeClosed,
     TransientError,
 )
-from surelay.actors.replay import Replay, replay_partition
+from surelay.actors.replay import Replay
+from surelay.routing import replay_partition
 from surelay.storage.keys import new_id
 from surelay.storage.records import ReplayRequest
 

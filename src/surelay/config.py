@@ -88,13 +88,14 @@ class BreakerPolicy:
     """Circuit breaker per transport, over the last `window` calls.
 
     Opens when at least `min_calls` of the window's calls were made and the share of
-    failures is at least `failure_ratio`; stays open `open_for` seconds; then lets
+    failures is at least `failure_ratio`, or when `min_calls` calls in a row failed (an
+    outage after a long healthy run); stays open `open_for` seconds; then lets exactly
     `half_open_calls` probes through: all succeed, it closes; one fails, it opens again.
     """
 
-    window: int = 10
+    window: int = 100
     failure_ratio: float = 0.5
-    min_calls: int = 10
+    min_calls: int = 20
     open_for: float = 30.0
     half_open_calls: int = 1
 
@@ -157,9 +158,11 @@ class RuntimeConfig:
     """Everything a `Runtime` is configured with; see API.md for each field's meaning.
 
     `clock` returns epoch seconds; tests inject one to drive retry, breaker and TTL
-    logic without sleeping. Beyond API.md: `ack_timeout` (seconds) cuts off a transport
-    call that hangs and retries it (a transport's own `ack_timeout` attribute, then
-    `ack_timeout_per_transport`, override it).
+    logic without sleeping. `ack_timeout` (seconds) cuts off a transport call that hangs
+    and retries it (`ack_timeout_per_transport`, then a transport's own `ack_timeout`
+    attribute, override it). `concurrency` calls of one transport may be in flight at
+    once (`concurrency_per_transport` overrides it per transport); a key never has more
+    than one.
     """
 
     guarantee: Guarantee = Guarantee.AT_LEAST_ONCE
@@ -180,6 +183,10 @@ class RuntimeConfig:
     clock: Callable[[], float] = time.time
     ack_timeout: float = 30.0
     ack_timeout_per_transport: Mapping[str, float] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    concurrency: int = 64
+    concurrency_per_transport: Mapping[str, int] = field(
         default_factory=lambda: MappingProxyType({})
     )
 
@@ -216,8 +223,17 @@ class RuntimeConfig:
         for transport, seconds in acks.items():
             _positive(f"RuntimeConfig.ack_timeout_per_transport[{transport!r}]", seconds)
         object.__setattr__(self, "ack_timeout_per_transport", MappingProxyType(acks))
+        _count("RuntimeConfig.concurrency", self.concurrency, 1)
+        limits = dict(self.concurrency_per_transport)
+        for transport, limit in limits.items():
+            _count(f"RuntimeConfig.concurrency_per_transport[{transport!r}]", limit, 1)
+        object.__setattr__(self, "concurrency_per_transport", MappingProxyType(limits))
         if not callable(self.clock):
             raise ValueError(f"RuntimeConfig.clock must be callable, got {self.clock!r}")
+
+    def concurrency_for(self, transport: str) -> int:
+        """How many calls of `transport` may be in flight at once."""
+        return self.concurrency_per_transport.get(transport, self.concurrency)
 
     def retry_for(self, transport: str) -> RetryPolicy:
         """The retry policy of `transport` (its own, or the default)."""

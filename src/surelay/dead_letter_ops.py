@@ -27,7 +27,7 @@ from surelay.storage.records import (
 from surelay.storage.store import Store
 
 if TYPE_CHECKING:
-    from surelay.actors.hub import Hub
+    from surelay.hub import Hub
 
 __all__ = ["DeadLetters"]
 

@@ -29,7 +29,7 @@ unless HIGH, and HIGH is refused past the hard bound `capacity * (1 + HIGH_ALLOW
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from surelay.config import PressurePolicy
 from surelay.envelope import Priority
@@ -39,6 +39,7 @@ __all__ = [
     "LEVELS",
     "THROTTLE_MAX",
     "Decision",
+    "PressureState",
     "admission",
     "hard_bound",
     "next_level",
@@ -106,3 +107,18 @@ def retry_after(in_flight: int, policy: PressurePolicy, drain_per_second: float)
     if drain_per_second <= 0:
         return 1.0
     return min(60.0, max(0.05, excess / drain_per_second))
+
+
+@dataclass
+class PressureState:
+    """What the governor publishes (plain attributes: a read is one load, no lock)."""
+
+    level: str = "normal"
+    ratio: float = 0.0
+    retry_after: float = 1.0
+    """Seconds a refused sender should wait: to `recover_at` at the measured drain."""
+    drain: float = 0.0
+    """Messages ended per second, smoothed."""
+    depths: dict[str, int] = field(default_factory=dict)
+    sample_asked: bool = False
+    transitions: int = 0

@@ -1,23 +1,12 @@
-"""`Runtime`: what a host embeds. Opens the store, runs the supervision tree, accepts
-messages and hands them to the sender of their partition.
-
-```
-root Supervisor "surelay" (one_for_one)
-├── governor       PressureGovernor: samples depths, publishes the pressure level
-├── retry          RetryScheduler: timer heap of held messages
-├── dead_letters   DeadLetterSink: stores terminal failures
-├── senders        Supervisor: Sender "sender-<i>" per partition
-├── sweeper        Sweeper: dedup and dead-letter retention
-├── status         StatusReporter: publishes stats() to the store for `surelay stats`
-└── replay         Supervisor: ReplayWorker "replay-<i>" per replay partition, then
-                   the ReplayCoordinator "coordinator"
-```
+"""`Runtime`: what a host embeds. Opens the store, runs the supervision tree (see
+`surelay.wiring`) and the delivery engines (`surelay.delivery`), accepts messages and
+hands them to the sender of their partition.
 
 The store's group-commit writer is a thread the store owns, not an actor: it must keep
 committing while the tree stops, so that nothing accepted is lost at close.
 
 One runtime owns a data directory at a time (`surelay.storage.owner`); other processes
-(the CLI) may open its store beside it.
+(the CLI) may open its store beside it. docs/architecture.md has the whole picture.
 """
 
 from __future__ import annotations
@@ -33,18 +22,15 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, NoReturn
 
-from surelay.actors.breaker import STATE_GAUGE, Breakers
-from surelay.actors.dead_letter import DeadLetterSink
-from surelay.actors.governor import PressureGovernor, Sample
-from surelay.actors.hub import Counters, Hub, Transport
-from surelay.actors.replay import ReplayCoordinator, ReplayState
-from surelay.actors.replay_worker import ReplayWorker, WorkerState
-from surelay.actors.retry import RetryBacklog, RetryScheduler
-from surelay.actors.sender import Deliver, PartitionState, Sender, partition_for
-from surelay.actors.status import Snapshot, StatusReporter
-from surelay.actors.sweeper import Sweeper
+from surelay.actors.governor import Sample
+from surelay.actors.replay import ReplayState
+from surelay.actors.sender import Deliver, PartitionState
+from surelay.actors.status import Snapshot
+from surelay.backlog import RetryBacklog
 from surelay.config import RuntimeConfig
 from surelay.dead_letter_ops import DeadLetters
+from surelay.delivery import Engines
+from surelay.delivery.breakers import Breakers
 from surelay.envelope import (
     Envelope,
     Priority,
@@ -54,15 +40,18 @@ from surelay.envelope import (
     checked_envelope,
 )
 from surelay.errors import InvalidMessage, Overloaded, RuntimeClosed, UnknownTransport
+from surelay.hub import Counters, Hub, Transport
+from surelay.policy.breaker import STATE_GAUGE
 from surelay.pressure import LEVELS, admission, hard_bound
 from surelay.ratelimit import KeyRates
 from surelay.receipts import OverLimit, Receipt, Tracker
+from surelay.routing import partition_for
 from surelay.storage.environment import Txn
 from surelay.storage.keys import new_id
 from surelay.storage.owner import OwnerLock
 from surelay.storage.records import OutboxEntry, outbox_entry
 from surelay.storage.store import Store
-from surelay.supervision import ChildSpec, Supervisor, SupervisorRef
+from surelay.supervision import Supervisor, SupervisorRef
 from surelay.telemetry import (
     ATTR_KEY,
     ATTR_MESSAGE_ID,
@@ -73,6 +62,7 @@ from surelay.telemetry import (
     record_error,
     traceparent_of,
 )
+from surelay.wiring import tree
 
 __all__ = ["Runtime", "RuntimeStats"]
 
@@ -171,6 +161,7 @@ class Runtime:
             raise
         try:
             telemetry = Telemetry()  # observes the runtime's gauges once it exists
+            breakers = Breakers(config.breaker, transports)
             hub = Hub(
                 store=store,
                 config=config,
@@ -178,14 +169,15 @@ class Runtime:
                 tracker=Tracker(),
                 counters=Counters(telemetry),
                 telemetry=telemetry,
-                breakers=Breakers(config.breaker, transports),
+                breakers=breakers,
                 backlog=RetryBacklog(),
+                engines=Engines(transports, config, breakers, telemetry),
             )
             states = [PartitionState(i) for i in range(config.partitions)]
             replays = ReplayState()
             snapshot: list[Snapshot] = []
             root = Supervisor.start(
-                _tree(hub, states, replays, snapshot), name="surelay", intensity=10, period=5.0
+                tree(hub, states, replays, snapshot), name="surelay", intensity=10, period=5.0
             )
         except BaseException:
             store.close()
@@ -234,6 +226,7 @@ class Runtime:
             self._publish_final_status()
             self._root.stop(timeout=max(1.0, deadline - time.monotonic()))
         finally:
+            self._hub.engines.stop(timeout=max(0.5, deadline - time.monotonic()))
             self._hub.telemetry.close()
             self._store.close()
             self._owner.release()
@@ -250,7 +243,7 @@ class Runtime:
     def _busy(self) -> bool:
         """True while a sender has work it can do now (not counting held messages)."""
         for state, ref in zip(self._states, self._hub.senders, strict=True):
-            if state.queue.ready_count or state.in_flight or ref.queued():
+            if state.queue.ready_count or state.in_flight or state.results or ref.queued():
                 return True
         sink = self._hub.sink
         return sink is not None and sink.queued() > 0
@@ -736,38 +729,6 @@ class Runtime:
             "surelay.pressure.level": LEVELS.index(self._hub.pressure.level),
             "surelay.breaker.state": {t: STATE_GAUGE[s] for t, s in stats.breakers.items()},
         }
-
-
-def _tree(
-    hub: Hub, states: list[PartitionState], replays: ReplayState, snapshot: list[Snapshot]
-) -> list[ChildSpec]:
-    partitions = len(states)
-    senders = [
-        ChildSpec(f"sender-{i}", Sender, args=(hub, states[i]), shutdown=5.0)
-        for i in range(partitions)
-    ]
-    workers = [
-        ChildSpec(f"replay-{i}", ReplayWorker, args=(hub, replays, WorkerState(i)), shutdown=5.0)
-        for i in range(hub.config.replay_partitions)
-    ]
-    coordinator = ChildSpec("coordinator", ReplayCoordinator, args=(hub, replays))
-    return [
-        ChildSpec("governor", PressureGovernor, args=(hub, hub.pressure)),
-        ChildSpec("retry", RetryScheduler, args=(hub,)),
-        ChildSpec("dead_letters", DeadLetterSink, args=(hub, set())),
-        # A poison message crashes its sender at most twice before it is dead-lettered,
-        # so only a sender that cannot run at all should exhaust this.
-        Supervisor.spec("senders", senders, intensity=max(20, 10 * partitions), period=1.0),
-        ChildSpec("sweeper", Sweeper, args=(hub,)),
-        ChildSpec("status", StatusReporter, args=(hub, snapshot)),
-        # The same for a record that crashes its replay worker.
-        Supervisor.spec(
-            "replay",
-            [*workers, coordinator],
-            intensity=max(20, 10 * len(workers)),
-            period=1.0,
-        ),
-    ]
 
 
 def _check_transports(transports: object) -> Mapping[str, Transport]:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from surelay.actors.queues import WEIGHTS, PartitionQueue, weighted_pattern
+from surelay.actors.queues import PartitionQueue
 from surelay.envelope import Envelope, Priority
+from surelay.policy.priority import WEIGHTS, weighted_pattern
 from surelay.storage.records import OutboxEntry
 
 

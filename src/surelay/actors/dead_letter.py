@@ -32,7 +32,7 @@ from surelay.telemetry import (
 )
 
 if TYPE_CHECKING:
-    from surelay.actors.hub import Hub
+    from surelay.hub import Hub
 
 __all__ = ["Capture", "DeadLetterSink", "make_dead_letter"]
 

@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from surelay.actors.alarm import AlarmOwner
-from surelay.pressure import LEVELS, next_level, retry_after
+from surelay.pressure import LEVELS, PressureState, next_level, retry_after
 from surelay.telemetry import ATTR_PRESSURE_LEVEL, SPAN_PRESSURE
 
 if TYPE_CHECKING:
-    from surelay.actors.hub import Hub
+    from surelay.hub import Hub
 
-__all__ = ["PERIOD", "PressureGovernor", "PressureState", "Sample"]
+__all__ = ["PERIOD", "PressureGovernor", "Sample"]
 
 logger = logging.getLogger("surelay.actors")
 
@@ -31,21 +31,6 @@ PERIOD = 0.05
 
 _ENDED = ("delivered", "dead_lettered", "duplicates")
 _SMOOTHING = 0.3
-
-
-@dataclass
-class PressureState:
-    """What the governor publishes (plain attributes: a read is one load, no lock)."""
-
-    level: str = "normal"
-    ratio: float = 0.0
-    retry_after: float = 1.0
-    """Seconds a refused sender should wait: to `recover_at` at the measured drain."""
-    drain: float = 0.0
-    """Messages ended per second, smoothed."""
-    depths: dict[str, int] = field(default_factory=dict)
-    sample_asked: bool = False
-    transitions: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,30 +21,10 @@ import itertools
 from collections import deque
 from collections.abc import Iterator
 
-from surelay.envelope import Priority
+from surelay.policy.priority import PATTERN as _PATTERN
 from surelay.storage.records import OutboxEntry
 
-__all__ = ["WEIGHTS", "PartitionQueue", "line_of", "weighted_pattern"]
-
-WEIGHTS = {Priority.HIGH: 6, Priority.NORMAL: 3, Priority.LOW: 1}
-
-
-def weighted_pattern(weights: dict[Priority, int]) -> tuple[int, ...]:
-    """The order of priority ranks served in one round: smooth weighted round robin
-    (as nginx balances upstreams), so no rank waits a whole round for its turn."""
-    current = dict.fromkeys(weights, 0)
-    total = sum(weights.values())
-    out = []
-    for _ in range(total):
-        for priority, weight in weights.items():
-            current[priority] += weight
-        chosen = max(current, key=lambda p: (current[p], -p.rank))
-        current[chosen] -= total
-        out.append(chosen.rank)
-    return tuple(out)
-
-
-_PATTERN = weighted_pattern(WEIGHTS)
+__all__ = ["PartitionQueue", "line_of"]
 
 
 def line_of(entry: OutboxEntry) -> str:

@@ -27,14 +27,14 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from surelay.actors.alarm import AlarmOwner
-from surelay.actors.sender import partition_for
 from surelay.ratelimit import TokenBucket
 from surelay.replay_report import RESULTS, ReplayReport
+from surelay.routing import replay_partition
 from surelay.storage.dead_letters import MAX_LIMIT
 from surelay.storage.records import ReplayRequest
 
 if TYPE_CHECKING:
-    from surelay.actors.hub import Hub
+    from surelay.hub import Hub
     from surelay.supervision import Ref
 
 __all__ = [
@@ -45,7 +45,6 @@ __all__ = [
     "ReplayState",
     "Replayed",
     "StartReplay",
-    "replay_partition",
 ]
 
 logger = logging.getLogger("surelay.actors")
@@ -57,12 +56,6 @@ FILTERS = ("reason_class", "key", "transport")
 """The filters a replay request may carry (as `rt.dead_letters.list` takes them)."""
 
 _RECOVERY_LIMIT = 1000
-
-
-def replay_partition(key: str | None, dead_letter_id: str, partitions: int) -> int:
-    """The replay worker of a record: by its key (one key's records go to one worker, in
-    order), by its id when it has none."""
-    return partition_for(key if key is not None else dead_letter_id, partitions)
 
 
 # -- protocol ------------------------------------------------------------------------------
@@ -78,11 +71,18 @@ class StartReplay:
 @dataclass(frozen=True, slots=True)
 class Replay:
     """To a worker: replay one record for job `job` (None: a lease recovery, which
-    takes the record only if it is still `replaying`)."""
+    takes the record only if it is still `replaying`). `key` is the record's key: one
+    key's records are replayed one at a time, in the order they reach the worker."""
 
     job: str | None
     dead_letter_id: str
     renew: bool = False
+    key: str | None = None
+
+    @property
+    def line(self) -> str:
+        """The ordering line: the key, or (no key) the record itself."""
+        return "k" + self.key if self.key is not None else "d" + self.dead_letter_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +108,7 @@ class _Job:
     def __init__(self, request: ReplayRequest, bucket: TokenBucket | None) -> None:
         self.request = request
         self.requested = 0
-        self.pending: deque[tuple[int, str]] = deque()
+        self.pending: deque[tuple[int, str, str | None]] = deque()
         self.outstanding = 0
         self.counts = dict.fromkeys(RESULTS, 0)
         self.bucket = bucket
@@ -204,7 +204,7 @@ class ReplayCoordinator(AlarmOwner):
         job.counts["refused"] = refused
         partitions = len(state.workers)
         job.pending.extend(
-            (replay_partition(key, dl_id, partitions), dl_id) for dl_id, key in selected
+            (replay_partition(key, dl_id, partitions), dl_id, key) for dl_id, key in selected
         )
         with state.lock:
             state.jobs[request_id] = job
@@ -247,9 +247,9 @@ class ReplayCoordinator(AlarmOwner):
                 wait = job.bucket.take(time.monotonic())
                 if wait:
                     return wait
-            partition, dl_id = job.pending.popleft()
+            partition, dl_id, key = job.pending.popleft()
             job.outstanding += 1
-            workers[partition].tell(Replay(job.request.id, dl_id))
+            workers[partition].tell(Replay(job.request.id, dl_id, key=key))
         return 0.0
 
     def _replayed(self, message: Replayed) -> None:
@@ -342,7 +342,7 @@ class ReplayCoordinator(AlarmOwner):
                 record.lease_until,
             )
             worker = state.workers[replay_partition(record.key, record.id, partitions)]
-            worker.tell(Replay(None, record.id, renew=at_start))
+            worker.tell(Replay(None, record.id, renew=at_start, key=record.key))
         # only now: a record leased after this point was leased by this runtime
         state.recovered_at_start = True
 

@@ -1,41 +1,49 @@
-"""The ReplayWorker: replays the dead letters of one partition, one at a time, in the
-order the coordinator hands them out (one key's records in failure order).
+"""The ReplayWorker: replays the dead letters of one partition through the delivery
+engine, many at once, one key's records one at a time in the order the coordinator
+hands them out (failure order).
 
-For each record, in this order:
+For each record, when it is the head of its key's line and fewer than `ACTIVE_MAX` of
+this worker's records are in flight:
 
 1. lease it and check dedup, in one transaction (`Store.lease_for_replay`): a record
    whose idempotency key was delivered meanwhile becomes `replayed` without a send;
    `replayed` and `archived` records, and ones another live replay holds, are not sent;
    a lease recovery sends a record only while it is still `replaying`;
-2. make one attempt through the same delivery path as the senders (breaker, the
-   transport under its ack timeout, classification, `surelay.deliver` span), under a
-   `surelay.replay` span linked to the message's original trace;
-3. record the result: delivered → `replayed` with its dedup record, in one transaction;
-   failed → back to `dead` with `replay_count + 1` and the new reason; breaker open →
-   back to `dead` unchanged (no attempt was made).
+2. submit one attempt to its transport's engine (breaker, the call under its ack
+   timeout, one classification, `surelay.deliver` span), under a `surelay.replay` span
+   linked to the message's original trace; the worker goes back to its mailbox;
+3. when the attempt comes back: delivered → `replayed` with its dedup record, in one
+   transaction; failed → back to `dead` with `replay_count + 1` and the new reason;
+   breaker open → back to `dead` unchanged (no attempt was made). The key's next record
+   starts.
 
 A replay is one attempt, not a new retry cycle: an operator replaying a canary wants
 its verdict now, and a record that fails again is back in the dead-letter list at once.
 
 A crash (the transport raised a BaseException that is not an Exception) restarts the
-worker; the next incarnation takes the record again under its own lease (dedup still
-guards it) before anything else, so its key's order holds. A record that crashes the
-worker twice goes back to `dead` with reason class `crash`.
+worker; the next incarnation replays that record again under its own lease (dedup
+still guards it) before its key's next record. A record that crashes the worker twice
+goes back to `dead` with reason class `crash`. Records in flight at the crash go on;
+their results wait in the worker's box for the next incarnation.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+from collections import deque
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from surelay.actors.delivery import Attempt, CallerOwner, classify
+from opentelemetry.trace import Span
+
 from surelay.actors.replay import Replay, Replayed, ReplayState
-from surelay.actors.sender import CRASHES_TO_DEAD_LETTER
+from surelay.delivery.attempt import CRASH, FAILED, HELD, OK, TIMEOUT, Attempt, ResultBox
 from surelay.envelope import Envelope
+from surelay.policy.verdict import CRASHES_TO_DEAD_LETTER, describe
 from surelay.storage.records import DeadLetter, OutboxEntry
-from surelay.supervision import CrashReport
+from surelay.supervision import Actor, CrashReport
 from surelay.telemetry import (
     ATTR_ATTEMPT,
     ATTR_DEAD_LETTER_ID,
@@ -51,14 +59,18 @@ from surelay.telemetry import (
 )
 
 if TYPE_CHECKING:
-    from surelay.actors.hub import Hub
+    from surelay.hub import Hub
 
-__all__ = ["LEASE_MARGIN", "ReplayWorker", "WorkerState"]
+__all__ = ["ACTIVE_MAX", "LEASE_MARGIN", "ReplayWorker", "WorkerState"]
 
 logger = logging.getLogger("surelay.actors")
 
 LEASE_MARGIN = 30.0
 """Seconds a lease outlasts the longest ack timeout: the attempt has ended by then."""
+
+ACTIVE_MAX = 256
+"""Most records one worker has leased and in flight at once (the engine bounds the
+calls; this bounds leases taken ahead of a free call slot)."""
 
 _NOT_SENT = {
     "duplicate": "skipped_duplicate",
@@ -71,9 +83,18 @@ _NOT_SENT = {
 
 
 @dataclass(frozen=True, slots=True)
-class _Resume:
-    """To itself after a restart: handle what the crash interrupted even if no mail
-    comes."""
+class _Settle:
+    """From the engine: attempts are waiting in the box (or, after a restart, in
+    `settling`)."""
+
+
+@dataclass(slots=True)
+class _Active:
+    """A record leased and submitted, waiting for its attempt."""
+
+    message: Replay
+    record: DeadLetter
+    span: Span | None
 
 
 class WorkerState:
@@ -81,81 +102,101 @@ class WorkerState:
 
     def __init__(self, partition: int) -> None:
         self.partition = partition
-        self.current: Replay | None = None
-        self.redo: list[Replay] = []
-        """What a crash interrupted (the record being replayed, then the message that
-        was delivered while it was): handled before anything else."""
+        self.lines: dict[str, deque[Replay]] = {}
+        """Records waiting per key, the head first (the head may be active)."""
+        self.ready: deque[str] = deque()
+        """Lines whose head may start."""
+        self.active: dict[int, _Active] = {}
+        """By the `seq` of the attempt's entry, a number this worker gives each call."""
+        self.serial = itertools.count(1)
+        self.results = ResultBox()
+        self.settling: deque[Attempt] = deque()
+        self.current: Attempt | None = None
+        """The attempt being settled (blamed for a crash)."""
+        self.starting: Replay | None = None
+        """The record being leased and submitted (made ready again after a crash)."""
         self.crashes: dict[str, int] = {}
 
 
-class ReplayWorker(CallerOwner):
+class ReplayWorker(Actor):
     def __init__(self, hub: Hub, shared: ReplayState, state: WorkerState) -> None:
-        super().__init__(hub)
+        super().__init__()
+        self._hub = hub
         self._shared = shared
         self._state = state
-        self._caller_name = f"surelay-replay-caller-{state.partition}"
+
+    def on_start(self) -> None:
+        ref = self.ref if self.ref is not None else self.actor_ref
+        self._state.results.notify = lambda: ref.tell(_Settle())
 
     def on_restart(self, crash: CrashReport) -> None:
         state = self._state
+        if state.starting is not None:
+            state.ready.appendleft(state.starting.line)
+            state.starting = None
         blamed, state.current = state.current, None
-        unhandled = crash.message if isinstance(crash.message, Replay) else None
-        if unhandled is blamed:
-            unhandled = None  # it was the one being replayed, not one waiting behind it
-        first: list[Replay] = []
-        if blamed is not None:
-            dl_id = blamed.dead_letter_id
-            crashes = state.crashes[dl_id] = state.crashes.get(dl_id, 0) + 1
-            if crashes >= CRASHES_TO_DEAD_LETTER:
-                self._dead_by_crash(blamed, crash.error, crashes)
-            else:
-                logger.warning("replay worker crashed on %s; replaying it again", dl_id)
-                first.append(replace(blamed, renew=True))
-        state.redo = first + state.redo + ([unhandled] if unhandled is not None else [])
-        if state.redo and self.ref is not None:
-            self.ref.tell(_Resume())
+        if blamed is not None and state.settling and state.settling[0] is blamed:
+            state.settling.popleft()
+            active = state.active.pop(blamed.entry.seq, None)
+            if active is not None:
+                self._crashed(active, crash.error)
+        if self.ref is not None:
+            self.ref.tell(_Settle())
 
-    def _dead_by_crash(self, blamed: Replay, error: BaseException, crashes: int) -> None:
-        dl_id = blamed.dead_letter_id
-        self._state.crashes.pop(dl_id, None)
+    def _crashed(self, active: _Active, error: BaseException) -> None:
+        """The worker crashed on `active`'s attempt: replay it again first (a renewed
+        lease), or on its second crash put it back to `dead` as `crash`."""
+        state = self._state
+        dl_id = active.message.dead_letter_id
+        crashes = state.crashes[dl_id] = state.crashes.get(dl_id, 0) + 1
+        if active.span is not None:
+            active.span.set_attribute(ATTR_OUTCOME, "crash")
+            record_error(active.span, error)
+            active.span.end()
+        if crashes < CRASHES_TO_DEAD_LETTER:
+            logger.warning("replay worker crashed on %s; replaying it again", dl_id)
+            lines = state.lines[active.message.line]
+            lines[0] = replace(active.message, renew=True)
+            state.ready.appendleft(active.message.line)
+            return
+        state.crashes.pop(dl_id, None)
         self._hub.store.replay_failed(
             dl_id,
             reason_class="crash",
-            reason=(
-                f"the replay worker crashed on it ({type(error).__name__}: {error}), "
-                f"{crashes} times"
-            ),
+            reason=f"the replay worker crashed on it ({describe(error)}), {crashes} times",
             error_type=type(error).__name__,
             failed_at=self._hub.config.clock(),
         ).result()
-        self._tell_result(blamed, "failed")
+        self._record_done(active.message, "failed")
 
     def on_receive(self, message: Any) -> None:
         state = self._state
-        while state.redo:
-            self._handle(state.redo.pop(0))
         if isinstance(message, Replay):
-            self._handle(message)
+            line = state.lines.get(message.line)
+            if line is None:
+                state.lines[message.line] = deque((message,))
+                state.ready.append(message.line)
+            else:
+                line.append(message)
+        self._settle_results()
+        self._start_ready()
 
-    def _handle(self, message: Replay) -> None:
-        self._state.current = message
-        result = self._replay(
-            message.dead_letter_id, renew=message.renew, recovering=message.job is None
-        )
-        self._state.current = None
-        self._state.crashes.pop(message.dead_letter_id, None)
-        self._tell_result(message, result)
+    # -- starting ------------------------------------------------------------------------
 
-    def _tell_result(self, message: Replay, result: str) -> None:
-        with self._shared.lock:
-            self._shared.held.discard(message.dead_letter_id)
-        coordinator = self._hub.replay_coordinator
-        if coordinator is not None:
-            coordinator.tell(Replayed(message.job, message.dead_letter_id, result))
+    def _start_ready(self) -> None:
+        state = self._state
+        while state.ready and len(state.active) < ACTIVE_MAX:
+            message = state.lines[state.ready.popleft()][0]
+            state.starting = message
+            result = self._start(message)
+            state.starting = None
+            if result is not None:
+                self._record_done(message, result)
 
-    # -- one record ----------------------------------------------------------------------
-
-    def _replay(self, dead_letter_id: str, *, renew: bool, recovering: bool) -> str:
+    def _start(self, message: Replay) -> str | None:
+        """Lease the record and submit its attempt; the result if none is made."""
         hub = self._hub
+        dead_letter_id = message.dead_letter_id
         now = hub.config.clock()
         with self._shared.lock:
             self._shared.held.add(dead_letter_id)
@@ -163,8 +204,8 @@ class ReplayWorker(CallerOwner):
             dead_letter_id,
             now=now,
             until=now + self._lease_seconds(),
-            renew=renew,
-            recovering=recovering,
+            renew=message.renew,
+            recovering=message.job is None,
         ).result()
         if verdict != "leased":
             logger.info("replay of %s: not sent (%s)", dead_letter_id, verdict)
@@ -178,10 +219,6 @@ class ReplayWorker(CallerOwner):
                 record.transport,
             )
             return "refused"
-        return self._attempt(record)
-
-    def _attempt(self, record: DeadLetter) -> str:
-        hub = self._hub
         span = None
         headers = dict(record.headers)
         if hub.telemetry.tracing:
@@ -210,65 +247,84 @@ class ReplayWorker(CallerOwner):
             attempt=record.attempts + 1,
             created_at=record.first_attempt_at,
         )
-        entry = OutboxEntry(0, envelope, hub.config.clock(), self._state.partition)
-        assert self._caller is not None
-        attempts, _ = self._caller.run([entry])
-        attempt = attempts[0] if attempts else Attempt(entry, "timeout")
-        try:
-            result = self._settle(record, attempt)
-        except BaseException as error:
-            if span is not None:
-                span.set_attribute(ATTR_OUTCOME, "crash")
-                record_error(span, error)
-                span.end()
-            raise
-        if span is not None:
-            span.set_attribute(ATTR_OUTCOME, result)
-            if result == "failed" and attempt.error is not None:
-                record_error(span, attempt.error)
-            span.end()
-        return result
+        state = self._state
+        entry = OutboxEntry(next(state.serial), envelope, now, state.partition)
+        state.active[entry.seq] = _Active(message, record, span)
+        hub.engines[record.transport].submit([(entry, state.results.put)])
+        return None
 
-    def _settle(self, record: DeadLetter, attempt: Attempt) -> str:
+    def _record_done(self, message: Replay, result: str) -> None:
+        """`message`'s record ended with `result`: tell the coordinator, start the next
+        record of its key."""
+        state = self._state
+        state.crashes.pop(message.dead_letter_id, None)
+        line = state.lines[message.line]
+        line.popleft()
+        if line:
+            state.ready.append(message.line)
+        else:
+            del state.lines[message.line]
+        with self._shared.lock:
+            self._shared.held.discard(message.dead_letter_id)
+        coordinator = self._hub.replay_coordinator
+        if coordinator is not None:
+            coordinator.tell(Replayed(message.job, message.dead_letter_id, result))
+
+    # -- settling ------------------------------------------------------------------------
+
+    def _settle_results(self) -> None:
+        state = self._state
+        state.settling.extend(state.results.take())
+        while state.settling:
+            attempt = state.current = state.settling[0]
+            active = state.active.get(attempt.entry.seq)
+            if active is not None:
+                result = self._settle(active, attempt)  # a CRASH raises here
+                del state.active[attempt.entry.seq]
+                self._end_span(active.span, result, attempt)
+                self._record_done(active.message, result)
+            state.settling.popleft()
+            state.current = None
+
+    def _settle(self, active: _Active, attempt: Attempt) -> str:
         hub = self._hub
+        record = active.record
         now = hub.config.clock()
-        if attempt.kind == "crash":
+        if attempt.kind == CRASH:
             assert attempt.error is not None
             raise attempt.error  # on_restart replays it again, or dead-letters it
-        if attempt.kind == "ok":
+        if attempt.kind == OK:
             hub.store.replayed(
                 record.id, delivered_at=now, expires_at=now + hub.config.dedup_ttl
             ).result()
             hub.counters.add("replayed", record.transport)
             return "replayed"
-        if attempt.kind == "held":
+        if attempt.kind == HELD:
             hub.store.release_lease(record.id).result()
             logger.warning(
                 "replay of %s not sent: the breaker of %r is open", record.id, record.transport
             )
             return "failed"
-        if attempt.kind == "timeout":
-            seconds = hub.ack_timeout(record.transport)
-            hub.breakers.record(record.transport, now, failed=True)
-            error: BaseException = TimeoutError(
-                f"transport {record.transport!r} did not answer within ack_timeout={seconds}s"
-            )
-            verdict = "transient"
-        else:
-            assert attempt.error is not None
-            error = attempt.error
-            verdict = classify(error, hub.transports[record.transport])
-        text = str(error)
-        described = f"{type(error).__name__}: {text}" if text else type(error).__name__
+        error = attempt.error if attempt.error is not None else RuntimeError(attempt.kind)
+        failure = attempt.failure if attempt.kind in (FAILED, TIMEOUT) else "transient"
         hub.store.replay_failed(
             record.id,
-            reason_class="exhausted" if verdict == "transient" else verdict,
-            reason=f"replay attempt failed: {described}",
+            reason_class="exhausted" if failure == "transient" else failure or "exhausted",
+            reason=f"replay attempt failed: {describe(error)}",
             error_type=type(error).__name__,
             attempts=record.attempts + 1,
             failed_at=now,
         ).result()
         return "failed"
+
+    @staticmethod
+    def _end_span(span: Span | None, result: str, attempt: Attempt) -> None:
+        if span is None:
+            return
+        span.set_attribute(ATTR_OUTCOME, result)
+        if result == "failed" and attempt.error is not None:
+            record_error(span, attempt.error)
+        span.end()
 
     def _lease_seconds(self) -> float:
         hub = self._hub

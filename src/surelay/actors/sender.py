@@ -1,77 +1,68 @@
-"""The Sender: one per partition, delivering its messages in per-key order.
+"""The Sender: one per partition; decides the order of its messages, never waits for a call.
 
 A message goes to the sender of `partition_for(key)`. The sender keeps a
-`PartitionQueue` (strict FIFO per key, weighted priorities across keys), takes ready
-heads in batches, adds to each the run of due messages behind it in its key's line,
-drops the expired and the duplicates, has its `Caller` attempt the rest in order (a key
-stops at its first message not delivered; those behind it are put back), and settles
-each attempt:
+`PartitionQueue` (strict FIFO per key, weighted priorities across keys). It submits the
+ready heads to their transports' engines (so a key has at most one message in flight),
+dropping the expired and the duplicates first, and goes back to its mailbox. Each call
+comes back as an `Attempt` in the partition's `ResultBox`; the sender settles it by the
+pure `decide` verdict:
 
-- delivered: dedup record written and outbox entry removed in one transaction;
-  the receipt completes once that is durable; the key's next message becomes ready;
-- transient failure with attempts left: the next attempt and its due time are written
-  to the outbox and the message is held in the RetryScheduler (its key waits);
-- breaker open: held until the breaker lets a call through; no attempt is spent;
-- permanent, invalid, exhausted, expired: a `Capture` to the DeadLetterSink.
+- delivered: dedup record written and outbox entry removed in one transaction (one
+  write for all the results settled together); the receipt completes once that is
+  durable; the key's next message becomes ready and is submitted;
+- retry after d: the next attempt and its due time are written to the outbox and the
+  message is held in the RetryScheduler (its key waits);
+- hold (breaker open): held until the breaker lets a call through; no attempt is spent;
+- dead (permanent, invalid, exhausted, expired, crashed twice): a `Capture` to the
+  DeadLetterSink.
 
 Everything the sender knows lives in a `PartitionState` that outlives incarnations, so
-a crash loses nothing: the message that crashed it is retried (attempt counted) or, on
-its second crash, dead-lettered with reason `crash`; the rest of its batch is sent again.
+a crash loses nothing: calls in flight go on and their results wait in the box for the
+next incarnation; the attempt being settled at the crash (a transport that raised a
+`BaseException` crashes the sender on purpose) is retried, attempt counted, or on its
+second crash dead-lettered with reason `crash`.
 """
 
 from __future__ import annotations
 
 import logging
-import zlib
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from surelay.actors.dead_letter import Capture
-from surelay.actors.delivery import Attempt, CallerOwner, classify
-from surelay.actors.queues import PartitionQueue, line_of
-from surelay.actors.retry import Due, Schedule, can_retry, retry_delay
+from surelay.actors.queues import PartitionQueue
+from surelay.backlog import Due, Schedule
+from surelay.delivery.attempt import CRASH, LOST, Attempt, ResultBox
 from surelay.errors import TransientError
+from surelay.policy.verdict import Dead, Delivered, Hold, Retry, decide, describe
 from surelay.receipts import Outcome
 from surelay.storage.environment import Txn
 from surelay.storage.records import OutboxEntry
-from surelay.supervision import CrashReport
+from surelay.supervision import Actor, CrashReport
 from surelay.telemetry import (
     ATTR_ATTEMPT,
     ATTR_KEY,
     ATTR_MESSAGE_ID,
+    ATTR_OUTCOME,
     ATTR_TRANSPORT,
+    SPAN_DELIVER,
     SPAN_RETRY,
     context_from,
     record_error,
 )
 
 if TYPE_CHECKING:
-    from surelay.actors.hub import Hub
+    from surelay.hub import Hub
 
-__all__ = [
-    "BATCH",
-    "CRASHES_TO_DEAD_LETTER",
-    "Deliver",
-    "PartitionState",
-    "Sender",
-    "partition_for",
-]
+__all__ = ["SUBMIT_MAX", "Deliver", "PartitionState", "Sender", "Settle"]
 
 logger = logging.getLogger("surelay.actors")
 
-BATCH = 256
-"""Most messages one sender attempts per hand-off to its caller thread."""
-
-CRASHES_TO_DEAD_LETTER = 2
-"""A message that crashes the sender this many times is dead-lettered (`crash`)."""
-
-
-def partition_for(key: str, partitions: int) -> int:
-    """The partition of `key`: CRC-32 of its UTF-8, modulo `partitions`. Stable across
-    processes and Python versions (unlike the salted built-in `hash`)."""
-    return zlib.crc32(key.encode("utf-8")) % partitions
+SUBMIT_MAX = 1024
+"""Most heads one round submits; the rest go in the next round, after newer mail."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +73,13 @@ class Deliver:
 
 
 @dataclass(frozen=True, slots=True)
+class Settle:
+    """From the engines: attempts are waiting in the result box."""
+
+
+@dataclass(frozen=True, slots=True)
 class _Pump:
-    """To itself: more messages are ready (queued behind newer mail, for fairness)."""
+    """To itself: more heads are ready (queued behind newer mail, for fairness)."""
 
 
 class PartitionState:
@@ -93,48 +89,54 @@ class PartitionState:
         self.partition = partition
         self.queue = PartitionQueue()
         self.in_flight: dict[str, OutboxEntry] = {}
-        """Taken from the queue, outcome not yet settled."""
-        self.current: str | None = None
-        """The message whose call or settling was under way (blamed for a crash)."""
+        """Submitted to an engine, outcome not yet settled."""
+        self.results = ResultBox()
+        self.settling: deque[Attempt] = deque()
+        """Taken from the box, not yet settled (a crash leaves them for the next one)."""
+        self.current: Attempt | None = None
+        """The attempt being settled (blamed for a crash)."""
+        self.taking: list[OutboxEntry] = []
+        """Taken from the ready queue, not yet submitted (made ready again after a crash)."""
         self.crashes: dict[str, int] = {}
         self.first_attempt: dict[str, float] = {}
         self.last_delay: dict[str, float] = {}
         self.delivering: set[str] = set()
         """Idempotency keys delivered whose dedup record is not yet durable."""
+        self.calling: set[str] = set()
+        """Idempotency keys with a call in flight."""
+        self.parked: dict[str, list[OutboxEntry]] = {}
+        """Heads waiting for the call in flight of their idempotency key to end."""
         self.pump_queued = False
 
 
-class Sender(CallerOwner):
+class Sender(Actor):
     def __init__(self, hub: Hub, state: PartitionState) -> None:
-        super().__init__(hub)
+        super().__init__()
+        self._hub = hub
         self._state = state
-        self._caller_name = f"surelay-caller-{state.partition}"
-        self._batch: set[str] = set()
-        """Message ids of the batch under way that have not ended or been put back: when
-        one of them becomes its key's head, the batch itself carries it on."""
 
     # -- life cycle ----------------------------------------------------------------------
 
+    def on_start(self) -> None:
+        ref = self.ref if self.ref is not None else self.actor_ref
+        self._state.results.notify = lambda: ref.tell(Settle())
+
     def on_restart(self, crash: CrashReport) -> None:
-        """Settle what the crashed incarnation held: the blamed message is retried or
-        dead-lettered; the rest of its batch goes back to the ready queue."""
+        """Settle what the crashed incarnation was settling: the blamed attempt is
+        retried or dead-lettered; the rest wait for this incarnation."""
         state = self._state
         now = self._hub.config.clock()
-        blamed = state.in_flight.pop(state.current, None) if state.current else None
-        state.current = None
-        for entry in state.in_flight.values():
-            if state.queue.is_head(entry):  # the others wait behind their key's head
-                state.queue.ready(entry)
-        state.in_flight.clear()
-        if blamed is not None:
-            message_id = blamed.envelope.message_id
-            crashes = state.crashes[message_id] = state.crashes.get(message_id, 0) + 1
+        for entry in state.taking:
+            state.in_flight.pop(entry.envelope.message_id, None)
+            if state.queue.is_head(entry):
+                self._head(entry, now)
+        state.taking = []
+        blamed, state.current = state.current, None
+        if blamed is not None and state.settling and state.settling[0] is blamed:
+            state.settling.popleft()
             error = crash.error
-            reason = f"the sender crashed on it ({type(error).__name__}: {error})"
-            if crashes >= CRASHES_TO_DEAD_LETTER:
-                self._dead(blamed, "crash", f"{reason}, {crashes} times", error, now)
-            else:
-                self._retry_or_exhaust(blamed, error, reason, now, spent="crash")
+            reason = f"the sender crashed on it ({describe(error)})"
+            self._settle(replace(blamed, kind=CRASH, error=error), now, [], reason=reason)
         self._pump_later()
 
     # -- messages ------------------------------------------------------------------------
@@ -151,11 +153,9 @@ class Sender(CallerOwner):
             queue.ready(message.entry)
         elif isinstance(message, _Pump):
             state.pump_queued = False
-        if queue.ready_count < BATCH and not self.actor_inbox.empty():
-            return  # more mail first: it may fill the batch (the last one sends)
-        batch = queue.take(BATCH)
-        if batch:
-            self._deliver(batch)
+        self._settle_results()
+        if queue.ready_count and (queue.ready_count >= SUBMIT_MAX or self.actor_inbox.empty()):
+            self._submit(queue.take(SUBMIT_MAX))
         if queue.ready_count:
             self._pump_later()
 
@@ -177,132 +177,67 @@ class Sender(CallerOwner):
         assert scheduler is not None
         scheduler.tell(Schedule(self._state.partition, entry, at))
 
-    # -- a batch -------------------------------------------------------------------------
+    # -- submitting ----------------------------------------------------------------------
 
-    def _runs(self, heads: list[OutboxEntry], now: float) -> list[OutboxEntry]:
-        """The ready heads, then what is due behind each of them in its key's line (an
-        equal share of the batch per head), so a busy key sends many messages per batch
-        rather than one; the caller attempts them in order and stops a key at its first
-        message not delivered."""
-        room = BATCH - len(heads)
-        if room <= 0 or not heads:
-            return heads
-        share = max(1, room // len(heads))
-        queue = self._state.queue
-        batch = list(heads)
-        for head in heads:
-            for entry in queue.behind(head, min(share, BATCH - len(batch))):
-                if entry.due_at > now:
-                    break
-                batch.append(entry)
-        return batch
-
-    def _put_back(self, entry: OutboxEntry, now: float) -> None:
-        """An entry of the batch that was not attempted waits in its key's line; if it
-        is the head now, it is ready again (or held until it is due)."""
-        message_id = entry.envelope.message_id
-        self._state.in_flight.pop(message_id, None)
-        self._batch.discard(message_id)
-        if self._state.queue.is_head(entry):
-            self._head(entry, now)
-
-    def _deliver(self, heads: list[OutboxEntry]) -> None:
+    def _submit(self, heads: list[OutboxEntry]) -> None:
+        """Hand ready heads to their engines, minus the expired and the duplicates."""
         hub = self._hub
         state = self._state
+        state.taking = heads
         now = hub.config.clock()
-        batch = self._runs(heads, now)
-        in_flight = state.in_flight
-        for entry in batch:
-            in_flight[entry.envelope.message_id] = entry
-        self._batch = {entry.envelope.message_id for entry in batch}
-        live = self._drop_expired(batch, now)
+        live = self._drop_expired(heads, now)
         live = self._drop_duplicates(live, now)
+        by_transport: dict[str, list[tuple[OutboxEntry, Callable[[Attempt], None]]]] = {}
+        put = state.results.put
         for entry in live:
-            state.first_attempt.setdefault(entry.envelope.message_id, now)
-        assert self._caller is not None
-        attempts, untried = self._caller.run(live)
-        delivered: list[OutboxEntry] = []
-        crash: Attempt | None = None
-        now = hub.config.clock()
-        for attempt in attempts:
-            entry = attempt.entry
-            message_id = entry.envelope.message_id
-            state.current = message_id
-            if attempt.kind == "crash":
-                crash = attempt
-                break
-            if attempt.kind == "ok":
-                delivered.append(entry)
-                self._settle(entry, now)
-            elif attempt.kind == "held":
-                in_flight.pop(message_id, None)
-                state.queue.hold(entry)
-                self._schedule(entry, now + attempt.wait)
-            elif attempt.kind == "skipped":
-                self._put_back(entry, now)
-            else:
-                self._failed(attempt, now)
-            state.current = None
-        for entry in untried:
-            self._put_back(entry, now)
-        self._batch.clear()
-        self._record_delivered(delivered, now)
-        if crash is not None:
-            assert crash.error is not None
-            raise crash.error  # the blamed message is settled by the next incarnation
+            envelope = entry.envelope
+            state.in_flight[envelope.message_id] = entry
+            state.calling.add(envelope.idempotency_key)
+            state.first_attempt.setdefault(envelope.message_id, now)
+            by_transport.setdefault(envelope.transport, []).append((entry, put))
+        state.taking = []
+        engines = hub.engines
+        for transport, items in by_transport.items():
+            engines[transport].submit(items)
 
-    def _drop_expired(self, batch: list[OutboxEntry], now: float) -> list[OutboxEntry]:
-        """Expired messages are dead-lettered; one behind a live message of its key is
-        put back (with the rest of its key), to expire once it is the head."""
+    def _drop_expired(self, heads: list[OutboxEntry], now: float) -> list[OutboxEntry]:
+        """Heads older than `message_ttl` are dead-lettered without an attempt."""
         ttl = self._hub.config.message_ttl
         if ttl is None:
-            return batch
+            return heads
         live = []
-        stopped: set[str] = set()
-        for entry in batch:
-            line = line_of(entry)
+        for entry in heads:
             age = now - entry.envelope.created_at
-            if line in stopped:
-                self._put_back(entry, now)
-            elif age <= ttl:
+            if age <= ttl:
                 live.append(entry)
-            elif self._state.queue.is_head(entry):
+            else:
                 reason = f"not delivered within message_ttl={ttl}s (accepted {age:.3f}s ago)"
                 self._dead(entry, "expired", reason, None, now, attempts=entry.envelope.attempt - 1)
-            else:
-                stopped.add(line)
-                self._put_back(entry, now)
         return live
 
-    def _drop_duplicates(self, batch: list[OutboxEntry], now: float) -> list[OutboxEntry]:
-        """Messages whose idempotency key was delivered within dedup_ttl end DUPLICATE.
-        An idempotency key seen twice in one batch waits for the next, when the first has
-        settled; so does a duplicate behind a live message of its key (it can only end
-        once it is the head), and everything behind either in its key's line."""
-        hub = self._hub
+    def _drop_duplicates(self, heads: list[OutboxEntry], now: float) -> list[OutboxEntry]:
+        """Heads whose idempotency key was delivered within dedup_ttl end DUPLICATE. A
+        head whose idempotency key has a call in flight (another key's message, or one
+        earlier in this round) is parked until that call ends, so one idempotency key
+        is never called twice at once."""
+        state = self._state
         live: list[OutboxEntry] = []
         duplicates: list[OutboxEntry] = []
-        in_batch: set[str] = set()
-        live_lines: set[str] = set()
-        stopped: set[str] = set()
-        delivering = self._state.delivering
-        dedup = hub.store.dedup
-        with hub.store.read() as txn:
-            seen = dedup.seen(txn, [e.envelope.idempotency_key for e in batch], now=now)
-        for entry in batch:
+        delivering = state.delivering
+        calling = state.calling
+        with self._hub.store.read() as txn:
+            seen = self._hub.store.dedup.seen(
+                txn, [e.envelope.idempotency_key for e in heads], now=now
+            )
+        this_round: set[str] = set()
+        for entry in heads:
             key = entry.envelope.idempotency_key
-            line = line_of(entry)
-            duplicate = key in delivering or key in seen
-            if line in stopped:
-                self._put_back(entry, now)
-            elif key in in_batch or (duplicate and line in live_lines):
-                stopped.add(line)
-                self._put_back(entry, now)
-            elif duplicate:
+            if key in delivering or key in seen:
                 duplicates.append(entry)
+            elif key in calling or key in this_round:
+                state.parked.setdefault(key, []).append(entry)
             else:
-                in_batch.add(key)
-                live_lines.add(line)
+                this_round.add(key)
                 live.append(entry)
         if duplicates:
             self._record_duplicates(duplicates, now)
@@ -310,7 +245,85 @@ class Sender(CallerOwner):
 
     # -- settling ------------------------------------------------------------------------
 
-    def _settle(self, entry: OutboxEntry, now: float) -> None:
+    def _settle_results(self) -> None:
+        state = self._state
+        state.settling.extend(state.results.take())
+        if not state.settling:
+            return
+        now = self._hub.config.clock()
+        delivered: list[OutboxEntry] = []
+        try:
+            while state.settling:
+                attempt = state.current = state.settling[0]
+                self._settle(attempt, now, delivered)
+                state.settling.popleft()
+                state.current = None
+        finally:
+            self._record_delivered(delivered, now)
+
+    def _settle(
+        self,
+        attempt: Attempt,
+        now: float,
+        delivered: list[OutboxEntry],
+        *,
+        reason: str | None = None,
+    ) -> None:
+        """Apply the verdict on `attempt`. A CRASH attempt raises its error unless
+        `reason` says the crash is being settled (by `on_restart`)."""
+        hub = self._hub
+        state = self._state
+        entry = attempt.entry
+        envelope = entry.envelope
+        message_id = envelope.message_id
+        if state.in_flight.get(message_id) is not entry:
+            return  # not this partition's call any more (settled already)
+        kind = attempt.kind
+        if kind == CRASH and reason is None:
+            assert attempt.error is not None
+            raise attempt.error  # on_restart settles it as the sender's crash
+        self._call_ended(envelope.idempotency_key, now)
+        crashes = state.crashes.get(message_id, 0)
+        error = attempt.error
+        if kind in (CRASH, LOST):
+            crashes = state.crashes[message_id] = crashes + 1
+            if reason is None:
+                reason = f"the event loop died under the call ({describe(error or Exception())})"
+        elif error is not None:
+            reason = describe(error)
+        verdict = decide(
+            kind,
+            failure=attempt.failure,
+            reason=reason or "",
+            made=envelope.attempt,
+            policy=hub.config.retry_for(envelope.transport),
+            crashes=crashes,
+            wait=attempt.wait,
+            retry_after=error.retry_after if isinstance(error, TransientError) else None,
+            rng=hub.rng,
+            previous_delay=state.last_delay.get(message_id),
+        )
+        if isinstance(verdict, Delivered):
+            delivered.append(entry)
+            self._ended(entry, now)
+        elif isinstance(verdict, Hold):
+            state.in_flight.pop(message_id, None)
+            state.queue.hold(entry)
+            self._schedule(entry, now + verdict.wait)
+        elif isinstance(verdict, Retry):
+            self._retry(entry, verdict.delay, error, now)
+        elif isinstance(verdict, Dead):
+            self._dead(entry, verdict.reason_class, verdict.reason, error, now)
+
+    def _call_ended(self, idempotency_key: str, now: float) -> None:
+        """The call of `idempotency_key` ended: heads parked behind it may go."""
+        state = self._state
+        state.calling.discard(idempotency_key)
+        for entry in state.parked.pop(idempotency_key, ()):
+            if state.queue.is_head(entry):
+                self._head(entry, now)
+
+    def _ended(self, entry: OutboxEntry, now: float) -> None:
         """`entry` ended: forget it and make its key's next message the head."""
         state = self._state
         message_id = entry.envelope.message_id
@@ -319,52 +332,18 @@ class Sender(CallerOwner):
         state.first_attempt.pop(message_id, None)
         state.last_delay.pop(message_id, None)
         following = state.queue.finish(entry)
-        if following is not None and following.envelope.message_id not in self._batch:
+        if following is not None:
             self._head(following, now)
 
-    def _failed(self, attempt: Attempt, now: float) -> None:
-        entry = attempt.entry
-        transport = entry.envelope.transport
-        if attempt.kind == "timeout":
-            seconds = self._hub.ack_timeout(transport)
-            self._hub.breakers.record(transport, now, failed=True)
-            error: BaseException = TimeoutError(
-                f"transport {transport!r} did not answer within ack_timeout={seconds}s"
-            )
-            verdict = "transient"
-        else:
-            assert attempt.error is not None
-            error = attempt.error
-            verdict = classify(error, self._hub.transports[transport])
-        if verdict != "transient":
-            self._dead(entry, verdict, _describe(error), error, now)
-        else:
-            self._retry_or_exhaust(entry, error, _describe(error), now)
-
-    def _retry_or_exhaust(
-        self,
-        entry: OutboxEntry,
-        error: BaseException,
-        reason: str,
-        now: float,
-        *,
-        spent: str = "exhausted",
+    def _retry(
+        self, entry: OutboxEntry, delay: float, error: BaseException | None, now: float
     ) -> None:
-        """Retry `entry` if its policy allows another attempt, else dead-letter it with
-        reason class `spent` (`crash` when the last attempt crashed the sender)."""
         hub = self._hub
         state = self._state
         envelope = entry.envelope
-        made = envelope.attempt
-        policy = hub.config.retry_for(envelope.transport)
-        if not can_retry(policy, made):
-            self._dead(entry, spent, f"{made} attempt(s) failed; last: {reason}", error, now)
-            return
         message_id = envelope.message_id
-        delay = retry_delay(policy, made, hub.rng, state.last_delay.get(message_id))
+        made = envelope.attempt
         state.last_delay[message_id] = delay
-        if isinstance(error, TransientError) and error.retry_after is not None:
-            delay = max(delay, error.retry_after)  # the receiver asked for this much
         due = now + delay
         following = replace(entry, envelope=replace(envelope, attempt=made + 1), due_at=due)
         state.in_flight.pop(message_id, None)
@@ -386,7 +365,8 @@ class Sender(CallerOwner):
                     "surelay.retry.delay": delay,
                 },
             )
-            record_error(span, error)
+            if error is not None:
+                record_error(span, error)
             span.end()
         if delay <= 0:
             state.queue.ready(following)
@@ -417,7 +397,7 @@ class Sender(CallerOwner):
         )
         assert hub.sink is not None
         hub.sink.tell(capture)
-        self._settle(entry, now)
+        self._ended(entry, now)
 
     def _record_delivered(self, delivered: list[OutboxEntry], now: float) -> None:
         if not delivered:
@@ -456,7 +436,9 @@ class Sender(CallerOwner):
         hub = self._hub
         ids = [e.envelope.message_id for e in duplicates]
         for entry in duplicates:
-            self._settle(entry, now)
+            self._ended(entry, now)
+        if hub.telemetry.tracing:
+            _duplicate_spans(hub, duplicates)
         outbox = hub.store.outbox
 
         def ended() -> None:
@@ -477,9 +459,23 @@ class Sender(CallerOwner):
         hub.store.write(op).add_done_callback(done)
 
 
-def _describe(error: BaseException) -> str:
-    text = str(error)
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+def _duplicate_spans(hub: Hub, duplicates: list[OutboxEntry]) -> None:
+    """A `surelay.deliver` span with outcome `duplicate` per message that ended without
+    a call, so a trace shows why its transport was never called."""
+    tracer = hub.telemetry.tracer
+    for entry in duplicates:
+        envelope = entry.envelope
+        tracer.start_span(
+            SPAN_DELIVER,
+            context=context_from(envelope.headers),
+            attributes={
+                ATTR_MESSAGE_ID: envelope.message_id,
+                ATTR_TRANSPORT: envelope.transport,
+                ATTR_KEY: envelope.key if envelope.key is not None else "",
+                ATTR_ATTEMPT: envelope.attempt,
+                ATTR_OUTCOME: "duplicate",
+            },
+        ).end()
 
 
 def _log_failure(what: str, message_id: str) -> Callable[[Future[Any]], None]:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from surelay.actors.alarm import AlarmOwner
 
 if TYPE_CHECKING:
-    from surelay.actors.hub import Hub
+    from surelay.hub import Hub
 
 __all__ = ["HEARTBEAT", "PERIOD", "Publish", "Snapshot", "StatusReporter"]
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from surelay.actors.alarm import AlarmOwner
 
 if TYPE_CHECKING:
-    from surelay.actors.hub import Hub
+    from surelay.hub import Hub
 
 __all__ = ["SWEEP_LIMIT", "Sweep", "Sweeper", "sweep_interval"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from surelay import InvalidMessage, PermanentError, TransientError
-from surelay.actors.delivery import classify
+from surelay.policy.verdict import classify
 
 
 class WithClassifier:

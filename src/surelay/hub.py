@@ -13,22 +13,24 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from surelay.actors.governor import PressureState
+from surelay.backlog import RetryBacklog
 from surelay.config import RuntimeConfig
+from surelay.delivery import Engines
+from surelay.delivery.breakers import Breakers
 from surelay.envelope import Envelope
+from surelay.pressure import PressureState
 from surelay.receipts import Tracker
 from surelay.storage.store import Store
 from surelay.telemetry import COUNTERS, Telemetry
 
 if TYPE_CHECKING:
-    from surelay.actors.breaker import Breakers
-    from surelay.actors.retry import RetryBacklog
     from surelay.supervision import Ref
 
 __all__ = ["Counters", "Hub", "Transport"]
 
 Transport = Callable[[Envelope], Any]
-"""Any callable taking an `Envelope`; returning means delivered."""
+"""Any callable taking an `Envelope` (or a coroutine function); returning means
+delivered."""
 
 
 class Counters:
@@ -73,6 +75,7 @@ class Hub:
     telemetry: Telemetry
     breakers: Breakers
     backlog: RetryBacklog
+    engines: Engines
     rng: random.Random = field(default_factory=random.Random)
     senders: tuple[Ref, ...] = ()
     scheduler: Ref | None = None
@@ -88,8 +91,4 @@ class Hub:
 
     def ack_timeout(self, transport: str) -> float:
         """Seconds one call to `transport` may take before it is cut off and retried."""
-        per = self.config.ack_timeout_per_transport.get(transport)
-        if per is not None:
-            return per
-        own = getattr(self.transports.get(transport), "ack_timeout", None)
-        return float(own) if isinstance(own, int | float) else self.config.ack_timeout
+        return self.engines[transport].ack_timeout

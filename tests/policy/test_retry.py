@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from surelay.actors.retry import can_retry, retry_delay
 from surelay.config import RetryPolicy
+from surelay.policy.retry import can_retry, retry_delay
 
 policies = st.builds(
     RetryPolicy,

@@ -1,0 +1,93 @@
+"""The delivery engine: how calls to transports run (see `engine.py`).
+
+`Engines` holds one engine per transport: a `ThreadEngine` for a plain callable, a
+`LoopEngine` on the runtime's one `EventLoop` for a coroutine transport. A transport
+with a `prepare(concurrency)` method is told how many calls it will have in flight at
+most (to size a connection pool); a coroutine transport's `aclose()` is awaited on the
+loop when the runtime closes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from surelay.config import RuntimeConfig
+from surelay.delivery.breakers import Breakers
+from surelay.delivery.engine import Engine
+from surelay.delivery.event_loop import EventLoop, LoopEngine, is_coroutine_transport
+from surelay.delivery.threads import ThreadEngine
+from surelay.telemetry import Telemetry
+
+__all__ = ["Engine", "Engines", "ack_timeout_of", "is_coroutine_transport"]
+
+
+def ack_timeout_of(config: RuntimeConfig, name: str, transport: object) -> float:
+    """Seconds one call to `transport` may take before it is cut off and retried:
+    `ack_timeout_per_transport`, else the transport's own `ack_timeout`, else the
+    config's."""
+    per = config.ack_timeout_per_transport.get(name)
+    if per is not None:
+        return per
+    own = getattr(transport, "ack_timeout", None)
+    return float(own) if isinstance(own, int | float) else config.ack_timeout
+
+
+class Engines(Mapping[str, Engine]):
+    """The engine of each transport, by transport name."""
+
+    def __init__(
+        self,
+        transports: Mapping[str, Callable[..., Any]],
+        config: RuntimeConfig,
+        breakers: Breakers,
+        telemetry: Telemetry,
+    ) -> None:
+        self.loop: EventLoop | None = None
+        self._engines: dict[str, Engine] = {}
+        for name, transport in transports.items():
+            limit = config.concurrency_for(name)
+            common: dict[str, Any] = {
+                "limit": limit,
+                "ack_timeout": ack_timeout_of(config, name, transport),
+                "breakers": breakers,
+                "telemetry": telemetry,
+                "clock": config.clock,
+            }
+            prepare = getattr(transport, "prepare", None)
+            if callable(prepare):
+                prepare(limit)
+            if is_coroutine_transport(transport):
+                if self.loop is None:
+                    self.loop = EventLoop()
+                closer = getattr(transport, "aclose", None)
+                if callable(closer):
+                    self.loop.on_close(closer)
+                self._engines[name] = LoopEngine(name, transport, loop=self.loop, **common)
+            else:
+                self._engines[name] = ThreadEngine(name, transport, **common)
+        if self.loop is not None:
+            self.loop.start()
+
+    def __getitem__(self, name: str) -> Engine:
+        return self._engines[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._engines)
+
+    def __len__(self) -> int:
+        return len(self._engines)
+
+    def in_flight(self) -> dict[str, int]:
+        """Calls running now, per transport."""
+        return {name: engine.in_flight for name, engine in self._engines.items()}
+
+    def stop(self, timeout: float) -> None:
+        """Start no more calls anywhere; stop the event loop (cancelling its calls)."""
+        for engine in self._engines.values():
+            engine.stop(timeout)
+        if self.loop is not None:
+            self.loop.stop(timeout)
+
+    def health(self) -> dict[str, dict[str, Any]]:
+        return {name: engine.health() for name, engine in self._engines.items()}

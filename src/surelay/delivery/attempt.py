@@ -1,0 +1,82 @@
+"""What an engine hands back for each call (`Attempt`), and where it leaves them
+(`ResultBox`) for the actor that asked."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pykka
+
+from surelay.storage.records import OutboxEntry
+
+__all__ = ["CRASH", "FAILED", "HELD", "LOST", "OK", "TIMEOUT", "Attempt", "ResultBox", "Sink"]
+
+logger = logging.getLogger("surelay.delivery")
+
+OK = "ok"
+"""The transport returned."""
+FAILED = "failed"
+"""The transport raised an `Exception` (`Attempt.failure` says which kind)."""
+HELD = "held"
+"""The breaker refused the call; nothing was called (`Attempt.wait`: look again then)."""
+TIMEOUT = "timeout"
+"""The call outlived its ack timeout: a coroutine was cancelled, a thread abandoned."""
+CRASH = "crash"
+"""The transport raised a `BaseException` that is not an `Exception`: the actor that
+settles it crashes, as the call would have crashed it had it run there."""
+LOST = "lost"
+"""The event loop died under the call (its result is unknown): retried as a crash,
+without crashing the actor that settles it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """How one call of one message ended."""
+
+    entry: OutboxEntry
+    kind: str
+    error: BaseException | None = None
+    failure: str | None = None
+    """For FAILED and TIMEOUT: `transient`, `permanent` or `invalid` (classified once)."""
+    wait: float = 0.0
+
+
+Sink = Callable[[Attempt], None]
+"""Where an engine leaves an attempt; called on the engine's thread."""
+
+
+class ResultBox:
+    """The attempts an engine finished for one actor, kept until the actor takes them.
+
+    `put` tells the actor (through `notify`) only when the box goes from empty to not
+    empty, so a burst of fast calls costs the actor one message, not one per call. The
+    box is owned by the actor's state, so attempts left in it survive a crash.
+    """
+
+    def __init__(self) -> None:
+        self._items: list[Attempt] = []
+        self._lock = threading.Lock()
+        self.notify: Callable[[], None] | None = None
+
+    def put(self, attempt: Attempt) -> None:
+        with self._lock:
+            self._items.append(attempt)
+            first = len(self._items) == 1
+        notify = self.notify
+        if first and notify is not None:
+            try:
+                notify()
+            except pykka.ActorDeadError:  # the runtime closed; the outbox still has it
+                logger.debug("result of %s after its actor stopped", attempt.entry)
+
+    def take(self) -> list[Attempt]:
+        """Every attempt in the box, oldest first; the box is empty after."""
+        with self._lock:
+            items, self._items = self._items, []
+        return items
+
+    def __len__(self) -> int:
+        return len(self._items)

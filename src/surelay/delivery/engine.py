@@ -1,0 +1,166 @@
+"""`Engine`: runs one transport's calls, up to its concurrency at once.
+
+An actor (a Sender, a ReplayWorker) `submit`s messages with a `Sink` and goes on with
+its mailbox; the engine starts each call when a slot is free (HIGH : NORMAL : LOW =
+6 : 3 : 1 among those waiting), and leaves an `Attempt` in the sink when the call ends.
+The actor decides order (it submits at most one message per key); the engine only runs
+calls. Two kinds share what is done around a call (`begin`, `end`): the breaker check,
+the `surelay.deliver` span, the duration metric, one classification of a failure, and
+the breaker's record of the outcome:
+
+- `ThreadEngine` (`surelay.delivery.threads`) for plain callables;
+- `LoopEngine` (`surelay.delivery.event_loop`) for coroutine transports.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from opentelemetry.trace import Span
+
+from surelay.delivery.attempt import CRASH, FAILED, HELD, OK, TIMEOUT, Attempt, Sink
+from surelay.delivery.breakers import Breakers
+from surelay.delivery.lanes import Lanes
+from surelay.policy.verdict import classify
+from surelay.storage.records import OutboxEntry
+from surelay.telemetry import (
+    ATTR_ATTEMPT,
+    ATTR_KEY,
+    ATTR_MESSAGE_ID,
+    ATTR_OUTCOME,
+    ATTR_TRANSPORT,
+    SPAN_DELIVER,
+    Telemetry,
+    context_from,
+    record_error,
+)
+
+__all__ = ["Engine"]
+
+
+class Engine:
+    """The part common to both engines; see the module docstring."""
+
+    kind = "engine"
+
+    def __init__(
+        self,
+        name: str,
+        transport: Callable[..., Any],
+        *,
+        limit: int,
+        ack_timeout: float,
+        breakers: Breakers,
+        telemetry: Telemetry,
+        clock: Callable[[], float],
+    ) -> None:
+        self.name = name
+        self.transport = transport
+        self.limit = limit
+        self.ack_timeout = ack_timeout
+        self._breakers = breakers
+        self._telemetry = telemetry
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._lanes = Lanes()
+        self._running = 0
+        self._stopping = False
+        self._tracing = False
+        self._duration_attrs: Mapping[str, Any] = {ATTR_TRANSPORT: name}
+
+    # -- what actors see -----------------------------------------------------------------
+
+    def submit(self, items: Iterable[tuple[OutboxEntry, Sink]]) -> None:
+        """Queue calls; each ends as one `Attempt` in its sink. Never blocks on a call.
+        After `stop` nothing new starts (the messages stay in the outbox)."""
+        self._tracing = self._telemetry.tracing  # once per submit, not per call
+        with self._lock:
+            if self._stopping:
+                return
+            added = self._lanes.extend(items)
+            if added:
+                self._queued(added)
+
+    @property
+    def in_flight(self) -> int:
+        """Calls running now (slots taken)."""
+        return self._running
+
+    @property
+    def waiting(self) -> int:
+        """Calls submitted that wait for a free slot."""
+        return len(self._lanes)
+
+    def stop(self, timeout: float) -> None:
+        """Start no more calls; calls still running are left to end on their own."""
+        with self._lock:
+            self._stopping = True
+
+    def health(self) -> dict[str, Any]:
+        return {"ok": True, "kind": self.kind, "in_flight": self._running, "limit": self.limit}
+
+    # -- for the subclasses --------------------------------------------------------------
+
+    def _queued(self, added: int) -> None:
+        """`added` items were queued (called with the lock held): start what may start."""
+        raise NotImplementedError
+
+    def begin(self, entry: OutboxEntry) -> tuple[Attempt | None, float | None, Span | None]:
+        """Before a call: a HELD attempt if the breaker refuses it (no call then), else
+        the breaker's ticket and the `surelay.deliver` span (None without tracing)."""
+        wait, ticket = self._breakers.allow(self.name, self._clock())
+        if wait:
+            return Attempt(entry, HELD, wait=wait), None, None
+        if not self._tracing:
+            return None, ticket, None
+        envelope = entry.envelope
+        span = self._telemetry.tracer.start_span(
+            SPAN_DELIVER,
+            context=context_from(envelope.headers),
+            attributes={
+                ATTR_MESSAGE_ID: envelope.message_id,
+                ATTR_TRANSPORT: self.name,
+                ATTR_KEY: envelope.key if envelope.key is not None else "",
+                ATTR_ATTEMPT: envelope.attempt,
+            },
+        )
+        return None, ticket, span
+
+    def end(
+        self,
+        entry: OutboxEntry,
+        ticket: float | None,
+        span: Span | None,
+        started: float,
+        error: BaseException | None,
+        *,
+        timed_out: bool = False,
+    ) -> Attempt:
+        """After a call (`started` from `time.perf_counter()`): the attempt, with the
+        failure classified once, recorded in the breaker, the metric and the span."""
+        self._telemetry.duration.record(time.perf_counter() - started, self._duration_attrs)
+        failure: str | None = None
+        if timed_out:
+            kind, failure = TIMEOUT, "transient"
+            error = TimeoutError(
+                f"transport {self.name!r} did not answer within ack_timeout={self.ack_timeout}s"
+            )
+        elif error is None:
+            kind = OK
+        elif isinstance(error, Exception):
+            kind, failure = FAILED, classify(error, self.transport)
+        else:
+            kind = CRASH
+        if kind != CRASH:
+            self._breakers.record(
+                self.name, self._clock(), failed=failure == "transient", ticket=ticket
+            )
+        if span is not None:
+            span.set_attribute(ATTR_OUTCOME, "delivered" if kind == OK else failure or kind)
+            if error is not None:
+                record_error(span, error)
+            span.end()
+        return Attempt(entry, kind, error, failure)

@@ -1,0 +1,250 @@
+"""Coroutine transports: one asyncio event loop thread the runtime owns, and the
+`LoopEngine` that runs a transport's calls on it.
+
+`EventLoop` runs the loop in a daemon thread and supervises it: if the loop stops
+without being asked (a callback raised `SystemExit` or `KeyboardInterrupt`, a transport
+stopped it), every call it was running is reported LOST (retried as a crash: attempt
+counted, dead-lettered `crash` the second time), the old loop's tasks are cancelled,
+and a new loop takes over; the restarts are counted in `rt.health()`.
+
+`LoopEngine` keeps up to `limit` calls of its transport running as tasks. Each runs
+under `asyncio.timeout(ack_timeout)`: past it the coroutine is cancelled (it sees
+`CancelledError`) and the message retried. A transport raising a `BaseException` that
+is not an `Exception` is reported CRASH, as a thread would; the loop runs on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from surelay.delivery.attempt import LOST, Attempt, Sink
+from surelay.delivery.engine import Engine
+from surelay.storage.records import OutboxEntry
+
+__all__ = ["EventLoop", "LoopEngine", "is_coroutine_transport"]
+
+logger = logging.getLogger("surelay.delivery")
+
+_CLEANUP = 1.0
+"""Seconds a dead or stopping loop gets to let its cancelled tasks end."""
+
+
+def is_coroutine_transport(transport: object) -> bool:
+    """An `async def` function, or an object whose `__call__` is one."""
+    if inspect.iscoroutinefunction(transport):
+        return True
+    call = getattr(transport, "__call__", None)  # noqa: B004  # the method, not callability
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+class EventLoop:
+    """The runtime's event loop thread (see the module docstring)."""
+
+    def __init__(self, name: str = "surelay-event-loop") -> None:
+        self._name = name
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiting: list[Callable[[], Any]] = []
+        self._engines: list[LoopEngine] = []
+        self._closers: list[Callable[[], Any]] = []
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.restarts = 0
+        self.last_crash: str | None = None
+
+    def attach(self, engine: LoopEngine) -> None:
+        self._engines.append(engine)
+
+    def on_close(self, closer: Callable[[], Any]) -> None:
+        """Await `closer()` on the loop when it stops (a transport's `aclose`)."""
+        self._closers.append(closer)
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+            self._thread.start()
+
+    def call_soon(self, callback: Callable[[], Any]) -> None:
+        """Run `callback` on the loop (thread-safe); kept for the next loop while the
+        loop is being replaced."""
+        with self._lock:
+            loop = self._loop
+            if loop is None:
+                self._waiting.append(callback)
+                return
+            loop.call_soon_threadsafe(callback)
+
+    def stop(self, timeout: float) -> None:
+        """Stop the loop: running calls are cancelled (their messages stay in the outbox)
+        and transports' `aclose` awaited, within about `timeout` seconds."""
+        with self._lock:
+            self._stopping = True
+            loop = self._loop
+            if loop is not None:
+                loop.call_soon_threadsafe(loop.stop)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "ok": self.alive or self._stopping,
+            "restarts": self.restarts,
+            "last_crash": self.last_crash,
+        }
+
+    # -- the thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            loop = asyncio.new_event_loop()
+            with self._lock:
+                self._loop = loop
+                waiting, self._waiting = self._waiting, []
+                stopping = self._stopping
+            for callback in waiting:
+                loop.call_soon(callback)
+            crash: BaseException | None = None
+            if not stopping:
+                try:
+                    loop.run_forever()
+                except BaseException as error:  # the loop died: recover
+                    crash = error
+            with self._lock:
+                self._loop = None
+                stopping = self._stopping
+            if stopping:
+                self._shutdown(loop)
+                return
+            self._recover(loop, crash)
+
+    def _recover(self, loop: asyncio.AbstractEventLoop, crash: BaseException | None) -> None:
+        self.restarts += 1
+        error = crash if crash is not None else RuntimeError("the event loop stopped by itself")
+        self.last_crash = f"{type(error).__name__}: {error}"
+        logger.error(
+            "the event loop of coroutine transports died (%s); its calls are retried and a "
+            "new loop takes over (restart %d)",
+            self.last_crash,
+            self.restarts,
+        )
+        for engine in self._engines:
+            engine.lost(error)
+        _finish(loop, cancel=True)
+        for engine in self._engines:
+            self.call_soon(engine.pump)
+
+    def _shutdown(self, loop: asyncio.AbstractEventLoop) -> None:
+        _finish(loop, cancel=True)
+        for closer in self._closers:
+            try:
+                loop.run_until_complete(asyncio.wait_for(closer(), _CLEANUP))
+            except BaseException:  # closing is best effort
+                logger.warning("closing a coroutine transport failed", exc_info=True)
+        with contextlib.suppress(Exception):
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+def _finish(loop: asyncio.AbstractEventLoop, *, cancel: bool) -> None:
+    """Cancel what is left on a loop that no longer runs and let it end (bounded)."""
+    tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    if not tasks:
+        return
+    for task in tasks:
+        task.cancel()
+    try:
+        loop.run_until_complete(asyncio.wait(tasks, timeout=_CLEANUP))
+    except BaseException:  # a task that will not end is left behind
+        logger.warning("tasks of a stopped event loop did not end", exc_info=True)
+
+
+class LoopEngine(Engine):
+    kind = "event_loop"
+
+    def __init__(self, *args: Any, loop: EventLoop, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._loop = loop
+        self._scheduled = False
+        self._tasks: dict[asyncio.Task[None], tuple[OutboxEntry, Sink]] = {}
+        loop.attach(self)
+
+    def _queued(self, added: int) -> None:
+        if not self._scheduled and self._running < self.limit:
+            self._scheduled = True
+            self._loop.call_soon(self.pump)
+
+    def pump(self) -> None:
+        """On the loop: start calls while slots are free."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            self._scheduled = False
+            if self._stopping:
+                return
+            started = []
+            while self._lanes and self._running < self.limit:
+                started.append(self._lanes.pop())
+                self._running += 1
+            for entry, sink in started:
+                task = loop.create_task(self._call(entry))
+                self._tasks[task] = (entry, sink)
+
+    def lost(self, error: BaseException) -> None:
+        """The loop died: report every running call LOST and free its slot."""
+        with self._lock:
+            tasks, self._tasks = self._tasks, {}
+            self._running -= len(tasks)
+            self._scheduled = False
+        for entry, sink in tasks.values():
+            sink(Attempt(entry, LOST, error))
+
+    async def _call(self, entry: OutboxEntry) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        held, ticket, span = self.begin(entry)
+        attempt = held
+        if attempt is None:
+            started = time.perf_counter()
+            error: BaseException | None = None
+            timeout = asyncio.timeout(self.ack_timeout)
+            try:
+                async with timeout:
+                    await self.transport(entry.envelope)
+            except asyncio.CancelledError as cancelled:
+                if task.cancelling():
+                    raise  # the loop is stopping or was replaced: not this call's outcome
+                error = cancelled
+            except TimeoutError as raised:
+                if not timeout.expired():
+                    error = raised
+            except BaseException as raised:  # every outcome is reported
+                error = raised
+            attempt = self.end(
+                entry, ticket, span, started, error, timed_out=error is None and timeout.expired()
+            )
+        with self._lock:
+            owned = self._tasks.pop(task, None)
+            if owned is None:
+                return  # reported LOST already
+            self._running -= 1
+            more = bool(self._lanes) and not self._scheduled and not self._stopping
+            if more:
+                self._scheduled = True
+        if more:
+            asyncio.get_running_loop().call_soon(self.pump)
+        owned[1](attempt)
+
+    def health(self) -> dict[str, Any]:
+        out = super().health()
+        out.update(self._loop.health())
+        return out

@@ -1,0 +1,57 @@
+"""`Lanes`: an engine's calls waiting for a free slot, served by priority weight.
+
+Plain data, no lock: its engine guards it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+
+from surelay.delivery.attempt import Sink
+from surelay.policy.priority import PATTERN
+from surelay.storage.records import OutboxEntry
+
+__all__ = ["Lanes"]
+
+Item = tuple[OutboxEntry, Sink]
+
+
+class Lanes:
+    """Three FIFO lanes (HIGH, NORMAL, LOW); `pop` follows the 6:3:1 pattern, falling
+    through to the next lane that has work so no slot is left idle."""
+
+    __slots__ = ("_lanes", "_size", "_turn")
+
+    def __init__(self) -> None:
+        self._lanes: tuple[deque[Item], ...] = (deque(), deque(), deque())
+        self._turn = 0
+        self._size = 0
+
+    def extend(self, items: Iterable[Item]) -> int:
+        """Queue `items`; returns how many were added."""
+        lanes = self._lanes
+        added = 0
+        for item in items:
+            lanes[item[0].envelope.priority.rank].append(item)
+            added += 1
+        self._size += added
+        return added
+
+    def pop(self) -> Item:
+        """The next item by weight; IndexError when empty."""
+        if not self._size:
+            raise IndexError("no call is waiting")
+        lanes = self._lanes
+        rank = PATTERN[self._turn]
+        self._turn = (self._turn + 1) % len(PATTERN)
+        if not lanes[rank]:
+            rank = 0 if lanes[0] else 1 if lanes[1] else 2
+        self._size -= 1
+        return lanes[rank].popleft()
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __bool__(self) -> bool:
+        return self._size > 0

@@ -1,0 +1,213 @@
+"""`ThreadEngine`: plain callables on a bounded pool of threads, one call per thread.
+
+Threads are made on demand, up to the transport's concurrency: one for the first call,
+then, while calls wait and no thread is idle, as many as the waiting calls need, but only
+once calls prove slow (`SLOW_CALL`): a transport that returns in microseconds is served
+best by one thread, not by 64 taking turns at the GIL. A thread idle for `IDLE_RETIRE`
+seconds ends.
+
+Ack timeouts: a watcher thread wakes at the earliest deadline of the running calls. A
+call past its deadline gets a TIMEOUT attempt at once (retried like any transient
+failure). Threads cannot be killed, so its thread is *abandoned*: its slot is given back
+and a new thread may take it; whatever the call returns later is ignored. At most
+`limit` abandoned threads of one transport may be alive at once: past that bound a hung
+call keeps its slot until it returns, so a downstream that hangs every call costs at
+most 2 x `limit` threads and slows only its own transport.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from typing import Any
+
+from opentelemetry.trace import Span
+
+from surelay.delivery.attempt import Sink
+from surelay.delivery.engine import Engine
+from surelay.storage.records import OutboxEntry
+
+__all__ = ["IDLE_RETIRE", "SLOW_CALL", "ThreadEngine"]
+
+logger = logging.getLogger("surelay.delivery")
+
+IDLE_RETIRE = 30.0
+"""Seconds an idle pool thread waits for work before it ends."""
+
+SLOW_CALL = 0.001
+"""A call at least this long (seconds) makes the pool grow while calls wait."""
+
+
+class _Worker:
+    """One pool thread and the call it is making (guarded by the engine's lock)."""
+
+    __slots__ = ("abandoned", "entry", "sink", "span", "started", "ticket", "timed_out")
+
+    def __init__(self) -> None:
+        self.entry: OutboxEntry | None = None
+        self.sink: Sink | None = None
+        self.started = 0.0  # time.monotonic() at the call's start
+        self.ticket: float | None = None
+        self.span: Span | None = None
+        self.timed_out = False
+        self.abandoned = False
+
+
+class ThreadEngine(Engine):
+    kind = "threads"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._cond = threading.Condition(self._lock)
+        self._workers: set[_Worker] = set()
+        self._idle = 0
+        self._abandoned = 0
+        self._slow = False
+        self._watcher: threading.Thread | None = None
+        self._wake_watcher = threading.Event()
+        self._serial = 0
+
+    # -- growing and shrinking -----------------------------------------------------------
+
+    def _queued(self, added: int) -> None:
+        if self._idle:
+            self._cond.notify(min(added, self._idle))
+        self._spawn(self._wanted())
+
+    def _wanted(self) -> int:
+        """Threads to add now (lock held): calls wait, no thread is idle to take them."""
+        room = self.limit - len(self._workers)
+        waiting = len(self._lanes) - self._idle
+        if room <= 0 or waiting <= 0:
+            return 0
+        if not self._workers:
+            return 1
+        return min(room, waiting) if self._slow else 0
+
+    def _spawn(self, count: int) -> None:
+        """Start `count` threads (lock held; they block on it until it is released)."""
+        for _ in range(count):
+            worker = _Worker()
+            self._workers.add(worker)
+            self._serial += 1
+            thread = threading.Thread(
+                target=self._work,
+                args=(worker,),
+                name=f"surelay-call-{self.name}-{self._serial}",
+                daemon=True,
+            )
+            thread.start()
+        if count and self._watcher is None:
+            self._watcher = threading.Thread(
+                target=self._watch, name=f"surelay-deadlines-{self.name}", daemon=True
+            )
+            self._watcher.start()
+
+    def stop(self, timeout: float) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._wake_watcher.set()
+
+    def health(self) -> dict[str, Any]:
+        out = super().health()
+        out.update(threads=len(self._workers), abandoned=self._abandoned)
+        return out
+
+    # -- a pool thread -------------------------------------------------------------------
+
+    def _work(self, worker: _Worker) -> None:
+        cond = self._cond
+        while True:
+            with cond:
+                while not self._lanes and not self._stopping:
+                    self._idle += 1
+                    woken = cond.wait(IDLE_RETIRE)
+                    self._idle -= 1
+                    if not woken and not self._lanes:
+                        self._workers.discard(worker)  # retire
+                        return
+                if self._stopping:
+                    self._workers.discard(worker)
+                    return
+                entry, sink = self._lanes.pop()
+                self._running += 1
+                worker.entry, worker.sink = entry, sink
+                worker.started = math.inf  # its deadline runs from the call's start
+                worker.timed_out = False
+                worker.ticket = worker.span = None
+            held, ticket, span = self.begin(entry)
+            if held is not None:
+                with cond:
+                    self._running -= 1
+                    worker.entry = None
+                sink(held)
+                continue
+            with cond:
+                worker.ticket, worker.span = ticket, span
+                worker.started = time.monotonic()
+            started = time.perf_counter()
+            error: BaseException | None = None
+            try:
+                self.transport(entry.envelope)
+            except BaseException as raised:  # every outcome is reported
+                error = raised
+            took = time.perf_counter() - started
+            with cond:
+                if worker.abandoned:  # the watcher gave the slot away: this thread ends
+                    self._abandoned -= 1
+                    return
+                timed_out = worker.timed_out
+                worker.entry = None
+                self._running -= 1
+                self._slow = took >= SLOW_CALL
+                if timed_out:  # the slot was kept (too many abandoned): it is free again
+                    if self._lanes and self._idle:
+                        cond.notify()
+                    continue
+                if self._lanes and not self._idle:
+                    self._spawn(self._wanted())
+            sink(self.end(entry, ticket, span, started, error))
+
+    # -- deadlines -----------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        """Time out calls past their deadline; sleep until the earliest one. A call that
+        starts later has a later deadline (one ack timeout per engine), so sleeping until
+        the earliest running call's deadline, or one ack timeout, misses none."""
+        while not self._stopping:
+            expired: list[tuple[OutboxEntry, Sink, float | None, Span | None, float]] = []
+            now = time.monotonic()
+            earliest = now + self.ack_timeout
+            with self._cond:
+                for worker in list(self._workers):
+                    if worker.entry is None or worker.timed_out:
+                        continue
+                    deadline = worker.started + self.ack_timeout
+                    if deadline > now:
+                        earliest = min(earliest, deadline)
+                        continue
+                    assert worker.sink is not None
+                    worker.timed_out = True
+                    expired.append(
+                        (worker.entry, worker.sink, worker.ticket, worker.span, worker.started)
+                    )
+                    if self._abandoned < self.limit:
+                        worker.abandoned = True
+                        self._abandoned += 1
+                        self._workers.discard(worker)
+                        self._running -= 1
+                        self._spawn(self._wanted())
+            for entry, sink, ticket, span, started in expired:
+                logger.warning(
+                    "transport %r did not answer for message %s within ack_timeout=%ss; "
+                    "the call is abandoned and the message retried",
+                    self.name,
+                    entry.envelope.message_id,
+                    self.ack_timeout,
+                )
+                perf_started = time.perf_counter() - (time.monotonic() - started)
+                sink(self.end(entry, ticket, span, perf_started, None, timed_out=True))
+            self._wake_watcher.wait(max(0.001, earliest - time.monotonic()))

@@ -1,0 +1,57 @@
+"""Retry delays (the pure part): when a failed delivery is tried again.
+
+`retry_delay` is a pure function of the policy, the retry number and a random source,
+tested without threads or clocks.
+"""
+
+from __future__ import annotations
+
+import random
+
+from surelay.config import RetryPolicy
+
+__all__ = ["can_retry", "retry_delay"]
+
+
+def can_retry(policy: RetryPolicy, attempts_made: int) -> bool:
+    """True while another attempt is allowed after `attempts_made` attempts."""
+    return attempts_made < policy.max_attempts
+
+
+def retry_delay(
+    policy: RetryPolicy, retry: int, rng: random.Random, previous: float | None = None
+) -> float:
+    """Seconds to wait before retry number `retry` (1 = the first retry).
+
+    The first `policy.immediate_retries` retries wait 0. For the n-th delayed retry the
+    un-jittered delay is `min(base_delay * multiplier ** (n - 1), max_delay)`, and:
+    - `none`: that delay;
+    - `full`: uniform in [0, delay];
+    - `equal`: delay / 2 plus uniform in [0, delay / 2];
+    - `decorrelated`: uniform in [base_delay, 3 * previous], capped at `max_delay`
+      (`previous` is the last delay used, `base_delay` for the first delayed retry).
+    """
+    if retry < 1:
+        raise ValueError(f"retry must be >= 1, got {retry}")
+    n = retry - policy.immediate_retries
+    if n < 1:
+        return 0.0
+    delay = _capped(policy, n)
+    if policy.jitter == "none":
+        return delay
+    if policy.jitter == "full":
+        return rng.uniform(0.0, delay)
+    if policy.jitter == "equal":
+        return delay / 2 + rng.uniform(0.0, delay / 2)
+    last = policy.base_delay if previous is None else max(previous, policy.base_delay)
+    return min(policy.max_delay, rng.uniform(policy.base_delay, last * 3))
+
+
+def _capped(policy: RetryPolicy, n: int) -> float:
+    """`min(base_delay * multiplier ** (n - 1), max_delay)`, safe for any n."""
+    if policy.base_delay == 0:
+        return 0.0
+    try:
+        return min(policy.base_delay * policy.multiplier ** (n - 1), policy.max_delay)
+    except OverflowError:  # the exponential passed max_delay long ago
+        return policy.max_delay

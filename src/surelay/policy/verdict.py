@@ -1,0 +1,150 @@
+"""The verdict on one attempt: how its result decides what happens to the message.
+
+Two pure functions. `classify` says once, when a transport raises, whether the failure
+is `transient`, `permanent` or `invalid`; the engine stores that on the attempt, so the
+breaker and the verdict read the same answer. `decide` turns an attempt's result into
+one of four verdicts:
+
+- `Delivered`: the transport returned;
+- `Retry(delay)`: a transient failure (a timeout included) with attempts left, or a
+  crash that is not yet the message's `CRASHES_TO_DEAD_LETTER`-th;
+- `Hold(wait)`: the breaker refused the call; no attempt was spent;
+- `Dead(reason_class, reason)`: permanent, invalid, attempts exhausted, or crashed too
+  often.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+
+from surelay.config import RetryPolicy
+from surelay.errors import InvalidMessage, PermanentError, TransientError
+from surelay.policy.retry import can_retry, retry_delay
+
+__all__ = [
+    "CRASHES_TO_DEAD_LETTER",
+    "VERDICTS",
+    "Dead",
+    "Delivered",
+    "Hold",
+    "Retry",
+    "Verdict",
+    "classify",
+    "decide",
+    "describe",
+]
+
+logger = logging.getLogger("surelay.delivery")
+
+VERDICTS = ("transient", "permanent", "invalid")
+
+CRASHES_TO_DEAD_LETTER = 2
+"""A message whose attempt crashes this many times is dead-lettered (`crash`)."""
+
+
+def classify(error: BaseException, transport: object) -> str:
+    """`transient`, `permanent` or `invalid` for an exception a transport raised.
+
+    surelay's own exceptions say what they are (`InvalidMessage`: the transport rejected
+    the envelope as malformed). Anything else goes to the transport's `classify(exc)`
+    if it has one, and is otherwise transient, since an unknown failure is retried.
+    """
+    if isinstance(error, InvalidMessage):
+        return "invalid"
+    if isinstance(error, PermanentError):
+        return "permanent"
+    if isinstance(error, TransientError):
+        return "transient"
+    classifier = getattr(transport, "classify", None)
+    if callable(classifier):
+        try:
+            verdict = classifier(error)
+        except Exception:
+            logger.exception("classify() of transport %r failed; treating as transient", transport)
+            return "transient"
+        if verdict in VERDICTS:
+            return str(verdict)
+        logger.warning(
+            "classify() returned %r, not one of %s; treating as transient", verdict, VERDICTS
+        )
+    return "transient"
+
+
+def describe(error: BaseException) -> str:
+    """`Type: text` (or just `Type`) for reasons and logs."""
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """The transport returned: record the delivery."""
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Attempt again after `delay` seconds (the next attempt counts)."""
+
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """The breaker refused the call: look again in `wait` seconds, no attempt spent."""
+
+    wait: float
+
+
+@dataclass(frozen=True, slots=True)
+class Dead:
+    """Dead-letter the message."""
+
+    reason_class: str
+    reason: str
+
+
+Verdict = Delivered | Retry | Hold | Dead
+
+_DELIVERED = Delivered()
+
+
+def decide(
+    kind: str,
+    *,
+    failure: str | None = None,
+    reason: str = "",
+    made: int = 1,
+    policy: RetryPolicy | None = None,
+    crashes: int = 0,
+    wait: float = 0.0,
+    retry_after: float | None = None,
+    rng: random.Random | None = None,
+    previous_delay: float | None = None,
+) -> Verdict:
+    """The verdict on an attempt of kind `kind` (`ok`, `held`, `failed`, `timeout`,
+    `crash`, `lost`), the `made`-th of its message.
+
+    `failure` is `classify`'s answer for `failed` (a timeout is transient); `crashes`
+    counts this message's crashes, this one included; `retry_after` is the receiver's own
+    wait (`TransientError.retry_after`), honoured when longer than the policy's delay.
+    """
+    if kind == "ok":
+        return _DELIVERED
+    if kind == "held":
+        return Hold(wait)
+    spent = "exhausted"
+    if kind in ("crash", "lost"):
+        if crashes >= CRASHES_TO_DEAD_LETTER:
+            return Dead("crash", f"{reason}, {crashes} times")
+        spent = "crash"
+    elif kind == "failed" and failure != "transient":
+        return Dead(failure or "permanent", reason)
+    policy = RetryPolicy() if policy is None else policy
+    if not can_retry(policy, made):
+        return Dead(spent, f"{made} attempt(s) failed; last: {reason}")
+    delay = retry_delay(policy, made, rng or random.Random(), previous_delay)
+    if retry_after is not None:
+        delay = max(delay, retry_after)  # the receiver asked for this much
+    return Retry(delay)
