@@ -250,7 +250,7 @@ class ReplayWorker(Actor):
         state = self._state
         entry = OutboxEntry(next(state.serial), envelope, now, state.partition)
         state.active[entry.seq] = _Active(message, record, span)
-        hub.engines[record.transport].submit([(entry, state.results.put)])
+        hub.engines[record.transport].submit([((entry,), state.results.put)])
         return None
 
     def _record_done(self, message: Replay, result: str) -> None:

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from surelay.actors.dead_letter import Capture
 from surelay.actors.queues import PartitionQueue
 from surelay.backlog import Due, Schedule
-from surelay.delivery.attempt import CRASH, LOST, Attempt, ResultBox
+from surelay.delivery.attempt import CRASH, LOST, OK, SKIPPED, Attempt, ResultBox, Sink
 from surelay.errors import TransientError
 from surelay.policy.verdict import Dead, Delivered, Hold, Retry, decide, describe
 from surelay.receipts import Outcome
@@ -57,12 +57,15 @@ from surelay.telemetry import (
 if TYPE_CHECKING:
     from surelay.hub import Hub
 
-__all__ = ["SUBMIT_MAX", "Deliver", "PartitionState", "Sender", "Settle"]
+__all__ = ["RUN_MAX", "SUBMIT_MAX", "Deliver", "PartitionState", "Sender", "Settle"]
 
 logger = logging.getLogger("surelay.actors")
 
 SUBMIT_MAX = 1024
-"""Most heads one round submits; the rest go in the next round, after newer mail."""
+"""Most messages one round submits; the rest go in the next round, after newer mail."""
+
+RUN_MAX = 64
+"""Most messages of one key submitted as one run."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,68 +183,78 @@ class Sender(Actor):
     # -- submitting ----------------------------------------------------------------------
 
     def _submit(self, heads: list[OutboxEntry]) -> None:
-        """Hand ready heads to their engines, minus the expired and the duplicates."""
+        """Hand ready heads to their engines, each with the run of due messages behind
+        it in its key's line (an equal share of `SUBMIT_MAX`, at most `RUN_MAX`), so a
+        busy key sends many messages per hand-off. Expired heads are dead-lettered and
+        duplicate heads end DUPLICATE here, without a call; a head whose idempotency key
+        has a call in flight is parked until that call ends. A run stops before the
+        first message behind its head that is not due, not for the head's transport,
+        expired, a duplicate or parked: that one waits until it is the head."""
         hub = self._hub
         state = self._state
+        queue = state.queue
         state.taking = heads
         now = hub.config.clock()
-        live = self._drop_expired(heads, now)
-        live = self._drop_duplicates(live, now)
-        by_transport: dict[str, list[tuple[OutboxEntry, Callable[[Attempt], None]]]] = {}
+        share = max(1, min(RUN_MAX, SUBMIT_MAX // len(heads)))
+        runs = [[head, *queue.behind(head, share - 1)] if share > 1 else [head] for head in heads]
+        with hub.store.read() as txn:
+            seen = hub.store.dedup.seen(
+                txn, [e.envelope.idempotency_key for run in runs for e in run], now=now
+            )
+        this_round: set[str] = set()
+        duplicates: list[OutboxEntry] = []
         put = state.results.put
-        for entry in live:
-            envelope = entry.envelope
-            state.in_flight[envelope.message_id] = entry
-            state.calling.add(envelope.idempotency_key)
-            state.first_attempt.setdefault(envelope.message_id, now)
-            by_transport.setdefault(envelope.transport, []).append((entry, put))
+        by_transport: dict[str, list[tuple[tuple[OutboxEntry, ...], Sink]]] = {}
+        for run in runs:
+            live = self._live(run, now, seen, this_round, duplicates)
+            if live:
+                by_transport.setdefault(live[0].envelope.transport, []).append((live, put))
+        state.calling.update(this_round)
         state.taking = []
+        if duplicates:
+            self._record_duplicates(duplicates, now)
         engines = hub.engines
         for transport, items in by_transport.items():
             engines[transport].submit(items)
 
-    def _drop_expired(self, heads: list[OutboxEntry], now: float) -> list[OutboxEntry]:
-        """Heads older than `message_ttl` are dead-lettered without an attempt."""
-        ttl = self._hub.config.message_ttl
-        if ttl is None:
-            return heads
-        live = []
-        for entry in heads:
-            age = now - entry.envelope.created_at
-            if age <= ttl:
-                live.append(entry)
-            else:
-                reason = f"not delivered within message_ttl={ttl}s (accepted {age:.3f}s ago)"
-                self._dead(entry, "expired", reason, None, now, attempts=entry.envelope.attempt - 1)
-        return live
-
-    def _drop_duplicates(self, heads: list[OutboxEntry], now: float) -> list[OutboxEntry]:
-        """Heads whose idempotency key was delivered within dedup_ttl end DUPLICATE. A
-        head whose idempotency key has a call in flight (another key's message, or one
-        earlier in this round) is parked until that call ends, so one idempotency key
-        is never called twice at once."""
+    def _live(
+        self,
+        run: list[OutboxEntry],
+        now: float,
+        seen: set[str],
+        this_round: set[str],
+        duplicates: list[OutboxEntry],
+    ) -> tuple[OutboxEntry, ...]:
+        """What of `run` goes to the engine (see `_submit`), marked in flight."""
         state = self._state
+        ttl = self._hub.config.message_ttl
+        transport = run[0].envelope.transport
         live: list[OutboxEntry] = []
-        duplicates: list[OutboxEntry] = []
-        delivering = state.delivering
-        calling = state.calling
-        with self._hub.store.read() as txn:
-            seen = self._hub.store.dedup.seen(
-                txn, [e.envelope.idempotency_key for e in heads], now=now
-            )
-        this_round: set[str] = set()
-        for entry in heads:
-            key = entry.envelope.idempotency_key
-            if key in delivering or key in seen:
-                duplicates.append(entry)
-            elif key in calling or key in this_round:
-                state.parked.setdefault(key, []).append(entry)
-            else:
-                this_round.add(key)
-                live.append(entry)
-        if duplicates:
-            self._record_duplicates(duplicates, now)
-        return live
+        for entry in run:
+            envelope = entry.envelope
+            key = envelope.idempotency_key
+            head = not live
+            if not head and (entry.due_at > now or envelope.transport != transport):
+                break
+            if ttl is not None and now - envelope.created_at > ttl:
+                if head:
+                    age = now - envelope.created_at
+                    reason = f"not delivered within message_ttl={ttl}s (accepted {age:.3f}s ago)"
+                    self._dead(entry, "expired", reason, None, now, attempts=envelope.attempt - 1)
+                break
+            if key in state.delivering or key in seen:
+                if head:
+                    duplicates.append(entry)
+                break
+            if key in state.calling or key in this_round:
+                if head:
+                    state.parked.setdefault(key, []).append(entry)
+                break
+            this_round.add(key)
+            live.append(entry)
+            state.in_flight[envelope.message_id] = entry
+            state.first_attempt.setdefault(envelope.message_id, now)
+        return tuple(live)
 
     # -- settling ------------------------------------------------------------------------
 
@@ -279,6 +292,17 @@ class Sender(Actor):
         if state.in_flight.get(message_id) is not entry:
             return  # not this partition's call any more (settled already)
         kind = attempt.kind
+        if kind == OK:  # the common case, decided without the verdict's arguments
+            self._call_ended(envelope.idempotency_key, now)
+            delivered.append(entry)
+            self._ended(entry, now)
+            return
+        if kind == SKIPPED:  # not called: it waits in its key's line
+            del state.in_flight[message_id]
+            self._call_ended(envelope.idempotency_key, now)
+            if state.queue.is_head(entry):
+                self._head(entry, now)
+            return
         if kind == CRASH and reason is None:
             assert attempt.error is not None
             raise attempt.error  # on_restart settles it as the sender's crash
@@ -319,6 +343,8 @@ class Sender(Actor):
         """The call of `idempotency_key` ended: heads parked behind it may go."""
         state = self._state
         state.calling.discard(idempotency_key)
+        if not state.parked:
+            return
         for entry in state.parked.pop(idempotency_key, ()):
             if state.queue.is_head(entry):
                 self._head(entry, now)
@@ -332,8 +358,8 @@ class Sender(Actor):
         state.first_attempt.pop(message_id, None)
         state.last_delay.pop(message_id, None)
         following = state.queue.finish(entry)
-        if following is not None:
-            self._head(following, now)
+        if following is not None and following.envelope.message_id not in state.in_flight:
+            self._head(following, now)  # (one in flight is on its run already)
 
     def _retry(
         self, entry: OutboxEntry, delay: float, error: BaseException | None, now: float

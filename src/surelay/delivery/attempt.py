@@ -12,7 +12,19 @@ import pykka
 
 from surelay.storage.records import OutboxEntry
 
-__all__ = ["CRASH", "FAILED", "HELD", "LOST", "OK", "TIMEOUT", "Attempt", "ResultBox", "Sink"]
+__all__ = [
+    "CRASH",
+    "FAILED",
+    "HELD",
+    "LOST",
+    "OK",
+    "SKIPPED",
+    "TIMEOUT",
+    "Attempt",
+    "ResultBox",
+    "Run",
+    "Sink",
+]
 
 logger = logging.getLogger("surelay.delivery")
 
@@ -30,6 +42,9 @@ settles it crashes, as the call would have crashed it had it run there."""
 LOST = "lost"
 """The event loop died under the call (its result is unknown): retried as a crash,
 without crashing the actor that settles it."""
+SKIPPED = "skipped"
+"""Not called: an earlier message of its run was not delivered, and a key's messages go
+in order."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +61,11 @@ class Attempt:
 
 Sink = Callable[[Attempt], None]
 """Where an engine leaves an attempt; called on the engine's thread."""
+
+Run = tuple[OutboxEntry, ...]
+"""Messages of one key, called one after another in one slot: the run stops at the first
+that is not delivered, and the rest come back SKIPPED. A run spares the actor a round
+trip per message of a busy key; it is still one call in flight per key."""
 
 
 class ResultBox:

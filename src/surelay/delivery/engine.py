@@ -1,12 +1,13 @@
 """`Engine`: runs one transport's calls, up to its concurrency at once.
 
-An actor (a Sender, a ReplayWorker) `submit`s messages with a `Sink` and goes on with
-its mailbox; the engine starts each call when a slot is free (HIGH : NORMAL : LOW =
-6 : 3 : 1 among those waiting), and leaves an `Attempt` in the sink when the call ends.
-The actor decides order (it submits at most one message per key); the engine only runs
-calls. Two kinds share what is done around a call (`begin`, `end`): the breaker check,
-the `surelay.deliver` span, the duration metric, one classification of a failure, and
-the breaker's record of the outcome:
+An actor (a Sender, a ReplayWorker) `submit`s runs of messages (one key's, in order)
+with a `Sink` and goes on with its mailbox; the engine starts each run when a slot is
+free (HIGH : NORMAL : LOW = 6 : 3 : 1 among those waiting), calls its messages one after
+another, and leaves an `Attempt` in the sink as each call ends; the first message not
+delivered ends the run (the rest come back SKIPPED). The actor decides order (it submits
+at most one run per key at a time); the engine only runs calls. Two kinds share what is
+done around a call (`begin`, `end`): the breaker check, the `surelay.deliver` span, the
+duration metric, one classification of a failure, and the breaker's record of it:
 
 - `ThreadEngine` (`surelay.delivery.threads`) for plain callables;
 - `LoopEngine` (`surelay.delivery.event_loop`) for coroutine transports.
@@ -21,7 +22,7 @@ from typing import Any
 
 from opentelemetry.trace import Span
 
-from surelay.delivery.attempt import CRASH, FAILED, HELD, OK, TIMEOUT, Attempt, Sink
+from surelay.delivery.attempt import CRASH, FAILED, HELD, OK, SKIPPED, TIMEOUT, Attempt, Run, Sink
 from surelay.delivery.breakers import Breakers
 from surelay.delivery.lanes import Lanes
 from surelay.policy.verdict import classify
@@ -73,9 +74,9 @@ class Engine:
 
     # -- what actors see -----------------------------------------------------------------
 
-    def submit(self, items: Iterable[tuple[OutboxEntry, Sink]]) -> None:
-        """Queue calls; each ends as one `Attempt` in its sink. Never blocks on a call.
-        After `stop` nothing new starts (the messages stay in the outbox)."""
+    def submit(self, items: Iterable[tuple[Run, Sink]]) -> None:
+        """Queue runs; each message ends as one `Attempt` in its run's sink. Never blocks
+        on a call. After `stop` nothing new starts (the messages stay in the outbox)."""
         self._tracing = self._telemetry.tracing  # once per submit, not per call
         with self._lock:
             if self._stopping:
@@ -91,7 +92,7 @@ class Engine:
 
     @property
     def waiting(self) -> int:
-        """Calls submitted that wait for a free slot."""
+        """Runs submitted that wait for a free slot."""
         return len(self._lanes)
 
     def stop(self, timeout: float) -> None:
@@ -107,6 +108,12 @@ class Engine:
     def _queued(self, added: int) -> None:
         """`added` items were queued (called with the lock held): start what may start."""
         raise NotImplementedError
+
+    @staticmethod
+    def skip(run: Run, start: int, sink: Sink) -> None:
+        """Report the messages of `run` from `start` on as not called."""
+        for entry in run[start:]:
+            sink(Attempt(entry, SKIPPED))
 
     def begin(self, entry: OutboxEntry) -> tuple[Attempt | None, float | None, Span | None]:
         """Before a call: a HELD attempt if the breaker refuses it (no call then), else

@@ -7,7 +7,7 @@ stopped it), every call it was running is reported LOST (retried as a crash: att
 counted, dead-lettered `crash` the second time), the old loop's tasks are cancelled,
 and a new loop takes over; the restarts are counted in `rt.health()`.
 
-`LoopEngine` keeps up to `limit` calls of its transport running as tasks. Each runs
+`LoopEngine` keeps up to `limit` runs of its transport going as tasks. Each call runs
 under `asyncio.timeout(ack_timeout)`: past it the coroutine is cancelled (it sees
 `CancelledError`) and the message retried. A transport raising a `BaseException` that
 is not an `Exception` is reported CRASH, as a thread would; the loop runs on.
@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from surelay.delivery.attempt import LOST, Attempt, Sink
+from surelay.delivery.attempt import LOST, OK, Attempt, Run, Sink
 from surelay.delivery.engine import Engine
 from surelay.storage.records import OutboxEntry
 
@@ -176,7 +176,7 @@ class LoopEngine(Engine):
         super().__init__(*args, **kwargs)
         self._loop = loop
         self._scheduled = False
-        self._tasks: dict[asyncio.Task[None], tuple[OutboxEntry, Sink]] = {}
+        self._tasks: dict[asyncio.Task[None], _Running] = {}
         loop.attach(self)
 
     def _queued(self, added: int) -> None:
@@ -185,66 +185,86 @@ class LoopEngine(Engine):
             self._loop.call_soon(self.pump)
 
     def pump(self) -> None:
-        """On the loop: start calls while slots are free."""
+        """On the loop: start runs while slots are free."""
         loop = asyncio.get_running_loop()
         with self._lock:
             self._scheduled = False
             if self._stopping:
                 return
-            started = []
             while self._lanes and self._running < self.limit:
-                started.append(self._lanes.pop())
+                run, sink = self._lanes.pop()
                 self._running += 1
-            for entry, sink in started:
-                task = loop.create_task(self._call(entry))
-                self._tasks[task] = (entry, sink)
+                running = _Running(run, sink)
+                self._tasks[loop.create_task(self._call_run(running))] = running
 
     def lost(self, error: BaseException) -> None:
-        """The loop died: report every running call LOST and free its slot."""
+        """The loop died: report every running call LOST (the rest of its run SKIPPED)
+        and free its slot."""
         with self._lock:
             tasks, self._tasks = self._tasks, {}
             self._running -= len(tasks)
             self._scheduled = False
-        for entry, sink in tasks.values():
-            sink(Attempt(entry, LOST, error))
+        for running in tasks.values():
+            running.sink(Attempt(running.run[running.index], LOST, error))
+            self.skip(running.run, running.index + 1, running.sink)
 
-    async def _call(self, entry: OutboxEntry) -> None:
+    async def _call_run(self, running: _Running) -> None:
         task = asyncio.current_task()
         assert task is not None
-        held, ticket, span = self.begin(entry)
-        attempt = held
-        if attempt is None:
-            started = time.perf_counter()
-            error: BaseException | None = None
-            timeout = asyncio.timeout(self.ack_timeout)
-            try:
-                async with timeout:
-                    await self.transport(entry.envelope)
-            except asyncio.CancelledError as cancelled:
-                if task.cancelling():
-                    raise  # the loop is stopping or was replaced: not this call's outcome
-                error = cancelled
-            except TimeoutError as raised:
-                if not timeout.expired():
-                    error = raised
-            except BaseException as raised:  # every outcome is reported
-                error = raised
-            attempt = self.end(
-                entry, ticket, span, started, error, timed_out=error is None and timeout.expired()
-            )
-        with self._lock:
-            owned = self._tasks.pop(task, None)
-            if owned is None:
+        run, sink = running.run, running.sink
+        for index, entry in enumerate(run):
+            running.index = index
+            attempt = await self._call(task, entry)
+            if task not in self._tasks:
                 return  # reported LOST already
+            sink(attempt)
+            if attempt.kind != OK:
+                self.skip(run, index + 1, sink)
+                break
+        with self._lock:
+            if self._tasks.pop(task, None) is None:
+                return
             self._running -= 1
             more = bool(self._lanes) and not self._scheduled and not self._stopping
             if more:
                 self._scheduled = True
         if more:
             asyncio.get_running_loop().call_soon(self.pump)
-        owned[1](attempt)
+
+    async def _call(self, task: asyncio.Task[None], entry: OutboxEntry) -> Attempt:
+        held, ticket, span = self.begin(entry)
+        if held is not None:
+            return held
+        started = time.perf_counter()
+        error: BaseException | None = None
+        timeout = asyncio.timeout(self.ack_timeout)
+        try:
+            async with timeout:
+                await self.transport(entry.envelope)
+        except asyncio.CancelledError as cancelled:
+            if task.cancelling():
+                raise  # the loop is stopping or was replaced: not this call's outcome
+            error = cancelled
+        except TimeoutError as raised:
+            if not timeout.expired():
+                error = raised
+        except BaseException as raised:  # every outcome is reported
+            error = raised
+        timed_out = error is None and timeout.expired()
+        return self.end(entry, ticket, span, started, error, timed_out=timed_out)
 
     def health(self) -> dict[str, Any]:
         out = super().health()
         out.update(self._loop.health())
         return out
+
+
+class _Running:
+    """A run on the loop, and the message of it being called."""
+
+    __slots__ = ("index", "run", "sink")
+
+    def __init__(self, run: Run, sink: Sink) -> None:
+        self.run = run
+        self.sink = sink
+        self.index = 0

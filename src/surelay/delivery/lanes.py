@@ -1,4 +1,5 @@
-"""`Lanes`: an engine's calls waiting for a free slot, served by priority weight.
+"""`Lanes`: an engine's runs waiting for a free slot, served by priority weight (of a
+run's first message).
 
 Plain data, no lock: its engine guards it.
 """
@@ -8,13 +9,12 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable
 
-from surelay.delivery.attempt import Sink
+from surelay.delivery.attempt import Run, Sink
 from surelay.policy.priority import PATTERN
-from surelay.storage.records import OutboxEntry
 
 __all__ = ["Lanes"]
 
-Item = tuple[OutboxEntry, Sink]
+Item = tuple[Run, Sink]
 
 
 class Lanes:
@@ -33,7 +33,7 @@ class Lanes:
         lanes = self._lanes
         added = 0
         for item in items:
-            lanes[item[0].envelope.priority.rank].append(item)
+            lanes[item[0][0].envelope.priority.rank].append(item)
             added += 1
         self._size += added
         return added

@@ -25,9 +25,8 @@ from typing import Any
 
 from opentelemetry.trace import Span
 
-from surelay.delivery.attempt import Sink
+from surelay.delivery.attempt import OK, Run, Sink
 from surelay.delivery.engine import Engine
-from surelay.storage.records import OutboxEntry
 
 __all__ = ["IDLE_RETIRE", "SLOW_CALL", "ThreadEngine"]
 
@@ -41,14 +40,15 @@ SLOW_CALL = 0.001
 
 
 class _Worker:
-    """One pool thread and the call it is making (guarded by the engine's lock)."""
+    """One pool thread and the run it is on (guarded by the engine's lock)."""
 
-    __slots__ = ("abandoned", "entry", "sink", "span", "started", "ticket", "timed_out")
+    __slots__ = ("abandoned", "index", "run", "sink", "span", "started", "ticket", "timed_out")
 
     def __init__(self) -> None:
-        self.entry: OutboxEntry | None = None
+        self.run: Run | None = None
+        self.index = 0  # the message of `run` being called
         self.sink: Sink | None = None
-        self.started = 0.0  # time.monotonic() at the call's start
+        self.started = math.inf  # time.monotonic() at the call's start; inf between calls
         self.ticket: float | None = None
         self.span: Span | None = None
         self.timed_out = False
@@ -132,21 +132,29 @@ class ThreadEngine(Engine):
                 if self._stopping:
                     self._workers.discard(worker)
                     return
-                entry, sink = self._lanes.pop()
+                run, sink = self._lanes.pop()
                 self._running += 1
-                worker.entry, worker.sink = entry, sink
-                worker.started = math.inf  # its deadline runs from the call's start
-                worker.timed_out = False
-                worker.ticket = worker.span = None
+                worker.run, worker.sink, worker.timed_out = run, sink, False
+            if not self._call_run(worker, run, sink):
+                return  # abandoned: the slot is someone else's now
+            with cond:
+                worker.run = None
+                self._running -= 1
+                if self._lanes and not self._idle:
+                    self._spawn(self._wanted())
+
+    def _call_run(self, worker: _Worker, run: Run, sink: Sink) -> bool:
+        """Call `run`'s messages in order until one is not delivered; False if this
+        thread was abandoned meanwhile (it must end)."""
+        lock = self._lock  # the condition's own lock: entered in C, no Python frame
+        for index, entry in enumerate(run):
             held, ticket, span = self.begin(entry)
             if held is not None:
-                with cond:
-                    self._running -= 1
-                    worker.entry = None
                 sink(held)
-                continue
-            with cond:
-                worker.ticket, worker.span = ticket, span
+                self.skip(run, index + 1, sink)
+                return True
+            with lock:
+                worker.index, worker.ticket, worker.span = index, ticket, span
                 worker.started = time.monotonic()
             started = time.perf_counter()
             error: BaseException | None = None
@@ -155,21 +163,20 @@ class ThreadEngine(Engine):
             except BaseException as raised:  # every outcome is reported
                 error = raised
             took = time.perf_counter() - started
-            with cond:
-                if worker.abandoned:  # the watcher gave the slot away: this thread ends
+            with lock:
+                if worker.abandoned:
                     self._abandoned -= 1
-                    return
-                timed_out = worker.timed_out
-                worker.entry = None
-                self._running -= 1
+                    return False
+                worker.started = math.inf
                 self._slow = took >= SLOW_CALL
-                if timed_out:  # the slot was kept (too many abandoned): it is free again
-                    if self._lanes and self._idle:
-                        cond.notify()
-                    continue
-                if self._lanes and not self._idle:
-                    self._spawn(self._wanted())
-            sink(self.end(entry, ticket, span, started, error))
+                if worker.timed_out:  # reported by the watcher, with the rest skipped
+                    return True
+            attempt = self.end(entry, ticket, span, started, error)
+            sink(attempt)
+            if attempt.kind != OK:
+                self.skip(run, index + 1, sink)
+                return True
+        return True
 
     # -- deadlines -----------------------------------------------------------------------
 
@@ -178,12 +185,12 @@ class ThreadEngine(Engine):
         starts later has a later deadline (one ack timeout per engine), so sleeping until
         the earliest running call's deadline, or one ack timeout, misses none."""
         while not self._stopping:
-            expired: list[tuple[OutboxEntry, Sink, float | None, Span | None, float]] = []
+            expired: list[tuple[Run, int, Sink, float | None, Span | None, float]] = []
             now = time.monotonic()
             earliest = now + self.ack_timeout
             with self._cond:
                 for worker in list(self._workers):
-                    if worker.entry is None or worker.timed_out:
+                    if worker.run is None or worker.timed_out:
                         continue
                     deadline = worker.started + self.ack_timeout
                     if deadline > now:
@@ -192,7 +199,14 @@ class ThreadEngine(Engine):
                     assert worker.sink is not None
                     worker.timed_out = True
                     expired.append(
-                        (worker.entry, worker.sink, worker.ticket, worker.span, worker.started)
+                        (
+                            worker.run,
+                            worker.index,
+                            worker.sink,
+                            worker.ticket,
+                            worker.span,
+                            worker.started,
+                        )
                     )
                     if self._abandoned < self.limit:
                         worker.abandoned = True
@@ -200,7 +214,8 @@ class ThreadEngine(Engine):
                         self._workers.discard(worker)
                         self._running -= 1
                         self._spawn(self._wanted())
-            for entry, sink, ticket, span, started in expired:
+            for run, index, sink, ticket, span, started in expired:
+                entry = run[index]
                 logger.warning(
                     "transport %r did not answer for message %s within ack_timeout=%ss; "
                     "the call is abandoned and the message retried",
@@ -210,4 +225,5 @@ class ThreadEngine(Engine):
                 )
                 perf_started = time.perf_counter() - (time.monotonic() - started)
                 sink(self.end(entry, ticket, span, perf_started, None, timed_out=True))
+                self.skip(run, index + 1, sink)
             self._wake_watcher.wait(max(0.001, earliest - time.monotonic()))
