@@ -98,6 +98,8 @@ class RuntimeStats:
     """Dead letters with status `dead`."""
     pressure: str
     breakers: Mapping[str, str]
+    calls_in_flight: Mapping[str, int]
+    """Transport calls running now, per transport (at most its concurrency)."""
 
 
 class Runtime:
@@ -601,6 +603,7 @@ class Runtime:
             dead_letters=store_stats.dead_letters.get("dead", 0) if store_stats else 0,
             pressure=hub.pressure.level,
             breakers=MappingProxyType(hub.breakers.states(self._config.clock())),
+            calls_in_flight=MappingProxyType(hub.engines.in_flight()),
         )
 
     def health(self) -> Mapping[str, Any]:
@@ -630,12 +633,15 @@ class Runtime:
             and storage["ok"]
             and all(b["ok"] for b in breakers.values())
         )
+        engines = self._hub.engines.health()
+        ok = ok and all(e["ok"] for e in engines.values())
         return {
             "ok": ok,
             "closed": self._closing,
             "actors": actors,
             "storage": storage,
             "breakers": breakers,
+            "engines": engines,
             "orphaned": dict(self._orphans),
         }
 
@@ -714,6 +720,7 @@ class Runtime:
         health = self.health()
         out: dict[str, Any] = {name: getattr(stats, name) for name in RuntimeStats.__slots__}
         out["breakers"] = dict(stats.breakers)
+        out["calls_in_flight"] = dict(stats.calls_in_flight)
         out["ok"] = health["ok"]
         out["unhealthy_actors"] = sorted(n for n, a in health["actors"].items() if not a["ok"])
         return out
@@ -728,6 +735,7 @@ class Runtime:
             "surelay.dead_letters": stats.dead_letters,
             "surelay.pressure.level": LEVELS.index(self._hub.pressure.level),
             "surelay.breaker.state": {t: STATE_GAUGE[s] for t, s in stats.breakers.items()},
+            "surelay.calls.in_flight": dict(stats.calls_in_flight),
         }
 
 

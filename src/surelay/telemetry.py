@@ -97,8 +97,33 @@ GAUGES = (
     "surelay.dead_letters",
     "surelay.pressure.level",
     "surelay.breaker.state",
+    "surelay.calls.in_flight",
 )
-"""Observable gauges; `surelay.breaker.state` has one observation per transport."""
+"""Observable gauges; `surelay.breaker.state` and `surelay.calls.in_flight` (transport
+calls running now) have one observation per transport."""
+
+DURATION_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    30.0,
+)
+"""Advisory bucket boundaries (seconds) of `surelay.delivery.duration`: a transport call
+takes milliseconds to tens of seconds, so the SDK's default boundaries (0, 5, 10, 25, ...)
+would put every call in their first buckets."""
 
 Gauges = Callable[[], Mapping[str, float | Mapping[str, float]]]
 """Reads the gauges: name -> value, or name -> {transport: value} for per-transport ones."""
@@ -175,7 +200,10 @@ def _instruments() -> _Instruments:
         for name in COUNTERS
     }
     duration = meter.create_histogram(
-        "surelay.delivery.duration", unit="s", description="One transport attempt"
+        "surelay.delivery.duration",
+        unit="s",
+        description="One transport attempt",
+        explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
     )
     for name in GAUGES:
         meter.create_observable_gauge(name, callbacks=[_observer(name)])

@@ -82,6 +82,8 @@ def _print(data: dict[str, Any]) -> None:
         breakers = status.get("breakers") or {}
         table.add_row("breakers", ", ".join(f"{t} {s}" for t, s in breakers.items()) or "-")
         table.add_row("in flight", str(status.get("in_flight")))
+        calls = status.get("calls_in_flight") or {}
+        table.add_row("calls in flight", ", ".join(f"{t} {n}" for t, n in calls.items()) or "-")
         table.add_row("retry pending", str(status.get("retry_pending")))
         counters = ("accepted", "delivered", "retried", "dead_lettered", "duplicates")
         table.add_row("since open", ", ".join(f"{name} {status.get(name)}" for name in counters))

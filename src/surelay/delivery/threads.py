@@ -74,17 +74,22 @@ class ThreadEngine(Engine):
     def _queued(self, added: int) -> None:
         if self._idle:
             self._cond.notify(min(added, self._idle))
-        self._spawn(self._wanted())
+        wanted = self._wanted()
+        self._spawn(wanted)
+        if not wanted and self._idle < len(self._lanes) and len(self._workers) < self.limit:
+            self._wake_watcher.set()  # it grows the pool if the running calls turn out slow
 
-    def _wanted(self) -> int:
-        """Threads to add now (lock held): calls wait, no thread is idle to take them."""
+    def _wanted(self, *, slow: bool = False) -> int:
+        """Threads to add now (lock held): calls wait, no thread is idle to take them,
+        and calls are slow (the last one took `SLOW_CALL`, or `slow` says one running
+        has been going that long)."""
         room = self.limit - len(self._workers)
         waiting = len(self._lanes) - self._idle
         if room <= 0 or waiting <= 0:
             return 0
         if not self._workers:
             return 1
-        return min(room, waiting) if self._slow else 0
+        return min(room, waiting) if self._slow or slow else 0
 
     def _spawn(self, count: int) -> None:
         """Start `count` threads (lock held; they block on it until it is released)."""
@@ -180,15 +185,30 @@ class ThreadEngine(Engine):
 
     # -- deadlines -----------------------------------------------------------------------
 
+    def _grow_if_slow(self, now: float) -> float:
+        """(lock held) Add threads if calls wait and a running one has taken `SLOW_CALL`;
+        when to look again (inf: nothing waits)."""
+        if self._idle >= len(self._lanes) or len(self._workers) >= self.limit:
+            return math.inf
+        oldest = min((w.started for w in self._workers), default=math.inf)
+        if now - oldest >= SLOW_CALL:
+            self._spawn(self._wanted(slow=True))
+            return math.inf
+        return now + SLOW_CALL
+
     def _watch(self) -> None:
         """Time out calls past their deadline; sleep until the earliest one. A call that
         starts later has a later deadline (one ack timeout per engine), so sleeping until
-        the earliest running call's deadline, or one ack timeout, misses none."""
+        the earliest running call's deadline, or one ack timeout, misses none. While
+        calls wait for a thread, also grow the pool once a running call proves slow (a
+        call that hangs never returns to say so itself)."""
         while not self._stopping:
+            self._wake_watcher.clear()
             expired: list[tuple[Run, int, Sink, float | None, Span | None, float]] = []
             now = time.monotonic()
             earliest = now + self.ack_timeout
             with self._cond:
+                earliest = min(earliest, self._grow_if_slow(now))
                 for worker in list(self._workers):
                     if worker.run is None or worker.timed_out:
                         continue
