@@ -1,22 +1,26 @@
 """A host process for the kill -9 test: sends from 4 threads until it is killed.
 
-Usage: python -m tests.runtime_host DATA_DIR ACKED_FILE DELIVERED_FILE SEED
+Usage: python -m tests.runtime_host DATA_DIR ACKED_FILE DELIVERED_FILE SEED [sync|async]
 
 Every message id whose `send` returned is appended to ACKED_FILE; the transport appends
-every id it delivers to DELIVERED_FILE before returning (and fails 20% of attempts).
+every id it delivers to DELIVERED_FILE before returning (and fails 20% of attempts). With
+`async` the transport is a coroutine function, run on the runtime's event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import sys
 import threading
+from collections.abc import Awaitable, Callable
 
 from surelay import Envelope, RetryPolicy, Runtime, RuntimeConfig, TransientError
 
 
 def main() -> None:
     data, acked_path, delivered_path, seed = sys.argv[1:5]
+    kind = sys.argv[5] if len(sys.argv) > 5 else "sync"
     rng = random.Random(int(seed))
     lock = threading.Lock()
     delivered = open(delivered_path, "a", buffering=1)  # noqa: SIM115  # lives until killed
@@ -28,11 +32,18 @@ def main() -> None:
                 raise TransientError("flaky downstream")
             delivered.write(envelope.message_id + "\n")
 
+    async def async_transport(envelope: Envelope) -> None:
+        await asyncio.sleep(0)
+        transport(envelope)
+
+    chosen: Callable[[Envelope], Awaitable[None] | None] = (
+        async_transport if kind == "async" else transport
+    )
     config = RuntimeConfig(
         retry=RetryPolicy(max_attempts=1000, base_delay=0.005, max_delay=0.02),
         partitions=4,
     )
-    rt = Runtime.open(data, transports={"t": transport}, config=config)
+    rt = Runtime.open(data, transports={"t": chosen}, config=config)
 
     def sender(n: int) -> None:
         i = 0

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 from pathlib import Path
+
+import pytest
 
 from surelay import Envelope, Outcome, RetryPolicy, TransientError
 
@@ -15,7 +18,8 @@ class SenderCrash(BaseException):
     """Escapes the transport handling, so it crashes the sender."""
 
 
-def test_every_accepted_message_ends_delivered_or_dead_lettered(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_every_accepted_message_ends_delivered_or_dead_lettered(tmp_path: Path, kind: str) -> None:
     rng = random.Random(2024)
     lock = threading.Lock()
     delivered: list[str] = []
@@ -30,8 +34,13 @@ def test_every_accepted_message_ends_delivered_or_dead_lettered(tmp_path: Path) 
         with lock:
             delivered.append(envelope.message_id)
 
+    async def async_chaotic(envelope: Envelope) -> None:
+        await asyncio.sleep(0)
+        chaotic(envelope)
+
+    transport = async_chaotic if kind == "async" else chaotic
     policy = RetryPolicy(max_attempts=6, base_delay=0.001, max_delay=0.005)
-    with open_runtime(tmp_path, {"t": chaotic}, retry=policy, partitions=4) as rt:
+    with open_runtime(tmp_path, {"t": transport}, retry=policy, partitions=4) as rt:  # type: ignore[dict-item]
         receipts = []
         for start in range(0, 3000, 250):
             receipts += rt.send_batch(

@@ -11,6 +11,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from surelay import Envelope, Runtime
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,7 +26,8 @@ def complete_lines(path: Path) -> set[str]:
     return {line for line in lines[:-1] if line}  # the last one may be cut short
 
 
-def test_every_acknowledged_send_survives_sigkill(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_every_acknowledged_send_survives_sigkill(tmp_path: Path, kind: str) -> None:
     data = tmp_path / "data"
     acked = tmp_path / "acked"
     rng = random.Random(7)
@@ -39,6 +42,7 @@ def test_every_acknowledged_send_survives_sigkill(tmp_path: Path) -> None:
                 str(acked),
                 str(delivered),
                 str(round_),
+                kind,
             ],
             cwd=ROOT,
             stdout=subprocess.PIPE,

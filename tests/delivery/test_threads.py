@@ -1,0 +1,224 @@
+"""The thread-pool engine on its own: runs in order, the pool's size, ack timeouts and
+the bound on abandoned threads, stopping."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from surelay import Envelope, Priority, TransientError
+from surelay.config import BreakerPolicy
+from surelay.delivery import threads
+from surelay.delivery.attempt import FAILED, OK, SKIPPED, TIMEOUT, Attempt, ResultBox
+from surelay.delivery.breakers import Breakers
+from surelay.delivery.lanes import Lanes
+from surelay.delivery.threads import ThreadEngine
+from surelay.policy.priority import PATTERN
+from surelay.storage.records import OutboxEntry
+from surelay.telemetry import Telemetry
+
+
+def entry(n: int, key: str | None = None, priority: Priority = Priority.NORMAL) -> OutboxEntry:
+    envelope = Envelope(f"m{n}", "t", b"%d" % n, key=key, priority=priority)
+    return OutboxEntry(n, envelope, 0.0, 0)
+
+
+class Collect:
+    """A sink that keeps attempts and lets a test wait for a number of them."""
+
+    def __init__(self) -> None:
+        self.attempts: list[Attempt] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, attempt: Attempt) -> None:
+        with self._cond:
+            self.attempts.append(attempt)
+            self._cond.notify_all()
+
+    def wait(self, count: int, timeout: float = 10.0) -> list[Attempt]:
+        with self._cond:
+            assert self._cond.wait_for(lambda: len(self.attempts) >= count, timeout), (
+                f"{len(self.attempts)} of {count} attempts"
+            )
+            return list(self.attempts)
+
+
+def engine(
+    transport: Callable[[Envelope], None], *, limit: int = 4, ack_timeout: float = 30.0
+) -> ThreadEngine:
+    return ThreadEngine(
+        "t",
+        transport,
+        limit=limit,
+        ack_timeout=ack_timeout,
+        breakers=Breakers(BreakerPolicy(), ["t"]),
+        telemetry=Telemetry(),
+        clock=time.time,
+    )
+
+
+def test_a_run_is_called_in_order_and_stops_at_its_first_failure() -> None:
+    called: list[bytes] = []
+
+    def transport(envelope: Envelope) -> None:
+        called.append(envelope.payload)
+        if envelope.payload == b"2":
+            raise TransientError("no")
+
+    sink = Collect()
+    pool = engine(transport)
+    pool.submit([((entry(1), entry(2), entry(3), entry(4)), sink)])
+    attempts = sink.wait(4)
+    pool.stop(1)
+    assert called == [b"1", b"2"]
+    assert [a.kind for a in attempts] == [OK, FAILED, SKIPPED, SKIPPED]
+    assert attempts[1].failure == "transient"  # classified once, by the engine
+
+
+def test_fast_calls_keep_one_thread_and_slow_ones_grow_the_pool_to_its_limit() -> None:
+    sink = Collect()
+    fast = engine(lambda _e: None, limit=8)
+    fast.submit([((entry(i),), sink) for i in range(500)])
+    sink.wait(500)
+    assert fast.health()["threads"] == 1
+    fast.stop(1)
+
+    gate = threading.Event()
+    peak = [0, 0]
+    lock = threading.Lock()
+
+    def slow(_envelope: Envelope) -> None:
+        with lock:
+            peak[0] += 1
+            peak[1] = max(peak)
+        gate.wait(10)
+        with lock:
+            peak[0] -= 1
+
+    sink = Collect()
+    pool = engine(slow, limit=8)
+    pool.submit([((entry(i),), sink) for i in range(20)])
+    deadline = time.monotonic() + 10
+    while pool.in_flight < 8:
+        assert time.monotonic() < deadline, f"only {pool.in_flight} calls started"
+        threading.Event().wait(0.005)
+    assert pool.health()["threads"] == 8 and pool.waiting == 12
+    gate.set()
+    sink.wait(20)
+    assert peak[1] == 8
+    pool.stop(1)
+
+
+def test_idle_threads_retire(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(threads, "IDLE_RETIRE", 0.05)
+    sink = Collect()
+    pool = engine(lambda _e: time.sleep(0.002), limit=4)
+    pool.submit([((entry(i),), sink) for i in range(40)])
+    sink.wait(40)
+    deadline = time.monotonic() + 10
+    while pool.health()["threads"]:
+        assert time.monotonic() < deadline, "idle threads never retired"
+        threading.Event().wait(0.01)
+    pool.submit([((entry(99),), sink)])  # a new thread is made on demand
+    assert sink.wait(41)[-1].kind == OK
+    pool.stop(1)
+
+
+def test_a_call_past_its_ack_timeout_is_abandoned_and_its_slot_reused() -> None:
+    release = threading.Event()
+    late: list[bytes] = []
+
+    def transport(envelope: Envelope) -> None:
+        if envelope.payload == b"1":
+            release.wait(10)
+            late.append(envelope.payload)
+
+    sink = Collect()
+    pool = engine(transport, limit=1, ack_timeout=0.1)
+    pool.submit([((entry(1), entry(2)), sink), ((entry(3),), sink)])
+    attempts = sink.wait(3)
+    assert [(a.entry.seq, a.kind) for a in attempts] == [(1, TIMEOUT), (2, SKIPPED), (3, OK)]
+    assert attempts[0].failure == "transient"
+    assert pool.health()["abandoned"] == 1
+    release.set()
+    deadline = time.monotonic() + 10
+    while pool.health()["abandoned"]:
+        assert time.monotonic() < deadline
+        threading.Event().wait(0.01)
+    assert late == [b"1"] and len(sink.attempts) == 3  # the late result was ignored
+    pool.stop(1)
+
+
+def test_abandoned_threads_are_bounded_by_the_limit() -> None:
+    """A downstream that hangs every call: at most `limit` abandoned threads; past that
+    a hung call keeps its slot, so at most 2 x limit threads exist."""
+    release = threading.Event()
+    sink = Collect()
+    pool = engine(lambda _e: release.wait(10) and None, limit=2, ack_timeout=0.05)
+    pool.submit([((entry(i),), sink) for i in range(10)])
+    sink.wait(4)  # two abandoned, then two more time out but keep their slots
+    health = pool.health()
+    assert health["abandoned"] == 2 and health["threads"] == 2
+    assert pool.in_flight == 2 and pool.waiting == 6
+    release.set()
+    attempts = sink.wait(10)
+    assert sum(a.kind == TIMEOUT for a in attempts) >= 4
+    pool.stop(1)
+
+
+def test_nothing_starts_after_stop() -> None:
+    gate = threading.Event()
+    calls: list[bytes] = []
+
+    def transport(envelope: Envelope) -> None:
+        calls.append(envelope.payload)
+        gate.wait(10)
+
+    sink = Collect()
+    pool = engine(transport, limit=1)
+    pool.submit([((entry(1),), sink), ((entry(2),), sink)])
+    while not calls:
+        threading.Event().wait(0.005)
+    pool.stop(1)
+    pool.submit([((entry(3),), sink)])
+    gate.set()
+    sink.wait(1)
+    assert calls == [b"1"]
+
+
+@given(st.lists(st.sampled_from(list(Priority)), min_size=1, max_size=80))
+def test_lanes_serve_by_weight_fifo_within_a_priority(priorities: list[Priority]) -> None:
+    lanes = Lanes()
+    noop = Collect()
+    runs = [((entry(i, priority=p),), noop) for i, p in enumerate(priorities)]
+    lanes.extend(runs)
+    popped = [lanes.pop()[0][0] for _ in range(len(runs))]
+    assert not lanes
+    for priority in Priority:  # FIFO within a lane
+        seqs = [e.seq for e in popped if e.envelope.priority is priority]
+        assert seqs == sorted(seqs)
+    # while every lane has work, picks follow the 6:3:1 pattern
+    counts = {p: priorities.count(p) for p in Priority}
+    for turn, got in enumerate(popped):
+        rank = PATTERN[turn % len(PATTERN)]
+        wanted = list(Priority)[rank]
+        if counts[wanted]:
+            assert got.envelope.priority is wanted
+        counts[got.envelope.priority] -= 1
+
+
+def test_a_result_box_tells_its_actor_once_per_burst() -> None:
+    box = ResultBox()
+    told: list[int] = []
+    box.notify = lambda: told.append(len(box))
+    for i in range(5):
+        box.put(Attempt(entry(i), OK))
+    assert told == [1]
+    assert [a.entry.seq for a in box.take()] == [0, 1, 2, 3, 4]
+    box.put(Attempt(entry(9), OK))
+    assert told == [1, 1]
