@@ -4,8 +4,9 @@
 `EventLoop` runs the loop in a daemon thread and supervises it: if the loop stops
 without being asked (a callback raised `SystemExit` or `KeyboardInterrupt`, a transport
 stopped it), every call it was running is reported LOST (retried as a crash: attempt
-counted, dead-lettered `crash` the second time), the old loop's tasks are cancelled,
-and a new loop takes over; the restarts are counted in `rt.health()`.
+counted, dead-lettered `crash` the second time), the old loop's tasks are cancelled and
+its transports' `aclose` awaited there (their clients belong to it), and a new loop
+takes over; the restarts are counted in `rt.health()`.
 
 `LoopEngine` keeps up to `limit` runs of its transport going as tasks. Each call runs
 under `asyncio.timeout(ack_timeout)`: past it the coroutine is cancelled (it sees
@@ -124,7 +125,7 @@ class EventLoop:
                 self._loop = None
                 stopping = self._stopping
             if stopping:
-                self._shutdown(loop)
+                self._close(loop)
                 return
             self._recover(loop, crash)
 
@@ -140,12 +141,14 @@ class EventLoop:
         )
         for engine in self._engines:
             engine.lost(error)
-        _finish(loop, cancel=True)
+        self._close(loop)  # a transport's client made on the dead loop dies with it
         for engine in self._engines:
             self.call_soon(engine.pump)
 
-    def _shutdown(self, loop: asyncio.AbstractEventLoop) -> None:
-        _finish(loop, cancel=True)
+    def _close(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Cancel what is left on a loop that no longer runs, await the transports'
+        `aclose` there (bounded), and close it."""
+        _finish(loop)
         for closer in self._closers:
             try:
                 loop.run_until_complete(asyncio.wait_for(closer(), _CLEANUP))
@@ -156,8 +159,8 @@ class EventLoop:
         loop.close()
 
 
-def _finish(loop: asyncio.AbstractEventLoop, *, cancel: bool) -> None:
-    """Cancel what is left on a loop that no longer runs and let it end (bounded)."""
+def _finish(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel the tasks left on a loop that no longer runs and let them end (bounded)."""
     tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
     if not tasks:
         return
