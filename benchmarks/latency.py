@@ -1,0 +1,206 @@
+"""Delivery against a slow downstream: surelay beside bare concurrency, in one run.
+
+Run: .venv/bin/python benchmarks/latency.py [--messages N] [--latency S] [--skip-http]
+
+Every call takes `--latency` seconds (20 ms). For `--messages` messages (20,000) with
+distinct keys, and again with 200 keys (100 messages per key, which surelay delivers in
+order, one call of a key at a time):
+
+- a plain callable (`time.sleep`) through surelay with the default config, beside a
+  bare `ThreadPoolExecutor(64)` making the same calls (no outbox, no order);
+- a coroutine transport (`asyncio.sleep`) through surelay with `concurrency=1000`,
+  beside a bare asyncio loop making the same calls under a `Semaphore(1000)` (and, for
+  200 keys, also beside the same loop calling each key's messages one after another:
+  200 keys can have only 200 calls in flight, whatever the runtime);
+- `HttpTransport` (default concurrency, 64 threads) and `AsyncHttpTransport`
+  (`concurrency=1000`) POSTing to a real HTTP server in another process that answers
+  each request after `--latency` seconds: msg/s and the p99 of send -> call returned.
+
+surelay's figures are end to end: from the first `send_batch` to the last delivery
+recorded (durable outbox write, the call, the durable settle), with a producer that
+honours `Overloaded.retry_after` when the default `PressurePolicy(capacity=10_000)` is
+reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from surelay import Envelope, Overloaded, Runtime, RuntimeConfig
+from surelay.delivery import is_coroutine_transport
+from surelay.transports import AsyncHttpTransport, HttpTransport
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def keys_for(messages: int, keys: int | None) -> list[str]:
+    return [f"k{i}" if keys is None else f"k{i % keys}" for i in range(messages)]
+
+
+def through_surelay(
+    transport: Callable[..., Any], keys: list[str], config: RuntimeConfig
+) -> tuple[float, list[float]]:
+    """msg/s end to end, and each message's seconds from accepted to call returned."""
+    accepted: dict[str, float] = {}
+    returned: dict[str, float] = {}
+
+    def timed(envelope: Envelope) -> None:
+        transport(envelope)
+        returned[envelope.message_id] = time.perf_counter()
+
+    async def timed_async(envelope: Envelope) -> None:
+        await transport(envelope)
+        returned[envelope.message_id] = time.perf_counter()
+
+    chosen = timed_async if is_coroutine_transport(transport) else timed
+    with (
+        tempfile.TemporaryDirectory() as path,
+        Runtime.open(path, transports={"t": chosen}, config=config) as rt,
+    ):
+        start = time.perf_counter()
+        for first in range(0, len(keys), 1000):
+            batch = [
+                {"transport": "t", "payload": b"x" * 100, "key": key}
+                for key in keys[first : first + 1000]
+            ]
+            while True:
+                try:
+                    receipts = rt.send_batch(batch)
+                    break
+                except Overloaded as busy:
+                    time.sleep(busy.retry_after)
+            now = time.perf_counter()
+            accepted.update((r.message_id, now) for r in receipts)
+        assert rt.flush(600), "not everything was delivered"
+        elapsed = time.perf_counter() - start
+        assert rt.stats().delivered == len(keys)
+    latencies = [returned[m] - accepted[m] for m in accepted]
+    return len(keys) / elapsed, latencies
+
+
+def bare_threads(call: Callable[[], None], messages: int) -> float:
+    start = time.perf_counter()
+    with ThreadPoolExecutor(64) as pool:
+        for future in [pool.submit(call) for _ in range(messages)]:
+            future.result()
+    return messages / (time.perf_counter() - start)
+
+
+def bare_asyncio(latency: float, messages: int, keys: int | None = None) -> float:
+    """Calls under a Semaphore(1000); with `keys`, each key's calls one after another
+    (the most any runtime that keeps per-key order can do)."""
+
+    async def main() -> None:
+        limit = asyncio.Semaphore(1000)
+
+        async def one() -> None:
+            async with limit:
+                await asyncio.sleep(latency)
+
+        async def chain(count: int) -> None:
+            for _ in range(count):
+                await one()
+
+        if keys is None:
+            await asyncio.gather(*(one() for _ in range(messages)))
+        else:
+            await asyncio.gather(*(chain(messages // keys) for _ in range(keys)))
+
+    start = time.perf_counter()
+    asyncio.run(main())
+    return messages / (time.perf_counter() - start)
+
+
+def p99(values: list[float]) -> float:
+    return statistics.quantiles(values, n=100)[98] * 1000
+
+
+class Server:
+    """tests/transports/http_server.py in a process of its own."""
+
+    def __init__(self, latency: float) -> None:
+        self._process = subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "tests" / "transports" / "http_server.py"),
+                "--delay",
+                str(latency),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self._process.stdout is not None
+        self.url = f"http://127.0.0.1:{int(self._process.stdout.readline())}/hook"
+
+    def stop(self) -> None:
+        self._process.terminate()
+        self._process.wait(10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--latency", type=float, default=0.02)
+    parser.add_argument("--skip-http", action="store_true")
+    arguments = parser.parse_args()
+    n, latency = arguments.messages, arguments.latency
+
+    def sleep_call(_envelope: Envelope | None = None) -> None:
+        time.sleep(latency)
+
+    async def async_sleep(_envelope: Envelope) -> None:
+        await asyncio.sleep(latency)
+
+    print(f"{n} messages, {latency * 1000:.0f} ms per call")
+    print(f"{'pipeline':58} {'msg/s':>8} {'share':>6} {'p99 ms':>8}")
+
+    def row(
+        name: str, rate: float, bare: float | None = None, lat: list[float] | None = None
+    ) -> None:
+        share = f"{rate / bare:.0%}" if bare else ""
+        tail = f"{p99(lat):.0f}" if lat else ""
+        print(f"{name:58} {rate:>8,.0f} {share:>6} {tail:>8}", flush=True)
+
+    bare_sync = bare_threads(sleep_call, n)
+    row("bare ThreadPoolExecutor(64)", bare_sync)
+    bare_async = bare_asyncio(latency, n)
+    row("bare asyncio, Semaphore(1000)", bare_async)
+    bare_chains = bare_asyncio(latency, n, keys=200)
+    row("bare asyncio, Semaphore(1000), 200 keys one call each at a time", bare_chains)
+    for keys, label in ((None, "distinct keys"), (200, "200 keys")):
+        ordered = keys_for(n, keys)
+        rate, lat = through_surelay(sleep_call, ordered, RuntimeConfig())
+        row(f"surelay, sync transport, default config, {label}", rate, bare_sync, lat)
+        rate, lat = through_surelay(async_sleep, ordered, RuntimeConfig(concurrency=1000))
+        row(f"surelay, async transport, concurrency=1000, {label}", rate, bare_async, lat)
+        if keys is not None:
+            row("  the same, beside the bare loop keeping per-key order", rate, bare_chains)
+    if arguments.skip_http:
+        return
+    server = Server(latency)
+    try:
+        ordered = keys_for(n, None)
+        rate, lat = through_surelay(HttpTransport(server.url), ordered, RuntimeConfig())
+        row("surelay HttpTransport, default config (64 threads)", rate, None, lat)
+        rate, lat = through_surelay(
+            AsyncHttpTransport(server.url), ordered, RuntimeConfig(concurrency=1000)
+        )
+        row("surelay AsyncHttpTransport, concurrency=1000", rate, None, lat)
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    logging.getLogger("surelay").setLevel(logging.ERROR)  # pressure changes are expected
+    main()
