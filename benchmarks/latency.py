@@ -54,16 +54,9 @@ def through_surelay(
     """msg/s end to end, and each message's seconds from accepted to call returned."""
     accepted: dict[str, float] = {}
     returned: dict[str, float] = {}
-
-    def timed(envelope: Envelope) -> None:
-        transport(envelope)
-        returned[envelope.message_id] = time.perf_counter()
-
-    async def timed_async(envelope: Envelope) -> None:
-        await transport(envelope)
-        returned[envelope.message_id] = time.perf_counter()
-
-    chosen = timed_async if is_coroutine_transport(transport) else timed
+    chosen: Any = (Timed if not is_coroutine_transport(transport) else TimedAsync)(
+        transport, returned
+    )
     with (
         tempfile.TemporaryDirectory() as path,
         Runtime.open(path, transports={"t": chosen}, config=config) as rt,
@@ -87,6 +80,28 @@ def through_surelay(
         assert rt.stats().delivered == len(keys)
     latencies = [returned[m] - accepted[m] for m in accepted]
     return len(keys) / elapsed, latencies
+
+
+class Timed:
+    """Notes when each call returned; passes the runtime's hooks (`prepare`, `aclose`)
+    on to the transport it wraps, so that transport is set up as it would be alone."""
+
+    def __init__(self, transport: Any, returned: dict[str, float]) -> None:
+        self.transport = transport
+        self.returned = returned
+        for hook in ("prepare", "aclose"):
+            if hasattr(transport, hook):
+                setattr(self, hook, getattr(transport, hook))
+
+    def __call__(self, envelope: Envelope) -> None:
+        self.transport(envelope)
+        self.returned[envelope.message_id] = time.perf_counter()
+
+
+class TimedAsync(Timed):
+    async def __call__(self, envelope: Envelope) -> None:  # type: ignore[override]
+        await self.transport(envelope)
+        self.returned[envelope.message_id] = time.perf_counter()
 
 
 def bare_threads(call: Callable[[], None], messages: int) -> float:
@@ -163,14 +178,14 @@ def main() -> None:
         await asyncio.sleep(latency)
 
     print(f"{n} messages, {latency * 1000:.0f} ms per call")
-    print(f"{'pipeline':58} {'msg/s':>8} {'share':>6} {'p99 ms':>8}")
+    print(f"{"pipeline":66} {'msg/s':>8} {'share':>6} {'p99 ms':>8}")
 
     def row(
         name: str, rate: float, bare: float | None = None, lat: list[float] | None = None
     ) -> None:
         share = f"{rate / bare:.0%}" if bare else ""
         tail = f"{p99(lat):.0f}" if lat else ""
-        print(f"{name:58} {rate:>8,.0f} {share:>6} {tail:>8}", flush=True)
+        print(f"{name:66} {rate:>8,.0f} {share:>6} {tail:>8}", flush=True)
 
     bare_sync = bare_threads(sleep_call, n)
     row("bare ThreadPoolExecutor(64)", bare_sync)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -29,8 +30,10 @@ logger = logging.getLogger("surelay.actors")
 PERIOD = 0.05
 """Seconds between samples."""
 
+DRAIN_WINDOW = 1.0
+"""Seconds of busy history the drain rate is measured over."""
+
 _ENDED = ("delivered", "dead_lettered", "duplicates")
-_SMOOTHING = 0.3
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +46,7 @@ class PressureGovernor(AlarmOwner):
         super().__init__()
         self._hub = hub
         self._state = state
-        self._last_ended: int | None = None
-        self._last_at = 0.0
+        self._history: deque[tuple[float, int]] = deque()
 
     def on_start(self) -> None:
         self.start_alarm(
@@ -74,10 +76,7 @@ class PressureGovernor(AlarmOwner):
         }
         counters = hub.counters.snapshot()
         ended = sum(counters[name] for name in _ENDED)
-        if self._last_ended is not None and now > self._last_at:
-            rate = (ended - self._last_ended) / (now - self._last_at)
-            state.drain = _SMOOTHING * rate + (1 - _SMOOTHING) * state.drain
-        self._last_ended, self._last_at = ended, now
+        state.drain = self._drain(now, ended, busy=in_flight > 0)
         ratio = in_flight / policy.capacity
         level = next_level(state.level, ratio, policy)
         state.depths = depths
@@ -86,6 +85,22 @@ class PressureGovernor(AlarmOwner):
         if level != state.level:
             self._transition(state.level, level, depths, ratio)
             state.level = level
+
+    def _drain(self, now: float, ended: int, *, busy: bool) -> float:
+        """Messages ended per second over the last `DRAIN_WINDOW` seconds in which work
+        was in hand (idle time before a burst would make a busy runtime look slow, and a
+        refused sender wait far too long)."""
+        history = self._history
+        if not busy:
+            history.clear()
+            return self._state.drain
+        history.append((now, ended))
+        while now - history[0][0] > DRAIN_WINDOW:
+            history.popleft()
+        first_at, first_ended = history[0]
+        if now - first_at < PERIOD:
+            return self._state.drain  # too short to say: the last measure stands
+        return (ended - first_ended) / (now - first_at)
 
     def _outbox_pending(self) -> int:
         store = self._hub.store
