@@ -178,7 +178,7 @@ def main() -> None:
         await asyncio.sleep(latency)
 
     print(f"{n} messages, {latency * 1000:.0f} ms per call")
-    print(f"{"pipeline":66} {'msg/s':>8} {'share':>6} {'p99 ms':>8}")
+    print(f"{'pipeline':66} {'msg/s':>8} {'share':>6} {'p99 ms':>8}")
 
     def row(
         name: str, rate: float, bare: float | None = None, lat: list[float] | None = None
