@@ -1,8 +1,10 @@
 """`surelay demo`: a host sending to a flaky downstream, shown live.
 
-A few thousand messages with keys and priorities go to a simulated downstream that fails
-transiently, rejects some messages for good, and has latency spikes; midway one Sender
-is crashed on purpose. A live progress bar, then a summary table; every span goes to
+A few thousand messages with keys and priorities go to a simulated downstream with a
+real service's latency (20 ms and up, spikes of 300 ms) that fails transiently and
+rejects some messages for good; midway one Sender is crashed on purpose. The runtime
+keeps up to 64 calls in flight (one per key), so it still ends in seconds. A live
+progress bar with the calls in flight, then a summary table; every span goes to
 `traces.jsonl` in the data directory. Re-runnable: each run uses fresh message ids and
 idempotency keys, and finishes what an interrupted earlier run left in the outbox.
 """
@@ -41,8 +43,9 @@ class DemoCrash(BaseException):
 
 @dataclass
 class FlakyDownstream:
-    """The simulated receiver: 10% transient failures, every 97th message rejected for
-    good, 1% latency spikes of 40 ms, and one crash at `crash_at` deliveries."""
+    """The simulated receiver: 20 ms plus an exponential tail (mean 20 ms) per call, 2%
+    spikes of 300 ms, 10% transient failures, every 97th message rejected for good, and
+    one crash at `crash_at` deliveries."""
 
     seed: int = 7
     crash_at: int = 1500
@@ -58,18 +61,16 @@ class FlakyDownstream:
         with self._lock:
             self.calls += 1
             roll = self._rng.random()
+            latency = 0.3 if roll < 0.02 else min(0.3, 0.02 + self._rng.expovariate(50.0))
             crash = not self._crashed and self.calls >= self.crash_at
             self._crashed = self._crashed or crash
         if crash:
             raise DemoCrash("the demo crashes this sender on purpose")
+        time.sleep(latency)  # the downstream at work
         if envelope.payload.endswith(b"#reject"):
             raise PermanentError("422: the downstream rejects this message")
-        if roll < 0.01:
-            time.sleep(0.04)  # a latency spike
-        elif roll < 0.11:
+        if 0.02 <= roll < 0.12:
             raise TransientError("503: downstream busy")
-        else:
-            time.sleep(0.0002)
         with self._lock:
             self.latencies.append(time.time() - envelope.created_at)
 
@@ -87,6 +88,7 @@ class DemoResult:
     seconds: float
     traces: Path
     flushed: bool
+    peak_calls: int
 
 
 def _messages(count: int, run: str) -> list[dict[str, Any]]:
@@ -154,9 +156,9 @@ def run_demo(
     downstream = FlakyDownstream(crash_at=max(1, messages // 2))
     config = RuntimeConfig(
         retry=RetryPolicy(max_attempts=4, base_delay=0.05, max_delay=0.4, jitter="full"),
-        # A wide window: the downstream's 10% failures should not open the breaker,
-        # and if it does open, it probes again after a second.
-        breaker=BreakerPolicy(window=50, min_calls=20, failure_ratio=0.5, open_for=1.0),
+        # The default window rides out the downstream's 10% failures; were it to open,
+        # it would probe again after a second.
+        breaker=BreakerPolicy(open_for=1.0),
         partitions=4,
     )
     run = uuid.uuid4().hex[:8]
@@ -166,7 +168,7 @@ def run_demo(
         recovered = rt.stats().in_flight
         if recovered:
             console.print(f"finishing {recovered} message(s) an earlier run left in the outbox")
-        _send_with_progress(rt, batch, console, started)
+        peak_calls = _send_with_progress(rt, batch, console, started)
         flushed = rt.flush(5)
         stats = rt.stats()
         senders = rt.supervisor.child("senders")
@@ -192,6 +194,7 @@ def run_demo(
         seconds=time.time() - started,
         traces=traces,
         flushed=flushed,
+        peak_calls=peak_calls,
     )
     if show:
         _print_summary(console, result)
@@ -200,9 +203,11 @@ def run_demo(
 
 def _send_with_progress(
     rt: Runtime, batch: list[dict[str, Any]], console: Console, started: float
-) -> None:
-    """Send from a host thread while a live bar shows what has ended."""
+) -> int:
+    """Send from a host thread while a live bar shows what has ended; returns the most
+    calls seen in flight at once."""
     total = len(batch)
+    peak = 0
 
     def send_all() -> None:
         for start in range(0, total, 100):
@@ -221,15 +226,19 @@ def _send_with_progress(
         host.start()
         while True:
             s = rt.stats()
+            calls = sum(s.calls_in_flight.values())
+            peak = max(peak, calls)
             progress.update(
                 task,
                 completed=min(s.delivered + s.dead_lettered + s.duplicates, total),
-                detail=f"retried {s.retried}  dead {s.dead_lettered}  dup {s.duplicates}",
+                detail=f"in flight {calls:>2}  retried {s.retried}  dead {s.dead_lettered}  "
+                f"dup {s.duplicates}",
             )
             if (not host.is_alive() and s.in_flight == 0) or time.time() - started > 50:
                 break
             threading.Event().wait(0.1)
         host.join()
+    return peak
 
 
 def _print_summary(console: Console, result: DemoResult) -> None:
@@ -245,6 +254,7 @@ def _print_summary(console: Console, result: DemoResult) -> None:
     table.add_row("sender restarts", f"{result.restarts:,}")
     table.add_row("delivery latency p50", f"{result.p50_ms:.1f} ms")
     table.add_row("delivery latency p99", f"{result.p99_ms:.1f} ms")
+    table.add_row("most calls in flight at once", f"{result.peak_calls:,}")
     table.add_row("took", f"{result.seconds:.1f} s")
     console.print(table)
     console.print(f"traces: {result.traces}")
