@@ -42,6 +42,7 @@ bench: $(DEV_STAMP)
 	$(BIN)/python benchmarks/storage.py
 	$(BIN)/python benchmarks/throughput.py
 	$(BIN)/python benchmarks/overload.py
+	$(BIN)/python benchmarks/latency.py
 
 clean:
 	rm -rf $(VENV) surelay-data .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -1,4 +1,4 @@
-"""Configuration refuses bad values by field name and keeps API.md's defaults."""
+"""Configuration refuses bad values by field name and keeps the documented defaults."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The embedding API of API.md: send, receipts, retries, dead letters, dedup, order."""
+"""The embedding API: send, receipts, retries, dead letters, dedup, order."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """surelay: an embeddable, OTP-style supervised actor runtime that delivers messages reliably.
 
-The public names of API.md, re-exported as they land; supervision lives in
-`surelay.supervision`, persistence in `surelay.storage`.
+The public names, re-exported here; supervision lives in `surelay.supervision`,
+persistence in `surelay.storage`, transports in `surelay.transports`. How the parts fit:
+docs/architecture.md.
 """
 
 from surelay.config import BreakerPolicy, Guarantee, PressurePolicy, RetryPolicy, RuntimeConfig

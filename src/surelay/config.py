@@ -155,7 +155,8 @@ class PressurePolicy:
 
 @dataclass(frozen=True, slots=True)
 class RuntimeConfig:
-    """Everything a `Runtime` is configured with; see API.md for each field's meaning.
+    """Everything a `Runtime` is configured with; the README and docs/architecture.md say
+    what each field does.
 
     `clock` returns epoch seconds; tests inject one to drive retry, breaker and TTL
     logic without sleeping. `ack_timeout` (seconds) cuts off a transport call that hangs

@@ -1,4 +1,5 @@
-"""Telemetry names (a public contract, API.md "Telemetry") and the few helpers that use them.
+"""Telemetry names (a public contract: dashboards are built on them; the README lists
+them) and the few helpers that use them.
 
 Library code imports `opentelemetry-api` only; the host installs the SDK. With no tracer
 provider installed, `Telemetry.tracing` is False and the runtime skips span work
@@ -273,6 +274,6 @@ def trace_id_of(headers: Mapping[str, str]) -> str | None:
 
 
 def record_error(span: Span, error: BaseException) -> None:
-    """Mark `span` failed by `error`, as API.md asks (status ERROR + the exception)."""
+    """Mark `span` failed by `error`, as every surelay span does (status ERROR + the exception)."""
     span.record_exception(error)
     span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))

@@ -1,1 +1,2 @@
-"""surelay.actors (see DESIGN.md)."""
+"""The actors only: sender, retry scheduler, dead-letter sink, governor, sweeper, status,
+replay coordinator and workers (docs/architecture.md has the tree)."""
