@@ -27,6 +27,7 @@ from surelay import (
     RetryPolicy,
     TransientError,
 )
+from surelay.telemetry import DURATION_BUCKETS
 
 from .helpers import Recorder, open_runtime
 
@@ -141,13 +142,36 @@ def test_metrics_count_by_transport_and_observe_gauges(tmp_path: Path) -> None:
         if p.attributes.get("surelay.transport") == "sms"
     ]
     assert durations and durations[0].count >= 3
+    # seconds-sized buckets: a call of a few ms lands in a bucket of its own, not the first
+    assert tuple(durations[0].explicit_bounds) == DURATION_BUCKETS
+    assert durations[0].bucket_counts[0] < durations[0].count or durations[0].max < 0.001
     breaker = {p.attributes["surelay.transport"]: p.value for p in points["surelay.breaker.state"]}
     assert breaker == {"sms": 0, "mail": 0}
+    calls = {p.attributes["surelay.transport"]: p.value for p in points["surelay.calls.in_flight"]}
+    assert calls == {"sms": 0, "mail": 0}
     gauges = {
         name: points[name][0].value for name in ("surelay.outbox.pending", "surelay.dead_letters")
     }
     assert gauges == {"surelay.outbox.pending": 0, "surelay.dead_letters": 1}
     assert points["surelay.pressure.level"][0].value == 0
+
+
+def test_a_duplicate_shows_in_its_trace(tmp_path: Path) -> None:
+    with open_runtime(tmp_path, {"t": Recorder()}) as rt:
+        assert rt.send("t", b"a", idempotency_key="once").wait(5) is Outcome.DELIVERED
+        second = rt.send("t", b"b", idempotency_key="once")
+        assert second.wait(5) is Outcome.DUPLICATE
+    by_id = {s.attributes["surelay.message_id"]: s for s in spans("surelay.send") if s.attributes}
+    send = by_id[second.message_id]
+    (duplicate,) = [
+        s
+        for s in spans("surelay.deliver")
+        if s.attributes and s.attributes["surelay.outcome"] == "duplicate"
+    ]
+    assert duplicate.attributes is not None
+    assert duplicate.attributes["surelay.message_id"] == second.message_id
+    assert duplicate.context is not None and send.context is not None
+    assert duplicate.context.trace_id == send.context.trace_id  # in the send's own trace
 
 
 def test_a_replay_is_its_own_span_linked_to_the_original_trace(tmp_path: Path) -> None:
