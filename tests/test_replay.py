@@ -188,6 +188,44 @@ def test_each_key_is_replayed_in_failure_order(tmp_path: Path) -> None:
         assert down.recorder.payloads(key) == order
 
 
+def test_a_replay_is_concurrent_one_call_per_key_in_failure_order(tmp_path: Path) -> None:
+    """Replay goes through the delivery engine: many records in flight at once, but a
+    key's records one at a time, in failure order."""
+    down = Downstream()
+    lock = threading.Lock()
+    in_flight: dict[str | None, int] = {}
+    peak = [0, 0]  # calls at once, overlaps of one key
+
+    def slow(envelope: Envelope) -> None:
+        if not down.healthy:
+            raise PermanentError("HTTP 400")
+        with lock:
+            in_flight[envelope.key] = in_flight.get(envelope.key, 0) + 1
+            peak[0] = max(peak[0], sum(in_flight.values()))
+            peak[1] = max(peak[1], in_flight[envelope.key])
+        time.sleep(0.01)  # the downstream's latency
+        with lock:
+            in_flight[envelope.key] -= 1
+
+    recorder = Recorder(slow)
+    keys = [f"k{i}" for i in range(20)]
+    with open_runtime(
+        tmp_path, {"t": recorder}, retry=RetryPolicy(max_attempts=1), replay_partitions=2
+    ) as rt:
+        receipts = [rt.send("t", f"{key}-{i}".encode(), key=key) for i in range(5) for key in keys]
+        assert all(r.wait(10) is Outcome.DEAD_LETTERED for r in receipts)
+        failed_order = {
+            key: [d.payload for d in rt.dead_letters.list(key=key, limit=100)] for key in keys
+        }
+        down.healthy = True
+        report = rt.dead_letters.replay(timeout=30)
+    assert report.replayed == 100
+    assert peak[0] > 2  # several records in flight at once (sequential would be 1 per worker)
+    assert peak[1] == 1  # never two of one key
+    for key, order in failed_order.items():
+        assert recorder.payloads(key) == order
+
+
 def test_archived_records_are_refused(tmp_path: Path) -> None:
     down = Downstream()
     with open_runtime(tmp_path, {"t": down.recorder}, retry=RetryPolicy(max_attempts=1)) as rt:
