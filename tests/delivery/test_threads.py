@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from surelay import Envelope, Priority, TransientError
 from surelay.config import BreakerPolicy
 from surelay.delivery import threads
-from surelay.delivery.attempt import FAILED, OK, SKIPPED, TIMEOUT, Attempt, ResultBox
+from surelay.delivery.attempt import FAILED, LOST, OK, SKIPPED, TIMEOUT, Attempt, ResultBox
 from surelay.delivery.breakers import Breakers
 from surelay.delivery.lanes import Lanes
 from surelay.delivery.threads import ThreadEngine
@@ -168,6 +168,26 @@ def test_abandoned_threads_are_bounded_by_the_limit() -> None:
     release.set()
     attempts = sink.wait(10)
     assert sum(a.kind == TIMEOUT for a in attempts) >= 4
+    pool.stop(1)
+
+
+def test_a_thread_that_fails_around_a_call_reports_it_lost_and_goes_on() -> None:
+    """A failure outside the transport (here: the sink, once) must not leave the run in
+    flight for ever nor keep its slot."""
+    sink = Collect()
+    failed = []
+
+    def flaky_sink(attempt: Attempt) -> None:
+        if not failed:
+            failed.append(attempt)
+            raise RuntimeError("a bug in the sink")
+        sink(attempt)
+
+    pool = engine(lambda _e: None, limit=1)
+    pool.submit([((entry(1), entry(2)), flaky_sink), ((entry(3),), flaky_sink)])
+    attempts = sink.wait(3)
+    assert [(a.entry.seq, a.kind) for a in attempts] == [(1, LOST), (2, SKIPPED), (3, OK)]
+    assert pool.in_flight == 0
     pool.stop(1)
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from opentelemetry.trace import Span
 
-from surelay.delivery.attempt import OK, Run, Sink
+from surelay.delivery.attempt import LOST, OK, Attempt, Run, Sink
 from surelay.delivery.engine import Engine
 
 __all__ = ["IDLE_RETIRE", "SLOW_CALL", "ThreadEngine"]
@@ -140,13 +140,32 @@ class ThreadEngine(Engine):
                 run, sink = self._lanes.pop()
                 self._running += 1
                 worker.run, worker.sink, worker.timed_out = run, sink, False
-            if not self._call_run(worker, run, sink):
+            try:
+                alive = self._call_run(worker, run, sink)
+            except BaseException as error:  # a bug around the call, not the transport's
+                alive = not worker.abandoned
+                self._lost(run, worker.index, sink, error)
+            if not alive:
                 return  # abandoned: the slot is someone else's now
             with cond:
                 worker.run = None
                 self._running -= 1
                 if self._lanes and not self._idle:
                     self._spawn(self._wanted())
+
+    def _lost(self, run: Run, index: int, sink: Sink, error: BaseException) -> None:
+        """The thread failed around a call: report the call LOST (retried as a crash)
+        and the rest of the run SKIPPED, so no message is left in flight for ever."""
+        logger.error(
+            "a call thread of transport %r failed outside the transport; the message is retried",
+            self.name,
+            exc_info=error,
+        )
+        try:
+            sink(Attempt(run[index], LOST, error))
+            self.skip(run, index + 1, sink)
+        except BaseException:
+            logger.exception("could not report the failed call; the outbox keeps it")
 
     def _call_run(self, worker: _Worker, run: Run, sink: Sink) -> bool:
         """Call `run`'s messages in order until one is not delivered; False if this
