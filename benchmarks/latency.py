@@ -50,10 +50,12 @@ def keys_for(messages: int, keys: int | None) -> list[str]:
 
 def through_surelay(
     transport: Callable[..., Any], keys: list[str], config: RuntimeConfig
-) -> tuple[float, list[float]]:
-    """msg/s end to end, and each message's seconds from accepted to call returned."""
+) -> tuple[float, list[float], list[float]]:
+    """msg/s end to end; each message's seconds from accepted to call returned; and
+    from call returned to receipt resolved (the durable settle)."""
     accepted: dict[str, float] = {}
     returned: dict[str, float] = {}
+    resolved: dict[str, float] = {}
     chosen: Any = (Timed if not is_coroutine_transport(transport) else TimedAsync)(
         transport, returned
     )
@@ -61,6 +63,16 @@ def through_surelay(
         tempfile.TemporaryDirectory() as path,
         Runtime.open(path, transports={"t": chosen}, config=config) as rt,
     ):
+        tracker = rt._hub.tracker  # the receipts' resolution, timed from outside
+        complete = tracker.complete
+
+        def timed_complete(ids: Any, outcome: Any) -> int:
+            ids = list(ids)
+            now = time.perf_counter()
+            resolved.update((m, now) for m in ids)
+            return complete(ids, outcome)
+
+        tracker.complete = timed_complete  # type: ignore[method-assign]
         start = time.perf_counter()
         for first in range(0, len(keys), 1000):
             batch = [
@@ -79,7 +91,8 @@ def through_surelay(
         elapsed = time.perf_counter() - start
         assert rt.stats().delivered == len(keys)
     latencies = [returned[m] - accepted[m] for m in accepted]
-    return len(keys) / elapsed, latencies
+    settles = [resolved[m] - returned[m] for m in accepted]
+    return len(keys) / elapsed, latencies, settles
 
 
 class Timed:
@@ -178,14 +191,20 @@ def main() -> None:
         await asyncio.sleep(latency)
 
     print(f"{n} messages, {latency * 1000:.0f} ms per call")
-    print(f"{'pipeline':66} {'msg/s':>8} {'share':>6} {'p99 ms':>8}")
+    print("p99: accepted -> call returned; settle: call returned -> receipt resolved")
+    print(f"{'pipeline':66} {'msg/s':>8} {'share':>6} {'p99 ms':>7} {'settle p50/p99 ms':>18}")
 
     def row(
-        name: str, rate: float, bare: float | None = None, lat: list[float] | None = None
+        name: str,
+        rate: float,
+        bare: float | None = None,
+        lat: list[float] | None = None,
+        settle: list[float] | None = None,
     ) -> None:
         share = f"{rate / bare:.0%}" if bare else ""
         tail = f"{p99(lat):.0f}" if lat else ""
-        print(f"{name:66} {rate:>8,.0f} {share:>6} {tail:>8}", flush=True)
+        lag = f"{statistics.median(settle) * 1000:.1f} / {p99(settle):.1f}" if settle else ""
+        print(f"{name:66} {rate:>8,.0f} {share:>6} {tail:>7} {lag:>18}", flush=True)
 
     bare_sync = bare_threads(sleep_call, n)
     row("bare ThreadPoolExecutor(64)", bare_sync)
@@ -195,10 +214,10 @@ def main() -> None:
     row("bare asyncio, Semaphore(1000), 200 keys one call each at a time", bare_chains)
     for keys, label in ((None, "distinct keys"), (200, "200 keys")):
         ordered = keys_for(n, keys)
-        rate, lat = through_surelay(sleep_call, ordered, RuntimeConfig())
-        row(f"surelay, sync transport, default config, {label}", rate, bare_sync, lat)
-        rate, lat = through_surelay(async_sleep, ordered, RuntimeConfig(concurrency=1000))
-        row(f"surelay, async transport, concurrency=1000, {label}", rate, bare_async, lat)
+        rate, lat, lag = through_surelay(sleep_call, ordered, RuntimeConfig())
+        row(f"surelay, sync transport, default config, {label}", rate, bare_sync, lat, lag)
+        rate, lat, lag = through_surelay(async_sleep, ordered, RuntimeConfig(concurrency=1000))
+        row(f"surelay, async transport, concurrency=1000, {label}", rate, bare_async, lat, lag)
         if keys is not None:
             row("  the same, beside the bare loop keeping per-key order", rate, bare_chains)
     if arguments.skip_http:
@@ -206,12 +225,12 @@ def main() -> None:
     server = Server(latency)
     try:
         ordered = keys_for(n, None)
-        rate, lat = through_surelay(HttpTransport(server.url), ordered, RuntimeConfig())
-        row("surelay HttpTransport, default config (64 threads)", rate, None, lat)
-        rate, lat = through_surelay(
+        rate, lat, lag = through_surelay(HttpTransport(server.url), ordered, RuntimeConfig())
+        row("surelay HttpTransport, default config (64 threads)", rate, None, lat, lag)
+        rate, lat, lag = through_surelay(
             AsyncHttpTransport(server.url), ordered, RuntimeConfig(concurrency=1000)
         )
-        row("surelay AsyncHttpTransport, concurrency=1000", rate, None, lat)
+        row("surelay AsyncHttpTransport, concurrency=1000", rate, None, lat, lag)
     finally:
         server.stop()
 
