@@ -397,7 +397,8 @@ def test_priorities_are_served_by_weight_without_starving_low(tmp_path: Path) ->
         first.set()
 
     sink = Recorder(block_first)
-    with open_runtime(tmp_path, {"t": sink}, partitions=1) as rt:
+    # one call slot: the order of the calls is the order in which the slot is given
+    with open_runtime(tmp_path, {"t": sink}, partitions=1, concurrency=1) as rt:
         rt.send("t", b"block", key="blocker")
         assert gate.entered.wait(5)
         batch = []
