@@ -7,6 +7,8 @@ import asyncio
 import threading
 from pathlib import Path
 
+import pytest
+
 from surelay import Envelope, Outcome, PermanentError, RetryPolicy, TransientError
 from surelay.delivery import is_coroutine_transport
 
@@ -122,3 +124,19 @@ def test_a_loop_that_dies_twice_under_a_message_dead_letters_it_as_crash(tmp_pat
         (letter,) = rt.dead_letters.list()
         assert rt.send("a", b"fine").wait(10) is Outcome.DELIVERED
     assert letter.reason_class == "crash" and letter.attempts == 2
+
+
+def test_a_transport_refusing_its_concurrency_fails_open_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    class Picky(AsyncRecorder):
+        def prepare(self, concurrency: int) -> None:
+            if concurrency > 10:
+                raise ValueError(f"at most 10 connections, asked for {concurrency}")
+
+    good = AsyncRecorder()
+    with pytest.raises(ValueError, match="at most 10 connections, asked for 64"):
+        open_runtime(tmp_path, {"good": good, "picky": Picky()})
+    assert not [t for t in threading.enumerate() if t.name == "surelay-event-loop"]
+    with open_runtime(tmp_path, {"picky": Picky()}, concurrency_per_transport={"picky": 10}) as rt:
+        assert rt.send("picky", b"x").wait(10) is Outcome.DELIVERED

@@ -161,9 +161,11 @@ class Runtime:
         except BaseException:
             store.close()
             raise
+        telemetry = Telemetry()  # observes the runtime's gauges once it exists
+        engines: Engines | None = None
         try:
-            telemetry = Telemetry()  # observes the runtime's gauges once it exists
             breakers = Breakers(config.breaker, transports)
+            engines = Engines(transports, config, breakers, telemetry)
             hub = Hub(
                 store=store,
                 config=config,
@@ -173,7 +175,7 @@ class Runtime:
                 telemetry=telemetry,
                 breakers=breakers,
                 backlog=RetryBacklog(),
-                engines=Engines(transports, config, breakers, telemetry),
+                engines=engines,
             )
             states = [PartitionState(i) for i in range(config.partitions)]
             replays = ReplayState()
@@ -182,6 +184,9 @@ class Runtime:
                 tree(hub, states, replays, snapshot), name="surelay", intensity=10, period=5.0
             )
         except BaseException:
+            if engines is not None:
+                engines.stop(1.0)
+            telemetry.close()
             store.close()
             owner.release()
             raise

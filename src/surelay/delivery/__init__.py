@@ -45,18 +45,18 @@ class Engines(Mapping[str, Engine]):
     ) -> None:
         self.loop: EventLoop | None = None
         self._engines: dict[str, Engine] = {}
+        for name, transport in transports.items():  # all first: a refusal starts nothing
+            prepare = getattr(transport, "prepare", None)
+            if callable(prepare):
+                prepare(config.concurrency_for(name))
         for name, transport in transports.items():
-            limit = config.concurrency_for(name)
             common: dict[str, Any] = {
-                "limit": limit,
+                "limit": config.concurrency_for(name),
                 "ack_timeout": ack_timeout_of(config, name, transport),
                 "breakers": breakers,
                 "telemetry": telemetry,
                 "clock": config.clock,
             }
-            prepare = getattr(transport, "prepare", None)
-            if callable(prepare):
-                prepare(limit)
             if is_coroutine_transport(transport):
                 if self.loop is None:
                     self.loop = EventLoop()
