@@ -91,10 +91,18 @@ def test_admission_by_level_and_priority() -> None:
     assert hard_bound(Priority.HIGH, POLICY) == 10_000 * (1 + HIGH_ALLOWANCE)
 
 
-@given(st.integers(0, 20_000), st.floats(0, 1e6))
-def test_retry_after_is_bounded(in_flight: int, drain: float) -> None:
-    wait = retry_after(in_flight, POLICY, drain)
+@given(st.integers(0, 20_000), st.floats(0, 1e6), st.floats(0, 10))
+def test_retry_after_is_bounded(in_flight: int, drain: float, measured_for: float) -> None:
+    wait = retry_after(in_flight, POLICY, drain, measured_for)
     assert 0.05 <= wait <= 60.0
+    if measured_for < 1.0:  # a rate still ramping up never makes a sender wait long
+        assert wait <= 1.0
+
+
+def test_retry_after_trusts_a_settled_drain_rate() -> None:
+    # 4,000 over recover_at, draining 100/s: 40 s once measured for a second, 1 s before
+    assert retry_after(10_000, POLICY, 100.0, measured_for=2.0) == 40.0
+    assert retry_after(10_000, POLICY, 100.0, measured_for=0.3) == 1.0
 
 
 @given(

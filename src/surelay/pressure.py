@@ -29,6 +29,7 @@ unless HIGH, and HIGH is refused past the hard bound `capacity * (1 + HIGH_ALLOW
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from surelay.config import PressurePolicy
@@ -97,16 +98,28 @@ def admission(level: str, priority: Priority, ratio: float, policy: PressurePoli
     return Decision(True)
 
 
-def retry_after(in_flight: int, policy: PressurePolicy, drain_per_second: float) -> float:
+SETTLED = 1.0
+"""Seconds of busy time after which a measured drain rate is trusted for `retry_after`."""
+
+
+def retry_after(
+    in_flight: int,
+    policy: PressurePolicy,
+    drain_per_second: float,
+    measured_for: float = math.inf,
+) -> float:
     """Seconds until the level should be back to `normal` at the measured drain rate:
     the honest wait for a refused sender. Between 0.05 s and 60 s; 1 s if nothing was
-    measured yet."""
+    measured yet. A rate measured over less than `SETTLED` seconds of busy time is still
+    ramping up (the pool is growing, the first calls are only returning), so it may only
+    shorten the wait below 1 s, never lengthen it."""
     excess = in_flight - policy.recover_at * policy.capacity
     if excess <= 0:
         return 0.05
     if drain_per_second <= 0:
         return 1.0
-    return min(60.0, max(0.05, excess / drain_per_second))
+    wait = min(60.0, max(0.05, excess / drain_per_second))
+    return wait if measured_for >= SETTLED else min(wait, 1.0)
 
 
 @dataclass
@@ -118,7 +131,9 @@ class PressureState:
     retry_after: float = 1.0
     """Seconds a refused sender should wait: to `recover_at` at the measured drain."""
     drain: float = 0.0
-    """Messages ended per second, smoothed."""
+    """Messages ended per second, over the last second of busy time."""
+    measured_for: float = 0.0
+    """Seconds of busy time `drain` was measured over (up to one second)."""
     depths: dict[str, int] = field(default_factory=dict)
     sample_asked: bool = False
     transitions: int = 0

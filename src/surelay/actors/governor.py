@@ -47,6 +47,7 @@ class PressureGovernor(AlarmOwner):
         self._hub = hub
         self._state = state
         self._history: deque[tuple[float, int]] = deque()
+        self._busy_since = 0.0
 
     def on_start(self) -> None:
         self.start_alarm(
@@ -81,7 +82,7 @@ class PressureGovernor(AlarmOwner):
         level = next_level(state.level, ratio, policy)
         state.depths = depths
         state.ratio = ratio
-        state.retry_after = retry_after(in_flight, policy, state.drain)
+        state.retry_after = retry_after(in_flight, policy, state.drain, state.measured_for)
         if level != state.level:
             self._transition(state.level, level, depths, ratio)
             state.level = level
@@ -93,11 +94,15 @@ class PressureGovernor(AlarmOwner):
         history = self._history
         if not busy:
             history.clear()
+            self._state.measured_for = 0.0
             return self._state.drain
+        if not history:
+            self._busy_since = now
         history.append((now, ended))
         while now - history[0][0] > DRAIN_WINDOW:
             history.popleft()
         first_at, first_ended = history[0]
+        self._state.measured_for = now - self._busy_since
         if now - first_at < PERIOD:
             return self._state.drain  # too short to say: the last measure stands
         return (ended - first_ended) / (now - first_at)
