@@ -49,7 +49,7 @@ class Collect:
 
 
 def engine(
-    transport: Callable[[Envelope], None], *, limit: int = 4, ack_timeout: float = 30.0
+    transport: Callable[[Envelope], object], *, limit: int = 4, ack_timeout: float = 30.0
 ) -> ThreadEngine:
     return ThreadEngine(
         "t",
@@ -208,7 +208,11 @@ def test_nothing_starts_after_stop() -> None:
     pool.submit([((entry(3),), sink)])
     gate.set()
     sink.wait(1)
-    assert calls == [b"1"]
+    deadline = time.monotonic() + 10
+    while pool.health()["threads"]:  # every thread has seen the stop and ended
+        assert time.monotonic() < deadline, "pool threads did not end after stop"
+        threading.Event().wait(0.01)
+    assert calls == [b"1"] and pool.waiting == 1  # 2 never started, 3 was not taken
 
 
 @given(st.lists(st.sampled_from(list(Priority)), min_size=1, max_size=80))
@@ -242,3 +246,68 @@ def test_a_result_box_tells_its_actor_once_per_burst() -> None:
     assert [a.entry.seq for a in box.take()] == [0, 1, 2, 3, 4]
     box.put(Attempt(entry(9), OK))
     assert told == [1, 1]
+
+
+class Exploding(Breakers):
+    """Breakers whose `allow` raises while `boom`: a bug around the call."""
+
+    boom = False
+
+    def allow(self, transport: str, now: float) -> tuple[float, float | None]:
+        if self.boom:
+            raise RuntimeError("a bug around the call")
+        return super().allow(transport, now)
+
+
+def test_a_failure_before_a_runs_first_call_reports_that_message_lost() -> None:
+    breakers = Exploding(BreakerPolicy(), ["t"])
+    sink = Collect()
+    pool = ThreadEngine(
+        "t",
+        lambda _e: None,
+        limit=1,
+        ack_timeout=30.0,
+        breakers=breakers,
+        telemetry=Telemetry(),
+        clock=time.time,
+    )
+    pool.submit([((entry(1, "x"), entry(2, "x"), entry(3, "x")), sink)])
+    sink.wait(3)
+    breakers.boom = True
+    pool.submit([((entry(4, "y"), entry(5, "y")), sink)])
+    attempts = sink.wait(5)
+    assert [(a.entry.seq, a.kind) for a in attempts[3:]] == [(4, LOST), (5, SKIPPED)]
+    assert pool.in_flight == 0
+    pool.stop(1)
+
+
+def test_the_deadline_watcher_survives_a_failure_to_report() -> None:
+    release = threading.Event()
+    sink = Collect()
+    failed: list[Attempt] = []
+
+    def flaky_sink(attempt: Attempt) -> None:
+        if attempt.kind == TIMEOUT and not failed:
+            failed.append(attempt)
+            raise RuntimeError("a bug in the sink")
+        sink(attempt)
+
+    pool = engine(lambda _e: release.wait(10) and None, limit=4, ack_timeout=0.1)
+    pool.submit([((entry(1),), flaky_sink)])
+    assert sink.wait(1)[0].kind == LOST  # its timeout could not be told: reported lost
+    pool.submit([((entry(2),), flaky_sink)])
+    assert [(a.entry.seq, a.kind) for a in sink.wait(2)] == [(1, LOST), (2, TIMEOUT)]
+    release.set()
+    pool.stop(1)
+
+
+def test_a_plain_callable_returning_an_awaitable_fails_permanently() -> None:
+    async def forgot_async(_envelope: Envelope) -> None: ...
+
+    sink = Collect()
+    pool = engine(forgot_async)  # a coroutine function posing as a plain callable
+    pool.submit([((entry(1),), sink)])
+    (attempt,) = sink.wait(1)
+    pool.stop(1)
+    assert (attempt.kind, attempt.failure) == (FAILED, "permanent")
+    assert "async def" in str(attempt.error)

@@ -166,3 +166,16 @@ def test_the_default_breaker_opens_within_min_calls_of_a_full_outage() -> None:
     # after a long healthy run too: min_calls failures in a row open it
     _, opened = _drive(policy, [False] * 1000 + [True] * 200)
     assert opened is not None and opened - 1000 + 1 <= policy.min_calls
+
+
+def test_probes_that_never_report_make_way_for_new_ones() -> None:
+    """A probe whose outcome never comes (its call was lost) cannot keep the breaker
+    half-open for ever: after 2 x open_for a new half-open period lets probes through,
+    and the lost probes' late outcomes decide nothing."""
+    opened = run([True] * 4, now=0.0)
+    _, first, probing = allow(opened, POLICY, 30.0)
+    _, _, probing = allow(probing, POLICY, 30.0)
+    assert allow(probing, POLICY, 89.9)[0] is False  # both probes out, not yet given up
+    ok, second, renewed = allow(probing, POLICY, 90.0)
+    assert ok and renewed.state == "half_open" and second == 90.0 != first
+    assert record(renewed, POLICY, 91.0, failed=True, ticket=first) == renewed

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Iterable
 
 from surelay.config import BreakerPolicy
-from surelay.policy.breaker import BreakerState, allow, record, retry_in, steady
+from surelay.policy.breaker import BreakerState, allow, at, record, retry_in, steady
 
 __all__ = ["Breakers"]
 
@@ -52,9 +52,4 @@ class Breakers:
     def states(self, now: float) -> dict[str, str]:
         """`closed`, `open` or `half_open` per transport, as of `now`."""
         with self._lock:
-            return {
-                t: BreakerState("half_open").state
-                if s.state == "open" and now - s.opened_at >= self._policy.open_for
-                else s.state
-                for t, s in self._states.items()
-            }
+            return {t: at(s, self._policy, now).state for t, s in self._states.items()}

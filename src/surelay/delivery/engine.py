@@ -15,6 +15,7 @@ duration metric, one classification of a failure, and the breaker's record of it
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -22,9 +23,21 @@ from typing import Any
 
 from opentelemetry.trace import Span
 
-from surelay.delivery.attempt import CRASH, FAILED, HELD, OK, SKIPPED, TIMEOUT, Attempt, Run, Sink
+from surelay.delivery.attempt import (
+    CRASH,
+    FAILED,
+    HELD,
+    LOST,
+    OK,
+    SKIPPED,
+    TIMEOUT,
+    Attempt,
+    Run,
+    Sink,
+)
 from surelay.delivery.breakers import Breakers
 from surelay.delivery.lanes import Lanes
+from surelay.errors import PermanentError
 from surelay.policy.verdict import classify
 from surelay.storage.records import OutboxEntry
 from surelay.telemetry import (
@@ -39,7 +52,19 @@ from surelay.telemetry import (
     record_error,
 )
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "not_awaited"]
+
+logger = logging.getLogger("surelay.delivery")
+
+
+def not_awaited(transport: str) -> BaseException:
+    """What a plain callable that returned an awaitable fails with: nothing was sent, and
+    sending again the same way never will be."""
+    return PermanentError(
+        f"transport {transport!r} returned an awaitable instead of delivering: make it an "
+        "`async def` function (or give its class an `async def __call__`) so the runtime "
+        "awaits it"
+    )
 
 
 class Engine:
@@ -115,6 +140,21 @@ class Engine:
         for entry in run[start:]:
             sink(Attempt(entry, SKIPPED))
 
+    def lost(
+        self, run: Run, index: int, sink: Sink, error: BaseException, ticket: float | None
+    ) -> None:
+        """The call of `run[index]` has no result (its thread failed around it, or the
+        event loop died under it): report it LOST (retried as a crash) and the rest of
+        the run SKIPPED, so nothing stays in flight for ever; a probe reports back to
+        the breaker as a failure."""
+        if ticket is not None:
+            self._breakers.record(self.name, self._clock(), failed=True, ticket=ticket)
+        try:
+            sink(Attempt(run[index], LOST, error))
+            self.skip(run, index + 1, sink)
+        except BaseException:
+            logger.exception("could not report a lost call; the outbox keeps its message")
+
     def begin(self, entry: OutboxEntry) -> tuple[Attempt | None, float | None, Span | None]:
         """Before a call: a HELD attempt if the breaker refuses it (no call then), else
         the breaker's ticket and the `surelay.deliver` span (None without tracing)."""
@@ -161,10 +201,10 @@ class Engine:
             kind, failure = FAILED, classify(error, self.transport)
         else:
             kind = CRASH
-        if kind != CRASH:
-            self._breakers.record(
-                self.name, self._clock(), failed=failure == "transient", ticket=ticket
-            )
+        # a crash is no verdict on the downstream, but a probe must still report back
+        if kind != CRASH or ticket is not None:
+            failed = failure == "transient" or kind == CRASH
+            self._breakers.record(self.name, self._clock(), failed=failed, ticket=ticket)
         if span is not None:
             span.set_attribute(ATTR_OUTCOME, "delivered" if kind == OK else failure or kind)
             if error is not None:

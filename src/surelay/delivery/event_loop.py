@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from surelay.delivery.attempt import LOST, OK, Attempt, Run, Sink
+from surelay.delivery.attempt import OK, Attempt, Run, Sink
 from surelay.delivery.engine import Engine
 from surelay.storage.records import OutboxEntry
 
@@ -93,6 +93,11 @@ class EventLoop:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def is_current(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Whether `loop` is the one running now (not a dead one being cleaned up)."""
+        with self._lock:
+            return loop is self._loop
+
     @property
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
@@ -127,7 +132,10 @@ class EventLoop:
             if stopping:
                 self._close(loop)
                 return
-            self._recover(loop, crash)
+            try:
+                self._recover(loop, crash)
+            except BaseException:  # the thread must live on: a new loop comes next
+                logger.exception("recovering from a dead event loop failed")
 
     def _recover(self, loop: asyncio.AbstractEventLoop, crash: BaseException | None) -> None:
         self.restarts += 1
@@ -140,7 +148,7 @@ class EventLoop:
             self.restarts,
         )
         for engine in self._engines:
-            engine.lost(error)
+            engine.loop_died(error)
         self._close(loop)  # a transport's client made on the dead loop dies with it
         for engine in self._engines:
             self.call_soon(engine.pump)
@@ -188,8 +196,12 @@ class LoopEngine(Engine):
             self._loop.call_soon(self.pump)
 
     def pump(self) -> None:
-        """On the loop: start runs while slots are free."""
+        """On the loop: start runs while slots are free. On a dead loop being cleaned
+        up it only hands itself on to the next one."""
         loop = asyncio.get_running_loop()
+        if not self._loop.is_current(loop):
+            self._loop.call_soon(self.pump)
+            return
         with self._lock:
             self._scheduled = False
             if self._stopping:
@@ -200,7 +212,7 @@ class LoopEngine(Engine):
                 running = _Running(run, sink)
                 self._tasks[loop.create_task(self._call_run(running))] = running
 
-    def lost(self, error: BaseException) -> None:
+    def loop_died(self, error: BaseException) -> None:
         """The loop died: report every running call LOST (the rest of its run SKIPPED)
         and free its slot."""
         with self._lock:
@@ -208,22 +220,41 @@ class LoopEngine(Engine):
             self._running -= len(tasks)
             self._scheduled = False
         for running in tasks.values():
-            running.sink(Attempt(running.run[running.index], LOST, error))
-            self.skip(running.run, running.index + 1, running.sink)
+            self.lost(running.run, running.index, running.sink, error, running.ticket)
 
     async def _call_run(self, running: _Running) -> None:
         task = asyncio.current_task()
         assert task is not None
         run, sink = running.run, running.sink
-        for index, entry in enumerate(run):
-            running.index = index
-            attempt = await self._call(task, entry)
-            if task not in self._tasks:
-                return  # reported LOST already
-            sink(attempt)
-            if attempt.kind != OK:
-                self.skip(run, index + 1, sink)
-                break
+        try:
+            for index, entry in enumerate(run):
+                running.index, running.ticket = index, None
+                attempt = await self._call(task, entry, running)
+                if task not in self._tasks:
+                    return  # reported LOST already
+                sink(attempt)
+                if attempt.kind != OK:
+                    self.skip(run, index + 1, sink)
+                    break
+        except asyncio.CancelledError:
+            if task.cancelling():
+                raise  # the loop is stopping or was replaced
+            self._failed_around(task, running, RuntimeError("a call was cancelled"))
+        except BaseException as error:  # a bug around the call, not the transport's
+            self._failed_around(task, running, error)
+        self._free(task)
+
+    def _failed_around(
+        self, task: asyncio.Task[None], running: _Running, error: BaseException
+    ) -> None:
+        logger.error(
+            "a run of transport %r failed outside the transport", self.name, exc_info=error
+        )
+        if task in self._tasks:
+            self.lost(running.run, running.index, running.sink, error, running.ticket)
+
+    def _free(self, task: asyncio.Task[None]) -> None:
+        """The run of `task` ended: free its slot and start what waits."""
         with self._lock:
             if self._tasks.pop(task, None) is None:
                 return
@@ -234,10 +265,13 @@ class LoopEngine(Engine):
         if more:
             asyncio.get_running_loop().call_soon(self.pump)
 
-    async def _call(self, task: asyncio.Task[None], entry: OutboxEntry) -> Attempt:
+    async def _call(
+        self, task: asyncio.Task[None], entry: OutboxEntry, running: _Running
+    ) -> Attempt:
         held, ticket, span = self.begin(entry)
         if held is not None:
             return held
+        running.ticket = ticket
         started = time.perf_counter()
         error: BaseException | None = None
         timeout = asyncio.timeout(self.ack_timeout)
@@ -263,11 +297,13 @@ class LoopEngine(Engine):
 
 
 class _Running:
-    """A run on the loop, and the message of it being called."""
+    """A run on the loop, the message of it being called and that call's breaker
+    ticket."""
 
-    __slots__ = ("index", "run", "sink")
+    __slots__ = ("index", "run", "sink", "ticket")
 
     def __init__(self, run: Run, sink: Sink) -> None:
         self.run = run
         self.sink = sink
         self.index = 0
+        self.ticket: float | None = None

@@ -17,6 +17,7 @@ most 2 x `limit` threads and slows only its own transport.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import threading
@@ -25,8 +26,8 @@ from typing import Any
 
 from opentelemetry.trace import Span
 
-from surelay.delivery.attempt import LOST, OK, Attempt, Run, Sink
-from surelay.delivery.engine import Engine
+from surelay.delivery.attempt import OK, Run, Sink
+from surelay.delivery.engine import Engine, not_awaited
 
 __all__ = ["IDLE_RETIRE", "SLOW_CALL", "ThreadEngine"]
 
@@ -92,10 +93,11 @@ class ThreadEngine(Engine):
         return min(room, waiting) if self._slow or slow else 0
 
     def _spawn(self, count: int) -> None:
-        """Start `count` threads (lock held; they block on it until it is released)."""
+        """Start `count` threads (lock held; they block on it until it is released). A
+        thread the system will not start is logged and left out: the runs wait for the
+        threads there are."""
         for _ in range(count):
             worker = _Worker()
-            self._workers.add(worker)
             self._serial += 1
             thread = threading.Thread(
                 target=self._work,
@@ -103,8 +105,13 @@ class ThreadEngine(Engine):
                 name=f"surelay-call-{self.name}-{self._serial}",
                 daemon=True,
             )
-            thread.start()
-        if count and self._watcher is None:
+            try:
+                thread.start()
+            except RuntimeError:
+                logger.exception("could not start a call thread for transport %r", self.name)
+                break
+            self._workers.add(worker)
+        if self._workers and self._watcher is None:
             self._watcher = threading.Thread(
                 target=self._watch, name=f"surelay-deadlines-{self.name}", daemon=True
             )
@@ -140,11 +147,18 @@ class ThreadEngine(Engine):
                 run, sink = self._lanes.pop()
                 self._running += 1
                 worker.run, worker.sink, worker.timed_out = run, sink, False
+                worker.index, worker.ticket = 0, None
             try:
                 alive = self._call_run(worker, run, sink)
             except BaseException as error:  # a bug around the call, not the transport's
+                logger.error(
+                    "a call thread of transport %r failed outside the transport",
+                    self.name,
+                    exc_info=error,
+                )
                 alive = not worker.abandoned
-                self._lost(run, worker.index, sink, error)
+                if alive and not worker.timed_out:
+                    self.lost(run, worker.index, sink, error, worker.ticket)
             if not alive:
                 return  # abandoned: the slot is someone else's now
             with cond:
@@ -153,37 +167,28 @@ class ThreadEngine(Engine):
                 if self._lanes and not self._idle:
                     self._spawn(self._wanted())
 
-    def _lost(self, run: Run, index: int, sink: Sink, error: BaseException) -> None:
-        """The thread failed around a call: report the call LOST (retried as a crash)
-        and the rest of the run SKIPPED, so no message is left in flight for ever."""
-        logger.error(
-            "a call thread of transport %r failed outside the transport; the message is retried",
-            self.name,
-            exc_info=error,
-        )
-        try:
-            sink(Attempt(run[index], LOST, error))
-            self.skip(run, index + 1, sink)
-        except BaseException:
-            logger.exception("could not report the failed call; the outbox keeps it")
-
     def _call_run(self, worker: _Worker, run: Run, sink: Sink) -> bool:
         """Call `run`'s messages in order until one is not delivered; False if this
         thread was abandoned meanwhile (it must end)."""
         lock = self._lock  # the condition's own lock: entered in C, no Python frame
         for index, entry in enumerate(run):
+            worker.index, worker.ticket = index, None
             held, ticket, span = self.begin(entry)
             if held is not None:
                 sink(held)
                 self.skip(run, index + 1, sink)
                 return True
             with lock:
-                worker.index, worker.ticket, worker.span = index, ticket, span
+                worker.ticket, worker.span = ticket, span
                 worker.started = time.monotonic()
             started = time.perf_counter()
             error: BaseException | None = None
             try:
-                self.transport(entry.envelope)
+                returned = self.transport(entry.envelope)
+                if inspect.isawaitable(returned):
+                    if inspect.iscoroutine(returned):
+                        returned.close()  # never run: say so instead of warning later
+                    error = not_awaited(self.name)
             except BaseException as raised:  # every outcome is reported
                 error = raised
             took = time.perf_counter() - started
@@ -254,15 +259,32 @@ class ThreadEngine(Engine):
                         self._running -= 1
                         self._spawn(self._wanted())
             for run, index, sink, ticket, span, started in expired:
-                entry = run[index]
-                logger.warning(
-                    "transport %r did not answer for message %s within ack_timeout=%ss; "
-                    "the call is abandoned and the message retried",
-                    self.name,
-                    entry.envelope.message_id,
-                    self.ack_timeout,
-                )
-                perf_started = time.perf_counter() - (time.monotonic() - started)
-                sink(self.end(entry, ticket, span, perf_started, None, timed_out=True))
-                self.skip(run, index + 1, sink)
+                self._timed_out(run, index, sink=sink, ticket=ticket, span=span, started=started)
             self._wake_watcher.wait(max(0.001, earliest - time.monotonic()))
+
+    def _timed_out(
+        self,
+        run: Run,
+        index: int,
+        *,
+        sink: Sink,
+        ticket: float | None,
+        span: Span | None,
+        started: float,
+    ) -> None:
+        """Report a call past its deadline TIMEOUT and the rest of its run SKIPPED (a
+        failure to report is logged: the watcher must live on)."""
+        entry = run[index]
+        logger.warning(
+            "transport %r did not answer for message %s within ack_timeout=%ss; "
+            "the call is abandoned and the message retried",
+            self.name,
+            entry.envelope.message_id,
+            self.ack_timeout,
+        )
+        try:
+            perf_started = time.perf_counter() - (time.monotonic() - started)
+            sink(self.end(entry, ticket, span, perf_started, None, timed_out=True))
+            self.skip(run, index + 1, sink)
+        except BaseException as error:
+            self.lost(run, index, sink, error, None)

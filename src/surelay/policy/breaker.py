@@ -8,7 +8,9 @@
   it within `min_calls` calls rather than after half a window of failures;
 - open: no call passes for `open_for` seconds, then it is half-open;
 - half-open: exactly `half_open_calls` probes pass; all succeeding closes it (with a fresh
-  window), any failing opens it again.
+  window), any failing opens it again. Probes that bring no outcome within
+  `2 * open_for` (their call was lost) make way for a new half-open period, so a lost
+  probe can never keep the breaker half-open for ever.
 
 Calls run concurrently, so an outcome may arrive after the state it was allowed in has
 gone. Each allowed call carries a ticket (`None` for a call allowed while closed, the
@@ -23,7 +25,7 @@ from dataclasses import dataclass, replace
 
 from surelay.config import BreakerPolicy
 
-__all__ = ["STATE_GAUGE", "BreakerState", "allow", "record", "retry_in", "steady"]
+__all__ = ["STATE_GAUGE", "BreakerState", "allow", "at", "record", "retry_in", "steady"]
 
 STATE_GAUGE = {"closed": 0, "half_open": 1, "open": 2}
 """Values of the `surelay.breaker.state` gauge."""
@@ -38,11 +40,24 @@ class BreakerState:
     opened_at: float = 0.0
     probes: int = 0  # half-open: probes let through
     successes: int = 0  # half-open: probes that succeeded
+    probed_at: float = 0.0  # half-open: when the last probe was let through
+
+
+def at(state: BreakerState, policy: BreakerPolicy, now: float) -> BreakerState:
+    """`state` as of `now`: open turns half-open after `open_for`, and lost probes
+    make way for a new half-open period."""
+    return _now(state, policy, now)
 
 
 def _now(state: BreakerState, policy: BreakerPolicy, now: float) -> BreakerState:
     if state.state == "open" and now - state.opened_at >= policy.open_for:
         return BreakerState("half_open", opened_at=state.opened_at)
+    if (
+        state.state == "half_open"
+        and state.probes >= policy.half_open_calls
+        and now - state.probed_at >= 2 * policy.open_for
+    ):
+        return BreakerState("half_open", opened_at=now)  # a new period: new tickets
     return state
 
 
@@ -55,7 +70,8 @@ def allow(
     if current.state == "closed":
         return True, None, current
     if current.state == "half_open" and current.probes < policy.half_open_calls:
-        return True, current.opened_at, replace(current, probes=current.probes + 1)
+        probing = replace(current, probes=current.probes + 1, probed_at=now)
+        return True, current.opened_at, probing
     return False, None, current
 
 
