@@ -144,7 +144,6 @@ def test_metrics_count_by_transport_and_observe_gauges(tmp_path: Path) -> None:
     assert durations and durations[0].count >= 3
     # seconds-sized buckets: a call of a few ms lands in a bucket of its own, not the first
     assert tuple(durations[0].explicit_bounds) == DURATION_BUCKETS
-    assert durations[0].bucket_counts[0] < durations[0].count or durations[0].max < 0.001
     breaker = {p.attributes["surelay.transport"]: p.value for p in points["surelay.breaker.state"]}
     assert breaker == {"sms": 0, "mail": 0}
     calls = {p.attributes["surelay.transport"]: p.value for p in points["surelay.calls.in_flight"]}

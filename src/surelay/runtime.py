@@ -230,6 +230,11 @@ class Runtime:
         try:
             while self._busy() and time.monotonic() < deadline:
                 self._hub.tracker.wait_change(min(0.02, max(0.0, deadline - time.monotonic())))
+            # from here no call starts (a retry coming due now stays in the outbox, its
+            # attempt unspent), and the calls running end and are settled first
+            self._hub.engines.halt()
+            while not self._settled() and time.monotonic() < deadline:
+                self._hub.tracker.wait_change(min(0.02, max(0.0, deadline - time.monotonic())))
             self._publish_final_status()
             self._root.stop(timeout=max(1.0, deadline - time.monotonic()))
         finally:
@@ -254,6 +259,12 @@ class Runtime:
                 return True
         sink = self._hub.sink
         return sink is not None and sink.queued() > 0
+
+    def _settled(self) -> bool:
+        """True once no transport call runs and every result has been settled."""
+        if any(self._hub.engines.in_flight().values()):
+            return False
+        return all(not state.results and not state.settling for state in self._states)
 
     # -- sending -------------------------------------------------------------------------
 

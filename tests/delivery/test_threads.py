@@ -311,3 +311,26 @@ def test_a_plain_callable_returning_an_awaitable_fails_permanently() -> None:
     pool.stop(1)
     assert (attempt.kind, attempt.failure) == (FAILED, "permanent")
     assert "async def" in str(attempt.error)
+
+
+def test_halt_lets_running_calls_end_and_starts_nothing_more() -> None:
+    gate = threading.Event()
+    started = threading.Event()
+    calls: list[bytes] = []
+
+    def transport(envelope: Envelope) -> None:
+        calls.append(envelope.payload)
+        started.set()
+        gate.wait(10)
+
+    sink = Collect()
+    pool = engine(transport, limit=2)
+    pool.submit([((entry(1, "k"), entry(2, "k"), entry(3, "k")), sink)])
+    assert started.wait(5)
+    pool.halt()
+    pool.submit([((entry(4, "j"),), sink)])
+    gate.set()
+    attempts = sink.wait(3)
+    assert [(a.entry.seq, a.kind) for a in attempts] == [(1, OK), (2, SKIPPED), (3, SKIPPED)]
+    assert calls == [b"1"] and pool.in_flight == 0
+    pool.stop(1)

@@ -312,3 +312,41 @@ def test_repr_names_the_url(kind: type[Transport]) -> None:
 def test_parse_retry_after(value: str | None, expected: float | None) -> None:
     assert parse_retry_after(value, now=2e9) == expected
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
+
+
+def test_a_kept_connection_the_server_closed_is_replaced_without_a_failure() -> None:
+    """The server answers, keeps the connection open by HTTP's rules, then closes it:
+    the next call finds it dead before any response and is sent again, fresh."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    requests: list[bytes] = []
+
+    def serve() -> None:
+        for _ in range(2):
+            connection, _ = listener.accept()
+            with connection:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += connection.recv(65536)
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = int(
+                    next(
+                        line.split(b":")[1]
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length")
+                    )
+                )
+                while len(body) < length:
+                    body += connection.recv(65536)
+                requests.append(body)
+                connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            # closed without a word: the client still holds it as kept alive
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    transport = HttpTransport(f"http://127.0.0.1:{port}/hook", timeout=5)
+    transport(envelope(payload=b"first"))
+    transport(envelope(payload=b"second"))  # the kept connection is dead: sent once more
+    thread.join(5)
+    listener.close()
+    assert requests == [b"first", b"second"]

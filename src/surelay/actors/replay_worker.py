@@ -39,9 +39,17 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry.trace import Span
 
 from surelay.actors.replay import Replay, Replayed, ReplayState
-from surelay.delivery.attempt import CRASH, FAILED, HELD, OK, TIMEOUT, Attempt, ResultBox
+from surelay.config import RetryPolicy
+from surelay.delivery.attempt import CRASH, LOST, Attempt, ResultBox
 from surelay.envelope import Envelope
-from surelay.policy.verdict import CRASHES_TO_DEAD_LETTER, describe
+from surelay.policy.verdict import (
+    CRASHES_TO_DEAD_LETTER,
+    Dead,
+    Delivered,
+    Hold,
+    decide,
+    describe,
+)
 from surelay.storage.records import DeadLetter, OutboxEntry
 from surelay.supervision import Actor, CrashReport
 from surelay.telemetry import (
@@ -66,11 +74,16 @@ __all__ = ["ACTIVE_MAX", "LEASE_MARGIN", "ReplayWorker", "WorkerState"]
 logger = logging.getLogger("surelay.actors")
 
 LEASE_MARGIN = 30.0
-"""Seconds a lease outlasts the longest ack timeout: the attempt has ended by then."""
+"""Seconds a lease outlasts the longest ack timeout. A leased record may wait for a
+call slot longer than that; the lease then only matters if this runtime dies, since
+lease recovery skips the records a live worker holds (`ReplayState.held`)."""
 
 ACTIVE_MAX = 256
 """Most records one worker has leased and in flight at once (the engine bounds the
 calls; this bounds leases taken ahead of a free call slot)."""
+
+ONE = RetryPolicy(max_attempts=1)
+"""A replay is one attempt: a transient failure ends it as `exhausted`."""
 
 _NOT_SENT = {
     "duplicate": "skipped_duplicate",
@@ -278,7 +291,10 @@ class ReplayWorker(Actor):
         while state.settling:
             attempt = state.current = state.settling[0]
             active = state.active.get(attempt.entry.seq)
-            if active is not None:
+            if active is not None and attempt.kind == LOST:  # as if it crashed the worker
+                del state.active[attempt.entry.seq]
+                self._crashed(active, attempt.error or RuntimeError("the call was lost"))
+            elif active is not None:
                 result = self._settle(active, attempt)  # a CRASH raises here
                 del state.active[attempt.entry.seq]
                 self._end_span(active.span, result, attempt)
@@ -287,29 +303,31 @@ class ReplayWorker(Actor):
             state.current = None
 
     def _settle(self, active: _Active, attempt: Attempt) -> str:
+        """Record the verdict on a replay's one attempt (`decide`, with no retry left)."""
         hub = self._hub
         record = active.record
         now = hub.config.clock()
         if attempt.kind == CRASH:
             assert attempt.error is not None
             raise attempt.error  # on_restart replays it again, or dead-letters it
-        if attempt.kind == OK:
+        error = attempt.error if attempt.error is not None else TimeoutError(attempt.kind)
+        verdict = decide(attempt.kind, failure=attempt.failure, wait=attempt.wait, policy=ONE)
+        if isinstance(verdict, Delivered):
             hub.store.replayed(
                 record.id, delivered_at=now, expires_at=now + hub.config.dedup_ttl
             ).result()
             hub.counters.add("replayed", record.transport)
             return "replayed"
-        if attempt.kind == HELD:
+        if isinstance(verdict, Hold):
             hub.store.release_lease(record.id).result()
             logger.warning(
                 "replay of %s not sent: the breaker of %r is open", record.id, record.transport
             )
             return "failed"
-        error = attempt.error if attempt.error is not None else RuntimeError(attempt.kind)
-        failure = attempt.failure if attempt.kind in (FAILED, TIMEOUT) else "transient"
+        assert isinstance(verdict, Dead)
         hub.store.replay_failed(
             record.id,
-            reason_class="exhausted" if failure == "transient" else failure or "exhausted",
+            reason_class=verdict.reason_class,
             reason=f"replay attempt failed: {describe(error)}",
             error_type=type(error).__name__,
             attempts=record.attempts + 1,

@@ -29,7 +29,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from surelay.actors.dead_letter import Capture
@@ -83,6 +83,19 @@ class Settle:
 @dataclass(frozen=True, slots=True)
 class _Pump:
     """To itself: more heads are ready (queued behind newer mail, for fairness)."""
+
+
+@dataclass(slots=True)
+class _Round:
+    """What one submitting round has found so far."""
+
+    now: float
+    delivered: set[str]
+    """Idempotency keys delivered (durably, or with their record being written)."""
+    calling: set[str] = field(default_factory=set)
+    """Idempotency keys this round submits."""
+    duplicates: list[OutboxEntry] = field(default_factory=list)
+    parked: list[OutboxEntry] = field(default_factory=list)
 
 
 class PartitionState:
@@ -197,36 +210,40 @@ class Sender(Actor):
         now = hub.config.clock()
         share = max(1, min(RUN_MAX, SUBMIT_MAX // len(heads)))
         runs = [[head, *queue.behind(head, share - 1)] if share > 1 else [head] for head in heads]
+        # copied before the read: a delivery whose record commits after the read began
+        # is still in this copy (the writer clears `delivering` once it has committed)
+        delivered = set(state.delivering)
         with hub.store.read() as txn:
-            seen = hub.store.dedup.seen(
+            delivered |= hub.store.dedup.seen(
                 txn, [e.envelope.idempotency_key for run in runs for e in run], now=now
             )
-        this_round: set[str] = set()
-        duplicates: list[OutboxEntry] = []
+        round_ = _Round(now, delivered)
+        live_runs = [self._live(run, round_) for run in runs]
+        # from here on the state changes: nothing below raises before the engines have
+        # the runs (a crash above leaves `taking` for on_restart to make ready again)
         put = state.results.put
         by_transport: dict[str, list[tuple[tuple[OutboxEntry, ...], Sink]]] = {}
-        for run in runs:
-            live = self._live(run, now, seen, this_round, duplicates)
+        for live in live_runs:
             if live:
+                for entry in live:
+                    state.in_flight[entry.envelope.message_id] = entry
+                    state.first_attempt.setdefault(entry.envelope.message_id, now)
                 by_transport.setdefault(live[0].envelope.transport, []).append((live, put))
-        state.calling.update(this_round)
+        state.calling.update(round_.calling)
+        for head in round_.parked:
+            state.parked.setdefault(head.envelope.idempotency_key, []).append(head)
         state.taking = []
-        if duplicates:
-            self._record_duplicates(duplicates, now)
         engines = hub.engines
         for transport, items in by_transport.items():
             engines[transport].submit(items)
+        if round_.duplicates:
+            self._record_duplicates(round_.duplicates, now)
 
-    def _live(
-        self,
-        run: list[OutboxEntry],
-        now: float,
-        seen: set[str],
-        this_round: set[str],
-        duplicates: list[OutboxEntry],
-    ) -> tuple[OutboxEntry, ...]:
-        """What of `run` goes to the engine (see `_submit`), marked in flight."""
+    def _live(self, run: list[OutboxEntry], round_: _Round) -> tuple[OutboxEntry, ...]:
+        """What of `run` goes to the engine (see `_submit`); an expired head is
+        dead-lettered here, a duplicate or parked head added to the round's list."""
         state = self._state
+        now = round_.now
         ttl = self._hub.config.message_ttl
         transport = run[0].envelope.transport
         live: list[OutboxEntry] = []
@@ -242,18 +259,16 @@ class Sender(Actor):
                     reason = f"not delivered within message_ttl={ttl}s (accepted {age:.3f}s ago)"
                     self._dead(entry, "expired", reason, None, now, attempts=envelope.attempt - 1)
                 break
-            if key in state.delivering or key in seen:
+            if key in round_.delivered:
                 if head:
-                    duplicates.append(entry)
+                    round_.duplicates.append(entry)
                 break
-            if key in state.calling or key in this_round:
+            if key in state.calling or key in round_.calling:
                 if head:
-                    state.parked.setdefault(key, []).append(entry)
+                    round_.parked.append(entry)
                 break
-            this_round.add(key)
+            round_.calling.add(key)
             live.append(entry)
-            state.in_flight[envelope.message_id] = entry
-            state.first_attempt.setdefault(envelope.message_id, now)
         return tuple(live)
 
     # -- settling ------------------------------------------------------------------------
@@ -312,7 +327,7 @@ class Sender(Actor):
         if kind in (CRASH, LOST):
             crashes = state.crashes[message_id] = crashes + 1
             if reason is None:
-                reason = f"the event loop died under the call ({describe(error or Exception())})"
+                reason = f"the call was lost ({describe(error or Exception())})"
         elif error is not None:
             reason = describe(error)
         verdict = decide(

@@ -82,8 +82,14 @@ class Engines(Mapping[str, Engine]):
         """Calls running now, per transport."""
         return {name: engine.in_flight for name, engine in self._engines.items()}
 
+    def halt(self) -> None:
+        """Start no more calls anywhere; calls running now end and are reported."""
+        for engine in self._engines.values():
+            engine.halt()
+
     def stop(self, timeout: float) -> None:
-        """Start no more calls anywhere; stop the event loop (cancelling its calls)."""
+        """`halt`, then stop the event loop (cancelling its calls) and let go of the
+        pools."""
         for engine in self._engines.values():
             engine.stop(timeout)
         if self.loop is not None:

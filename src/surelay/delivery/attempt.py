@@ -40,8 +40,8 @@ CRASH = "crash"
 """The transport raised a `BaseException` that is not an `Exception`: the actor that
 settles it crashes, as the call would have crashed it had it run there."""
 LOST = "lost"
-"""The event loop died under the call (its result is unknown): retried as a crash,
-without crashing the actor that settles it."""
+"""The call's result is unknown (the event loop died under it, or its thread failed
+around it): retried as a crash, without crashing the actor that settles it."""
 SKIPPED = "skipped"
 """Not called: an earlier message of its run was not delivered, and a key's messages go
 in order."""

@@ -120,10 +120,15 @@ class Engine:
         """Runs submitted that wait for a free slot."""
         return len(self._lanes)
 
-    def stop(self, timeout: float) -> None:
-        """Start no more calls; calls still running are left to end on their own."""
+    def halt(self) -> None:
+        """Start no more calls, not even the rest of a run under way (reported SKIPPED);
+        calls running now end on their own and are reported as usual."""
         with self._lock:
             self._stopping = True
+
+    def stop(self, timeout: float) -> None:
+        """`halt`, and let go of what the engine holds (threads, its loop's calls)."""
+        self.halt()
 
     def health(self) -> dict[str, Any]:
         return {"ok": True, "kind": self.kind, "in_flight": self._running, "limit": self.limit}

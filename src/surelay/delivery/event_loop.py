@@ -229,6 +229,9 @@ class LoopEngine(Engine):
         try:
             for index, entry in enumerate(run):
                 running.index, running.ticket = index, None
+                if index and self._stopping:  # halted: the rest of the run is not started
+                    self.skip(run, index, sink)
+                    break
                 attempt = await self._call(task, entry, running)
                 if task not in self._tasks:
                     return  # reported LOST already

@@ -68,6 +68,7 @@ class ThreadEngine(Engine):
         self._slow = False
         self._watcher: threading.Thread | None = None
         self._wake_watcher = threading.Event()
+        self._closed = False
         self._serial = 0
 
     # -- growing and shrinking -----------------------------------------------------------
@@ -117,10 +118,14 @@ class ThreadEngine(Engine):
             )
             self._watcher.start()
 
-    def stop(self, timeout: float) -> None:
+    def halt(self) -> None:
         with self._cond:
             self._stopping = True
-            self._cond.notify_all()
+            self._cond.notify_all()  # idle threads end
+
+    def stop(self, timeout: float) -> None:
+        self.halt()
+        self._closed = True  # the watcher ends too: nothing is timed out any more
         self._wake_watcher.set()
 
     def health(self) -> dict[str, Any]:
@@ -173,6 +178,9 @@ class ThreadEngine(Engine):
         lock = self._lock  # the condition's own lock: entered in C, no Python frame
         for index, entry in enumerate(run):
             worker.index, worker.ticket = index, None
+            if index and self._stopping:  # halted: the rest of the run is not started
+                self.skip(run, index, sink)
+                return True
             held, ticket, span = self.begin(entry)
             if held is not None:
                 sink(held)
@@ -226,7 +234,7 @@ class ThreadEngine(Engine):
         the earliest running call's deadline, or one ack timeout, misses none. While
         calls wait for a thread, also grow the pool once a running call proves slow (a
         call that hangs never returns to say so itself)."""
-        while not self._stopping:
+        while not self._closed:
             self._wake_watcher.clear()
             expired: list[tuple[Run, int, Sink, float | None, Span | None, float]] = []
             now = time.monotonic()

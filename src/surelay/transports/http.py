@@ -1,11 +1,14 @@
-"""`HttpTransport`: POST each message to a URL, from the runtime's sender threads.
+"""`HttpTransport`: POST each message to a URL, from the runtime's call threads.
 
 2xx is delivered; 408, 429, 5xx, timeouts and connection errors are transient (with the
 server's `Retry-After` carried on the `TransientError`); any other status, and a request
 the HTTP client refuses to send (e.g. a bad header), is permanent. Each thread keeps one
-persistent (keep-alive) connection, re-opened after any failure, so a pool of N sender
-threads holds at most N connections. With a `signing_secret`, every request is signed
-as Standard Webhooks specify (see `surelay.transports.webhooks`).
+persistent (keep-alive) connection, re-opened after any failure, so a transport with
+`concurrency` N holds at most N connections (plus those of calls abandoned at their ack
+timeout, until they end). A kept connection the server has closed meanwhile is noticed
+when the request fails before any response; that request is sent once more on a fresh
+connection rather than spending an attempt. With a `signing_secret`, every request is
+signed as Standard Webhooks specify (see `surelay.transports.webhooks`).
 """
 
 from __future__ import annotations
@@ -73,17 +76,15 @@ class HttpTransport(HttpTransportBase):
     def __call__(self, envelope: Envelope) -> None:
         """Deliver `envelope`, or raise `TransientError`/`PermanentError`."""
         headers = self._request_headers(envelope)
+        reused = getattr(self._local, "connection", None) is not None
         try:
-            connection = self._connection()
-            connection.request("POST", self._target, body=envelope.payload, headers=headers)
-            response = connection.getresponse()
-            body = response.read(BODY_EXCERPT_BYTES)
-            while response.read(_DRAIN_CHUNK):  # drain, so the connection can be reused
-                pass
-            status = response.status
-            retry_after = response.getheader("Retry-After")
-            if response.will_close:
-                self._drop()
+            try:
+                status, body, retry_after = self._post(envelope.payload, headers)
+            except _STALE:
+                if not reused:
+                    raise
+                self._drop()  # the server closed the kept connection: once more, fresh
+                status, body, retry_after = self._post(envelope.payload, headers)
         except ValueError as error:  # http.client refuses the request itself (bad header)
             self._drop()
             raise self._refused(error) from error
@@ -94,3 +95,18 @@ class HttpTransport(HttpTransportBase):
             self._drop()  # interrupted mid-request: the connection's state is unknown
             raise
         self._check_status(status, body, retry_after)
+
+    def _post(self, payload: bytes, headers: Mapping[str, str]) -> tuple[int, bytes, str | None]:
+        connection = self._connection()
+        connection.request("POST", self._target, body=payload, headers=dict(headers))
+        response = connection.getresponse()
+        body = response.read(BODY_EXCERPT_BYTES)
+        while response.read(_DRAIN_CHUNK):  # drain, so the connection can be reused
+            pass
+        if response.will_close:
+            self._drop()
+        return response.status, body, response.getheader("Retry-After")
+
+
+_STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
+"""How a kept-alive connection the server closed fails before any response."""
