@@ -264,7 +264,7 @@ class Runtime:
         """True once no transport call runs and every result has been settled."""
         if any(self._hub.engines.in_flight().values()):
             return False
-        return all(not state.results and not state.settling for state in self._states)
+        return all(not state.results for state in self._states)
 
     # -- sending -------------------------------------------------------------------------
 

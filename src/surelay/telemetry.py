@@ -52,6 +52,7 @@ __all__ = [
     "Telemetry",
     "context_from",
     "links_from",
+    "message_attributes",
     "record_error",
     "trace_id_of",
     "traceparent_of",
@@ -227,6 +228,19 @@ def _observer(name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
 
 _PROXY = trace.get_tracer_provider()  # the API's placeholder until a host sets one
 _ENV_PROVIDER = "OTEL_PYTHON_TRACER_PROVIDER"
+
+
+def message_attributes(
+    message_id: str, transport: str, key: str | None, attempt: int, **more: str | int
+) -> dict[str, str | int]:
+    """The attributes every span about one message carries (and any `more`)."""
+    return {
+        ATTR_MESSAGE_ID: message_id,
+        ATTR_TRANSPORT: transport,
+        ATTR_KEY: key if key is not None else "",
+        ATTR_ATTEMPT: attempt,
+        **more,
+    }
 
 
 def traceparent_of(span: Span) -> str | None:

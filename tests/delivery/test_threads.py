@@ -243,9 +243,29 @@ def test_a_result_box_tells_its_actor_once_per_burst() -> None:
     for i in range(5):
         box.put(Attempt(entry(i), OK))
     assert told == [1]
-    assert [a.entry.seq for a in box.take()] == [0, 1, 2, 3, 4]
+    assert [a.entry.seq for a in box.settle()] == [0, 1, 2, 3, 4]
+    assert not box
     box.put(Attempt(entry(9), OK))
     assert told == [1, 1]
+
+
+def test_a_result_box_keeps_what_a_crash_interrupted() -> None:
+    """The attempt being settled when the actor crashed is `blamed`; the rest are settled
+    by the next incarnation; an attempt settled before the crash is gone."""
+    box = ResultBox()
+    for i in range(4):
+        box.put(Attempt(entry(i), OK))
+    settled = []
+    with pytest.raises(RuntimeError):
+        for attempt in box.settle():
+            if attempt.entry.seq == 2:
+                raise RuntimeError("the actor crashes")
+            settled.append(attempt.entry.seq)
+    box.put(Attempt(entry(4), OK))
+    blamed = box.blamed()
+    assert settled == [0, 1] and blamed is not None and blamed.entry.seq == 2
+    assert box.blamed() is None
+    assert [a.entry.seq for a in box.settle()] == [3, 4]
 
 
 class Exploding(Breakers):

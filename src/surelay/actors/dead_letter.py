@@ -19,15 +19,12 @@ from surelay.storage.keys import new_id
 from surelay.storage.records import DeadLetter, OutboxEntry
 from surelay.supervision import Actor, CrashReport
 from surelay.telemetry import (
-    ATTR_ATTEMPT,
     ATTR_DEAD_LETTER_ID,
-    ATTR_KEY,
-    ATTR_MESSAGE_ID,
     ATTR_OUTCOME,
     ATTR_REASON_CLASS,
-    ATTR_TRANSPORT,
     SPAN_DEAD_LETTER,
     context_from,
+    message_attributes,
     trace_id_of,
 )
 
@@ -104,15 +101,17 @@ class DeadLetterSink(Actor):
             span = hub.telemetry.tracer.start_span(
                 SPAN_DEAD_LETTER,
                 context=context_from(envelope.headers),
-                attributes={
-                    ATTR_MESSAGE_ID: envelope.message_id,
-                    ATTR_TRANSPORT: envelope.transport,
-                    ATTR_KEY: envelope.key or "",
-                    ATTR_ATTEMPT: capture.attempts,
-                    ATTR_REASON_CLASS: capture.reason_class,
-                    ATTR_DEAD_LETTER_ID: record.id,
-                    ATTR_OUTCOME: "dead_lettered",
-                },
+                attributes=message_attributes(
+                    envelope.message_id,
+                    envelope.transport,
+                    envelope.key,
+                    capture.attempts,
+                    **{
+                        ATTR_REASON_CLASS: capture.reason_class,
+                        ATTR_DEAD_LETTER_ID: record.id,
+                        ATTR_OUTCOME: "dead_lettered",
+                    },
+                ),
             )
             span.end()
         future = hub.store.dead_lettered(record)

@@ -53,15 +53,12 @@ from surelay.policy.verdict import (
 from surelay.storage.records import DeadLetter, OutboxEntry
 from surelay.supervision import Actor, CrashReport
 from surelay.telemetry import (
-    ATTR_ATTEMPT,
     ATTR_DEAD_LETTER_ID,
-    ATTR_KEY,
-    ATTR_MESSAGE_ID,
     ATTR_OUTCOME,
-    ATTR_TRANSPORT,
     SPAN_REPLAY,
     TRACEPARENT,
     links_from,
+    message_attributes,
     record_error,
     traceparent_of,
 )
@@ -97,8 +94,7 @@ _NOT_SENT = {
 
 @dataclass(frozen=True, slots=True)
 class _Settle:
-    """From the engine: attempts are waiting in the box (or, after a restart, in
-    `settling`)."""
+    """From the engine (or, after a restart, from itself): attempts wait in the box."""
 
 
 @dataclass(slots=True)
@@ -123,9 +119,6 @@ class WorkerState:
         """By the `seq` of the attempt's entry, a number this worker gives each call."""
         self.serial = itertools.count(1)
         self.results = ResultBox()
-        self.settling: deque[Attempt] = deque()
-        self.current: Attempt | None = None
-        """The attempt being settled (blamed for a crash)."""
         self.starting: Replay | None = None
         """The record being leased and submitted (made ready again after a crash)."""
         self.crashes: dict[str, int] = {}
@@ -147,9 +140,8 @@ class ReplayWorker(Actor):
         if state.starting is not None:
             state.ready.appendleft(state.starting.line)
             state.starting = None
-        blamed, state.current = state.current, None
-        if blamed is not None and state.settling and state.settling[0] is blamed:
-            state.settling.popleft()
+        blamed = state.results.blamed()
+        if blamed is not None:
             active = state.active.pop(blamed.entry.seq, None)
             if active is not None:
                 self._crashed(active, crash.error)
@@ -238,13 +230,13 @@ class ReplayWorker(Actor):
             span = hub.telemetry.tracer.start_span(
                 SPAN_REPLAY,
                 links=links_from(record.headers),
-                attributes={
-                    ATTR_DEAD_LETTER_ID: record.id,
-                    ATTR_MESSAGE_ID: record.message_id,
-                    ATTR_TRANSPORT: record.transport,
-                    ATTR_KEY: record.key if record.key is not None else "",
-                    ATTR_ATTEMPT: record.attempts + 1,
-                },
+                attributes=message_attributes(
+                    record.message_id,
+                    record.transport,
+                    record.key,
+                    record.attempts + 1,
+                    **{ATTR_DEAD_LETTER_ID: record.id},
+                ),
             )
             traceparent = traceparent_of(span)
             if traceparent is not None:
@@ -287,9 +279,7 @@ class ReplayWorker(Actor):
 
     def _settle_results(self) -> None:
         state = self._state
-        state.settling.extend(state.results.take())
-        while state.settling:
-            attempt = state.current = state.settling[0]
+        for attempt in state.results.settle():
             active = state.active.get(attempt.entry.seq)
             if active is not None and attempt.kind == LOST:  # as if it crashed the worker
                 del state.active[attempt.entry.seq]
@@ -299,8 +289,6 @@ class ReplayWorker(Actor):
                 del state.active[attempt.entry.seq]
                 self._end_span(active.span, result, attempt)
                 self._record_done(active.message, result)
-            state.settling.popleft()
-            state.current = None
 
     def _settle(self, active: _Active, attempt: Attempt) -> str:
         """Record the verdict on a replay's one attempt (`decide`, with no retry left)."""

@@ -26,7 +26,6 @@ second crash dead-lettered with reason `crash`.
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
@@ -43,14 +42,11 @@ from surelay.storage.environment import Txn
 from surelay.storage.records import OutboxEntry
 from surelay.supervision import Actor, CrashReport
 from surelay.telemetry import (
-    ATTR_ATTEMPT,
-    ATTR_KEY,
-    ATTR_MESSAGE_ID,
     ATTR_OUTCOME,
-    ATTR_TRANSPORT,
     SPAN_DELIVER,
     SPAN_RETRY,
     context_from,
+    message_attributes,
     record_error,
 )
 
@@ -107,10 +103,6 @@ class PartitionState:
         self.in_flight: dict[str, OutboxEntry] = {}
         """Submitted to an engine, outcome not yet settled."""
         self.results = ResultBox()
-        self.settling: deque[Attempt] = deque()
-        """Taken from the box, not yet settled (a crash leaves them for the next one)."""
-        self.current: Attempt | None = None
-        """The attempt being settled (blamed for a crash)."""
         self.taking: list[OutboxEntry] = []
         """Taken from the ready queue, not yet submitted (made ready again after a crash)."""
         self.crashes: dict[str, int] = {}
@@ -147,9 +139,8 @@ class Sender(Actor):
             if state.queue.is_head(entry):
                 self._head(entry, now)
         state.taking = []
-        blamed, state.current = state.current, None
-        if blamed is not None and state.settling and state.settling[0] is blamed:
-            state.settling.popleft()
+        blamed = state.results.blamed()
+        if blamed is not None:
             error = crash.error
             reason = f"the sender crashed on it ({describe(error)})"
             self._settle(replace(blamed, kind=CRASH, error=error), now, [], reason=reason)
@@ -274,18 +265,14 @@ class Sender(Actor):
     # -- settling ------------------------------------------------------------------------
 
     def _settle_results(self) -> None:
-        state = self._state
-        state.settling.extend(state.results.take())
-        if not state.settling:
+        box = self._state.results
+        if not box:
             return
         now = self._hub.config.clock()
         delivered: list[OutboxEntry] = []
         try:
-            while state.settling:
-                attempt = state.current = state.settling[0]
+            for attempt in box.settle():
                 self._settle(attempt, now, delivered)
-                state.settling.popleft()
-                state.current = None
         finally:
             self._record_delivered(delivered, now)
 
@@ -399,10 +386,7 @@ class Sender(Actor):
                 SPAN_RETRY,
                 context=context_from(envelope.headers),
                 attributes={
-                    ATTR_MESSAGE_ID: message_id,
-                    ATTR_TRANSPORT: envelope.transport,
-                    ATTR_KEY: envelope.key if envelope.key is not None else "",
-                    ATTR_ATTEMPT: made + 1,
+                    **message_attributes(message_id, envelope.transport, envelope.key, made + 1),
                     "surelay.retry.delay": delay,
                 },
             )
@@ -509,13 +493,13 @@ def _duplicate_spans(hub: Hub, duplicates: list[OutboxEntry]) -> None:
         tracer.start_span(
             SPAN_DELIVER,
             context=context_from(envelope.headers),
-            attributes={
-                ATTR_MESSAGE_ID: envelope.message_id,
-                ATTR_TRANSPORT: envelope.transport,
-                ATTR_KEY: envelope.key if envelope.key is not None else "",
-                ATTR_ATTEMPT: envelope.attempt,
-                ATTR_OUTCOME: "duplicate",
-            },
+            attributes=message_attributes(
+                envelope.message_id,
+                envelope.transport,
+                envelope.key,
+                envelope.attempt,
+                **{ATTR_OUTCOME: "duplicate"},
+            ),
         ).end()
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pykka
@@ -69,16 +70,21 @@ trip per message of a busy key; it is still one call in flight per key."""
 
 
 class ResultBox:
-    """The attempts an engine finished for one actor, kept until the actor takes them.
+    """The attempts an engine finished for one actor, kept until the actor has settled
+    them.
 
-    `put` tells the actor (through `notify`) only when the box goes from empty to not
-    empty, so a burst of fast calls costs the actor one message, not one per call. The
-    box is owned by the actor's state, so attempts left in it survive a crash.
+    `put` (an engine's thread) tells the actor (through `notify`) only when the box goes
+    from empty to not empty, so a burst of fast calls costs the actor one message, not
+    one per call. The actor settles them with `settle`. The box is owned by the actor's
+    state, so a crash loses none of them: after it, `blamed` gives the attempt whose
+    settling crashed the actor, and the rest wait for the next incarnation.
     """
 
     def __init__(self) -> None:
         self._items: list[Attempt] = []
         self._lock = threading.Lock()
+        self._settling: deque[Attempt] = deque()
+        self._current: Attempt | None = None
         self.notify: Callable[[], None] | None = None
 
     def put(self, attempt: Attempt) -> None:
@@ -93,10 +99,31 @@ class ResultBox:
                 logger.debug("result of %s after its actor stopped", attempt.entry)
 
     def take(self) -> list[Attempt]:
-        """Every attempt in the box, oldest first; the box is empty after."""
+        """Every attempt put since the last look, oldest first."""
         with self._lock:
             items, self._items = self._items, []
         return items
 
+    def settle(self) -> Iterator[Attempt]:
+        """The attempts to settle, oldest first (the actor's thread only). Each leaves
+        the box once the loop body that got it has finished; if that body raises, the
+        attempt stays, for `blamed`."""
+        self._settling.extend(self.take())
+        while self._settling:
+            self._current = self._settling[0]
+            yield self._current
+            self._settling.popleft()
+            self._current = None
+
+    def blamed(self) -> Attempt | None:
+        """After a crash: the attempt whose settling crashed the actor, out of the box
+        (None if the crash came elsewhere)."""
+        current, self._current = self._current, None
+        if current is not None and self._settling and self._settling[0] is current:
+            self._settling.popleft()
+            return current
+        return None
+
     def __len__(self) -> int:
-        return len(self._items)
+        """Attempts not yet settled."""
+        return len(self._items) + len(self._settling)

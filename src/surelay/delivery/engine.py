@@ -41,14 +41,12 @@ from surelay.errors import PermanentError
 from surelay.policy.verdict import classify
 from surelay.storage.records import OutboxEntry
 from surelay.telemetry import (
-    ATTR_ATTEMPT,
-    ATTR_KEY,
-    ATTR_MESSAGE_ID,
     ATTR_OUTCOME,
     ATTR_TRANSPORT,
     SPAN_DELIVER,
     Telemetry,
     context_from,
+    message_attributes,
     record_error,
 )
 
@@ -172,12 +170,9 @@ class Engine:
         span = self._telemetry.tracer.start_span(
             SPAN_DELIVER,
             context=context_from(envelope.headers),
-            attributes={
-                ATTR_MESSAGE_ID: envelope.message_id,
-                ATTR_TRANSPORT: self.name,
-                ATTR_KEY: envelope.key if envelope.key is not None else "",
-                ATTR_ATTEMPT: envelope.attempt,
-            },
+            attributes=message_attributes(
+                envelope.message_id, self.name, envelope.key, envelope.attempt
+            ),
         )
         return None, ticket, span
 
