@@ -16,6 +16,8 @@ order, one call of a key at a time):
   (`concurrency=1000`) POSTing to a real HTTP server in another process that answers
   each request after `--latency` seconds: msg/s and the p99 of send -> call returned.
 
+Then a replay of `--replay` dead letters (10,000, 200 keys) against the same downstream.
+
 surelay's figures are end to end: from the first `send_batch` to the last delivery
 recorded (durable outbox write, the call, the durable settle), with a producer that
 honours `Overloaded.retry_after` when the default `PressurePolicy(capacity=10_000)` is
@@ -31,17 +33,27 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from surelay import Envelope, Overloaded, Runtime, RuntimeConfig
+from surelay import (
+    Envelope,
+    Overloaded,
+    PermanentError,
+    PressurePolicy,
+    RetryPolicy,
+    Runtime,
+    RuntimeConfig,
+)
 from surelay.delivery import is_coroutine_transport
 from surelay.transports import AsyncHttpTransport, HttpTransport
 
 ROOT = Path(__file__).resolve().parent.parent
+UNBOUNDED = PressurePolicy(capacity=1_000_000)
 
 
 def keys_for(messages: int, keys: int | None) -> list[str]:
@@ -154,6 +166,36 @@ def p99(values: list[float]) -> float:
     return statistics.quantiles(values, n=100)[98] * 1000
 
 
+def replay(records: int, latency: float) -> tuple[float, float]:
+    """Dead-letter `records` messages (200 keys), then replay them all against the
+    downstream at `latency` per call: records/s, and one worker calling one record at
+    a time per replay partition for comparison (what replay did before the engine)."""
+    healthy = threading.Event()
+
+    def downstream(_envelope: Envelope) -> None:
+        if not healthy.is_set():
+            raise PermanentError("down")
+        time.sleep(latency)
+
+    config = RuntimeConfig(retry=RetryPolicy(max_attempts=1), pressure=UNBOUNDED)
+    with (
+        tempfile.TemporaryDirectory() as path,
+        Runtime.open(path, transports={"t": downstream}, config=config) as rt,
+    ):
+        keys = keys_for(records, 200)
+        for first in range(0, records, 1000):
+            rt.send_batch(
+                [{"transport": "t", "payload": b"x", "key": k} for k in keys[first : first + 1000]]
+            )
+        assert rt.flush(300)
+        healthy.set()
+        start = time.perf_counter()
+        report = rt.dead_letters.replay(timeout=600)
+        elapsed = time.perf_counter() - start
+        assert report.replayed == records, report
+    return records / elapsed, config.replay_partitions / latency
+
+
 class Server:
     """tests/transports/http_server.py in a process of its own."""
 
@@ -180,6 +222,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--latency", type=float, default=0.02)
+    parser.add_argument("--replay", type=int, default=10_000, help="dead letters to replay")
     parser.add_argument("--skip-http", action="store_true")
     arguments = parser.parse_args()
     n, latency = arguments.messages, arguments.latency
@@ -220,6 +263,9 @@ def main() -> None:
         row(f"surelay, async transport, concurrency=1000, {label}", rate, bare_async, lat, lag)
         if keys is not None:
             row("  the same, beside the bare loop keeping per-key order", rate, bare_chains)
+    rate, one_at_a_time = replay(arguments.replay, latency)
+    row(f"surelay replay of {arguments.replay} dead letters, 200 keys", rate, one_at_a_time)
+    print(f"  (share: beside {one_at_a_time:.0f}/s, one call at a time per replay partition)")
     if arguments.skip_http:
         return
     server = Server(latency)
