@@ -98,6 +98,37 @@ def test_the_ack_timeout_cancels_the_coroutine_and_retries(tmp_path: Path) -> No
     assert [a for p, a in transport.attempts if p == b"slow"] == [1, 2]
 
 
+def test_every_call_past_its_deadline_is_cancelled(tmp_path: Path) -> None:
+    """One timer per engine watches all calls: a dozen hanging at once all time out
+    (fewer than the default breaker's 20 failures in a row)."""
+    payloads = [b"%d" % i for i in range(12)]
+    transport = AsyncRecorder({p: ["hang", "ok"] for p in payloads})
+    with open_runtime(
+        tmp_path, {"a": transport}, retry=FAST, ack_timeout_per_transport={"a": 0.1}
+    ) as rt:
+        receipts = [rt.send("a", p, key=p.decode()) for p in payloads]
+        assert all(r.wait(10) is Outcome.DELIVERED for r in receipts)
+    assert sorted(transport.cancelled) == sorted(payloads)
+
+
+def test_a_coroutine_that_swallows_its_cancel_and_returns_has_delivered(tmp_path: Path) -> None:
+    calls: list[int] = []
+
+    async def stubborn(envelope: Envelope) -> None:
+        calls.append(envelope.attempt)
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            return  # it says it delivered after all, as asyncio.timeout would accept
+
+    with open_runtime(
+        tmp_path, {"a": stubborn}, retry=FAST, ack_timeout_per_transport={"a": 0.1}
+    ) as rt:
+        assert rt.send("a", b"x").wait(10) is Outcome.DELIVERED
+        assert rt.send("a", b"y").wait(10) is Outcome.DELIVERED  # the task runs on cleanly
+    assert calls == [1, 1]
+
+
 def test_a_dead_event_loop_is_replaced_and_nothing_is_lost(tmp_path: Path) -> None:
     transport = AsyncRecorder({b"killer": ["kill-loop", "ok"], b"bystander": ["hang", "ok"]})
     with open_runtime(tmp_path, {"a": transport}, retry=FAST) as rt:
