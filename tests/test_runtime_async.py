@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from surelay import Envelope, Outcome, PermanentError, RetryPolicy, TransientError
+from surelay import (
+    BreakerPolicy,
+    Envelope,
+    Outcome,
+    PermanentError,
+    RetryPolicy,
+    TransientError,
+)
 from surelay.delivery import is_coroutine_transport
 
 from .helpers import open_runtime
@@ -99,12 +106,15 @@ def test_the_ack_timeout_cancels_the_coroutine_and_retries(tmp_path: Path) -> No
 
 
 def test_every_call_past_its_deadline_is_cancelled(tmp_path: Path) -> None:
-    """One timer per engine watches all calls: a dozen hanging at once all time out
-    (fewer than the default breaker's 20 failures in a row)."""
-    payloads = [b"%d" % i for i in range(12)]
+    """One timer per engine watches all calls: twenty hanging at once all time out."""
+    payloads = [b"%d" % i for i in range(20)]
     transport = AsyncRecorder({p: ["hang", "ok"] for p in payloads})
     with open_runtime(
-        tmp_path, {"a": transport}, retry=FAST, ack_timeout_per_transport={"a": 0.1}
+        tmp_path,
+        {"a": transport},
+        retry=FAST,
+        breaker=BreakerPolicy(failure_ratio=1.0, min_calls=100),  # timeouts: no tripping
+        ack_timeout_per_transport={"a": 0.1},
     ) as rt:
         receipts = [rt.send("a", p, key=p.decode()) for p in payloads]
         assert all(r.wait(10) is Outcome.DELIVERED for r in receipts)
