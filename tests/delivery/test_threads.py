@@ -114,6 +114,22 @@ def test_fast_calls_keep_one_thread_and_slow_ones_grow_the_pool_to_its_limit() -
     pool.stop(1)
 
 
+def test_a_quick_call_now_and_then_slow_does_not_grow_the_pool() -> None:
+    """A no-op call that waited for the GIL looks slow once in a while; only calls that
+    are all slow grow the pool (64 threads taking turns at the GIL would be far slower)."""
+
+    def mostly_quick(envelope: Envelope) -> None:
+        if envelope.payload.endswith(b"0"):
+            time.sleep(0.02)  # one call in ten, as a busy interpreter would make it wait
+
+    sink = Collect()
+    pool = engine(mostly_quick, limit=8)
+    pool.submit([((entry(i),), sink) for i in range(300)])
+    sink.wait(300)
+    assert pool.health()["threads"] == 1
+    pool.stop(1)
+
+
 def test_idle_threads_retire(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(threads, "IDLE_RETIRE", 0.05)
     sink = Collect()

@@ -2,9 +2,11 @@
 
 Threads are made on demand, up to the transport's concurrency: one for the first call,
 then, while calls wait and no thread is idle, as many as the waiting calls need, but only
-once calls prove slow (`SLOW_CALL`): a transport that returns in microseconds is served
-best by one thread, not by 64 taking turns at the GIL. A thread idle for `IDLE_RETIRE`
-seconds ends.
+once calls prove slow (the last `SAMPLES` calls each `SLOW_CALL`, or one call running
+`STUCK_CALL`): a transport that returns in microseconds is served best by one thread,
+not by 64 taking turns at the GIL (measured: 64 threads cut a no-op transport's
+throughput to a fifth). A transport answering in well under a millisecond therefore
+runs on one thread. A thread idle for `IDLE_RETIRE` seconds ends.
 
 Ack timeouts: a watcher thread wakes at the earliest deadline of the running calls. A
 call past its deadline gets a TIMEOUT attempt at once (retried like any transient
@@ -22,6 +24,7 @@ import logging
 import math
 import threading
 import time
+from collections import deque
 from typing import Any
 
 from opentelemetry.trace import Span
@@ -29,7 +32,7 @@ from opentelemetry.trace import Span
 from surelay.delivery.attempt import OK, Run, Sink
 from surelay.delivery.engine import Engine, not_awaited
 
-__all__ = ["IDLE_RETIRE", "SLOW_CALL", "ThreadEngine"]
+__all__ = ["IDLE_RETIRE", "SAMPLES", "SLOW_CALL", "STUCK_CALL", "ThreadEngine"]
 
 logger = logging.getLogger("surelay.delivery")
 
@@ -37,7 +40,15 @@ IDLE_RETIRE = 30.0
 """Seconds an idle pool thread waits for work before it ends."""
 
 SLOW_CALL = 0.001
-"""A call at least this long (seconds) makes the pool grow while calls wait."""
+"""Calls that all took this long (seconds), the last `SAMPLES` of them, make the pool grow
+while calls wait. All of them, not on average: a quick call that waited a while for the
+GIL looks slow, but only now and then."""
+
+SAMPLES = 8
+
+STUCK_CALL = 0.1
+"""A call running this long makes the pool grow while calls wait: a call that hangs
+never returns to say it is slow. Well past the waits for the GIL a busy process sees."""
 
 
 class _Worker:
@@ -65,7 +76,7 @@ class ThreadEngine(Engine):
         self._workers: set[_Worker] = set()
         self._idle = 0
         self._abandoned = 0
-        self._slow = False
+        self._recent: deque[float] = deque(maxlen=SAMPLES)  # seconds the last calls took
         self._watcher: threading.Thread | None = None
         self._wake_watcher = threading.Event()
         self._closed = False
@@ -83,15 +94,16 @@ class ThreadEngine(Engine):
 
     def _wanted(self, *, slow: bool = False) -> int:
         """Threads to add now (lock held): calls wait, no thread is idle to take them,
-        and calls are slow (the last one took `SLOW_CALL`, or `slow` says one running
-        has been going that long)."""
+        and calls are slow (the last `SAMPLES` took `SLOW_CALL` each, or `slow` says one
+        running has been going `STUCK_CALL`)."""
         room = self.limit - len(self._workers)
         waiting = len(self._lanes) - self._idle
         if room <= 0 or waiting <= 0:
             return 0
         if not self._workers:
             return 1
-        return min(room, waiting) if self._slow or slow else 0
+        slow = slow or (len(self._recent) == SAMPLES and min(self._recent) >= SLOW_CALL)
+        return min(room, waiting) if slow else 0
 
     def _spawn(self, count: int) -> None:
         """Start `count` threads (lock held; they block on it until it is released). A
@@ -205,7 +217,7 @@ class ThreadEngine(Engine):
                     self._abandoned -= 1
                     return False
                 worker.started = math.inf
-                self._slow = took >= SLOW_CALL
+                self._recent.append(took)
                 if worker.timed_out:  # reported by the watcher, with the rest skipped
                     return True
             attempt = self.end(entry, ticket, span, started, error)
@@ -218,15 +230,16 @@ class ThreadEngine(Engine):
     # -- deadlines -----------------------------------------------------------------------
 
     def _grow_if_slow(self, now: float) -> float:
-        """(lock held) Add threads if calls wait and a running one has taken `SLOW_CALL`;
-        when to look again (inf: nothing waits)."""
+        """(lock held) Add threads if calls wait and a running one has taken
+        `STUCK_CALL`; when to look again (inf: nothing waits)."""
         if self._idle >= len(self._lanes) or len(self._workers) >= self.limit:
             return math.inf
         oldest = min((w.started for w in self._workers), default=math.inf)
-        if now - oldest >= SLOW_CALL:
-            self._spawn(self._wanted(slow=True))
+        wanted = self._wanted(slow=now - oldest >= STUCK_CALL)
+        if wanted:
+            self._spawn(wanted)
             return math.inf
-        return now + SLOW_CALL
+        return min(oldest + STUCK_CALL, now + STUCK_CALL)
 
     def _watch(self) -> None:
         """Time out calls past their deadline; sleep until the earliest one. A call that
