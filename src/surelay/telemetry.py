@@ -12,7 +12,6 @@ the `surelay.send` span; delivery attempts, retries and dead-lettering are its c
 from __future__ import annotations
 
 import functools
-import os
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from opentelemetry.metrics import CallbackOptions, Counter, Histogram, Observati
 from opentelemetry.trace import (
     Link,
     NonRecordingSpan,
+    ProxyTracerProvider,
     Span,
     SpanContext,
     Status,
@@ -153,13 +153,14 @@ class Telemetry:
 
     @property
     def tracing(self) -> bool:
-        """Whether a tracer provider is installed (span work is skipped otherwise).
+        """Whether a tracer provider is installed (span work is skipped otherwise),
+        whether the host set it before or after importing surelay.
 
         The API sets its global provider once, so a True answer is kept; until then each
-        call looks again (two environment lookups: ask once per batch, not per message).
+        call looks again (ask once per batch, not per message).
         """
         if not self._tracing:
-            self._tracing = trace.get_tracer_provider() is not _PROXY or _ENV_PROVIDER in os.environ
+            self._tracing = not isinstance(trace.get_tracer_provider(), ProxyTracerProvider)
         return self._tracing
 
     def count(self, name: str, transport: str, amount: int = 1) -> None:
@@ -226,8 +227,6 @@ def _observer(name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
     return observe
 
 
-_PROXY = trace.get_tracer_provider()  # the API's placeholder until a host sets one
-_ENV_PROVIDER = "OTEL_PYTHON_TRACER_PROVIDER"
 
 
 def message_attributes(
