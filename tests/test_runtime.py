@@ -23,6 +23,7 @@ from surelay import (
     TransientError,
     UnknownTransport,
 )
+from surelay.errors import StorageError
 from surelay.storage import Store
 from surelay.storage.records import OutboxEntry
 
@@ -484,6 +485,13 @@ def test_bad_transports_and_config_are_refused_at_open(tmp_path: Path) -> None:
         Runtime.open(tmp_path, transports={"t": "http://x"})  # type: ignore[dict-item]
     with pytest.raises(TypeError, match="RuntimeConfig"):
         Runtime.open(tmp_path, transports={"t": Recorder()}, config={"partitions": 2})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="empty string"):
+        Runtime.open("", transports={"t": Recorder()})
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "app.db").write_bytes(b"someone else's")
+    with pytest.raises(StorageError, match="not empty and is not a surelay data directory"):
+        Runtime.open(tmp_path / "theirs", transports={"t": Recorder()})
+    assert [p.name for p in (tmp_path / "theirs").iterdir()] == ["app.db"]
 
 
 def test_the_outbox_is_recovered_in_key_order_with_retry_times_kept(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -118,17 +118,24 @@ def _install_tracing(traces: Path) -> TracerProvider:
     """The OpenTelemetry SDK, exporting every span as one JSON line to `traces`."""
 
     class JsonLines(SpanExporter):
+        """Opens its file at the first span, so the data directory is still empty when
+        the runtime first opens it (surelay refuses a directory holding other files)."""
+
         def __init__(self, path: Path) -> None:
-            self._file = path.open("a", encoding="utf-8")
+            self._path = path
+            self._file: TextIO | None = None
 
         def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            if self._file is None:
+                self._file = self._path.open("a", encoding="utf-8")
             for span in spans:
                 self._file.write(span.to_json(indent=None) + "\n")
             self._file.flush()
             return SpanExportResult.SUCCESS
 
         def shutdown(self) -> None:
-            self._file.close()
+            if self._file is not None:
+                self._file.close()
 
     provider = TracerProvider()
     provider.add_span_processor(BatchSpanProcessor(JsonLines(traces), max_queue_size=65536))
@@ -148,7 +155,7 @@ def run_demo(
     provider = _install_tracing(traces)
     # The crash is on purpose: its traceback goes to a log file, not over the display.
     log = logging.getLogger("surelay")
-    handler = logging.FileHandler(data / "demo.log", encoding="utf-8")
+    handler = logging.FileHandler(data / "demo.log", encoding="utf-8", delay=True)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     log.addHandler(handler)
     log.propagate = False

@@ -227,8 +227,6 @@ def _observer(name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
     return observe
 
 
-
-
 def message_attributes(
     message_id: str, transport: str, key: str | None, attempt: int, **more: str | int
 ) -> dict[str, str | int]:

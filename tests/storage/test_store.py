@@ -44,6 +44,24 @@ def test_refuses_missing_foreign_and_file_paths(tmp_path: Path) -> None:
         Store.open(junk)
 
 
+def test_refuses_an_empty_path_and_a_directory_holding_other_files(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="empty string"):
+        Store.open("")
+    foreign = tmp_path / "project"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(StorageError, match=r"not empty .* holds notes\.txt"):
+        Store.open(foreign)
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]  # nothing written
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with Store.open(empty, map_size=1 << 20):  # an empty directory is taken
+        pass
+    (empty / "traces.jsonl").write_text("")  # beside surelay's own files: fine
+    with Store.open(empty, map_size=1 << 20):
+        pass
+
+
 def test_refuses_to_open_twice_in_one_process(tmp_path: Path) -> None:
     with (
         Store.open(tmp_path / "d", map_size=1 << 20),

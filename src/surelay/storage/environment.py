@@ -136,6 +136,7 @@ class Environment:
                 f"need 0 < map_size <= max_map_size, got map_size={map_size}, "
                 f"max_map_size={max_map_size}"
             )
+        check_path(path)
         where = Path(path)
         if where.exists() and not where.is_dir():
             raise StorageError(f"{where} is not a directory")
@@ -143,8 +144,10 @@ class Environment:
             if not create:
                 raise StorageError(f"{where} does not exist (no surelay data directory there)")
             where.mkdir(mode=0o700, parents=True)
-        elif not create and not (where / "data.mdb").exists():
-            raise StorageError(f"{where} is not a surelay data directory (no data.mdb)")
+        elif not (where / "data.mdb").exists():
+            if not create:
+                raise StorageError(f"{where} is not a surelay data directory (no data.mdb)")
+            _refuse_foreign(where)
         try:
             env = lmdb.open(
                 str(where),
@@ -302,6 +305,27 @@ class Environment:
     def _check_open(self) -> None:
         if self._closed:
             raise StorageError(f"the store at {self.path} is closed")
+
+
+def check_path(path: str | os.PathLike[str]) -> None:
+    """Refuse an empty path: it would put surelay's files in the current directory."""
+    if not os.fspath(path):
+        raise ValueError(
+            "path must name a data directory, got an empty string (which would put "
+            "surelay's files in the current directory)"
+        )
+
+
+def _refuse_foreign(where: Path) -> None:
+    """An existing directory without surelay's files must be empty: surelay does not
+    move into a directory that holds someone else's files (nothing is written then)."""
+    found = sorted(entry.name for entry in where.iterdir())
+    if found:
+        shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+        raise StorageError(
+            f"{where} is not empty and is not a surelay data directory (it holds {shown}); "
+            "give surelay a directory of its own (a new or empty one)"
+        )
 
 
 def _check_schema(env: Any, dbs: dict[str, Any], where: Path) -> None:

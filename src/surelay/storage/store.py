@@ -22,7 +22,7 @@ from surelay.envelope import Envelope
 from surelay.errors import RetryTransaction, StorageError, StorageFull
 from surelay.storage.dead_letters import DeadLetters
 from surelay.storage.dedup import Dedup
-from surelay.storage.environment import Environment, Txn
+from surelay.storage.environment import Environment, Txn, check_path
 from surelay.storage.outbox import Outbox
 from surelay.storage.quarantine import Quarantine
 from surelay.storage.records import DEAD_LETTER_STATUSES, DeadLetter, OutboxEntry
@@ -100,6 +100,7 @@ class Store:
         process may open the same directory (LMDB's own locking); this process may not
         open it twice.
         """
+        check_path(path)
         real = Path(os.path.realpath(path))
         with _OPEN_LOCK:
             if real in _OPEN:
