@@ -11,12 +11,14 @@ One runtime owns a data directory at a time (`surelay.storage.owner`); other pro
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import itertools
 import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -78,6 +80,34 @@ _Checked = tuple[str, bytes, str | None, str | None, Priority, MappingProxyType[
 headers."""
 
 
+EXIT_TIMEOUT = 1.0
+"""Seconds an open runtime gets to close at interpreter exit (what it has not delivered
+by then stays in the outbox for the next open)."""
+
+_OPEN: weakref.WeakSet[Runtime] = weakref.WeakSet()
+"""The runtimes open in this process: closed at exit, disowned after a fork."""
+
+
+def _close_at_exit() -> None:
+    for runtime in list(_OPEN):
+        try:
+            runtime.close(timeout=EXIT_TIMEOUT)
+        except Exception:
+            logger.exception("closing the runtime of %s at exit failed", runtime.path)
+
+
+def _disown_after_fork() -> None:
+    """In a forked child: every runtime of the parent refuses to be used here."""
+    parent = os.getppid()
+    for runtime in list(_OPEN):
+        runtime._forked_from = parent
+    _OPEN.clear()
+
+
+atexit.register(_close_at_exit)
+os.register_at_fork(after_in_child=_disown_after_fork)
+
+
 @dataclass(frozen=True, slots=True)
 class RuntimeStats:
     """A snapshot of the runtime: counters since `open`, gauges now."""
@@ -132,6 +162,8 @@ class Runtime:
         self._txns: dict[int, list[OutboxEntry]] = {}
         self._orphans: dict[str, int] = {}
         self._dead_letters = DeadLetters(store, hub, replays)
+        self._forked_from: int | None = None
+        """The parent's pid once this process was forked from the one that opened it."""
         rate = self._config.pressure.rate_per_key
         self._key_rates = None if rate is None else KeyRates(*rate)
 
@@ -209,6 +241,7 @@ class Runtime:
         except BaseException:
             runtime.close(timeout=1.0)
             raise
+        _OPEN.add(runtime)
         return runtime
 
     def close(self, timeout: float = 10.0) -> None:
@@ -218,6 +251,8 @@ class Runtime:
         Messages not delivered by then (waiting for a retry, say) stay in the outbox and
         are dispatched again by the next `open`; with BEST_EFFORT they are lost.
         """
+        if self._forked_from is not None:
+            return  # nothing of it is this process's to close (the parent owns it)
         deadline = time.monotonic() + timeout
         with self._lock:
             if self._closing:
@@ -245,6 +280,7 @@ class Runtime:
             with self._lock:
                 self._closed = True
                 self._lock.notify_all()
+            _OPEN.discard(self)
 
     def __enter__(self) -> Runtime:
         return self
@@ -259,6 +295,15 @@ class Runtime:
                 return True
         sink = self._hub.sink
         return sink is not None and sink.queued() > 0
+
+    def _refuse_if_forked(self) -> None:
+        if self._forked_from is not None:
+            raise RuntimeClosed(
+                f"this runtime was opened in process {self._forked_from} before a fork, and "
+                "its storage and threads do not survive one; open the runtime after the "
+                "fork, in each process (e.g. in the web framework's startup hook: a FastAPI "
+                "lifespan, gunicorn's post_fork, or at import time only without --preload)"
+            )
 
     def _settled(self) -> bool:
         """True once no transport call runs and every result has been settled."""
@@ -395,6 +440,7 @@ class Runtime:
         return envelopes
 
     def _accept(self, checked: list[_Checked], txn: Txn | None) -> list[Receipt]:
+        self._refuse_if_forked()
         hub = self._hub
         with self._lock:
             if self._closing:
@@ -578,6 +624,7 @@ class Runtime:
         If the map had to grow, `RetryTransaction` is raised and nothing was written:
         run the block again.
         """
+        self._refuse_if_forked()
         with self._lock:
             if self._closing:
                 raise RuntimeClosed("the runtime is closed (or closing)")
@@ -598,6 +645,7 @@ class Runtime:
     def table(self, name: str) -> Any:
         """The handle of the host's own named database `name`, for `txn.get/put(...,
         db=handle)` inside `transaction()`."""
+        self._refuse_if_forked()
         return self._store.host_table(name)
 
     # -- waiting and looking -------------------------------------------------------------
@@ -605,9 +653,11 @@ class Runtime:
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until nothing accepted is still waiting for delivery, retry or
         dead-lettering; False if `timeout` seconds pass first."""
+        self._refuse_if_forked()
         return self._hub.tracker.wait_empty(timeout)
 
     def stats(self) -> RuntimeStats:
+        self._refuse_if_forked()
         hub = self._hub
         counters = hub.counters.snapshot()
         store_stats = self._store.stats() if not self._store.env.closed else None
@@ -626,6 +676,7 @@ class Runtime:
         """`{"ok": bool, "actors": ..., "storage": ..., "breakers": ...}`: `ok` is False
         when an actor is not running, the store is closed or nearly full, or a breaker
         is open. Each part has its own `ok`."""
+        self._refuse_if_forked()
         actors = _actor_health(self._root) if self._root.is_alive() else {}
         storage: dict[str, Any]
         if self._store.env.closed:
@@ -669,6 +720,7 @@ class Runtime:
     @property
     def dead_letters(self) -> DeadLetters:
         """Operations on dead letters: list, get, replay, archive, purge."""
+        self._refuse_if_forked()
         return self._dead_letters
 
     @property

@@ -76,7 +76,12 @@ class Actor(pykka.ThreadingActor):
 
     Not in pykka's `ActorRegistry` when supervised: the supervisor owns its children, so
     `ActorRegistry.stop_all()` does not stop them (stop the supervisor instead).
+
+    Its thread is a daemon thread (pykka's default is not): a tree never keeps the
+    interpreter alive after the main thread ends; stop it to end it cleanly.
     """
+
+    use_daemon_thread = True
 
     ref: Ref | None
     """The stable `Ref` of this child, or None for an actor started without a supervisor."""
