@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -230,3 +231,23 @@ def test_pressure_transitions_are_spans_and_refusals_are_counted(tmp_path: Path)
     assert [(p.attributes, p.value) for p in refused] == [
         ({"surelay.transport": "t", "surelay.priority": "LOW", "surelay.reason": "critical"}, 1)
     ]
+
+
+def test_asend_continues_the_callers_trace(tmp_path: Path) -> None:
+    """A FastAPI-style handler: the request span is current in the coroutine, and the
+    message's send span (and so its deliver span) is its child."""
+    tracer = trace.get_tracer("host")
+
+    async def handler(rt: Any) -> Any:
+        with tracer.start_as_current_span("request") as request:
+            receipt = await rt.asend("t", b"x")
+        assert await receipt is Outcome.DELIVERED
+        return request
+
+    with open_runtime(tmp_path, {"t": Recorder()}) as rt:
+        request = asyncio.run(handler(rt))
+    (send,) = spans("surelay.send")
+    (deliver,) = spans("surelay.deliver")
+    context = request.get_span_context()
+    assert send.parent is not None and send.parent.span_id == context.span_id
+    assert deliver.context is not None and deliver.context.trace_id == context.trace_id

@@ -3,10 +3,13 @@ that knows which accepted messages have not ended yet (what `flush` waits for)."
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import enum
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Generator, Iterable
+from typing import Any
 
 __all__ = ["Outcome", "OverLimit", "Receipt", "Tracker"]
 
@@ -33,12 +36,13 @@ class Outcome(enum.Enum):
 class Receipt:
     """The handle `send` returns for one accepted message."""
 
-    __slots__ = ("_outcome", "_tracker", "message_id")
+    __slots__ = ("_callbacks", "_outcome", "_tracker", "message_id")
 
     def __init__(self, message_id: str, tracker: Tracker) -> None:
         self.message_id = message_id
         self._outcome: Outcome | None = None
         self._tracker = tracker
+        self._callbacks: list[Callable[[Outcome], object]] | None = None
 
     def wait(self, timeout: float | None = None) -> Outcome | None:
         """Block until the message ends and return how, or None after `timeout` seconds.
@@ -50,6 +54,22 @@ class Receipt:
         if self._outcome is not None:
             return self._outcome
         return self._tracker.wait(self, timeout)
+
+    def __await__(self) -> Generator[Any, None, Outcome]:
+        """`await receipt`: the outcome, without blocking the event loop (bound it with
+        `asyncio.timeout`). Cancelling the wait leaves the message accepted."""
+        outcome = self._outcome
+        if outcome is not None:
+            return outcome
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outcome] = loop.create_future()
+
+        def resolve(outcome: Outcome) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(_resolve, future, outcome)
+
+        self._tracker.when_done(self, resolve)
+        return (yield from future.__await__())
 
     @property
     def outcome(self) -> Outcome | None:
@@ -71,6 +91,7 @@ class Tracker:
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
         self._pending: dict[str, Receipt | None] = {}
+        self._empty_waiters: list[Callable[[], object]] = []
 
     def add(
         self, message_ids: Iterable[str], *, receipts: bool = True, limit: int | None = None
@@ -94,6 +115,7 @@ class Tracker:
         """Record how messages ended; returns how many were still pending (a message
         ends once: a second outcome for it is ignored)."""
         ended = 0
+        called: list[Callable[[Outcome], object]] = []
         with self._cond:
             for message_id in message_ids:
                 if message_id in self._pending:
@@ -101,8 +123,16 @@ class Tracker:
                     ended += 1
                     if receipt is not None:
                         receipt._outcome = outcome
+                        if receipt._callbacks:
+                            called += receipt._callbacks
+                            receipt._callbacks = None
+            empty = self._take_empty_waiters() if ended else []
             if ended:
                 self._cond.notify_all()
+        for callback in called:
+            callback(outcome)
+        for waiter in empty:
+            waiter()
         return ended
 
     def forget(self, message_ids: Iterable[str]) -> None:
@@ -111,6 +141,34 @@ class Tracker:
             for message_id in message_ids:
                 self._pending.pop(message_id, None)
             self._cond.notify_all()
+            empty = self._take_empty_waiters()
+        for waiter in empty:
+            waiter()
+
+    def when_done(self, receipt: Receipt, callback: Callable[[Outcome], object]) -> None:
+        """Call `callback(outcome)` once `receipt`'s message has ended (at once if it
+        has), on the thread that ends it."""
+        with self._cond:
+            outcome = receipt._outcome
+            if outcome is None:
+                receipt._callbacks = [*(receipt._callbacks or ()), callback]
+                return
+        callback(outcome)
+
+    def when_empty(self, callback: Callable[[], object]) -> None:
+        """Call `callback()` once nothing is pending (at once if nothing is)."""
+        with self._cond:
+            if self._pending:
+                self._empty_waiters.append(callback)
+                return
+        callback()
+
+    def _take_empty_waiters(self) -> list[Callable[[], object]]:
+        """(lock held) The empty-waiters to call, if nothing is pending now."""
+        if self._pending:
+            return []
+        waiters, self._empty_waiters = self._empty_waiters, []
+        return waiters
 
     def is_pending(self, message_id: str) -> bool:
         return message_id in self._pending
@@ -144,3 +202,8 @@ class Tracker:
         """Block until some message ends, at most `timeout` seconds."""
         with self._cond:
             self._cond.wait(timeout)
+
+
+def _resolve(future: asyncio.Future[Outcome], outcome: Outcome) -> None:
+    if not future.done():  # a waiter cancelled meanwhile
+        future.set_result(outcome)

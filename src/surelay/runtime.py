@@ -11,6 +11,7 @@ One runtime owns a data directory at a time (`surelay.storage.owner`); other pro
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import itertools
@@ -20,7 +21,8 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NoReturn
 
@@ -88,6 +90,11 @@ _OPEN: weakref.WeakSet[Runtime] = weakref.WeakSet()
 """The runtimes open in this process: closed at exit, disowned after a fork."""
 
 
+def _resolve_empty(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 def _close_at_exit() -> None:
     for runtime in list(_OPEN):
         try:
@@ -106,6 +113,20 @@ def _disown_after_fork() -> None:
 
 atexit.register(_close_at_exit)
 os.register_at_fork(after_in_child=_disown_after_fork)
+
+
+@dataclass(slots=True)
+class _Pending:
+    """Messages between `_start` and `_finish`: their receipts, and either their outbox
+    entries already made (a host transaction, BEST_EFFORT) or the future of the durable
+    write that makes them."""
+
+    envelopes: list[Envelope]
+    txn: Txn | None
+    spans: list[Any] | None
+    receipts: list[Receipt] = field(default_factory=list)
+    entries: list[OutboxEntry] = field(default_factory=list)
+    durable: Future[list[OutboxEntry]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,6 +361,67 @@ class Runtime:
         `UnknownTransport`) names the index of the first bad one. At most
         `config.max_batch` messages; one durable write for all of them.
         """
+        checked, txn = self._check_batch(messages)
+        return self._accept(checked, txn) if checked else []
+
+    # -- asyncio twins: the same, without blocking the event loop -------------------------
+
+    async def asend(
+        self,
+        transport: str,
+        payload: bytes,
+        *,
+        key: str | None = None,
+        idempotency_key: str | None = None,
+        priority: Priority = Priority.NORMAL,
+        headers: Mapping[str, str] | None = None,
+        txn: Txn | None = None,
+    ) -> Receipt:
+        """`send` for a coroutine: returns once the message is durable, never blocking
+        the event loop (coroutines sending at once share one fsync, as threads do). The
+        same arguments and errors; the `surelay.send` span is a child of the caller's
+        current span. Cancelled while waiting for the write, the message stays accepted
+        and is delivered."""
+        checked = self._check(transport, payload, key, idempotency_key, priority, headers)
+        return (await self._aaccept([checked], txn))[0]
+
+    async def asend_batch(self, messages: Sequence[Mapping[str, Any]]) -> list[Receipt]:
+        """`send_batch` for a coroutine (see `asend`)."""
+        checked, txn = self._check_batch(messages)
+        return await self._aaccept(checked, txn) if checked else []
+
+    async def aflush(self, timeout: float | None = None) -> bool:
+        """`flush` for a coroutine: True once nothing accepted is still waiting for
+        delivery, retry or dead-lettering; False if `timeout` seconds pass first."""
+        self._refuse_if_forked()
+        loop = asyncio.get_running_loop()
+        empty: asyncio.Future[None] = loop.create_future()
+
+        def done() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(_resolve_empty, empty)
+
+        self._hub.tracker.when_empty(done)
+        try:
+            async with asyncio.timeout(timeout):
+                await empty
+        except TimeoutError:
+            return False
+        return True
+
+    async def aclose(self, timeout: float = 10.0) -> None:
+        """`close` for a coroutine: the closing runs on a thread of its own, so the event
+        loop goes on meanwhile."""
+        await asyncio.to_thread(self.close, timeout)
+
+    async def __aenter__(self) -> Runtime:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def _check_batch(self, messages: object) -> tuple[list[_Checked], Txn | None]:
+        """A batch's messages checked, and their common transaction (see `send_batch`)."""
         if isinstance(messages, str | bytes) or not isinstance(messages, Sequence):
             raise InvalidMessage(
                 f"messages must be a sequence of mappings, got {type(messages).__name__}"
@@ -363,9 +445,7 @@ class Runtime:
                 )
             txn = message_txn
             checked.append(arguments)
-        if not checked:
-            return []
-        return self._accept(checked, txn)
+        return checked, txn
 
     def _from_mapping(self, message: object) -> tuple[_Checked, Txn | None]:
         if not isinstance(message, Mapping):
@@ -440,38 +520,111 @@ class Runtime:
         return envelopes
 
     def _accept(self, checked: list[_Checked], txn: Txn | None) -> list[Receipt]:
+        delay = self._admission(checked)
+        if delay > 0:
+            time.sleep(delay)  # the throttle: bounded, LOW only, while elevated
+        pending = self._start(checked, txn)
+        try:
+            entries = pending.entries if pending.durable is None else pending.durable.result()
+        except BaseException as error:
+            self._abort(pending, error)
+            raise
+        return self._finish(pending, entries)
+
+    async def _aaccept(self, checked: list[_Checked], txn: Txn | None) -> list[Receipt]:
+        """`_accept` without blocking the event loop: the durable write's future is
+        bridged into the loop (the writer thread completes it; no thread per call)."""
+        delay = self._admission(checked)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        pending = self._start(checked, txn)
+        durable = pending.durable
+        if durable is None:
+            return self._finish(pending, pending.entries)
+        try:
+            entries = await asyncio.shield(asyncio.wrap_future(durable))
+        except asyncio.CancelledError:
+            # the caller stopped waiting; the message is accepted all the same: dispatch
+            # it (or forget it, if the write failed) once the write ends
+            durable.add_done_callback(lambda done: self._end_later(pending, done))
+            raise
+        except BaseException as error:
+            self._abort(pending, error)
+            raise
+        return self._finish(pending, entries)
+
+    def _admission(self, checked: list[_Checked]) -> float:
+        """Refuse a closed runtime or an overloaded one; the throttle delay to wait."""
         self._refuse_if_forked()
+        if self._closing:
+            raise RuntimeClosed("the runtime is closed (or closing); nothing was accepted")
+        return self._check_pressure(checked)
+
+    def _start(self, checked: list[_Checked], txn: Txn | None) -> _Pending:
+        """Make the envelopes and receipts and start the outbox write (see `_Pending`)."""
         hub = self._hub
         with self._lock:
             if self._closing:
                 raise RuntimeClosed("the runtime is closed (or closing); nothing was accepted")
             self._active += 1
         try:
-            self._check_pressure(checked)
             now = self._config.clock()  # one reading, ids in acceptance order
             ids = new_id.many(len(checked), now)
             spans = self._start_send_spans(ids, checked) if hub.telemetry.tracing else None
-            try:
-                receipts = self._admit(self._envelopes(checked, ids, now, spans), txn)
-            except BaseException as error:
-                if spans is not None:
-                    for span in spans:
-                        record_error(span, error)
-                        span.end()
-                raise
-            if spans is not None:
-                for span in spans:
-                    span.end()
-            return receipts
-        finally:
-            with self._lock:
-                self._active -= 1
-                if not self._active:
-                    self._lock.notify_all()
+            pending = _Pending(self._envelopes(checked, ids, now, spans), txn, spans)
+        except BaseException:
+            self._leave()
+            raise
+        try:
+            self._admit(pending)
+        except BaseException as error:
+            self._abort(pending, error)
+            raise
+        return pending
 
-    def _check_pressure(self, checked: list[_Checked]) -> None:
-        """Refuse (`Overloaded`) or slow down a send by the published pressure level and
-        the per-key rates; a batch is admitted or refused whole."""
+    def _finish(self, pending: _Pending, entries: list[OutboxEntry]) -> list[Receipt]:
+        """The write is durable: count, dispatch, end the send spans."""
+        try:
+            envelopes = pending.envelopes
+            self._hub.counters.add_each("accepted", [e.transport for e in envelopes])
+            if pending.txn is None:
+                self._dispatch(entries)
+            else:
+                self._txns[id(pending.txn)].extend(entries)
+            if pending.spans is not None:
+                for span in pending.spans:
+                    span.end()
+            return pending.receipts
+        finally:
+            self._leave()
+
+    def _abort(self, pending: _Pending, error: BaseException) -> None:
+        """The write failed: nothing was accepted."""
+        if pending.receipts:
+            self._hub.tracker.forget(e.message_id for e in pending.envelopes)
+        if pending.spans is not None:
+            for span in pending.spans:
+                record_error(span, error)
+                span.end()
+        self._leave()
+
+    def _end_later(self, pending: _Pending, done: Future[list[OutboxEntry]]) -> None:
+        error = done.exception()
+        if error is None:
+            self._finish(pending, done.result())
+        else:
+            self._abort(pending, error)
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._active -= 1
+            if not self._active:
+                self._lock.notify_all()
+
+    def _check_pressure(self, checked: list[_Checked]) -> float:
+        """Refuse (`Overloaded`) a send by the published pressure level and the per-key
+        rates, or return how long to slow it down; a batch is admitted or refused
+        whole."""
         hub = self._hub
         policy = self._config.pressure
         state = hub.pressure
@@ -506,8 +659,7 @@ class Runtime:
                     wait,
                     f"a key is over its rate {policy.rate_per_key} (count, per_seconds)",
                 )
-        if delay > 0:
-            time.sleep(delay)  # the throttle: bounded, LOW only, while elevated
+        return delay
 
     def _refuse(
         self,
@@ -524,8 +676,10 @@ class Runtime:
             f"{why}; nothing was accepted, retry after {after:.3g}s", retry_after=after
         )
 
-    def _admit(self, envelopes: list[Envelope], txn: Txn | None) -> list[Receipt]:
+    def _admit(self, pending: _Pending) -> None:
+        """Track the messages (bounded by pressure) and start their outbox write."""
         hub = self._hub
+        envelopes, txn = pending.envelopes, pending.txn
         partitions = self._config.partitions
         by_key: dict[str, int] = {}  # a batch often repeats its keys
         routed = []
@@ -543,7 +697,7 @@ class Runtime:
         priorities = {e.priority for e in envelopes}
         limit = min(hard_bound(p, policy) for p in priorities)
         try:
-            receipts = hub.tracker.add(ids, limit=limit)
+            pending.receipts = hub.tracker.add(ids, limit=limit)
         except OverLimit as full:
             self._refuse(
                 [e.transport for e in envelopes],
@@ -560,28 +714,16 @@ class Runtime:
             hub.pressure.sample_asked = True  # a threshold crossed between two samples
             if hub.governor is not None:
                 hub.governor.tell(Sample())
-        try:
-            if txn is not None:
-                pending = self._txns.get(id(txn))
-                if pending is None:
-                    raise InvalidMessage(
-                        "txn must be the transaction of rt.transaction(), still open"
-                    )
-                now = self._config.clock()
-                entries = self._store.outbox.enqueue_many(txn, routed, due_at=now)
-                pending.extend(entries)
-            elif hub.durable:
-                entries = self._store.enqueue(routed).result()
-            else:
-                now = self._config.clock()
-                entries = [outbox_entry(0, e, now, p) for e, p in routed]
-        except BaseException:
-            hub.tracker.forget(ids)
-            raise
-        hub.counters.add_each("accepted", [e.transport for e in envelopes])
-        if txn is None:
-            self._dispatch(entries)
-        return receipts
+        if txn is not None:
+            if id(txn) not in self._txns:
+                raise InvalidMessage("txn must be the transaction of rt.transaction(), still open")
+            now = self._config.clock()
+            pending.entries = self._store.outbox.enqueue_many(txn, routed, due_at=now)
+        elif hub.durable:
+            pending.durable = self._store.enqueue(routed)
+        else:
+            now = self._config.clock()
+            pending.entries = [outbox_entry(0, e, now, p) for e, p in routed]
 
     def _dispatch(
         self, entries: Sequence[OutboxEntry], partitions: Sequence[int] | None = None

@@ -1,0 +1,126 @@
+"""The asyncio twins: `asend`, `asend_batch`, `aflush`, `aclose`, `await receipt` and
+`async with`, from coroutines on one event loop, never blocking it."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import pytest
+
+from surelay import (
+    InvalidMessage,
+    Outcome,
+    Overloaded,
+    PressurePolicy,
+    Runtime,
+    RuntimeClosed,
+    RuntimeConfig,
+    UnknownTransport,
+)
+
+from .helpers import Gate, Recorder, open_runtime
+
+
+def test_coroutines_send_share_fsyncs_and_await_their_outcomes(tmp_path: Path) -> None:
+    sink = Recorder()
+
+    async def main(rt: Runtime) -> list[Outcome]:
+        async def one(i: int) -> Outcome:
+            receipt = await rt.asend("t", b"%d" % i, key=f"k{i % 20}")
+            return await receipt
+
+        return await asyncio.gather(*(one(i) for i in range(200)))
+
+    with open_runtime(tmp_path, {"t": sink}) as rt:
+        before = rt._store.stats().commits
+        outcomes = asyncio.run(main(rt))
+        commits = rt._store.stats().commits - before
+    assert outcomes == [Outcome.DELIVERED] * 200
+    assert commits < 200  # the 200 durable writes shared fsyncs (deliveries too)
+    assert sorted(sink.payloads()) == sorted(b"%d" % i for i in range(200))
+
+
+def test_a_batch_and_a_flush_from_a_coroutine(tmp_path: Path) -> None:
+    gate = Gate()
+    sink = Recorder(gate)
+
+    async def main(rt: Runtime) -> tuple[bool, bool]:
+        receipts = await rt.asend_batch(
+            [{"transport": "t", "payload": b"%d" % i, "key": "k"} for i in range(5)]
+        )
+        assert len(receipts) == 5 and await rt.asend_batch([]) == []
+        early = await rt.aflush(timeout=0.05)  # the downstream holds the first call
+        threading.Timer(0.05, gate.open).start()
+        return early, await rt.aflush(timeout=10)
+
+    with open_runtime(tmp_path, {"t": sink}) as rt:
+        early, flushed = asyncio.run(main(rt))
+    assert (early, flushed) == (False, True)
+    assert sink.payloads() == [b"%d" % i for i in range(5)]
+
+
+def test_errors_reach_the_coroutine_and_nothing_is_accepted(tmp_path: Path) -> None:
+    gate = Gate()
+    config = {"pressure": PressurePolicy(capacity=2)}
+
+    async def main(rt: Runtime) -> None:
+        with pytest.raises(UnknownTransport):
+            await rt.asend("nope", b"x")
+        with pytest.raises(InvalidMessage, match="payload"):
+            await rt.asend("t", "text")  # type: ignore[arg-type]
+        with pytest.raises(InvalidMessage, match=r"messages\[1\]"):
+            await rt.asend_batch([{"transport": "t", "payload": b"x"}, {"transport": "t"}])
+        await rt.asend("t", b"1", key="a")
+        await rt.asend("t", b"2", key="b")
+        with pytest.raises(Overloaded) as busy:
+            await rt.asend("t", b"3", key="c")
+        assert busy.value.retry_after > 0
+
+    with open_runtime(tmp_path, {"t": Recorder(gate)}, **config) as rt:
+        asyncio.run(main(rt))
+        assert rt.stats().accepted == 2
+        gate.open()
+    with pytest.raises(RuntimeClosed):
+        asyncio.run(rt.asend("t", b"late"))
+
+
+def test_a_cancelled_wait_leaves_the_message_accepted(tmp_path: Path) -> None:
+    gate = Gate()
+    sink = Recorder(gate)
+
+    async def main(rt: Runtime) -> None:
+        receipt = await rt.asend("t", b"waited", key="k")
+        waiting = asyncio.ensure_future(receipt)
+        await asyncio.sleep(0)
+        waiting.cancel()  # the caller gives up waiting for the outcome...
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        sending = asyncio.ensure_future(rt.asend("t", b"sent", key="j"))
+        await asyncio.sleep(0)
+        sending.cancel()  # ...or for the write itself
+        with pytest.raises(asyncio.CancelledError):
+            await sending
+        gate.open()
+        assert await rt.aflush(timeout=10)  # both were accepted all the same
+
+    with open_runtime(tmp_path, {"t": sink}) as rt:
+        asyncio.run(main(rt))
+        assert rt.stats().delivered == 2
+    assert sorted(sink.payloads()) == [b"sent", b"waited"]
+
+
+def test_async_with_opens_and_closes(tmp_path: Path) -> None:
+    sink = Recorder()
+
+    async def main() -> Runtime:
+        config = RuntimeConfig()
+        async with Runtime.open(tmp_path, transports={"t": sink}, config=config) as rt:
+            assert await (await rt.asend("t", b"x")) is Outcome.DELIVERED
+        return rt
+
+    rt = asyncio.run(main())
+    with pytest.raises(RuntimeClosed):
+        rt.send("t", b"after")
+    assert sink.payloads() == [b"x"]
