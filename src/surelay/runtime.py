@@ -82,6 +82,10 @@ _Checked = tuple[str, bytes, str | None, str | None, Priority, MappingProxyType[
 headers."""
 
 
+CLOSE_GRACE = 3.0
+"""Seconds `close` may take beyond its timeout, at most: the last status, the tree's stop
+and the store's last commit, each bounded."""
+
 EXIT_TIMEOUT = 1.0
 """Seconds an open runtime gets to close at interpreter exit (what it has not delivered
 by then stays in the outbox for the next open)."""
@@ -269,7 +273,11 @@ class Runtime:
         """Stop admitting, let in-flight work finish for up to `timeout` seconds, stop
         the tree (reverse start order) and close the store. Idempotent.
 
-        Messages not delivered by then (waiting for a retry, say) stay in the outbox and
+        Returns within `timeout` plus `CLOSE_GRACE` (the tree's stop and the store's last
+        commit, each bounded), and raises nothing of its own parts' (a part that does
+        not stop in time is logged). No transport call starts after it returns; calls
+        still running then are abandoned (logged, with their message ids). Messages not
+        delivered (waiting for a retry, or in an abandoned call) stay in the outbox and
         are dispatched again by the next `open`; with BEST_EFFORT they are lost.
         """
         if self._forked_from is not None:
@@ -291,12 +299,16 @@ class Runtime:
             self._hub.engines.halt()
             while not self._settled() and time.monotonic() < deadline:
                 self._hub.tracker.wait_change(min(0.02, max(0.0, deadline - time.monotonic())))
-            self._publish_final_status()
-            self._root.stop(timeout=max(1.0, deadline - time.monotonic()))
+            self._log_abandoned()
+            self._publish_final_status(max(0.2, min(0.5, deadline - time.monotonic())))
+            try:
+                self._root.stop(timeout=max(0.5, deadline - time.monotonic()))
+            except Exception as error:  # a part that will not stop: logged, not raised
+                logger.warning("the supervision tree did not stop cleanly: %r", error)
         finally:
-            self._hub.engines.stop(timeout=max(0.5, deadline - time.monotonic()))
+            self._hub.engines.stop(timeout=max(0.2, deadline - time.monotonic()))
             self._hub.telemetry.close()
-            self._store.close()
+            self._store.close(timeout=max(1.0, deadline - time.monotonic()))
             self._owner.release()
             with self._lock:
                 self._closed = True
@@ -915,12 +927,25 @@ class Runtime:
                 transport,
             )
 
-    def _publish_final_status(self) -> None:
+    def _log_abandoned(self) -> None:
+        """Say which calls close() leaves running (their messages stay in the outbox)."""
+        for name, engine in self._hub.engines.items():
+            running = engine.running_ids()
+            if running:
+                logger.warning(
+                    "closing with %d call(s) of transport %r still running: abandoned, "
+                    "their messages stay in the outbox for the next open: %s",
+                    len(running),
+                    name,
+                    ", ".join(running[:20]) + (" ..." if len(running) > 20 else ""),
+                )
+
+    def _publish_final_status(self, timeout: float) -> None:
         """What `surelay stats` shows once this runtime is gone: its last counters."""
         try:
             status = {**self._status(), "pid": os.getpid(), "at": self._config.clock()}
             store = self._store
-            store.write(lambda txn: store.status.put(txn, status)).result(timeout=5.0)
+            store.write(lambda txn: store.status.put(txn, status)).result(timeout=timeout)
         except Exception:
             logger.warning("could not publish the final status", exc_info=True)
 

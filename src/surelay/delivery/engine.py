@@ -131,6 +131,10 @@ class Engine:
     def health(self) -> dict[str, Any]:
         return {"ok": True, "kind": self.kind, "in_flight": self._running, "limit": self.limit}
 
+    def running_ids(self) -> list[str]:
+        """The message ids of the calls running now."""
+        raise NotImplementedError
+
     # -- for the subclasses --------------------------------------------------------------
 
     def _queued(self, added: int) -> None:

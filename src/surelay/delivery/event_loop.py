@@ -335,6 +335,11 @@ class LoopEngine(Engine):
             assert oldest.task is not None
             oldest.task.cancel()
 
+    def running_ids(self) -> list[str]:
+        with self._lock:
+            runs = list(self._tasks.values())
+        return [running.run[running.index].envelope.message_id for running in runs]
+
     def health(self) -> dict[str, Any]:
         out = super().health()
         out.update(self._loop.health())

@@ -140,6 +140,14 @@ class ThreadEngine(Engine):
         self._closed = True  # the watcher ends too: nothing is timed out any more
         self._wake_watcher.set()
 
+    def running_ids(self) -> list[str]:
+        with self._lock:
+            return [
+                w.run[w.index].envelope.message_id
+                for w in self._workers
+                if w.run is not None and w.started != math.inf
+            ]
+
     def health(self) -> dict[str, Any]:
         out = super().health()
         out.update(threads=len(self._workers), abandoned=self._abandoned)
