@@ -26,8 +26,6 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NoReturn
 
-import pykka
-
 from surelay.actors.governor import Sample
 from surelay.actors.replay import ReplayState
 from surelay.actors.sender import Deliver, PartitionState
@@ -189,8 +187,6 @@ class Runtime:
         self._txns: dict[int, list[OutboxEntry]] = {}
         self._orphans: dict[str, int] = {}
         self._dead_letters = DeadLetters(store, hub, replays)
-        self._soon: dict[asyncio.AbstractEventLoop, list[OutboxEntry]] = {}
-        """Per event loop, the dispatches of this turn (touched by that loop's thread)."""
         self._forked_from: int | None = None
         """The parent's pid once this process was forked from the one that opened it."""
         rate = self._config.pressure.rate_per_key
@@ -567,7 +563,7 @@ class Runtime:
         except BaseException as error:
             self._abort(pending, error)
             raise
-        return self._finish(pending, entries, soon=True)
+        return self._finish(pending, entries)
 
     def _admission(self, checked: list[_Checked]) -> float:
         """Refuse a closed runtime or an overloaded one; the throttle delay to wait."""
@@ -598,45 +594,21 @@ class Runtime:
             raise
         return pending
 
-    def _finish(
-        self, pending: _Pending, entries: list[OutboxEntry], *, soon: bool = False
-    ) -> list[Receipt]:
-        """The write is durable: count, dispatch, end the send spans. With `soon` (on
-        an event loop) the dispatch joins the others finished in this turn of the loop,
-        handed to the senders together once the turn ends: one message per sender, not
-        one per coroutine, so the loop is not kept waking sender threads. (Were the
-        loop to stop before that, the messages are durable: the next open sends them.)"""
+    def _finish(self, pending: _Pending, entries: list[OutboxEntry]) -> list[Receipt]:
+        """The write is durable: count, dispatch, end the send spans."""
         try:
             envelopes = pending.envelopes
             self._hub.counters.add_each("accepted", [e.transport for e in envelopes])
-            if pending.txn is not None:
-                self._txns[id(pending.txn)].extend(entries)
-            elif soon:
-                self._dispatch_soon(entries)
-            else:
+            if pending.txn is None:
                 self._dispatch(entries)
+            else:
+                self._txns[id(pending.txn)].extend(entries)
             if pending.spans is not None:
                 for span in pending.spans:
                     span.end()
             return pending.receipts
         finally:
             self._leave()
-
-    def _dispatch_soon(self, entries: list[OutboxEntry]) -> None:
-        """Queue `entries` for the dispatch at the end of this loop turn."""
-        loop = asyncio.get_running_loop()
-        batch = self._soon.get(loop)
-        if batch is None:
-            batch = self._soon[loop] = []
-            loop.call_soon(self._flush_soon, loop)
-        batch.extend(entries)
-
-    def _flush_soon(self, loop: asyncio.AbstractEventLoop) -> None:
-        batch = self._soon.pop(loop)
-        try:
-            self._dispatch(batch)
-        except pykka.ActorDeadError:  # closed meanwhile: the outbox keeps them
-            logger.info("%d message(s) accepted while closing wait for the next open", len(batch))
 
     def _abort(self, pending: _Pending, error: BaseException) -> None:
         """The write failed: nothing was accepted."""
