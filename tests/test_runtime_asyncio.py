@@ -124,3 +124,44 @@ def test_async_with_opens_and_closes(tmp_path: Path) -> None:
     with pytest.raises(RuntimeClosed):
         rt.send("t", b"after")
     assert sink.payloads() == [b"x"]
+
+
+def test_a_sync_close_on_the_loop_with_an_asend_under_way_does_not_hang(
+    tmp_path: Path,
+) -> None:
+    """What follows a write is done by the writer thread, not by the waiting coroutine:
+    a close() that blocks the loop still sees the send end."""
+    sink = Recorder()
+
+    async def main() -> None:
+        with open_runtime(tmp_path, {"t": sink}) as rt:  # a sync `with` in a coroutine
+            task = asyncio.create_task(rt.asend("t", b"x"))
+            await asyncio.sleep(0)  # the write is under way
+        task.cancel()
+
+    done = threading.Event()
+    runner = threading.Thread(target=lambda: (asyncio.run(main()), done.set()), daemon=True)
+    runner.start()
+    assert done.wait(20), "close() waited for a coroutine its own loop could not run"
+    with open_runtime(tmp_path, {"t": sink}) as again:
+        assert again.flush(10)
+    assert sink.payloads() == [b"x"]  # accepted once, delivered once
+
+
+def test_waiters_that_give_up_leave_nothing_behind(tmp_path: Path) -> None:
+    gate = Gate()
+
+    async def main(rt: Runtime) -> None:
+        receipt = await rt.asend("t", b"held")
+        for _ in range(200):
+            assert await rt.aflush(timeout=0) is False
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0):
+                    await receipt
+        tracker = rt._hub.tracker
+        assert tracker._empty_waiters == [] and not receipt._callbacks
+        gate.open()
+        assert await receipt is Outcome.DELIVERED
+
+    with open_runtime(tmp_path, {"t": Recorder(gate)}) as rt:
+        asyncio.run(main(rt))

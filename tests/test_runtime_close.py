@@ -46,9 +46,9 @@ def test_close_is_bounded_starts_nothing_after_and_keeps_the_rest(
     assert took < 1.0 + CLOSE_GRACE, f"close took {took:.1f}s"
     assert "still running: abandoned" in caplog.text
     made = len(calls)
+    release.set()  # the hung calls end now: a slot is free, yet nothing may start
     threading.Event().wait(0.3)  # a call started after close would show by now
     assert len(calls) == made == 4
-    release.set()
     sink = Recorder()
     with open_runtime(tmp_path, {"t": sink}) as again:
         assert again.flush(10)

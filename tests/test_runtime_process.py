@@ -49,6 +49,7 @@ def test_a_host_that_dies_of_an_exception_exits_and_keeps_what_it_accepted(
     )
     assert time.monotonic() - started < 10, "the runtime kept the process alive"
     assert done.returncode == 1 and "the host's own bug" in done.stderr
+    assert "still running: abandoned" in done.stderr  # the runtime was closed at exit
     assert done.stdout.strip() == "accepted"
     sink = Recorder()
     with open_runtime(data, {"t": sink}) as rt:

@@ -68,8 +68,11 @@ class Receipt:
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
                 loop.call_soon_threadsafe(_resolve, future, outcome)
 
-        self._tracker.when_done(self, resolve)
-        return (yield from future.__await__())
+        forget = self._tracker.when_done(self, resolve)
+        try:
+            return (yield from future.__await__())
+        finally:
+            forget()  # a waiter that gave up leaves nothing behind
 
     @property
     def outcome(self) -> Outcome | None:
@@ -145,23 +148,36 @@ class Tracker:
         for waiter in empty:
             waiter()
 
-    def when_done(self, receipt: Receipt, callback: Callable[[Outcome], object]) -> None:
+    def when_done(
+        self, receipt: Receipt, callback: Callable[[Outcome], object]
+    ) -> Callable[[], None]:
         """Call `callback(outcome)` once `receipt`'s message has ended (at once if it
-        has), on the thread that ends it."""
+        has), on the thread that ends it; returns what takes the callback back (for a
+        waiter that gives up, so none piles up)."""
         with self._cond:
             outcome = receipt._outcome
             if outcome is None:
-                receipt._callbacks = [*(receipt._callbacks or ()), callback]
-                return
+                if receipt._callbacks is None:
+                    receipt._callbacks = []
+                receipt._callbacks.append(callback)
+                return lambda: self._drop(receipt._callbacks, callback)
         callback(outcome)
+        return _nothing
 
-    def when_empty(self, callback: Callable[[], object]) -> None:
-        """Call `callback()` once nothing is pending (at once if nothing is)."""
+    def when_empty(self, callback: Callable[[], object]) -> Callable[[], None]:
+        """Call `callback()` once nothing is pending (at once if nothing is); returns
+        what takes the callback back."""
         with self._cond:
             if self._pending:
                 self._empty_waiters.append(callback)
-                return
+                return lambda: self._drop(self._empty_waiters, callback)
         callback()
+        return _nothing
+
+    def _drop(self, callbacks: list[Any] | None, callback: object) -> None:
+        with self._cond:
+            if callbacks is not None and callback in callbacks:
+                callbacks.remove(callback)
 
     def _take_empty_waiters(self) -> list[Callable[[], object]]:
         """(lock held) The empty-waiters to call, if nothing is pending now."""
@@ -207,3 +223,7 @@ class Tracker:
 def _resolve(future: asyncio.Future[Outcome], outcome: Outcome) -> None:
     if not future.done():  # a waiter cancelled meanwhile
         future.set_result(outcome)
+
+
+def _nothing() -> None:
+    pass

@@ -20,11 +20,13 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NoReturn
+
+import pykka
 
 from surelay.actors.governor import Sample
 from surelay.actors.replay import ReplayState
@@ -43,7 +45,13 @@ from surelay.envelope import (
     check_text,
     checked_envelope,
 )
-from surelay.errors import InvalidMessage, Overloaded, RuntimeClosed, UnknownTransport
+from surelay.errors import (
+    InvalidMessage,
+    Overloaded,
+    RuntimeClosed,
+    StorageError,
+    UnknownTransport,
+)
 from surelay.hub import Counters, Hub, Transport
 from surelay.policy.breaker import STATE_GAUGE
 from surelay.pressure import LEVELS, admission, hard_bound
@@ -92,6 +100,17 @@ by then stays in the outbox for the next open)."""
 
 _OPEN: weakref.WeakSet[Runtime] = weakref.WeakSet()
 """The runtimes open in this process: closed at exit, disowned after a fork."""
+
+
+def _answer(
+    future: asyncio.Future[list[Receipt]], receipts: list[Receipt], error: BaseException | None
+) -> None:
+    if future.done():  # the caller stopped waiting
+        return
+    if error is None:
+        future.set_result(receipts)
+    else:
+        future.set_exception(error)
 
 
 def _resolve_empty(future: asyncio.Future[None]) -> None:
@@ -284,13 +303,19 @@ class Runtime:
             return  # nothing of it is this process's to close (the parent owns it)
         deadline = time.monotonic() + timeout
         with self._lock:
-            if self._closing:
-                while not self._closed:
-                    self._lock.wait()
+            if self._closing:  # another caller closes it: wait for that, bounded too
+                self._lock.wait_for(lambda: self._closed, timeout + CLOSE_GRACE)
                 return
             self._closing = True
-            while self._active:
-                self._lock.wait()
+            # sends under way end first (their writes are durable either way)
+            self._lock.wait_for(lambda: not self._active, max(0.0, deadline - time.monotonic()))
+        try:
+            self._drain(deadline)
+        finally:
+            self._release(deadline)
+
+    def _drain(self, deadline: float) -> None:
+        """Let the work in hand end, until `deadline`; then stop the tree."""
         try:
             while self._busy() and time.monotonic() < deadline:
                 self._hub.tracker.wait_change(min(0.02, max(0.0, deadline - time.monotonic())))
@@ -301,15 +326,25 @@ class Runtime:
                 self._hub.tracker.wait_change(min(0.02, max(0.0, deadline - time.monotonic())))
             self._log_abandoned()
             self._publish_final_status(max(0.2, min(0.5, deadline - time.monotonic())))
-            try:
-                self._root.stop(timeout=max(0.5, deadline - time.monotonic()))
-            except Exception as error:  # a part that will not stop: logged, not raised
-                logger.warning("the supervision tree did not stop cleanly: %r", error)
+            self._root.stop(timeout=max(0.5, deadline - time.monotonic()))
+        except Exception as error:  # a part that will not stop: logged, not raised
+            logger.warning("the runtime did not stop cleanly: %r", error)
+
+    def _release(self, deadline: float) -> None:
+        """Let go of the engines, the store and the directory, whatever fails."""
+        steps: list[tuple[str, Callable[[], object]]] = [
+            ("engines", lambda: self._hub.engines.stop(max(0.2, deadline - time.monotonic()))),
+            ("telemetry", self._hub.telemetry.close),
+            ("store", lambda: self._store.close(timeout=max(1.0, deadline - time.monotonic()))),
+            ("owner lock", self._owner.release),
+        ]
+        try:
+            for name, step in steps:
+                try:
+                    step()
+                except Exception:
+                    logger.exception("closing the %s failed", name)
         finally:
-            self._hub.engines.stop(timeout=max(0.2, deadline - time.monotonic()))
-            self._hub.telemetry.close()
-            self._store.close(timeout=max(1.0, deadline - time.monotonic()))
-            self._owner.release()
             with self._lock:
                 self._closed = True
                 self._lock.notify_all()
@@ -413,12 +448,14 @@ class Runtime:
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
                 loop.call_soon_threadsafe(_resolve_empty, empty)
 
-        self._hub.tracker.when_empty(done)
+        forget = self._hub.tracker.when_empty(done)
         try:
             async with asyncio.timeout(timeout):
                 await empty
         except TimeoutError:
             return False
+        finally:
+            forget()  # a waiter that gave up leaves nothing behind
         return True
 
     async def aclose(self, timeout: float = 10.0) -> None:
@@ -544,8 +581,10 @@ class Runtime:
         return self._finish(pending, entries)
 
     async def _aaccept(self, checked: list[_Checked], txn: Txn | None) -> list[Receipt]:
-        """`_accept` without blocking the event loop: the durable write's future is
-        bridged into the loop (the writer thread completes it; no thread per call)."""
+        """`_accept` without blocking the event loop. Once the write is submitted, what
+        follows it (dispatch, or forgetting a failed write) is done by the writer thread
+        as the write ends, whatever becomes of the caller's coroutine or its loop; the
+        coroutine only awaits the outcome, bridged into its loop (no thread per call)."""
         delay = self._admission(checked)
         if delay > 0:
             await asyncio.sleep(delay)
@@ -553,17 +592,17 @@ class Runtime:
         durable = pending.durable
         if durable is None:
             return self._finish(pending, pending.entries)
-        try:
-            entries = await asyncio.shield(asyncio.wrap_future(durable))
-        except asyncio.CancelledError:
-            # the caller stopped waiting; the message is accepted all the same: dispatch
-            # it (or forget it, if the write failed) once the write ends
-            durable.add_done_callback(lambda done: self._end_later(pending, done))
-            raise
-        except BaseException as error:
-            self._abort(pending, error)
-            raise
-        return self._finish(pending, entries)
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[list[Receipt]] = loop.create_future()
+
+        def ended(done: Future[list[OutboxEntry]]) -> None:  # on the writer thread
+            error = self._end_later(pending, done)
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(_answer, answer, pending.receipts, error)
+
+        durable.add_done_callback(ended)
+        # cancelled here, the caller stops waiting; the message is accepted all the same
+        return await answer
 
     def _admission(self, checked: list[_Checked]) -> float:
         """Refuse a closed runtime or an overloaded one; the throttle delay to wait."""
@@ -579,12 +618,16 @@ class Runtime:
             if self._closing:
                 raise RuntimeClosed("the runtime is closed (or closing); nothing was accepted")
             self._active += 1
+        spans: list[Any] | None = None
         try:
             now = self._config.clock()  # one reading, ids in acceptance order
             ids = new_id.many(len(checked), now)
             spans = self._start_send_spans(ids, checked) if hub.telemetry.tracing else None
             pending = _Pending(self._envelopes(checked, ids, now, spans), txn, spans)
-        except BaseException:
+        except BaseException as error:
+            for span in spans or ():
+                record_error(span, error)
+                span.end()
             self._leave()
             raise
         try:
@@ -595,37 +638,51 @@ class Runtime:
         return pending
 
     def _finish(self, pending: _Pending, entries: list[OutboxEntry]) -> list[Receipt]:
-        """The write is durable: count, dispatch, end the send spans."""
+        """The write is durable: count, dispatch, end the send spans. A runtime closed
+        meanwhile keeps the messages in its outbox for the next open."""
         try:
-            envelopes = pending.envelopes
-            self._hub.counters.add_each("accepted", [e.transport for e in envelopes])
-            if pending.txn is None:
-                self._dispatch(entries)
-            else:
+            self._hub.counters.add_each("accepted", [e.transport for e in pending.envelopes])
+            if pending.txn is not None:
                 self._txns[id(pending.txn)].extend(entries)
+            else:
+                try:
+                    self._dispatch(entries)
+                except pykka.ActorDeadError:
+                    logger.info(
+                        "%d message(s) accepted while closing: sent at the next open", len(entries)
+                    )
+            return pending.receipts
+        finally:
             if pending.spans is not None:
                 for span in pending.spans:
                     span.end()
-            return pending.receipts
-        finally:
             self._leave()
 
     def _abort(self, pending: _Pending, error: BaseException) -> None:
         """The write failed: nothing was accepted."""
-        if pending.receipts:
-            self._hub.tracker.forget(e.message_id for e in pending.envelopes)
+        self._hub.tracker.forget(e.message_id for e in pending.envelopes)
         if pending.spans is not None:
             for span in pending.spans:
                 record_error(span, error)
                 span.end()
         self._leave()
 
-    def _end_later(self, pending: _Pending, done: Future[list[OutboxEntry]]) -> None:
-        error = done.exception()
-        if error is None:
-            self._finish(pending, done.result())
-        else:
-            self._abort(pending, error)
+    def _end_later(
+        self, pending: _Pending, done: Future[list[OutboxEntry]]
+    ) -> BaseException | None:
+        """Finish or abort `pending` as its write ended; the write's error, if any."""
+        error: BaseException | None = (
+            StorageError("the outbox write was cancelled") if done.cancelled() else done.exception()
+        )
+        try:
+            if error is None:
+                self._finish(pending, done.result())
+            else:
+                self._abort(pending, error)
+        except Exception as failed:  # on the writer thread: say it, do not kill it
+            logger.exception("finishing an accepted message failed")
+            return failed
+        return error
 
     def _leave(self) -> None:
         with self._lock:

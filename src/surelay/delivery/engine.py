@@ -133,7 +133,7 @@ class Engine:
 
     def running_ids(self) -> list[str]:
         """The message ids of the calls running now."""
-        raise NotImplementedError
+        return []
 
     # -- for the subclasses --------------------------------------------------------------
 
