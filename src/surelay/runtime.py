@@ -926,6 +926,7 @@ class Runtime:
     @property
     def supervisor(self) -> SupervisorRef:
         """The root supervisor."""
+        self._refuse_if_forked()
         return self._root
 
     @property
