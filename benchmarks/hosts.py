@@ -18,6 +18,7 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 
 from surelay import Envelope, PressurePolicy, Runtime, RuntimeConfig
 from surelay.storage import Store
@@ -64,6 +65,17 @@ def coroutines(messages: int, senders: int = 200) -> tuple[float, list[float]]:
     return rate, lags
 
 
+def in_threads(target: Callable[[int], None], count: int) -> float:
+    """Seconds `count` threads take to run `target(n)` each, started together."""
+    workers = [threading.Thread(target=target, args=(n,)) for n in range(count)]
+    start = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return time.perf_counter() - start
+
+
 def threads_send(messages: int, count: int = 16) -> float:
     with (
         tempfile.TemporaryDirectory() as path,
@@ -75,13 +87,7 @@ def threads_send(messages: int, count: int = 16) -> float:
             for i in range(each):
                 rt.send("t", b"x" * 100, key=f"k{n}-{i % 8}")
 
-        workers = [threading.Thread(target=sender, args=(n,)) for n in range(count)]
-        start = time.perf_counter()
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join()
-        return each * count / (time.perf_counter() - start)
+        return each * count / in_threads(sender, count)
 
 
 def store_group_commit(messages: int, count: int = 16) -> float:
@@ -93,13 +99,7 @@ def store_group_commit(messages: int, count: int = 16) -> float:
                 envelope = Envelope(f"m{n}-{i}", "t", b"x" * 100, key=f"k{n}-{i % 8}")
                 store.enqueue([(envelope, 0)]).result()
 
-        workers = [threading.Thread(target=writer, args=(n,)) for n in range(count)]
-        start = time.perf_counter()
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join()
-        return each * count / (time.perf_counter() - start)
+        return each * count / in_threads(writer, count)
 
 
 def main() -> None:
