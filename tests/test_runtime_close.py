@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from surelay import Envelope
-from surelay.runtime import CLOSE_GRACE
+from surelay.runtime import CLOSE_GRACE, HEALTH_TIMEOUT
+from surelay.supervision import Actor, ChildSpec
 
 from .helpers import Recorder, open_runtime
 
@@ -53,3 +54,31 @@ def test_close_is_bounded_starts_nothing_after_and_keeps_the_rest(
     with open_runtime(tmp_path, {"t": sink}) as again:
         assert again.flush(10)
     assert sorted(sink.payloads()) == sorted(b"%d" % i for i in range(20))
+
+
+def test_health_is_bounded_when_the_tree_does_not_answer(tmp_path: Path) -> None:
+    """A supervisor busy starting a child that hangs in on_start cannot answer: health()
+    says so within HEALTH_TIMEOUT instead of waiting for it."""
+    entered = threading.Event()
+    release = threading.Event()
+
+    class SlowStart(Actor):
+        def on_start(self) -> None:
+            entered.set()
+            release.wait(30)
+
+    with open_runtime(tmp_path, {"t": Recorder()}) as rt:
+        starter = threading.Thread(
+            target=lambda: rt.supervisor.start_child(ChildSpec("slow", SlowStart)), daemon=True
+        )
+        starter.start()
+        assert entered.wait(10)  # the root supervisor waits for that on_start now
+        started = time.monotonic()
+        health = rt.health()
+        assert time.monotonic() - started < HEALTH_TIMEOUT + 1.0
+        assert health["ok"] is False
+        assert health["actors"] == {
+            "surelay": {"ok": False, "status": "unresponsive", "restarts": 0}
+        }
+        release.set()
+        starter.join(10)

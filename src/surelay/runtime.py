@@ -94,6 +94,9 @@ CLOSE_GRACE = 3.0
 """Seconds `close` may take beyond its timeout, at most: the last status, the tree's stop
 and the store's last commit, each bounded."""
 
+HEALTH_TIMEOUT = 1.0
+"""Seconds `health()` waits for the supervision tree's answers."""
+
 EXIT_TIMEOUT = 1.0
 """Seconds an open runtime gets to close at interpreter exit (what it has not delivered
 by then stays in the outbox for the next open)."""
@@ -886,9 +889,14 @@ class Runtime:
     def health(self) -> Mapping[str, Any]:
         """`{"ok": bool, "actors": ..., "storage": ..., "breakers": ...}`: `ok` is False
         when an actor is not running, the store is closed or nearly full, or a breaker
-        is open. Each part has its own `ok`."""
+        is open. Each part has its own `ok`. Bounded: a supervisor that does not answer
+        within `HEALTH_TIMEOUT` shows as `unresponsive`."""
         self._refuse_if_forked()
-        actors = _actor_health(self._root) if self._root.is_alive() else {}
+        return self._health(HEALTH_TIMEOUT)
+
+    def _health(self, timeout: float) -> Mapping[str, Any]:
+        deadline = time.monotonic() + timeout
+        actors = _actor_health(self._root, "", deadline) if self._root.is_alive() else {}
         storage: dict[str, Any]
         if self._store.env.closed:
             storage = {"ok": False, "error": "closed"}
@@ -1001,16 +1009,16 @@ class Runtime:
     def _publish_final_status(self, timeout: float) -> None:
         """What `surelay stats` shows once this runtime is gone: its last counters."""
         try:
-            status = {**self._status(), "pid": os.getpid(), "at": self._config.clock()}
+            status = {**self._status(timeout), "pid": os.getpid(), "at": self._config.clock()}
             store = self._store
             store.write(lambda txn: store.status.put(txn, status)).result(timeout=timeout)
         except Exception:
             logger.warning("could not publish the final status", exc_info=True)
 
-    def _status(self) -> Mapping[str, Any]:
+    def _status(self, timeout: float = 1.0) -> Mapping[str, Any]:
         """What the StatusReporter publishes for `surelay stats` in other processes."""
         stats = self.stats()
-        health = self.health()
+        health = self._health(timeout)
         out: dict[str, Any] = {name: getattr(stats, name) for name in RuntimeStats.__slots__}
         out["breakers"] = dict(stats.breakers)
         out["calls_in_flight"] = dict(stats.calls_in_flight)
@@ -1045,9 +1053,15 @@ def _check_transports(transports: object) -> Mapping[str, Transport]:
     return MappingProxyType(checked)
 
 
-def _actor_health(supervisor: SupervisorRef, prefix: str = "") -> dict[str, dict[str, Any]]:
+def _actor_health(
+    supervisor: SupervisorRef, prefix: str, deadline: float
+) -> dict[str, dict[str, Any]]:
+    try:
+        children = supervisor.which_children(timeout=max(0.01, deadline - time.monotonic()))
+    except pykka.Timeout:
+        return {prefix or "surelay": {"ok": False, "status": "unresponsive", "restarts": 0}}
     out: dict[str, dict[str, Any]] = {}
-    for info in supervisor.which_children():
+    for info in children:
         name = prefix + info.id
         out[name] = {
             "ok": info.status == "running",
@@ -1055,5 +1069,5 @@ def _actor_health(supervisor: SupervisorRef, prefix: str = "") -> dict[str, dict
             "restarts": info.restarts,
         }
         if isinstance(info.ref, SupervisorRef) and info.status == "running":
-            out.update(_actor_health(info.ref, name + "/"))
+            out.update(_actor_health(info.ref, name + "/", deadline))
     return out

@@ -144,10 +144,11 @@ class SupervisorRef(Ref):
 
         self._call(DeleteChild(id))
 
-    def which_children(self) -> list[ChildInfo]:
-        """Every child in start order, with status and restart count."""
+    def which_children(self, timeout: float | None = None) -> list[ChildInfo]:
+        """Every child in start order, with status and restart count (`pykka.Timeout`
+        if the supervisor does not answer within `timeout` seconds)."""
 
-        return cast("list[ChildInfo]", self._call(WhichChildren()))
+        return cast("list[ChildInfo]", self._call(WhichChildren(), timeout))
 
     def count_children(self) -> dict[str, int]:
         """`specs`, `active` (running), `supervisors` and `workers` counts."""
