@@ -112,6 +112,9 @@ class DeadLetters:
             filters=request_filters(reason_class, key, transport),
             rate=rate,
             updated_at=now,
+            # this runtime carries it out: others on the directory leave it alone
+            status="running",
+            owner=self._store.slot,
         )
         self._store.write(lambda txn: self._store.replay_requests.put(txn, request)).result()
         requested = coordinator.ask(StartReplay(request.id), timeout=timeout)

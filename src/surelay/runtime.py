@@ -5,8 +5,9 @@ hands them to the sender of their partition.
 The store's group-commit writer is a thread the store owns, not an actor: it must keep
 committing while the tree stops, so that nothing accepted is lost at close.
 
-One runtime owns a data directory at a time (`surelay.storage.owner`); other processes
-(the CLI) may open its store beside it. docs/architecture.md has the whole picture.
+Several runtimes (the worker processes of a web server) may open one data directory,
+each in a slot of its own (`surelay.storage.slots`); other processes (the CLI) may open
+its store beside them. docs/architecture.md has the whole picture.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import pykka
 
 from surelay.actors.governor import Sample
 from surelay.actors.replay import ReplayState
-from surelay.actors.sender import Deliver, PartitionState
+from surelay.actors.sender import PartitionState
 from surelay.actors.status import Snapshot
 from surelay.backlog import RetryBacklog
 from surelay.config import RuntimeConfig
@@ -57,10 +58,10 @@ from surelay.policy.breaker import STATE_GAUGE
 from surelay.pressure import LEVELS, admission, hard_bound
 from surelay.ratelimit import KeyRates
 from surelay.receipts import OverLimit, Receipt, Tracker
+from surelay.recovery import Recovery, deliver
 from surelay.routing import partition_for
 from surelay.storage.environment import Txn
 from surelay.storage.keys import new_id
-from surelay.storage.owner import OwnerLock
 from surelay.storage.records import OutboxEntry, outbox_entry
 from surelay.storage.store import Store
 from surelay.supervision import Supervisor, SupervisorRef
@@ -83,7 +84,6 @@ logger = logging.getLogger("surelay.runtime")
 _SEND_ARGS = frozenset(
     {"transport", "payload", "key", "idempotency_key", "priority", "headers", "txn"}
 )
-_RECOVERY_CHUNK = 10_000
 
 _Checked = tuple[str, bytes, str | None, str | None, Priority, MappingProxyType[str, str]]
 """send()'s arguments, checked: transport, payload, key, idempotency key, priority,
@@ -134,6 +134,7 @@ def _disown_after_fork() -> None:
     parent = os.getppid()
     for runtime in list(_OPEN):
         runtime._forked_from = parent
+        runtime._store.disown()  # the parent's slot stays the parent's alone
     _OPEN.clear()
 
 
@@ -191,10 +192,10 @@ class Runtime:
         states: list[PartitionState],
         *,
         replays: ReplayState,
-        owner: OwnerLock,
+        recovery: Recovery,
     ):
         self._store = store
-        self._owner = owner
+        self._recovery = recovery
         self._replays = replays
         self._hub = hub
         self._root = root
@@ -207,7 +208,6 @@ class Runtime:
         self._active = 0
         self._round_robin = itertools.count()
         self._txns: dict[int, list[OutboxEntry]] = {}
-        self._orphans: dict[str, int] = {}
         self._dead_letters = DeadLetters(store, hub, replays)
         self._forked_from: int | None = None
         """The parent's pid once this process was forked from the one that opened it."""
@@ -224,8 +224,12 @@ class Runtime:
         transports: Mapping[str, Transport],
         config: RuntimeConfig | None = None,
     ) -> Runtime:
-        """Open (creating, mode 0o700) the data directory at `path`, start the tree and
-        dispatch again everything an earlier run left in the outbox, in order per key.
+        """Open (creating, mode 0o700) the data directory at `path`, take a free slot
+        of it, start the tree and dispatch again everything an earlier run of that slot
+        left in the outbox, in order per key.
+
+        Other processes may open the same `path` at once: each runtime takes a slot of
+        its own, and adopts the outbox of any slot whose runtime died.
 
         Raises `ValueError`/`TypeError` for bad transports or config, `StorageError`
         for a directory that is not surelay's (or is already open in this process).
@@ -234,12 +238,7 @@ class Runtime:
         if not isinstance(config, RuntimeConfig):
             raise TypeError(f"config must be a RuntimeConfig, got {type(config).__name__}")
         transports = _check_transports(transports)
-        store = Store.open(path, map_size=config.map_size, clock=config.clock)
-        try:
-            owner = OwnerLock.acquire(store.path)
-        except BaseException:
-            store.close()
-            raise
+        store = Store.open(path, map_size=config.map_size, clock=config.clock, claim=True)
         telemetry = Telemetry()  # observes the runtime's gauges once it exists
         engines: Engines | None = None
         try:
@@ -258,18 +257,21 @@ class Runtime:
             )
             states = [PartitionState(i) for i in range(config.partitions)]
             replays = ReplayState()
+            recovery = Recovery(hub)
             snapshot: list[Snapshot] = []
             root = Supervisor.start(
-                tree(hub, states, replays, snapshot), name="surelay", intensity=10, period=5.0
+                tree(hub, states, replays, snapshot, recovery),
+                name="surelay",
+                intensity=10,
+                period=5.0,
             )
         except BaseException:
             if engines is not None:
                 engines.stop(1.0)
             telemetry.close()
             store.close()
-            owner.release()
             raise
-        runtime = cls(store, hub, root, states, replays=replays, owner=owner)
+        runtime = cls(store, hub, root, states, replays=replays, recovery=recovery)
         senders = root.child("senders")
         replay = root.child("replay")
         assert isinstance(senders, SupervisorRef) and isinstance(replay, SupervisorRef)
@@ -284,7 +286,7 @@ class Runtime:
         telemetry.gauges = runtime._gauges
         snapshot.append(runtime._status)
         try:
-            runtime._recover()
+            recovery.recover()
         except BaseException:
             runtime.close(timeout=1.0)
             raise
@@ -338,8 +340,8 @@ class Runtime:
         steps: list[tuple[str, Callable[[], object]]] = [
             ("engines", lambda: self._hub.engines.stop(max(0.2, deadline - time.monotonic()))),
             ("telemetry", self._hub.telemetry.close),
+            # the store gives the slot back once its last write is durable
             ("store", lambda: self._store.close(timeout=max(1.0, deadline - time.monotonic()))),
-            ("owner lock", self._owner.release),
         ]
         try:
             for name, step in steps:
@@ -649,7 +651,7 @@ class Runtime:
                 self._txns[id(pending.txn)].extend(entries)
             else:
                 try:
-                    self._dispatch(entries)
+                    deliver(self._hub.senders, entries)
                 except pykka.ActorDeadError:
                     logger.info(
                         "%d message(s) accepted while closing: sent at the next open", len(entries)
@@ -797,21 +799,6 @@ class Runtime:
             now = self._config.clock()
             pending.entries = [outbox_entry(0, e, now, p) for e, p in routed]
 
-    def _dispatch(
-        self, entries: Sequence[OutboxEntry], partitions: Sequence[int] | None = None
-    ) -> None:
-        """Hand entries to their senders: `entry.partition`'s, or `partitions[i]`'s."""
-        senders = self._hub.senders
-        if len(entries) == 1 and partitions is None:
-            senders[entries[0].partition].tell(Deliver((entries[0],)))
-            return
-        by_partition: dict[int, list[OutboxEntry]] = {}
-        routes = partitions if partitions is not None else [e.partition for e in entries]
-        for entry, partition in zip(entries, routes, strict=True):
-            by_partition.setdefault(partition, []).append(entry)
-        for partition, group in by_partition.items():
-            senders[partition].tell(Deliver(tuple(group)))
-
     def _start_send_spans(self, ids: list[str], checked: list[_Checked]) -> list[Any]:
         tracer = self._hub.telemetry.tracer
         return [
@@ -854,7 +841,7 @@ class Runtime:
             self._hub.tracker.forget(e.envelope.message_id for e in pending)
             raise
         if pending:
-            self._dispatch(pending)
+            deliver(self._hub.senders, pending)
 
     def table(self, name: str) -> Any:
         """The handle of the host's own named database `name`, for `txn.get/put(...,
@@ -928,7 +915,7 @@ class Runtime:
             "storage": storage,
             "breakers": breakers,
             "engines": engines,
-            "orphaned": dict(self._orphans),
+            "orphaned": self._recovery.orphans,
         }
 
     @property
@@ -950,48 +937,6 @@ class Runtime:
     @property
     def path(self) -> str:
         return str(self._store.path)
-
-    # -- recovery ------------------------------------------------------------------------
-
-    def _recover(self) -> None:
-        """Dispatch what an earlier run left in the outbox, in acceptance order."""
-        store = self._store
-        partitions = self._config.partitions
-        after = 0
-        recovered = 0
-        while True:
-            with store.read() as txn:
-                chunk = store.outbox.scan(txn, after=after, limit=_RECOVERY_CHUNK)
-            if not chunk:
-                break
-            after = chunk[-1].seq
-            entries = []
-            routes = []
-            for entry in chunk:
-                envelope = entry.envelope
-                if envelope.transport not in self._transports:
-                    self._orphans[envelope.transport] = self._orphans.get(envelope.transport, 0) + 1
-                    continue
-                key = envelope.key
-                partition = (
-                    partition_for(key, partitions)
-                    if key is not None
-                    else entry.partition % partitions
-                )
-                entries.append(entry)  # keeps the partition its index entry was made for
-                routes.append(partition)
-            self._hub.tracker.add((e.envelope.message_id for e in entries), receipts=False)
-            self._dispatch(entries, routes)
-            recovered += len(entries)
-        if recovered:
-            logger.info("recovered %d message(s) from the outbox of %s", recovered, store.path)
-        for transport, count in self._orphans.items():
-            logger.warning(
-                "%d message(s) in the outbox are for transport %r, which this runtime was not "
-                "given; they stay in the outbox until a runtime with that transport opens",
-                count,
-                transport,
-            )
 
     def _log_abandoned(self) -> None:
         """Say which calls close() leaves running (their messages stay in the outbox)."""

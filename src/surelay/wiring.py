@@ -8,6 +8,7 @@ root Supervisor "surelay" (one_for_one)
 ├── senders        Supervisor: Sender "sender-<i>" per partition
 ├── sweeper        Sweeper: dedup and dead-letter retention
 ├── status         StatusReporter: publishes stats() to the store for `surelay stats`
+├── slots          SlotKeeper: adopts the outbox of slots whose runtime died
 └── replay         Supervisor: ReplayWorker "replay-<i>" per replay partition, then
                    the ReplayCoordinator "coordinator"
 ```
@@ -24,16 +25,22 @@ from surelay.actors.replay import ReplayCoordinator, ReplayState
 from surelay.actors.replay_worker import ReplayWorker, WorkerState
 from surelay.actors.retry import RetryScheduler
 from surelay.actors.sender import PartitionState, Sender
+from surelay.actors.slot_keeper import SlotKeeper
 from surelay.actors.status import Snapshot, StatusReporter
 from surelay.actors.sweeper import Sweeper
 from surelay.hub import Hub
+from surelay.recovery import Recovery
 from surelay.supervision import ChildSpec, Supervisor
 
 __all__ = ["tree"]
 
 
 def tree(
-    hub: Hub, states: list[PartitionState], replays: ReplayState, snapshot: list[Snapshot]
+    hub: Hub,
+    states: list[PartitionState],
+    replays: ReplayState,
+    snapshot: list[Snapshot],
+    recovery: Recovery,
 ) -> list[ChildSpec]:
     partitions = len(states)
     senders = [
@@ -54,6 +61,8 @@ def tree(
         Supervisor.spec("senders", senders, intensity=max(20, 10 * partitions), period=1.0),
         ChildSpec("sweeper", Sweeper, args=(hub,)),
         ChildSpec("status", StatusReporter, args=(hub, snapshot)),
+        # after the senders: it hands them what it adopts (and stops before them)
+        ChildSpec("slots", SlotKeeper, args=(hub, recovery)),
         # The same for a record that crashes its replay worker.
         Supervisor.spec(
             "replay",

@@ -167,7 +167,7 @@ def test_stats_for_people(live: tuple[Path, Runtime, Switch]) -> None:
     path, _, _ = live
     shown = surelay("stats", "--path", str(path))
     assert shown.returncode == 0, shown.stderr
-    for text in ("running (pid", "dead 6", "permanent 6", "outbox pending"):
+    for text in ("slot 0 (pid", "dead 6", "permanent 6", "outbox pending"):
         assert text in shown.stdout
 
 

@@ -149,6 +149,41 @@ def test_a_schema_1_outbox_is_rekeyed_by_partition(tmp_path: Path) -> None:
     env.close()
 
 
+def test_a_schema_2_outbox_becomes_slot_0s(tmp_path: Path) -> None:
+    """A directory of the single-owner layout keeps its outbox: it is slot 0's."""
+    where = tmp_path / "d"
+    with Store.open(where, map_size=1 << 20):
+        pass
+    entries = [
+        OutboxEntry(1, Envelope("m1", "t", b"a"), 10.0, 1),
+        OutboxEntry(2, Envelope("m2", "t", b"b", attempt=3), 50.0, 0),
+    ]
+    env = lmdb.open(str(where), max_dbs=64)  # schema 2's layout, written by hand
+    db = {n: env.open_db(n.encode()) for n in ("meta", "outbox", "outbox_id", "outbox_due")}
+    with env.begin(write=True) as txn:
+        txn.put(b"schema", u64(2), db=db["meta"])
+        for entry in entries:
+            where_key = u16(entry.partition) + u64(entry.seq)
+            txn.put(where_key, codec.encode(entry), db=db["outbox"])
+            txn.put(entry.envelope.message_id.encode(), where_key, db=db["outbox_id"])
+            if entry.envelope.attempt > 1:
+                txn.put(micros(entry.due_at) + where_key, b"", db=db["outbox_due"])
+        txn.put(b"outbox_seq", u64(2), db=db["meta"])
+    env.close()
+    with Store.open(where, map_size=1 << 20, claim=True) as store:
+        assert store.slot == 0
+        with store.read() as txn:
+            assert store.outbox.scan(txn) == entries
+            assert store.outbox.get(txn, "m2") == entries[1]
+            assert store.outbox.due(txn, 60.0) == [entries[0], entries[1]]
+        assert store.reschedule("m2", attempt=4, due_at=70.0).result() is not None
+        assert store.delivered(
+            "m1", idempotency_key="m1", delivered_at=1.0, expires_at=2.0
+        ).result()
+        with store.read() as txn:
+            assert [e.envelope.message_id for e in store.outbox.due(txn, 80.0)] == ["m2"]
+
+
 def test_map_grows_without_losing_a_write(tmp_path: Path) -> None:
     where = tmp_path / "d"
     payload = b"p" * 2000
@@ -218,7 +253,7 @@ def test_corrupted_records_are_quarantined_and_scans_go_on(store: Store, clock: 
     store.enqueue([(Envelope(f"m{n}", "t", b""), 0) for n in range(3)]).result()
     with store.env.write() as txn:  # corrupt by hand, as a disk or a bug might
         txn.put(bad.id.encode(), b"\x93garbage", db=store.env.db("dead"))
-        txn.put(location(0, 2), b"\x01\x02", db=store.env.db("outbox"))
+        txn.put(location(0, 0, 2), b"\x01\x02", db=store.env.db("outbox"))
     with store.read() as txn:
         assert [r.message_id for r in store.dead_letters.list(txn)] == ["good"]
         assert [e.envelope.message_id for e in store.outbox.scan(txn)] == ["m0", "m2"]

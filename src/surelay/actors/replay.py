@@ -9,8 +9,11 @@ dead letter's key), so one key's records are replayed in their failure order. Wi
 
 The coordinator also polls the store (every `POLL` seconds) for requests from other
 processes, writes each job's progress there for `surelay dlq replay --wait`, and picks
-up records left `replaying` whose lease expired (or, when the runtime opens, every
-`replaying` record: the owner lock means no other runtime can hold one).
+up records left `replaying` whose lease expired (or, when the runtime opens with no
+other runtime on the directory, every `replaying` record: none can be held by a live
+one). Several runtimes may share a directory (`surelay.storage.slots`): each request is
+claimed, in one write, by exactly one of them, and taken over by another if its runtime
+dies.
 
 Jobs live in a `ReplayState` the runtime owns, so a coordinator crash loses none.
 """
@@ -32,6 +35,7 @@ from surelay.replay_report import RESULTS, ReplayReport
 from surelay.routing import replay_partition
 from surelay.storage.dead_letters import MAX_LIMIT
 from surelay.storage.records import ReplayRequest
+from surelay.storage.slots import holders
 
 if TYPE_CHECKING:
     from surelay.hub import Hub
@@ -186,11 +190,17 @@ class ReplayCoordinator(AlarmOwner):
             return job  # already started (the API's ask and a poll may both name it)
         store = self._hub.store
         with store.read() as txn:
-            request = store.replay_requests.get(txn, request_id)
-        if request is None:
+            found = store.replay_requests.get(txn, request_id)
+        if found is None:
             raise KeyError(f"no replay request {request_id!r}")
-        if request.status in ("done", "failed"):
+        if found.status in ("done", "failed"):
             return None
+        live = holders(store.path) if found.status == "running" else ()
+        request = store.write(
+            lambda txn: store.replay_requests.claim(txn, request_id, slot=store.slot, live=live)
+        ).result()
+        if request is None:
+            return None  # ended meanwhile, or another runtime carries it out
         rate = request.rate
         bucket = None if rate is None else TokenBucket(rate, max(1.0, rate / 20), time.monotonic())
         job = _Job(replace(request, status="running"), bucket)
@@ -302,11 +312,18 @@ class ReplayCoordinator(AlarmOwner):
         store = self._hub.store
         with store.read() as txn:
             requests = store.replay_requests.list(txn, limit=MAX_LIMIT)
+        slot = store.slot
+        live: set[int] | None = None
         for request in requests:
             job = self._state.jobs.get(request.id)
+            if job is None and request.status == "running" and request.owner not in (None, slot):
+                if live is None:
+                    live = set(holders(store.path))
+                if request.owner in live:
+                    continue  # another runtime carries it out
             if job is None and request.status in ("pending", "running"):
                 # pending: asked from another process; running: left by a runtime that
-                # died mid-replay (the owner lock says it is not running now)
+                # died mid-replay
                 try:
                     self._start(request.id)
                 except Exception:
@@ -324,10 +341,12 @@ class ReplayCoordinator(AlarmOwner):
         now = hub.config.clock()
         at_start = not state.recovered_at_start
         table = hub.store.dead_letters
+        # Alone on the directory, no live runtime can hold a lease: take them all.
+        alone = at_start and set(holders(hub.store.path)) <= {hub.store.slot}
         with hub.store.read() as txn:
             stuck = (
                 table.list(txn, status="replaying", limit=_RECOVERY_LIMIT)
-                if at_start  # the owner lock: none of them is held by a live runtime
+                if alone
                 else table.expired_leases(txn, now=now, limit=_RECOVERY_LIMIT)
             )
         partitions = len(state.workers)
@@ -342,7 +361,7 @@ class ReplayCoordinator(AlarmOwner):
                 record.lease_until,
             )
             worker = state.workers[replay_partition(record.key, record.id, partitions)]
-            worker.tell(Replay(None, record.id, renew=at_start, key=record.key))
+            worker.tell(Replay(None, record.id, renew=alone, key=record.key))
         # only now: a record leased after this point was leased by this runtime
         state.recovered_at_start = True
 

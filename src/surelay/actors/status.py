@@ -64,6 +64,11 @@ class StatusReporter(AlarmOwner):
             return
         self._last = snapshot
         self._written_at = now
-        status = {**snapshot, "pid": os.getpid(), "at": self._hub.config.clock()}
         store = self._hub.store
+        status = {
+            **snapshot,
+            "pid": os.getpid(),
+            "slot": store.slot,
+            "at": self._hub.config.clock(),
+        }
         store.write(lambda txn: store.status.put(txn, status)).result()

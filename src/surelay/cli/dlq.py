@@ -1,8 +1,9 @@
 """`surelay dlq`: list, get, replay, archive and purge dead letters of a data directory.
 
 Reads and archive/purge work on the store directly (LMDB is safe across processes).
-Transports live in the host, so `replay` records a request that the runtime owning the
-directory carries out; `--wait` follows its progress.
+Transports live in the host, so `replay` records a request that a runtime on the
+directory carries out (one of them, when several worker processes share it); `--wait`
+follows its progress.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from surelay.cli.common import (
 from surelay.replay_report import ReplayReport
 from surelay.storage.dead_letters import MAX_LIMIT
 from surelay.storage.keys import new_id
-from surelay.storage.owner import running_owner
 from surelay.storage.records import DEAD_LETTER_STATUSES, REASON_CLASSES, ReplayRequest
+from surelay.storage.slots import holders
 from surelay.storage.store import Store
 
 __all__ = ["dlq"]
@@ -225,17 +226,28 @@ def replay(
             updated_at=now,
         )
         store.write(lambda txn: store.replay_requests.put(txn, request)).result()
-        owner = running_owner(path)
+        pids = sorted(holders(path).values())
+        owner = pids[0] if len(pids) == 1 else None
         if not as_json:
             where = (
                 f"the runtime in process {owner} will carry it out"
-                if owner
-                else "no runtime owns this directory now: it waits for the next Runtime.open"
+                if len(pids) == 1
+                else f"one of the runtimes in processes {', '.join(map(str, pids))} will "
+                "carry it out"
+                if pids
+                else "no runtime runs on this directory now: it waits for the next Runtime.open"
             )
             err_console.print(f"replay request {request.id} recorded; {where}")
         if not wait:
             if as_json:
-                emit_json({"request_id": request.id, "status": "pending", "runtime_pid": owner})
+                emit_json(
+                    {
+                        "request_id": request.id,
+                        "status": "pending",
+                        "runtime_pid": owner,
+                        "runtime_pids": pids,
+                    }
+                )
             return
         report, finished = _follow(store, request.id, timeout, quiet=as_json)
     if as_json:

@@ -1,4 +1,5 @@
-"""`surelay stats`: what a data directory holds, and what its runtime last published."""
+"""`surelay stats`: what a data directory holds, and what its runtimes last published
+(one per slot: the worker processes of a host each run one)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,12 @@ import click
 from rich.table import Table
 
 from surelay.cli.common import age, emit_json, json_option, open_store, out_console, path_option
-from surelay.storage.codec import DecodeError
-from surelay.storage.owner import running_owner
+from surelay.storage.slots import holders
 
 __all__ = ["stats"]
 
 
-@click.command(help="Outbox, dead letters, storage, and the running runtime's last status.")
+@click.command(help="Outbox, dead letters, storage, and each runtime's last status.")
 @path_option
 @json_option
 def stats(path: Path, as_json: bool) -> None:
@@ -25,14 +25,22 @@ def stats(path: Path, as_json: bool) -> None:
         with store.read() as txn:
             by_reason = store.dead_letters.count_by_reason(txn)
             requests = store.replay_requests.list(txn, limit=10_000)
-            try:
-                status = store.status.get(txn)
-            except DecodeError as error:
-                status = {"error": str(error)}
-    owner = running_owner(path)
+            statuses = store.status.all(txn)
+    running = holders(path)
+    runtimes: list[dict[str, Any]] = [
+        {
+            "slot": slot,
+            "running": slot in running,
+            "pid": running.get(slot) or None,
+            "last_status": statuses.get(slot),
+        }
+        for slot in sorted(set(running) | set(statuses))
+    ]
+    first = next((r for r in runtimes if r["running"]), None)
     data: dict[str, Any] = {
         "path": str(path),
-        "runtime": {"running": owner is not None, "pid": owner or None},
+        "runtime": {"running": first is not None, "pid": first["pid"] if first else None},
+        "runtimes": runtimes,
         "outbox_pending": store_stats.outbox_pending,
         "dead_letters": store_stats.dead_letters,
         "dead_by_reason": by_reason,
@@ -44,7 +52,12 @@ def stats(path: Path, as_json: bool) -> None:
             s: sum(1 for r in requests if r.status == s)
             for s in ("pending", "running", "done", "failed")
         },
-        "last_status": status,
+        # the newest status any runtime published (one runtime: its own)
+        "last_status": max(
+            (r["last_status"] for r in runtimes if r["last_status"]),
+            key=lambda status: status.get("at", 0.0),
+            default=None,
+        ),
     }
     if as_json:
         emit_json(data)
@@ -56,9 +69,10 @@ def _print(data: dict[str, Any]) -> None:
     table = Table(title=f"surelay {data['path']}", title_justify="left", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value", overflow="fold")
-    runtime = data["runtime"]
+    running = [r for r in data["runtimes"] if r["running"]]
     table.add_row(
-        "runtime", f"running (pid {runtime['pid']})" if runtime["running"] else "not running"
+        "runtimes",
+        ", ".join(f"slot {r['slot']} (pid {r['pid']})" for r in running) or "none running",
     )
     table.add_row("outbox pending", str(data["outbox_pending"]))
     dead = data["dead_letters"]
@@ -72,22 +86,30 @@ def _print(data: dict[str, Any]) -> None:
     table.add_row(
         "replay requests", ", ".join(f"{k} {v}" for k, v in data["replay_requests"].items())
     )
-    status = data["last_status"]
-    if status and "at" in status:
-        when = f"{age(status['at'], time.time())} ago" + (
-            "" if runtime["running"] else " (by a runtime since closed)"
-        )
-        table.add_row("last status", when)
-        table.add_row("pressure", str(status.get("pressure")))
-        breakers = status.get("breakers") or {}
-        table.add_row("breakers", ", ".join(f"{t} {s}" for t, s in breakers.items()) or "-")
-        table.add_row("in flight", str(status.get("in_flight")))
-        calls = status.get("calls_in_flight") or {}
-        table.add_row("calls in flight", ", ".join(f"{t} {n}" for t, n in calls.items()) or "-")
-        table.add_row("retry pending", str(status.get("retry_pending")))
-        counters = ("accepted", "delivered", "retried", "dead_lettered", "duplicates")
-        table.add_row("since open", ", ".join(f"{name} {status.get(name)}" for name in counters))
-        table.add_row("refused / replayed", f"{status.get('refused')} / {status.get('replayed')}")
-        unhealthy = status.get("unhealthy_actors") or []
-        table.add_row("health", "ok" if status.get("ok") else f"NOT ok {unhealthy}")
+    for runtime in data["runtimes"]:
+        _status_rows(table, runtime)
     out_console.print(table)
+
+
+def _status_rows(table: Table, runtime: dict[str, Any]) -> None:
+    status = runtime["last_status"]
+    if not status or "at" not in status:
+        return
+    table.add_section()
+    slot = f"slot {runtime['slot']}"
+    when = f"{age(status['at'], time.time())} ago" + (
+        f" by pid {status.get('pid')}" if runtime["running"] else " (by a runtime since closed)"
+    )
+    table.add_row(f"{slot} status", when)
+    table.add_row("pressure", str(status.get("pressure")))
+    breakers = status.get("breakers") or {}
+    table.add_row("breakers", ", ".join(f"{t} {s}" for t, s in breakers.items()) or "-")
+    table.add_row("in flight", str(status.get("in_flight")))
+    calls = status.get("calls_in_flight") or {}
+    table.add_row("calls in flight", ", ".join(f"{t} {n}" for t, n in calls.items()) or "-")
+    table.add_row("retry pending", str(status.get("retry_pending")))
+    counters = ("accepted", "delivered", "retried", "dead_lettered", "duplicates")
+    table.add_row("since open", ", ".join(f"{name} {status.get(name)}" for name in counters))
+    table.add_row("refused / replayed", f"{status.get('refused')} / {status.get('replayed')}")
+    unhealthy = status.get("unhealthy_actors") or []
+    table.add_row("health", "ok" if status.get("ok") else f"NOT ok {unhealthy}")

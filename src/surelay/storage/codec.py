@@ -60,7 +60,7 @@ def _pack(items: list[Any]) -> bytes:
     return packed
 
 
-def _unpack(raw: bytes, kind: str, width: int) -> list[Any]:
+def _unpack(raw: bytes, kind: str, width: int, fewest: int | None = None) -> list[Any]:
     try:
         items = msgpack.unpackb(raw, raw=False, strict_map_key=False)
     except Exception as error:
@@ -69,7 +69,7 @@ def _unpack(raw: bytes, kind: str, width: int) -> list[Any]:
         raise DecodeError(f"{kind}: expected a versioned array, got {type(items).__name__}")
     if items[0] != V1:
         raise DecodeError(f"{kind}: unknown record version {items[0]!r}")
-    if len(items) != width:
+    if not (width if fewest is None else fewest) <= len(items) <= width:
         raise DecodeError(f"{kind}: expected {width} fields, got {len(items)}")
     return items
 
@@ -119,9 +119,15 @@ _WIRE: dict[type[Any], tuple[str, ...]] = {
         "progress",
         "updated_at",
         "error",
+        "owner",
     ),
     QuarantinedRecord: ("table", "key", "raw", "error", "at"),
 }
+
+_FEWEST: dict[type[Any], int] = {ReplayRequest: 9}
+"""Records written before trailing fields were added have only this many; the missing
+fields take their defaults. (Adding a field at the end with a default is how a record
+grows without a new version.)"""
 
 
 def _to_wire(value: Any) -> Any:
@@ -148,9 +154,9 @@ def _from_wire(name: str, value: Any) -> Any:
 
 def _build(kind: type[T], items: list[Any]) -> T:
     names = _WIRE[kind]
-    if not isinstance(items, list) or len(items) != len(names):
+    if not isinstance(items, list) or not _FEWEST.get(kind, len(names)) <= len(items) <= len(names):
         raise DecodeError(f"{kind.__name__}: expected {len(names)} fields")
-    return kind(**{name: _from_wire(name, v) for name, v in zip(names, items, strict=True)})
+    return kind(**{name: _from_wire(name, v) for name, v in zip(names, items, strict=False)})
 
 
 def encode(record: Any) -> bytes:
@@ -170,7 +176,10 @@ def encode_generic(record: Any) -> bytes:
 
 def decode(kind: type[T], raw: bytes) -> T:
     """Decode `raw` as a `kind` record; `DecodeError` if it is not one."""
-    items = _unpack(bytes(raw), kind.__name__, len(_WIRE[kind]) + 1)
+    fewest = _FEWEST.get(kind)
+    items = _unpack(
+        bytes(raw), kind.__name__, len(_WIRE[kind]) + 1, None if fewest is None else fewest + 1
+    )
     try:
         if kind is OutboxEntry:
             return cast(T, _decode_outbox(items))

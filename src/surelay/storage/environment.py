@@ -34,7 +34,7 @@ logger = logging.getLogger("surelay.storage")
 Txn = Any  # lmdb.Transaction: py-lmdb ships no type information
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 TABLES = (
     "meta",
     "outbox",
@@ -286,6 +286,11 @@ class Environment:
         """Flush OS buffers to disk (for `durability="async"`)."""
         if not self._closed:
             self._env.sync(True)
+
+    def reader_check(self) -> int:
+        """Clear the reader slots of processes that died; returns how many."""
+        self._check_open()
+        return int(self._env.reader_check())
 
     def stat(self, name: str) -> dict[str, int]:
         with self.read() as txn:

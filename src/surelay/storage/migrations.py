@@ -46,7 +46,7 @@ def _outbox_by_partition(env: Any, txn: Any, dbs: dict[str, Any]) -> None:
             txn.put(b"outbox\x00" + key, encode(record), db=dbs["quarantine"])
             quarantined += 1
             continue
-        where = u16(entry.partition) + u64(entry.seq)
+        where = u16(entry.partition) + u64(entry.seq)  # schema 2's location
         txn.put(where, raw, db=outbox)
         txn.put(text_key(entry.envelope.message_id), where, db=ids)
         if entry.envelope.attempt > 1:
@@ -61,4 +61,23 @@ def _outbox_by_partition(env: Any, txn: Any, dbs: dict[str, Any]) -> None:
     logger.info("outbox re-keyed by partition: %d moved, %d quarantined", moved, quarantined)
 
 
-MIGRATIONS: dict[int, Migration] = {1: _outbox_by_partition}
+def _outbox_by_slot(env: Any, txn: Any, dbs: dict[str, Any]) -> None:
+    """Schema 2 → 3. Schema 3 puts the slot of the runtime holding an entry before its
+    partition (`surelay.storage.slots`); a directory of the single-owner layout becomes
+    slot 0, whose lock file (`owner.lock`) it already has."""
+    outbox, ids, due = dbs["outbox"], dbs["outbox_id"], dbs["outbox_due"]
+    slot0 = u16(0)
+    old = [bytes(k) for k in txn.cursor(db=outbox).iternext(keys=True, values=False)]
+    for key in old:
+        raw = bytes(txn.get(key, db=outbox))
+        txn.delete(key, db=outbox)
+        txn.put(slot0 + key, raw, db=outbox)
+    index = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=ids)]
+    txn.cursor(db=ids).putmulti([(k, slot0 + v) for k, v in index])
+    retried = [bytes(k) for k in txn.cursor(db=due).iternext(keys=True, values=False)]
+    txn.drop(due, delete=False)
+    txn.cursor(db=due).putmulti([(k[:8] + slot0 + k[8:], b"") for k in retried])
+    logger.info("outbox re-keyed by slot: %d entries are slot 0's", len(old))
+
+
+MIGRATIONS: dict[int, Migration] = {1: _outbox_by_partition, 2: _outbox_by_slot}

@@ -1,17 +1,23 @@
 """The outbox: accepted messages not yet delivered or dead-lettered.
 
-Each entry is stored under its location: its partition, then its acceptance sequence, so
-"everything for partition P, in order" is one range of the table. Two indexes: by message
-id (to its location), and by due time for entries that have been retried. An entry on its
+Each entry is stored under its location: the slot of the runtime that holds it (see
+`surelay.storage.slots`), its partition, then its acceptance sequence (one counter for
+the whole directory), so "everything of slot S for partition P, in order" is one range of
+the table. Two indexes: by message id (to its location), and by due time for entries that
+have been retried. An entry on its
 first attempt (`envelope.attempt == 1`) is due from its acceptance, so the table itself,
 in acceptance order, answers "everything due by T" for it. That keeps the hot path at two
 LMDB writes per accepted message and two deletes per delivered one. Functions take the
 caller's transaction so compound operations stay atomic.
+
+An `Outbox` works on one slot: it adds to it, scans it, and removes from it. Lookups by
+message id reach every slot. `adopt` moves another slot's entries into this one.
 """
 
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections.abc import Iterable
 from dataclasses import replace
 
@@ -24,20 +30,24 @@ from surelay.storage.records import OutboxEntry, outbox_entry
 __all__ = ["Outbox", "location"]
 
 MAX_PARTITIONS = 1 << 16
+_HEAD = 4
+"""Bytes of a location before its sequence number: slot, then partition."""
 
 
-def location(partition: int, seq: int) -> bytes:
-    """An entry's key in the outbox table: partition (2 bytes), then sequence (8)."""
-    return u16(partition) + u64(seq)
+def location(slot: int, partition: int, seq: int) -> bytes:
+    """An entry's key in the outbox table: slot (2 bytes), partition (2), sequence (8)."""
+    return u16(slot) + u16(partition) + u64(seq)
 
 
 class Outbox:
-    def __init__(self, env: Environment, report: Report) -> None:
+    def __init__(self, env: Environment, report: Report, slot: int = 0) -> None:
         self._main = env.db("outbox")
         self._ids = env.db("outbox_id")
         self._due = env.db("outbox_due")
         self._meta = env.db("meta")
         self._report = report
+        self.slot = slot
+        self._slot_key = u16(slot)
 
     def _load(self, txn: Txn, where: bytes) -> OutboxEntry | None:
         raw = txn.get(where, db=self._main)
@@ -67,7 +77,7 @@ class Outbox:
             if prefix is None:
                 if not 0 <= partition < MAX_PARTITIONS:
                     raise ValueError(f"partition must be in [0, {MAX_PARTITIONS}), got {partition}")
-                prefix = prefixes[partition] = u16(partition)
+                prefix = prefixes[partition] = self._slot_key + u16(partition)
             seq += 1
             entry = outbox_entry(seq, envelope, due_at, partition)
             where = prefix + u64(seq)
@@ -100,10 +110,13 @@ class Outbox:
         None if the message is not in the outbox."""
         if attempt < 2:
             raise ValueError(f"a rescheduled message's next attempt is at least 2, got {attempt}")
-        entry = self.get(txn, message_id)
+        found = txn.get(text_key(message_id), db=self._ids)
+        if found is None:
+            return None
+        where = bytes(found)
+        entry = self._load(txn, where)
         if entry is None:
             return None
-        where = location(entry.partition, entry.seq)
         if entry.envelope.attempt > 1:
             txn.delete(micros(entry.due_at) + where, db=self._due)
         updated = replace(entry, envelope=replace(entry.envelope, attempt=attempt), due_at=due_at)
@@ -126,17 +139,18 @@ class Outbox:
         return entry
 
     def remove_entries(self, txn: Txn, entries: Iterable[OutboxEntry]) -> int:
-        """Remove entries as their owner last saw them (no read-back, for the hot path);
-        returns how many were still there. If an entry was rescheduled after its owner
-        saw it, its due-index entry is left behind and skipped by every reader (it
-        points at nothing)."""
+        """Remove entries of this slot as their owner last saw them (no read-back, for
+        the hot path); returns how many were still there. If an entry was rescheduled
+        after its owner saw it, its due-index entry is left behind and skipped by every
+        reader (it points at nothing)."""
         delete = txn.delete  # positional calls: py-lmdb parses keywords per call
         ids, main, due = self._ids, self._main, self._due
+        slot = self.slot
         removed = 0
         for entry in entries:
             if not delete(text_key(entry.envelope.message_id), b"", ids):
                 continue
-            where = location(entry.partition, entry.seq)
+            where = location(slot, entry.partition, entry.seq)
             delete(where, b"", main)
             if entry.envelope.attempt > 1:
                 delete(micros(entry.due_at) + where, b"", due)
@@ -144,8 +158,8 @@ class Outbox:
         return removed
 
     def scan(self, txn: Txn, *, after: int = 0, limit: int | None = None) -> list[OutboxEntry]:
-        """Entries in acceptance order, after sequence number `after`: the partitions'
-        ranges merged by sequence number."""
+        """This slot's entries in acceptance order, after sequence number `after`: the
+        partitions' ranges merged by sequence number."""
         start = u64(after + 1)
         ranges = [
             keys_with_prefix(txn, self._main, prefix, prefix + start)
@@ -154,7 +168,8 @@ class Outbox:
         return self._entries(txn, heapq.merge(*ranges, key=_seq_part), limit)
 
     def due(self, txn: Txn, until: float, *, limit: int | None = None) -> list[OutboxEntry]:
-        """Entries due at or before `until`, earliest first (ties in acceptance order).
+        """This slot's entries due at or before `until`, earliest first (ties in
+        acceptance order).
 
         Retried entries come from the due index. Entries on their first attempt are due
         from acceptance: each partition's range is read in acceptance order up to the
@@ -167,9 +182,11 @@ class Outbox:
             when, where = key[:8], key[8:]
             if when > bound:
                 break
+            if not where.startswith(self._slot_key):
+                continue
             entry = self._load(txn, where)
             if entry is not None and micros(entry.due_at) == when:
-                found.append((when, where[2:], entry))
+                found.append((when, where[_HEAD:], entry))
         for prefix in self._prefixes(txn):
             for where in keys_with_prefix(txn, self._main, prefix):
                 entry = self._load(txn, where)
@@ -178,15 +195,16 @@ class Outbox:
                 when = micros(entry.due_at)
                 if when > bound:
                     break
-                found.append((when, where[2:], entry))
+                found.append((when, where[_HEAD:], entry))
         found.sort(key=lambda item: item[:2])
         return [entry for _, _, entry in found[:limit]]
 
     def in_partition(
         self, txn: Txn, partition: int, *, after: int = 0, limit: int | None = None
     ) -> list[OutboxEntry]:
-        """Entries of one partition in acceptance order, after sequence number `after`."""
-        prefix = u16(partition)
+        """This slot's entries of one partition in acceptance order, after sequence
+        number `after`."""
+        prefix = self._slot_key + u16(partition)
         where = keys_with_prefix(txn, self._main, prefix, prefix + u64(after + 1))
         return self._entries(txn, where, limit)
 
@@ -202,23 +220,58 @@ class Outbox:
                     break
         return out
 
+    def adopt(self, txn: Txn, slot: int, *, limit: int) -> list[OutboxEntry]:
+        """Move up to `limit` entries of `slot` (whose runtime is gone) into this slot,
+        in acceptance order, keeping their sequence numbers, partitions and due times;
+        returns the moved entries that decode (one that does not is moved too, and
+        reported)."""
+        if slot == self.slot:
+            raise ValueError(f"slot {slot} is this outbox's own")
+        theirs = u16(slot)
+        moved = list(itertools.islice(keys_with_prefix(txn, self._main, theirs), limit))
+        out = []
+        for old in moved:
+            raw = bytes(txn.get(old, db=self._main))
+            new = self._slot_key + old[2:]
+            entry = decode_or_report(OutboxEntry, "outbox", old, raw, self._report)
+            txn.delete(old, db=self._main)
+            txn.put(new, raw, db=self._main)
+            if entry is None:
+                continue
+            txn.put(text_key(entry.envelope.message_id), new, db=self._ids)
+            if entry.envelope.attempt > 1:
+                when = micros(entry.due_at)
+                txn.delete(when + old, db=self._due)
+                txn.put(when + new, b"", db=self._due)
+            out.append(entry)
+        out.sort(key=lambda entry: entry.seq)
+        return out
+
+    def holds(self, txn: Txn, slot: int) -> bool:
+        """Whether `slot` has any entry."""
+        return next(keys_with_prefix(txn, self._main, u16(slot)), None) is not None
+
     def _prefixes(self, txn: Txn) -> list[bytes]:
-        """The partitions that hold entries, one seek each."""
+        """This slot's partitions that hold entries, one seek each."""
         out = []
         cursor = txn.cursor(db=self._main)
-        probe = b""
+        mine = self._slot_key
+        probe = mine
         while cursor.set_range(probe):
-            prefix = bytes(cursor.key()[:2])
+            prefix = bytes(cursor.key()[:_HEAD])
+            if not prefix.startswith(mine):
+                break
             out.append(prefix)
-            following = from_u16(prefix) + 1
+            following = from_u16(prefix, 2) + 1
             if following >= MAX_PARTITIONS:
                 break
-            probe = u16(following)
+            probe = mine + u16(following)
         return out
 
     def count(self, txn: Txn) -> int:
+        """Entries of every slot (one read, no scan)."""
         return int(txn.stat(self._main)["entries"])
 
 
 def _seq_part(where: bytes) -> bytes:
-    return where[2:]
+    return where[_HEAD:]

@@ -107,9 +107,10 @@ class DedupRecord:
 class ReplayRequest:
     """A replay asked for by an operator (often from another process, via the CLI).
 
-    Either `ids` or the filters select the records. `status`: `pending` until the runtime
-    owning the directory takes it, then `running`, then `done` (or `failed` with `error`).
-    `progress` holds the report's counters as they grow.
+    Either `ids` or the filters select the records. `status`: `pending` until a runtime
+    on the directory takes it, then `running` (by the runtime holding slot `owner`), then
+    `done` (or `failed` with `error`). `progress` holds the report's counters as they
+    grow.
     """
 
     id: str
@@ -121,6 +122,7 @@ class ReplayRequest:
     progress: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     updated_at: float = 0.0
     error: str | None = None
+    owner: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

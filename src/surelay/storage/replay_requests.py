@@ -1,7 +1,11 @@
 """Replay requests: what an operator asked for (often from the CLI, in another process)
-for the runtime owning the directory to carry out."""
+for a runtime on the directory to carry out. Each is carried out by one runtime at a
+time: the one that claims it (`claim`)."""
 
 from __future__ import annotations
+
+from collections.abc import Container
+from dataclasses import replace
 
 from surelay.storage.codec import Report, decode_or_report, encode
 from surelay.storage.environment import Environment, Txn
@@ -24,6 +28,24 @@ class ReplayRequests:
         key = request_id.encode("utf-8")
         raw = txn.get(key, db=self._db)
         return None if raw is None else self._decode(key, raw)
+
+    def claim(
+        self, txn: Txn, request_id: str, *, slot: int, live: Container[int]
+    ) -> ReplayRequest | None:
+        """Take request `request_id` for the runtime of `slot`: a `pending` one, or a
+        `running` one whose owner's slot is not in `live` (its runtime died) or is
+        `slot` itself (an earlier runtime of this slot died). Returns it as `running` by
+        `slot`, or None if it is not there, has ended, or another runtime runs it."""
+        request = self.get(txn, request_id)
+        if request is None or request.status not in ("pending", "running"):
+            return None
+        if (
+            request.status == "running"
+            and request.owner not in (None, slot)
+            and request.owner in live
+        ):
+            return None
+        return self.put(txn, replace(request, status="running", owner=slot))
 
     def list(self, txn: Txn, *, status: str | None = None, limit: int = 100) -> list[ReplayRequest]:
         """Requests oldest first (ids are time-ordered), optionally of one status."""

@@ -1,7 +1,8 @@
 """`Store`: the one place surelay persists anything.
 
 One LMDB environment per data directory, its tables, the group-commit writer, and the
-compound operations the runtime needs, each one atomic write transaction.
+compound operations the runtime needs, each one atomic write transaction. A runtime's
+store holds a slot of the directory (`surelay.storage.slots`): its outbox is that slot's.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from surelay.storage.outbox import Outbox
 from surelay.storage.quarantine import Quarantine
 from surelay.storage.records import DEAD_LETTER_STATUSES, DeadLetter, OutboxEntry
 from surelay.storage.replay_requests import ReplayRequests
+from surelay.storage.slots import SlotLock
 from surelay.storage.status import RuntimeStatus
 from surelay.storage.writer import GroupCommitWriter
 
@@ -61,22 +63,32 @@ class Store:
     that completes once the write is durable.
     """
 
-    def __init__(self, env: Environment, clock: Callable[[], float], writer: GroupCommitWriter):
+    def __init__(
+        self,
+        env: Environment,
+        clock: Callable[[], float],
+        writer: GroupCommitWriter,
+        slot: SlotLock | None = None,
+    ):
         self.env = env
         self.path = env.path
         self.clock = clock
         self._writer = writer
+        self.slot_lock = slot
+        self.slot = 0 if slot is None else slot.slot
+        """The slot whose outbox `outbox` adds to and scans (0 for a store opened
+        without `claim`)."""
         self.quarantine = Quarantine(env)
         self.quarantine.attach(writer.submit)
 
         def report(table: str, key: bytes, raw: bytes, error: Exception) -> None:
             self.quarantine.report(table, key, raw, error, self.clock())
 
-        self.outbox = Outbox(env, report)
+        self.outbox = Outbox(env, report, self.slot)
         self.dead_letters = DeadLetters(env, report)
         self.dedup = Dedup(env, report)
         self.replay_requests = ReplayRequests(env, report)
-        self.status = RuntimeStatus(env)
+        self.status = RuntimeStatus(env, self.slot)
 
     @classmethod
     def open(
@@ -90,15 +102,17 @@ class Store:
         clock: Callable[[], float] = time.time,
         max_batch: int = 1024,
         flush_interval: float = 1.0,
+        claim: bool = False,
     ) -> Store:
         """Open (creating, mode 0o700, if `create`) the data directory at `path`.
 
         `map_size` is the initial LMDB map; it doubles on demand up to `max_map_size`
         (default 16 x `map_size`). `durability`: `"sync"` (fsync per commit) or
         `"async"` (see `surelay.storage.writer`). Raises `StorageError` for a directory
-        that is not a surelay one, `SchemaMismatch` for an incompatible schema. Another
-        process may open the same directory (LMDB's own locking); this process may not
-        open it twice.
+        that is not a surelay one, `SchemaMismatch` for an incompatible schema. Other
+        processes may open the same directory at once (LMDB's own locking); this process
+        may not open it twice. With `claim`, the store takes the lowest free slot of the
+        directory and holds it until `close()`.
         """
         check_path(path)
         real = Path(os.path.realpath(path))
@@ -117,12 +131,26 @@ class Store:
                 durability=durability,
                 create=create,
             )
-            writer = GroupCommitWriter(env, max_batch=max_batch, flush_interval=flush_interval)
         except BaseException:
             with _OPEN_LOCK:
                 _OPEN.discard(real)
             raise
-        return cls(env, clock, writer)
+        slot = None
+        try:
+            if claim:
+                slot = SlotLock.claim(real)
+            # Readers left in LMDB's table by processes that died (kill -9) would pin
+            # old pages, and the file would grow.
+            env.reader_check()
+            writer = GroupCommitWriter(env, max_batch=max_batch, flush_interval=flush_interval)
+        except BaseException:
+            env.close()
+            if slot is not None:
+                slot.release()
+            with _OPEN_LOCK:
+                _OPEN.discard(real)
+            raise
+        return cls(env, clock, writer, slot)
 
     # -- transactions --------------------------------------------------------------------
 
@@ -175,6 +203,11 @@ class Store:
             return self.outbox.enqueue_many(txn, items, due_at=at)
 
         return self.write(op)
+
+    def adopt(self, slot: int, *, limit: int = 1000) -> Future[list[OutboxEntry]]:
+        """Move up to `limit` outbox entries of `slot` (whose runtime is gone: hold its
+        lock while calling) into this store's slot, in one transaction."""
+        return self.write(lambda txn: self.outbox.adopt(txn, slot, limit=limit))
 
     def reschedule(
         self, message_id: str, *, attempt: int, due_at: float
@@ -317,13 +350,25 @@ class Store:
             )
 
     def close(self, timeout: float | None = 10.0) -> None:
-        """Commit what is queued, stop the writer, close the environment. Idempotent."""
+        """Commit what is queued, stop the writer, close the environment, then give the
+        slot back (never before: whoever takes it next must find every write done).
+        Idempotent."""
         if self.env.closed:
             return
-        self._writer.close(timeout)
-        self.env.close()
-        with _OPEN_LOCK:
-            _OPEN.discard(self.path)
+        try:
+            self._writer.close(timeout)
+            self.env.close()
+        finally:
+            with _OPEN_LOCK:
+                _OPEN.discard(self.path)
+        if self.slot_lock is not None:
+            self.slot_lock.release()
+
+    def disown(self) -> None:
+        """Forget this store without touching the files (a forked child: the parent's
+        environment and slot must stay as they are)."""
+        if self.slot_lock is not None:
+            self.slot_lock.disown()
 
     def __enter__(self) -> Store:
         return self

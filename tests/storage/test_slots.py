@@ -1,0 +1,146 @@
+"""Slots: several runtimes on one data directory, one slot each, across processes."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from surelay.envelope import Envelope
+from surelay.errors import StorageError
+from surelay.storage import Store
+from surelay.storage import slots as slots_module
+from surelay.storage.outbox import Outbox
+from surelay.storage.slots import SlotLock, holders, lock_path, slot_numbers
+
+HOLD = """
+import sys, time
+from surelay.storage.slots import SlotLock
+lock = SlotLock.claim(sys.argv[1])
+print(lock.slot, flush=True)
+time.sleep(60)
+"""
+
+
+def _holder(directory: Path) -> tuple[subprocess.Popen[str], int]:
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(directory)], stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout is not None
+    return child, int(child.stdout.readline())
+
+
+def test_processes_take_the_lowest_free_slots_and_the_kernel_frees_a_killed_ones(
+    tmp_path: Path,
+) -> None:
+    first, slot_a = _holder(tmp_path)
+    second, slot_b = _holder(tmp_path)
+    try:
+        assert (slot_a, slot_b) == (0, 1)
+        assert holders(tmp_path) == {0: first.pid, 1: second.pid}
+        assert lock_path(tmp_path, 0) == tmp_path / "owner.lock"  # the single-owner file
+        assert lock_path(tmp_path, 1) == tmp_path / "slots" / "1.lock"
+        mine = SlotLock.claim(tmp_path)
+        assert mine.slot == 2
+        assert SlotLock.try_take(tmp_path, 0) is None
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        # the kernel dropped the lock with the process: slot 0 is free again
+        assert set(holders(tmp_path)) == {1, 2}
+        taken = SlotLock.try_take(tmp_path, 0)
+        assert taken is not None and taken.slot == 0
+        taken.release()
+        mine.release()
+        mine.release()  # idempotent
+        assert set(holders(tmp_path)) == {1}
+        assert slot_numbers(tmp_path) == [0, 1, 2]
+    finally:
+        for child in (first, second):
+            child.kill()
+            child.wait(10)
+    assert holders(tmp_path) == {}
+
+
+def test_no_lock_file_means_no_holder(tmp_path: Path) -> None:
+    assert holders(tmp_path) == {}
+    assert slot_numbers(tmp_path) == [0]
+    (tmp_path / "slots").mkdir()
+    (tmp_path / "slots" / "x.lock").write_text("")  # not a slot's: ignored
+    assert slot_numbers(tmp_path) == [0]
+
+
+def test_claim_refuses_clearly_when_every_slot_is_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(slots_module, "MAX_SLOTS", 2)
+    held = [SlotLock.claim(tmp_path), SlotLock.claim(tmp_path)]
+    with pytest.raises(StorageError, match=r"all 2 slots of .* are held by running runtimes"):
+        SlotLock.claim(tmp_path)
+    for lock in held:
+        lock.release()
+
+
+def test_a_claiming_store_holds_its_slot_until_closed(tmp_path: Path) -> None:
+    where = tmp_path / "d"
+    with Store.open(where, map_size=1 << 20, claim=True) as store:
+        assert store.slot == 0
+        assert set(holders(where)) == {0}
+    assert holders(where) == {}
+    with Store.open(where, map_size=1 << 20) as store:  # not claiming: reads as slot 0
+        assert store.slot == 0 and store.slot_lock is None
+        assert holders(where) == {}
+
+
+def test_each_slot_sees_only_its_own_outbox_and_adopts_another(tmp_path: Path) -> None:
+    where = tmp_path / "d"
+    with Store.open(where, map_size=1 << 20, claim=True) as store:
+        assert store.slot == 0
+        store.enqueue([(Envelope("mine", "t", b"m", key="k"), 0)]).result()
+        # what a runtime of slot 3 left behind: written as that slot's store would
+        theirs = _slot_outbox(store, 3)
+        with store.env.write() as txn:
+            theirs.enqueue_many(
+                txn,
+                [
+                    (Envelope("a", "t", b"a", key="k"), 1),
+                    (Envelope("b", "t", b"b", key="k", attempt=2), 1),
+                    (Envelope("c", "t", b"c"), 2),
+                ],
+                due_at=5.0,
+            )
+        with store.read() as txn:
+            assert [e.envelope.message_id for e in store.outbox.scan(txn)] == ["mine"]
+            assert [e.envelope.message_id for e in theirs.scan(txn)] == ["a", "b", "c"]
+            assert store.outbox.get(txn, "b") is not None  # lookups by id reach every slot
+            assert store.outbox.count(txn) == 4  # the whole directory
+            assert store.outbox.holds(txn, 3) and not store.outbox.holds(txn, 2)
+        moved = store.adopt(3, limit=2).result()
+        assert [e.envelope.message_id for e in moved] == ["a", "b"]
+        moved += store.adopt(3, limit=2).result()
+        assert store.adopt(3).result() == []
+        assert sorted(e.envelope.message_id for e in moved) == ["a", "b", "c"]
+        with store.read() as txn:
+            assert [e.envelope.message_id for e in store.outbox.scan(txn)] == [
+                "mine",
+                "a",
+                "b",
+                "c",
+            ]
+            assert theirs.scan(txn) == [] and not store.outbox.holds(txn, 3)
+            # the retried one ("b") moved in the due index too
+            assert [e.envelope.message_id for e in store.outbox.due(txn, 10.0)] == ["a", "b", "c"]
+        # the moved entries are this slot's now: removed as their new owner saw them
+        removed = store.write(lambda txn: store.outbox.remove_entries(txn, moved)).result()
+        assert removed == 3
+        with store.read() as txn:
+            assert [e.envelope.message_id for e in store.outbox.scan(txn)] == ["mine"]
+            assert store.outbox.due(txn, 10.0) == []
+        with pytest.raises(ValueError, match="own"):
+            store.adopt(0).result()
+
+
+def _slot_outbox(store: Store, slot: int) -> Outbox:
+    return Outbox(store.env, lambda *args: None, slot)
