@@ -892,6 +892,7 @@ class Runtime:
             storage = {
                 "ok": used < 0.9 * self._store.env.max_map_size,
                 "path": str(self._store.path),
+                "slot": self._store.slot,
                 "map_size": size,
                 "map_used": used,
                 "quarantined": self._store.stats().quarantined,
@@ -937,6 +938,12 @@ class Runtime:
     @property
     def path(self) -> str:
         return str(self._store.path)
+
+    @property
+    def slot(self) -> int:
+        """The slot of the data directory this runtime holds (0 when it is alone on it):
+        its part of the outbox; see "Several processes" in docs/architecture.md."""
+        return self._store.slot
 
     def _log_abandoned(self) -> None:
         """Say which calls close() leaves running (their messages stay in the outbox)."""

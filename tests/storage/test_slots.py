@@ -5,13 +5,15 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from surelay.envelope import Envelope
 from surelay.errors import StorageError
-from surelay.storage import Store
+from surelay.storage import ReplayRequest, Store, codec
 from surelay.storage import slots as slots_module
 from surelay.storage.outbox import Outbox
 from surelay.storage.slots import SlotLock, holders, lock_path, slot_numbers
@@ -144,3 +146,42 @@ def test_each_slot_sees_only_its_own_outbox_and_adopts_another(tmp_path: Path) -
 
 def _slot_outbox(store: Store, slot: int) -> Outbox:
     return Outbox(store.env, lambda *args: None, slot)
+
+
+def test_a_replay_request_is_claimed_by_one_runtime_and_taken_over_when_it_dies(
+    tmp_path: Path,
+) -> None:
+    with Store.open(tmp_path / "d", map_size=1 << 20) as store:
+        request = ReplayRequest(id="r1", created_at=1.0)
+        store.write(lambda txn: store.replay_requests.put(txn, request)).result()
+
+        def claim(slot: int, live: set[int]) -> ReplayRequest | None:
+            return store.write(
+                lambda txn: store.replay_requests.claim(txn, "r1", slot=slot, live=live)
+            ).result()
+
+        taken = claim(1, {1, 2})
+        assert taken is not None and (taken.status, taken.owner) == ("running", 1)
+        assert claim(2, {1, 2}) is None  # slot 1's runtime is alive and runs it
+        again = claim(1, {1, 2})  # slot 1 again (its runtime died, a new one has the slot)
+        assert again is not None and again.owner == 1
+        over = claim(2, {2})  # slot 1's runtime died: taken over
+        assert over is not None and over.owner == 2
+        store.write(
+            lambda txn: store.replay_requests.put(txn, replace(over, status="done"))
+        ).result()
+        assert claim(3, {3}) is None  # ended: nobody takes it again
+        assert (
+            claim(3, set()) is None
+            and store.write(
+                lambda txn: store.replay_requests.claim(txn, "nope", slot=3, live=())
+            ).result()
+            is None
+        )
+
+
+def test_a_replay_request_stored_before_owners_existed_still_reads() -> None:
+    old = msgpack.packb([1, "r1", 1.0, None, {}, None, "pending", {}, 0.0, None])
+    assert codec.decode(ReplayRequest, old) == ReplayRequest(id="r1", created_at=1.0)
+    with pytest.raises(codec.DecodeError, match="expected 11 fields, got 4"):
+        codec.decode(ReplayRequest, msgpack.packb([1, "r1", 1.0, None]))

@@ -119,8 +119,9 @@ class Store:
         with _OPEN_LOCK:
             if real in _OPEN:
                 raise StorageError(
-                    f"{real} is already open in this process; share the open Store "
-                    "(LMDB forbids opening one environment twice in a process)"
+                    f"{real} is already open in this process (LMDB forbids opening one "
+                    "environment twice in a process): share the runtime or store open on "
+                    "it; other processes may open it beside this one"
                 )
             _OPEN.add(real)
         try:
