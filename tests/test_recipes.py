@@ -20,7 +20,7 @@ from pathlib import Path
 from .transports.http_server import HttpServer
 
 RECIPES = Path(__file__).resolve().parent.parent / "docs" / "recipes.md"
-PROGRAMS = dict(re.findall(r"```python\n# (\w+\.py)[^\n]*\n(.*?)```", RECIPES.read_text(), re.S))
+PROGRAMS = dict(re.findall(r"```python\n# ([\w.]+\.py)[^\n]*\n(.*?)```", RECIPES.read_text(), re.S))
 
 
 def free_port() -> int:
@@ -52,7 +52,7 @@ def program(tmp_path: Path, name: str) -> Path:
 
 
 def test_the_recipes_are_all_tested() -> None:
-    assert sorted(PROGRAMS) == ["app.py", "worker.py"]
+    assert sorted(PROGRAMS) == ["app.py", "gunicorn.conf.py", "orders.py", "worker.py"]
 
 
 def test_fastapi_recipe_under_uvicorn(tmp_path: Path) -> None:
