@@ -14,11 +14,14 @@ from surelay import (
     Outcome,
     Overloaded,
     PressurePolicy,
+    Priority,
+    Receipt,
     Runtime,
     RuntimeClosed,
     RuntimeConfig,
     UnknownTransport,
 )
+from surelay.pressure import hard_bound
 
 from .helpers import Gate, Recorder, open_runtime
 
@@ -165,3 +168,68 @@ def test_waiters_that_give_up_leave_nothing_behind(tmp_path: Path) -> None:
 
     with open_runtime(tmp_path, {"t": Recorder(gate)}) as rt:
         asyncio.run(main(rt))
+
+
+def test_asends_of_one_loop_turn_share_one_outbox_write(tmp_path: Path) -> None:
+    gate = Gate()
+    sink = Recorder(gate)
+
+    async def main(rt: Runtime) -> list[Receipt]:
+        return await asyncio.gather(*(rt.asend("t", b"%d" % i, key=f"k{i}") for i in range(100)))
+
+    with open_runtime(tmp_path, {"t": sink}) as rt:
+        before = rt._store.stats().operations
+        receipts = asyncio.run(main(rt))
+        writes = rt._store.stats().operations - before
+        gate.open()
+        assert rt.flush(10)
+    assert len({r.message_id for r in receipts}) == 100
+    assert writes <= 3  # one for the 100 sends (a status write may slip in), not 100
+    assert sorted(sink.payloads()) == sorted(b"%d" % i for i in range(100))
+
+
+def test_a_turn_with_several_priorities_is_written_per_priority(tmp_path: Path) -> None:
+    """Each priority keeps its own bound on messages in flight: at the LOW bound, the
+    HIGH sends of the same turn are accepted and the LOW ones refused."""
+    gate = Gate()
+    sink = Recorder(gate)
+    policy = PressurePolicy(capacity=100)  # LOW's hard bound is below HIGH's
+
+    async def main(rt: Runtime) -> list[object]:
+        sends = [
+            rt.asend("t", b"%d" % i, priority=priority)
+            for i in range(10)
+            for priority in (Priority.HIGH, Priority.LOW)
+        ]
+        return await asyncio.gather(*sends, return_exceptions=True)
+
+    with open_runtime(tmp_path, {"t": sink}, pressure=policy) as rt:
+        low_bound = hard_bound(Priority.LOW, policy)
+        filler = rt.send_batch(
+            [{"transport": "t", "payload": b"f", "priority": Priority.HIGH}] * (low_bound - 5)
+        )
+        results = asyncio.run(main(rt))
+        gate.open()
+        assert rt.flush(10)
+    high, low = results[0::2], results[1::2]
+    assert all(isinstance(r, Receipt) for r in high)
+    assert all(isinstance(r, Overloaded) for r in low)
+    assert len(filler) == low_bound - 5
+
+
+def test_one_keys_order_holds_across_asend_send_and_a_transaction(tmp_path: Path) -> None:
+    """An `asend` has been handed to its sender when it returns: a `send` (or a
+    transaction's send) of the same key made next comes after it."""
+    sink = Recorder()
+
+    async def main(rt: Runtime) -> None:
+        for i in range(30):
+            await rt.asend("t", b"%d" % (3 * i), key="k")
+            rt.send("t", b"%d" % (3 * i + 1), key="k")
+            with rt.transaction() as txn:
+                rt.send("t", b"%d" % (3 * i + 2), key="k", txn=txn)
+
+    with open_runtime(tmp_path, {"t": sink}) as rt:
+        asyncio.run(main(rt))
+        assert rt.flush(10)
+    assert sink.payloads("k") == [b"%d" % i for i in range(90)]

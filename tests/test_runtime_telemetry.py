@@ -251,3 +251,27 @@ def test_asend_continues_the_callers_trace(tmp_path: Path) -> None:
     context = request.get_span_context()
     assert send.parent is not None and send.parent.span_id == context.span_id
     assert deliver.context is not None and deliver.context.trace_id == context.trace_id
+
+
+def test_asends_of_one_turn_each_continue_their_own_callers_trace(tmp_path: Path) -> None:
+    """Requests handled at once send in one loop turn (one outbox write); each send span
+    is still the child of its own request's span, and carries its own message id."""
+    tracer = trace.get_tracer("host")
+
+    async def handler(rt: Any, n: int) -> tuple[Any, str]:
+        with tracer.start_as_current_span(f"request-{n}") as request:
+            receipt = await rt.asend("t", b"%d" % n)
+        assert await receipt is Outcome.DELIVERED
+        return request, receipt.message_id
+
+    async def main(rt: Any) -> list[tuple[Any, str]]:
+        return await asyncio.gather(*(handler(rt, n) for n in range(5)))
+
+    with open_runtime(tmp_path, {"t": Recorder()}) as rt:
+        handled = asyncio.run(main(rt))
+    sends = {s.attributes["surelay.message_id"]: s for s in spans("surelay.send") if s.attributes}
+    assert len(sends) == 5
+    for request, message_id in handled:
+        send = sends[message_id]
+        assert send.parent is not None
+        assert send.parent.span_id == request.get_span_context().span_id

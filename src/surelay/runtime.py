@@ -105,6 +105,13 @@ _OPEN: weakref.WeakSet[Runtime] = weakref.WeakSet()
 """The runtimes open in this process: closed at exit, disowned after a fork."""
 
 
+def _end_spans(spans: list[Any] | None, error: BaseException) -> None:
+    for span in spans or ():
+        if span is not None:
+            record_error(span, error)
+            span.end()
+
+
 def _answer(
     future: asyncio.Future[list[Receipt]], receipts: list[Receipt], error: BaseException | None
 ) -> None:
@@ -114,6 +121,31 @@ def _answer(
         future.set_result(receipts)
     else:
         future.set_exception(error)
+
+
+def _answer_each(
+    answers: list[asyncio.Future[Receipt]], receipts: list[Receipt], error: BaseException | None
+) -> None:
+    for index, answer in enumerate(answers):
+        if answer.done():  # its caller stopped waiting
+            continue
+        if error is None:
+            answer.set_result(receipts[index])
+        else:
+            answer.set_exception(error)
+
+
+@dataclass(slots=True)
+class _Turn:
+    """The `asend`s of one event-loop turn, written to the outbox together: coroutines
+    woken by one group commit send again in the same turn, so the loop pays for one
+    write, one future and one wake-up per turn rather than per message. Each message's
+    send span is started in its caller's call (its trace context); ids are given in
+    call order when the turn is written."""
+
+    checked: list[_Checked] = field(default_factory=list)
+    spans: list[Any] | None = None
+    answers: list[asyncio.Future[Receipt]] = field(default_factory=list)
 
 
 def _resolve_empty(future: asyncio.Future[None]) -> None:
@@ -208,6 +240,9 @@ class Runtime:
         self._active = 0
         self._round_robin = itertools.count()
         self._txns: dict[int, list[OutboxEntry]] = {}
+        self._turns: dict[asyncio.AbstractEventLoop, _Turn] = {}
+        self._turn_lock = threading.Lock()
+        """`asend`s of the current turn of each event loop sending (see `_Turn`)."""
         self._dead_letters = DeadLetters(store, hub, replays)
         self._forked_from: int | None = None
         """The parent's pid once this process was forked from the one that opened it."""
@@ -311,6 +346,7 @@ class Runtime:
             if self._closing:  # another caller closes it: wait for that, bounded too
                 self._lock.wait_for(lambda: self._closed, timeout + CLOSE_GRACE)
                 return
+            self._write_turns()
             self._closing = True
             # sends under way end first (their writes are durable either way)
             self._lock.wait_for(lambda: not self._active, max(0.0, deadline - time.monotonic()))
@@ -435,7 +471,92 @@ class Runtime:
         current span. Cancelled while waiting for the write, the message stays accepted
         and is delivered."""
         checked = self._check(transport, payload, key, idempotency_key, priority, headers)
-        return (await self._aaccept([checked], txn))[0]
+        if txn is not None:
+            return (await self._aaccept([checked], txn))[0]
+        delay = self._admission([checked])
+        if delay > 0:
+            await asyncio.sleep(delay)
+        loop = asyncio.get_running_loop()
+        span = None
+        if self._hub.telemetry.tracing:  # here: a child of the caller's current span
+            span = self._hub.telemetry.tracer.start_span(
+                SPAN_SEND,
+                attributes={ATTR_TRANSPORT: transport, ATTR_KEY: key if key is not None else ""},
+            )
+        answer: asyncio.Future[Receipt] = loop.create_future()
+        with self._turn_lock:  # close() may take the turn from another thread
+            turn = self._turns.get(loop)
+            if turn is None:
+                turn = self._turns[loop] = _Turn()
+                loop.call_soon(self._write_turn, loop)
+            if span is not None and turn.spans is None:
+                turn.spans = [None] * len(turn.checked)
+            if turn.spans is not None:
+                turn.spans.append(span)
+            turn.checked.append(checked)
+            turn.answers.append(answer)
+        # cancelled here, the caller stops waiting; the message is accepted all the same
+        return await answer
+
+    def _write_turn(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Write one turn's `asend`s (see `_Turn`): one write per priority among them
+        (each priority has its own bound on messages in flight)."""
+        with self._turn_lock:
+            turn = self._turns.pop(loop, None)
+        if turn is not None:
+            self._write_turn_now(loop, turn)
+
+    def _write_turns(self) -> None:
+        """Write every loop's pending turn now (close() does, before it refuses sends:
+        an `asend` already called is a send under way)."""
+        with self._turn_lock:
+            turns = list(self._turns.items())
+            self._turns.clear()
+        for loop, turn in turns:
+            self._write_turn_now(loop, turn)
+
+    def _write_turn_now(self, loop: asyncio.AbstractEventLoop, turn: _Turn) -> None:
+        groups: dict[Priority, list[int]] = {}
+        for index, checked in enumerate(turn.checked):
+            groups.setdefault(checked[4], []).append(index)
+        for indexes in groups.values():
+            if len(indexes) == len(turn.checked):  # one priority: the usual case
+                self._write_group(loop, turn.checked, turn.spans, turn.answers)
+                continue
+            spans = turn.spans
+            self._write_group(
+                loop,
+                [turn.checked[i] for i in indexes],
+                None if spans is None else [spans[i] for i in indexes],
+                [turn.answers[i] for i in indexes],
+            )
+
+    def _write_group(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        checked: list[_Checked],
+        spans: list[Any] | None,
+        answers: list[asyncio.Future[Receipt]],
+    ) -> None:
+        def answer(receipts: list[Receipt], error: BaseException | None) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(_answer_each, answers, receipts, error)
+
+        try:
+            pending = self._start(checked, None, spans=spans)
+        except Exception as error:
+            answer([], error)
+            return
+        durable = pending.durable
+        if durable is None:  # BEST_EFFORT: nothing to wait for
+            answer(self._finish(pending, pending.entries), None)
+            return
+
+        def ended(done: Future[list[OutboxEntry]]) -> None:  # on the writer thread
+            error = self._end_later(pending, done)
+            answer(pending.receipts, error)
+
+        durable.add_done_callback(ended)
 
     async def asend_batch(self, messages: Sequence[Mapping[str, Any]]) -> list[Receipt]:
         """`send_batch` for a coroutine (see `asend`)."""
@@ -560,7 +681,7 @@ class Runtime:
         for m, span, (transport, data, key, idempotency, priority, given) in zip(
             ids, spans, checked, strict=True
         ):
-            traceparent = traceparent_of(span)
+            traceparent = None if span is None else traceparent_of(span)
             headers = (
                 given
                 if traceparent is None
@@ -616,23 +737,37 @@ class Runtime:
             raise RuntimeClosed("the runtime is closed (or closing); nothing was accepted")
         return self._check_pressure(checked)
 
-    def _start(self, checked: list[_Checked], txn: Txn | None) -> _Pending:
-        """Make the envelopes and receipts and start the outbox write (see `_Pending`)."""
+    def _start(
+        self,
+        checked: list[_Checked],
+        txn: Txn | None,
+        *,
+        spans: list[Any] | None = None,
+    ) -> _Pending:
+        """Make the envelopes and receipts and start the outbox write (see `_Pending`).
+        The send spans are started here unless given (started by `asend` in its caller's
+        context; None for a message sent while tracing was off)."""
         hub = self._hub
-        with self._lock:
-            if self._closing:
-                raise RuntimeClosed("the runtime is closed (or closing); nothing was accepted")
-            self._active += 1
-        spans: list[Any] | None = None
+        try:
+            with self._lock:
+                if self._closing:
+                    raise RuntimeClosed("the runtime is closed (or closing); nothing was accepted")
+                self._active += 1
+        except BaseException as error:
+            _end_spans(spans, error)
+            raise
         try:
             now = self._config.clock()  # one reading, ids in acceptance order
             ids = new_id.many(len(checked), now)
-            spans = self._start_send_spans(ids, checked) if hub.telemetry.tracing else None
+            if spans is not None:
+                for span, message_id in zip(spans, ids, strict=True):
+                    if span is not None:
+                        span.set_attribute(ATTR_MESSAGE_ID, message_id)
+            elif hub.telemetry.tracing:
+                spans = self._start_send_spans(ids, checked)
             pending = _Pending(self._envelopes(checked, ids, now, spans), txn, spans)
         except BaseException as error:
-            for span in spans or ():
-                record_error(span, error)
-                span.end()
+            _end_spans(spans, error)
             self._leave()
             raise
         try:
@@ -660,16 +795,14 @@ class Runtime:
         finally:
             if pending.spans is not None:
                 for span in pending.spans:
-                    span.end()
+                    if span is not None:
+                        span.end()
             self._leave()
 
     def _abort(self, pending: _Pending, error: BaseException) -> None:
         """The write failed: nothing was accepted."""
         self._hub.tracker.forget(e.message_id for e in pending.envelopes)
-        if pending.spans is not None:
-            for span in pending.spans:
-                record_error(span, error)
-                span.end()
+        _end_spans(pending.spans, error)
         self._leave()
 
     def _end_later(
@@ -700,9 +833,11 @@ class Runtime:
         rates, or return how long to slow it down; a batch is admitted or refused
         whole."""
         hub = self._hub
-        policy = self._config.pressure
         state = hub.pressure
         level = state.level
+        if level == "normal" and self._key_rates is None:
+            return 0.0  # every priority is admitted at once
+        policy = self._config.pressure
         delay = 0.0
         priorities = {priority for _, _, _, _, priority, _ in checked}
         for priority in priorities:
