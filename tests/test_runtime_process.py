@@ -90,3 +90,50 @@ def test_a_runtime_opened_before_a_fork_refuses_the_child_and_serves_the_parent(
         assert "open the runtime after the fork" in message
         assert rt.send("t", b"after").wait(5) is Outcome.DELIVERED  # the parent goes on
     assert sink.payloads() == [b"before", b"after"]
+
+
+TRACED_HOST = """
+import sys, threading, time
+from surelay import Runtime
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+
+
+class Printer(SpanExporter):
+    def export(self, spans):
+        for span in spans:
+            print("span", span.name, flush=True)
+        return SpanExportResult.SUCCESS
+
+
+# the usual order: surelay imported first, the SDK set up at startup, then the runtime
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(Printer()))
+trace.set_tracer_provider(provider)
+called = threading.Event()
+
+def slow(envelope):
+    called.set()
+    time.sleep(0.3)  # still running when the host's main code ends
+
+rt = Runtime.open(sys.argv[1], transports={"t": slow})
+rt.send("t", b"x")
+called.wait(10)
+print("main ends", flush=True)
+"""
+
+
+def test_spans_of_the_close_at_exit_reach_an_sdk_set_up_after_import(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", TRACED_HOST, str(tmp_path / "data")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    # the delivery ended during the close at exit, and its span was still exported
+    assert "span surelay.deliver" in lines[lines.index("main ends") :], done.stdout

@@ -326,6 +326,11 @@ class Runtime:
             runtime.close(timeout=1.0)
             raise
         _OPEN.add(runtime)
+        # Exit handlers run last-registered first: registered again now, the close at
+        # exit runs before those of what the host set up earlier (an OpenTelemetry SDK
+        # shuts down at exit), so that its spans are still exported.
+        atexit.unregister(_close_at_exit)
+        atexit.register(_close_at_exit)
         return runtime
 
     def close(self, timeout: float = 10.0) -> None:
