@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from surelay import Outcome, RuntimeClosed
+from surelay import Envelope, Outcome, Runtime, RuntimeClosed
+from surelay.errors import StorageError
+from surelay.storage.slots import holders
 
 from .helpers import Recorder, open_runtime
 
@@ -57,6 +59,10 @@ def test_a_host_that_dies_of_an_exception_exits_and_keeps_what_it_accepted(
     assert sorted(sink.payloads()) == sorted(b"%d" % i for i in range(50))
 
 
+def _sink(_envelope: Envelope) -> None:
+    pass
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_runtime_opened_before_a_fork_refuses_the_child_and_serves_the_parent(
     tmp_path: Path,
@@ -79,15 +85,23 @@ def test_a_runtime_opened_before_a_fork_refuses_the_child_and_serves_the_parent(
                 except RuntimeClosed:
                     pass
             rt.close()  # a no-op here: the parent owns it
+            # nor can the child open the directory again (LMDB's rule): it says why
+            try:
+                Runtime.open(tmp_path / "data", transports={"t": _sink})
+                message += "|opened again"
+            except StorageError as error:
+                message += f"|{error}"
             os.write(write, message.encode())
             os._exit(0)
         os.close(write)
         _, status = os.waitpid(pid, 0)
         with os.fdopen(read) as pipe:
             message = pipe.read()
-        assert os.waitstatus_to_exitcode(status) == 0
+        assert os.waitstatus_to_exitcode(status) == 0, message
         assert f"opened in process {os.getpid()} before a fork" in message
         assert "open the runtime after the fork" in message
+        assert "open in the process this one was forked from" in message
+        assert holders(tmp_path / "data") == {rt.slot: os.getpid()}  # still the parent's
         assert rt.send("t", b"after").wait(5) is Outcome.DELIVERED  # the parent goes on
     assert sink.payloads() == [b"before", b"after"]
 

@@ -165,8 +165,7 @@ def _disown_after_fork() -> None:
     """In a forked child: every runtime of the parent refuses to be used here."""
     parent = os.getppid()
     for runtime in list(_OPEN):
-        runtime._forked_from = parent
-        runtime._store.disown()  # the parent's slot stays the parent's alone
+        runtime._forked_from = parent  # its store is left to the parent (storage.store)
     _OPEN.clear()
 
 

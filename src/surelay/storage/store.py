@@ -11,6 +11,7 @@ import contextlib
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -38,6 +39,25 @@ T = TypeVar("T")
 
 _OPEN: set[Path] = set()
 _OPEN_LOCK = threading.Lock()
+_STORES: weakref.WeakSet[Store] = weakref.WeakSet()
+"""The stores open in this process (for a fork: see `_after_fork_in_child`)."""
+_INHERITED: list[Store] = []
+"""Stores a forked child inherited: kept, never closed (see `_after_fork_in_child`)."""
+
+
+def _after_fork_in_child() -> None:
+    """A forked child inherits the parent's open stores, which it must neither use (LMDB
+    environments do not survive a fork) nor close (closing would wait for the parent's
+    threads, which are not here, and touch the parent's slots in LMDB's shared reader
+    table). So each is kept for good and its slot left to the parent; py-lmdb then
+    refuses to open the same directory again in this process (see `Store.open`)."""
+    for store in list(_STORES):
+        store.disown()
+        _INHERITED.append(store)
+    _STORES.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +95,7 @@ class Store:
         self.clock = clock
         self._writer = writer
         self.slot_lock = slot
+        self._inherited = False
         self.slot = 0 if slot is None else slot.slot
         """The slot whose outbox `outbox` adds to and scans (0 for a store opened
         without `claim`)."""
@@ -117,6 +138,12 @@ class Store:
         check_path(path)
         real = Path(os.path.realpath(path))
         with _OPEN_LOCK:
+            if any(store.path == real for store in _INHERITED):
+                raise StorageError(
+                    f"{real} was open in the process this one was forked from, and LMDB "
+                    "cannot open it again in a forked child; open the runtime only after "
+                    "the fork (e.g. in the web framework's startup hook), never before it"
+                )
             if real in _OPEN:
                 raise StorageError(
                     f"{real} is already open in this process (LMDB forbids opening one "
@@ -151,7 +178,9 @@ class Store:
             with _OPEN_LOCK:
                 _OPEN.discard(real)
             raise
-        return cls(env, clock, writer, slot)
+        store = cls(env, clock, writer, slot)
+        _STORES.add(store)
+        return store
 
     # -- transactions --------------------------------------------------------------------
 
@@ -353,8 +382,8 @@ class Store:
     def close(self, timeout: float | None = 10.0) -> None:
         """Commit what is queued, stop the writer, close the environment, then give the
         slot back (never before: whoever takes it next must find every write done).
-        Idempotent."""
-        if self.env.closed:
+        Idempotent; a no-op in a forked child (see `disown`)."""
+        if self.env.closed or self._inherited:
             return
         try:
             self._writer.close(timeout)
@@ -366,8 +395,9 @@ class Store:
             self.slot_lock.release()
 
     def disown(self) -> None:
-        """Forget this store without touching the files (a forked child: the parent's
-        environment and slot must stay as they are)."""
+        """In a forked child: leave the store to the parent. Its slot's lock stays the
+        parent's; `close()` does nothing from now on."""
+        self._inherited = True
         if self.slot_lock is not None:
             self.slot_lock.disown()
 
