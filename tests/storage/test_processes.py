@@ -71,3 +71,38 @@ def test_two_processes_read_and_write_one_directory(tmp_path: Path) -> None:
     finally:
         if peer.poll() is None:
             peer.kill()
+
+
+HOLD_THE_WRITE_LOCK = """
+import sys, time
+from surelay.envelope import Envelope
+from surelay.storage import Store
+
+store = Store.open(sys.argv[1], map_size=1 << 20)
+with store.transaction() as txn:
+    store.outbox.enqueue(txn, Envelope("never", "t", b"x"), partition=0, due_at=0.0)
+    print("holding", flush=True)
+    time.sleep(60)  # killed here, inside its write transaction
+"""
+
+
+def test_a_process_killed_inside_its_write_transaction_does_not_wedge_the_others(
+    tmp_path: Path,
+) -> None:
+    """Worker processes share the directory's write lock (a robust mutex in LMDB's lock
+    file): one killed while it holds it must not block the others for ever."""
+    where = tmp_path / "d"
+    Store.open(where, map_size=1 << 20).close()
+    with Store.open(where, map_size=1 << 20) as store:
+        child = subprocess.Popen(
+            [sys.executable, "-c", HOLD_THE_WRITE_LOCK, str(where)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert child.stdout is not None and child.stdout.readline() == "holding\n"
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+        (entry,) = store.enqueue([(Envelope("after", "t", b"y"), 0)]).result(timeout=30)
+        with store.read() as txn:
+            assert store.outbox.get(txn, "after") == entry
+            assert store.outbox.get(txn, "never") is None  # its transaction never was
