@@ -1,8 +1,8 @@
 """The Sweeper: background retention, so the store does not grow without bound.
 
-Every `interval` clock seconds it removes expired dedup records (`dedup_ttl`) and, when
-`dead_letter_ttl` is set, dead letters that failed longer ago than that. Each sweep
-removes at most `SWEEP_LIMIT` records per table in one write, so a large backlog is
+Every `interval` clock seconds it removes expired dedup and inbox records (`dedup_ttl`)
+and, when `dead_letter_ttl` is set, dead letters that failed longer ago than that. Each
+sweep removes at most `SWEEP_LIMIT` records per table in one write, so a large backlog is
 worked off over several sweeps without holding the writer.
 """
 
@@ -54,7 +54,10 @@ class Sweeper(AlarmOwner):
             return None
         hub = self._hub
         now = hub.config.clock()
-        removed = {"dedup": hub.store.sweep_dedup(now=now, limit=SWEEP_LIMIT).result()}
+        removed = {
+            "dedup": hub.store.sweep_dedup(now=now, limit=SWEEP_LIMIT).result(),
+            "inbox": hub.store.sweep_inbox(now=now, limit=SWEEP_LIMIT).result(),
+        }
         if hub.config.dead_letter_ttl is not None:
             removed["dead_letters"] = hub.store.sweep_dead_letters(
                 hub.config.dead_letter_ttl, now=now, limit=SWEEP_LIMIT

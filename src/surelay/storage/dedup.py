@@ -17,9 +17,12 @@ __all__ = ["Dedup"]
 
 
 class Dedup:
-    def __init__(self, env: Environment, report: Report) -> None:
-        self._db = env.db("dedup")
-        self._exp = env.db("dedup_exp")
+    """The records of table `table` (and its expiry index `<table>_exp`)."""
+
+    def __init__(self, env: Environment, report: Report, table: str = "dedup") -> None:
+        self._table = table
+        self._db = env.db(table)
+        self._exp = env.db(table + "_exp")
         self._report = report
 
     def put(self, txn: Txn, key: str, *, delivered_at: float, expires_at: float) -> DedupRecord:
@@ -52,7 +55,7 @@ class Dedup:
         try:
             delivered_at, expires_at = decode_dedup(bytes(raw))
         except DecodeError as error:
-            self._report("dedup", k, bytes(raw), error)
+            self._report(self._table, k, bytes(raw), error)
             return None
         if expires_at <= now:
             return None
@@ -66,7 +69,7 @@ class Dedup:
             try:
                 expires_at = decode_dedup(bytes(raw))[1]
             except DecodeError as error:
-                self._report("dedup", bytes(k), bytes(raw), error)
+                self._report(self._table, bytes(k), bytes(raw), error)
                 continue
             if expires_at > now:
                 live.add(by_key[bytes(k)])
@@ -87,7 +90,7 @@ class Dedup:
                 try:
                     current = micros(decode_dedup(bytes(raw))[1]) == index_key[:8]
                 except DecodeError as error:
-                    self._report("dedup", k, bytes(raw), error)
+                    self._report(self._table, k, bytes(raw), error)
                     current = False
                 if current:
                     txn.delete(k, db=self._db)

@@ -46,6 +46,8 @@ TABLES = (
     "dedup_exp",
     "replay",
     "quarantine",
+    "inbox",
+    "inbox_exp",
 )
 HOST_TABLE_PREFIX = "host."
 

@@ -25,6 +25,7 @@ from surelay.errors import RetryTransaction, StorageError, StorageFull
 from surelay.storage.dead_letters import DeadLetters
 from surelay.storage.dedup import Dedup
 from surelay.storage.environment import Environment, Txn, check_path
+from surelay.storage.inbox import Inbox
 from surelay.storage.outbox import Outbox
 from surelay.storage.quarantine import Quarantine
 from surelay.storage.records import DEAD_LETTER_STATUSES, DeadLetter, OutboxEntry
@@ -108,6 +109,7 @@ class Store:
         self.outbox = Outbox(env, report, self.slot)
         self.dead_letters = DeadLetters(env, report)
         self.dedup = Dedup(env, report)
+        self.inbox = Inbox(env, report)
         self.replay_requests = ReplayRequests(env, report)
         self.status = RuntimeStatus(env, self.slot)
 
@@ -355,6 +357,11 @@ class Store:
         """Remove dedup records expired by `now` (default: the clock)."""
         at = self.clock() if now is None else now
         return self.write(lambda txn: self.dedup.sweep(txn, now=at, limit=limit))
+
+    def sweep_inbox(self, *, now: float | None = None, limit: int | None = None) -> Future[int]:
+        """Remove inbox records expired by `now` (default: the clock)."""
+        at = self.clock() if now is None else now
+        return self.write(lambda txn: self.inbox.sweep(txn, now=at, limit=limit))
 
     def sweep_dead_letters(
         self, ttl: float, *, now: float | None = None, limit: int | None = None
