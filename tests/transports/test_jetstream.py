@@ -19,8 +19,7 @@ from surelay import (
     TransientError,
 )
 from surelay.transports import JetStreamTransport, subject_by_key
-
-from ..nats_server import NatsServer, add_stream, cluster, run, stream_messages, wait_for
+from tests.nats_server import NatsServer, add_stream, cluster, run, stream_messages, wait_for
 
 FAST_RETRY = RuntimeConfig(
     retry=RetryPolicy(max_attempts=10_000, base_delay=0.05, max_delay=0.2),
