@@ -233,3 +233,36 @@ def test_one_keys_order_holds_across_asend_send_and_a_transaction(tmp_path: Path
         asyncio.run(main(rt))
         assert rt.flush(10)
     assert sink.payloads("k") == [b"%d" % i for i in range(90)]
+
+
+def test_a_turn_keeps_call_order_across_priorities(tmp_path: Path) -> None:
+    sink = Recorder()
+
+    async def main(rt: Runtime) -> None:
+        priorities = [Priority.HIGH, Priority.NORMAL, Priority.HIGH, Priority.LOW] * 5
+        await asyncio.gather(
+            *(rt.asend("t", b"%d" % i, key="k", priority=p) for i, p in enumerate(priorities))
+        )
+
+    with open_runtime(tmp_path, {"t": sink}) as rt:
+        asyncio.run(main(rt))
+        assert rt.flush(10)
+    assert sink.payloads("k") == [b"%d" % i for i in range(20)]
+
+
+def test_a_turn_over_the_bound_takes_what_fits(tmp_path: Path) -> None:
+    gate = Gate()
+    policy = PressurePolicy(capacity=100)
+
+    async def main(rt: Runtime) -> list[object]:
+        sends = [rt.asend("t", b"%d" % i) for i in range(20)]
+        return await asyncio.gather(*sends, return_exceptions=True)
+
+    with open_runtime(tmp_path, {"t": Recorder(gate)}, pressure=policy) as rt:
+        bound = hard_bound(Priority.NORMAL, policy)
+        rt.send_batch([{"transport": "t", "payload": b"f"}] * (bound - 5))
+        results = asyncio.run(main(rt))
+        gate.open()
+        assert rt.flush(10)
+    assert all(isinstance(r, Receipt) for r in results[:5])
+    assert all(isinstance(r, Overloaded) for r in results[5:])

@@ -151,3 +151,19 @@ def test_spans_of_the_close_at_exit_reach_an_sdk_set_up_after_import(tmp_path: P
     lines = done.stdout.splitlines()
     # the delivery ended during the close at exit, and its span was still exported
     assert "span surelay.deliver" in lines[lines.index("main ends") :], done.stdout
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_child_forked_after_close_may_open_the_directory(tmp_path: Path) -> None:
+    with open_runtime(tmp_path / "data", {"t": _sink}):
+        pass
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            with Runtime.open(tmp_path / "data", transports={"t": _sink}) as rt:
+                code = 0 if rt.send("t", b"x").wait(5) is Outcome.DELIVERED else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -73,6 +73,14 @@ def test_two_of_four_hosts_killed_for_good_their_outboxes_are_adopted(tmp_path: 
             return set().union(*(lines(work / f"delivered-{name}") for name in ("b", "d")))
 
         wait_until(lambda: accepted <= delivered(), 60, "the survivors to deliver everything")
+        # and each once: no message was dispatched by two runtimes
+        every = [
+            line
+            for name in ("b", "d")
+            for line in (work / f"delivered-{name}").read_text().split("\n")
+            if line
+        ]
+        assert len(every) == len(set(every)) == len(accepted)
         # nothing is left in the outbox of the directory, whatever slot it was in
         stats = surelay_json("stats", "--path", str(data))
         assert stats["outbox_pending"] == 0

@@ -78,6 +78,9 @@ class Hub:
     engines: Engines
     rng: random.Random = field(default_factory=random.Random)
     senders: tuple[Ref, ...] = ()
+    recovered: bool = False
+    """Set once the runtime has dispatched what its slot held at open (adoption waits
+    for it: an adopted entry could be scanned by that recovery too)."""
     scheduler: Ref | None = None
     sink: Ref | None = None
     replay_coordinator: Ref | None = None

@@ -79,16 +79,21 @@ class Recovery:
 
     def adopt(self, slot: int) -> int:
         """Move slot `slot`'s outbox into this runtime's and dispatch it; returns how
-        many entries moved. The caller holds `slot`'s lock."""
-        store = self._hub.store
+        many entries moved. Entries for transports this runtime was not given stay
+        where they are, for a runtime that has them. The caller holds `slot`'s lock."""
+        hub = self._hub
+        store = hub.store
         moved = 0
         orphans: dict[str, int] = {}
+        start: bytes | None = None
         while True:
-            chunk = store.adopt(slot, limit=CHUNK).result()
-            if not chunk:
-                break
+            chunk, start = store.adopt(
+                slot, limit=CHUNK, accept=hub.transports.__contains__, start=start
+            ).result()
             moved += len(chunk)
             self.dispatch(chunk, orphans)
+            if start is None:
+                break
         if moved:
             logger.warning(
                 "adopted %d message(s) from slot %d of %s, whose runtime is gone",

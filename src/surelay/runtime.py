@@ -209,6 +209,8 @@ class RuntimeStats:
     breakers: Mapping[str, str]
     calls_in_flight: Mapping[str, int]
     """Transport calls running now, per transport (at most its concurrency)."""
+    received: int = 0
+    """Inbound messages taken from sources (`consume`) since open."""
 
 
 class Runtime:
@@ -321,6 +323,7 @@ class Runtime:
         snapshot.append(runtime._status)
         try:
             recovery.recover()
+            hub.recovered = True
         except BaseException:
             runtime.close(timeout=1.0)
             raise
@@ -503,8 +506,8 @@ class Runtime:
         return await answer
 
     def _write_turn(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Write one turn's `asend`s (see `_Turn`): one write per priority among them
-        (each priority has its own bound on messages in flight)."""
+        """Write one turn's `asend`s (see `_Turn`). A turn taken here just before a
+        `close()` began is refused by it (`RuntimeClosed`: nothing accepted)."""
         with self._turn_lock:
             turn = self._turns.pop(loop, None)
         if turn is not None:
@@ -520,19 +523,57 @@ class Runtime:
             self._write_turn_now(loop, turn)
 
     def _write_turn_now(self, loop: asyncio.AbstractEventLoop, turn: _Turn) -> None:
-        groups: dict[Priority, list[int]] = {}
-        for index, checked in enumerate(turn.checked):
-            groups.setdefault(checked[4], []).append(index)
-        for indexes in groups.values():
-            if len(indexes) == len(turn.checked):  # one priority: the usual case
-                self._write_group(loop, turn.checked, turn.spans, turn.answers)
-                continue
-            spans = turn.spans
+        """Each run of consecutive calls of one priority is written as one group, in
+        call order (each priority has its own bound on messages in flight)."""
+        count = len(turn.checked)
+        start = 0
+        while start < count:
+            priority = turn.checked[start][4]
+            end = start + 1
+            while end < count and turn.checked[end][4] is priority:
+                end += 1
+            if start == 0 and end == count:  # one priority: the usual case
+                self._write_run(loop, priority, turn.checked, turn.spans, turn.answers)
+            else:
+                self._write_run(
+                    loop,
+                    priority,
+                    turn.checked[start:end],
+                    None if turn.spans is None else turn.spans[start:end],
+                    turn.answers[start:end],
+                )
+            start = end
+
+    def _write_run(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        priority: Priority,
+        checked: list[_Checked],
+        spans: list[Any] | None,
+        answers: list[asyncio.Future[Receipt]],
+    ) -> None:
+        """Write what fits under the priority's bound on messages in flight; refuse the
+        rest (`Overloaded`), as separate sends would have been."""
+        room = hard_bound(priority, self._config.pressure) - self._hub.tracker.pending
+        if len(checked) <= room:
+            self._write_group(loop, checked, spans, answers)
+            return
+        fits = max(0, room)
+        try:
+            self._refuse(
+                [transport for transport, _, _, _, _, _ in checked[fits:]],
+                (priority,),
+                "capacity",
+                self._hub.pressure.retry_after,
+                f"{self._hub.tracker.pending} messages are in flight, at the bound",
+            )
+        except Overloaded as refused:
+            _end_spans(None if spans is None else spans[fits:], refused)
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(_answer_each, answers[fits:], [], refused)
+        if fits:
             self._write_group(
-                loop,
-                [turn.checked[i] for i in indexes],
-                None if spans is None else [spans[i] for i in indexes],
-                [turn.answers[i] for i in indexes],
+                loop, checked[:fits], None if spans is None else spans[:fits], answers[:fits]
             )
 
     def _write_group(
@@ -553,7 +594,10 @@ class Runtime:
             return
         durable = pending.durable
         if durable is None:  # BEST_EFFORT: nothing to wait for
-            answer(self._finish(pending, pending.entries), None)
+            try:
+                answer(self._finish(pending, pending.entries), None)
+            except Exception as error:
+                answer([], error)
             return
 
         def ended(done: Future[list[OutboxEntry]]) -> None:  # on the writer thread

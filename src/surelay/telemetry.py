@@ -40,11 +40,13 @@ __all__ = [
     "ATTR_PRIORITY",
     "ATTR_REASON",
     "ATTR_REASON_CLASS",
+    "ATTR_SOURCE_MESSAGE_ID",
     "ATTR_TRANSPORT",
     "NAME",
     "SPAN_DEAD_LETTER",
     "SPAN_DELIVER",
     "SPAN_PRESSURE",
+    "SPAN_RECEIVE",
     "SPAN_REPLAY",
     "SPAN_RETRY",
     "SPAN_SEND",
@@ -67,6 +69,9 @@ SPAN_RETRY = "surelay.retry"
 SPAN_DEAD_LETTER = "surelay.dead_letter"
 SPAN_REPLAY = "surelay.replay"
 SPAN_PRESSURE = "surelay.pressure"
+SPAN_RECEIVE = "surelay.receive"
+"""One inbound message taken from a source (`rt.consume`), child of the producer's
+span when the message carries a `traceparent`."""
 
 ATTR_MESSAGE_ID = "surelay.message_id"
 ATTR_TRANSPORT = "surelay.transport"
@@ -80,6 +85,9 @@ ATTR_PRIORITY = "surelay.priority"
 ATTR_REASON = "surelay.reason"
 """Why a send was refused: `critical`, `capacity`, `rate_per_key`."""
 
+ATTR_SOURCE_MESSAGE_ID = "surelay.source.message_id"
+"""The inbound message's id at its source (the inbox key)."""
+
 TRACEPARENT = "traceparent"
 
 COUNTERS = (
@@ -90,6 +98,7 @@ COUNTERS = (
     "duplicates",
     "refused",
     "replayed",
+    "received",
 )
 """`surelay.messages.<name>` counters, each with a `surelay.transport` attribute."""
 

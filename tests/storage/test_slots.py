@@ -8,6 +8,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import lmdb
 import msgpack
 import pytest
 
@@ -15,6 +16,7 @@ from surelay.envelope import Envelope
 from surelay.errors import StorageError
 from surelay.storage import ReplayRequest, Store, codec
 from surelay.storage import slots as slots_module
+from surelay.storage.keys import u64
 from surelay.storage.outbox import Outbox
 from surelay.storage.slots import SlotLock, holders, lock_path, slot_numbers
 
@@ -119,10 +121,12 @@ def test_each_slot_sees_only_its_own_outbox_and_adopts_another(tmp_path: Path) -
             assert store.outbox.get(txn, "b") is not None  # lookups by id reach every slot
             assert store.outbox.count(txn) == 4  # the whole directory
             assert store.outbox.holds(txn, 3) and not store.outbox.holds(txn, 2)
-        moved = store.adopt(3, limit=2).result()
-        assert [e.envelope.message_id for e in moved] == ["a", "b"]
-        moved += store.adopt(3, limit=2).result()
-        assert store.adopt(3).result() == []
+        moved, following = store.adopt(3, limit=2).result()
+        assert [e.envelope.message_id for e in moved] == ["a", "b"] and following is not None
+        rest, following = store.adopt(3, limit=2, start=following).result()
+        assert following is None  # looked at the last one
+        moved += rest
+        assert store.adopt(3).result() == ([], None)
         assert sorted(e.envelope.message_id for e in moved) == ["a", "b", "c"]
         with store.read() as txn:
             assert [e.envelope.message_id for e in store.outbox.scan(txn)] == [
@@ -185,3 +189,58 @@ def test_a_replay_request_stored_before_owners_existed_still_reads() -> None:
     assert codec.decode(ReplayRequest, old) == ReplayRequest(id="r1", created_at=1.0)
     with pytest.raises(codec.DecodeError, match="expected 11 fields, got 4"):
         codec.decode(ReplayRequest, msgpack.packb([1, "r1", 1.0, None]))
+
+
+def test_adoption_leaves_what_the_adopter_cannot_deliver(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "d", map_size=1 << 20, claim=True) as store:
+        theirs = _slot_outbox(store, 2)
+        with store.env.write() as txn:
+            theirs.enqueue_many(
+                txn,
+                [(Envelope(f"m{i}", "other" if i % 2 else "t", b""), 0) for i in range(5)],
+                due_at=1.0,
+            )
+        moved, following = store.adopt(
+            2, limit=10, accept=lambda transport: transport == "t"
+        ).result()
+        assert [e.envelope.message_id for e in moved] == ["m0", "m2", "m4"]
+        assert following is None
+        with store.read() as txn:
+            assert [e.envelope.message_id for e in theirs.scan(txn)] == ["m1", "m3"]
+
+
+def test_a_claim_made_after_reading_pending_still_sees_the_live_owner(tmp_path: Path) -> None:
+    """Two runtimes read `pending` and both try to claim: the second one's claim must
+    see that the first (alive) has it."""
+    with Store.open(tmp_path / "d", map_size=1 << 20) as store:
+        request = ReplayRequest(id="r1", created_at=1.0)
+        store.write(lambda txn: store.replay_requests.put(txn, request)).result()
+        first = store.write(
+            lambda txn: store.replay_requests.claim(txn, "r1", slot=1, live={1, 2})
+        ).result()
+        assert first is not None and first.owner == 1
+        second = store.write(
+            lambda txn: store.replay_requests.claim(txn, "r1", slot=2, live={1, 2})
+        ).result()
+        assert second is None
+
+
+def test_an_old_layout_is_not_migrated_under_a_running_old_runtime(tmp_path: Path) -> None:
+    where = tmp_path / "d"
+    with Store.open(where, map_size=1 << 20):
+        pass
+    env = lmdb.open(str(where), max_dbs=64)
+    meta = env.open_db(b"meta")
+    with env.begin(write=True) as txn:
+        txn.put(b"schema", u64(2), db=meta)
+    env.close()
+    old_runtime, slot = _holder(where)  # holds owner.lock, as a single-owner runtime did
+    try:
+        assert slot == 0
+        with pytest.raises(StorageError, match=f"older surelay in process {old_runtime.pid}"):
+            Store.open(where, map_size=1 << 20)
+    finally:
+        old_runtime.kill()
+        old_runtime.wait(10)
+    with Store.open(where, map_size=1 << 20, claim=True) as store:  # gone: migrated now
+        assert store.slot == 0

@@ -195,7 +195,7 @@ class ReplayCoordinator(AlarmOwner):
             raise KeyError(f"no replay request {request_id!r}")
         if found.status in ("done", "failed"):
             return None
-        live = holders(store.path) if found.status == "running" else ()
+        live = holders(store.path)  # read now: the status may change before the write
         request = store.write(
             lambda txn: store.replay_requests.claim(txn, request_id, slot=store.slot, live=live)
         ).result()

@@ -55,8 +55,9 @@ class SlotKeeper(AlarmOwner):
                 self._alarm.set(time.monotonic() + EVERY)
 
     def _look(self) -> dict[int, int]:
+        """Adopt what can be adopted; {slot: messages adopted} for each slot tried."""
         store = self._hub.store
-        if store.env.closed or not self._hub.senders:  # closed, or still being wired
+        if store.env.closed or not self._hub.recovered:  # closed, or still opening
             return {}
         adopted = {}
         for slot in slot_numbers(store.path):

@@ -26,6 +26,7 @@ import lmdb
 from surelay.errors import SchemaMismatch, StorageError, StorageFull
 from surelay.storage.keys import from_u64, u64
 from surelay.storage.migrations import MIGRATIONS
+from surelay.storage.slots import SlotLock, holders
 
 __all__ = ["SCHEMA_VERSION", "TABLES", "Environment", "Txn", "keys_with_prefix"]
 
@@ -35,6 +36,8 @@ Txn = Any  # lmdb.Transaction: py-lmdb ships no type information
 T = TypeVar("T")
 
 SCHEMA_VERSION = 3
+SINGLE_OWNER_UNTIL = 2
+"""The last schema of the single-owner layout (one runtime per directory, no slots)."""
 TABLES = (
     "meta",
     "outbox",
@@ -348,15 +351,44 @@ def _check_schema(env: Any, dbs: dict[str, Any], where: Path) -> None:
                 f"{where} was written by a newer surelay (schema {found}); this version "
                 f"reads schema {SCHEMA_VERSION} and older: upgrade surelay to open it"
             )
-        while found < SCHEMA_VERSION:
-            migrate = MIGRATIONS.get(found)
-            if migrate is None:
-                raise SchemaMismatch(
-                    f"{where} uses schema {found}, which this surelay cannot migrate to "
-                    f"{SCHEMA_VERSION}; open it with the surelay release that wrote it and "
-                    "drain it first"
-                )
-            migrate(env, txn, dbs)
-            found += 1
-            txn.put(b"schema", u64(found), db=meta)
-            logger.warning("migrated %s to schema %d", where, found)
+        if found == SCHEMA_VERSION:
+            return
+        single_owner = None
+        if found <= SINGLE_OWNER_UNTIL:
+            single_owner = _hold_single_owner_lock(where)
+        try:
+            _migrate(env, txn, dbs, where, found)
+        finally:
+            if single_owner is not None:
+                single_owner.release()
+
+
+def _hold_single_owner_lock(where: Path) -> SlotLock:
+    """The lock of a runtime of the single-owner layout (slot 0's): a directory of that
+    layout is migrated only while no such runtime runs, since it would go on writing
+    the old layout underneath the new one."""
+    lock = SlotLock.try_take(where, 0)
+    if lock is None:
+        pid = holders(where).get(0)
+        who = f"process {pid}" if pid else "another process"
+        raise StorageError(
+            f"{where} is held by a runtime of an older surelay in {who}; stop it before "
+            "opening the directory with this version (which migrates it to a new layout)"
+        )
+    return lock
+
+
+def _migrate(env: Any, txn: Any, dbs: dict[str, Any], where: Path, found: int) -> None:
+    """Upgrade from schema `found` to `SCHEMA_VERSION`, one version at a time, in `txn`."""
+    while found < SCHEMA_VERSION:
+        migrate = MIGRATIONS.get(found)
+        if migrate is None:
+            raise SchemaMismatch(
+                f"{where} uses schema {found}, which this surelay cannot migrate to "
+                f"{SCHEMA_VERSION}; open it with the surelay release that wrote it and "
+                "drain it first"
+            )
+        migrate(env, txn, dbs)
+        found += 1
+        txn.put(b"schema", u64(found), db=dbs["meta"])
+        logger.warning("migrated %s to schema %d", where, found)

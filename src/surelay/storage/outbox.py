@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 from surelay.envelope import Envelope
@@ -220,20 +220,32 @@ class Outbox:
                     break
         return out
 
-    def adopt(self, txn: Txn, slot: int, *, limit: int) -> list[OutboxEntry]:
-        """Move up to `limit` entries of `slot` (whose runtime is gone) into this slot,
-        in acceptance order, keeping their sequence numbers, partitions and due times;
-        returns the moved entries that decode (one that does not is moved too, and
-        reported)."""
+    def adopt(
+        self,
+        txn: Txn,
+        slot: int,
+        *,
+        limit: int,
+        accept: Callable[[str], bool] | None = None,
+        start: bytes | None = None,
+    ) -> tuple[list[OutboxEntry], bytes | None]:
+        """Move entries of `slot` (whose runtime is gone) into this slot, keeping their
+        sequence numbers, partitions and due times: those whose transport `accept`s
+        (all by default), among up to `limit` entries looked at from location `start`.
+        Returns the moved entries that decode, in acceptance order, and where to go on
+        from (None: nothing of `slot` is left to look at). An entry that does not decode
+        is moved too, and reported."""
         if slot == self.slot:
             raise ValueError(f"slot {slot} is this outbox's own")
         theirs = u16(slot)
-        moved = list(itertools.islice(keys_with_prefix(txn, self._main, theirs), limit))
+        looked = list(itertools.islice(keys_with_prefix(txn, self._main, theirs, start), limit))
         out = []
-        for old in moved:
+        for old in looked:
             raw = bytes(txn.get(old, db=self._main))
-            new = self._slot_key + old[2:]
             entry = decode_or_report(OutboxEntry, "outbox", old, raw, self._report)
+            if entry is not None and accept is not None and not accept(entry.envelope.transport):
+                continue  # left for a runtime that has its transport
+            new = self._slot_key + old[2:]
             txn.delete(old, db=self._main)
             txn.put(new, raw, db=self._main)
             if entry is None:
@@ -245,7 +257,8 @@ class Outbox:
                 txn.put(when + new, b"", db=self._due)
             out.append(entry)
         out.sort(key=lambda entry: entry.seq)
-        return out
+        following = None if len(looked) < limit else looked[-1] + b"\x00"
+        return out, following
 
     def holds(self, txn: Txn, slot: int) -> bool:
         """Whether `slot` has any entry."""

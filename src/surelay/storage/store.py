@@ -53,6 +53,8 @@ def _after_fork_in_child() -> None:
     table). So each is kept for good and its slot left to the parent; py-lmdb then
     refuses to open the same directory again in this process (see `Store.open`)."""
     for store in list(_STORES):
+        if store.env.closed:
+            continue
         store.disown()
         _INHERITED.append(store)
     _STORES.clear()
@@ -236,10 +238,19 @@ class Store:
 
         return self.write(op)
 
-    def adopt(self, slot: int, *, limit: int = 1000) -> Future[list[OutboxEntry]]:
-        """Move up to `limit` outbox entries of `slot` (whose runtime is gone: hold its
-        lock while calling) into this store's slot, in one transaction."""
-        return self.write(lambda txn: self.outbox.adopt(txn, slot, limit=limit))
+    def adopt(
+        self,
+        slot: int,
+        *,
+        limit: int = 1000,
+        accept: Callable[[str], bool] | None = None,
+        start: bytes | None = None,
+    ) -> Future[tuple[list[OutboxEntry], bytes | None]]:
+        """`Outbox.adopt` in one transaction (hold `slot`'s lock while calling: its
+        runtime must be gone)."""
+        return self.write(
+            lambda txn: self.outbox.adopt(txn, slot, limit=limit, accept=accept, start=start)
+        )
 
     def reschedule(
         self, message_id: str, *, attempt: int, due_at: float
@@ -398,6 +409,7 @@ class Store:
         finally:
             with _OPEN_LOCK:
                 _OPEN.discard(self.path)
+            _STORES.discard(self)
         if self.slot_lock is not None:
             self.slot_lock.release()
 
