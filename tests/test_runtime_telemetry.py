@@ -28,7 +28,10 @@ from surelay import (
     RetryPolicy,
     TransientError,
 )
+from surelay.sources import JetStreamSource
 from surelay.telemetry import DURATION_BUCKETS
+from tests.nats_server import NatsServer, add_stream, wait_for
+from tests.sources.test_jetstream import publish
 
 from .helpers import Recorder, open_runtime
 
@@ -275,3 +278,29 @@ def test_asends_of_one_turn_each_continue_their_own_callers_trace(tmp_path: Path
         send = sends[message_id]
         assert send.parent is not None
         assert send.parent.span_id == request.get_span_context().span_id
+
+
+def test_a_consumed_message_continues_the_producers_trace(tmp_path: Path) -> None:
+    """The producer's `traceparent` (a NATS header) is the parent of the message's
+    `surelay.receive` span, whose child each delivery attempt is; `received` counts it."""
+    producer = trace.get_tracer("producer").start_span("publish order")
+    context = producer.get_span_context()
+    traceparent = f"00-{context.trace_id:032x}-{context.span_id:016x}-01"
+    handler = Recorder()
+    with NatsServer(tmp_path / "nats") as server:
+        add_stream(server.url, name="ORDERS", subjects=["orders.>"])
+        publish(server.url, [("orders.t", b"x", {"traceparent": traceparent})])
+        with open_runtime(tmp_path / "d", {"noop": Recorder()}) as rt:
+            rt.consume(JetStreamSource(server.url, "ORDERS", durable="t"), handler, name="in")
+            wait_for(lambda: len(handler.delivered) == 1, 30, "the message")
+            assert rt.flush(10)
+    producer.end()
+    (receive,) = spans("surelay.receive")
+    (deliver,) = spans("surelay.deliver")
+    assert receive.parent is not None and receive.parent.span_id == context.span_id
+    assert receive.context is not None and receive.context.trace_id == context.trace_id
+    assert deliver.parent is not None and deliver.parent.span_id == receive.context.span_id
+    assert receive.attributes is not None
+    assert receive.attributes["surelay.source.nats-stream"] == "ORDERS"
+    received = metric_points()["surelay.messages.received"]
+    assert [(p.attributes, p.value) for p in received] == [({"surelay.transport": "in"}, 1)]

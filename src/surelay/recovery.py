@@ -59,18 +59,24 @@ class Recovery:
         with self._lock:
             return dict(self._orphans)
 
-    def recover(self) -> int:
-        """Dispatch this slot's outbox (what an earlier run left); returns how many."""
+    def recover(self, transport: str | None = None) -> int:
+        """Dispatch this slot's outbox (what an earlier run left), or only its entries
+        for `transport` (one added since: they were orphans); returns how many."""
         store = self._hub.store
         after = 0
         recovered = 0
         orphans: dict[str, int] = {}
+        if transport is not None:
+            with self._lock:
+                self._orphans.pop(transport, None)
         while True:
             with store.read() as txn:
                 chunk = store.outbox.scan(txn, after=after, limit=CHUNK)
             if not chunk:
                 break
             after = chunk[-1].seq
+            if transport is not None:
+                chunk = [e for e in chunk if e.envelope.transport == transport]
             recovered += self.dispatch(chunk, orphans)
         if recovered:
             logger.info("recovered %d message(s) from the outbox of %s", recovered, store.path)

@@ -35,6 +35,7 @@ from surelay.actors.sender import PartitionState
 from surelay.actors.status import Snapshot
 from surelay.backlog import RetryBacklog
 from surelay.config import RuntimeConfig
+from surelay.consumers import Consumers
 from surelay.dead_letter_ops import DeadLetters
 from surelay.delivery import Engines
 from surelay.delivery.breakers import Breakers
@@ -226,9 +227,11 @@ class Runtime:
         *,
         replays: ReplayState,
         recovery: Recovery,
+        consumers: Consumers,
     ):
         self._store = store
         self._recovery = recovery
+        self._consumers = consumers
         self._replays = replays
         self._hub = hub
         self._root = root
@@ -273,17 +276,17 @@ class Runtime:
         config = RuntimeConfig() if config is None else config
         if not isinstance(config, RuntimeConfig):
             raise TypeError(f"config must be a RuntimeConfig, got {type(config).__name__}")
-        transports = _check_transports(transports)
+        table = _check_transports(transports)  # rt.consume adds to it
         store = Store.open(path, map_size=config.map_size, clock=config.clock, claim=True)
         telemetry = Telemetry()  # observes the runtime's gauges once it exists
         engines: Engines | None = None
         try:
-            breakers = Breakers(config.breaker, transports)
-            engines = Engines(transports, config, breakers, telemetry)
+            breakers = Breakers(config.breaker, table)
+            engines = Engines(table, config, breakers, telemetry)
             hub = Hub(
                 store=store,
                 config=config,
-                transports=transports,
+                transports=MappingProxyType(table),
                 tracker=Tracker(),
                 counters=Counters(telemetry),
                 telemetry=telemetry,
@@ -307,10 +310,20 @@ class Runtime:
             telemetry.close()
             store.close()
             raise
-        runtime = cls(store, hub, root, states, replays=replays, recovery=recovery)
         senders = root.child("senders")
         replay = root.child("replay")
+        sources = root.child("sources")
         assert isinstance(senders, SupervisorRef) and isinstance(replay, SupervisorRef)
+        assert isinstance(sources, SupervisorRef)
+        runtime = cls(
+            store,
+            hub,
+            root,
+            states,
+            replays=replays,
+            recovery=recovery,
+            consumers=Consumers(hub, table, recovery, sources),
+        )
         hub.governor = root.child("governor")
         hub.scheduler = root.child("retry")
         hub.sink = root.child("dead_letters")
@@ -365,6 +378,8 @@ class Runtime:
     def _drain(self, deadline: float) -> None:
         """Let the work in hand end, until `deadline`; then stop the tree."""
         try:
+            # take nothing new from sources (what they hold stays with them)
+            self._consumers.pause(max(0.1, min(2.0, deadline - time.monotonic())))
             while self._busy() and time.monotonic() < deadline:
                 self._hub.tracker.wait_change(min(0.02, max(0.0, deadline - time.monotonic())))
             # from here no call starts (a retry coming due now stays in the outbox, its
@@ -1026,6 +1041,33 @@ class Runtime:
         if pending:
             deliver(self._hub.senders, pending)
 
+    def consume(
+        self,
+        source: Any,
+        handler: Callable[..., Any],
+        *,
+        name: str,
+        key: Callable[[Envelope], str | None] | None = None,
+        priority: Priority = Priority.NORMAL,
+    ) -> None:
+        """Take messages from `source` (a `surelay.sources.JetStreamSource`) and deliver
+        each to `handler` (a transport-shaped callable, sync or async) with all of
+        surelay's delivery machinery, as transport `name`: retries, breaker, per-key order
+        by `key(envelope)`, dead letters, replay and telemetry.
+
+        A message is acknowledged to its source only once it is durable in the outbox;
+        the inbox, keyed by (`name`, the source's message id), drops a redelivery seen
+        within `dedup_ttl` (counted in `stats().duplicates`). Pulling stops while the
+        pressure level would refuse a send of `priority`. Returns at once; a source that
+        cannot be reached is tried again (`health()["sources"]`). Raises `ValueError`
+        or `TypeError` for bad arguments (a `name` already taken among others),
+        `RuntimeClosed` once closed.
+        """
+        self._refuse_if_forked()
+        if self._closing:
+            raise RuntimeClosed("the runtime is closed (or closing); nothing was consumed")
+        self._consumers.add(source, handler, name=name, key=key, priority=priority)
+
     def table(self, name: str) -> Any:
         """The handle of the host's own named database `name`, for `txn.get/put(...,
         db=handle)` inside `transaction()`."""
@@ -1100,6 +1142,7 @@ class Runtime:
             "breakers": breakers,
             "engines": engines,
             "orphaned": self._recovery.orphans,
+            "sources": self._consumers.health(),
         }
 
     @property
@@ -1175,7 +1218,7 @@ class Runtime:
         }
 
 
-def _check_transports(transports: object) -> Mapping[str, Transport]:
+def _check_transports(transports: object) -> dict[str, Transport]:
     if not isinstance(transports, Mapping) or not transports:
         raise ValueError("transports must be a non-empty mapping of name to callable")
     checked: dict[str, Transport] = {}
@@ -1185,7 +1228,7 @@ def _check_transports(transports: object) -> Mapping[str, Transport]:
         if not callable(transport):
             raise TypeError(f"transport {name!r} must be callable (Envelope) -> None")
         checked[name] = transport
-    return MappingProxyType(checked)
+    return checked
 
 
 def _actor_health(

@@ -6,6 +6,7 @@ root Supervisor "surelay" (one_for_one)
 ├── retry          RetryScheduler: timer heap of held messages
 ├── dead_letters   DeadLetterSink: stores terminal failures
 ├── senders        Supervisor: Sender "sender-<i>" per partition
+├── sources        Supervisor: SourceConsumer "source-<name>" per `rt.consume`
 ├── sweeper        Sweeper: dedup and dead-letter retention
 ├── status         StatusReporter: publishes stats() to the store for `surelay stats`
 ├── slots          SlotKeeper: adopts the outbox of slots whose runtime died
@@ -59,6 +60,9 @@ def tree(
         # A poison message crashes its sender at most twice before it is dead-lettered,
         # so only a sender that cannot run at all should exhaust this.
         Supervisor.spec("senders", senders, intensity=max(20, 10 * partitions), period=1.0),
+        # after the senders (it hands them what it takes, and stops before them); its
+        # children are added by rt.consume
+        Supervisor.spec("sources", [], intensity=10, period=5.0),
         ChildSpec("sweeper", Sweeper, args=(hub,)),
         ChildSpec("status", StatusReporter, args=(hub, snapshot)),
         # after the senders: it hands them what it adopts (and stops before them)

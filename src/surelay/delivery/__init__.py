@@ -33,6 +33,13 @@ def ack_timeout_of(config: RuntimeConfig, name: str, transport: object) -> float
     return float(own) if isinstance(own, int | float) else config.ack_timeout
 
 
+def _prepare(config: RuntimeConfig, name: str, transport: object) -> None:
+    """Tell a transport with a `prepare(concurrency)` method its bound on calls."""
+    prepare = getattr(transport, "prepare", None)
+    if callable(prepare):
+        prepare(config.concurrency_for(name))
+
+
 class Engines(Mapping[str, Engine]):
     """The engine of each transport, by transport name."""
 
@@ -45,29 +52,43 @@ class Engines(Mapping[str, Engine]):
     ) -> None:
         self.loop: EventLoop | None = None
         self._engines: dict[str, Engine] = {}
+        self._config = config
+        self._breakers = breakers
+        self._telemetry = telemetry
         for name, transport in transports.items():  # all first: a refusal starts nothing
-            prepare = getattr(transport, "prepare", None)
-            if callable(prepare):
-                prepare(config.concurrency_for(name))
+            _prepare(config, name, transport)
         for name, transport in transports.items():
-            common: dict[str, Any] = {
-                "limit": config.concurrency_for(name),
-                "ack_timeout": ack_timeout_of(config, name, transport),
-                "breakers": breakers,
-                "telemetry": telemetry,
-                "clock": config.clock,
-            }
-            if is_coroutine_transport(transport):
-                if self.loop is None:
-                    self.loop = EventLoop()
-                closer = getattr(transport, "aclose", None)
-                if callable(closer):
-                    self.loop.on_close(closer)
-                self._engines[name] = LoopEngine(name, transport, loop=self.loop, **common)
-            else:
-                self._engines[name] = ThreadEngine(name, transport, **common)
+            self._engines[name] = self._engine(name, transport)
         if self.loop is not None:
             self.loop.start()
+
+    def add(self, name: str, transport: Callable[..., Any]) -> Engine:
+        """An engine for a transport added while the runtime runs (`rt.consume`)."""
+        if name in self._engines:
+            raise ValueError(f"transport {name!r} has an engine already")
+        _prepare(self._config, name, transport)
+        engine = self._engines[name] = self._engine(name, transport)
+        if self.loop is not None:
+            self.loop.start()  # a no-op once started
+        return engine
+
+    def _engine(self, name: str, transport: Callable[..., Any]) -> Engine:
+        config = self._config
+        common: dict[str, Any] = {
+            "limit": config.concurrency_for(name),
+            "ack_timeout": ack_timeout_of(config, name, transport),
+            "breakers": self._breakers,
+            "telemetry": self._telemetry,
+            "clock": config.clock,
+        }
+        if not is_coroutine_transport(transport):
+            return ThreadEngine(name, transport, **common)
+        if self.loop is None:
+            self.loop = EventLoop()
+        closer = getattr(transport, "aclose", None)
+        if callable(closer):
+            self.loop.on_close(closer)
+        return LoopEngine(name, transport, loop=self.loop, **common)
 
     def __getitem__(self, name: str) -> Engine:
         return self._engines[name]

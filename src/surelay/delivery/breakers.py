@@ -22,6 +22,11 @@ class Breakers:
         self._lock = threading.Lock()
         self._states = {name: BreakerState() for name in transports}
 
+    def add(self, transport: str) -> None:
+        """A breaker for a transport added while the runtime runs (`rt.consume`)."""
+        with self._lock:
+            self._states.setdefault(transport, BreakerState())
+
     def allow(self, transport: str, now: float) -> tuple[float, float | None]:
         """`(0, ticket)` if a call to `transport` may go now (a half-open breaker counts
         it as a probe), else `(seconds until one may, None)`. Give the ticket back to

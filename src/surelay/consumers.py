@@ -1,0 +1,107 @@
+"""`Consumers`: the runtime's inbound side, what `rt.consume` adds.
+
+Each consumer's handler becomes a transport of the runtime named after the consumer
+(its own engine, breaker, retries, dead letters and replay), and a `SourceConsumer`
+child of the "sources" supervisor pulls its source into the outbox (`surelay.intake`).
+Messages of that transport left in this runtime's outbox by an earlier run are
+dispatched as soon as it is added (until then there was no handler for them).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from surelay.actors.consumer import ConsumerState, Pause, SourceConsumer
+from surelay.envelope import Envelope, Priority
+from surelay.intake import Intake
+from surelay.supervision import ChildSpec, SupervisorRef
+
+if TYPE_CHECKING:
+    from surelay.hub import Hub
+    from surelay.recovery import Recovery
+
+__all__ = ["Consumers"]
+
+
+class Consumers:
+    def __init__(
+        self,
+        hub: Hub,
+        transports: MutableMapping[str, Callable[..., Any]],
+        recovery: Recovery,
+        sources: SupervisorRef,
+    ) -> None:
+        self._hub = hub
+        self._transports = transports
+        self._recovery = recovery
+        self._sources = sources
+        self._lock = threading.Lock()
+        self._states: dict[str, ConsumerState] = {}
+
+    def add(
+        self,
+        source: Any,
+        handler: Callable[..., Any],
+        *,
+        name: str,
+        key: Callable[[Envelope], str | None] | None,
+        priority: Priority,
+    ) -> None:
+        _check(source, handler, name, key, priority)
+        with self._lock:
+            if name in self._transports:
+                raise ValueError(
+                    f"{name!r} is taken (a transport or a consumer of this runtime has it); "
+                    "give the consumer a name of its own"
+                )
+            hub = self._hub
+            hub.engines.add(name, handler)  # may refuse the handler: nothing added then
+            hub.breakers.add(name)
+            self._transports[name] = handler
+            description = str(getattr(source, "description", type(source).__name__))
+            state = self._states[name] = ConsumerState(name, description)
+        intake = Intake(hub, name, key, priority)
+        self._recovery.recover(transport=name)
+        self._sources.start_child(
+            ChildSpec(f"source-{name}", SourceConsumer, args=(source, intake, state))
+        )
+
+    def pause(self, timeout: float) -> None:
+        """Stop every consumer pulling (close() does so first)."""
+        with self._lock:
+            names = list(self._states)
+        for name in names:
+            self._states[name].paused = True
+            try:
+                self._sources.child(f"source-{name}").ask(Pause(timeout), timeout=timeout + 1)
+            except Exception:  # stopped already, or slow: the tree's stop ends it
+                continue
+
+    def health(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return {name: state.health() for name, state in self._states.items()}
+
+
+def _check(
+    source: Any,
+    handler: Callable[..., Any],
+    name: str,
+    key: Callable[[Envelope], str | None] | None,
+    priority: Priority,
+) -> None:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty str, got {name!r}")
+    for method in ("open", "fetch", "close"):
+        if not callable(getattr(source, method, None)):
+            raise TypeError(
+                f"source must be a surelay source (such as JetStreamSource), got "
+                f"{type(source).__name__} without {method}()"
+            )
+    if not callable(handler):
+        raise TypeError("handler must be callable (Envelope) -> None, or a coroutine function")
+    if key is not None and not callable(key):
+        raise TypeError("key must be a callable (Envelope) -> str | None, or None")
+    if not isinstance(priority, Priority):
+        raise TypeError(f"priority must be a surelay.Priority, got {priority!r}")

@@ -1,0 +1,207 @@
+"""`Intake`: inbound messages (`rt.consume`) into the outbox, through the inbox.
+
+For a batch taken from a source: messages the inbox has seen (same consumer name and
+source message id, within `dedup_ttl`) are duplicates, to be acknowledged and dropped;
+the rest become envelopes for the consumer's handler (`transport` is the consumer's
+name) and are written to the outbox together with their inbox records, in one
+transaction. Only once that write is durable may the source be told (`ack`); then the
+messages go to their senders like any accepted message. A write that fails leaves
+nothing behind, and the source delivers the messages again.
+
+Flow control: `room()` says how many messages may be taken now. None while the pressure
+level would refuse or throttle a send of the consumer's priority, so a slow handler makes
+the stream hold messages, not surelay's memory; else as many as the priority's bound on
+messages in flight leaves.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from surelay.envelope import Envelope, Priority
+from surelay.pressure import admission, hard_bound
+from surelay.recovery import deliver
+from surelay.routing import partition_for
+from surelay.sources.inbound import Inbound
+from surelay.storage.environment import Txn
+from surelay.storage.keys import new_id
+from surelay.storage.records import OutboxEntry
+from surelay.telemetry import (
+    ATTR_KEY,
+    ATTR_MESSAGE_ID,
+    ATTR_SOURCE_MESSAGE_ID,
+    ATTR_TRANSPORT,
+    SPAN_RECEIVE,
+    TRACEPARENT,
+    context_from,
+    record_error,
+    traceparent_of,
+)
+
+if TYPE_CHECKING:
+    from surelay.hub import Hub
+
+__all__ = ["Intake", "Taken"]
+
+logger = logging.getLogger("surelay.runtime")
+
+KeyFunction = Callable[[Envelope], str | None]
+
+
+@dataclass(slots=True)
+class Taken:
+    """One batch on its way in: `duplicates` to acknowledge at once; `fresh` to
+    acknowledge once `durable` is done (then `finish`), or to give back if it fails
+    (then `abort`)."""
+
+    duplicates: list[Inbound]
+    fresh: list[Inbound]
+    durable: Future[list[OutboxEntry]] | None = None
+    spans: list[Any] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+
+
+class Intake:
+    """The way in for one consumer `name` (see the module docstring)."""
+
+    def __init__(self, hub: Hub, name: str, key: KeyFunction | None, priority: Priority) -> None:
+        self._hub = hub
+        self.name = name
+        self._key = key
+        self.priority = priority
+        self._round_robin = itertools.count()
+        self._bad_key_logged = False
+
+    def room(self) -> int:
+        """How many messages may be taken now (0: hold off)."""
+        hub = self._hub
+        policy = hub.config.pressure
+        state = hub.pressure
+        if state.level != "normal":
+            decision = admission(state.level, self.priority, state.ratio, policy)
+            if not decision.admit or decision.delay > 0:
+                return 0
+        return max(0, hard_bound(self.priority, policy) - hub.tracker.pending)
+
+    def take(self, batch: Sequence[Inbound]) -> Taken:
+        """Sort a batch into duplicates and fresh messages, and start the durable write
+        of the fresh ones (outbox entries and inbox records in one transaction)."""
+        hub = self._hub
+        store = hub.store
+        now = hub.config.clock()
+        with store.read() as txn:
+            seen = store.inbox.seen(txn, self.name, {m.message_id for m in batch}, now=now)
+        duplicates: list[Inbound] = []
+        fresh: list[Inbound] = []
+        for message in batch:
+            if message.message_id in seen:
+                duplicates.append(message)
+            else:
+                seen.add(message.message_id)  # twice in one batch: once
+                fresh.append(message)
+        if duplicates:
+            hub.counters.add("duplicates", self.name, len(duplicates))
+        taken = Taken(duplicates, fresh)
+        if not fresh:
+            return taken
+        ids = new_id.many(len(fresh), now)
+        spans = self._start_spans(fresh, ids)
+        routed = []
+        partitions = hub.config.partitions
+        for message, message_id, span in zip(fresh, ids, spans or [None] * len(fresh), strict=True):
+            envelope = self._envelope(message, message_id, span, now)
+            key = envelope.key
+            partition = (
+                partition_for(key, partitions)
+                if key is not None
+                else next(self._round_robin) % partitions
+            )
+            routed.append((envelope, partition))
+        hub.tracker.add(ids, receipts=False)
+        inbox_ids = [m.message_id for m in fresh]
+        expires_at = now + hub.config.dedup_ttl
+
+        def write(txn: Txn) -> list[OutboxEntry]:
+            entries = store.outbox.enqueue_many(txn, routed, due_at=now)
+            store.inbox.put_many(txn, self.name, inbox_ids, at=now, expires_at=expires_at)
+            return entries
+
+        taken.ids = ids
+        taken.spans = spans or []
+        try:
+            taken.durable = store.write(write)
+        except BaseException as error:
+            self.abort(taken, error)
+            raise
+        return taken
+
+    def finish(self, taken: Taken, entries: list[OutboxEntry]) -> None:
+        """The write is durable: count the messages and hand them to their senders."""
+        hub = self._hub
+        hub.counters.add("received", self.name, len(entries))
+        for span in taken.spans:
+            span.end()
+        deliver(hub.senders, entries)
+
+    def abort(self, taken: Taken, error: BaseException) -> None:
+        """The write failed: nothing was taken (the source delivers the messages again)."""
+        self._hub.tracker.forget(taken.ids)
+        for span in taken.spans:
+            record_error(span, error)
+            span.end()
+
+    def _start_spans(self, fresh: list[Inbound], ids: list[str]) -> list[Any] | None:
+        telemetry = self._hub.telemetry
+        if not telemetry.tracing:
+            return None
+        return [
+            telemetry.tracer.start_span(
+                SPAN_RECEIVE,
+                context=context_from(message.headers),  # the producer's trace, if any
+                attributes={
+                    ATTR_MESSAGE_ID: message_id,
+                    ATTR_TRANSPORT: self.name,
+                    ATTR_SOURCE_MESSAGE_ID: message.message_id,
+                    **{f"surelay.source.{k}": v for k, v in message.origin.items()},
+                },
+            )
+            for message, message_id in zip(fresh, ids, strict=True)
+        ]
+
+    def _envelope(self, message: Inbound, message_id: str, span: Any, now: float) -> Envelope:
+        headers = {**message.headers, **message.origin}
+        if span is not None:
+            traceparent = traceparent_of(span)
+            if traceparent is not None:  # the handler's calls continue the receive span
+                headers[TRACEPARENT] = traceparent
+        envelope = Envelope(
+            message_id,
+            self.name,
+            message.payload,
+            None,
+            f"{self.name}/{message.message_id}",
+            self.priority,
+            MappingProxyType(headers),
+            1,
+            now,
+        )
+        if self._key is None:
+            return envelope
+        try:
+            key = self._key(envelope)
+            if key is not None and not (isinstance(key, str) and key):
+                raise TypeError(f"the key function returned {key!r}, not a str or None")
+        except Exception:  # the message is taken all the same, without a key
+            if not self._bad_key_logged:
+                self._bad_key_logged = True
+                logger.exception("consumer %r: the key function failed; no key", self.name)
+            return envelope
+        if span is not None and key is not None:
+            span.set_attribute(ATTR_KEY, key)
+        return replace(envelope, key=key)

@@ -1,0 +1,14 @@
+"""Sources: where inbound messages come from (`rt.consume`).
+
+A source is pulled by a consumer of the runtime's (`surelay.actors.consumer`) on an
+event loop of the consumer's own: `await source.open()`, then `await source.fetch(n,
+timeout)` for batches of `Inbound` messages, each acknowledged (`await message.ack()`)
+only once it is durable in the outbox, and `await source.close()`.
+
+Built in: `JetStreamSource` (a NATS JetStream durable pull consumer; the `nats` extra).
+"""
+
+from surelay.sources.inbound import Inbound, Source
+from surelay.sources.jetstream import JetStreamSource
+
+__all__ = ["Inbound", "JetStreamSource", "Source"]
