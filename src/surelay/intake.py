@@ -9,9 +9,11 @@ messages go to their senders like any accepted message. A write that fails leave
 nothing behind, and the source delivers the messages again.
 
 Flow control: `room()` says how many messages may be taken now. None while the pressure
-level would refuse or throttle a send of the consumer's priority, so a slow handler makes
-the stream hold messages, not surelay's memory; else as many as the priority's bound on
-messages in flight leaves.
+level would refuse or throttle a send of the consumer's priority; else at most `prefetch`
+of this consumer's messages are in the runtime at once (taken and not yet ended), within
+the priority's bound on messages in flight. So a slow handler makes the stream hold the
+messages, not surelay's memory, and several runtimes consuming one stream share it
+rather than the first one taking everything.
 """
 
 from __future__ import annotations
@@ -53,6 +55,10 @@ logger = logging.getLogger("surelay.runtime")
 
 KeyFunction = Callable[[Envelope], str | None]
 
+PREFETCH_MIN = 256
+"""A consumer may have at least this many messages in the runtime at once (else four
+times its handler's concurrency)."""
+
 
 @dataclass(slots=True)
 class Taken:
@@ -77,6 +83,9 @@ class Intake:
         self.priority = priority
         self._round_robin = itertools.count()
         self._bad_key_logged = False
+        self.prefetch = max(PREFETCH_MIN, 4 * hub.config.concurrency_for(name))
+        self._outstanding: list[str] = []
+        """Ids of this consumer's messages taken and perhaps not ended yet."""
 
     def room(self) -> int:
         """How many messages may be taken now (0: hold off)."""
@@ -87,7 +96,10 @@ class Intake:
             decision = admission(state.level, self.priority, state.ratio, policy)
             if not decision.admit or decision.delay > 0:
                 return 0
-        return max(0, hard_bound(self.priority, policy) - hub.tracker.pending)
+        if len(self._outstanding) >= self.prefetch // 2:
+            self._outstanding = hub.tracker.still_pending(self._outstanding)
+        mine = self.prefetch - len(self._outstanding)
+        return max(0, min(mine, hard_bound(self.priority, policy) - hub.tracker.pending))
 
     def take(self, batch: Sequence[Inbound]) -> Taken:
         """Sort a batch into duplicates and fresh messages, and start the durable write
@@ -124,6 +136,7 @@ class Intake:
             )
             routed.append((envelope, partition))
         hub.tracker.add(ids, receipts=False)
+        self._outstanding.extend(ids)
         inbox_ids = [m.message_id for m in fresh]
         expires_at = now + hub.config.dedup_ttl
 

@@ -114,6 +114,12 @@ class Tracker:
                     self._pending.setdefault(message_id, None)
         return made
 
+    def still_pending(self, message_ids: Iterable[str]) -> list[str]:
+        """Those of `message_ids` that have not ended yet."""
+        with self._cond:
+            pending = self._pending
+            return [m for m in message_ids if m in pending]
+
     def complete(self, message_ids: Iterable[str], outcome: Outcome) -> int:
         """Record how messages ended; returns how many were still pending (a message
         ends once: a second outcome for it is ignored)."""

@@ -139,8 +139,9 @@ class Recovery:
                 self._orphans[transport] = self._orphans.get(transport, 0) + count
         for transport, count in orphans.items():
             logger.warning(
-                "%d message(s) in the outbox are for transport %r, which this runtime was not "
-                "given; they stay in the outbox until a runtime with that transport opens",
+                "%d message(s) in the outbox are for transport %r, which this runtime has not "
+                "(yet); they stay in the outbox until a runtime with that transport opens (or "
+                "rt.consume adds a consumer of that name)",
                 count,
                 transport,
             )
