@@ -117,8 +117,7 @@ def main() -> None:
     lags_ms = sorted(lag * 1000 for lag in lags)
     p99 = statistics.quantiles(lags_ms, n=100)[98]
     print(
-        f"{n} messages of 100 bytes ({5 * n} for the coroutines), AT_LEAST_ONCE, "
-        "a no-op transport"
+        f"{n} messages of 100 bytes ({5 * n} for the coroutines), AT_LEAST_ONCE, a no-op transport"
     )
     print(f"{'sender':60} {'msg/s':>8} {'share':>7}")
     print(f"{'storage group commit alone, 16 threads x Store.enqueue':60} {floor:>8,.0f}")

@@ -55,7 +55,7 @@ logger = logging.getLogger("surelay.runtime")
 
 KeyFunction = Callable[[Envelope], str | None]
 
-PREFETCH_MIN = 256
+PREFETCH_MIN = 2048
 """A consumer may have at least this many messages in the runtime at once (else four
 times its handler's concurrency)."""
 
@@ -71,6 +71,7 @@ class Taken:
     durable: Future[list[OutboxEntry]] | None = None
     spans: list[Any] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
+    inbox_ids: list[str] = field(default_factory=list)
 
 
 class Intake:
@@ -86,6 +87,8 @@ class Intake:
         self.prefetch = max(PREFETCH_MIN, 4 * hub.config.concurrency_for(name))
         self._outstanding: list[str] = []
         """Ids of this consumer's messages taken and perhaps not ended yet."""
+        self._writing: set[str] = set()
+        """Source message ids whose write is under way (not in the inbox yet)."""
 
     def room(self) -> int:
         """How many messages may be taken now (0: hold off)."""
@@ -109,6 +112,7 @@ class Intake:
         now = hub.config.clock()
         with store.read() as txn:
             seen = store.inbox.seen(txn, self.name, {m.message_id for m in batch}, now=now)
+        seen |= self._writing  # taken by a batch whose write is under way
         duplicates: list[Inbound] = []
         fresh: list[Inbound] = []
         for message in batch:
@@ -138,6 +142,8 @@ class Intake:
         hub.tracker.add(ids, receipts=False)
         self._outstanding.extend(ids)
         inbox_ids = [m.message_id for m in fresh]
+        self._writing.update(inbox_ids)
+        taken.inbox_ids = inbox_ids
         expires_at = now + hub.config.dedup_ttl
 
         def write(txn: Txn) -> list[OutboxEntry]:
@@ -157,6 +163,7 @@ class Intake:
     def finish(self, taken: Taken, entries: list[OutboxEntry]) -> None:
         """The write is durable: count the messages and hand them to their senders."""
         hub = self._hub
+        self._writing.difference_update(taken.inbox_ids)
         hub.counters.add("received", self.name, len(entries))
         for span in taken.spans:
             span.end()
@@ -164,6 +171,7 @@ class Intake:
 
     def abort(self, taken: Taken, error: BaseException) -> None:
         """The write failed: nothing was taken (the source delivers the messages again)."""
+        self._writing.difference_update(taken.inbox_ids)
         self._hub.tracker.forget(taken.ids)
         for span in taken.spans:
             record_error(span, error)

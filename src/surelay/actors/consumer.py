@@ -19,25 +19,28 @@ import asyncio
 import contextlib
 import logging
 import threading
+from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from surelay.supervision import Actor
 
 if TYPE_CHECKING:
-    from surelay.intake import Intake
+    from surelay.intake import Intake, Taken
     from surelay.sources.inbound import Inbound, Source
 
 __all__ = ["BATCH", "ConsumerState", "Pause", "SourceConsumer"]
 
 logger = logging.getLogger("surelay.actors")
 
-BATCH = 256
+BATCH = 1000
 """Messages fetched at once, at most."""
 FETCH_WAIT = 0.5
 """Seconds a fetch waits for a first message (so a pause is heard within this)."""
-HOLD = 0.05
-"""Seconds between looks at the pressure level while it holds the source off."""
+HOLD = 0.005
+"""Seconds between looks at the room for more while there is none."""
+WRITES = 4
+"""Batches whose writes may be under way at once."""
 MAX_PAUSE = 5.0
 """The longest pause between attempts to reach a source."""
 
@@ -144,6 +147,7 @@ class SourceConsumer(Actor):
                         self._source.description,
                         error,
                     )
+                    logger.debug("consumer %r failed", state.name, exc_info=True)
                 state.last_error = repr(error)
                 await self._wait(pause)
                 pause = min(MAX_PAUSE, pause * 2)
@@ -157,24 +161,42 @@ class SourceConsumer(Actor):
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
     async def _pull(self) -> None:
+        """Fetch while there is room; each batch's write is awaited by a task of its own
+        (up to `WRITES` at once), so the next fetch overlaps the last one's fsync."""
         assert self._stopping is not None
-        while not self._stopping.is_set():
-            room = self._intake.room()
-            if room <= 0:  # the runtime is full: the stream keeps the messages
-                await self._wait(HOLD)
-                continue
-            batch = await self._source.fetch(min(room, BATCH), FETCH_WAIT)
-            if batch:
-                await self._take(batch)
-
-    async def _take(self, batch: list[Inbound]) -> None:
-        intake, state = self._intake, self._state
+        writes: deque[asyncio.Task[None]] = deque()
         try:
-            taken = intake.take(batch)
-        except Exception:
-            await _each(batch, "nak")  # nothing was taken: the source delivers them again
-            raise
-        state.duplicates += len(taken.duplicates)
+            while not self._stopping.is_set():
+                while writes and writes[0].done():
+                    writes.popleft().result()  # a failed write ends this pull
+                room = self._intake.room()
+                if room <= 0 or len(writes) >= WRITES:
+                    # full: the stream keeps the messages until there is room
+                    await asyncio.wait([writes[0]] if writes else [], timeout=HOLD)
+                    if not writes:
+                        await self._wait(HOLD)
+                    continue
+                batch = await self._source.fetch(min(room, BATCH), FETCH_WAIT)
+                if not batch:
+                    continue
+                try:
+                    taken = self._intake.take(batch)
+                except Exception:
+                    await _each(batch, "nak")  # nothing taken: the source delivers them again
+                    raise
+                self._state.duplicates += len(taken.duplicates)
+                previous = writes[-1] if writes else None
+                writes.append(asyncio.create_task(self._complete(taken, previous)))
+        finally:
+            # the writes under way end either way: their messages are acked or given back
+            if writes:
+                await asyncio.wait(writes)
+
+    async def _complete(self, taken: Taken, previous: asyncio.Task[None] | None) -> None:
+        """Acknowledge a batch's duplicates; once its write is durable (and the batch
+        before it handed over, so each key keeps its order), hand it to the senders and
+        acknowledge it to the source."""
+        intake = self._intake
         await _each(taken.duplicates, "ack")
         if taken.durable is None:
             return
@@ -184,8 +206,10 @@ class SourceConsumer(Actor):
             intake.abort(taken, error)
             await _each(taken.fresh, "nak")
             raise
+        if previous is not None:
+            await asyncio.wait([previous])
         intake.finish(taken, entries)
-        state.taken += len(taken.fresh)
+        self._state.taken += len(taken.fresh)
         # a lost ack costs a redelivery, which the inbox drops: the write is durable
         await _each(taken.fresh, "ack")
 

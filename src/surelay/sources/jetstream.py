@@ -14,7 +14,11 @@ consumer share its messages (each message goes to one of them at a time). Needs 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
+import time
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -72,6 +76,13 @@ class JetStreamSource:
         self.description = f"JetStream stream {stream!r}, durable consumer {durable!r}"
         self._client: Any = None
         self._subscription: Any = None
+        self._inbox = ""
+        self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self._arrived: deque[Any] = deque()
+        self._signal = asyncio.Event()
+        self._asked = 0
+        """Messages the last pull request may still bring (0: none outstanding)."""
+        self._asked_until = 0.0
 
     async def open(self) -> None:
         """Connect, and find (or make) the durable consumer."""
@@ -105,20 +116,65 @@ class JetStreamSource:
             elif self.subjects is not None:
                 config.filter_subjects = self.subjects
             await js.add_consumer(self.stream, config)
-        self._subscription = await js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
+        # Pull requests go out by hand and their messages come to an inbox of ours:
+        # nats-py's fetch awaits each message with a timeout of its own, which costs
+        # more than the rest of taking it.
+        self._arrived.clear()
+        self._signal = asyncio.Event()  # of this loop (a restarted consumer has a new one)
+        self._asked = 0
+        self._inbox = self._client.new_inbox()
+        self._subscription = await self._client.subscribe(self._inbox, cb=self._arrive)
+
+    async def _arrive(self, message: Any) -> None:
+        self._arrived.append(message)
+        self._signal.set()
 
     async def fetch(self, count: int, timeout: float) -> list[Inbound]:
         if self._subscription is None:
             raise RuntimeError(f"{self.description} is not open")
-        try:
-            messages = await self._subscription.fetch(batch=count, timeout=timeout)
-        except nats.errors.TimeoutError:
-            return []
-        return [self._inbound(message) for message in messages]
+        out = self._drain(count)
+        now = time.monotonic()
+        if self._asked and now > self._asked_until:  # its end was lost (a reconnect)
+            self._asked = 0
+        if len(out) < count and not self._asked:
+            self._asked = count - len(out)
+            self._asked_until = now + timeout + 1.0
+            request = {"batch": self._asked, "expires": int(timeout * 1e9)}
+            await self._client.publish(
+                self._next_subject, json.dumps(request).encode(), reply=self._inbox
+            )
+        if not out:
+            self._signal.clear()
+            if not self._arrived:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._signal.wait(), timeout)
+            await asyncio.sleep(0)  # let the rest of a burst arrive
+            out = self._drain(count)
+        return [self._inbound(message) for message in out]
+
+    def _drain(self, count: int) -> list[Any]:
+        """Messages arrived, up to `count`; a status message (no messages, request
+        expired) ends the request it answers."""
+        out: list[Any] = []
+        arrived = self._arrived
+        while arrived and len(out) < count:
+            message = arrived.popleft()
+            headers = message.headers
+            if headers and headers.get("Status"):
+                self._asked = 0
+                continue
+            out.append(message)
+            if self._asked:
+                self._asked -= 1
+        return out
 
     def _inbound(self, message: Any) -> Inbound:
-        headers = {str(k): str(v) for k, v in (message.headers or {}).items()}
-        sequence = message.metadata.sequence.stream
+        headers = dict(message.headers) if message.headers else {}
+        # $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.
+        # <pending> (with a domain and an account hash before the stream, and perhaps a
+        # token after): counted from the front of the fields after the consumer
+        fields = message.reply.split(".")
+        sequence = int(fields[-4] if len(fields) == 9 else fields[-5])
         return Inbound(
             message_id=headers.get("Nats-Msg-Id") or f"{self.stream}:{sequence}",
             payload=bytes(message.data),
