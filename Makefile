@@ -44,6 +44,7 @@ bench: $(DEV_STAMP)
 	$(BIN)/python benchmarks/overload.py
 	$(BIN)/python benchmarks/latency.py
 	$(BIN)/python benchmarks/hosts.py
+	$(BIN)/python benchmarks/jetstream.py
 
 clean:
 	rm -rf $(VENV) surelay-data .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -479,8 +479,8 @@ def test_closed_runtime_refuses_and_close_is_idempotent(tmp_path: Path) -> None:
 
 
 def test_bad_transports_and_config_are_refused_at_open(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="non-empty mapping"):
-        Runtime.open(tmp_path, transports={})
+    with pytest.raises(ValueError, match="must be a mapping of name to callable"):
+        Runtime.open(tmp_path, transports=["t"])  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="'t' must be callable"):
         Runtime.open(tmp_path, transports={"t": "http://x"})  # type: ignore[dict-item]
     with pytest.raises(TypeError, match="RuntimeConfig"):

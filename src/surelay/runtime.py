@@ -716,7 +716,7 @@ class Runtime:
         headers: object,
     ) -> _Checked:
         if not isinstance(transport, str) or transport not in self._transports:
-            known = ", ".join(sorted(self._transports))
+            known = ", ".join(sorted(self._transports)) or "none"
             raise UnknownTransport(f"unknown transport {transport!r}; this runtime has: {known}")
         data = check_payload(payload, self._config.max_payload_bytes)
         checked_key = check_text("key", key, optional=True)
@@ -1219,8 +1219,11 @@ class Runtime:
 
 
 def _check_transports(transports: object) -> dict[str, Transport]:
-    if not isinstance(transports, Mapping) or not transports:
-        raise ValueError("transports must be a non-empty mapping of name to callable")
+    if not isinstance(transports, Mapping):
+        raise ValueError(
+            "transports must be a mapping of name to callable ({} for a runtime that only "
+            f"consumes), got {type(transports).__name__}"
+        )
     checked: dict[str, Transport] = {}
     for name, transport in transports.items():
         if not isinstance(name, str) or not name:

@@ -334,5 +334,5 @@ class ReplayWorker(Actor):
 
     def _lease_seconds(self) -> float:
         hub = self._hub
-        longest = max(hub.ack_timeout(name) for name in hub.transports)
+        longest = max((hub.ack_timeout(name) for name in hub.transports), default=0.0)
         return longest + LEASE_MARGIN
