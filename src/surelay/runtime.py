@@ -631,6 +631,7 @@ class Runtime:
         delivery, retry or dead-lettering; False if `timeout` seconds pass first."""
         self._refuse_if_forked()
         loop = asyncio.get_running_loop()
+        self._write_turn(loop)  # asends already called count as accepted here
         empty: asyncio.Future[None] = loop.create_future()
 
         def done() -> None:
@@ -1080,6 +1081,7 @@ class Runtime:
         """Wait until nothing accepted is still waiting for delivery, retry or
         dead-lettering; False if `timeout` seconds pass first."""
         self._refuse_if_forked()
+        self._write_turns()  # asends already called count as accepted here
         return self._hub.tracker.wait_empty(timeout)
 
     def stats(self) -> RuntimeStats:
