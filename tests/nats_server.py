@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,26 +23,13 @@ from typing import Any, TypeVar
 import nats
 from nats.js.api import StreamConfig
 
+from tests.helpers import free_port, listening
+
 T = TypeVar("T")
 
 BINARY = shutil.which("nats-server", path=str(Path(sys.executable).parent)) or shutil.which(
     "nats-server"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-    except OSError:
-        return False
-    return True
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:

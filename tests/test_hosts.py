@@ -21,7 +21,8 @@ from pathlib import Path
 
 from surelay.storage.slots import holders
 
-from .test_recipes import free_port, listening, program, wait_for
+from .helpers import free_port, listening
+from .test_recipes import program, wait_for
 from .transports.http_server import HttpServer, Reply
 
 

@@ -9,7 +9,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,17 +16,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from .helpers import free_port, listening
 from .transports.http_server import HttpServer
 
 RECIPES = Path(__file__).resolve().parent.parent / "docs" / "recipes.md"
 PROGRAMS = dict(re.findall(r"```python\n# ([\w.]+\.py)[^\n]*\n(.*?)```", RECIPES.read_text(), re.S))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
@@ -35,14 +28,6 @@ def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not reached in time"
         threading.Event().wait(0.02)
-
-
-def listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-    except OSError:
-        return False
-    return True
 
 
 def program(tmp_path: Path, name: str) -> Path:
