@@ -599,3 +599,18 @@ def test_sends_from_many_threads_all_end(tmp_path: Path) -> None:
         assert rt.flush(30)
         assert rt.stats().delivered == 800
     assert len(sink.delivered) == 800
+
+
+def test_bad_arguments_to_flush_and_table_and_a_closed_runtimes_dead_letters(
+    tmp_path: Path,
+) -> None:
+    rt = Runtime.open(tmp_path / "d", transports={"t": Recorder()})
+    with pytest.raises(ValueError, match="timeout must be seconds >= 0 or None, got '5'"):
+        rt.flush("5")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="table name must be a non-empty str, got 123"):
+        rt.table(123)  # type: ignore[arg-type]
+    rt.close()
+    with pytest.raises(RuntimeClosed, match="open it again"):
+        rt.dead_letters.list()
+    with pytest.raises(RuntimeClosed):
+        rt.dead_letters.get("x")

@@ -60,6 +60,7 @@ class DeadLetters:
             )
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
             raise ValueError(f"limit must be an int in [1, {MAX_LIMIT}], got {limit!r}")
+        self._refuse_if_closed()
         with self._store.read() as txn:
             return self._store.dead_letters.list(
                 txn,
@@ -72,6 +73,7 @@ class DeadLetters:
             )
 
     def get(self, dead_letter_id: str) -> DeadLetter | None:
+        self._refuse_if_closed()
         with self._store.read() as txn:
             return self._store.dead_letters.get(txn, dead_letter_id)
 
@@ -136,6 +138,7 @@ class DeadLetters:
         """Archive `dead` and `replayed` records; returns how many changed. Unknown ids
         and records in other states are left alone."""
         wanted = [ids] if isinstance(ids, str) else list(ids)
+        self._refuse_if_closed()
         table = self._store.dead_letters
         return self._store.write(lambda txn: table.archive(txn, wanted)).result()
 
@@ -144,11 +147,18 @@ class DeadLetters:
         (any age if None); returns how many. `replaying` records cannot be purged."""
         if older_than is not None and not older_than >= 0:
             raise ValueError(f"older_than must be seconds >= 0 or None, got {older_than!r}")
+        self._refuse_if_closed()
         now = self._hub.config.clock()
         table = self._store.dead_letters
         return self._store.write(
             lambda txn: table.purge(txn, status=status, older_than=older_than, now=now)
         ).result()
+
+    def _refuse_if_closed(self) -> None:
+        if self._store.env.closed:
+            raise RuntimeClosed(
+                "the runtime is closed; open it again, or use `surelay dlq` on its directory"
+            )
 
 
 def _check_replay(

@@ -630,6 +630,7 @@ class Runtime:
         """`flush` for a coroutine: True once nothing accepted is still waiting for
         delivery, retry or dead-lettering; False if `timeout` seconds pass first."""
         self._refuse_if_forked()
+        _check_timeout(timeout)
         loop = asyncio.get_running_loop()
         self._write_turn(loop)  # asends already called count as accepted here
         empty: asyncio.Future[None] = loop.create_future()
@@ -1071,16 +1072,22 @@ class Runtime:
 
     def table(self, name: str) -> Any:
         """The handle of the host's own named database `name`, for `txn.get/put(...,
-        db=handle)` inside `transaction()`."""
+        db=handle)` inside `transaction()`. Raises `ValueError` for a bad name."""
         self._refuse_if_forked()
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"table name must be a non-empty str, got {name!r}")
+        if self._closing:
+            raise RuntimeClosed("the runtime is closed (or closing)")
         return self._store.host_table(name)
 
     # -- waiting and looking -------------------------------------------------------------
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until nothing accepted is still waiting for delivery, retry or
-        dead-lettering; False if `timeout` seconds pass first."""
+        dead-lettering; False if `timeout` seconds pass first. Raises `ValueError` for a
+        timeout that is not seconds >= 0 or None."""
         self._refuse_if_forked()
+        _check_timeout(timeout)
         self._write_turns()  # asends already called count as accepted here
         return self._hub.tracker.wait_empty(timeout)
 
@@ -1218,6 +1225,15 @@ class Runtime:
             "surelay.breaker.state": {t: STATE_GAUGE[s] for t, s in stats.breakers.items()},
             "surelay.calls.in_flight": dict(stats.calls_in_flight),
         }
+
+
+def _check_timeout(timeout: object) -> None:
+    if timeout is not None and (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not timeout >= 0  # NaN too
+    ):
+        raise ValueError(f"timeout must be seconds >= 0 or None, got {timeout!r}")
 
 
 def _check_transports(transports: object) -> dict[str, Transport]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -149,7 +150,7 @@ def test_a_request_waits_for_the_next_runtime(tmp_path: Path) -> None:
         fill(rt)
     asked = surelay("dlq", "replay", "--path", str(path), "--reason-class", "permanent")
     assert asked.returncode == 0, asked.stderr
-    assert "waits for the next Runtime.open" in asked.stderr
+    assert "NO runtime runs" in asked.stderr and "until one opens there" in asked.stderr
     stats = surelay_json("stats", "--path", str(path))
     assert stats["runtime"] == {"running": False, "pid": None}
     assert stats["replay_requests"]["pending"] == 1
@@ -184,3 +185,92 @@ def test_bad_usage_and_bad_directories(tmp_path: Path) -> None:
     assert nothing.returncode == 2 and "ids, a filter, or --all" in nothing.stderr
     assert surelay("dlq", "purge", "--older-than", "soon").returncode == 2
     assert surelay("dlq", "list", "--status", "lost").returncode == 2
+
+
+def test_the_version_is_shown() -> None:
+    shown = surelay("--version")
+    assert shown.returncode == 0
+    assert shown.stdout.startswith("surelay ") and shown.stdout.strip() != "surelay"
+
+
+def test_replaying_an_unknown_id_records_nothing_and_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "data"
+    with open_runtime(path, {"sms": Recorder()}):
+        pass
+    done = surelay("dlq", "replay", "--path", str(path), "garbage")
+    assert done.returncode == 1
+    assert "no dead letter 'garbage'" in done.stderr and "nothing was recorded" in done.stderr
+    assert surelay_json("stats", "--path", str(path))["replay_requests"]["pending"] == 0
+
+
+def test_waiting_with_no_runtime_gives_up_and_says_why(tmp_path: Path) -> None:
+    switch = Switch()
+    path = tmp_path / "data"
+    with open_runtime(
+        path, {"sms": switch.recorder, "mail": switch.recorder}, retry=RetryPolicy(max_attempts=1)
+    ) as rt:  # type: ignore[arg-type]
+        fill(rt)
+        first = rt.dead_letters.list(limit=1)[0].id
+    assert "[default: 60s]" in surelay("dlq", "replay", "--help").stdout
+    started = time.monotonic()
+    waited = surelay("dlq", "replay", "--path", str(path), first, "--wait", "--timeout", "1s")
+    assert time.monotonic() - started < 30
+    assert waited.returncode == 1
+    assert "NO runtime runs" in waited.stderr
+    assert "gave up waiting after 1s" in waited.stderr and "no runtime runs there" in waited.stderr
+
+
+def test_what_was_not_replayed_is_named_with_why(live: tuple[Path, Runtime, Switch]) -> None:
+    path, rt, _ = live
+    first, second = (d.id for d in rt.dead_letters.list(limit=2))
+    surelay_json("dlq", "archive", "--path", str(path), first)
+    done = surelay("dlq", "replay", "--path", str(path), first, second, "--wait")  # still failing
+    assert done.returncode == 1
+    assert f"{first}: refused, it is archived" in done.stderr
+    assert f"{second}: failed again, replay attempt failed: PermanentError: HTTP 422" in done.stderr
+
+
+def test_a_narrow_terminal_keeps_every_column(live: tuple[Path, Runtime, Switch]) -> None:
+    path, _, _ = live
+    env = {**os.environ, "COLUMNS": "80"}
+    shown = subprocess.run(
+        [sys.executable, "-m", "surelay.cli", "dlq", "list", "--path", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert max(len(line) for line in shown.stdout.splitlines()) <= 80
+    assert "ago" in shown.stdout  # the age
+    assert "PermanentError: HTTP 422 for a-0" in shown.stdout  # the whole error
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare (util-linux)")
+def test_a_directory_on_a_read_only_filesystem_can_be_read(
+    live: tuple[Path, Runtime, Switch],
+) -> None:
+    path, rt, _ = live
+    rt.close()
+    mount = path.parent / "read-only"
+    mount.mkdir()
+    cli = f"{sys.executable} -m surelay.cli"
+    script = (
+        f"mount --bind {path} {mount} && mount -o remount,bind,ro {mount} && "
+        f"{cli} dlq list --path {mount} --json && {cli} stats --path {mount} --json >/dev/null "
+        f"&& {cli} dlq archive --all --path {mount}"
+    )
+    done = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=Path(__file__).resolve().parent.parent.parent,
+    )
+    assert "Read-only" not in done.stderr.split("Error:")[0], done.stderr
+    listed = json.loads(done.stdout)
+    assert len(listed) == 6  # read, although nothing can be written there
+    assert done.returncode == 1  # the archive: refused, with why
+    assert "read-only filesystem: it can be read, not changed" in done.stderr

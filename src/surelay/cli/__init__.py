@@ -7,16 +7,30 @@ operational failure, 2 on bad usage (click's own).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from surelay.cli.dlq import dlq
 from surelay.cli.stats import stats
+from surelay.errors import StorageError
 
 __all__ = ["main"]
 
 
-@click.group(help="surelay: reliable delivery, supervised.")
+class _Group(click.Group):
+    """Store errors (a read-only filesystem, a full map) end a command with their
+    message and exit code 1, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except StorageError as error:
+            raise click.ClickException(str(error)) from error
+
+
+@click.group(cls=_Group, help="surelay: reliable delivery, supervised.")
+@click.version_option(package_name="surelay", message="surelay %(version)s")
 def main() -> None:
     """Entry point of the `surelay` script."""
 

@@ -33,7 +33,12 @@ from surelay.cli.common import (
 from surelay.replay_report import ReplayReport
 from surelay.storage.dead_letters import MAX_LIMIT
 from surelay.storage.keys import new_id
-from surelay.storage.records import DEAD_LETTER_STATUSES, REASON_CLASSES, ReplayRequest
+from surelay.storage.records import (
+    DEAD_LETTER_STATUSES,
+    REASON_CLASSES,
+    DeadLetter,
+    ReplayRequest,
+)
 from surelay.storage.slots import holders
 from surelay.storage.store import Store
 
@@ -138,6 +143,44 @@ def list_command(
     if not records:
         out_console.print("no dead letters match")
         return
+    if out_console.width < WIDE:
+        _print_narrow(records, status)
+    else:
+        _print_wide(records, status)
+    if len(records) == limit:
+        out_console.print(f"more may follow: --after {records[-1].id}")
+
+
+WIDE = 110
+"""Columns from which `dlq list` is a table; narrower, each record takes three lines, so
+nothing is cut (an 80-column terminal dropped the age and cut error types before)."""
+
+
+def _reason(record: DeadLetter) -> str:
+    status = "" if record.status == "dead" else f" ({record.status})"
+    return record.reason_class + status
+
+
+def _attempts(record: DeadLetter) -> str:
+    replays = f" +{record.replay_count}r" if record.replay_count else ""
+    return f"{record.attempts}{replays}"
+
+
+def _print_narrow(records: Sequence[DeadLetter], status: str) -> None:
+    now = time.time()
+    out_console.print(f"dead letters ({status})")
+    for r in records:
+        key = r.key if r.key is not None else "-"
+        out_console.print(
+            f"[bold]{r.id}[/]  {_reason(r)}  {_attempts(r)} attempt(s)  "
+            f"{age(r.failed_at, now)} ago",
+            highlight=False,
+        )
+        out_console.print(f"  key {key}  transport {r.transport}", markup=False)
+        out_console.print(f"  {r.reason}", markup=False, overflow="fold")
+
+
+def _print_wide(records: Sequence[DeadLetter], status: str) -> None:
     table = Table(title=f"dead letters ({status})", title_justify="left", box=box.SIMPLE_HEAD)
     table.add_column("id", no_wrap=True, min_width=26)
     table.add_column("reason", no_wrap=True, min_width=9)
@@ -150,16 +193,14 @@ def list_command(
     for r in records:
         table.add_row(
             r.id,
-            r.reason_class if r.status == "dead" else f"{r.reason_class} ({r.status})",
+            _reason(r),
             r.key if r.key is not None else "-",
             r.transport,
-            str(r.attempts) + (f" +{r.replay_count}r" if r.replay_count else ""),
+            _attempts(r),
             age(r.failed_at, now),
             r.reason,
         )
     out_console.print(table)
-    if len(records) == limit:
-        out_console.print(f"more may follow: --after {records[-1].id}")
 
 
 @dlq.command(help="One dead letter, every field.")
@@ -195,7 +236,13 @@ def get(path: Path, dead_letter_id: str, as_json: bool) -> None:
 @click.option("--limit", type=click.IntRange(1), help="only the first N matching (oldest first)")
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="records per second")
 @click.option("--wait/--no-wait", default=False, help="follow progress until done")
-@click.option("--timeout", type=Duration(), help="with --wait: give up waiting after this")
+@click.option(
+    "--timeout",
+    type=Duration(),
+    default="60s",
+    show_default=True,
+    help="with --wait: give up waiting after this (the replay goes on)",
+)
 @json_option
 def replay(
     *,
@@ -214,6 +261,8 @@ def replay(
     filters = _selection("replay", ids, reason_class, key, transport, everything=everything)
     with open_store(path) as store:
         selected: tuple[str, ...] | None = tuple(ids) if ids else None
+        if selected is not None:
+            _refuse_unknown(store, selected, path)
         if limit is not None:
             selected = _first(store, selected, filters, limit)
         now = time.time()
@@ -235,9 +284,12 @@ def replay(
                 else f"one of the runtimes in processes {', '.join(map(str, pids))} will "
                 "carry it out"
                 if pids
-                else "no runtime runs on this directory now: it waits for the next Runtime.open"
+                else f"NO runtime runs on {path} now, so nothing carries it out until one "
+                "opens there (Runtime.open picks it up)"
             )
             err_console.print(f"replay request {request.id} recorded; {where}")
+            if wait and not pids:
+                err_console.print(f"waiting up to {timeout:g}s for a runtime to open")
         if not wait:
             if as_json:
                 emit_json(
@@ -262,12 +314,15 @@ def replay(
     else:
         _print_report(report)
     if not finished:
+        nobody = "" if holders(path) else "; no runtime runs there to carry it out"
         raise click.ClickException(
-            f"gave up waiting after {timeout}s; the replay goes on (request {request.id})"
+            f"gave up waiting after {timeout:g}s (request {request.id} is "
+            f"{_request_status(path, request.id)}{nobody}); it goes on when a runtime has it"
         )
     if report.failed or report.refused:
         raise click.ClickException(
-            f"{report.failed} failed and {report.refused} refused: see `surelay dlq list`"
+            f"{report.failed} failed and {report.refused} refused"
+            + _not_replayed(path, request.ids)
         )
 
 
@@ -299,6 +354,40 @@ def _first(
         return tuple(
             r.id for r in itertools.islice(store.dead_letters.matching(txn, **filters), limit)
         )
+
+
+def _refuse_unknown(store: Store, ids: Sequence[str], path: Path) -> None:
+    """Ids that name no dead letter are refused before anything is recorded."""
+    with store.read() as txn:
+        unknown = [i for i in ids if store.dead_letters.get(txn, i) is None]
+    if unknown:
+        shown = ", ".join(repr(i) for i in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        raise click.ClickException(
+            f"no dead letter {shown} in {path}; nothing was recorded "
+            "(`surelay dlq list` shows the ids)"
+        )
+
+
+def _request_status(path: Path, request_id: str) -> str:
+    with open_store(path) as store:
+        return _request(store, request_id).status
+
+
+def _not_replayed(path: Path, ids: Sequence[str] | None) -> str:
+    """Which of `ids` were not replayed, and why (as their records say now)."""
+    if not ids:
+        return ": see `surelay dlq list`"
+    lines = []
+    with open_store(path) as store, store.read() as txn:
+        for dead_letter_id in ids:
+            record = store.dead_letters.get(txn, dead_letter_id)
+            if record is None:
+                lines.append(f"{dead_letter_id}: refused, no such dead letter")
+            elif record.status == "archived":
+                lines.append(f"{dead_letter_id}: refused, it is archived")
+            elif record.status == "dead":
+                lines.append(f"{dead_letter_id}: failed again, {record.reason}")
+    return ":\n  " + "\n  ".join(lines[:20]) if lines else ""
 
 
 def _request(store: Store, request_id: str) -> ReplayRequest:

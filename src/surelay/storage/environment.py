@@ -14,6 +14,7 @@ resize waits for that transaction to end, and the writer waits for the resize.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import threading
@@ -122,6 +123,8 @@ class Environment:
         self._write_lock = threading.Lock()
         self._local = threading.local()  # .writing: this thread holds the write lock
         self._closed = False
+        self.readonly = False
+        """Opened for reading only (a read-only filesystem): every write is refused."""
 
     @classmethod
     def open(
@@ -153,27 +156,35 @@ class Environment:
             if not create:
                 raise StorageError(f"{where} is not a surelay data directory (no data.mdb)")
             _refuse_foreign(where)
+        readonly = not create and not os.access(where, os.W_OK)
         try:
-            env = lmdb.open(
-                str(where),
-                map_size=map_size,
-                max_dbs=len(TABLES) + host_tables,
-                mode=0o700,
-                sync=durability == "sync",
-                metasync=durability == "sync",
-                max_readers=256,
-            )
+            env = _open_lmdb(where, map_size, len(TABLES) + host_tables, durability, readonly)
         except lmdb.Error as error:
-            raise StorageError(
-                f"cannot open {where} as a surelay data directory: {error}"
-            ) from error
+            if create or readonly or getattr(error, "errno", None) not in _NOT_WRITABLE:
+                raise StorageError(
+                    f"cannot open {where} as a surelay data directory: {error}"
+                ) from error
+            readonly = True  # a read-only filesystem (root passes os.access anyway)
+            env = _open_lmdb(where, map_size, len(TABLES) + host_tables, durability, True)
         try:
-            dbs = {name: env.open_db(name.encode(), create=True) for name in TABLES}
-            _check_schema(env, dbs, where)
+            if readonly:
+                dbs = {name: env.open_db(name.encode(), create=False) for name in TABLES}
+                _check_schema_readonly(env, dbs, where)
+            else:
+                dbs = {name: env.open_db(name.encode(), create=True) for name in TABLES}
+                _check_schema(env, dbs, where)
+        except lmdb.NotFoundError as error:
+            env.close()
+            raise StorageError(
+                f"{where} is read-only and lacks tables this surelay needs ({error}); "
+                "open it once where it is writable"
+            ) from error
         except BaseException:
             env.close()
             raise
-        return cls(env, where, dbs, max_map_size, durability)
+        environment = cls(env, where, dbs, max_map_size, durability)
+        environment.readonly = readonly
+        return environment
 
     # -- tables --------------------------------------------------------------------------
 
@@ -238,6 +249,10 @@ class Environment:
         (the group-commit writer does) or to report it (see `Store.transaction`).
         """
         self._check_open()
+        if self.readonly:
+            raise StorageError(
+                f"{self.path} is on a read-only filesystem: it can be read, not changed"
+            )
         if getattr(self._local, "writing", False):
             raise StorageError("a write transaction is already open in this thread")
         with self._write_lock:
@@ -295,7 +310,7 @@ class Environment:
     def reader_check(self) -> int:
         """Clear the reader slots of processes that died; returns how many."""
         self._check_open()
-        return int(self._env.reader_check())
+        return 0 if self.readonly else int(self._env.reader_check())
 
     def stat(self, name: str) -> dict[str, int]:
         with self.read() as txn:
@@ -335,6 +350,34 @@ def _refuse_foreign(where: Path) -> None:
         raise StorageError(
             f"{where} is not empty and is not a surelay data directory (it holds {shown}); "
             "give surelay a directory of its own (a new or empty one)"
+        )
+
+
+_NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _open_lmdb(where: Path, map_size: int, max_dbs: int, durability: str, readonly: bool) -> Any:
+    return lmdb.open(
+        str(where),
+        map_size=map_size,
+        max_dbs=max_dbs,
+        mode=0o700,
+        sync=durability == "sync",
+        metasync=durability == "sync",
+        max_readers=256,
+        readonly=readonly,
+        lock=not readonly,  # no lock file can be written: a snapshot, read as it is
+    )
+
+
+def _check_schema_readonly(env: Any, dbs: dict[str, Any], where: Path) -> None:
+    with env.begin() as txn:
+        raw = txn.get(b"schema", db=dbs["meta"])
+    found = SCHEMA_VERSION if raw is None else from_u64(raw)
+    if found != SCHEMA_VERSION:
+        raise SchemaMismatch(
+            f"{where} is read-only and uses schema {found}; this surelay reads schema "
+            f"{SCHEMA_VERSION} (it would migrate the directory, which it cannot do here)"
         )
 
 

@@ -193,7 +193,12 @@ class Store:
         return self.env.read()
 
     def write(self, op: Callable[[Txn], T]) -> Future[T]:
-        """Run `op(txn)` in the next group commit; see `surelay.storage.writer`."""
+        """Run `op(txn)` in the next group commit; see `surelay.storage.writer`.
+        `StorageError` at once on a read-only filesystem."""
+        if self.env.readonly:
+            raise StorageError(
+                f"{self.path} is on a read-only filesystem: it can be read, not changed"
+            )
         return self._writer.submit(op)
 
     @contextlib.contextmanager
