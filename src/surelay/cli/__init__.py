@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from surelay.cli.console import console
 from surelay.cli.dlq import dlq
 from surelay.cli.stats import stats
 from surelay.errors import StorageError
@@ -52,5 +53,6 @@ def demo(messages: int, path: Path) -> None:
         raise click.ClickException("the demo ended with messages still in flight")
 
 
+main.add_command(console)
 main.add_command(dlq)
 main.add_command(stats)

@@ -1,0 +1,441 @@
+"""The console's web app (see `surelay.console`): routes, safety checks, templates."""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
+from starlette.templating import Jinja2Templates
+
+from surelay.actors.replay import request_filters
+from surelay.console.history import SERIES, History, sparkline
+from surelay.console.queries import PAGE, Filters, headers_of, overview, page_of, payload_views
+from surelay.replay_report import ReplayReport
+from surelay.storage.dead_letters import MAX_LIMIT
+from surelay.storage.keys import new_id
+from surelay.storage.records import DEAD_LETTER_STATUSES, REASON_CLASSES, ReplayRequest
+from surelay.storage.slots import holders
+from surelay.storage.store import Store
+
+__all__ = ["ConsoleSettings", "create_app"]
+
+TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+COOKIE = "surelay_console"
+ACTIONS = ("replay", "archive", "purge")
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+@dataclass
+class ConsoleSettings:
+    """How the console runs. `token`: required on every request when set (a `?token=`
+    query sets a cookie); `trace_url`: a link template with `{trace_id}`, e.g. a Jaeger
+    or Tempo URL; `read_only`: no actions."""
+
+    path: Path
+    token: str | None = None
+    read_only: bool = False
+    trace_url: str | None = None
+    csrf: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+
+
+class BadRequest(Exception):
+    """A query parameter that is not what it should be; the text says which and why."""
+
+
+def create_app(settings: ConsoleSettings, store: Store | None = None) -> Starlette:
+    """The console over `settings.path` (opened here unless `store` is given)."""
+    console = _Console(settings, store)
+    routes = [
+        Route("/", console.home),
+        Route("/dead-letters", console.dead_letters),
+        Route("/dead-letters/{dead_letter_id}", console.record),
+        Route("/confirm/{action:str}", console.confirm),
+        Route("/actions/{action:str}", console.act, methods=["POST"]),
+        Route("/replays/{request_id}", console.replay_progress),
+    ]
+    return Starlette(
+        routes=routes,
+        lifespan=console.lifespan,
+        middleware=[Middleware(BaseHTTPMiddleware, dispatch=console.guard)],
+    )
+
+
+class _Console:
+    """The pages and actions over one data directory."""
+
+    def __init__(self, settings: ConsoleSettings, store: Store | None) -> None:
+        self.settings = settings
+        self._given = store
+        self._opened: Store | None = None
+        self.history = History(lambda: _statuses(self.store))
+
+    @property
+    def store(self) -> Store:
+        store = self._given or self._opened
+        if store is None:
+            raise RuntimeError("the console's store is not open")
+        return store
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+        if self._given is None:
+            self._opened = Store.open(self.settings.path, create=False)
+        self.history.start()
+        try:
+            yield
+        finally:
+            self.history.stop()
+            if self._opened is not None:
+                self._opened.close()
+                self._opened = None
+
+    async def guard(self, request: Request, call_next: Any) -> Response:
+        """The token (when set) on every request; safety headers on every answer."""
+        settings = self.settings
+        if settings.token is not None:
+            given = (
+                request.query_params.get("token")
+                or request.cookies.get(COOKIE)
+                or request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+            )
+            if not given or not hmac.compare_digest(given, settings.token):
+                return HTMLResponse(
+                    "<h1>401</h1><p>This console needs its access token: open it with "
+                    "<code>?token=...</code> (the token it was started with).</p>",
+                    status_code=401,
+                )
+        response: Response = await call_next(request)
+        if settings.token is not None and request.query_params.get("token"):
+            response.set_cookie(COOKIE, settings.token, httponly=True, samesite="strict")
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        return response
+
+    def page(self, request: Request, template: str, status: int = 200, **context: Any) -> Response:
+        context.update(
+            request=request,
+            settings=self.settings,
+            path=str(self.settings.path),
+            now=time.time(),
+            ago=_ago,
+            when=_when,
+            query=urlencode,
+        )
+        return TEMPLATES.TemplateResponse(request, template, context, status_code=status)
+
+    def error(self, request: Request, status: int, message: str) -> Response:
+        return self.page(request, "error.html", status=status, status_code=status, message=message)
+
+    async def home(self, request: Request) -> Response:
+        data = overview(self.store)
+        rates = self.history.rates()
+        charts = {
+            name: {
+                "points": sparkline(rates[name][-300:]),
+                "now": rates[name][-1] if rates[name] else 0.0,
+                "peak": max(rates[name][-300:], default=0.0),
+            }
+            for name in SERIES
+        }
+        return self.page(request, "overview.html", data=data, charts=charts)
+
+    async def dead_letters(self, request: Request) -> Response:
+        try:
+            filters = _filters(request.query_params)
+            after = request.query_params.get("after") or None
+            limit = _int(request.query_params, "limit", PAGE, 1, MAX_LIMIT)
+        except BadRequest as bad:
+            return self.error(request, 400, str(bad))
+        records = page_of(self.store, filters, after, limit)
+        following = records[-1].id if len(records) == limit else None
+        return self.page(
+            request,
+            "dead_letters.html",
+            records=records,
+            filters=filters,
+            following=following,
+            after=after,
+            limit=limit,
+            statuses=DEAD_LETTER_STATUSES,
+            reasons=REASON_CLASSES,
+        )
+
+    async def record(self, request: Request) -> Response:
+        dead_letter_id = request.path_params["dead_letter_id"]
+        with self.store.read() as txn:
+            found = self.store.dead_letters.get(txn, dead_letter_id)
+        if found is None:
+            return self.error(
+                request, 404, f"no dead letter {dead_letter_id!r} in {self.settings.path}"
+            )
+        trace_link = None
+        if found.trace_id and self.settings.trace_url:
+            trace_link = self.settings.trace_url.replace("{trace_id}", found.trace_id)
+        return self.page(
+            request,
+            "record.html",
+            record=found,
+            payload=payload_views(found.payload),
+            headers=headers_of(found),
+            trace_link=trace_link,
+        )
+
+    async def confirm(self, request: Request) -> Response:
+        action = request.path_params["action"]
+        if action not in ACTIONS:
+            return self.error(request, 404, f"no action {action!r}: {', '.join(ACTIONS)}")
+        if self.settings.read_only:
+            return self.error(request, 403, "this console is read-only: no actions")
+        try:
+            chosen = _chosen(request.query_params)
+            filters = _filters(request.query_params, purge=action == "purge")
+            rate = _rate(request.query_params)
+            older_than = _duration(request.query_params.get("older_than"), "older_than")
+        except BadRequest as bad:
+            return self.error(request, 400, str(bad))
+        touched = _touched(self.store, action, chosen, filters)
+        return self.page(
+            request,
+            "confirm.html",
+            action=action,
+            ids=chosen,
+            filters=filters,
+            rate=rate,
+            older_than=older_than,
+            touched=touched,
+            running=holders(self.settings.path),
+        )
+
+    async def act(self, request: Request) -> Response:
+        action = request.path_params["action"]
+        if action not in ACTIONS:
+            return self.error(request, 404, f"no action {action!r}: {', '.join(ACTIONS)}")
+        form = await request.form()
+        refused = _refuse_action(request, form, self.settings)
+        if refused is not None:
+            return self.error(request, 403, refused)
+        fields = {k: str(v) for k, v in form.multi_items() if k != "id"}
+        chosen = tuple(str(v) for v in form.getlist("id"))
+        try:
+            filters = _filters(fields, purge=action == "purge")
+            rate = _rate(fields)
+            older_than = _duration(fields.get("older_than"), "older_than")
+        except BadRequest as bad:
+            return self.error(request, 400, str(bad))
+        target = self.store
+        if action == "replay":
+            request_id = _record_replay(target, chosen, filters, rate)
+            return RedirectResponse(f"/replays/{request_id}", status_code=303)
+        if action == "archive":
+            ids = list(chosen) or [r.id for r in _matching(target, filters)]
+            changed = target.write(lambda txn: target.dead_letters.archive(txn, ids)).result()
+            return self.page(request, "done.html", message=f"archived {changed} dead letter(s)")
+        status = filters.status or "archived"
+        now = time.time()
+        purged = target.write(
+            lambda txn: target.dead_letters.purge(
+                txn, status=status, older_than=older_than, now=now
+            )
+        ).result()
+        return self.page(request, "done.html", message=f"purged {purged} {status} dead letter(s)")
+
+    async def replay_progress(self, request: Request) -> Response:
+        request_id = request.path_params["request_id"]
+        with self.store.read() as txn:
+            found = self.store.replay_requests.get(txn, request_id)
+        if found is None:
+            return self.error(request, 404, f"no replay request {request_id!r}")
+        report = ReplayReport.from_progress(found.progress, request_id)
+        return self.page(
+            request,
+            "replay.html",
+            replay=found,
+            report=report,
+            running=holders(self.settings.path),
+        )
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _statuses(store: Store) -> Mapping[int, Mapping[str, Any]]:
+    with store.read() as txn:
+        return store.status.all(txn)
+
+
+def _refuse_action(request: Request, form: Any, settings: ConsoleSettings) -> str | None:
+    """Why this POST may not act (None: it may)."""
+    if settings.read_only:
+        return "this console is read-only: no actions"
+    sent = str(form.get("csrf", ""))
+    if not hmac.compare_digest(sent, settings.csrf):
+        return "the form's secret is missing or wrong: actions come from this console's pages"
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        return f"a request from another site ({site}) may not act here"
+    origin = request.headers.get("origin")
+    if origin is not None and origin != "null":
+        expected = f"{request.url.scheme}://{request.headers.get('host', '')}"
+        if origin != expected:
+            return f"a request from {origin} may not act on {expected}"
+    return None
+
+
+def _filters(params: Mapping[str, str], *, purge: bool = False) -> Filters:
+    status = params.get("status") or ("archived" if purge else "dead")
+    if status != "any" and status not in DEAD_LETTER_STATUSES:
+        raise BadRequest(
+            f"status must be one of {', '.join(DEAD_LETTER_STATUSES)} or any, got {status!r}"
+        )
+    reason = params.get("reason_class") or None
+    if reason is not None and reason not in REASON_CLASSES:
+        raise BadRequest(f"reason_class must be one of {', '.join(REASON_CLASSES)}, got {reason!r}")
+    return Filters(
+        status=None if status == "any" else status,
+        reason_class=reason,
+        key=params.get("key") or None,
+        transport=params.get("transport") or None,
+        since=_time(params.get("since"), "since"),
+        until=_time(params.get("until"), "until"),
+    )
+
+
+def _time(value: str | None, name: str) -> float | None:
+    """A time as UTC `YYYY-MM-DDTHH:MM[:SS]`, or an age like `15m` (that long ago)."""
+    if not value:
+        return None
+    value = value.strip()
+    age = _UNITS.get(value[-1:].lower())
+    if age is not None and re.fullmatch(r"\d+(\.\d+)?", value[:-1]):
+        return time.time() - float(value[:-1]) * age
+    for shape in ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d"):
+        try:
+            return float(time.mktime(time.strptime(value, shape)) - time.timezone)
+        except ValueError:
+            continue
+    raise BadRequest(
+        f"{name} must be a UTC time like 2026-12-01T03:00 or an age like 15m, 2h, 7d; got {value!r}"
+    )
+
+
+def _duration(value: str | None, name: str) -> float | None:
+    if not value:
+        return None
+    scale = _UNITS.get(value[-1:].lower())
+    number = value[:-1] if scale is not None else value
+    try:
+        seconds = float(number) * (scale or 1.0)
+    except ValueError:
+        raise BadRequest(f"{name} must be a duration like 90s, 15m, 7d; got {value!r}") from None
+    if not 0 <= seconds < float("inf"):
+        raise BadRequest(f"{name} must be a finite duration >= 0, got {value!r}")
+    return seconds
+
+
+def _int(params: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = params.get(name)
+    if not raw:
+        return default
+    if not re.fullmatch(r"\d+", raw) or not low <= int(raw) <= high:
+        raise BadRequest(f"{name} must be a whole number from {low} to {high}, got {raw!r}")
+    return int(raw)
+
+
+def _rate(params: Mapping[str, str]) -> float | None:
+    raw = params.get("rate")
+    if not raw:
+        return None
+    try:
+        rate = float(raw)
+    except ValueError:
+        raise BadRequest(f"rate must be records per second (a number > 0), got {raw!r}") from None
+    if not 0 < rate < float("inf"):
+        raise BadRequest(f"rate must be records per second (a number > 0), got {raw!r}")
+    return rate
+
+
+def _chosen(params: Any) -> tuple[str, ...]:
+    return tuple(str(v) for v in params.getlist("id") if str(v))
+
+
+def _matching(store: Store, filters: Filters) -> list[Any]:
+    out = []
+    after = None
+    while True:
+        batch = page_of(store, filters, after, MAX_LIMIT)
+        out.extend(batch)
+        if len(batch) < MAX_LIMIT:
+            return out
+        after = batch[-1].id
+
+
+def _touched(store: Store, action: str, ids: tuple[str, ...], filters: Filters) -> dict[str, Any]:
+    """What an action would touch: how many records, and the first few."""
+    if action == "purge":
+        status = filters.status or "archived"
+        with store.read() as txn:
+            return {"count": store.dead_letters.count(txn, status), "sample": [], "missing": []}
+    if ids:
+        with store.read() as txn:
+            found = [store.dead_letters.get(txn, i) for i in ids]
+        return {
+            "count": sum(1 for r in found if r is not None),
+            "sample": [r for r in found if r is not None][:10],
+            "missing": [i for i, r in zip(ids, found, strict=True) if r is None],
+        }
+    matching = _matching(store, filters)
+    return {"count": len(matching), "sample": matching[:10], "missing": []}
+
+
+def _record_replay(store: Store, ids: tuple[str, ...], filters: Filters, rate: float | None) -> str:
+    """Store a replay request as the CLI does (a runtime on the directory carries it out)."""
+    now = time.time()
+    if ids or not filters.selects_by_index():
+        selected: tuple[str, ...] | None = ids or tuple(r.id for r in _matching(store, filters))
+        chosen_filters: Mapping[str, str] = {}
+    else:
+        selected = None
+        chosen_filters = request_filters(filters.reason_class, filters.key, filters.transport)
+    request = ReplayRequest(
+        id=new_id(now),
+        created_at=now,
+        ids=selected,
+        filters=chosen_filters,
+        rate=rate,
+        updated_at=now,
+    )
+    store.write(lambda txn: store.replay_requests.put(txn, request)).result()
+    return request.id
+
+
+def _ago(at: float | None) -> str:
+    if at is None:
+        return "-"
+    seconds = max(0.0, time.time() - at)
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 86400:
+        return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
+    return f"{int(seconds // 86400)}d{int(seconds % 86400 // 3600)}h"
+
+
+def _when(at: float | None) -> str:
+    if at is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at)) + "Z"
