@@ -45,6 +45,7 @@ bench: $(DEV_STAMP)
 	$(BIN)/python benchmarks/latency.py
 	$(BIN)/python benchmarks/hosts.py
 	$(BIN)/python benchmarks/jetstream.py
+	$(BIN)/python benchmarks/console.py
 
 clean:
 	rm -rf $(VENV) surelay-data .mypy_cache .pytest_cache .ruff_cache .hypothesis
