@@ -125,6 +125,8 @@ def test_an_operator_finds_a_dead_letter_and_replays_it_as_a_canary(
 
     page.goto(record_url)
     expect(page.locator("#status")).to_have_text("replayed")
+    expect(page.locator("#history")).to_contain_text("by id")
+    expect(page.locator("#history")).to_contain_text("done")
     page.screenshot(path=str(SHOTS / "record-replayed.png"), full_page=True)
     assert [e.payload for e in switch.recorder.delivered] == [b"a-0"]
     assert rt.stats().replayed == 1

@@ -23,7 +23,15 @@ from starlette.templating import Jinja2Templates
 
 from surelay.actors.replay import request_filters
 from surelay.console.history import SERIES, History, sparkline
-from surelay.console.queries import PAGE, Filters, headers_of, overview, page_of, payload_views
+from surelay.console.queries import (
+    PAGE,
+    Filters,
+    headers_of,
+    overview,
+    page_of,
+    payload_views,
+    replay_history,
+)
 from surelay.replay_report import ReplayReport
 from surelay.storage.dead_letters import MAX_LIMIT
 from surelay.storage.keys import new_id
@@ -192,6 +200,7 @@ class _Console:
             payload=payload_views(found.payload),
             headers=headers_of(found),
             trace_link=trace_link,
+            history=replay_history(self.store, found),
         )
 
     async def confirm(self, request: Request) -> Response:

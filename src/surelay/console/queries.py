@@ -153,5 +153,25 @@ def payload_views(payload: bytes) -> dict[str, str | None]:
     return {"text": text, "json": pretty, "hex": hexed}
 
 
+def replay_history(store: Store, record: DeadLetter) -> list[dict[str, Any]]:
+    """The replay requests that named this record, or whose filters take it in, newest
+    first."""
+    with store.read() as txn:
+        requests = store.replay_requests.list(txn, limit=10_000)
+    out = []
+    for request in reversed(requests):
+        if request.ids is not None:
+            if record.id not in request.ids:
+                continue
+            how = "by id"
+        else:
+            wanted = dict(request.filters)
+            if any(getattr(record, name) != value for name, value in wanted.items()):
+                continue
+            how = "by filter " + (", ".join(f"{k}={v}" for k, v in wanted.items()) or "(all)")
+        out.append({"request": request, "how": how})
+    return out
+
+
 def headers_of(record: DeadLetter) -> Mapping[str, str]:
     return dict(sorted(record.headers.items()))
