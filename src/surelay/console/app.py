@@ -32,6 +32,7 @@ from surelay.console.queries import (
     payload_views,
     replay_history,
 )
+from surelay.errors import StorageError
 from surelay.replay_report import ReplayReport
 from surelay.storage.dead_letters import MAX_LIMIT
 from surelay.storage.keys import new_id
@@ -245,6 +246,21 @@ class _Console:
             older_than = _duration(fields.get("older_than"), "older_than")
         except BadRequest as bad:
             return self.error(request, 400, str(bad))
+        try:
+            return self._act(request, action, chosen, filters, rate=rate, older_than=older_than)
+        except StorageError as failed:  # a read-only filesystem, a full map: say so
+            return self.error(request, 503, f"{action} failed: {failed}")
+
+    def _act(
+        self,
+        request: Request,
+        action: str,
+        chosen: tuple[str, ...],
+        filters: Filters,
+        *,
+        rate: float | None,
+        older_than: float | None,
+    ) -> Response:
         target = self.store
         if action == "replay":
             request_id = _record_replay(target, chosen, filters, rate)
