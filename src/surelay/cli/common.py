@@ -10,10 +10,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import math
 import os
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,6 +19,7 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
+from surelay.ages import age
 from surelay.errors import StorageError
 from surelay.storage.records import DeadLetter, as_dict
 from surelay.storage.store import Store
@@ -95,18 +94,3 @@ def dead_letter_json(record: DeadLetter) -> dict[str, Any]:
     out["headers"] = dict(record.headers)
     out["priority"] = record.priority.name
     return out
-
-
-def age(at: float, now: float | None = None) -> str:
-    """`at` (epoch s) as a short age: 42s, 7m, 3h12m, 2d4h."""
-    seconds = max(0.0, (time.time() if now is None else now) - at)
-    if not math.isfinite(seconds):
-        return "?"
-    minutes, hours, days = seconds / 60, seconds / 3600, seconds / 86400
-    if seconds < 60:
-        return f"{seconds:.0f}s"
-    if minutes < 60:
-        return f"{minutes:.0f}m"
-    if hours < 24:
-        return f"{int(hours)}h{int(minutes % 60):02d}m"
-    return f"{int(days)}d{int(hours % 24)}h"

@@ -22,6 +22,7 @@ from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
 from surelay.actors.replay import request_filters
+from surelay.ages import age, stamp
 from surelay.console.history import SERIES, History, sparkline
 from surelay.console.queries import (
     PAGE,
@@ -448,19 +449,8 @@ def _record_replay(store: Store, ids: tuple[str, ...], filters: Filters, rate: f
 
 
 def _ago(at: float | None) -> str:
-    if at is None:
-        return "-"
-    seconds = max(0.0, time.time() - at)
-    if seconds < 60:
-        return f"{seconds:.0f}s"
-    if seconds < 3600:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 86400:
-        return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
-    return f"{int(seconds // 86400)}d{int(seconds % 86400 // 3600)}h"
+    return "-" if at is None else age(at)
 
 
 def _when(at: float | None) -> str:
-    if at is None:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at)) + "Z"
+    return "-" if at is None else stamp(at)
