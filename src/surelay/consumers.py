@@ -10,6 +10,7 @@ dispatched as soon as it is added (until then there was no handler for them).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,7 @@ class Consumers:
         self._sources = sources
         self._lock = threading.Lock()
         self._states: dict[str, ConsumerState] = {}
+        self._sources_used: list[Any] = []
 
     def add(
         self,
@@ -56,27 +58,42 @@ class Consumers:
                     f"{name!r} is taken (a transport or a consumer of this runtime has it); "
                     "give the consumer a name of its own"
                 )
+            if any(source is used for used in self._sources_used):
+                raise ValueError("this source is consumed already; make one per consumer")
             hub = self._hub
             hub.engines.add(name, handler)  # may refuse the handler: nothing added then
             hub.breakers.add(name)
-            self._transports[name] = handler
             description = str(getattr(source, "description", type(source).__name__))
             state = self._states[name] = ConsumerState(name, description)
+            self._sources_used.append(source)
+            # this slot's messages for it go out first, then it becomes a transport (so
+            # adoption, which waits for this, moves and sends others' only afterwards)
+            self._recovery.recover(
+                transport=name, then=lambda: self._transports.__setitem__(name, handler)
+            )
         intake = Intake(hub, name, key, priority)
-        self._recovery.recover(transport=name)
         self._sources.start_child(
             ChildSpec(f"source-{name}", SourceConsumer, args=(source, intake, state))
         )
 
     def pause(self, timeout: float) -> None:
-        """Stop every consumer pulling (close() does so first)."""
+        """Stop every consumer pulling (close() does so first), all at once, within
+        about `timeout` seconds together."""
         with self._lock:
             names = list(self._states)
+        deadline = time.monotonic() + timeout
+        asked = []
         for name in names:
             self._states[name].paused = True
             try:
-                self._sources.child(f"source-{name}").ask(Pause(timeout), timeout=timeout + 1)
-            except Exception:  # stopped already, or slow: the tree's stop ends it
+                ref = self._sources.child(f"source-{name}")
+                asked.append(ref.ask(Pause(timeout), block=False))
+            except Exception:  # stopped already: nothing to pause
+                continue
+        for answer in asked:
+            try:
+                answer.get(timeout=max(0.0, deadline - time.monotonic()) + 0.5)
+            except Exception:  # slow: the tree's stop ends it
                 continue
 
     def health(self) -> dict[str, dict[str, Any]]:

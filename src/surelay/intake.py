@@ -112,14 +112,16 @@ class Intake:
         now = hub.config.clock()
         with store.read() as txn:
             seen = store.inbox.seen(txn, self.name, {m.message_id for m in batch}, now=now)
-        seen |= self._writing  # taken by a batch whose write is under way
         duplicates: list[Inbound] = []
         fresh: list[Inbound] = []
+        pending = set(self._writing)  # taken by a batch whose write is under way
         for message in batch:
             if message.message_id in seen:
-                duplicates.append(message)
+                duplicates.append(message)  # durable already: acknowledged at once
+            elif message.message_id in pending:
+                continue  # neither acked nor given back: it comes again, after the write
             else:
-                seen.add(message.message_id)  # twice in one batch: once
+                pending.add(message.message_id)  # twice in one batch: once
                 fresh.append(message)
         if duplicates:
             hub.counters.add("duplicates", self.name, len(duplicates))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from surelay.actors.sender import Deliver
@@ -52,6 +52,9 @@ class Recovery:
         self._hub = hub
         self._lock = threading.Lock()
         self._orphans: dict[str, int] = {}
+        self._moving = threading.Lock()
+        """Held while adopting, and while a transport's own entries go out before it is
+        added: an entry is never sent by both."""
 
     @property
     def orphans(self) -> dict[str, int]:
@@ -59,9 +62,19 @@ class Recovery:
         with self._lock:
             return dict(self._orphans)
 
-    def recover(self, transport: str | None = None) -> int:
+    def recover(
+        self, transport: str | None = None, then: Callable[[], object] | None = None
+    ) -> int:
         """Dispatch this slot's outbox (what an earlier run left), or only its entries
-        for `transport` (one added since: they were orphans); returns how many."""
+        for `transport` (one being added: they were orphans; `then()` adds it, before
+        any adoption may move its entries here); returns how many."""
+        with self._moving:
+            recovered = self._recover(transport)
+            if then is not None:
+                then()
+        return recovered
+
+    def _recover(self, transport: str | None) -> int:
         store = self._hub.store
         after = 0
         recovered = 0
@@ -77,7 +90,7 @@ class Recovery:
             after = chunk[-1].seq
             if transport is not None:
                 chunk = [e for e in chunk if e.envelope.transport == transport]
-            recovered += self.dispatch(chunk, orphans)
+            recovered += self.dispatch(chunk, orphans, also=transport)
         if recovered:
             logger.info("recovered %d message(s) from the outbox of %s", recovered, store.path)
         self._warn(orphans)
@@ -87,6 +100,10 @@ class Recovery:
         """Move slot `slot`'s outbox into this runtime's and dispatch it; returns how
         many entries moved. Entries for transports this runtime was not given stay
         where they are, for a runtime that has them. The caller holds `slot`'s lock."""
+        with self._moving:
+            return self._adopt(slot)
+
+    def _adopt(self, slot: int) -> int:
         hub = self._hub
         store = hub.store
         moved = 0
@@ -110,7 +127,9 @@ class Recovery:
         self._warn(orphans)
         return moved
 
-    def dispatch(self, chunk: Sequence[OutboxEntry], orphans: dict[str, int]) -> int:
+    def dispatch(
+        self, chunk: Sequence[OutboxEntry], orphans: dict[str, int], also: str | None = None
+    ) -> int:
         """Route entries to this runtime's senders (a key's partition is recomputed: the
         runtime that accepted them may have had another number of partitions); returns
         how many went, counting the rest into `orphans`."""
@@ -120,7 +139,7 @@ class Recovery:
         routes = []
         for entry in chunk:
             envelope = entry.envelope
-            if envelope.transport not in hub.transports:
+            if envelope.transport not in hub.transports and envelope.transport != also:
                 orphans[envelope.transport] = orphans.get(envelope.transport, 0) + 1
                 continue
             key = envelope.key

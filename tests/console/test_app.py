@@ -175,3 +175,21 @@ def test_the_command_refuses_an_open_address_without_a_token(data: Path) -> None
     )
     assert done.returncode == 2
     assert "refuses to listen on 0.0.0.0 without an access token" in done.stderr
+
+
+def test_another_host_name_is_turned_away_without_a_token(web: TestClient) -> None:
+    """A page of another site that made its name resolve to 127.0.0.1 (DNS rebinding)."""
+    rebound = web.get("/", headers={"Host": "attacker.example:8787"})
+    assert rebound.status_code == 400 and "its own address only" in rebound.text
+    assert web.get("/", headers={"Host": "localhost:8787"}).status_code == 200
+
+
+def test_the_token_moves_from_the_address_into_a_cookie(data: Path) -> None:
+    for web in client(data, token="s3cret"):
+        first = web.get(
+            "/dead-letters", params={"token": "s3cret", "key": "k0"}, follow_redirects=False
+        )
+        assert first.status_code == 303
+        assert first.headers["location"] == "/dead-letters?key=k0"
+        assert "httponly" in first.headers["set-cookie"].lower()
+        assert web.get("/dead-letters", params={"key": "k0"}).status_code == 200

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from nats.js.api import AckPolicy, ConsumerConfig
 
 from surelay import Envelope, PermanentError, PressurePolicy, Runtime, RuntimeConfig
 from surelay.sources import JetStreamSource
@@ -144,6 +145,8 @@ def test_a_slow_handler_leaves_the_messages_in_the_stream(
         threading.Event().wait(0.5)  # a while for it to take more, were it to
         assert rt.stats().in_flight <= 50  # surelay holds at most its bound...
         assert consumer_pending(server.url, "slow") >= 440  # ...the stream holds the rest
+        held = rt.health()["sources"]["slow"]
+        assert held["ok"] and held["last_error"] is None  # holding off is not a failure
         gate.open()
         wait_for(lambda: len(handler.delivered) >= 500, 60, "everything, once the gate opens")
         assert rt.flush(10)
@@ -190,3 +193,33 @@ def test_bad_arguments_are_refused_clearly(server: NatsServer, tmp_path: Path) -
         JetStreamSource(server.url, "ORDERS", durable="")
     with pytest.raises(ValueError, match="subjects must be"):
         JetStreamSource(server.url, "ORDERS", durable="d", subjects="orders.>")  # type: ignore[arg-type]
+
+
+def test_a_message_with_a_status_header_of_its_own_is_taken(
+    server: NatsServer, tmp_path: Path
+) -> None:
+    handler = Recorder()
+    publish(server.url, [("orders.s", b"mine", {"Status": "200", "Nats-Msg-Id": "st"})])
+    with Runtime.open(tmp_path / "d", transports={}) as rt:
+        rt.consume(JetStreamSource(server.url, "ORDERS", durable="st"), handler, name="st")
+        wait_for(lambda: handler.payloads() == [b"mine"], 30, "the message")
+
+
+def test_a_consumer_surelay_cannot_rely_on_is_refused_clearly(
+    server: NatsServer, tmp_path: Path
+) -> None:
+    async def make() -> None:
+        client = await connect(server.url)
+        config = ConsumerConfig(durable_name="all", ack_policy=AckPolicy.ALL)
+        await client.jetstream().add_consumer("ORDERS", config)
+        await client.close()
+
+    run(make)
+    with Runtime.open(tmp_path / "d", transports={}) as rt:
+        rt.consume(JetStreamSource(server.url, "ORDERS", durable="all"), Recorder(), name="x")
+        wait_for(
+            lambda: "ack policy 'all'" in (rt.health()["sources"]["x"]["last_error"] or ""),
+            30,
+            "the refusal to show",
+        )
+        assert not rt.health()["sources"]["x"]["ok"]

@@ -169,11 +169,13 @@ class SourceConsumer(Actor):
             while not self._stopping.is_set():
                 while writes and writes[0].done():
                     writes.popleft().result()  # a failed write ends this pull
+                self._state.connected = bool(getattr(self._source, "connected", True))
                 room = self._intake.room()
                 if room <= 0 or len(writes) >= WRITES:
                     # full: the stream keeps the messages until there is room
-                    await asyncio.wait([writes[0]] if writes else [], timeout=HOLD)
-                    if not writes:
+                    if writes:
+                        await asyncio.wait([writes[0]], timeout=HOLD)
+                    else:
                         await self._wait(HOLD)
                     continue
                 batch = await self._source.fetch(min(room, BATCH), FETCH_WAIT)
@@ -193,7 +195,9 @@ class SourceConsumer(Actor):
                 await asyncio.wait(writes)
 
     async def _complete(self, taken: Taken, previous: asyncio.Task[None] | None) -> None:
-        """Acknowledge a batch's duplicates; once its write is durable (and the batch
+        """Acknowledge a batch's duplicates (those the inbox holds durably; copies of a
+        message whose write is still under way are left alone: JetStream delivers them
+        again, and by then the inbox decides); once its write is durable (and the batch
         before it handed over, so each key keeps its order), hand it to the senders and
         acknowledge it to the source."""
         intake = self._intake

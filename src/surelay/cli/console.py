@@ -61,7 +61,18 @@ def console(
             f"the console needs its extra ({error.name} is missing): pip install 'surelay[console]'"
         ) from error
     settings = ConsoleSettings(path, token=token, read_only=read_only, trace_url=trace_url)
-    shown = f"http://{host}:{port}/" + (f"?token={token}" if token else "")
+    settings.hosts = (*settings.hosts, host)
+    from_env = (
+        click.get_current_context().get_parameter_source("token")
+        is click.core.ParameterSource.ENVIRONMENT
+    )
+    shown = f"http://{host}:{port}/" + (
+        "?token=<SURELAY_CONSOLE_TOKEN>"
+        if token and from_env
+        else f"?token={token}"
+        if token
+        else ""
+    )
     err_console.print(
         f"surelay console for {path}: {shown}" + (" (read-only)" if read_only else "")
     )

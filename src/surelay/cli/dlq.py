@@ -241,7 +241,7 @@ def get(path: Path, dead_letter_id: str, as_json: bool) -> None:
     type=Duration(),
     default="60s",
     show_default=True,
-    help="with --wait: give up waiting after this (the replay goes on)",
+    help="with --wait: give up waiting after this (the replay goes on); 0: no limit",
 )
 @json_option
 def replay(
@@ -301,7 +301,7 @@ def replay(
                     }
                 )
             return
-        report, finished = _follow(store, request.id, timeout, quiet=as_json)
+        report, finished = _follow(store, request.id, timeout or None, quiet=as_json)
     if as_json:
         emit_json(
             {

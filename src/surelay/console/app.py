@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import contextlib
 import hmac
 import re
@@ -60,6 +61,10 @@ class ConsoleSettings:
     read_only: bool = False
     trace_url: str | None = None
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    hosts: tuple[str, ...] = ("127.0.0.1", "localhost", "[::1]", "testserver")
+    """Host names a request may name (its `Host` header, and an action's `Origin`): a
+    page of another site that made its name resolve to 127.0.0.1 (DNS rebinding) is
+    turned away. With a token, any (the token is what guards)."""
 
 
 class BadRequest(Exception):
@@ -114,25 +119,40 @@ class _Console:
                 self._opened = None
 
     async def guard(self, request: Request, call_next: Any) -> Response:
-        """The token (when set) on every request; safety headers on every answer."""
+        """The host name (without a token), the token (with one) on every request;
+        safety headers on every answer."""
         settings = self.settings
+        if settings.token is None and _host_name(request.headers.get("host", "")) not in [
+            _host_name(h) for h in settings.hosts
+        ]:
+            return HTMLResponse(
+                "<h1>400</h1><p>This console answers to its own address only (127.0.0.1 or "
+                "localhost), not to the host name this request names.</p>",
+                status_code=400,
+            )
         if settings.token is not None:
+            in_query = request.query_params.get("token")
             given = (
-                request.query_params.get("token")
+                in_query
                 or request.cookies.get(COOKIE)
                 or request.headers.get("authorization", "").removeprefix("Bearer ").strip()
             )
-            if not given or not hmac.compare_digest(given, settings.token):
+            if not given or not _same(given, settings.token):
                 return HTMLResponse(
                     "<h1>401</h1><p>This console needs its access token: open it with "
                     "<code>?token=...</code> (the token it was started with).</p>",
                     status_code=401,
                 )
+            if in_query:  # into a cookie, and out of the address bar and history
+                rest = urlencode(
+                    [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
+                )
+                redirect = RedirectResponse(request.url.path + (f"?{rest}" if rest else ""), 303)
+                redirect.set_cookie(COOKIE, settings.token, httponly=True, samesite="strict")
+                return redirect
         response: Response = await call_next(request)
-        if settings.token is not None and request.query_params.get("token"):
-            response.set_cookie(COOKIE, settings.token, httponly=True, samesite="strict")
         response.headers["X-Frame-Options"] = "DENY"
-        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["Referrer-Policy"] = "same-origin"  # no-referrer makes Origin "null"
         return response
 
     def page(self, request: Request, template: str, status: int = 200, **context: Any) -> Response:
@@ -218,6 +238,8 @@ class _Console:
             older_than = _duration(request.query_params.get("older_than"), "older_than")
         except BadRequest as bad:
             return self.error(request, 400, str(bad))
+        if action == "replay" and not chosen and filters.status != "dead":
+            return self.error(request, 400, "a replay takes dead records: filter with status dead")
         touched = _touched(self.store, action, chosen, filters)
         return self.page(
             request,
@@ -263,6 +285,10 @@ class _Console:
         older_than: float | None,
     ) -> Response:
         target = self.store
+        if action == "replay" and not chosen and filters.status != "dead":
+            return self.error(request, 400, "a replay takes dead records: filter with status dead")
+        if action == "purge" and filters.status == "replaying":
+            return self.error(request, 400, "replaying records cannot be purged")
         if action == "replay":
             request_id = _record_replay(target, chosen, filters, rate)
             return RedirectResponse(f"/replays/{request_id}", status_code=303)
@@ -308,17 +334,32 @@ def _refuse_action(request: Request, form: Any, settings: ConsoleSettings) -> st
     if settings.read_only:
         return "this console is read-only: no actions"
     sent = str(form.get("csrf", ""))
-    if not hmac.compare_digest(sent, settings.csrf):
+    if not _same(sent, settings.csrf):
         return "the form's secret is missing or wrong: actions come from this console's pages"
     site = request.headers.get("sec-fetch-site")
     if site is not None and site not in ("same-origin", "none"):
         return f"a request from another site ({site}) may not act here"
     origin = request.headers.get("origin")
-    if origin is not None and origin != "null":
-        expected = f"{request.url.scheme}://{request.headers.get('host', '')}"
-        if origin != expected:
-            return f"a request from {origin} may not act on {expected}"
+    if origin is not None:
+        named = _host_name(origin.partition("://")[2])
+        allowed = [_host_name(h) for h in settings.hosts]
+        if origin == "null" or (settings.token is None and named not in allowed):
+            return f"a request from {origin} may not act here"
+        if settings.token is not None and named != _host_name(request.headers.get("host", "")):
+            return f"a request from {origin} may not act here"
     return None
+
+
+def _host_name(host: str) -> str:
+    """`host[:port]` without the port (IPv6 in brackets kept whole), lower case."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[: host.find("]") + 1]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _same(given: str, expected: str) -> bool:
+    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
 
 
 def _filters(params: Mapping[str, str], *, purge: bool = False) -> Filters:
@@ -347,10 +388,13 @@ def _time(value: str | None, name: str) -> float | None:
     value = value.strip()
     age = _UNITS.get(value[-1:].lower())
     if age is not None and re.fullmatch(r"\d+(\.\d+)?", value[:-1]):
-        return time.time() - float(value[:-1]) * age
+        seconds = float(value[:-1]) * age
+        if seconds > 100 * 365 * 86400:
+            raise BadRequest(f"{name} reaches back more than a hundred years: {value!r}")
+        return time.time() - seconds
     for shape in ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d"):
         try:
-            return float(time.mktime(time.strptime(value, shape)) - time.timezone)
+            return float(calendar.timegm(time.strptime(value, shape)))
         except ValueError:
             continue
     raise BadRequest(

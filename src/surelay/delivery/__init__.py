@@ -101,20 +101,20 @@ class Engines(Mapping[str, Engine]):
 
     def in_flight(self) -> dict[str, int]:
         """Calls running now, per transport."""
-        return {name: engine.in_flight for name, engine in self._engines.items()}
+        return {name: engine.in_flight for name, engine in list(self._engines.items())}
 
     def halt(self) -> None:
         """Start no more calls anywhere; calls running now end and are reported."""
-        for engine in self._engines.values():
+        for engine in list(self._engines.values()):
             engine.halt()
 
     def stop(self, timeout: float) -> None:
         """`halt`, then stop the event loop (cancelling its calls) and let go of the
         pools."""
-        for engine in self._engines.values():
+        for engine in list(self._engines.values()):
             engine.stop(timeout)
         if self.loop is not None:
             self.loop.stop(timeout)
 
     def health(self) -> dict[str, dict[str, Any]]:
-        return {name: engine.health() for name, engine in self._engines.items()}
+        return {name: engine.health() for name, engine in list(self._engines.items())}

@@ -33,11 +33,15 @@ try:
 except ImportError:  # pragma: no cover - the transport's guard says what to install
     pass
 
-__all__ = ["JetStreamSource"]
+__all__ = ["JetStreamSource", "SourceError"]
 
 logger = logging.getLogger("surelay.sources")
 
 CONNECT_TIMEOUT = 5.0
+
+
+class SourceError(Exception):
+    """The source cannot be consumed as it is; the text says why (shown in health)."""
 
 
 class JetStreamSource:
@@ -83,6 +87,8 @@ class JetStreamSource:
         self._asked = 0
         """Messages the last pull request may still bring (0: none outstanding)."""
         self._asked_until = 0.0
+        self._batch_limit = 0
+        """The consumer's `max_ack_pending` (a pull asking for more is refused)."""
 
     async def open(self) -> None:
         """Connect, and find (or make) the durable consumer."""
@@ -103,7 +109,7 @@ class JetStreamSource:
         )
         js = self._client.jetstream()
         try:
-            await js.consumer_info(self.stream, self.durable)
+            info = await js.consumer_info(self.stream, self.durable)
         except nats.js.errors.NotFoundError:
             config = ConsumerConfig(
                 durable_name=self.durable,
@@ -115,7 +121,10 @@ class JetStreamSource:
                 config.filter_subject = self.subjects[0]
             elif self.subjects is not None:
                 config.filter_subjects = self.subjects
-            await js.add_consumer(self.stream, config)
+            info = await js.add_consumer(self.stream, config)
+        self._check(info.config)
+        limit = info.config.max_ack_pending or 0
+        self._batch_limit = limit if limit > 0 else 0
         # Pull requests go out by hand and their messages come to an inbox of ours:
         # nats-py's fetch awaits each message with a timeout of its own, which costs
         # more than the rest of taking it.
@@ -124,6 +133,25 @@ class JetStreamSource:
         self._asked = 0
         self._inbox = self._client.new_inbox()
         self._subscription = await self._client.subscribe(self._inbox, cb=self._arrive)
+
+    def _check(self, config: Any) -> None:
+        """An existing consumer must be one surelay can rely on: acks are sent only once a
+        message is durable, so they must be explicit and per message, and pulled."""
+        policy = getattr(config.ack_policy, "value", config.ack_policy)
+        if policy != "explicit":
+            raise SourceError(
+                f"{self.description} has ack policy {policy!r}; surelay needs 'explicit' "
+                "(it acknowledges each message once it is durable): make another consumer"
+            )
+        if config.deliver_subject:
+            raise SourceError(
+                f"{self.description} is a push consumer; surelay needs a pull consumer"
+            )
+
+    @property
+    def connected(self) -> bool:
+        """Whether the NATS connection is up now (nats-py reconnects by itself)."""
+        return self._client is not None and bool(self._client.is_connected)
 
     async def _arrive(self, message: Any) -> None:
         self._arrived.append(message)
@@ -137,7 +165,8 @@ class JetStreamSource:
         if self._asked and now > self._asked_until:  # its end was lost (a reconnect)
             self._asked = 0
         if len(out) < count and not self._asked:
-            self._asked = count - len(out)
+            wanted = count - len(out)
+            self._asked = min(wanted, self._batch_limit) if self._batch_limit else wanted
             self._asked_until = now + timeout + 1.0
             request = {"batch": self._asked, "expires": int(timeout * 1e9)}
             await self._client.publish(
@@ -153,15 +182,25 @@ class JetStreamSource:
         return [self._inbound(message) for message in out]
 
     def _drain(self, count: int) -> list[Any]:
-        """Messages arrived, up to `count`; a status message (no messages, request
-        expired) ends the request it answers."""
+        """Messages arrived, up to `count`. A status message from the server (no reply
+        subject, no data) ends the request it answers: no messages or the request
+        expired (404, 408) as expected, anything else as an error."""
         out: list[Any] = []
         arrived = self._arrived
         while arrived and len(out) < count:
             message = arrived.popleft()
             headers = message.headers
-            if headers and headers.get("Status"):
+            status = headers.get("Status") if headers and not message.reply else None
+            if status is not None:
                 self._asked = 0
+                if status == "100":  # a heartbeat
+                    continue
+                if status not in ("404", "408"):
+                    arrived.extendleft(reversed(out))  # given back below, with the rest
+                    raise SourceError(
+                        f"{self.description}: JetStream answered {status} "
+                        f"{headers.get('Description', '')}".rstrip()
+                    )
                 continue
             out.append(message)
             if self._asked:
@@ -170,11 +209,7 @@ class JetStreamSource:
 
     def _inbound(self, message: Any) -> Inbound:
         headers = dict(message.headers) if message.headers else {}
-        # $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.
-        # <pending> (with a domain and an account hash before the stream, and perhaps a
-        # token after): counted from the front of the fields after the consumer
-        fields = message.reply.split(".")
-        sequence = int(fields[-4] if len(fields) == 9 else fields[-5])
+        sequence = message.metadata.sequence.stream
         return Inbound(
             message_id=headers.get("Nats-Msg-Id") or f"{self.stream}:{sequence}",
             payload=bytes(message.data),
@@ -189,6 +224,13 @@ class JetStreamSource:
         )
 
     async def close(self) -> None:
+        """Give back what arrived and was not taken (so JetStream delivers it again at
+        once, not after its ack wait), then close the connection."""
+        while self._arrived:
+            message = self._arrived.popleft()
+            if message.reply:
+                with contextlib.suppress(Exception):
+                    await message.nak()
         client, self._client, self._subscription = self._client, None, None
         if client is not None:
             try:

@@ -156,16 +156,22 @@ class Environment:
             if not create:
                 raise StorageError(f"{where} is not a surelay data directory (no data.mdb)")
             _refuse_foreign(where)
-        readonly = not create and not os.access(where, os.W_OK)
+        # Only on a read-only filesystem is it opened without LMDB's lock file: nothing
+        # can write there, so nothing changes under the readers. Elsewhere a directory
+        # this process may not write is an error (reading a live store unlocked is not
+        # safe).
+        readonly = not create and _read_only_filesystem(where)
         try:
             env = _open_lmdb(where, map_size, len(TABLES) + host_tables, durability, readonly)
         except lmdb.Error as error:
-            if create or readonly or getattr(error, "errno", None) not in _NOT_WRITABLE:
-                raise StorageError(
-                    f"cannot open {where} as a surelay data directory: {error}"
-                ) from error
-            readonly = True  # a read-only filesystem (root passes os.access anyway)
-            env = _open_lmdb(where, map_size, len(TABLES) + host_tables, durability, True)
+            hint = (
+                ": this user may not write there (run as the service's user)"
+                if getattr(error, "errno", None) in (errno.EACCES, errno.EPERM)
+                else ""
+            )
+            raise StorageError(
+                f"cannot open {where} as a surelay data directory: {error}{hint}"
+            ) from error
         try:
             if readonly:
                 dbs = {name: env.open_db(name.encode(), create=False) for name in TABLES}
@@ -353,7 +359,11 @@ def _refuse_foreign(where: Path) -> None:
         )
 
 
-_NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+def _read_only_filesystem(where: Path) -> bool:
+    try:
+        return bool(os.statvfs(where).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def _open_lmdb(where: Path, map_size: int, max_dbs: int, durability: str, readonly: bool) -> Any:

@@ -7,11 +7,13 @@ envelope's headers (its `traceparent` among them) travel as NATS headers, with
 `Surelay-Message-Id`, `Surelay-Key` and `Surelay-Attempt`.
 
 Outcomes: stored (or a duplicate the stream already holds) is delivered. Permanent,
-with a reason that says which: a subject no stream captures, a message over the
-stream's limits (size, per-subject count with `discard new`, ...) or over the server's
-`max_payload`. Transient: no answer in `timeout` seconds, no responder while a stream
-does capture the subject (a leader election, a server starting), a server that is down
-or a connection being re-established, and every other server error (JetStream's 503s).
+with a reason that says which: a subject no stream captures, a message JetStream
+refuses with a 4xx (over the stream's `max_msg_size`, error 10054, among others) or one
+over the server's `max_payload`. Transient: no answer in `timeout` seconds, no responder
+while a stream does capture the subject (a leader election, a server starting), a server
+that is down or a connection being re-established, and every other server error
+(JetStream's 5xx: a full stream that discards new messages answers so, and its messages
+wait in the outbox until there is room).
 
 One connection per transport (a runtime owns its transports), made on the runtime's
 event loop at the first call and re-established by nats-py by itself; while no server
@@ -109,8 +111,9 @@ class JetStreamTransport:
         self.subject = subject
         self.subject_for = subject_for
         self.timeout = float(timeout)
-        # the runtime's ack timeout for a call: the publish's own, plus room to connect
-        self.ack_timeout = self.timeout + 5.0
+        # the runtime's ack timeout for a call: connecting first and then publishing,
+        # each bounded by `timeout`
+        self.ack_timeout = 2 * self.timeout + 1.0
         self._client: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connecting: asyncio.Lock | None = None
