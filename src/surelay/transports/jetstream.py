@@ -24,6 +24,7 @@ in the outbox. Needs nats-py (`pip install surelay[nats]`).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -118,6 +119,7 @@ class JetStreamTransport:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connecting: asyncio.Lock | None = None
         self._streams: dict[str, tuple[str, float]] = {}
+        self._acks: _Acks
 
     async def __call__(self, envelope: Envelope) -> None:
         subject = self.subject if self.subject_for is None else self.subject_for(envelope)
@@ -133,22 +135,23 @@ class JetStreamTransport:
         if envelope.key is not None:
             headers["Surelay-Key"] = envelope.key
         try:
-            await js.publish(subject, envelope.payload, timeout=self.timeout, headers=headers)
-        except nats.js.errors.NoStreamResponseError as error:
+            answer = await self._acks.request(subject, envelope.payload, headers)
+        except _NoResponders as error:
             await self._no_stream(js, subject, error)
-        except nats.js.errors.APIError as error:
-            raise _api_error(subject, error) from error
         except nats.errors.MaxPayloadError as error:
             raise PermanentError(
                 f"{len(envelope.payload)} bytes is over the NATS server's max_payload: {error}"
             ) from error
-        except nats.errors.TimeoutError as error:
+        except TimeoutError as error:
             raise TransientError(
                 f"no publish ack for {subject!r} within {self.timeout}s "
                 "(a server down or a stream not answering)"
             ) from error
         except (nats.errors.Error, OSError) as error:
             raise TransientError(f"publishing to {subject!r} failed: {error!r}") from error
+        problem = answer.get("error") if isinstance(answer, dict) else None
+        if problem is not None:
+            raise _api_error(subject, _ApiProblem(problem))
 
     async def _no_stream(self, js: Any, subject: str, error: Exception) -> None:
         """No responder: permanent if no stream captures `subject`, else transient."""
@@ -183,7 +186,9 @@ class JetStreamTransport:
         if self._client is None:
             async with self._connecting:
                 if self._client is None:
-                    self._client = await self._connect()
+                    client = await self._connect()
+                    self._acks = await _Acks.start(client, self.timeout)
+                    self._client = client
         return self._client.jetstream()
 
     async def _connect(self) -> Any:
@@ -218,10 +223,88 @@ class JetStreamTransport:
         """Close the connection (on the loop it was made on)."""
         client, self._client = self._client, None
         if client is not None:
+            self._acks.stop()
             try:
                 await asyncio.wait_for(client.close(), 2.0)
             except Exception as error:  # closing for good: say it, go on
                 logger.debug("closing the NATS connection: %r", error)
+
+
+class _NoResponders(Exception):
+    """No stream took the publish (NATS answered 503 to its reply subject)."""
+
+
+class _ApiProblem:
+    """A JetStream API error from a publish ack, shaped as nats-py's `APIError`."""
+
+    def __init__(self, problem: dict[str, Any]) -> None:
+        self.code = problem.get("code")
+        self.err_code = problem.get("err_code")
+        self.description = problem.get("description")
+
+
+class _Acks:
+    """Publishes awaiting their JetStream ack, on one reply subscription and one timer
+    task: nats-py's request makes a task and a timer per message, which costs more than
+    the rest of a publish. Each publish carries a reply subject of its own under this
+    connection's inbox; an ack (or a 503: no responders) resolves its future; one not
+    answered within `timeout` fails with `TimeoutError`."""
+
+    def __init__(self, client: Any, timeout: float) -> None:
+        self._client = client
+        self._timeout = timeout
+        self._prefix = client.new_inbox() + "."
+        self._waiting: dict[str, tuple[asyncio.Future[Any], float]] = {}
+        self._count = 0
+        self._expiry: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def start(cls, client: Any, timeout: float) -> _Acks:
+        acks = cls(client, timeout)
+        await client.subscribe(acks._prefix + "*", cb=acks._answer)
+        acks._expiry = asyncio.get_running_loop().create_task(acks._expire())
+        return acks
+
+    async def request(self, subject: str, payload: bytes, headers: dict[str, str]) -> Any:
+        self._count += 1
+        token = str(self._count)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting[token] = (future, time.monotonic() + self._timeout)
+        try:
+            await self._client.publish(
+                subject, payload, reply=self._prefix + token, headers=headers
+            )
+            return await future
+        finally:
+            self._waiting.pop(token, None)
+
+    async def _answer(self, message: Any) -> None:
+        waiting = self._waiting.get(message.subject[len(self._prefix) :])
+        if waiting is None or waiting[0].done():
+            return
+        future = waiting[0]
+        headers = message.headers
+        if headers and headers.get("Status") == "503":
+            future.set_exception(_NoResponders("no responders"))
+            return
+        try:
+            future.set_result(json.loads(message.data) if message.data else {})
+        except ValueError as error:
+            future.set_exception(TransientError(f"an ack that is not JSON: {error}"))
+
+    async def _expire(self) -> None:
+        while True:
+            await asyncio.sleep(min(0.1, self._timeout / 4))
+            now = time.monotonic()
+            for future, deadline in list(self._waiting.values()):
+                if deadline > now:
+                    break  # one timeout for all: in deadline order already
+                if not future.done():
+                    future.set_exception(TimeoutError())
+
+    def stop(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
 
 
 def _api_error(subject: str, error: Any) -> Exception:
