@@ -6,12 +6,14 @@ import asyncio
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from surelay import Envelope, PermanentError, PressurePolicy, Runtime, RuntimeConfig
 from surelay.sources import JetStreamSource
+from surelay.sources.jetstream import _stream_sequence
 from tests.helpers import Gate, Recorder
 from tests.nats_server import NatsServer, add_stream, connect, run, wait_for
 
@@ -223,3 +225,13 @@ def test_a_consumer_surelay_cannot_rely_on_is_refused_clearly(
             "the refusal to show",
         )
         assert not rt.health()["sources"]["x"]["ok"]
+
+
+def test_the_stream_sequence_is_read_from_every_form_of_ack_subject() -> None:
+    forms = [
+        "$JS.ACK.S.c.1.42.7.1700000000000000000.3",  # without a domain
+        "$JS.ACK.dom.HASH.S.c.1.42.7.1700000000000000000.3",  # a domain, no token
+        "$JS.ACK.dom.HASH.S.c.1.42.7.1700000000000000000.3.tok",  # and a token
+    ]
+    for reply in forms:
+        assert _stream_sequence(SimpleNamespace(reply=reply)) == 42, reply
