@@ -108,7 +108,9 @@ class _Console:
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
         if self._given is None:
-            self._opened = Store.open(self.settings.path, create=False)
+            self._opened = Store.open(
+                self.settings.path, create=False, readonly=self.settings.read_only
+            )
         self.history.start()
         try:
             yield

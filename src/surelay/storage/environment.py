@@ -136,7 +136,11 @@ class Environment:
         durability: str = "sync",
         create: bool = True,
         host_tables: int = 32,
+        readonly: bool = False,
     ) -> Environment:
+        """Open (or, with `create`, make) the environment of `path`. With `readonly`,
+        nothing is written (not even the schema check's transaction); on a read-only
+        filesystem that is so by itself, and LMDB's lock file is not used either."""
         if durability not in ("sync", "async"):
             raise ValueError(f"durability must be 'sync' or 'async', got {durability!r}")
         if map_size <= 0 or max_map_size < map_size:
@@ -160,9 +164,12 @@ class Environment:
         # can write there, so nothing changes under the readers. Elsewhere a directory
         # this process may not write is an error (reading a live store unlocked is not
         # safe).
-        readonly = not create and _read_only_filesystem(where)
+        unlocked = not create and _read_only_filesystem(where)
+        readonly = readonly or unlocked
         try:
-            env = _open_lmdb(where, map_size, len(TABLES) + host_tables, durability, readonly)
+            env = _open_lmdb(
+                where, map_size, len(TABLES) + host_tables, durability, readonly, lock=not unlocked
+            )
         except lmdb.Error as error:
             hint = (
                 ": this user may not write there (run as the service's user)"
@@ -366,7 +373,9 @@ def _read_only_filesystem(where: Path) -> bool:
         return False
 
 
-def _open_lmdb(where: Path, map_size: int, max_dbs: int, durability: str, readonly: bool) -> Any:
+def _open_lmdb(
+    where: Path, map_size: int, max_dbs: int, durability: str, readonly: bool, *, lock: bool
+) -> Any:
     return lmdb.open(
         str(where),
         map_size=map_size,
@@ -376,7 +385,7 @@ def _open_lmdb(where: Path, map_size: int, max_dbs: int, durability: str, readon
         metasync=durability == "sync",
         max_readers=256,
         readonly=readonly,
-        lock=not readonly,  # no lock file can be written: a snapshot, read as it is
+        lock=lock,  # off on a read-only filesystem: no lock file can be written there
     )
 
 

@@ -128,6 +128,7 @@ class Store:
         max_batch: int = 1024,
         flush_interval: float = 1.0,
         claim: bool = False,
+        readonly: bool = False,
     ) -> Store:
         """Open (creating, mode 0o700, if `create`) the data directory at `path`.
 
@@ -137,7 +138,8 @@ class Store:
         that is not a surelay one, `SchemaMismatch` for an incompatible schema. Other
         processes may open the same directory at once (LMDB's own locking); this process
         may not open it twice. With `claim`, the store takes the lowest free slot of the
-        directory and holds it until `close()`.
+        directory and holds it until `close()`. With `readonly`, it only reads (every
+        write raises `StorageError`).
         """
         check_path(path)
         real = Path(os.path.realpath(path))
@@ -162,6 +164,7 @@ class Store:
                 max_map_size=max_map_size if max_map_size is not None else 16 * map_size,
                 durability=durability,
                 create=create,
+                readonly=readonly,
             )
         except BaseException:
             with _OPEN_LOCK:
