@@ -461,15 +461,18 @@ def _touched(store: Store, action: str, ids: tuple[str, ...], filters: Filters) 
         status = filters.status or "archived"
         with store.read() as txn:
             return {"count": store.dead_letters.count(txn, status), "sample": [], "missing": []}
+    # what each action takes: a replay, dead records; an archive, dead and replayed ones
+    takes = ("dead",) if action == "replay" else ("dead", "replayed")
     if ids:
         with store.read() as txn:
             found = [store.dead_letters.get(txn, i) for i in ids]
+        taken = [r for r in found if r is not None and r.status in takes]
         return {
-            "count": sum(1 for r in found if r is not None),
-            "sample": [r for r in found if r is not None][:10],
+            "count": len(taken),
+            "sample": taken[:10],
             "missing": [i for i, r in zip(ids, found, strict=True) if r is None],
         }
-    matching = _matching(store, filters)
+    matching = [r for r in _matching(store, filters) if r.status in takes]
     return {"count": len(matching), "sample": matching[:10], "missing": []}
 
 
