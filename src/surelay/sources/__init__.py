@@ -8,7 +8,21 @@ only once it is durable in the outbox, and `await source.close()`.
 Built in: `JetStreamSource` (a NATS JetStream durable pull consumer; the `nats` extra).
 """
 
+from typing import TYPE_CHECKING, Any
+
 from surelay.sources.inbound import Inbound, Source
-from surelay.sources.jetstream import JetStreamSource
+
+if TYPE_CHECKING:
+    from surelay.sources.jetstream import JetStreamSource
 
 __all__ = ["Inbound", "JetStreamSource", "Source"]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use: nats-py (and all it brings) stays out of a host that
+    # does not consume from JetStream.
+    if name == "JetStreamSource":
+        from surelay.sources.jetstream import JetStreamSource  # noqa: PLC0415
+
+        return JetStreamSource
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

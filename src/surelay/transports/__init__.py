@@ -12,8 +12,29 @@ each request as Standard Webhooks specify (`surelay.transports.webhooks`); and
 stream with server-side dedup.
 """
 
-from surelay.transports.async_http import AsyncHttpTransport
+from typing import TYPE_CHECKING, Any
+
 from surelay.transports.http import HttpTransport
-from surelay.transports.jetstream import JetStreamTransport, subject_by_key
+
+if TYPE_CHECKING:
+    from surelay.transports.async_http import AsyncHttpTransport
+    from surelay.transports.jetstream import JetStreamTransport, subject_by_key
 
 __all__ = ["AsyncHttpTransport", "HttpTransport", "JetStreamTransport", "subject_by_key"]
+
+_LAZY = {
+    "AsyncHttpTransport": "surelay.transports.async_http",
+    "JetStreamTransport": "surelay.transports.jetstream",
+    "subject_by_key": "surelay.transports.jetstream",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use: aiohttp and nats-py (and all they bring, tens of thousands
+    # of objects every garbage collection walks) stay out of hosts that do not use them.
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib  # noqa: PLC0415
+
+    return getattr(importlib.import_module(module), name)
