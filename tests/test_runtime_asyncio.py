@@ -13,6 +13,7 @@ from surelay import (
     InvalidMessage,
     Outcome,
     Overloaded,
+    PermanentError,
     PressurePolicy,
     Priority,
     Receipt,
@@ -266,3 +267,21 @@ def test_a_turn_over_the_bound_takes_what_fits(tmp_path: Path) -> None:
         assert rt.flush(10)
     assert all(isinstance(r, Receipt) for r in results[:5])
     assert all(isinstance(r, Overloaded) for r in results[5:])
+
+
+def test_awaited_outcomes_other_than_delivered_and_a_bad_aflush(tmp_path: Path) -> None:
+    def refuse(envelope: object) -> None:
+        raise PermanentError("no")
+
+    async def main(rt: Runtime) -> list[Outcome]:
+        with pytest.raises(ValueError, match="timeout must be seconds"):
+            await rt.aflush("5")  # type: ignore[arg-type]
+        dead = await rt.asend("bad", b"x")
+        first = await rt.asend("t", b"y", idempotency_key="once")
+        outcomes = [await dead, await first]
+        again = await rt.asend("t", b"y", idempotency_key="once")
+        return [*outcomes, await again]
+
+    with open_runtime(tmp_path, {"t": Recorder(), "bad": refuse}) as rt:
+        outcomes = asyncio.run(main(rt))
+    assert outcomes == [Outcome.DEAD_LETTERED, Outcome.DELIVERED, Outcome.DUPLICATE]

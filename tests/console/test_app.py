@@ -193,3 +193,38 @@ def test_the_token_moves_from_the_address_into_a_cookie(data: Path) -> None:
         assert first.headers["location"] == "/dead-letters?key=k0"
         assert "httponly" in first.headers["set-cookie"].lower()
         assert web.get("/dead-letters", params={"key": "k0"}).status_code == 200
+
+
+def test_replaying_the_filter_at_a_rate_records_the_filter_and_the_rate(web: TestClient) -> None:
+    confirm = web.get("/confirm/replay", params={"key": "k1", "rate": "5"})
+    assert re.search(r'id="count">2<', confirm.text)
+    assert 'id="rate" size="6" value="5.0"' in confirm.text  # the rate can be set here
+    answer = web.post(
+        "/actions/replay",
+        data={"key": "k1", "status": "dead", "rate": "2.5", "csrf": csrf_of(confirm.text)},
+        follow_redirects=False,
+    )
+    assert answer.status_code == 303
+    request_id = answer.headers["location"].rsplit("/", 1)[1]
+    shown = web.get(answer.headers["location"]).text
+    assert "at most 2.5/s" in shown and request_id in shown
+
+
+def test_time_filters_purge_counts_and_the_record_views(data: Path) -> None:
+    for web in client(data, trace_url="http://traces.test/trace/{trace_id}"):
+        assert len(re.findall(r'/dead-letters/[0-9A-Z]{26}"', web.get("/dead-letters").text)) == 5
+        future = web.get("/dead-letters", params={"since": "2099-01-01"})
+        assert "No dead letters match" in future.text  # a time range really filters
+        past = web.get("/dead-letters", params={"until": "2000-01-01T00:00"})
+        assert "No dead letters match" in past.text
+        ids = re.findall(r'/dead-letters/([0-9A-Z]{26})"', web.get("/dead-letters").text)
+        record = web.get(f"/dead-letters/{ids[0]}").text
+        assert 'id="payload-hex">7b 22 6e 22' in record  # {"n" in hex
+        assert "Never replayed" in record
+        secret = csrf_of(web.get("/confirm/archive", params={"id": ids}).text)
+        answer = web.post("/actions/purge", data={"status": "replaying", "csrf": secret})
+        assert answer.status_code == 400 and "replaying records cannot be purged" in answer.text
+        web.post("/actions/archive", data={"id": ids, "status": "dead", "csrf": secret})
+        young = web.get("/confirm/purge", params={"status": "archived", "older_than": "1d"})
+        assert re.search(r'id="count">0<', young.text)  # none is a day old
+        assert re.search(r'id="count">5<', web.get("/confirm/purge").text)

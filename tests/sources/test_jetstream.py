@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -235,3 +237,44 @@ def test_the_stream_sequence_is_read_from_every_form_of_ack_subject() -> None:
     ]
     for reply in forms:
         assert _stream_sequence(SimpleNamespace(reply=reply)) == 42, reply
+
+
+def test_a_replay_asked_before_the_consumer_is_added_waits_for_it(
+    server: NatsServer, tmp_path: Path
+) -> None:
+    """The CLI asks to replay a consumed message while no runtime runs; the runtime
+    that opens next must not refuse it before `rt.consume` has added the handler."""
+    broken = threading.Event()
+    broken.set()
+
+    def handler(envelope: Envelope) -> None:
+        if broken.is_set():
+            raise PermanentError("down")
+
+    publish(server.url, [("orders.r", b"late", {"Nats-Msg-Id": "r1"})])
+    with Runtime.open(tmp_path / "d", transports={}) as rt:
+        rt.consume(JetStreamSource(server.url, "ORDERS", durable="r"), handler, name="ledger")
+        wait_for(lambda: len(rt.dead_letters.list()) == 1, 30, "the dead letter")
+        (dead,) = rt.dead_letters.list()
+    ask = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "surelay.cli",
+            "dlq",
+            "replay",
+            "--path",
+            str(tmp_path / "d"),
+            dead.id,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert ask.returncode == 0, ask.stderr
+    broken.clear()
+    with Runtime.open(tmp_path / "d", transports={}) as rt:
+        threading.Event().wait(0.6)  # the replay coordinator looks (every 0.25 s) first
+        rt.consume(JetStreamSource(server.url, "ORDERS", durable="r"), handler, name="ledger")
+        wait_for(lambda: rt.dead_letters.get(dead.id).status == "replayed", 30, "the replay")

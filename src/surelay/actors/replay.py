@@ -163,6 +163,7 @@ class ReplayCoordinator(AlarmOwner):
         self._hub = hub
         self._state = state
         self._next_poll = 0.0
+        self._deferred: set[str] = set()
 
     def on_start(self) -> None:
         self.start_alarm(
@@ -324,6 +325,8 @@ class ReplayCoordinator(AlarmOwner):
             if job is None and request.status in ("pending", "running"):
                 # pending: asked from another process; running: left by a runtime that
                 # died mid-replay
+                if request.status == "pending" and not self._can_carry_out(request):
+                    continue  # left for a runtime that has the transports it needs
                 try:
                     self._start(request.id)
                 except Exception:
@@ -333,6 +336,28 @@ class ReplayCoordinator(AlarmOwner):
                 if progress != job.saved:
                     self._save(replace(job.request, progress=progress))
         self._recover_leases()
+
+    def _can_carry_out(self, request: ReplayRequest) -> bool:
+        """Whether this runtime has the transport of every record `request` names (a
+        consumer's handler, for one, exists only once `rt.consume` ran); a request it
+        cannot carry out stays pending for one that can (or for this one, later)."""
+        transports = self._hub.transports
+        store = self._hub.store
+        with store.read() as txn:
+            if request.ids is not None:
+                records = (store.dead_letters.get(txn, i) for i in request.ids)
+                lacking = {r.transport for r in records if r is not None} - set(transports)
+            else:
+                wanted = request.filters.get("transport")
+                lacking = {wanted} - set(transports) if wanted is not None else set()
+        if lacking and request.id not in self._deferred:
+            self._deferred.add(request.id)
+            logger.info(
+                "replay request %s waits for a runtime with transport(s) %s",
+                request.id,
+                ", ".join(sorted(lacking)),
+            )
+        return not lacking
 
     def _recover_leases(self) -> None:
         """Replay again records left `replaying` by a worker that is gone."""

@@ -242,7 +242,7 @@ class _Console:
             return self.error(request, 400, str(bad))
         if action == "replay" and not chosen and filters.status != "dead":
             return self.error(request, 400, "a replay takes dead records: filter with status dead")
-        touched = _touched(self.store, action, chosen, filters)
+        touched = _touched(self.store, action, chosen, filters, older_than)
         return self.page(
             request,
             "confirm.html",
@@ -455,12 +455,23 @@ def _matching(store: Store, filters: Filters) -> list[Any]:
         after = batch[-1].id
 
 
-def _touched(store: Store, action: str, ids: tuple[str, ...], filters: Filters) -> dict[str, Any]:
+def _touched(
+    store: Store,
+    action: str,
+    ids: tuple[str, ...],
+    filters: Filters,
+    older_than: float | None = None,
+) -> dict[str, Any]:
     """What an action would touch: how many records, and the first few."""
     if action == "purge":
         status = filters.status or "archived"
-        with store.read() as txn:
-            return {"count": store.dead_letters.count(txn, status), "sample": [], "missing": []}
+        if older_than is None:
+            with store.read() as txn:
+                count = store.dead_letters.count(txn, status)
+            return {"count": count, "sample": [], "missing": []}
+        cutoff = time.time() - older_than
+        old = [r for r in _matching(store, Filters(status=status)) if r.failed_at < cutoff]
+        return {"count": len(old), "sample": old[:10], "missing": []}
     # what each action takes: a replay, dead records; an archive, dead and replayed ones
     takes = ("dead",) if action == "replay" else ("dead", "replayed")
     if ids:

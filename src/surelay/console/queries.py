@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from surelay.storage.keys import index_prefix, new_id
+from surelay.storage.keys import index_prefix, time_prefix
 from surelay.storage.records import DEAD_LETTER_STATUSES, REASON_CLASSES, DeadLetter
 from surelay.storage.slots import holders
 from surelay.storage.store import Store
@@ -53,9 +53,9 @@ def page_of(
     """One page of matching records, oldest first, after id `after`. Ids are ordered by
     failure time, so a time range is a range of ids: no scan beyond the page."""
     if filters.since is not None:
-        floor = new_id(filters.since)[:10] + "0" * 16
+        floor = time_prefix(filters.since) + "0" * 16
         after = max(after or "", floor)
-    ceiling = None if filters.until is None else new_id(filters.until)[:10] + "Z" * 16
+    ceiling = None if filters.until is None else time_prefix(filters.until) + "Z" * 16
     with store.read() as txn:
         records = store.dead_letters.list(
             txn,
