@@ -2,7 +2,8 @@
 
 Run: .venv/bin/python benchmarks/console.py [--dead-letters N] [--requests N]
 
-Fills a data directory with N dead letters (5 transports, 1000 keys, 5 reason classes),
+Fills a data directory with N dead letters (7 transports, 1000 keys, 5 reason classes,
+independent of each other),
 then serves the console (Starlette app, in process: the page's own cost, no network)
 and times, over the requests: the filtered list page (`reason_class` + `transport`),
 a page deep in the unfiltered list (`after` an id in the middle), and one record's page.
@@ -40,7 +41,7 @@ def fill(store: Store, count: int) -> list[str]:
                     id=new_id(at),
                     message_id=f"m{n}",
                     key=f"key-{n % 1000}",
-                    transport=f"transport-{n % 5}",
+                    transport=f"transport-{n % 7}",
                     payload=b'{"order": %d, "note": "%s"}' % (n, b"x" * 60),
                     headers={"traceparent": f"00-{n:032x}-{n:016x}-01"},
                     idempotency_key=f"m{n}",
@@ -115,6 +116,11 @@ def main() -> None:
                         bare(reason_class="permanent", transport="transport-1"),
                     ),
                     (
+                        "no match (key + reason: 100 records read)",
+                        get("/dead-letters", key="key-7", reason_class="permanent"),
+                        bare(key="key-7", reason_class="permanent"),
+                    ),
+                    (
                         "unfiltered list, page in the middle",
                         get("/dead-letters", after=middle),
                         bare(after=middle),
@@ -125,11 +131,11 @@ def main() -> None:
                     f"{args.dead_letters:,} dead letters, {args.requests} requests each "
                     "(ms; the console renders in process, no network)"
                 )
-                print(f"{'page':38} {'p50':>7} {'p99':>7}   {'store p50':>9} {'store p99':>9}")
+                print(f"{'page':42} {'p50':>7} {'p99':>7}   {'store p50':>9} {'store p99':>9}")
                 for name, page, store_call in cases:
                     p50, p99 = timed(page, args.requests)
                     b50, b99 = timed(store_call, args.requests)
-                    print(f"{name:38} {p50:>7.2f} {p99:>7.2f}   {b50:>9.2f} {b99:>9.2f}")
+                    print(f"{name:42} {p50:>7.2f} {p99:>7.2f}   {b50:>9.2f} {b99:>9.2f}")
 
 
 if __name__ == "__main__":
