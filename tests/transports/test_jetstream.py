@@ -154,3 +154,25 @@ def test_a_cluster_node_killed_mid_load_loses_nothing(tmp_path: Path) -> None:
     finally:
         for node in nodes:
             node.kill()
+
+
+def test_a_lost_server_after_connecting_and_an_oversized_payload(server: NatsServer) -> None:
+    transport = JetStreamTransport(server.url, "orders.x", timeout=0.5)
+
+    async def go() -> list[Exception | None]:
+        results: list[Exception | None] = []
+        for payload, kill in ((b"x" * (2 << 20), False), (b"ok", False), (b"late", True)):
+            if kill:
+                server.kill()
+            try:
+                await transport(Envelope("m", "js", payload))
+                results.append(None)
+            except Exception as error:
+                results.append(error)
+        await transport.aclose()
+        return results
+
+    too_big, fine, lost = run(go)
+    assert isinstance(too_big, PermanentError) and "max_payload" in str(too_big)
+    assert fine is None
+    assert isinstance(lost, TransientError) and "no publish ack" in str(lost)
