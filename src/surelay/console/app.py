@@ -61,7 +61,7 @@ class ConsoleSettings:
     read_only: bool = False
     trace_url: str | None = None
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(24))
-    hosts: tuple[str, ...] = ("127.0.0.1", "localhost", "[::1]", "testserver")
+    hosts: tuple[str, ...] = ("127.0.0.1", "localhost", "[::1]")
     """Host names a request may name (its `Host` header, and an action's `Origin`): a
     page of another site that made its name resolve to 127.0.0.1 (DNS rebinding) is
     turned away. With a token, any (the token is what guards)."""

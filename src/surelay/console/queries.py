@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from surelay.storage.environment import keys_with_prefix
 from surelay.storage.keys import index_prefix, time_prefix
 from surelay.storage.records import DEAD_LETTER_STATUSES, REASON_CLASSES, DeadLetter
 from surelay.storage.slots import holders
@@ -77,8 +78,8 @@ def by_transport(store: Store, status: str = "dead") -> dict[str, int]:
     status_prefix = index_prefix(b"s", status)
     counts: dict[str, int] = {}
     with store.read() as txn:
-        in_status = {bytes(k)[len(status_prefix) :] for k in _keys(txn, db, status_prefix)}
-        for entry in _keys(txn, db, b"t"):
+        in_status = {k[len(status_prefix) :] for k in keys_with_prefix(txn, db, status_prefix)}
+        for entry in keys_with_prefix(txn, db, b"t"):
             length = int.from_bytes(entry[1:3], "big")
             if length == 0xFFFF:
                 continue
@@ -87,18 +88,6 @@ def by_transport(store: Store, status: str = "dead") -> dict[str, int]:
                 transport = name.decode("utf-8", "replace")
                 counts[transport] = counts.get(transport, 0) + 1
     return counts
-
-
-def _keys(txn: Any, db: Any, prefix: bytes) -> list[bytes]:
-    cursor = txn.cursor(db=db)
-    out = []
-    if cursor.set_range(prefix):
-        for found in cursor.iternext(keys=True, values=False):
-            key = bytes(found)
-            if not key.startswith(prefix):
-                break
-            out.append(key)
-    return out
 
 
 def overview(store: Store) -> dict[str, Any]:
