@@ -244,6 +244,9 @@ class Runtime:
         self._active = 0
         self._round_robin = itertools.count()
         self._txns: dict[int, list[OutboxEntry]] = {}
+        self._txn_threads: set[int] = set()
+        """Threads inside `transaction()`: a send there without `txn=` would wait for
+        the write lock that very thread holds."""
         self._turns: dict[asyncio.AbstractEventLoop, _Turn] = {}
         self._turn_lock = threading.Lock()
         """`asend`s of the current turn of each event loop sending (see `_Turn`)."""
@@ -460,7 +463,8 @@ class Runtime:
         With AT_LEAST_ONCE it returns once the message is durable in the outbox; with
         `txn` (from `transaction()`) it is written in that transaction and dispatched
         after it commits. Raises `UnknownTransport`, `InvalidMessage`, `Overloaded`,
-        `RuntimeClosed`; nothing is accepted when it raises.
+        `RuntimeClosed`, and `RuntimeError` without `txn` inside `transaction()` on the
+        same thread; nothing is accepted when it raises.
         """
         checked = self._check(transport, payload, key, idempotency_key, priority, headers)
         return self._accept([checked], txn)[0]
@@ -495,6 +499,7 @@ class Runtime:
         checked = self._check(transport, payload, key, idempotency_key, priority, headers)
         if txn is not None:
             return (await self._aaccept([checked], txn))[0]
+        self._refuse_inside_transaction()
         delay = self._admission([checked])
         if delay > 0:
             await asyncio.sleep(delay)
@@ -759,7 +764,19 @@ class Runtime:
             )
         return envelopes
 
+    def _refuse_inside_transaction(self) -> None:
+        """A send without `txn=` by a thread inside `transaction()` would wait for ever
+        for the write lock its own transaction holds (and hold every writer meanwhile)."""
+        if threading.get_ident() in self._txn_threads:
+            raise RuntimeError(
+                "send without txn= inside rt.transaction() on the same thread would wait "
+                "for ever for the write lock that transaction holds: pass txn=txn to put the "
+                "message in that transaction, or send after the block"
+            )
+
     def _accept(self, checked: list[_Checked], txn: Txn | None) -> list[Receipt]:
+        if txn is None:
+            self._refuse_inside_transaction()
         delay = self._admission(checked)
         if delay > 0:
             time.sleep(delay)  # the throttle: bounded, LOW only, while elevated
@@ -776,6 +793,8 @@ class Runtime:
         follows it (dispatch, or forgetting a failed write) is done by the writer thread
         as the write ends, whatever becomes of the caller's coroutine or its loop; the
         coroutine only awaits the outcome, bridged into its loop (no thread per call)."""
+        if txn is None:
+            self._refuse_inside_transaction()
         delay = self._admission(checked)
         if delay > 0:
             await asyncio.sleep(delay)
@@ -1023,7 +1042,9 @@ class Runtime:
         `rt.send(..., txn=txn)` inside it writes the message to the outbox in the same
         transaction: it is dispatched only after the commit, never if the block aborts.
         If the map had to grow, `RetryTransaction` is raised and nothing was written:
-        run the block again.
+        run the block again. While the block runs it holds the directory's write lock:
+        every writer of every process on the directory waits for it, so keep it short;
+        a send on the same thread must pass `txn=` (without, `RuntimeError`).
         """
         self._refuse_if_forked()
         with self._lock:
@@ -1033,9 +1054,12 @@ class Runtime:
         try:
             with self._store.transaction() as txn:
                 self._txns[id(txn)] = pending
+                thread = threading.get_ident()
+                self._txn_threads.add(thread)
                 try:
                     yield txn
                 finally:
+                    self._txn_threads.discard(thread)
                     del self._txns[id(txn)]
         except BaseException:
             self._hub.tracker.forget(e.envelope.message_id for e in pending)
