@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import math
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable
@@ -50,7 +51,11 @@ class Receipt:
         An outcome is final: DELIVERED and DUPLICATE once the delivery is recorded
         durably, DEAD_LETTERED once the dead letter is. A message still pending when the
         runtime closes stays in the outbox; its receipt then times out here.
+
+        `timeout`: seconds >= 0 (`inf` waits as None does); anything else (NaN, a
+        negative number, not a number) is a `ValueError`.
         """
+        timeout = _checked_timeout(timeout)
         if self._outcome is not None:
             return self._outcome
         return self._tracker.wait(self, timeout)
@@ -224,6 +229,15 @@ class Tracker:
         """Block until some message ends, at most `timeout` seconds."""
         with self._cond:
             self._cond.wait(timeout)
+
+
+def _checked_timeout(timeout: object) -> float | None:
+    """`timeout` as `wait` uses it (None: no limit), or `ValueError` naming it."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
+        raise ValueError(f"timeout must be seconds >= 0 or None, got {timeout!r}")
+    return None if math.isinf(timeout) else float(timeout)
 
 
 def _resolve(future: asyncio.Future[Outcome], outcome: Outcome) -> None:

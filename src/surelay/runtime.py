@@ -273,13 +273,15 @@ class Runtime:
         Other processes may open the same `path` at once: each runtime takes a slot of
         its own, and adopts the outbox of any slot whose runtime died.
 
-        Raises `ValueError`/`TypeError` for bad transports or config, `StorageError`
+        Raises `ValueError`/`TypeError` for bad transports or config (a per-transport
+        setting naming a transport not in `transports` included), `StorageError`
         for a directory that is not surelay's (or is already open in this process).
         """
         config = RuntimeConfig() if config is None else config
         if not isinstance(config, RuntimeConfig):
             raise TypeError(f"config must be a RuntimeConfig, got {type(config).__name__}")
         table = _check_transports(transports)  # rt.consume adds to it
+        _check_per_transport(config, table)
         store = Store.open(path, map_size=config.map_size, clock=config.clock, claim=True)
         telemetry = Telemetry()  # observes the runtime's gauges once it exists
         engines: Engines | None = None
@@ -1274,6 +1276,24 @@ def _check_transports(transports: object) -> dict[str, Transport]:
             raise TypeError(f"transport {name!r} must be callable (Envelope) -> None")
         checked[name] = transport
     return checked
+
+
+def _check_per_transport(config: RuntimeConfig, transports: Mapping[str, Transport]) -> None:
+    """A per-transport setting for a transport not given to `open` would be ignored
+    without a word (a typo, a renamed transport): refuse it."""
+    for setting in (
+        "retry_per_transport",
+        "ack_timeout_per_transport",
+        "concurrency_per_transport",
+    ):
+        unknown = sorted(set(getattr(config, setting)) - set(transports))
+        if unknown:
+            known = ", ".join(sorted(transports)) or "none"
+            raise ValueError(
+                f"RuntimeConfig.{setting} names transport(s) {', '.join(map(repr, unknown))} "
+                f"that this runtime does not have (it has: {known}); a consumer's handler "
+                "takes its own ack_timeout attribute instead"
+            )
 
 
 def _actor_health(
