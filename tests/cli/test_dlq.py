@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import shutil
 import subprocess
 import sys
@@ -16,14 +17,18 @@ from typing import Any
 
 import pytest
 
-from surelay import Envelope, Outcome, PermanentError, RetryPolicy, Runtime
+from surelay import Envelope, Outcome, PermanentError, Priority, RetryPolicy, Runtime
+from surelay.storage.keys import new_id
+from surelay.storage.records import DeadLetter
+from surelay.storage.store import Store
 from tests.helpers import Recorder, open_runtime
 
 
-def surelay(*args: str) -> subprocess.CompletedProcess[str]:
-    """The command as an operator piping it runs it (no terminal, no COLUMNS)."""
+def surelay(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The command as an operator piping it runs it (no terminal, no COLUMNS unless `env`
+    sets it)."""
     command = [sys.executable, "-m", "surelay.cli", *args]
-    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")} | (env or {})
     return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False, env=env)
 
 
@@ -274,3 +279,170 @@ def test_a_directory_on_a_read_only_filesystem_can_be_read(
     assert len(listed) == 6  # read, although nothing can be written there
     assert done.returncode == 1  # the archive: refused, with why
     assert "read-only filesystem: it can be read, not changed" in done.stderr
+
+
+# -- what a producer or a downstream wrote never drives the operator's terminal -------------
+
+HOSTILE = "\x1b]0;pwned\x07\x1b[2J[bold red]boom[/]\u202eevil\x9b31m"
+"""Retitle the terminal, clear it, rich markup, a right-to-left override, a C1 CSI."""
+RAW = ("\x1b", "\x07", "\x9b", "\u202e")
+
+
+def raw_control(output: str) -> list[str]:
+    return [c for c in RAW if c in output]
+
+
+def hostile_record(now: float) -> DeadLetter:
+    return DeadLetter(
+        id=new_id(now),
+        message_id=f"m-{HOSTILE}",
+        key=f"k-{HOSTILE}",
+        transport=f"sms-{HOSTILE}",
+        payload=f"body {HOSTILE}".encode(),
+        headers={f"X-Note-{HOSTILE}": f"v-{HOSTILE}"},
+        idempotency_key=f"i-{HOSTILE}",
+        priority=Priority.NORMAL,
+        trace_id=None,
+        reason_class="permanent",
+        reason=f"PermanentError: HTTP 400: {HOSTILE}",
+        error_type=f"Error{HOSTILE}",
+        attempts=1,
+        first_attempt_at=now,
+        failed_at=now,
+    )
+
+
+@pytest.fixture
+def hostile(tmp_path: Path) -> tuple[Path, str]:
+    """A directory holding one dead letter whose every producer- or downstream-given field
+    carries terminal escapes; returns it and the record's id."""
+    path = tmp_path / "data"
+    record = hostile_record(time.time())
+    with Store.open(path) as store:
+        store.write(lambda txn: store.dead_letters.insert(txn, record)).result()
+    return path, record.id
+
+
+@pytest.mark.parametrize("columns", [None, "80"], ids=["wide", "narrow"])
+def test_list_and_get_escape_what_producers_and_downstreams_wrote(
+    hostile: tuple[Path, str], columns: str | None
+) -> None:
+    path, record_id = hostile
+    extra = {"COLUMNS": columns} if columns else {}
+    for command in (("dlq", "list"), ("dlq", "get", record_id), ("stats",)):
+        done = surelay(*command, "--path", str(path), env=extra)
+        assert done.returncode == 0, done.stderr
+        assert raw_control(done.stdout + done.stderr) == [], (command, done.stdout)
+    if columns:
+        return  # folded cells: the wide run reads every field whole
+    shown = surelay("dlq", "get", "--path", str(path), record_id).stdout
+    escaped = "\\x1b]0;pwned\\x07\\x1b[2J[bold red]boom[/]\\u202eevil\\x9b31m"
+    for field in ("k-", "sms-", "body ", "X-Note-", "HTTP 400: ", "Error"):
+        assert field + escaped in shown, field  # markup printed literally, escapes readable
+
+
+def test_json_output_escapes_too_and_keeps_the_strings(hostile: tuple[Path, str]) -> None:
+    path, record_id = hostile
+    for command in (("dlq", "list"), ("dlq", "get", record_id)):
+        done = surelay(*command, "--path", str(path), "--json")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.isascii()  # every control or bidi character as \uXXXX
+        listed = json.loads(done.stdout)
+        record = listed[0] if isinstance(listed, list) else listed
+        assert record["reason"] == f"PermanentError: HTTP 400: {HOSTILE}"  # the same text
+        assert record["headers"] == {f"X-Note-{HOSTILE}": f"v-{HOSTILE}"}
+
+
+def test_a_failed_replay_names_the_downstreams_words_escaped(tmp_path: Path) -> None:
+    def downstream(envelope: Envelope) -> None:
+        raise PermanentError(f"HTTP 500: {HOSTILE}")  # a server writes the reason
+
+    path = tmp_path / "data"
+    with open_runtime(path, {"sms": downstream}, retry=RetryPolicy(max_attempts=1)) as rt:
+        assert rt.send("sms", b"x").wait(10) is Outcome.DEAD_LETTERED
+        (record,) = rt.dead_letters.list()
+        done = surelay("dlq", "replay", "--path", str(path), record.id, "--wait")
+    assert done.returncode == 1
+    assert "failed again" in done.stderr and "HTTP 500: \\x1b]0;pwned\\x07" in done.stderr
+    assert raw_control(done.stdout + done.stderr) == []
+
+
+def test_get_shows_the_payload_as_text_before_its_base64(
+    live: tuple[Path, Runtime, Switch],
+) -> None:
+    path, rt, _ = live
+    first = rt.dead_letters.list(limit=1)[0]
+    shown = surelay("dlq", "get", "--path", str(path), first.id).stdout
+    text_at, base64_at = shown.index("payload_text"), shown.index("payload_base64")
+    assert text_at < base64_at
+    assert "a-0" in shown[text_at:base64_at]
+
+
+# -- replay and purge as the help and the runbook say -----------------------------------------
+
+
+def test_limit_alone_replays_the_oldest_dead_records(live: tuple[Path, Runtime, Switch]) -> None:
+    path, _, switch = live
+    assert "canary first: --limit 1" in surelay("dlq", "replay", "--help").stdout
+    switch.on = True
+    canary = surelay_json("dlq", "replay", "--path", str(path), "--limit", "1", "--wait")
+    assert (canary["requested"], canary["replayed"]) == (1, 1)
+    two = surelay_json("dlq", "replay", "--path", str(path), "--limit", "2", "--wait")
+    assert (two["requested"], two["replayed"]) == (2, 2)
+    assert [e.payload for e in switch.recorder.delivered] == [b"a-0", b"b-1", b"a-2"]
+
+
+def test_purge_shows_first_and_asks_before_deleting_dead_records(
+    live: tuple[Path, Runtime, Switch],
+) -> None:
+    path, rt, _ = live
+    dry = surelay("dlq", "purge", "--path", str(path), "--status", "dead", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "would purge 6 dead dead letter(s)" in dry.stdout and "nothing was deleted" in dry.stdout
+    assert "HTTP 422 for a-0" in dry.stdout  # what would go, by id, key and reason
+    as_json = surelay_json("dlq", "purge", "--path", str(path), "--status", "dead", "--dry-run")
+    assert as_json["would_purge"] == 6 and len(as_json["sample"]) == 6
+
+    no_terminal = surelay("dlq", "purge", "--path", str(path), "--status", "dead")
+    assert no_terminal.returncode == 2
+    assert "never delivered" in no_terminal.stderr and "--yes" in no_terminal.stderr
+
+    declined = on_a_terminal("dlq", "purge", "--path", str(path), "--status", "dead", answer="n")
+    assert "this deletes 6 dead dead letter(s) for good" in declined and "purge them?" in declined
+    assert len(rt.dead_letters.list()) == 6  # nothing went
+    accepted = on_a_terminal("dlq", "purge", "--path", str(path), "--status", "dead", answer="y")
+    assert "purged 6 dead dead letter(s)" in accepted
+    assert rt.dead_letters.list() == []
+
+
+def test_purge_with_yes_deletes_dead_records_in_a_script(
+    live: tuple[Path, Runtime, Switch],
+) -> None:
+    path, rt, _ = live
+    young = surelay_json(
+        "dlq", "purge", "--path", str(path), "--status", "dead", "--older-than", "1d"
+    )
+    assert young == {"purged": 0}  # nothing to delete: nothing to ask
+    done = surelay_json("dlq", "purge", "--path", str(path), "--status", "dead", "--yes")
+    assert done == {"purged": 6}
+    assert rt.dead_letters.list() == []
+
+
+def on_a_terminal(*args: str, answer: str) -> str:
+    """Run the command with a terminal for its stdin (the prompt's), answering `answer`;
+    returns everything it wrote."""
+    controller, terminal = pty.openpty()
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "surelay.cli", *args],
+            stdin=terminal,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        os.write(controller, f"{answer}\n".encode())
+        out, _ = child.communicate(timeout=60)
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    return out

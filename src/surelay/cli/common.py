@@ -79,7 +79,10 @@ def open_store(path: Path) -> Iterator[Store]:
 
 
 def emit_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, sort_keys=True))
+    """`value` as JSON on stdout. `ensure_ascii` writes every character outside printable
+    ASCII as `\\uXXXX` (control characters, bidi overrides, lone surrogates): still valid
+    JSON with the same strings, and nothing a producer sent reaches the terminal raw."""
+    click.echo(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=True))
 
 
 def dead_letter_json(record: DeadLetter) -> dict[str, Any]:

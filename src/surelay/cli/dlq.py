@@ -9,6 +9,7 @@ follows its progress.
 from __future__ import annotations
 
 import itertools
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,8 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 from rich import box
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from surelay.actors.replay import request_filters
 from surelay.cli.common import (
@@ -30,6 +33,7 @@ from surelay.cli.common import (
     out_console,
     path_option,
 )
+from surelay.cli.escape import printable, text
 from surelay.replay_report import ReplayReport
 from surelay.storage.dead_letters import MAX_LIMIT
 from surelay.storage.keys import new_id
@@ -148,7 +152,7 @@ def list_command(
     else:
         _print_wide(records, status)
     if len(records) == limit:
-        out_console.print(f"more may follow: --after {records[-1].id}")
+        out_console.print(Text(f"more may follow: --after {printable(records[-1].id)}"))
 
 
 WIDE = 110
@@ -172,12 +176,13 @@ def _print_narrow(records: Sequence[DeadLetter], status: str) -> None:
     for r in records:
         key = r.key if r.key is not None else "-"
         out_console.print(
-            f"[bold]{r.id}[/]  {_reason(r)}  {_attempts(r)} attempt(s)  "
-            f"{age(r.failed_at, now)} ago",
-            highlight=False,
+            Text.assemble(
+                text(r.id, "bold"),
+                f"  {_reason(r)}  {_attempts(r)} attempt(s)  {age(r.failed_at, now)} ago",
+            )
         )
-        out_console.print(f"  key {key}  transport {r.transport}", markup=False)
-        out_console.print(f"  {r.reason}", markup=False, overflow="fold")
+        out_console.print(Text(f"  key {printable(key)}  transport {printable(r.transport)}"))
+        out_console.print(Text(f"  {printable(r.reason)}"), overflow="fold")
 
 
 def _print_wide(records: Sequence[DeadLetter], status: str) -> None:
@@ -192,13 +197,13 @@ def _print_wide(records: Sequence[DeadLetter], status: str) -> None:
     now = time.time()
     for r in records:
         table.add_row(
-            r.id,
+            text(r.id),
             _reason(r),
-            r.key if r.key is not None else "-",
-            r.transport,
+            text(r.key if r.key is not None else "-"),
+            text(r.transport),
             _attempts(r),
             age(r.failed_at, now),
-            r.reason,
+            text(r.reason),
         )
     out_console.print(table)
 
@@ -216,15 +221,41 @@ def get(path: Path, dead_letter_id: str, as_json: bool) -> None:
     if as_json:
         emit_json(data)
         return
-    table = Table(show_header=False, title=f"dead letter {record.id}", title_justify="left")
+    title = Text.assemble("dead letter ", text(record.id))
+    table = Table(show_header=False, title=title, title_justify="left")
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
-    for name, value in data.items():
-        shown = "-" if value is None else str(value)
-        if name in ("failed_at", "first_attempt_at", "lease_until") and value is not None:
-            shown = f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(value))}Z ({age(value)} ago)"
-        table.add_row(name, shown)
+    for name, value in _fields_for_people(data):
+        table.add_row(name, _shown(name, value))
     out_console.print(table)
+
+
+_TIMES = ("failed_at", "first_attempt_at", "lease_until")
+
+
+def _fields_for_people(data: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """A record's fields in the order `dlq get` shows them: the payload as text (when it
+    is UTF-8) before its base64, which matters only for binary payloads."""
+    fields: list[tuple[str, Any]] = []
+    for name, value in data.items():
+        if name == "payload":
+            fields.append(("payload_text", data["payload_text"]))
+            fields.append(("payload_base64", value))
+        elif name != "payload_text":
+            fields.append((name, value))
+    return fields
+
+
+def _shown(name: str, value: Any) -> Text:
+    """One field's value as a person reads it, escaped (see `surelay.cli.escape`)."""
+    if value is None:
+        return Text("-")
+    if name in _TIMES:
+        return Text(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(value))}Z ({age(value)} ago)")
+    if name == "headers":
+        lines = [f"{printable(k)}: {printable(v)}" for k, v in sorted(value.items())]
+        return Text("\n".join(lines) or "-")
+    return text(value)
 
 
 # -- replay ------------------------------------------------------------------------------
@@ -233,7 +264,11 @@ def get(path: Path, dead_letter_id: str, as_json: bool) -> None:
 @dlq.command(help="Replay dead letters through the running runtime (canary first: --limit 1).")
 @path_option
 @selection_options
-@click.option("--limit", type=click.IntRange(1), help="only the first N matching (oldest first)")
+@click.option(
+    "--limit",
+    type=click.IntRange(1),
+    help="only the first N matching (oldest first); alone, the N oldest dead records",
+)
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="records per second")
 @click.option("--wait/--no-wait", default=False, help="follow progress until done")
 @click.option(
@@ -258,7 +293,10 @@ def replay(
     timeout: float | None,
     as_json: bool,
 ) -> None:
-    filters = _selection("replay", ids, reason_class, key, transport, everything=everything)
+    # `--limit N` alone chooses too: the N oldest dead records (the canary the help offers)
+    filters = _selection(
+        "replay", ids, reason_class, key, transport, everything=everything or limit is not None
+    )
     with open_store(path) as store:
         selected: tuple[str, ...] | None = tuple(ids) if ids else None
         if selected is not None:
@@ -386,7 +424,7 @@ def _not_replayed(path: Path, ids: Sequence[str] | None) -> str:
             elif record.status == "archived":
                 lines.append(f"{dead_letter_id}: refused, it is archived")
             elif record.status == "dead":
-                lines.append(f"{dead_letter_id}: failed again, {record.reason}")
+                lines.append(f"{dead_letter_id}: failed again, {printable(record.reason)}")
     return ":\n  " + "\n  ".join(lines[:20]) if lines else ""
 
 
@@ -425,7 +463,9 @@ def _follow(
                 )
                 progress.update(task, total=report.requested, completed=finished, detail=detail)
             if request.status == "failed":
-                raise click.ClickException(f"replay request {request_id} failed: {request.error}")
+                raise click.ClickException(
+                    f"replay request {request_id} failed: {printable(request.error)}"
+                )
             if request.status == "done":
                 return report, True
             if deadline is not None and time.monotonic() >= deadline:
@@ -485,14 +525,86 @@ def archive(
     show_default=True,
 )
 @click.option("--older-than", type=Duration(), help="only those that failed longer ago (7d, 12h)")
+@click.option("--dry-run", is_flag=True, help="show what would be deleted, delete nothing")
+@click.option("--yes", is_flag=True, help="do not ask (needed to purge dead records in a script)")
 @json_option
-def purge(path: Path, status: str, older_than: float | None, as_json: bool) -> None:
+def purge(
+    *, path: Path, status: str, older_than: float | None, dry_run: bool, yes: bool, as_json: bool
+) -> None:
     with open_store(path) as store:
         now = time.time()
+        doomed = _doomed(store, status, older_than, now)
+        what = _described(len(doomed), status, older_than)
+        if dry_run:
+            _print_doomed(doomed, what, as_json=as_json)
+            return
+        if doomed and not yes:
+            _confirm_purge(doomed, what, status)
+        # Records that fail after `now` were not counted above: they stay.
         removed = store.write(
-            lambda txn: store.dead_letters.purge(txn, status=status, older_than=older_than, now=now)
+            lambda txn: store.dead_letters.purge(
+                txn, status=status, older_than=older_than or 0.0, now=now
+            )
         ).result()
     if as_json:
         emit_json({"purged": removed})
     else:
         out_console.print(f"purged {removed} {status} dead letter(s)")
+
+
+_SAMPLE = 10
+"""Records a dry run or a confirmation names (the count covers them all)."""
+
+
+def _doomed(store: Store, status: str, older_than: float | None, now: float) -> list[DeadLetter]:
+    """The records a purge with these options deletes now, oldest first."""
+    cutoff = now - (older_than or 0.0)
+    with store.read() as txn:
+        return [r for r in store.dead_letters.matching(txn, status=status) if r.failed_at < cutoff]
+
+
+def _described(count: int, status: str, older_than: float | None) -> str:
+    older = f" that failed more than {_duration_text(older_than)} ago" if older_than else ""
+    return f"{count} {status} dead letter(s){older}"
+
+
+def _duration_text(seconds: float) -> str:
+    for unit, scale in (("d", 86400.0), ("h", 3600.0), ("m", 60.0)):
+        if seconds >= scale and seconds % scale == 0:
+            return f"{seconds / scale:g}{unit}"
+    return f"{seconds:g}s"
+
+
+def _print_doomed(doomed: Sequence[DeadLetter], what: str, *, as_json: bool) -> None:
+    if as_json:
+        emit_json({"would_purge": len(doomed), "sample": [r.id for r in doomed[:_SAMPLE]]})
+        return
+    out_console.print(Text(f"would purge {what}; nothing was deleted (--dry-run)"))
+    _print_sample(doomed, out_console)
+
+
+def _print_sample(doomed: Sequence[DeadLetter], console: Console) -> None:
+    """The first few records, one line each, escaped (their reasons are a downstream's)."""
+    for r in doomed[:_SAMPLE]:
+        key = r.key if r.key is not None else "-"
+        line = Text(f"  {printable(r.id)}  key {printable(key)}  {r.reason_class}: ")
+        console.print(line + text(r.reason), overflow="ellipsis", no_wrap=True)
+    if len(doomed) > _SAMPLE:
+        console.print(f"  ... and {len(doomed) - _SAMPLE} more")
+
+
+def _confirm_purge(doomed: Sequence[DeadLetter], what: str, status: str) -> None:
+    """Ask before deleting for good. With no terminal to ask on, dead records (never
+    delivered) need `--yes`; other statuses go ahead (a retention job in a script)."""
+    if not sys.stdin.isatty():
+        if status == "dead":
+            raise click.UsageError(
+                f"this would delete {what}: messages that were never delivered. Nothing "
+                "was deleted: there is no terminal to ask on, so confirm with --yes (or "
+                "look first with --dry-run)"
+            )
+        return
+    err_console.print(Text(f"this deletes {what} for good:"))
+    _print_sample(doomed, err_console)
+    if not click.confirm("purge them?", default=False, err=True):
+        raise click.ClickException("nothing was deleted")

@@ -11,6 +11,7 @@ import click
 from rich.table import Table
 
 from surelay.cli.common import age, emit_json, json_option, open_store, out_console, path_option
+from surelay.cli.escape import text
 from surelay.storage.slots import holders
 
 __all__ = ["stats"]
@@ -66,7 +67,7 @@ def stats(path: Path, as_json: bool) -> None:
 
 
 def _print(data: dict[str, Any]) -> None:
-    table = Table(title=f"surelay {data['path']}", title_justify="left", show_header=False)
+    table = Table(title=text(f"surelay {data['path']}"), title_justify="left", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value", overflow="fold")
     running = [r for r in data["runtimes"] if r["running"]]
@@ -103,13 +104,13 @@ def _status_rows(table: Table, runtime: dict[str, Any]) -> None:
     table.add_row(f"{slot} status", when)
     table.add_row("pressure", str(status.get("pressure")))
     breakers = status.get("breakers") or {}
-    table.add_row("breakers", ", ".join(f"{t} {s}" for t, s in breakers.items()) or "-")
+    table.add_row("breakers", text(", ".join(f"{t} {s}" for t, s in breakers.items()) or "-"))
     table.add_row("in flight", str(status.get("in_flight")))
     calls = status.get("calls_in_flight") or {}
-    table.add_row("calls in flight", ", ".join(f"{t} {n}" for t, n in calls.items()) or "-")
+    table.add_row("calls in flight", text(", ".join(f"{t} {n}" for t, n in calls.items()) or "-"))
     table.add_row("retry pending", str(status.get("retry_pending")))
     counters = ("accepted", "delivered", "retried", "dead_lettered", "duplicates")
     table.add_row("since open", ", ".join(f"{name} {status.get(name)}" for name in counters))
     table.add_row("refused / replayed", f"{status.get('refused')} / {status.get('replayed')}")
     unhealthy = status.get("unhealthy_actors") or []
-    table.add_row("health", "ok" if status.get("ok") else f"NOT ok {unhealthy}")
+    table.add_row("health", text("ok" if status.get("ok") else f"NOT ok {unhealthy}"))
