@@ -212,6 +212,10 @@ class RuntimeStats:
     """Transport calls running now, per transport (at most its concurrency)."""
     received: int = 0
     """Inbound messages taken from sources (`consume`) since open."""
+    abandoned: int = 0
+    """Transport calls given up at their ack timeout that are still running now (a
+    plain callable's thread cannot be stopped; a coroutine that ignores its cancel);
+    their results are ignored. See `health()["engines"]` for which transport."""
 
 
 class Runtime:
@@ -1131,6 +1135,7 @@ class Runtime:
             pressure=hub.pressure.level,
             breakers=MappingProxyType(hub.breakers.states(self._config.clock())),
             calls_in_flight=MappingProxyType(hub.engines.in_flight()),
+            abandoned=hub.engines.abandoned(),
         )
 
     def health(self) -> Mapping[str, Any]:

@@ -4,18 +4,22 @@ slot, and a failure around a call reported, not left in flight."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
-from surelay import Envelope
+import pytest
+
+from surelay import Envelope, Outcome
 from surelay.config import BreakerPolicy
 from surelay.delivery.attempt import LOST, OK, SKIPPED, Attempt
 from surelay.delivery.breakers import Breakers
 from surelay.delivery.event_loop import EventLoop, LoopEngine
 from surelay.storage.records import OutboxEntry
 from surelay.telemetry import Telemetry
-from tests.helpers import Clock
+from tests.helpers import Clock, open_runtime
 
 from .test_threads import Collect
 
@@ -115,3 +119,27 @@ def test_a_probe_lost_with_the_loop_reports_back_to_the_breaker() -> None:
     assert sink.wait(1)[0].kind == LOST
     assert breakers.states(clock())["a"] == "open"
     loop.stop(2)
+
+
+def test_a_coroutine_that_blocks_the_loop_past_its_ack_timeout_is_named_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It cannot be cut off (its deadline cannot fire while it holds the loop); its
+    result counts, and a warning names it, once, not the transport it held up."""
+
+    async def blocking(_envelope: Envelope) -> None:
+        time.sleep(0.3)  # blocks the loop: the behaviour under test
+
+    async def polite(_envelope: Envelope) -> None:
+        await asyncio.sleep(0.01)
+
+    with (
+        caplog.at_level(logging.WARNING, "surelay.delivery"),
+        open_runtime(tmp_path, {"blocking": blocking, "polite": polite}, ack_timeout=0.1) as rt,
+    ):
+        for _ in range(3):  # polite calls in flight while it blocks are not named
+            rt.send("polite", b"p")
+        assert rt.send("blocking", b"1").wait(10) is Outcome.DELIVERED
+        assert rt.send("blocking", b"2").wait(10) is Outcome.DELIVERED
+    named = [r.getMessage() for r in caplog.records if "blocks the event loop" in r.getMessage()]
+    assert len(named) == 1 and "'blocking'" in named[0]

@@ -179,7 +179,9 @@ def test_abandoned_threads_are_bounded_by_the_limit() -> None:
     pool.submit([((entry(i),), sink) for i in range(10)])
     sink.wait(4)  # two abandoned, then two more time out but keep their slots
     health = pool.health()
-    assert health["abandoned"] == 2 and health["threads"] == 2
+    # four calls given up on, two of them holding both slots: wedged
+    assert health["abandoned"] == 4 and health["threads"] == 2
+    assert health["wedged"] and not health["ok"] and "all 2 call slots" in health["problem"]
     assert pool.in_flight == 2 and pool.waiting == 6
     release.set()
     attempts = sink.wait(10)

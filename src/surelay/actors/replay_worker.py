@@ -255,7 +255,8 @@ class ReplayWorker(Actor):
         state = self._state
         entry = OutboxEntry(next(state.serial), envelope, now, state.partition)
         state.active[entry.seq] = _Active(message, record, span)
-        hub.engines[record.transport].submit([((entry,), state.results.put)])
+        # a replay is sent whatever its age: no message_ttl applies to it
+        hub.engines[record.transport].submit([((entry,), state.results.put)], expiring=False)
         return None
 
     def _record_done(self, message: Replay, result: str) -> None:

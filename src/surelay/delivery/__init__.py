@@ -80,6 +80,7 @@ class Engines(Mapping[str, Engine]):
             "breakers": self._breakers,
             "telemetry": self._telemetry,
             "clock": config.clock,
+            "message_ttl": config.message_ttl,
         }
         if not is_coroutine_transport(transport):
             return ThreadEngine(name, transport, **common)
@@ -102,6 +103,10 @@ class Engines(Mapping[str, Engine]):
     def in_flight(self) -> dict[str, int]:
         """Calls running now, per transport."""
         return {name: engine.in_flight for name, engine in list(self._engines.items())}
+
+    def abandoned(self) -> int:
+        """Calls given up at their ack timeout that still run, over every transport."""
+        return sum(engine.abandoned for engine in list(self._engines.values()))
 
     def halt(self) -> None:
         """Start no more calls anywhere; calls running now end and are reported."""

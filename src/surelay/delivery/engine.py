@@ -11,6 +11,14 @@ duration metric, one classification of a failure, and the breaker's record of it
 
 - `ThreadEngine` (`surelay.delivery.threads`) for plain callables;
 - `LoopEngine` (`surelay.delivery.event_loop`) for coroutine transports.
+
+A transport is *wedged* when every one of its slots is held by a call past its ack
+timeout that has not ended (a plain callable that never returns, once `limit` threads are
+abandoned already; a coroutine that ignores its cancellation). Nothing else of it is
+called until one ends, so it is made visible and bounded: `health()` is not ok, a warning
+is logged once per episode, and runs waiting for a slot whose first message is past
+`message_ttl` are handed back (SKIPPED) every `WEDGED_POLL` seconds, so that their sender
+dead-letters them `expired` instead of leaving them waiting.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from surelay.delivery.attempt import (
 from surelay.delivery.breakers import Breakers
 from surelay.delivery.lanes import Lanes
 from surelay.errors import PermanentError
+from surelay.policy.expiry import past_ttl
 from surelay.policy.verdict import classify
 from surelay.storage.records import OutboxEntry
 from surelay.telemetry import (
@@ -50,9 +59,12 @@ from surelay.telemetry import (
     record_error,
 )
 
-__all__ = ["Engine", "not_awaited"]
+__all__ = ["WEDGED_POLL", "Engine", "not_awaited"]
 
 logger = logging.getLogger("surelay.delivery")
+
+WEDGED_POLL = 0.25
+"""Seconds between looks, while a transport is wedged, for waiting runs past their ttl."""
 
 
 def not_awaited(transport: str) -> BaseException:
@@ -80,11 +92,16 @@ class Engine:
         breakers: Breakers,
         telemetry: Telemetry,
         clock: Callable[[], float],
+        message_ttl: float | None = None,
     ) -> None:
         self.name = name
         self.transport = transport
         self.limit = limit
         self.ack_timeout = ack_timeout
+        self.message_ttl = message_ttl
+        self.wedged = False
+        """Every slot is held by a call past its ack timeout (see the module docstring);
+        set by the engine's own watch, so it changes once per episode."""
         self._breakers = breakers
         self._telemetry = telemetry
         self._clock = clock
@@ -97,14 +114,16 @@ class Engine:
 
     # -- what actors see -----------------------------------------------------------------
 
-    def submit(self, items: Iterable[tuple[Run, Sink]]) -> None:
+    def submit(self, items: Iterable[tuple[Run, Sink]], *, expiring: bool = True) -> None:
         """Queue runs; each message ends as one `Attempt` in its run's sink. Never blocks
-        on a call. After `stop` nothing new starts (the messages stay in the outbox)."""
+        on a call. After `stop` nothing new starts (the messages stay in the outbox).
+        `expiring`: while the transport is wedged, a run whose first message is past
+        `message_ttl` comes back SKIPPED (False for runs that no ttl applies to)."""
         self._tracing = self._telemetry.tracing  # once per submit, not per call
         with self._lock:
             if self._stopping:
                 return
-            added = self._lanes.extend(items)
+            added = self._lanes.extend(items, expiring=expiring)
             if added:
                 self._queued(added)
 
@@ -128,12 +147,68 @@ class Engine:
         """`halt`, and let go of what the engine holds (threads, its loop's calls)."""
         self.halt()
 
+    @property
+    def abandoned(self) -> int:
+        """Calls given up at their ack timeout that are still running (their results
+        will be ignored)."""
+        return 0
+
     def health(self) -> dict[str, Any]:
-        return {"ok": True, "kind": self.kind, "in_flight": self._running, "limit": self.limit}
+        out: dict[str, Any] = {
+            "ok": not self.wedged,
+            "kind": self.kind,
+            "in_flight": self._running,
+            "limit": self.limit,
+            "abandoned": self.abandoned,
+            "wedged": self.wedged,
+        }
+        if self.wedged:
+            out["problem"] = (
+                f"all {self.limit} call slots of transport {self.name!r} are held by calls "
+                f"past ack_timeout={self.ack_timeout}s that have not returned"
+            )
+        return out
 
     def running_ids(self) -> list[str]:
         """The message ids of the calls running now."""
         return []
+
+    # -- a wedged transport ----------------------------------------------------------------
+
+    def _set_wedged(self, wedged: bool) -> None:
+        """Record a change of the wedged state, and say so once per change."""
+        if wedged == self.wedged:
+            return
+        self.wedged = wedged
+        if wedged:
+            logger.warning(
+                "transport %r is wedged: all %d of its call slots are held by calls past "
+                "ack_timeout=%ss that have not returned, so none of its messages is called "
+                "until one returns (messages past message_ttl=%s are dead-lettered "
+                "meanwhile); rt.health() reports it",
+                self.name,
+                self.limit,
+                self.ack_timeout,
+                self.message_ttl,
+            )
+        else:
+            logger.warning("transport %r is no longer wedged: a hung call ended", self.name)
+
+    def expire_waiting(self) -> int:
+        """Hand back (SKIPPED) the waiting runs whose first message is past
+        `message_ttl`, for their sender to dead-letter; how many runs."""
+        ttl = self.message_ttl
+        if ttl is None:
+            return 0
+        now = self._clock()
+        with self._lock:
+            taken = self._lanes.take(lambda run: past_ttl(run[0].envelope.created_at, now, ttl))
+        for run, sink in taken:
+            try:
+                self.skip(run, 0, sink)
+            except BaseException:  # the watch must live on
+                logger.exception("could not hand back an expired run of %r", self.name)
+        return len(taken)
 
     # -- for the subclasses --------------------------------------------------------------
 

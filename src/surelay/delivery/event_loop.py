@@ -12,7 +12,10 @@ takes over; the restarts are counted in `rt.health()`.
 ack timeout is cancelled (its coroutine sees `CancelledError`) and the message retried;
 one timer per engine, at the oldest call's deadline, watches them all (a timer per call
 cost a third of the loop's time at 1000 calls in flight). A transport raising a `BaseException` that
-is not an `Exception` is reported CRASH, as a thread would; the loop runs on.
+is not an `Exception` is reported CRASH, as a thread would; the loop runs on. A call
+that ignores its cancellation keeps its slot until it ends; once every slot is held so,
+the transport is wedged (see `surelay.delivery.engine`), looked at every `WEDGED_POLL`
+seconds until it is not.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import contextlib
 import inspect
 import itertools
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -29,7 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from surelay.delivery.attempt import OK, Attempt, Run, Sink
-from surelay.delivery.engine import Engine
+from surelay.delivery.engine import WEDGED_POLL, Engine
 from surelay.storage.records import OutboxEntry
 
 __all__ = ["EventLoop", "LoopEngine", "is_coroutine_transport"]
@@ -62,6 +66,8 @@ class EventLoop:
         self._thread: threading.Thread | None = None
         self.restarts = 0
         self.last_crash: str | None = None
+        self.blamed_at = -math.inf
+        """`time.perf_counter()` when a call was last found to have blocked the loop."""
 
     def attach(self, engine: LoopEngine) -> None:
         self._engines.append(engine)
@@ -195,6 +201,8 @@ class LoopEngine(Engine):
         """Calls in progress, oldest first, for their ack timeouts (the loop's thread)."""
         self._serials = itertools.count(1)
         self._sweeper: asyncio.TimerHandle | None = None
+        self._wedge_watch: asyncio.TimerHandle | None = None
+        self._warned_blocking = False
         loop.attach(self)
 
     def _queued(self, added: int) -> None:
@@ -228,6 +236,8 @@ class LoopEngine(Engine):
             self._scheduled = False
         self._calls.clear()
         self._sweeper = None  # a timer of the dead loop
+        self._wedge_watch = None
+        self._set_wedged(False)
         for running in tasks.values():
             self.lost(running.run, running.index, running.sink, error, running.ticket)
 
@@ -274,6 +284,8 @@ class LoopEngine(Engine):
             more = bool(self._lanes) and not self._scheduled and not self._stopping
             if more:
                 self._scheduled = True
+        if self.wedged:
+            self._set_wedged(False)  # a slot is free again
         if more:
             asyncio.get_running_loop().call_soon(self.pump)
 
@@ -303,8 +315,33 @@ class LoopEngine(Engine):
             self._calls.pop(running.serial, None)
             if running.timed_out:
                 task.uncancel()  # the deadline's cancel, answered here
+        if not running.timed_out and time.perf_counter() - started > self.ack_timeout:
+            self._outlived_deadline(started)
         # a transport that swallowed the cancel and returned has delivered after all
         return self.end(entry, ticket, span, started, error, timed_out=expired)
+
+    def _outlived_deadline(self, started: float) -> None:
+        """A call outlived its ack timeout without being cancelled: the deadline could
+        not fire, so the loop was blocked meanwhile. The call that blocked it ends in the
+        very step that blocked (its coroutine returned without yielding); calls it held
+        up end later, after that blame, and are not blamed. The result counts: the
+        downstream has the message, so retrying it would send it twice."""
+        loop = self._loop
+        if loop.blamed_at > started:
+            return  # held up by a call blamed already
+        loop.blamed_at = time.perf_counter()
+        if not self._warned_blocking:
+            self._warned_blocking = True
+            logger.warning(
+                "coroutine transport %r blocks the event loop: a call ran %.3gs, past its "
+                "ack_timeout=%ss, without yielding, so it could not be cut off (and every "
+                "coroutine transport waited meanwhile); its result counts. Use non-blocking "
+                "I/O in it, or make it a plain (non-async) callable to run on threads. "
+                "Said once per transport.",
+                self.name,
+                loop.blamed_at - started,
+                self.ack_timeout,
+            )
 
     def _track(self, running: _Running, task: asyncio.Task[None]) -> None:
         """Register the call `running` starts now for its ack timeout: one timer per
@@ -334,6 +371,27 @@ class LoopEngine(Engine):
             oldest.timed_out = True
             assert oldest.task is not None
             oldest.task.cancel()
+            if self._wedge_watch is None:  # a call that ignores the cancel keeps its slot
+                self._wedge_watch = loop.call_later(WEDGED_POLL, self._watch_wedge)
+
+    def _watch_wedge(self) -> None:
+        """A while after a cancel: is every slot still held by a cancelled call? While
+        so, hand back the waiting runs past their ttl, and look again."""
+        self._wedge_watch = None
+        with self._lock:
+            held = sum(1 for running in self._tasks.values() if running.timed_out)
+        wedged = held >= self.limit
+        self._set_wedged(wedged)
+        if wedged:
+            self.expire_waiting()
+        if held:
+            loop = asyncio.get_running_loop()
+            self._wedge_watch = loop.call_later(WEDGED_POLL, self._watch_wedge)
+
+    @property
+    def abandoned(self) -> int:
+        with self._lock:
+            return sum(1 for running in self._tasks.values() if running.timed_out)
 
     def running_ids(self) -> list[str]:
         with self._lock:
@@ -342,7 +400,8 @@ class LoopEngine(Engine):
 
     def health(self) -> dict[str, Any]:
         out = super().health()
-        out.update(self._loop.health())
+        loop = self._loop.health()
+        out.update(loop, ok=out["ok"] and loop["ok"])
         return out
 
 

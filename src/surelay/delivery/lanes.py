@@ -7,7 +7,7 @@ Plain data, no lock: its engine guards it.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from surelay.delivery.attempt import Run, Sink
 from surelay.policy.priority import PATTERN
@@ -15,6 +15,9 @@ from surelay.policy.priority import PATTERN
 __all__ = ["Lanes"]
 
 Item = tuple[Run, Sink]
+
+_Queued = tuple[Run, Sink, bool]
+"""A run, its sink, and whether it may be withdrawn once expired (`take`)."""
 
 
 class Lanes:
@@ -24,19 +27,37 @@ class Lanes:
     __slots__ = ("_lanes", "_size", "_turn")
 
     def __init__(self) -> None:
-        self._lanes: tuple[deque[Item], ...] = (deque(), deque(), deque())
+        self._lanes: tuple[deque[_Queued], ...] = (deque(), deque(), deque())
         self._turn = 0
         self._size = 0
 
-    def extend(self, items: Iterable[Item]) -> int:
-        """Queue `items`; returns how many were added."""
+    def extend(self, items: Iterable[Item], *, expiring: bool = True) -> int:
+        """Queue `items`; returns how many were added. `expiring`: `take` may withdraw
+        them (a sender's runs; not a replay's, which is past any ttl by nature)."""
         lanes = self._lanes
         added = 0
-        for item in items:
-            lanes[item[0][0].envelope.priority.rank].append(item)
+        for run, sink in items:
+            lanes[run[0].envelope.priority.rank].append((run, sink, expiring))
             added += 1
         self._size += added
         return added
+
+    def take(self, wanted: Callable[[Run], bool]) -> list[Item]:
+        """Withdraw the expiring items whose run is `wanted`, in lane order."""
+        taken: list[Item] = []
+        for lane in self._lanes:
+            if not lane:
+                continue
+            kept: deque[_Queued] = deque()
+            for run, sink, expiring in lane:
+                if expiring and wanted(run):
+                    taken.append((run, sink))
+                else:
+                    kept.append((run, sink, expiring))
+            lane.clear()
+            lane.extend(kept)
+        self._size -= len(taken)
+        return taken
 
     def pop(self) -> Item:
         """The next item by weight; IndexError when empty."""
@@ -48,7 +69,8 @@ class Lanes:
         if not lanes[rank]:
             rank = 0 if lanes[0] else 1 if lanes[1] else 2
         self._size -= 1
-        return lanes[rank].popleft()
+        run, sink, _ = lanes[rank].popleft()
+        return run, sink
 
     def __len__(self) -> int:
         return self._size

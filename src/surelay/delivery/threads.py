@@ -14,7 +14,9 @@ failure). Threads cannot be killed, so its thread is *abandoned*: its slot is gi
 and a new thread may take it; whatever the call returns later is ignored. At most
 `limit` abandoned threads of one transport may be alive at once: past that bound a hung
 call keeps its slot until it returns, so a downstream that hangs every call costs at
-most 2 x `limit` threads and slows only its own transport.
+most 2 x `limit` threads and slows only its own transport. Once every slot is held so,
+the transport is wedged (see `surelay.delivery.engine`): the watcher says so, and hands
+back the waiting runs past their ttl every `WEDGED_POLL` seconds.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any
 from opentelemetry.trace import Span
 
 from surelay.delivery.attempt import OK, Run, Sink
-from surelay.delivery.engine import Engine, not_awaited
+from surelay.delivery.engine import WEDGED_POLL, Engine, not_awaited
 
 __all__ = ["IDLE_RETIRE", "SAMPLES", "SLOW_CALL", "STUCK_CALL", "ThreadEngine"]
 
@@ -148,9 +150,18 @@ class ThreadEngine(Engine):
                 if w.run is not None and w.started != math.inf
             ]
 
+    @property
+    def abandoned(self) -> int:
+        with self._lock:
+            return self._abandoned + self._held_past_deadline()
+
+    def _held_past_deadline(self) -> int:
+        """(lock held) Slots held by a call past its ack timeout."""
+        return sum(1 for w in self._workers if w.run is not None and w.timed_out)
+
     def health(self) -> dict[str, Any]:
         out = super().health()
-        out.update(threads=len(self._workers), abandoned=self._abandoned)
+        out.update(threads=len(self._workers))
         return out
 
     # -- a pool thread -------------------------------------------------------------------
@@ -191,6 +202,8 @@ class ThreadEngine(Engine):
                 self._running -= 1
                 if self._lanes and not self._idle:
                     self._spawn(self._wanted())
+            if self.wedged:
+                self._wake_watcher.set()  # a slot is free again: the watcher says so now
 
     def _call_run(self, worker: _Worker, run: Run, sink: Sink) -> bool:
         """Call `run`'s messages in order until one is not delivered; False if this
@@ -287,8 +300,14 @@ class ThreadEngine(Engine):
                         self._workers.discard(worker)
                         self._running -= 1
                         self._spawn(self._wanted())
+                wedged = self._held_past_deadline() >= self.limit
+                waiting = bool(self._lanes)
+            self._set_wedged(wedged)  # before the reports: whoever sees them sees it
             for run, index, sink, ticket, span, started in expired:
                 self._timed_out(run, index, sink=sink, ticket=ticket, span=span, started=started)
+            if wedged and waiting and self.message_ttl is not None:
+                self.expire_waiting()
+                earliest = min(earliest, time.monotonic() + WEDGED_POLL)
             self._wake_watcher.wait(max(0.001, earliest - time.monotonic()))
 
     def _timed_out(
