@@ -56,7 +56,9 @@ class RetryPolicy:
     `immediate_retries` retries happen at once; the delay before the n-th delayed retry
     (n >= 1) without jitter is `min(base_delay * multiplier ** (n - 1), max_delay)`.
     `jitter` is one of `none`, `full`, `equal`, `decorrelated` (as the AWS Architecture
-    Blog defines them).
+    Blog defines them). A receiver's `Retry-After` (`TransientError.retry_after`) is
+    honoured when longer than that delay, up to `max_retry_after` seconds (and never
+    past `RuntimeConfig.message_ttl`).
     """
 
     max_attempts: int = 5
@@ -65,6 +67,7 @@ class RetryPolicy:
     multiplier: float = 2.0
     jitter: str = "full"
     immediate_retries: int = 0
+    max_retry_after: float = 3600.0
 
     def __post_init__(self) -> None:
         _count("RetryPolicy.max_attempts", self.max_attempts, 1)
@@ -81,6 +84,7 @@ class RetryPolicy:
         if self.jitter not in JITTERS:
             raise ValueError(f"RetryPolicy.jitter must be one of {JITTERS}, got {self.jitter!r}")
         _count("RetryPolicy.immediate_retries", self.immediate_retries, 0)
+        _positive("RetryPolicy.max_retry_after", self.max_retry_after)
 
 
 @dataclass(frozen=True, slots=True)

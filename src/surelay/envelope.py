@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -16,6 +17,8 @@ __all__ = [
     "check_payload",
     "check_text",
     "checked_envelope",
+    "header_problem",
+    "is_framing_header",
 ]
 
 
@@ -114,6 +117,55 @@ MAX_HEADER_BYTES = 16_384
 
 _TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
+FRAMING_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "upgrade",
+        "te",
+        "trailer",
+    }
+)
+"""Header names (lower case) that decide an HTTP request's framing or routing, or are
+hop-by-hop: an HTTP transport sets them itself, and a message may not carry them (nor
+any `Proxy-*`), since a forwarded one could smuggle a second request."""
+
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+"""Control characters (C0 but HTAB, DEL, C1): CR, LF and NUL would break a request line."""
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+"""A lone surrogate: a str Python can hold but no UTF-8 text can carry."""
+
+
+def is_framing_header(name: str) -> bool:
+    """True for a framing, routing or hop-by-hop header name (any case): `Host`,
+    `Content-Length`, `Transfer-Encoding`, `Connection`, `Keep-Alive`, `Upgrade`, `TE`,
+    `Trailer` and `Proxy-*`."""
+    lowered = name.lower()
+    return lowered in FRAMING_HEADERS or lowered.startswith("proxy-")
+
+
+def header_problem(name: object, value: object) -> str | None:
+    """Why `name: value` cannot go out as a header field, or None if it can: the name
+    must be an RFC 9110 token, the value a str with no control character (HTAB aside)
+    and no lone surrogate. The one rule `send`, `rt.consume` and both HTTP transports
+    apply, so they refuse the same characters. Framing names are `is_framing_header`'s."""
+    if not isinstance(name, str) or not name or not _TOKEN.issuperset(name):
+        return f"header name {name!r} must be a non-empty str of HTTP token characters"
+    if not isinstance(value, str):
+        return f"header {name!r} must be a str, got {type(value).__name__}"
+    if not value.isascii() and _SURROGATE.search(value):
+        return f"header {name!r} holds a lone surrogate, which is not text"
+    control = _CONTROL.search(value)
+    if control is not None:
+        return (
+            f"header {name!r} holds a control character ({control.group()!r}: "
+            "CR, LF, NUL and other control characters are refused)"
+        )
+    return None
+
 
 def check_payload(payload: object, max_bytes: int) -> bytes:
     """`payload` as bytes, or `InvalidMessage` saying why it cannot be sent."""
@@ -132,18 +184,22 @@ def check_payload(payload: object, max_bytes: int) -> bytes:
 
 
 def check_text(name: str, value: object, *, optional: bool) -> str | None:
-    """A `key` or `idempotency_key`: None (if `optional`) or a non-empty str."""
+    """A `key` or `idempotency_key`: None (if `optional`) or a non-empty str of text
+    (no lone surrogate)."""
     if value is None and optional:
         return None
     if not isinstance(value, str) or not value:
         raise InvalidMessage(f"{name} must be a non-empty str or None, got {value!r}")
     if len(value) > MAX_KEY_CHARS:
         raise InvalidMessage(f"{name} is {len(value)} characters, over {MAX_KEY_CHARS}")
+    if not value.isascii() and _SURROGATE.search(value):
+        raise InvalidMessage(f"{name} holds a lone surrogate, which is not text: {value[:40]!r}")
     return value
 
 
 def check_headers(headers: object) -> MappingProxyType[str, str]:
-    """Headers as an immutable mapping of HTTP-token names to single-line str values."""
+    """Headers as an immutable mapping of HTTP-token names to single-line str values,
+    none of them a framing or hop-by-hop header (`is_framing_header`)."""
     if headers is None:
         return _NO_HEADERS
     if not isinstance(headers, Mapping):
@@ -154,14 +210,14 @@ def check_headers(headers: object) -> MappingProxyType[str, str]:
         raise InvalidMessage(f"headers has {len(headers)} entries, over {MAX_HEADERS}")
     size = 0
     for name, value in headers.items():
-        if not isinstance(name, str) or not name or not _TOKEN.issuperset(name):
+        problem = header_problem(name, value)
+        if problem is not None:
+            raise InvalidMessage(problem)
+        if is_framing_header(name):
             raise InvalidMessage(
-                f"header name {name!r} must be a non-empty str of HTTP token characters"
+                f"header {name!r} is refused: it would change the HTTP request's framing "
+                "or routing, which the transport sets itself"
             )
-        if not isinstance(value, str):
-            raise InvalidMessage(f"header {name!r} must be a str, got {type(value).__name__}")
-        if "\r" in value or "\n" in value or "\x00" in value:
-            raise InvalidMessage(f"header {name!r} holds a CR, LF or NUL character")
         size += len(name) + len(value.encode("utf-8"))
     if size > MAX_HEADER_BYTES:
         raise InvalidMessage(f"headers take {size} bytes, over {MAX_HEADER_BYTES}")

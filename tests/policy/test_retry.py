@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -9,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from surelay.config import RetryPolicy
-from surelay.policy.retry import can_retry, retry_delay
+from surelay.policy.retry import can_retry, honoured_retry_after, retry_delay
 
 policies = st.builds(
     RetryPolicy,
@@ -96,3 +97,47 @@ def test_can_retry_counts_every_attempt(policy: RetryPolicy, made: int) -> None:
 def test_retry_number_starts_at_one() -> None:
     with pytest.raises(ValueError, match="retry must be >= 1"):
         retry_delay(RetryPolicy(), 0, random.Random(0))
+
+
+# -- Retry-After -------------------------------------------------------------------------
+
+retry_afters = st.one_of(
+    st.none(),
+    st.integers(-(10**400), 10**400),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=5),
+    st.booleans(),
+)
+
+
+@given(cap=st.floats(1e-3, 1e9), retry_after=retry_afters)
+def test_a_retry_after_is_honoured_up_to_max_retry_after(cap: float, retry_after: object) -> None:
+    honoured = honoured_retry_after(retry_after, RetryPolicy(max_retry_after=cap))
+    if (
+        isinstance(retry_after, bool)
+        or not isinstance(retry_after, int | float)
+        or (isinstance(retry_after, float) and math.isnan(retry_after))
+    ):  # None, text, booleans and NaN
+        assert honoured is None
+        return
+    assert honoured is not None
+    assert isinstance(honoured, float)
+    assert 0.0 <= honoured <= cap
+    assert honoured == min(max(float(max(min(retry_after, 10**10), -1)), 0.0), cap)
+
+
+def test_huge_retry_afters_are_capped_not_overflowed() -> None:
+    policy = RetryPolicy()
+    for huge in (10**6, 10**14, 10**5000, 1e300, math.inf):
+        assert honoured_retry_after(huge, policy) == 3600.0
+    assert honoured_retry_after(-(10**5000), policy) == 0.0
+    assert honoured_retry_after(-math.inf, policy) == 0.0
+    assert honoured_retry_after(120, policy) == 120.0
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, math.inf, math.nan, "60"])
+def test_max_retry_after_must_be_finite_and_positive(bad: object) -> None:
+    with pytest.raises(
+        ValueError, match=r"RetryPolicy\.max_retry_after must be a finite number > 0"
+    ):
+        RetryPolicy(max_retry_after=bad)  # type: ignore[arg-type]

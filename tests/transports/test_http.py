@@ -18,9 +18,8 @@ import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from surelay.envelope import Envelope
-from surelay.errors import PermanentError, TransientError
+from surelay.errors import InvalidMessage, PermanentError, TransientError
 from surelay.transports import AsyncHttpTransport, HttpTransport
-from surelay.transports.http import parse_retry_after
 
 from .http_server import HttpServer, Reply
 
@@ -136,7 +135,8 @@ def test_other_statuses_are_permanent(
     server.default = Reply(status, retry_after="5")
     with pytest.raises(PermanentError) as info:
         deliver(kind(server.url + "/hook"), envelope())
-    assert str(info.value) == f"POST {server.url}/hook: HTTP {status}: status {status}"
+    followed = " (redirects are not followed)" if status < 400 else ""
+    assert str(info.value) == f"POST {server.url}/hook: HTTP {status}: status {status}{followed}"
     assert len(server.requests) == 1  # a redirect is not followed
 
 
@@ -169,9 +169,9 @@ def test_a_server_that_hangs_is_cut_off_by_the_timeout(
     assert len(server.connections) == 2
 
 
-def test_an_unsendable_header_is_permanent(server: HttpServer, kind: type[Transport]) -> None:
+def test_an_unsendable_header_is_invalid(server: HttpServer, kind: type[Transport]) -> None:
     transport = kind(server.url + "/")
-    with pytest.raises(PermanentError, match=r"^POST http://127.0.0.1:\d+/: invalid request"):
+    with pytest.raises(InvalidMessage, match=r"^POST http://127.0.0.1:\d+/: header 'X-Bad'"):
         deliver(transport, envelope(headers={"X-Bad": "a\r\nb"}))
     deliver(transport, envelope())  # and the transport works on
     assert len(server.requests) == 1
@@ -288,7 +288,7 @@ def test_bad_construction_is_refused(kind: type[Transport]) -> None:
         kind("ftp://example.invalid/")
     with pytest.raises(ValueError, match="url must be an http"):
         kind("http:///no-host")
-    with pytest.raises(ValueError, match="timeout must be > 0"):
+    with pytest.raises(ValueError, match="timeout must be a finite number > 0"):
         kind("http://127.0.0.1/", timeout=0)
 
 
@@ -296,22 +296,6 @@ def test_repr_names_the_url(kind: type[Transport]) -> None:
     transport = kind("https://hooks.example.com/in", timeout=3.0)
     assert repr(transport) == f"{kind.__name__}('https://hooks.example.com/in')"
     assert transport.timeout == 3.0
-
-
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        (None, None),
-        ("120", 120.0),
-        (" 5 ", 5.0),
-        ("soon", None),
-        ("-3", None),
-        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # in the past: wait 0
-    ],
-)
-def test_parse_retry_after(value: str | None, expected: float | None) -> None:
-    assert parse_retry_after(value, now=2e9) == expected
-    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
 
 
 def test_a_kept_connection_the_server_closed_is_replaced_without_a_failure() -> None:

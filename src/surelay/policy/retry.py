@@ -6,11 +6,12 @@ tested without threads or clocks.
 
 from __future__ import annotations
 
+import math
 import random
 
 from surelay.config import RetryPolicy
 
-__all__ = ["can_retry", "retry_delay"]
+__all__ = ["can_retry", "honoured_retry_after", "retry_delay"]
 
 
 def can_retry(policy: RetryPolicy, attempts_made: int) -> bool:
@@ -45,6 +46,20 @@ def retry_delay(
         return delay / 2 + rng.uniform(0.0, delay / 2)
     last = policy.base_delay if previous is None else max(previous, policy.base_delay)
     return min(policy.max_delay, rng.uniform(policy.base_delay, last * 3))
+
+
+def honoured_retry_after(retry_after: object, policy: RetryPolicy) -> float | None:
+    """How much of a receiver's `Retry-After` is honoured: `retry_after` seconds, at
+    least 0 and at most `policy.max_retry_after`; None for none or for what is not a
+    number (NaN included). Any value a transport puts on `TransientError.retry_after`,
+    however large, gives a finite delay."""
+    if isinstance(retry_after, bool) or not isinstance(retry_after, int | float):
+        return None
+    if isinstance(retry_after, int):  # float() of a huge int would overflow
+        return float(min(max(retry_after, 0), policy.max_retry_after))
+    if math.isnan(retry_after):
+        return None
+    return min(max(retry_after, 0.0), policy.max_retry_after)
 
 
 def _capped(policy: RetryPolicy, n: int) -> float:

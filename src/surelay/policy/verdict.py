@@ -9,8 +9,8 @@ one of four verdicts:
 - `Retry(delay)`: a transient failure (a timeout included) with attempts left, or a
   crash that is not yet the message's `CRASHES_TO_DEAD_LETTER`-th;
 - `Hold(wait)`: the breaker refused the call; no attempt was spent;
-- `Dead(reason_class, reason)`: permanent, invalid, attempts exhausted, or crashed too
-  often.
+- `Dead(reason_class, reason)`: permanent, invalid, attempts exhausted, crashed too
+  often, or expired (the next attempt would come after `message_ttl` runs out).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from surelay.config import RetryPolicy
 from surelay.errors import InvalidMessage, PermanentError, TransientError
-from surelay.policy.retry import can_retry, retry_delay
+from surelay.policy.retry import can_retry, honoured_retry_after, retry_delay
 
 __all__ = [
     "CRASHES_TO_DEAD_LETTER",
@@ -122,13 +122,17 @@ def decide(
     retry_after: float | None = None,
     rng: random.Random | None = None,
     previous_delay: float | None = None,
+    ttl_left: float | None = None,
 ) -> Verdict:
     """The verdict on an attempt of kind `kind` (`ok`, `held`, `failed`, `timeout`,
     `crash`, `lost`), the `made`-th of its message.
 
     `failure` is `classify`'s answer for `failed` (a timeout is transient); `crashes`
     counts this message's crashes, this one included; `retry_after` is the receiver's own
-    wait (`TransientError.retry_after`), honoured when longer than the policy's delay.
+    wait (`TransientError.retry_after`), honoured when longer than the policy's delay, up
+    to `policy.max_retry_after`. `ttl_left` is what remains of the message's
+    `message_ttl` (None: no TTL): a retry that would come after it is `Dead("expired")`
+    now, rather than a message parked past its TTL.
     """
     if kind == "ok":
         return _DELIVERED
@@ -145,6 +149,13 @@ def decide(
     if not can_retry(policy, made):
         return Dead(spent, f"{made} attempt(s) failed; last: {reason}")
     delay = retry_delay(policy, made, rng or random.Random(), previous_delay)
-    if retry_after is not None:
-        delay = max(delay, retry_after)  # the receiver asked for this much
+    asked = honoured_retry_after(retry_after, policy)
+    if asked is not None:
+        delay = max(delay, asked)  # the receiver asked for this much
+    if ttl_left is not None and delay > ttl_left:
+        return Dead(
+            "expired",
+            f"the next attempt would come in {delay:.3g}s, after message_ttl runs out "
+            f"(in {max(ttl_left, 0.0):.3g}s); last: {reason}",
+        )
     return Retry(delay)

@@ -1,8 +1,9 @@
 """`HttpTransport`: POST each message to a URL, from the runtime's call threads.
 
 2xx is delivered; 408, 429, 5xx, timeouts and connection errors are transient (with the
-server's `Retry-After` carried on the `TransientError`); any other status, and a request
-the HTTP client refuses to send (e.g. a bad header), is permanent. Each thread keeps one
+server's `Retry-After` carried on the `TransientError`); any other status (3xx included:
+redirects are not followed, as a redirected POST may change method or target) is
+permanent; a header that cannot be sent is `InvalidMessage`. Each thread keeps one
 persistent (keep-alive) connection, re-opened after any failure, so a transport with
 `concurrency` N holds at most N connections (plus those of calls abandoned at their ack
 timeout, until they end). A kept connection the server has closed meanwhile is noticed
@@ -33,11 +34,13 @@ _DRAIN_CHUNK = 65_536
 class HttpTransport(HttpTransportBase):
     """A blocking transport that POSTs `envelope.payload` to `url`.
 
-    Request headers: the envelope's own headers (so `traceparent` travels), then
+    Request headers: the envelope's own headers (so `traceparent` travels; framing and
+    hop-by-hop ones never: `Host` is the URL's, `Content-Length` the payload's), then
     `Content-Type: application/octet-stream`, `Idempotency-Key`, `X-Surelay-Message-Id`,
     `X-Surelay-Attempt`, then `headers` given here (which win, whatever their case).
 
-    `timeout` (seconds) bounds connecting and each read. `signing_secret` (`whsec_` +
+    `timeout` (seconds, finite and > 0) bounds connecting and each read; `headers` with a
+    framing name or a control character are a `ValueError` here. `signing_secret` (`whsec_` +
     base64 of the key) adds `webhook-id` (the idempotency key, so a retry keeps it),
     `webhook-timestamp` (the attempt's time) and `webhook-signature`; a malformed secret
     is a `ValueError` here, not at the first send. Safe to call from many threads.
@@ -56,7 +59,10 @@ class HttpTransport(HttpTransportBase):
         self._https = parts.scheme == "https"
         self._host = parts.hostname
         self._port = parts.port
-        self._target = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
+        # percent-encoded as aiohttp sends it: http.client would refuse a non-ASCII target
+        self._target = urllib.parse.urlunsplit(
+            ("", "", _quote(parts.path or "/"), _quote(parts.query), "")
+        )
         self._local = threading.local()
 
     def _connection(self) -> http.client.HTTPConnection:
@@ -98,7 +104,9 @@ class HttpTransport(HttpTransportBase):
 
     def _post(self, payload: bytes, headers: Mapping[str, str]) -> tuple[int, bytes, str | None]:
         connection = self._connection()
-        connection.request("POST", self._target, body=payload, headers=dict(headers))
+        # UTF-8, as aiohttp sends them (http.client would send latin-1 or refuse)
+        encoded = {name: value.encode() for name, value in headers.items()}
+        connection.request("POST", self._target, body=payload, headers=encoded)
         response = connection.getresponse()
         body = response.read(BODY_EXCERPT_BYTES)
         while response.read(_DRAIN_CHUNK):  # drain, so the connection can be reused
@@ -106,6 +114,11 @@ class HttpTransport(HttpTransportBase):
         if response.will_close:
             self._drop()
         return response.status, body, response.getheader("Retry-After")
+
+
+def _quote(text: str) -> str:
+    """`text` with anything but ASCII (and `%`-escapes already there) percent-encoded."""
+    return urllib.parse.quote(text, safe="".join(map(chr, range(0x21, 0x7F))))
 
 
 _STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
