@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,10 @@ from starlette.testclient import TestClient
 from surelay import Outcome, PermanentError, RetryPolicy, Runtime, RuntimeConfig
 from surelay.console import ConsoleSettings, create_app
 from surelay.envelope import Envelope
+from surelay.storage.store import Store
+from tests.cli.test_dlq import hostile_record
+from tests.helpers import free_port, listening
+from tests.nats_server import wait_for
 
 
 def refuse(envelope: Envelope) -> None:
@@ -154,14 +159,17 @@ def test_read_only_hides_and_refuses_actions(data: Path) -> None:
 
 
 def test_a_token_is_required_when_set(data: Path) -> None:
-    for web in client(data, token="s3cret"):
+    for web in client(data, token="s3cret-s3cret-s3cret"):
         assert web.get("/").status_code == 401
         assert web.get("/", params={"token": "wrong"}).status_code == 401
-        first = web.get("/", params={"token": "s3cret"})
+        first = web.get("/", params={"token": "s3cret-s3cret-s3cret"})
         assert first.status_code == 200  # and a cookie for what follows
         assert web.get("/dead-letters").status_code == 200
-    for web in client(data, token="s3cret"):
-        assert web.get("/", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    for web in client(data, token="s3cret-s3cret-s3cret"):
+        assert (
+            web.get("/", headers={"Authorization": "Bearer s3cret-s3cret-s3cret"}).status_code
+            == 200
+        )
 
 
 def test_the_command_refuses_an_open_address_without_a_token(data: Path) -> None:
@@ -185,9 +193,11 @@ def test_another_host_name_is_turned_away_without_a_token(web: TestClient) -> No
 
 
 def test_the_token_moves_from_the_address_into_a_cookie(data: Path) -> None:
-    for web in client(data, token="s3cret"):
+    for web in client(data, token="s3cret-s3cret-s3cret"):
         first = web.get(
-            "/dead-letters", params={"token": "s3cret", "key": "k0"}, follow_redirects=False
+            "/dead-letters",
+            params={"token": "s3cret-s3cret-s3cret", "key": "k0"},
+            follow_redirects=False,
         )
         assert first.status_code == 303
         assert first.headers["location"] == "/dead-letters?key=k0"
@@ -228,3 +238,111 @@ def test_time_filters_purge_counts_and_the_record_views(data: Path) -> None:
         young = web.get("/confirm/purge", params={"status": "archived", "older_than": "1d"})
         assert re.search(r'id="count">0<', young.text)  # none is a day old
         assert re.search(r'id="count">5<', web.get("/confirm/purge").text)
+
+
+# -- hostile or careless input never breaks a page or the console's safety --------------------
+
+
+def test_a_deeply_nested_json_payload_is_shown_as_its_text(tmp_path: Path) -> None:
+    path = tmp_path / "data"
+    deep = b"[" * 100_000 + b"]" * 100_000  # the parser's recursion: a 500 on every view
+    config = RuntimeConfig(retry=RetryPolicy(max_attempts=1))
+    with Runtime.open(path, transports={"sms": refuse}, config=config) as rt:
+        assert rt.send("sms", deep).wait(10) is Outcome.DEAD_LETTERED
+        assert rt.send("sms", b'{"a": {"b": [1]}}').wait(10) is Outcome.DEAD_LETTERED
+        nested, shallow = (d.id for d in rt.dead_letters.list())
+    for web in client(path):
+        page = web.get(f"/dead-letters/{nested}")
+        assert page.status_code == 200
+        assert 'id="payload-text">[[[[' in page.text and 'id="payload-json"' not in page.text
+        pretty = web.get(f"/dead-letters/{shallow}").text  # shallow JSON: still pretty
+        assert 'id="payload-json"' in pretty
+
+
+def test_a_limit_of_thousands_of_digits_is_a_400_that_says_why(web: TestClient) -> None:
+    for huge in ("9" * 5000, "0" * 6, "1" * 40):
+        answer = web.get("/dead-letters", params={"limit": huge})
+        assert answer.status_code == 400, huge
+        assert "limit must be a whole number from 1 to 10000" in answer.text
+    assert "(5000 characters)" in web.get("/dead-letters", params={"limit": "9" * 5000}).text
+    assert web.get("/dead-letters", params={"limit": "10000"}).status_code == 200
+
+
+def test_an_action_from_another_port_or_scheme_of_the_same_host_is_refused(
+    web: TestClient,
+) -> None:
+    ids = re.findall(r'/dead-letters/([0-9A-Z]{26})"', web.get("/dead-letters").text)
+    secret = csrf_of(web.get("/confirm/archive", params={"id": ids[0]}).text)
+    form = {"id": ids[0], "status": "dead", "csrf": secret}
+    for origin in ("http://127.0.0.1:9999", "https://127.0.0.1:8787", "http://127.0.0.1"):
+        refused = web.post("/actions/archive", data=form, headers={"Origin": origin})
+        assert refused.status_code == 403, origin
+        assert f"a request from {origin} may not act here" in refused.text
+    same = web.post("/actions/archive", data=form, headers={"Origin": "http://127.0.0.1:8787"})
+    assert same.status_code == 200 and "archived 1 dead letter(s)" in same.text
+
+
+def test_short_tokens_and_script_links_are_refused(data: Path) -> None:
+    with pytest.raises(ValueError, match="token must be at least 16 characters, got 1"):
+        ConsoleSettings(data, token="x")
+    for bad in ("javascript:alert(1)//{trace_id}", "data:text/html,{trace_id}", "/t/{trace_id}"):
+        with pytest.raises(ValueError, match="must be an http:// or https:// URL with a host"):
+            ConsoleSettings(data, trace_url=bad)
+    with pytest.raises(ValueError, match="must contain"):
+        ConsoleSettings(data, trace_url="http://traces.test/")
+    ConsoleSettings(data, token="x" * 16, trace_url="https://traces.test/t/{trace_id}")
+
+
+def console_command(path: Path, *options: str) -> list[str]:
+    return [sys.executable, "-m", "surelay.cli", "console", "--path", str(path), *options]
+
+
+def test_the_command_refuses_a_short_token_and_a_script_link(data: Path) -> None:
+    for options, option, says in (
+        (("--token", "x"), "--token", "at least 16 characters, got 1"),
+        (("--trace-url", "javascript:alert(1)//{trace_id}"), "--trace-url", "http:// or https://"),
+        (("--trace-url", "JavaScript:{trace_id}"), "--trace-url", "http:// or https://"),
+    ):
+        done = subprocess.run(
+            console_command(data, *options), capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode == 2, options
+        assert option in done.stderr and says in done.stderr, done.stderr
+
+
+def test_the_command_never_prints_its_token(data: Path) -> None:
+    token = "a-token-of-24-characters"
+    port = free_port()
+    server = subprocess.Popen(
+        console_command(data, "--port", str(port), "--token", token),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_for(lambda: listening(port) or server.poll() is not None, 30, "the console")
+    finally:
+        server.terminate()
+        shown, _ = server.communicate(timeout=10)
+    assert f"http://127.0.0.1:{port}/" in shown and "a token is set" in shown
+    assert token not in shown
+
+
+def test_a_trace_link_carries_the_trace_id_quoted(tmp_path: Path) -> None:
+    path = tmp_path / "data"
+    record = replace(hostile_record(time.time()), trace_id='../admin?x="1"')
+    with Store.open(path) as store:
+        store.write(lambda txn: store.dead_letters.insert(txn, record)).result()
+    for web in client(path, trace_url="http://traces.test/trace/{trace_id}"):
+        page = web.get(f"/dead-letters/{record.id}").text
+        assert 'href="http://traces.test/trace/..%2Fadmin%3Fx%3D%221%22"' in page
+
+
+def test_the_icon_and_a_layout_for_narrow_screens(web: TestClient) -> None:
+    for name in ("/favicon.ico", "/favicon.svg"):
+        icon = web.get(name)
+        assert icon.status_code == 200 and icon.headers["content-type"] == "image/svg+xml"
+        assert icon.text.startswith("<svg")
+    page = web.get("/").text
+    assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in page
+    assert '<link rel="icon" href="/favicon.svg"' in page and "@media (max-width: 600px)" in page

@@ -130,3 +130,33 @@ def test_an_operator_finds_a_dead_letter_and_replays_it_as_a_canary(
     page.screenshot(path=str(SHOTS / "record-replayed.png"), full_page=True)
     assert [e.payload for e in switch.recorder.delivered] == [b"a-0"]
     assert rt.stats().replayed == 1
+
+
+def test_a_phone_sized_screen_never_scrolls_sideways(
+    console: str, live: tuple[Path, Runtime, Switch]
+) -> None:
+    _, rt, _ = live
+    record = rt.dead_letters.list(limit=1)[0].id
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=["--no-sandbox"]
+        )
+        try:
+            phone = browser.new_page(viewport={"width": 375, "height": 740})
+            for name, address in (
+                ("overview", "/"),
+                ("dead-letters", "/dead-letters"),
+                ("record", f"/dead-letters/{record}"),
+                ("confirm", "/confirm/purge"),
+            ):
+                phone.goto(console + address)
+                overflow = phone.evaluate(
+                    "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+                )
+                phone.screenshot(path=str(SHOTS / f"phone-{name}.png"), full_page=True)
+                assert overflow <= 0, f"{address} is {overflow}px wider than a 375px screen"
+            icon = phone.goto(console + "/favicon.ico")
+            assert icon is not None and icon.status == 200
+        finally:
+            browser.close()

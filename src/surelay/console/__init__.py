@@ -7,8 +7,10 @@ runtime is running there. Server-rendered HTML (Starlette and Jinja2, the `conso
 extra); no front-end build step.
 
 Safety: it binds 127.0.0.1 unless told otherwise, and refuses another address without
-an access token; every action is a POST carrying a per-process form secret and refused
-when the browser says it comes from another site; `read_only` hides and refuses actions.
+an access token (16 characters or more); every action is a POST carrying a per-process
+form secret and refused when the browser says it comes from another site or another
+origin (scheme, host and port); `read_only` hides and refuses actions; trace links are
+http(s) only.
 """
 
 from surelay.console.app import ConsoleSettings, create_app

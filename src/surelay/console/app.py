@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -34,6 +34,7 @@ from surelay.console.queries import (
     payload_views,
     replay_history,
 )
+from surelay.dead_letter_ops import cancel_replay
 from surelay.errors import StorageError
 from surelay.replay_report import ReplayReport
 from surelay.storage.dead_letters import MAX_LIMIT
@@ -42,7 +43,7 @@ from surelay.storage.records import DEAD_LETTER_STATUSES, REASON_CLASSES, Replay
 from surelay.storage.slots import holders
 from surelay.storage.store import Store
 
-__all__ = ["ConsoleSettings", "create_app"]
+__all__ = ["MIN_TOKEN", "ConsoleSettings", "create_app", "token_problem", "trace_url_problem"]
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 COOKIE = "surelay_console"
@@ -66,6 +67,40 @@ class ConsoleSettings:
     page of another site that made its name resolve to 127.0.0.1 (DNS rebinding) is
     turned away. With a token, any (the token is what guards)."""
 
+    def __post_init__(self) -> None:
+        if self.token is not None and (problem := token_problem(self.token)):
+            raise ValueError(f"token {problem}")
+        if self.trace_url is not None and (problem := trace_url_problem(self.trace_url)):
+            raise ValueError(f"trace_url {problem}")
+
+
+MIN_TOKEN = 16
+"""Characters an access token needs at least: a short one can be guessed."""
+
+
+def token_problem(token: str) -> str | None:
+    """What is wrong with `token` as an access token (None: nothing). Never quotes it."""
+    if len(token) < MIN_TOKEN:
+        return (
+            f"must be at least {MIN_TOKEN} characters, got {len(token)}: a short one can be "
+            "guessed (make one with: python -c 'import secrets; print(secrets.token_urlsafe(24))')"
+        )
+    return None
+
+
+def trace_url_problem(template: str) -> str | None:
+    """What is wrong with `template` as a trace link (None: nothing): it must hold
+    `{trace_id}` and be an http or https URL with a host, so that a link on a record page
+    cannot run script (`javascript:`) or carry data (`data:`)."""
+    if "{trace_id}" not in template:
+        return f"must contain {{trace_id}}, got {template!r}"
+    if template != template.strip() or any(ord(c) < 0x20 or ord(c) == 0x7F for c in template):
+        return f"must not hold spaces around it or control characters, got {template!r}"
+    link = urlsplit(template.replace("{trace_id}", "0" * 32))
+    if link.scheme.lower() not in ("http", "https") or not link.hostname:
+        return f"must be an http:// or https:// URL with a host, got {template!r}"
+    return None
+
 
 class BadRequest(Exception):
     """A query parameter that is not what it should be; the text says which and why."""
@@ -81,12 +116,27 @@ def create_app(settings: ConsoleSettings, store: Store | None = None) -> Starlet
         Route("/confirm/{action:str}", console.confirm),
         Route("/actions/{action:str}", console.act, methods=["POST"]),
         Route("/replays/{request_id}", console.replay_progress),
+        Route("/replays/{request_id}/cancel", console.cancel_replay, methods=["POST"]),
+        Route("/favicon.svg", favicon),
+        Route("/favicon.ico", favicon),  # where browsers look when a page names none
     ]
     return Starlette(
         routes=routes,
         lifespan=console.lifespan,
         middleware=[Middleware(BaseHTTPMiddleware, dispatch=console.guard)],
     )
+
+
+FAVICON = (
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16">'
+    '<rect width="16" height="16" rx="3" fill="#1d2330"/>'
+    '<path d="M4 8.5l2.5 2.5L12 5" stroke="#cfe0ff" stroke-width="2" fill="none"/></svg>'
+)
+"""The console's icon: a tick on the header's colour."""
+
+
+async def favicon(_request: Request) -> Response:
+    return Response(FAVICON, media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
 
 
 class _Console:
@@ -216,7 +266,9 @@ class _Console:
             )
         trace_link = None
         if found.trace_id and self.settings.trace_url:
-            trace_link = self.settings.trace_url.replace("{trace_id}", found.trace_id)
+            trace_link = self.settings.trace_url.replace(
+                "{trace_id}", quote(found.trace_id, safe="")
+            )
         return self.page(
             request,
             "record.html",
@@ -323,6 +375,25 @@ class _Console:
         )
 
 
+    async def cancel_replay(self, request: Request) -> Response:
+        """Cancel a pending replay request (a POST with the form's secret, as every
+        action), then show it again."""
+        request_id = request.path_params["request_id"]
+        form = await request.form()
+        refused = _refuse_action(request, form, self.settings)
+        if refused is not None:
+            return self.error(request, 403, refused)
+        try:
+            cancel_replay(self.store, request_id, now=time.time())
+        except LookupError as missing:
+            return self.error(request, 404, str(missing))
+        except ValueError as taken:
+            return self.error(request, 409, str(taken))
+        except StorageError as failed:
+            return self.error(request, 503, f"cancel failed: {failed}")
+        return RedirectResponse(f"/replays/{request_id}", status_code=303)
+
+
 # -- helpers ---------------------------------------------------------------------------------
 
 
@@ -342,14 +413,30 @@ def _refuse_action(request: Request, form: Any, settings: ConsoleSettings) -> st
     if site is not None and site not in ("same-origin", "none"):
         return f"a request from another site ({site}) may not act here"
     origin = request.headers.get("origin")
-    if origin is not None:
-        named = _host_name(origin.partition("://")[2])
-        allowed = [_host_name(h) for h in settings.hosts]
-        if origin == "null" or (settings.token is None and named not in allowed):
-            return f"a request from {origin} may not act here"
-        if settings.token is not None and named != _host_name(request.headers.get("host", "")):
-            return f"a request from {origin} may not act here"
+    if origin is not None and not _same_origin(origin, request):
+        return f"a request from {origin} may not act here"
     return None
+
+
+def _same_origin(origin: str, request: Request) -> bool:
+    """Whether `origin` is this console's own: scheme, host and port as the request's
+    `Host` names them (the guard has checked that host). Another port of 127.0.0.1 is
+    another site, which may run anything."""
+    scheme, sep, authority = origin.strip().lower().partition("://")
+    if not sep or "/" in authority:  # also "null", which sandboxed pages send
+        return False
+    own = request.url.scheme
+    return (scheme, *_host_port(authority, scheme)) == (
+        own,
+        *_host_port(request.headers.get("host", ""), own),
+    )
+
+
+def _host_port(host: str, scheme: str) -> tuple[str, str]:
+    """`host[:port]` as (name, port), the scheme's default port when none is given."""
+    name = _host_name(host)
+    port = host.strip().lower()[len(name) :].removeprefix(":")
+    return name, port or ("443" if scheme == "https" else "80")
 
 
 def _host_name(host: str) -> str:
@@ -422,8 +509,11 @@ def _int(params: Mapping[str, str], name: str, default: int, low: int, high: int
     raw = params.get(name)
     if not raw:
         return default
-    if not re.fullmatch(r"\d+", raw) or not low <= int(raw) <= high:
-        raise BadRequest(f"{name} must be a whole number from {low} to {high}, got {raw!r}")
+    # At most as many digits as `high` before `int()`: Python refuses to convert more than
+    # 4,300, and nothing longer can be in range anyway.
+    if len(raw) > len(str(high)) or not re.fullmatch(r"\d+", raw) or not low <= int(raw) <= high:
+        shown = raw if len(raw) <= 40 else f"{raw[:20]}... ({len(raw)} characters)"
+        raise BadRequest(f"{name} must be a whole number from {low} to {high}, got {shown!r}")
     return int(raw)
 
 

@@ -123,23 +123,50 @@ def overview(store: Store) -> dict[str, Any]:
     }
 
 
+MAX_JSON_DEPTH = 64
+"""Nesting beyond which a JSON payload is shown as its raw text, not pretty-printed: a
+deeply nested one would exhaust the parser's recursion (every view of it a 500), and its
+indentation would grow with the square of its depth."""
+
+
 def payload_views(payload: bytes) -> dict[str, str | None]:
-    """The payload as text (if UTF-8), pretty JSON (if JSON) and hex (first 4 KiB)."""
+    """The payload as text (if UTF-8), pretty JSON (if JSON nested at most
+    `MAX_JSON_DEPTH` deep) and hex (first 4 KiB)."""
     try:
         text: str | None = payload.decode("utf-8")
     except UnicodeDecodeError:
         text = None
-    pretty = None
-    if text is not None:
-        try:
-            pretty = json.dumps(json.loads(text), indent=2, sort_keys=True)
-        except ValueError:
-            pretty = None
+    pretty = None if text is None else _pretty_json(text)
     shown = payload[:4096]
     hexed = "\n".join(shown[i : i + 32].hex(" ") for i in range(0, len(shown), 32))
     if len(payload) > len(shown):
         hexed += f"\n... ({len(payload) - len(shown)} more bytes)"
     return {"text": text, "json": pretty, "hex": hexed}
+
+
+def _pretty_json(text: str) -> str | None:
+    """`text` pretty-printed if it is JSON nested at most `MAX_JSON_DEPTH` deep."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):  # the C parser refuses deep nesting with the latter
+        return None
+    if _depth(value) > MAX_JSON_DEPTH:
+        return None
+    return json.dumps(value, indent=2, sort_keys=True)
+
+
+def _depth(value: Any) -> int:
+    """How deep lists and objects nest in a parsed JSON value (without recursion)."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in item)
+    return deepest
 
 
 def replay_history(store: Store, record: DeadLetter) -> list[dict[str, Any]]:
