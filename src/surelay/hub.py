@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from surelay.actors.window import Orphans
 from surelay.backlog import RetryBacklog
 from surelay.config import RuntimeConfig
 from surelay.delivery import Engines
@@ -77,6 +78,8 @@ class Hub:
     backlog: RetryBacklog
     engines: Engines
     rng: random.Random = field(default_factory=random.Random)
+    orphans: Orphans = field(default_factory=Orphans)
+    """Entries in this slot's outbox for transports the runtime has not (yet)."""
     senders: tuple[Ref, ...] = ()
     recovered: bool = False
     """Set once the runtime has dispatched what its slot held at open (adoption waits

@@ -99,6 +99,9 @@ class Tracker:
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
         self._pending: dict[str, Receipt | None] = {}
+        self._holds: set[str] = set()
+        """Work that is not a tracked message but keeps the tracker from being empty:
+        a partition whose backlog is still on disk, not yet streamed into memory."""
         self._empty_waiters: list[Callable[[], object]] = []
 
     def add(
@@ -175,11 +178,27 @@ class Tracker:
         callback(outcome)
         return _nothing
 
+    def hold(self, name: str) -> None:
+        """Keep the tracker from being empty until `release(name)` (idempotent)."""
+        with self._cond:
+            self._holds.add(name)
+
+    def release(self, name: str) -> None:
+        """Let `name`'s hold go (idempotent); wakes the empty-waiters if that empties it."""
+        with self._cond:
+            if name not in self._holds:
+                return
+            self._holds.discard(name)
+            empty = self._take_empty_waiters()
+            self._cond.notify_all()
+        for waiter in empty:
+            waiter()
+
     def when_empty(self, callback: Callable[[], object]) -> Callable[[], None]:
         """Call `callback()` once nothing is pending (at once if nothing is); returns
         what takes the callback back."""
         with self._cond:
-            if self._pending:
+            if self._pending or self._holds:
                 self._empty_waiters.append(callback)
                 return lambda: self._drop(self._empty_waiters, callback)
         callback()
@@ -192,7 +211,7 @@ class Tracker:
 
     def _take_empty_waiters(self) -> list[Callable[[], object]]:
         """(lock held) The empty-waiters to call, if nothing is pending now."""
-        if self._pending:
+        if self._pending or self._holds:
             return []
         waiters, self._empty_waiters = self._empty_waiters, []
         return waiters
@@ -218,7 +237,7 @@ class Tracker:
         """Block until nothing is pending; False after `timeout` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while self._pending:
+            while self._pending or self._holds:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False

@@ -1,10 +1,13 @@
-"""Recovery: dispatching outbox entries the runtime did not accept itself.
+"""Recovery: outbox entries the runtime did not accept itself, streamed, never loaded.
 
 Two kinds: at open, what an earlier runtime of this slot left in its outbox; while
-running, what the `SlotKeeper` adopts from slots whose runtime died. Both go to the
-senders in acceptance order, so each key's messages keep their order. An entry for a
-transport this runtime was not given stays in the outbox (an orphan, shown by `health()`)
-until a runtime with that transport opens.
+running, what the `SlotKeeper` adopts from slots whose runtime died. Neither is read into
+memory here: recovery makes sure each entry sits in the range of the partition its key
+routes to (moving entries when the number of partitions changed, or when adopting), and
+wakes the senders, which stream their ranges through a bounded window
+(`surelay.actors.window`). So opening on, or adopting, a backlog of any size costs the
+memory of one window. An entry for a transport this runtime was not given stays in the
+outbox (an orphan, shown by `health()`) until a runtime with that transport opens.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from surelay.actors.sender import Deliver
+from surelay.actors.window import Wake, hold_name
 from surelay.routing import partition_for
 from surelay.storage.records import OutboxEntry
 
@@ -22,99 +26,123 @@ if TYPE_CHECKING:
     from surelay.hub import Hub
     from surelay.supervision import Ref
 
-__all__ = ["CHUNK", "Recovery", "deliver"]
+__all__ = ["CHUNK", "Recovery", "deliver", "route"]
 
 logger = logging.getLogger("surelay.runtime")
 
-CHUNK = 10_000
-"""Entries read (or adopted) per transaction."""
+CHUNK = 1000
+"""Entries moved per transaction (at most about 8 MiB of them)."""
 
 
-def deliver(
-    senders: Sequence[Ref], entries: Sequence[OutboxEntry], partitions: Sequence[int] | None = None
-) -> None:
-    """Hand entries to their senders: `entry.partition`'s, or `partitions[i]`'s."""
-    if len(entries) == 1 and partitions is None:
+def deliver(senders: Sequence[Ref], entries: Sequence[OutboxEntry]) -> None:
+    """Hand newly accepted entries to the senders of their partitions."""
+    if len(entries) == 1:
         senders[entries[0].partition].tell(Deliver((entries[0],)))
         return
     by_partition: dict[int, list[OutboxEntry]] = {}
-    routes = partitions if partitions is not None else [e.partition for e in entries]
-    for entry, partition in zip(entries, routes, strict=True):
-        by_partition.setdefault(partition, []).append(entry)
+    for entry in entries:
+        by_partition.setdefault(entry.partition, []).append(entry)
     for partition, group in by_partition.items():
         senders[partition].tell(Deliver(tuple(group)))
 
 
+def route(partitions: int) -> Callable[[OutboxEntry], int]:
+    """The partition an entry belongs to in a runtime of `partitions` partitions: its
+    key's, or (no key: no order to keep) its old one folded into range."""
+
+    def partition(entry: OutboxEntry) -> int:
+        key = entry.envelope.key
+        return partition_for(key, partitions) if key is not None else entry.partition % partitions
+
+    return partition
+
+
 class Recovery:
-    """Dispatches recovered and adopted entries; counts orphans by transport."""
+    """Routes recovered and adopted entries and wakes the senders to stream them."""
 
     def __init__(self, hub: Hub) -> None:
         self._hub = hub
-        self._lock = threading.Lock()
-        self._orphans: dict[str, int] = {}
         self._moving = threading.Lock()
-        """Held while adopting, and while a transport's own entries go out before it is
-        added: an entry is never sent by both."""
+        """Held while adopting, and while a transport is being added, so an adoption
+        never runs between a transport's addition and the senders' new look."""
 
     @property
     def orphans(self) -> dict[str, int]:
         """Entries left in the outbox for transports this runtime was not given."""
-        with self._lock:
-            return dict(self._orphans)
+        return self._hub.orphans.snapshot()
 
     def recover(
         self, transport: str | None = None, then: Callable[[], object] | None = None
     ) -> int:
-        """Dispatch this slot's outbox (what an earlier run left), or only its entries
-        for `transport` (one being added: they were orphans; `then()` adds it, before
-        any adoption may move its entries here); returns how many."""
+        """Stream this slot's outbox (what an earlier run left) into the senders; or,
+        for `transport` (one being added: its entries were orphans), `then()` adds it,
+        before any adoption may move entries here, and the senders look again. Returns
+        how many entries the slot holds."""
         with self._moving:
-            recovered = self._recover(transport)
             if then is not None:
                 then()
-        return recovered
-
-    def _recover(self, transport: str | None) -> int:
-        store = self._hub.store
-        after = 0
-        recovered = 0
-        orphans: dict[str, int] = {}
-        if transport is not None:
-            with self._lock:
-                self._orphans.pop(transport, None)
-        while True:
-            with store.read() as txn:
-                chunk = store.outbox.scan(txn, after=after, limit=CHUNK)
-            if not chunk:
-                break
-            after = chunk[-1].seq
             if transport is not None:
-                chunk = [e for e in chunk if e.envelope.transport == transport]
-            recovered += self.dispatch(chunk, orphans, also=transport)
-        if recovered:
-            logger.info("recovered %d message(s) from the outbox of %s", recovered, store.path)
-        self._warn(orphans)
-        return recovered
+                self._hub.orphans.clear(transport)
+            return self._recover()
+
+    def _recover(self) -> int:
+        hub = self._hub
+        store = hub.store
+        partitions = hub.config.partitions
+        with store.read() as txn:
+            held = store.outbox.slot_size(txn)
+            routed_for = store.outbox.routed_for(txn)
+        if held and routed_for != partitions:
+            moved = self._reroute(route(partitions))
+            if moved:
+                logger.info(
+                    "moved %d outbox entries to the partitions of their keys (%d partitions "
+                    "now, %s before)",
+                    moved,
+                    partitions,
+                    routed_for if routed_for is not None else "unknown",
+                )
+        if routed_for != partitions:
+            store.write(lambda txn: store.outbox.set_routed_for(txn, partitions)).result()
+        if held:
+            logger.info("recovering %d message(s) from the outbox of %s", held, store.path)
+        self._wake(dict.fromkeys(range(partitions), 0))
+        return held
+
+    def _reroute(self, partition: Callable[[OutboxEntry], int]) -> int:
+        store = self._hub.store
+        moved = 0
+        start: bytes | None = None
+        while True:
+            count, start = store.reroute(partition, start=start).result()
+            moved += count
+            if start is None:
+                return moved
 
     def adopt(self, slot: int) -> int:
-        """Move slot `slot`'s outbox into this runtime's and dispatch it; returns how
-        many entries moved. Entries for transports this runtime was not given stay
-        where they are, for a runtime that has them. The caller holds `slot`'s lock."""
+        """Move slot `slot`'s outbox into this runtime's and let the senders stream it;
+        returns how many entries moved. Entries for transports this runtime was not
+        given stay where they are, for a runtime that has them. The caller holds `slot`'s
+        lock."""
         with self._moving:
             return self._adopt(slot)
 
     def _adopt(self, slot: int) -> int:
         hub = self._hub
         store = hub.store
+        partition = route(hub.config.partitions)
         moved = 0
-        orphans: dict[str, int] = {}
         start: bytes | None = None
         while True:
-            chunk, start = store.adopt(
-                slot, limit=CHUNK, accept=hub.transports.__contains__, start=start
+            moves, start = store.adopt(
+                slot,
+                route=partition,
+                limit=CHUNK,
+                accept=hub.transports.__contains__,
+                start=start,
             ).result()
-            moved += len(chunk)
-            self.dispatch(chunk, orphans)
+            moved += sum(count for count, _ in moves.values())
+            self._wake({p: lowest - 1 for p, (_, lowest) in moves.items()})
             if start is None:
                 break
         if moved:
@@ -124,43 +152,12 @@ class Recovery:
                 slot,
                 store.path,
             )
-        self._warn(orphans)
         return moved
 
-    def dispatch(
-        self, chunk: Sequence[OutboxEntry], orphans: dict[str, int], also: str | None = None
-    ) -> int:
-        """Route entries to this runtime's senders (a key's partition is recomputed: the
-        runtime that accepted them may have had another number of partitions); returns
-        how many went, counting the rest into `orphans`."""
+    def _wake(self, after: dict[int, int]) -> None:
+        """Tell these partitions' senders to stream their ranges from `after[p]`; the
+        tracker is held first, so a `flush()` from now on waits for what they find."""
         hub = self._hub
-        partitions = hub.config.partitions
-        entries = []
-        routes = []
-        for entry in chunk:
-            envelope = entry.envelope
-            if envelope.transport not in hub.transports and envelope.transport != also:
-                orphans[envelope.transport] = orphans.get(envelope.transport, 0) + 1
-                continue
-            key = envelope.key
-            entries.append(entry)  # keeps the partition its index entry was made for
-            routes.append(
-                partition_for(key, partitions) if key is not None else entry.partition % partitions
-            )
-        if entries:
-            hub.tracker.add((e.envelope.message_id for e in entries), receipts=False)
-            deliver(hub.senders, entries, routes)
-        return len(entries)
-
-    def _warn(self, orphans: dict[str, int]) -> None:
-        with self._lock:
-            for transport, count in orphans.items():
-                self._orphans[transport] = self._orphans.get(transport, 0) + count
-        for transport, count in orphans.items():
-            logger.warning(
-                "%d message(s) in the outbox are for transport %r, which this runtime has not "
-                "(yet); they stay in the outbox until a runtime with that transport opens (or "
-                "rt.consume adds a consumer of that name)",
-                count,
-                transport,
-            )
+        for partition, seq in after.items():
+            hub.tracker.hold(hold_name(partition))
+            hub.senders[partition].tell(Wake(seq))

@@ -33,6 +33,7 @@ from surelay.actors.governor import Sample
 from surelay.actors.replay import ReplayState
 from surelay.actors.sender import PartitionState
 from surelay.actors.status import Snapshot
+from surelay.actors.window import limits_for
 from surelay.backlog import RetryBacklog
 from surelay.config import RuntimeConfig
 from surelay.consumers import Consumers
@@ -303,7 +304,8 @@ class Runtime:
                 backlog=RetryBacklog(),
                 engines=engines,
             )
-            states = [PartitionState(i) for i in range(config.partitions)]
+            limits = limits_for(config.partitions)
+            states = [PartitionState(i, limits) for i in range(config.partitions)]
             replays = ReplayState()
             recovery = Recovery(hub)
             snapshot: list[Snapshot] = []
@@ -1242,6 +1244,7 @@ class Runtime:
         out["calls_in_flight"] = dict(stats.calls_in_flight)
         out["ok"] = health["ok"]
         out["unhealthy_actors"] = sorted(n for n, a in health["actors"].items() if not a["ok"])
+        out["transports"] = sorted(self._transports)  # what replay requests may ask of it
         return out
 
     def _gauges(self) -> Mapping[str, float | Mapping[str, float]]:

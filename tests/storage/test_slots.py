@@ -14,6 +14,8 @@ import pytest
 
 from surelay.envelope import Envelope
 from surelay.errors import StorageError
+from surelay.recovery import route as route_for
+from surelay.routing import partition_for
 from surelay.storage import ReplayRequest, Store, codec
 from surelay.storage import slots as slots_module
 from surelay.storage.keys import u64
@@ -121,31 +123,32 @@ def test_each_slot_sees_only_its_own_outbox_and_adopts_another(tmp_path: Path) -
             assert store.outbox.get(txn, "b") is not None  # lookups by id reach every slot
             assert store.outbox.count(txn) == 4  # the whole directory
             assert store.outbox.holds(txn, 3) and not store.outbox.holds(txn, 2)
-        moved, following = store.adopt(3, limit=2).result()
-        assert [e.envelope.message_id for e in moved] == ["a", "b"] and following is not None
-        rest, following = store.adopt(3, limit=2, start=following).result()
+        route = route_for(2)
+        moves, following = store.adopt(3, route=route, limit=2).result()
+        k = partition_for("k", 2)
+        assert moves == {k: (2, 2)} and following is not None  # a (seq 2) and b, to k's
+        rest, following = store.adopt(3, route=route, limit=2, start=following).result()
         assert following is None  # looked at the last one
-        moved += rest
-        assert store.adopt(3).result() == ([], None)
-        assert sorted(e.envelope.message_id for e in moved) == ["a", "b", "c"]
+        assert rest == {0: (1, 4)}  # c: no key, its partition folded into range
+        assert store.adopt(3, route=route).result() == ({}, None)
         with store.read() as txn:
-            assert [e.envelope.message_id for e in store.outbox.scan(txn)] == [
-                "mine",
-                "a",
-                "b",
-                "c",
-            ]
+            moved = store.outbox.scan(txn)
+            assert [e.envelope.message_id for e in moved] == ["mine", "a", "b", "c"]
+            # each sits in the range of the partition it was routed to, with its seq
+            assert [(e.partition, e.seq) for e in moved[1:]] == [(k, 2), (k, 3), (0, 4)]
+            assert store.outbox.in_partition(txn, k, after=1) == moved[1:3]
             assert theirs.scan(txn) == [] and not store.outbox.holds(txn, 3)
             # the retried one ("b") moved in the due index too
-            assert [e.envelope.message_id for e in store.outbox.due(txn, 10.0)] == ["a", "b", "c"]
+            due = store.outbox.due(txn, 1e12)
+            assert [e.envelope.message_id for e in due] == ["a", "b", "c", "mine"]
         # the moved entries are this slot's now: removed as their new owner saw them
         removed = store.write(lambda txn: store.outbox.remove_entries(txn, moved)).result()
-        assert removed == 3
+        assert removed == 4
         with store.read() as txn:
-            assert [e.envelope.message_id for e in store.outbox.scan(txn)] == ["mine"]
+            assert store.outbox.scan(txn) == []
             assert store.outbox.due(txn, 10.0) == []
         with pytest.raises(ValueError, match="own"):
-            store.adopt(0).result()
+            store.adopt(0, route=route).result()
 
 
 def _slot_outbox(store: Store, slot: int) -> Outbox:
@@ -200,12 +203,12 @@ def test_adoption_leaves_what_the_adopter_cannot_deliver(tmp_path: Path) -> None
                 [(Envelope(f"m{i}", "other" if i % 2 else "t", b""), 0) for i in range(5)],
                 due_at=1.0,
             )
-        moved, following = store.adopt(
-            2, limit=10, accept=lambda transport: transport == "t"
+        moves, following = store.adopt(
+            2, route=route_for(1), limit=10, accept=lambda transport: transport == "t"
         ).result()
-        assert [e.envelope.message_id for e in moved] == ["m0", "m2", "m4"]
-        assert following is None
+        assert moves == {0: (3, 1)} and following is None
         with store.read() as txn:
+            assert [e.envelope.message_id for e in store.outbox.scan(txn)] == ["m0", "m2", "m4"]
             assert [e.envelope.message_id for e in theirs.scan(txn)] == ["m1", "m3"]
 
 

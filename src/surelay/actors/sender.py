@@ -16,6 +16,11 @@ pure `decide` verdict:
 - dead (permanent, invalid, exhausted, expired, crashed twice): a `Capture` to the
   DeadLetterSink.
 
+The sender holds a bounded window of its partition's outbox (`surelay.actors.window`):
+past it, new messages stay on disk and are streamed in as the window drains, so a
+backlog (recovered at open, adopted, or built up by a long outage) costs the memory of
+the window, not of the backlog.
+
 Everything the sender knows lives in a `PartitionState` that outlives incarnations, so
 a crash loses nothing: calls in flight go on and their results wait in the box for the
 next incarnation; the attempt being settled at the crash (a transport that raised a
@@ -33,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from surelay.actors.dead_letter import Capture
 from surelay.actors.queues import PartitionQueue
+from surelay.actors.window import LOOK_MAX, Limits, Wake, Window, hold_name, limits_for
 from surelay.backlog import Due, Schedule
 from surelay.delivery.attempt import CRASH, LOST, OK, SKIPPED, Attempt, ResultBox, Sink
 from surelay.errors import TransientError
@@ -77,6 +83,11 @@ class Settle:
 
 
 @dataclass(frozen=True, slots=True)
+class _Refill:
+    """To itself: read more of the partition's outbox into the window."""
+
+
+@dataclass(frozen=True, slots=True)
 class _Pump:
     """To itself: more heads are ready (queued behind newer mail, for fairness)."""
 
@@ -97,9 +108,10 @@ class _Round:
 class PartitionState:
     """What one partition's sender knows; owned by the runtime so a crash keeps it."""
 
-    def __init__(self, partition: int) -> None:
+    def __init__(self, partition: int, limits: Limits | None = None) -> None:
         self.partition = partition
         self.queue = PartitionQueue()
+        self.window = Window(limits_for(1) if limits is None else limits)
         self.in_flight: dict[str, OutboxEntry] = {}
         """Submitted to an engine, outcome not yet settled."""
         self.results = ResultBox()
@@ -115,6 +127,7 @@ class PartitionState:
         self.parked: dict[str, list[OutboxEntry]] = {}
         """Heads waiting for the call in flight of their idempotency key to end."""
         self.pump_queued = False
+        self.refill_queued = False
 
 
 class Sender(Actor):
@@ -152,15 +165,18 @@ class Sender(Actor):
         state = self._state
         queue = state.queue
         if isinstance(message, Deliver):
-            now = self._hub.config.clock()
-            for entry in message.entries:
-                if queue.add(entry):
-                    self._head(entry, now)
+            self._deliver(message.entries)
         elif isinstance(message, Due):
             queue.ready(message.entry)
         elif isinstance(message, _Pump):
             state.pump_queued = False
+        elif isinstance(message, Wake):
+            self._wake(message.after)
+        elif isinstance(message, _Refill):
+            state.refill_queued = False
         self._settle_results()
+        if state.window.wants_more(len(queue)):
+            self._refill()
         if queue.ready_count and (queue.ready_count >= SUBMIT_MAX or self.actor_inbox.empty()):
             self._submit(queue.take(SUBMIT_MAX))
         if queue.ready_count:
@@ -170,6 +186,110 @@ class Sender(Actor):
         if not self._state.pump_queued and self.ref is not None:
             self._state.pump_queued = True
             self.ref.tell(_Pump())
+
+    # -- the window --------------------------------------------------------------------
+
+    def _deliver(self, entries: tuple[OutboxEntry, ...]) -> None:
+        """Take in new messages, unless they are on disk for the window to stream in
+        (see `surelay.actors.window` for why each rule keeps nothing from being lost)."""
+        state = self._state
+        window = state.window
+        if not self._hub.durable:  # nothing on disk to stream from: memory is the queue
+            self._take_in(entries)
+            return
+        taken: list[OutboxEntry] = []
+        for entry in entries:
+            seq = entry.seq
+            if seq <= window.horizon or entry.envelope.message_id in window.known:
+                continue  # a scan took it in already (or saw it ended)
+            if window.spilled:
+                if seq <= window.cursor:
+                    window.cursor = seq - 1  # handed over late: the scan goes back for it
+                continue
+            if window.full(len(state.queue) + len(taken)):
+                self._spill(seq - 1)
+                continue
+            taken.append(entry)
+        self._take_in(taken)
+
+    def _take_in(self, entries: list[OutboxEntry] | tuple[OutboxEntry, ...]) -> None:
+        state = self._state
+        window = state.window
+        queue = state.queue
+        now = self._hub.config.clock()
+        durable = self._hub.durable  # (only what is on disk is ever scanned for)
+        for entry in entries:
+            if durable:
+                window.known.add(entry.envelope.message_id)
+            window.bytes += len(entry.envelope.payload)
+            window.loaded_upto = max(window.loaded_upto, entry.seq)
+            if queue.add(entry):
+                self._head(entry, now)
+
+    def _spill(self, after: int) -> None:
+        state = self._state
+        self._hub.tracker.hold(hold_name(state.partition))  # flush() waits for the disk
+        state.window.spill(after)
+
+    def _wake(self, after: int) -> None:
+        if self._hub.durable:
+            self._spill(after)
+
+    def _refill(self) -> None:
+        """Read the next entries of the partition's range into the window (one bounded
+        step; another is queued behind newer mail while there is room and more)."""
+        hub = self._hub
+        state = self._state
+        window = state.window
+        store = hub.store
+        self._forget_ended()
+        room = window.limits.messages - len(state.queue)
+        room_bytes = window.limits.bytes - window.bytes
+        with store.read() as txn:
+            horizon = store.outbox.last_seq(txn)
+            rows, ended = store.outbox.window(
+                txn, state.partition, after=window.cursor, looked=LOOK_MAX, max_bytes=room_bytes
+            )
+        taken: list[OutboxEntry] = []
+        orphans: dict[str, int] = {}
+        transports = hub.transports
+        for seq, raw in rows:
+            if room <= 0 or (room_bytes <= 0 and (taken or state.queue)):
+                ended = False
+                break
+            window.cursor = seq
+            entry = store.outbox.decode(state.partition, seq, raw)
+            if entry is None or entry.envelope.message_id in window.known:
+                continue
+            transport = entry.envelope.transport
+            if transport not in transports:
+                if seq > window.orphans_upto:
+                    orphans[transport] = orphans.get(transport, 0) + 1
+                continue
+            taken.append(entry)
+            room -= 1
+            room_bytes -= len(entry.envelope.payload)
+        window.orphans_upto = max(window.orphans_upto, window.cursor)
+        if orphans:
+            hub.orphans.add(orphans)
+        if taken:
+            hub.tracker.add((e.envelope.message_id for e in taken), receipts=False)
+            self._take_in(taken)
+        if ended:
+            window.caught_up(horizon)
+            hub.tracker.release(hold_name(state.partition))
+        elif window.wants_more(len(state.queue)) and not state.refill_queued:
+            state.refill_queued = True
+            if self.ref is not None:
+                self.ref.tell(_Refill())
+
+    def _forget_ended(self) -> None:
+        """Drop from `known` the messages whose end is durable (so gone from disk before
+        the next scan's read begins), once it has grown well past what is held."""
+        window = self._state.window
+        if len(window.known) > 2 * len(self._state.queue) + 1024:
+            pending = self._hub.tracker.is_pending
+            window.known = {m for m in window.known if pending(m)}
 
     def _head(self, entry: OutboxEntry, now: float) -> None:
         """`entry` became its key's head: ready now, or held until its due time."""
@@ -355,6 +475,7 @@ class Sender(Actor):
         """`entry` ended: forget it and make its key's next message the head."""
         state = self._state
         message_id = entry.envelope.message_id
+        state.window.bytes -= len(entry.envelope.payload)
         state.in_flight.pop(message_id, None)
         state.crashes.pop(message_id, None)
         state.first_attempt.pop(message_id, None)

@@ -17,7 +17,6 @@ message id reach every slot. `adopt` moves another slot's entries into this one.
 from __future__ import annotations
 
 import heapq
-import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 
@@ -220,45 +219,173 @@ class Outbox:
                     break
         return out
 
+    def window(
+        self,
+        txn: Txn,
+        partition: int,
+        *,
+        after: int,
+        looked: int,
+        max_bytes: int,
+    ) -> tuple[list[tuple[int, bytes]], bool]:
+        """This slot's entries of `partition` after sequence number `after`, in
+        acceptance order, raw (`(seq, raw)`: the caller decodes only what it takes): up to
+        `looked` of them and about `max_bytes` (at least one). The flag says whether the
+        range ended within those bounds."""
+        prefix = self._slot_key + u16(partition)
+        cursor = txn.cursor(db=self._main)
+        out: list[tuple[int, bytes]] = []
+        if not cursor.set_range(prefix + u64(after + 1)):
+            return out, True
+        size = 0
+        for key, value in cursor.iternext(keys=True, values=True):
+            if bytes(key[:_HEAD]) != prefix:
+                return out, True
+            if out and (len(out) >= looked or size >= max_bytes):
+                return out, False
+            raw = bytes(value)
+            size += len(raw)
+            out.append((from_u64(key, _HEAD), raw))
+        return out, True
+
+    def decode(self, partition: int, seq: int, raw: bytes) -> OutboxEntry | None:
+        """Decode a raw entry of this slot read by `window` (None: reported, skipped)."""
+        return decode_or_report(
+            OutboxEntry, "outbox", location(self.slot, partition, seq), raw, self._report
+        )
+
+    def last_seq(self, txn: Txn) -> int:
+        """The highest sequence number accepted so far, in any slot."""
+        raw = txn.get(b"outbox_seq", db=self._meta)
+        return from_u64(raw) if raw is not None else 0
+
     def adopt(
         self,
         txn: Txn,
         slot: int,
         *,
         limit: int,
+        route: Callable[[OutboxEntry], int],
         accept: Callable[[str], bool] | None = None,
         start: bytes | None = None,
-    ) -> tuple[list[OutboxEntry], bytes | None]:
-        """Move entries of `slot` (whose runtime is gone) into this slot, keeping their
-        sequence numbers, partitions and due times: those whose transport `accept`s
-        (all by default), among up to `limit` entries looked at from location `start`.
-        Returns the moved entries that decode, in acceptance order, and where to go on
-        from (None: nothing of `slot` is left to look at). An entry that does not decode
-        is moved too, and reported."""
+        max_bytes: int = 8 << 20,
+    ) -> tuple[dict[int, tuple[int, int]], bytes | None]:
+        """Move entries of `slot` (whose runtime is gone) into this slot under the
+        partition `route` gives each, keeping sequence numbers and due times: those whose
+        transport `accept`s (all by default), among up to `limit` entries (and about
+        `max_bytes`) looked at from location `start`. Returns, per partition, how many
+        moved and the lowest sequence number moved there (so the partition's sender can
+        stream them), and where to go on from (None: nothing of `slot` is left to look
+        at). An entry that does not decode is moved too (to its old partition), and
+        reported. Memory holds one chunk, never the slot's backlog."""
         if slot == self.slot:
             raise ValueError(f"slot {slot} is this outbox's own")
         theirs = u16(slot)
-        looked = list(itertools.islice(keys_with_prefix(txn, self._main, theirs, start), limit))
-        out = []
-        for old in looked:
-            raw = bytes(txn.get(old, db=self._main))
+        looked = 0
+        size = 0
+        last: bytes | None = None
+        moves: dict[int, tuple[int, int]] = {}
+        cursor = txn.cursor(db=self._main)
+        ended = not cursor.set_range(theirs if start is None else start)
+        rows: list[tuple[bytes, bytes]] = []
+        while not ended and looked < limit and size < max_bytes:
+            key = bytes(cursor.key())
+            if not key.startswith(theirs):
+                ended = True
+                break
+            raw = bytes(cursor.value())
+            rows.append((key, raw))
+            looked += 1
+            size += len(raw)
+            last = key
+            ended = not cursor.next()
+        for old, raw in rows:
             entry = decode_or_report(OutboxEntry, "outbox", old, raw, self._report)
             if entry is not None and accept is not None and not accept(entry.envelope.transport):
                 continue  # left for a runtime that has its transport
-            new = self._slot_key + old[2:]
+            partition = from_u16(old, 2) if entry is None else route(entry)
+            seq = from_u64(old, _HEAD)
+            new = location(self.slot, partition, seq)
             txn.delete(old, db=self._main)
-            txn.put(new, raw, db=self._main)
+            if entry is None:
+                txn.put(new, raw, db=self._main)
+            else:
+                moved = raw
+                if partition != entry.partition:
+                    moved = encode_outbox(replace(entry, partition=partition))
+                txn.put(new, moved, db=self._main)
+                txn.put(text_key(entry.envelope.message_id), new, db=self._ids)
+                if entry.envelope.attempt > 1:
+                    when = micros(entry.due_at)
+                    txn.delete(when + old, db=self._due)
+                    txn.put(when + new, b"", db=self._due)
+            count, lowest = moves.get(partition, (0, seq))
+            moves[partition] = (count + 1, min(lowest, seq))
+        following = None if ended or last is None else last + b"\x00"
+        return moves, following
+
+    def reroute(
+        self,
+        txn: Txn,
+        route: Callable[[OutboxEntry], int],
+        *,
+        start: bytes | None = None,
+        limit: int = 1000,
+        max_bytes: int = 8 << 20,
+    ) -> tuple[int, bytes | None]:
+        """Move this slot's entries whose partition is not the one `route` gives them
+        (the runtime's number of partitions changed), keeping sequence numbers, so each
+        partition's range stays in acceptance order; up to `limit` entries (about
+        `max_bytes`) looked at from `start`. Returns how many moved and where to go on
+        from (None: done)."""
+        mine = self._slot_key
+        cursor = txn.cursor(db=self._main)
+        ended = not cursor.set_range(mine if start is None else start)
+        rows: list[tuple[bytes, bytes]] = []
+        size = 0
+        last: bytes | None = None
+        while not ended and len(rows) < limit and size < max_bytes:
+            key = bytes(cursor.key())
+            if not key.startswith(mine):
+                ended = True
+                break
+            raw = bytes(cursor.value())
+            rows.append((key, raw))
+            size += len(raw)
+            last = key
+            ended = not cursor.next()
+        moved = 0
+        for old, raw in rows:
+            entry = decode_or_report(OutboxEntry, "outbox", old, raw, self._report)
             if entry is None:
                 continue
+            partition = route(entry)
+            if partition == from_u16(old, 2):
+                continue
+            new = location(self.slot, partition, entry.seq)
+            txn.delete(old, db=self._main)
+            txn.put(new, encode_outbox(replace(entry, partition=partition)), db=self._main)
             txn.put(text_key(entry.envelope.message_id), new, db=self._ids)
             if entry.envelope.attempt > 1:
                 when = micros(entry.due_at)
                 txn.delete(when + old, db=self._due)
                 txn.put(when + new, b"", db=self._due)
-            out.append(entry)
-        out.sort(key=lambda entry: entry.seq)
-        following = None if len(looked) < limit else looked[-1] + b"\x00"
-        return out, following
+            moved += 1
+        following = None if ended or last is None else last + b"\x00"
+        return moved, following
+
+    def routed_for(self, txn: Txn) -> int | None:
+        """The number of partitions this slot's entries are routed for (None: not
+        recorded, as in a directory made before it was)."""
+        raw = txn.get(b"partitions/" + self._slot_key, db=self._meta)
+        return None if raw is None else from_u16(raw)
+
+    def set_routed_for(self, txn: Txn, partitions: int) -> None:
+        txn.put(b"partitions/" + self._slot_key, u16(partitions), db=self._meta)
+
+    def slot_size(self, txn: Txn) -> int:
+        """Entries of this slot (keys only: nothing is decoded)."""
+        return sum(1 for _ in keys_with_prefix(txn, self._main, self._slot_key))
 
     def holds(self, txn: Txn, slot: int) -> bool:
         """Whether `slot` has any entry."""

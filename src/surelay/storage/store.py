@@ -250,15 +250,24 @@ class Store:
         self,
         slot: int,
         *,
+        route: Callable[[OutboxEntry], int],
         limit: int = 1000,
         accept: Callable[[str], bool] | None = None,
         start: bytes | None = None,
-    ) -> Future[tuple[list[OutboxEntry], bytes | None]]:
+    ) -> Future[tuple[dict[int, tuple[int, int]], bytes | None]]:
         """`Outbox.adopt` in one transaction (hold `slot`'s lock while calling: its
         runtime must be gone)."""
         return self.write(
-            lambda txn: self.outbox.adopt(txn, slot, limit=limit, accept=accept, start=start)
+            lambda txn: self.outbox.adopt(
+                txn, slot, limit=limit, route=route, accept=accept, start=start
+            )
         )
+
+    def reroute(
+        self, route: Callable[[OutboxEntry], int], *, start: bytes | None = None
+    ) -> Future[tuple[int, bytes | None]]:
+        """`Outbox.reroute` in one transaction."""
+        return self.write(lambda txn: self.outbox.reroute(txn, route, start=start))
 
     def reschedule(
         self, message_id: str, *, attempt: int, due_at: float

@@ -1,0 +1,165 @@
+"""The window: how much of a partition's outbox its sender holds in memory.
+
+The outbox on disk is the queue; a sender holds a bounded window of it (at most
+`WINDOW_MESSAGES` entries and about `WINDOW_BYTES` of payload per runtime, split between
+the partitions). While everything the partition has on disk fits, the sender is *live*:
+new messages reach it as `Deliver`s and it keeps them. When the window is full it
+*spills*: new messages stay on disk only (they are durable already), and the sender
+streams its partition's range of the outbox from a cursor as the window drains. At open
+(recovery) and after an adoption every partition starts spilled, so a backlog of any
+size costs the memory of one window.
+
+The rules, which keep every entry of the partition either in memory, ended, or ahead of
+the cursor:
+
+- A scan reads the partition's range after `cursor` in acceptance order; entries the
+  sender already holds (or whose end is not yet durable) are skipped. A scan that reaches
+  the range's end makes the partition live again, with `horizon` = the highest sequence
+  number accepted when it read: a later `Deliver` of an entry at or below it was seen by
+  the scan and is ignored.
+- Spilled, a `Deliver` is dropped (its entries are on disk); one below the cursor (a
+  commit whose hand-over came late) moves the cursor back to it.
+- `Wake(after)`: entries may be on disk below the cursor (adopted from a dead runtime's
+  slot, or of a transport added since): spill and move the cursor back to `after`.
+
+Moving the cursor back is always safe (what is held is skipped), so every rule errs that
+way. Pure state and rules, no threads: the Sender owns one `Window` per partition.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+
+__all__ = [
+    "LOOK_MAX",
+    "WINDOW_BYTES",
+    "WINDOW_MESSAGES",
+    "Limits",
+    "Orphans",
+    "Wake",
+    "Window",
+    "hold_name",
+    "limits_for",
+]
+
+logger = logging.getLogger("surelay.runtime")
+
+WINDOW_MESSAGES = 16_384
+"""Entries a runtime holds in memory at most, over all its partitions."""
+
+WINDOW_BYTES = 32 << 20
+"""Payload bytes a runtime holds in memory, about, over all its partitions."""
+
+LOOK_MAX = 4096
+"""Entries one scan step looks at, at most (so a sender's mailbox keeps flowing)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Wake:
+    """To a sender: entries of its partition may be on disk after sequence `after`
+    that it does not hold (adopted, recovered, or for a transport just added)."""
+
+    after: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """One partition's window: at most `messages` entries, about `bytes` of payload
+    (one entry is always let in, however large)."""
+
+    messages: int
+    bytes: int
+
+    @property
+    def refill_below(self) -> int:
+        """A spilled partition reads more once it holds fewer than this."""
+        return max(1, self.messages // 2)
+
+
+def hold_name(partition: int) -> str:
+    """The tracker hold a spilled partition keeps (`flush()` waits for its backlog)."""
+    return f"window-{partition}"
+
+
+def limits_for(partitions: int) -> Limits:
+    """Each partition's share of the runtime's window."""
+    return Limits(
+        messages=max(64, WINDOW_MESSAGES // partitions),
+        bytes=max(256 << 10, WINDOW_BYTES // partitions),
+    )
+
+
+@dataclass(slots=True)
+class Window:
+    """One partition's streaming state (owned by its `PartitionState`, so it outlives
+    the sender's incarnations)."""
+
+    limits: Limits
+    spilled: bool = False
+    cursor: int = 0
+    """Spilled: the next scan reads entries after this sequence number."""
+    horizon: int = 0
+    """Entries at or below this sequence number were seen by a scan that reached the
+    range's end: their `Deliver`s come late and are ignored."""
+    loaded_upto: int = 0
+    """The highest sequence number taken in (by `Deliver` or by a scan)."""
+    orphans_upto: int = 0
+    """Orphans at or below this sequence number are counted already."""
+    bytes: int = 0
+    """Payload bytes held."""
+    known: set[str] = field(default_factory=set)
+    """Message ids taken in whose end may not be durable yet (skipped by scans)."""
+
+    def full(self, held: int) -> bool:
+        return held >= self.limits.messages or self.bytes >= self.limits.bytes
+
+    def wants_more(self, held: int) -> bool:
+        """Spilled and drained enough to read more."""
+        return (
+            self.spilled
+            and held < self.limits.refill_below
+            and self.bytes < self.limits.bytes // 2
+        )
+
+    def spill(self, after: int) -> None:
+        """From now on new entries stay on disk; the next scan starts after `after`."""
+        self.cursor = min(self.cursor, after) if self.spilled else after
+        self.spilled = True
+
+    def caught_up(self, horizon: int) -> None:
+        """A scan reached the range's end at `horizon`: live again."""
+        self.spilled = False
+        self.horizon = max(self.horizon, horizon)
+        self.loaded_upto = max(self.loaded_upto, horizon)
+
+
+class Orphans:
+    """Entries in this slot's outbox for transports the runtime does not have, counted
+    by transport as the senders' scans pass them (each once). Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+
+    def add(self, counts: dict[str, int]) -> None:
+        with self._lock:
+            new = [t for t in counts if t not in self._counts]
+            for transport, count in counts.items():
+                self._counts[transport] = self._counts.get(transport, 0) + count
+        for transport in new:
+            logger.warning(
+                "the outbox holds messages for transport %r, which this runtime has not "
+                "(yet); they stay in the outbox until a runtime with that transport opens (or "
+                "rt.consume adds a consumer of that name)",
+                transport,
+            )
+
+    def clear(self, transport: str) -> None:
+        with self._lock:
+            self._counts.pop(transport, None)
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)

@@ -1,0 +1,204 @@
+"""The window: a sender holds a bounded part of its partition's outbox and streams the
+rest from disk (live spills, recovery at open, adoption, a changed partition count)."""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from surelay import Envelope, Outcome, Runtime, RuntimeConfig
+from surelay.actors import window as window_module
+from surelay.actors.slot_keeper import Look
+from surelay.config import PressurePolicy
+from surelay.errors import TransientError
+from surelay.storage.outbox import Outbox
+from surelay.storage.slots import SlotLock
+from surelay.storage.store import Store
+
+WINDOW = 256
+SHARE = 64
+"""Each of 4 partitions' share of a window of 256 (and the least a partition gets)."""
+
+
+@pytest.fixture(autouse=True)
+def small_window(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A window of 256 messages for the whole runtime (4 partitions: 64 each)."""
+    monkeypatch.setattr(window_module, "WINDOW_MESSAGES", WINDOW)
+    yield
+
+
+class Gated:
+    """Records deliveries once its gate opens; meanwhile every call waits, so the
+    runtime's memory can be looked at with a backlog in hand. Also records the most
+    entries any partition held at a call."""
+
+    def __init__(self, runtime: list[Runtime]) -> None:
+        self.gate = threading.Event()
+        self.delivered: list[Envelope] = []
+        self.most_held = 0
+        self._runtime = runtime
+        self._lock = threading.Lock()
+
+    def __call__(self, envelope: Envelope) -> None:
+        if not self.gate.wait(30):
+            raise TransientError("gate closed")
+        held = max((len(s.queue) for s in self._runtime[0]._states), default=0)
+        with self._lock:
+            self.most_held = max(self.most_held, held)
+            self.delivered.append(envelope)
+
+
+def per_key_in_order(delivered: list[Envelope], sent: dict[str, list[str]]) -> None:
+    got: dict[str, list[str]] = defaultdict(list)
+    for envelope in delivered:
+        assert envelope.key is not None
+        got[envelope.key].append(envelope.message_id)
+    assert dict(got) == sent
+
+
+def test_a_live_backlog_past_the_window_stays_on_disk_and_drains_in_order(
+    tmp_path: Path,
+) -> None:
+    holder: list[Runtime] = []
+    transport = Gated(holder)
+    config = RuntimeConfig(partitions=4, concurrency=4)
+    with Runtime.open(tmp_path / "d", transports={"t": transport}, config=config) as rt:
+        holder.append(rt)
+        sent: dict[str, list[str]] = defaultdict(list)
+        receipts = []
+        for i in range(1000):
+            key = f"k{i % 37}"
+            receipt = rt.send("t", f"{i}".encode(), key=key)
+            sent[key].append(receipt.message_id)
+            receipts.append(receipt)
+        # every send is accepted (durable), but each partition holds at most its share
+        assert all(len(state.queue) <= SHARE for state in rt._states)
+        assert any(state.window.spilled for state in rt._states)
+        assert not rt.flush(0.05)
+        transport.gate.set()
+        assert rt.flush(30)
+        assert [r.wait(0) for r in receipts] == [Outcome.DELIVERED] * 1000
+        assert len(transport.delivered) == 1000  # each once
+        per_key_in_order(transport.delivered, dict(sent))
+        assert transport.most_held <= SHARE
+        assert not any(state.window.spilled for state in rt._states)
+        with rt._store.read() as txn:
+            assert rt._store.outbox.count(txn) == 0
+
+
+def fill(
+    path: Path, count: int, *, partitions: int = 4, keys: int = 13, transport: str = "t"
+) -> dict[str, list[str]]:
+    """Leave `count` keyed messages in the outbox of `path`, as a runtime whose
+    downstream hung (its calls are abandoned at close, no attempt spent) leaves them."""
+    hung = threading.Event()
+
+    def down(envelope: Envelope) -> None:
+        hung.wait(30)
+        raise TransientError("downstream is down")
+
+    config = RuntimeConfig(partitions=partitions, pressure=PressurePolicy(capacity=100_000))
+    sent: dict[str, list[str]] = defaultdict(list)
+    try:
+        with Runtime.open(path, transports={transport: down}, config=config) as rt:
+            for start in range(0, count, 500):
+                batch = [
+                    {"transport": transport, "payload": b"x" * 100, "key": f"k{i % keys}"}
+                    for i in range(start, min(count, start + 500))
+                ]
+                for receipt, message in zip(rt.send_batch(batch), batch, strict=True):
+                    sent[str(message["key"])].append(receipt.message_id)
+            rt.close(timeout=0.2)
+    finally:
+        hung.set()
+    return dict(sent)
+
+
+def test_recovery_streams_a_backlog_larger_than_the_window(tmp_path: Path) -> None:
+    sent = fill(tmp_path / "d", 1500)
+    holder: list[Runtime] = []
+    transport = Gated(holder)
+    transport.gate.set()
+    config = RuntimeConfig(partitions=4, concurrency=8)
+    rt = Runtime.open(tmp_path / "d", transports={"t": transport}, config=config)
+    holder.append(rt)
+    try:
+        assert rt.flush(30)
+        assert len(transport.delivered) == 1500
+        per_key_in_order(transport.delivered, sent)
+        assert transport.most_held <= SHARE
+    finally:
+        rt.close()
+    with Store.open(tmp_path / "d") as store, store.read() as txn:
+        assert store.outbox.count(txn) == 0  # nothing is sent again at the next open
+
+
+@pytest.mark.parametrize("before, after", [(4, 3), (2, 8)])
+def test_a_changed_number_of_partitions_keeps_each_keys_order(
+    tmp_path: Path, before: int, after: int
+) -> None:
+    sent = fill(tmp_path / "d", 600, partitions=before)
+    holder: list[Runtime] = []
+    transport = Gated(holder)
+    transport.gate.set()
+    config = RuntimeConfig(partitions=after)
+    with Runtime.open(tmp_path / "d", transports={"t": transport}, config=config) as rt:
+        holder.append(rt)
+        assert rt.flush(30)
+    assert len(transport.delivered) == 600
+    per_key_in_order(transport.delivered, sent)
+
+
+def test_an_adopted_backlog_is_streamed_too(tmp_path: Path) -> None:
+    holder: list[Runtime] = []
+    transport = Gated(holder)
+    transport.gate.set()
+    config = RuntimeConfig(partitions=4)
+    with Runtime.open(tmp_path / "d", transports={"t": transport}, config=config) as rt:
+        holder.append(rt)
+        # what a runtime of slot 5 left behind when it died (its lock is free)
+        theirs = Outbox(rt._store.env, lambda *args: None, 5)
+        sent: dict[str, list[str]] = defaultdict(list)
+        envelopes = []
+        for i in range(700):
+            envelope = Envelope(f"m{i:04}", "t", b"y" * 50, key=f"k{i % 11}")
+            sent[f"k{i % 11}"].append(envelope.message_id)
+            envelopes.append((envelope, i % 7))
+        with rt._store.env.write() as txn:
+            theirs.enqueue_many(txn, envelopes, due_at=0.0)
+        lock = SlotLock.try_take(rt._store.path, 5)  # its lock file, free: nobody runs it
+        assert lock is not None
+        lock.release()
+        rt._root.child("slots").ask(Look(), timeout=30)  # (or its alarm, whichever first)
+        assert rt.flush(30)
+        assert len(transport.delivered) == 700
+        per_key_in_order(transport.delivered, dict(sent))
+        assert transport.most_held <= SHARE
+
+
+def test_orphans_are_counted_once_left_on_disk_and_delivered_by_a_runtime_that_has_them(
+    tmp_path: Path,
+) -> None:
+    sent = fill(tmp_path / "d", 200, keys=3, transport="late")
+    ids = [m for line in sent.values() for m in line]
+    holder: list[Runtime] = []
+    transport = Gated(holder)
+    transport.gate.set()
+    with Runtime.open(tmp_path / "d", transports={"t": transport}) as rt:
+        holder.append(rt)
+        assert rt.flush(30)  # the scans passed them all
+        assert rt.health()["orphaned"] == {"late": 200}
+        rt._recovery.recover()  # a second look counts nothing twice
+        assert rt.flush(30)
+        assert rt.health()["orphaned"] == {"late": 200}
+    got: list[str] = []
+    with Runtime.open(
+        tmp_path / "d", transports={"late": lambda e: got.append(e.message_id)}
+    ) as rt:
+        assert rt.flush(30)
+        assert rt.health()["orphaned"] == {}
+    assert sorted(got) == sorted(ids)
