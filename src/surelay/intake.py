@@ -8,6 +8,12 @@ transaction. Only once that write is durable may the source be told (`ack`); the
 messages go to their senders like any accepted message. A write that fails leaves
 nothing behind, and the source delivers the messages again.
 
+A message whose headers `send` would refuse (a framing or hop-by-hop header such as
+`Transfer-Encoding` or `Host`, a name that is not a token, a control character) is
+never handed to a transport: it is dead-lettered `invalid` in that same transaction
+(with its inbox record, so a redelivery is a duplicate), and acknowledged to the source
+once that is durable, like any other.
+
 Flow control: `room()` says how many messages may be taken now. None while the pressure
 level would refuse or throttle a send of the consumer's priority; else at most `prefetch`
 of this consumer's messages are in the runtime at once (taken and not yet ended), within
@@ -26,23 +32,26 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from surelay.envelope import Envelope, Priority
+from surelay.envelope import Envelope, Priority, check_headers
+from surelay.errors import InvalidMessage
 from surelay.pressure import admission, hard_bound
 from surelay.recovery import deliver
 from surelay.routing import partition_for
 from surelay.sources.inbound import Inbound
 from surelay.storage.environment import Txn
 from surelay.storage.keys import new_id
-from surelay.storage.records import OutboxEntry
+from surelay.storage.records import DeadLetter, OutboxEntry
 from surelay.telemetry import (
     ATTR_KEY,
     ATTR_MESSAGE_ID,
+    ATTR_OUTCOME,
     ATTR_SOURCE_MESSAGE_ID,
     ATTR_TRANSPORT,
     SPAN_RECEIVE,
     TRACEPARENT,
     context_from,
     record_error,
+    trace_id_of,
     traceparent_of,
 )
 
@@ -64,7 +73,8 @@ times its handler's concurrency)."""
 class Taken:
     """One batch on its way in: `duplicates` to acknowledge at once; `fresh` to
     acknowledge once `durable` is done (then `finish`), or to give back if it fails
-    (then `abort`)."""
+    (then `abort`). `dead`: the fresh messages refused as invalid, written as dead
+    letters by the same transaction."""
 
     duplicates: list[Inbound]
     fresh: list[Inbound]
@@ -72,6 +82,7 @@ class Taken:
     spans: list[Any] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
     inbox_ids: list[str] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
 
 
 class Intake:
@@ -84,6 +95,7 @@ class Intake:
         self.priority = priority
         self._round_robin = itertools.count()
         self._bad_key_logged = False
+        self._invalid_logged = False
         self.prefetch = max(PREFETCH_MIN, 4 * hub.config.concurrency_for(name))
         self._outstanding: list[str] = []
         """Ids of this consumer's messages taken and perhaps not ended yet."""
@@ -106,10 +118,61 @@ class Intake:
 
     def take(self, batch: Sequence[Inbound]) -> Taken:
         """Sort a batch into duplicates and fresh messages, and start the durable write
-        of the fresh ones (outbox entries and inbox records in one transaction)."""
+        of the fresh ones (outbox entries, dead letters of the invalid ones and inbox
+        records in one transaction)."""
         hub = self._hub
         store = hub.store
         now = hub.config.clock()
+        taken = self._sort(batch, now)
+        fresh = taken.fresh
+        if not fresh:
+            return taken
+        ids = new_id.many(len(fresh), now)
+        spans = self._start_spans(fresh, ids)
+        routed = []
+        accepted = []
+        dead = taken.dead
+        partitions = hub.config.partitions
+        for message, message_id, span in zip(fresh, ids, spans or [None] * len(fresh), strict=True):
+            envelope = self._envelope(message, message_id, span, now)
+            if isinstance(envelope, DeadLetter):
+                dead.append(envelope)
+                continue
+            key = envelope.key
+            partition = (
+                partition_for(key, partitions)
+                if key is not None
+                else next(self._round_robin) % partitions
+            )
+            routed.append((envelope, partition))
+            accepted.append(message_id)
+        hub.tracker.add(accepted, receipts=False)
+        self._outstanding.extend(accepted)
+        inbox_ids = [m.message_id for m in fresh]
+        self._writing.update(inbox_ids)
+        taken.inbox_ids = inbox_ids
+        expires_at = now + hub.config.dedup_ttl
+
+        def write(txn: Txn) -> list[OutboxEntry]:
+            entries = store.outbox.enqueue_many(txn, routed, due_at=now) if routed else []
+            for record in dead:
+                store.dead_letters.insert(txn, record)
+            store.inbox.put_many(txn, self.name, inbox_ids, at=now, expires_at=expires_at)
+            return entries
+
+        taken.ids = accepted
+        taken.spans = spans or []
+        try:
+            taken.durable = store.write(write)
+        except BaseException as error:
+            self.abort(taken, error)
+            raise
+        return taken
+
+    def _sort(self, batch: Sequence[Inbound], now: float) -> Taken:
+        """The batch's duplicates (the inbox holds them) and fresh messages."""
+        hub = self._hub
+        store = hub.store
         with store.read() as txn:
             seen = store.inbox.seen(txn, self.name, {m.message_id for m in batch}, now=now)
         duplicates: list[Inbound] = []
@@ -125,48 +188,15 @@ class Intake:
                 fresh.append(message)
         if duplicates:
             hub.counters.add("duplicates", self.name, len(duplicates))
-        taken = Taken(duplicates, fresh)
-        if not fresh:
-            return taken
-        ids = new_id.many(len(fresh), now)
-        spans = self._start_spans(fresh, ids)
-        routed = []
-        partitions = hub.config.partitions
-        for message, message_id, span in zip(fresh, ids, spans or [None] * len(fresh), strict=True):
-            envelope = self._envelope(message, message_id, span, now)
-            key = envelope.key
-            partition = (
-                partition_for(key, partitions)
-                if key is not None
-                else next(self._round_robin) % partitions
-            )
-            routed.append((envelope, partition))
-        hub.tracker.add(ids, receipts=False)
-        self._outstanding.extend(ids)
-        inbox_ids = [m.message_id for m in fresh]
-        self._writing.update(inbox_ids)
-        taken.inbox_ids = inbox_ids
-        expires_at = now + hub.config.dedup_ttl
-
-        def write(txn: Txn) -> list[OutboxEntry]:
-            entries = store.outbox.enqueue_many(txn, routed, due_at=now)
-            store.inbox.put_many(txn, self.name, inbox_ids, at=now, expires_at=expires_at)
-            return entries
-
-        taken.ids = ids
-        taken.spans = spans or []
-        try:
-            taken.durable = store.write(write)
-        except BaseException as error:
-            self.abort(taken, error)
-            raise
-        return taken
+        return Taken(duplicates, fresh)
 
     def finish(self, taken: Taken, entries: list[OutboxEntry]) -> None:
         """The write is durable: count the messages and hand them to their senders."""
         hub = self._hub
         self._writing.difference_update(taken.inbox_ids)
-        hub.counters.add("received", self.name, len(entries))
+        hub.counters.add("received", self.name, len(entries) + len(taken.dead))
+        if taken.dead:
+            hub.counters.add("dead_lettered", self.name, len(taken.dead))
         for span in taken.spans:
             span.end()
         deliver(hub.senders, entries)
@@ -197,18 +227,46 @@ class Intake:
             for message, message_id in zip(fresh, ids, strict=True)
         ]
 
-    def _envelope(self, message: Inbound, message_id: str, span: Any, now: float) -> Envelope:
+    def _envelope(
+        self, message: Inbound, message_id: str, span: Any, now: float
+    ) -> Envelope | DeadLetter:
+        """The message's envelope, or its dead letter if its headers are refused."""
         headers = {**message.headers, **message.origin}
         if span is not None:
             traceparent = traceparent_of(span)
             if traceparent is not None:  # the handler's calls continue the receive span
                 headers[TRACEPARENT] = traceparent
+        idempotency_key = f"{self.name}/{message.message_id}"
+        try:
+            check_headers(headers)
+        except InvalidMessage as error:
+            if span is not None:
+                span.set_attribute(ATTR_OUTCOME, "dead_lettered")
+                record_error(span, error)
+            self._log_invalid(message, error)
+            return DeadLetter(
+                id=new_id(now),
+                message_id=message_id,
+                key=None,
+                transport=self.name,
+                payload=message.payload,
+                headers=headers,
+                idempotency_key=idempotency_key,
+                priority=self.priority,
+                trace_id=trace_id_of(headers),
+                reason_class="invalid",
+                reason=f"refused before delivery: {error}",
+                error_type=type(error).__name__,
+                attempts=0,
+                first_attempt_at=now,
+                failed_at=now,
+            )
         envelope = Envelope(
             message_id,
             self.name,
             message.payload,
             None,
-            f"{self.name}/{message.message_id}",
+            idempotency_key,
             self.priority,
             MappingProxyType(headers),
             1,
@@ -228,3 +286,16 @@ class Intake:
         if span is not None and key is not None:
             span.set_attribute(ATTR_KEY, key)
         return replace(envelope, key=key)
+
+    def _log_invalid(self, message: Inbound, error: InvalidMessage) -> None:
+        """Say it once per consumer at WARNING (a producer may send thousands), then at
+        DEBUG; each one is a dead letter an operator can list."""
+        level = logging.DEBUG if self._invalid_logged else logging.WARNING
+        self._invalid_logged = True
+        logger.log(
+            level,
+            "consumer %r: message %r dead-lettered as invalid (%s)",
+            self.name,
+            message.message_id,
+            error,
+        )
