@@ -382,7 +382,7 @@ def test_get_shows_the_payload_as_text_before_its_base64(
 
 
 def test_limit_alone_replays_the_oldest_dead_records(live: tuple[Path, Runtime, Switch]) -> None:
-    path, _, switch = live
+    path, rt, switch = live
     assert "canary first: --limit 1" in surelay("dlq", "replay", "--help").stdout
     switch.on = True
     canary = surelay_json("dlq", "replay", "--path", str(path), "--limit", "1", "--wait")
@@ -390,6 +390,10 @@ def test_limit_alone_replays_the_oldest_dead_records(live: tuple[Path, Runtime, 
     two = surelay_json("dlq", "replay", "--path", str(path), "--limit", "2", "--wait")
     assert (two["requested"], two["replayed"]) == (2, 2)
     assert [e.payload for e in switch.recorder.delivered] == [b"a-0", b"b-1", b"a-2"]
+    ids = [d.id for d in rt.dead_letters.list()]  # a-3, c-4, b-5 left
+    chosen = surelay_json("dlq", "replay", "--path", str(path), *ids[1:], "--limit", "1", "--wait")
+    assert (chosen["requested"], chosen["replayed"]) == (1, 1)  # with ids: the first of them
+    assert switch.recorder.delivered[-1].payload == b"c-4"
 
 
 def test_purge_shows_first_and_asks_before_deleting_dead_records(

@@ -1,4 +1,5 @@
-"""`surelay dlq`: list, get, replay, archive and purge dead letters of a data directory.
+"""`surelay dlq`: list, get, replay, archive and purge dead letters of a data directory,
+and cancel a replay request no runtime has taken yet.
 
 Reads and archive/purge work on the store directly (LMDB is safe across processes).
 Transports live in the host, so `replay` records a request that a runtime on the
@@ -34,6 +35,7 @@ from surelay.cli.common import (
     path_option,
 )
 from surelay.cli.escape import printable, text
+from surelay.dead_letter_ops import cancel_replay
 from surelay.replay_report import ReplayReport
 from surelay.storage.dead_letters import MAX_LIMIT
 from surelay.storage.keys import new_id
@@ -293,9 +295,10 @@ def replay(
     timeout: float | None,
     as_json: bool,
 ) -> None:
-    # `--limit N` alone chooses too: the N oldest dead records (the canary the help offers)
+    # `--limit N` without ids chooses too: the N oldest dead records (the help's canary)
+    alone = limit is not None and not ids
     filters = _selection(
-        "replay", ids, reason_class, key, transport, everything=everything or limit is not None
+        "replay", ids, reason_class, key, transport, everything=everything or alone
     )
     with open_store(path) as store:
         selected: tuple[str, ...] | None = tuple(ids) if ids else None
@@ -358,8 +361,11 @@ def replay(
             f"{_request_status(path, request.id)}{nobody}); it goes on when a runtime has it"
         )
     if report.failed or report.refused:
+        with open_store(path) as store:
+            note = _request(store, request.id).error
         raise click.ClickException(
             f"{report.failed} failed and {report.refused} refused"
+            + (f" ({printable(note)})" if note else "")
             + _not_replayed(path, request.ids)
         )
 
@@ -417,12 +423,18 @@ def _not_replayed(path: Path, ids: Sequence[str] | None) -> str:
         return ": see `surelay dlq list`"
     lines = []
     with open_store(path) as store, store.read() as txn:
+        offered = store.status.offered(txn, holders(path))
         for dead_letter_id in ids:
             record = store.dead_letters.get(txn, dead_letter_id)
             if record is None:
                 lines.append(f"{dead_letter_id}: refused, no such dead letter")
             elif record.status == "archived":
                 lines.append(f"{dead_letter_id}: refused, it is archived")
+            elif record.status == "dead" and record.transport not in offered:
+                lines.append(
+                    f"{dead_letter_id}: refused, no runtime on {path} offers transport "
+                    f"'{printable(record.transport)}'"
+                )
             elif record.status == "dead":
                 lines.append(f"{dead_letter_id}: failed again, {printable(record.reason)}")
     return ":\n  " + "\n  ".join(lines[:20]) if lines else ""
@@ -466,6 +478,8 @@ def _follow(
                 raise click.ClickException(
                     f"replay request {request_id} failed: {printable(request.error)}"
                 )
+            if request.status == "cancelled":
+                raise click.ClickException(f"replay request {request_id} was cancelled")
             if request.status == "done":
                 return report, True
             if deadline is not None and time.monotonic() >= deadline:
@@ -482,6 +496,22 @@ def _print_report(report: ReplayReport) -> None:
     if report.pending:
         table.add_row("pending", str(report.pending))
     out_console.print(table)
+
+
+@dlq.command(help="Cancel a pending replay request (one no runtime has taken yet).")
+@path_option
+@click.argument("request_id")
+@json_option
+def cancel(*, path: Path, request_id: str, as_json: bool) -> None:
+    with open_store(path) as store:
+        try:
+            cancelled = cancel_replay(store, request_id, now=time.time())
+        except (LookupError, ValueError) as error:
+            raise click.ClickException(printable(str(error))) from None
+    if as_json:
+        emit_json({"request_id": cancelled.id, "status": cancelled.status})
+    else:
+        out_console.print(f"replay request {cancelled.id} cancelled; nothing of it was replayed")
 
 
 # -- cleanup -------------------------------------------------------------------------------
