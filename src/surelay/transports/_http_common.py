@@ -131,9 +131,10 @@ class HttpTransportBase:
         transport's, each layer replacing a header of the same name (in any case) set by
         the one before; the signature headers come last, so nothing can break them.
 
-        `traceparent` is that of the span current during the call (the runtime runs a
-        call inside its attempt's `surelay.deliver` span) when there is one, so the
-        receiver's spans are children of the attempt; else the envelope's.
+        `traceparent` is that of the span current during the call when there is one
+        (a call made inside its attempt's `surelay.deliver` span sends that span's
+        context, so the receiver's spans are children of the attempt); else the
+        envelope's.
         `InvalidMessage` if a header cannot be sent (`header_problem`)."""
         layers: list[Mapping[str, str]] = [
             {k: v for k, v in envelope.headers.items() if not is_framing_header(k)},
