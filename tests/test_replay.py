@@ -20,12 +20,13 @@ from surelay import (
     RuntimeClosed,
     TransientError,
 )
-from surelay.actors.replay import Replay
+from surelay.actors.replay import OFFER_GRACE, POLL, Replay
 from surelay.routing import replay_partition
+from surelay.sources import JetStreamSource
 from surelay.storage.keys import new_id
 from surelay.storage.records import ReplayRequest
 
-from .helpers import Clock, Recorder, open_runtime
+from .helpers import Clock, Recorder, free_port, open_runtime
 
 
 class Crash(BaseException):
@@ -420,3 +421,84 @@ def test_dead_letters_past_their_ttl_are_swept(tmp_path: Path) -> None:
         clock.advance(20)  # past the TTL and the sweep interval (10 s)
         wait_until(lambda: not rt.dead_letters.list(status=None))
         assert rt.stats().dead_letters == 0
+
+
+def _pending_request(rt: Runtime, **fields: object) -> str:
+    """A request as `surelay dlq replay` records it: pending, for any runtime."""
+    store = rt._store
+    request = ReplayRequest(id=new_id(None), created_at=time.time(), **fields)  # type: ignore[arg-type]
+    store.write(lambda txn: store.replay_requests.put(txn, request)).result()
+    return request.id
+
+
+def _stored(rt: Runtime, request_id: str) -> ReplayRequest:
+    with rt._store.read() as txn:
+        found = rt._store.replay_requests.get(txn, request_id)
+    assert found is not None
+    return found
+
+
+def _dead_for(tmp_path: Path, transport: str) -> str:
+    """One dead letter for `transport`, left by a runtime that had it."""
+    with open_runtime(
+        tmp_path, {transport: Downstream().recorder}, retry=RetryPolicy(max_attempts=1)
+    ) as rt:
+        assert rt.send(transport, b"x", key="k").wait(10) is Outcome.DEAD_LETTERED
+        return rt.dead_letters.list()[0].id
+
+
+def test_a_request_for_a_transport_nobody_offers_is_refused_after_the_grace(
+    tmp_path: Path,
+) -> None:
+    dead = _dead_for(tmp_path, "mail")
+    clock = Clock()
+    with open_runtime(tmp_path, {"sms": Downstream().recorder}, clock=clock) as rt:
+        request_id = _pending_request(rt, ids=(dead,))
+        time.sleep(3 * POLL)  # some polls, all within the grace: nothing is refused
+        assert _stored(rt, request_id).status == "pending"
+        clock.advance(OFFER_GRACE + 1)
+        wait_until(lambda: _stored(rt, request_id).status == "done")
+        done = _stored(rt, request_id)
+        assert (done.progress["requested"], done.progress["refused"]) == (1, 1)
+        assert done.error is not None and "'mail' refused: no runtime" in done.error
+        found = rt.dead_letters.get(dead)
+        assert found is not None and found.status == "dead"  # left as it was
+
+        by_filter = _pending_request(rt, filters={"transport": "mail"})
+        time.sleep(3 * POLL)  # its grace starts when the runtime first sees it
+        assert _stored(rt, by_filter).status == "pending"
+        clock.advance(OFFER_GRACE + 1)
+        wait_until(lambda: _stored(rt, by_filter).status == "done")
+        assert _stored(rt, by_filter).progress["refused"] == 1
+
+
+def test_a_consumer_registered_within_the_grace_gets_its_request(tmp_path: Path) -> None:
+    dead = _dead_for(tmp_path, "orders")
+    clock = Clock()
+    handler = Recorder()
+    with open_runtime(tmp_path, {"sms": Downstream().recorder}, clock=clock) as rt:
+        request_id = _pending_request(rt, ids=(dead,))
+        clock.advance(OFFER_GRACE - 1)
+        time.sleep(3 * POLL)
+        # a consumer registered after open (its source need not be reachable: the
+        # handler is a transport of the runtime at once)
+        unreachable = JetStreamSource(f"nats://127.0.0.1:{free_port()}", "ORDERS", durable="o")
+        rt.consume(unreachable, handler, name="orders")
+        wait_until(lambda: _stored(rt, request_id).status == "done")
+        assert _stored(rt, request_id).progress["replayed"] == 1
+        assert [e.payload for e in handler.delivered] == [b"x"]
+
+
+def test_a_pending_request_is_cancelled_and_never_carried_out(tmp_path: Path) -> None:
+    dead = _dead_for(tmp_path, "mail")
+    with open_runtime(tmp_path, {"sms": Downstream().recorder}) as rt:
+        request_id = _pending_request(rt, ids=(dead,))
+        cancelled = rt.dead_letters.cancel(request_id)
+        assert (cancelled.status, _stored(rt, request_id).status) == ("cancelled", "cancelled")
+        with pytest.raises(ValueError, match="is cancelled, not pending"):
+            rt.dead_letters.cancel(request_id)
+        with pytest.raises(LookupError, match="no replay request 'nope'"):
+            rt.dead_letters.cancel("nope")
+        running = rt.dead_letters.replay([dead], wait=True, timeout=10)
+        with pytest.raises(ValueError, match=r"is done.*not pending"):
+            rt.dead_letters.cancel(running.request_id)

@@ -1,5 +1,6 @@
 """`rt.dead_letters`: what an operator does with dead letters (list, get, replay,
-archive, purge).
+archive, purge, and cancelling a replay request that has not started); `cancel_replay`
+is the one implementation the API, `surelay dlq cancel` and the console call.
 
 Reads are snapshots; every change is one durable write. Listing is oldest first (ids are
 time-ordered), paged with `after`, the last id of the previous page. A replay is stored
@@ -11,12 +12,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from surelay.actors.replay import ReplayState, StartReplay, request_filters
 from surelay.errors import RuntimeClosed
 from surelay.replay_report import ReplayReport
 from surelay.storage.dead_letters import MAX_LIMIT
+from surelay.storage.environment import Txn
 from surelay.storage.keys import new_id
 from surelay.storage.records import (
     DEAD_LETTER_STATUSES,
@@ -29,7 +32,34 @@ from surelay.storage.store import Store
 if TYPE_CHECKING:
     from surelay.hub import Hub
 
-__all__ = ["DeadLetters"]
+__all__ = ["DeadLetters", "cancel_replay"]
+
+
+def cancel_replay(store: Store, request_id: str, *, now: float) -> ReplayRequest:
+    """Cancel the pending replay request `request_id` (no runtime has taken it yet): it
+    ends `cancelled` and nothing of it is replayed. Returns it as stored. `LookupError`
+    if there is no such request, `ValueError` if it is not pending (a running one ends
+    by itself, its records one by one)."""
+    if not isinstance(request_id, str) or not request_id:
+        raise ValueError(f"request_id must be a non-empty str, got {request_id!r}")
+    table = store.replay_requests
+
+    def op(txn: Txn) -> ReplayRequest:
+        # in the write that a runtime's claim would also need: one of the two wins
+        request = table.get(txn, request_id)
+        if request is None:
+            raise LookupError(f"no replay request {request_id!r} in {store.path}")
+        if request.status != "pending":
+            taken = "" if request.owner is None else f" (by the runtime in slot {request.owner})"
+            raise ValueError(
+                f"replay request {request_id} is {request.status}{taken}, not pending: only "
+                "a request no runtime has taken yet can be cancelled"
+            )
+        return table.put(
+            txn, replace(request, status="cancelled", updated_at=now, error="cancelled")
+        )
+
+    return store.write(op).result()
 
 
 class DeadLetters:
@@ -153,6 +183,12 @@ class DeadLetters:
         return self._store.write(
             lambda txn: table.purge(txn, status=status, older_than=older_than, now=now)
         ).result()
+
+    def cancel(self, request_id: str) -> ReplayRequest:
+        """Cancel a pending replay request (one recorded by `surelay dlq replay` that no
+        runtime has taken yet); see `cancel_replay`."""
+        self._refuse_if_closed()
+        return cancel_replay(self._store, request_id, now=self._hub.config.clock())
 
     def _refuse_if_closed(self) -> None:
         if self._store.env.closed:

@@ -13,7 +13,10 @@ up records left `replaying` whose lease expired (or, when the runtime opens with
 other runtime on the directory, every `replaying` record: none can be held by a live
 one). Several runtimes may share a directory (`surelay.storage.slots`): each request is
 claimed, in one write, by exactly one of them, and taken over by another if its runtime
-dies.
+dies. A pending request naming a transport this runtime lacks is left for a runtime that
+offers it (each publishes its transports in its status record); once no live runtime has
+offered it for `OFFER_GRACE` seconds (by the runtime's clock), this one carries the
+request out and its records for that transport are refused, so that every request ends.
 
 Jobs live in a `ReplayState` the runtime owns, so a coordinator crash loses none.
 """
@@ -43,6 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FILTERS",
+    "OFFER_GRACE",
     "POLL",
     "Replay",
     "ReplayCoordinator",
@@ -55,6 +59,11 @@ logger = logging.getLogger("surelay.actors")
 
 POLL = 0.25
 """Seconds between looks at the store for requests, progress and expired leases."""
+
+OFFER_GRACE = 30.0
+"""Seconds a pending request waits for a live runtime to offer a transport it needs (a
+runtime still starting, a consumer registered after open) before its records for that
+transport are refused."""
 
 FILTERS = ("reason_class", "key", "transport")
 """The filters a replay request may carry (as `rt.dead_letters.list` takes them)."""
@@ -120,6 +129,8 @@ class _Job:
         self.saved: dict[str, int] | None = None
         self.ended: float | None = None
         """`time.monotonic()` when it finished."""
+        self.unoffered: frozenset[str] = frozenset()
+        """Transports no live runtime offered: its records for them are refused."""
 
     def report(self) -> ReplayReport:
         done = sum(self.counts.values())
@@ -164,6 +175,9 @@ class ReplayCoordinator(AlarmOwner):
         self._state = state
         self._next_poll = 0.0
         self._deferred: set[str] = set()
+        self._unoffered_since: dict[str, float] = {}
+        """Pending requests naming a transport no live runtime offers: since when (the
+        runtime's clock)."""
 
     def on_start(self) -> None:
         self.start_alarm(
@@ -182,8 +196,9 @@ class ReplayCoordinator(AlarmOwner):
 
     # -- jobs ----------------------------------------------------------------------------
 
-    def _start(self, request_id: str) -> _Job | None:
-        """Select the request's records and hand them out (paced if it has a rate)."""
+    def _start(self, request_id: str, unoffered: frozenset[str] = frozenset()) -> _Job | None:
+        """Select the request's records and hand them out (paced if it has a rate);
+        `unoffered`: transports no live runtime offers (their records are refused)."""
         state = self._state
         with state.lock:
             job = state.jobs.get(request_id)
@@ -205,6 +220,7 @@ class ReplayCoordinator(AlarmOwner):
         rate = request.rate
         bucket = None if rate is None else TokenBucket(rate, max(1.0, rate / 20), time.monotonic())
         job = _Job(replace(request, status="running"), bucket)
+        job.unoffered = unoffered
         try:
             selected, refused = self._select(request)
         except Exception as error:
@@ -280,6 +296,13 @@ class ReplayCoordinator(AlarmOwner):
             return
         report = job.report()
         job.request = replace(job.request, status="done")
+        if job.unoffered and report.refused:
+            names = ", ".join(map(repr, sorted(job.unoffered)))
+            job.request = replace(
+                job.request,
+                error=f"records for transport(s) {names} refused: no runtime on the "
+                f"directory offered them for {OFFER_GRACE:g}s",
+            )
         job.ended = time.monotonic()
         self._save(replace(job.request, progress=report.progress()))
         logger.info("replay %s done: %s", job.request.id, report)
@@ -315,6 +338,9 @@ class ReplayCoordinator(AlarmOwner):
             requests = store.replay_requests.list(txn, limit=MAX_LIMIT)
         slot = store.slot
         live: set[int] | None = None
+        pending = {r.id for r in requests if r.status == "pending"}
+        for request_id in set(self._unoffered_since) - pending:
+            del self._unoffered_since[request_id]  # taken, cancelled or gone
         for request in requests:
             job = self._state.jobs.get(request.id)
             if job is None and request.status == "running" and request.owner not in (None, slot):
@@ -325,10 +351,14 @@ class ReplayCoordinator(AlarmOwner):
             if job is None and request.status in ("pending", "running"):
                 # pending: asked from another process; running: left by a runtime that
                 # died mid-replay
-                if request.status == "pending" and not self._can_carry_out(request):
-                    continue  # left for a runtime that has the transports it needs
+                unoffered: frozenset[str] = frozenset()
+                if request.status == "pending":
+                    ready = self._ready(request)
+                    if ready is None:
+                        continue  # left for a runtime that has the transports it needs
+                    unoffered = ready
                 try:
-                    self._start(request.id)
+                    self._start(request.id, unoffered)
                 except Exception:
                     logger.exception("replay request %s failed to start", request.id)
             elif job is not None and not job.finished.done():
@@ -337,27 +367,61 @@ class ReplayCoordinator(AlarmOwner):
                     self._save(replace(job.request, progress=progress))
         self._recover_leases()
 
-    def _can_carry_out(self, request: ReplayRequest) -> bool:
-        """Whether this runtime has the transport of every record `request` names (a
-        consumer's handler, for one, exists only once `rt.consume` ran); a request it
-        cannot carry out stays pending for one that can (or for this one, later)."""
+    def _ready(self, request: ReplayRequest) -> frozenset[str] | None:
+        """Whether this runtime takes pending `request` now: None to leave it (another
+        live runtime offers a transport it needs that this one lacks, or one may still
+        come within `OFFER_GRACE`), else the transports no live runtime offers (empty:
+        this runtime has every one it needs)."""
+        lacking = self._lacking(request)
+        if not lacking:
+            self._unoffered_since.pop(request.id, None)
+            return frozenset()
+        store = self._hub.store
+        others = holders(store.path)
+        others.pop(store.slot, None)
+        with store.read() as txn:
+            unoffered = lacking - store.status.offered(txn, others)
+        if not unoffered:  # another runtime has them: it takes the request
+            self._unoffered_since.pop(request.id, None)
+            self._say_deferred(request, lacking)
+            return None
+        now = self._hub.config.clock()
+        since = self._unoffered_since.setdefault(request.id, now)
+        if now - since < OFFER_GRACE:
+            self._say_deferred(request, lacking)
+            return None
+        del self._unoffered_since[request.id]
+        logger.warning(
+            "replay request %s: no runtime on the directory has offered transport(s) %s "
+            "for %gs; its records for them are refused",
+            request.id,
+            ", ".join(sorted(unoffered)),
+            OFFER_GRACE,
+        )
+        return frozenset(unoffered)
+
+    def _lacking(self, request: ReplayRequest) -> set[str]:
+        """The transports of the records `request` names that this runtime lacks (a
+        consumer's handler, for one, exists only once `rt.consume` ran)."""
         transports = self._hub.transports
         store = self._hub.store
         with store.read() as txn:
             if request.ids is not None:
                 records = (store.dead_letters.get(txn, i) for i in request.ids)
-                lacking = {r.transport for r in records if r is not None} - set(transports)
-            else:
-                wanted = request.filters.get("transport")
-                lacking = {wanted} - set(transports) if wanted is not None else set()
-        if lacking and request.id not in self._deferred:
+                return {r.transport for r in records if r is not None} - set(transports)
+        wanted = request.filters.get("transport")
+        return {wanted} - set(transports) if wanted is not None else set()
+
+    def _say_deferred(self, request: ReplayRequest, lacking: set[str]) -> None:
+        if request.id not in self._deferred:
             self._deferred.add(request.id)
             logger.info(
-                "replay request %s waits for a runtime with transport(s) %s",
+                "replay request %s waits for a runtime with transport(s) %s (refused if "
+                "none offers them within %gs)",
                 request.id,
                 ", ".join(sorted(lacking)),
+                OFFER_GRACE,
             )
-        return not lacking
 
     def _recover_leases(self) -> None:
         """Replay again records left `replaying` by a worker that is gone."""

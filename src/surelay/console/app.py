@@ -374,7 +374,6 @@ class _Console:
             running=holders(self.settings.path),
         )
 
-
     async def cancel_replay(self, request: Request) -> Response:
         """Cancel a pending replay request (a POST with the form's secret, as every
         action), then show it again."""

@@ -2,7 +2,9 @@
 
 Counters, gauges, breaker states and the pressure level live in each runtime's memory;
 a runtime publishes a snapshot here under its slot (see `surelay.actors.status`) so that
-`surelay stats --path DIR` can show them from another process.
+`surelay stats --path DIR` can show them from another process. The snapshot names the
+transports the runtime offers, so that a replay request for a transport no live runtime
+offers can be refused (`surelay.actors.replay`).
 """
 
 from __future__ import annotations
@@ -52,6 +54,23 @@ class RuntimeStatus:
                 status = {"error": str(error)}
             if status is not None:
                 out[slot] = status
+        return out
+
+    def offered(self, txn: Txn, live: Mapping[int, int]) -> set[str]:
+        """The transports the live runtimes publish that they offer. `live`: the held
+        slots and their holders' pids (`surelay.storage.slots.holders`); a status left by
+        an earlier holder of a slot (another pid) does not count."""
+        out: set[str] = set()
+        for slot, pid in live.items():
+            try:
+                status = self.get(txn, slot)
+            except DecodeError:
+                continue
+            if status is None or (pid and status.get("pid") != pid):
+                continue
+            names = status.get("transports")
+            if isinstance(names, list):
+                out.update(name for name in names if isinstance(name, str))
         return out
 
     def _decode(self, raw: Any) -> dict[str, Any] | None:
