@@ -550,18 +550,21 @@ class Sender(Actor):
             return
         hub = self._hub
         state = self._state
+        # what the write and its callback keep holds no payload: a store slow to commit
+        # must not keep delivered messages in memory, outside the window
         keys = [e.envelope.idempotency_key for e in delivered]
         ids = [e.envelope.message_id for e in delivered]
-        entries = list(delivered)
+        transports = [e.envelope.transport for e in delivered]
         state.delivering.update(keys)
         expires = now + hub.config.dedup_ttl
         dedup = hub.store.dedup
-        outbox = hub.store.outbox if hub.durable else None
+        outbox = hub.store.outbox
+        places = outbox.places(delivered) if hub.durable else []
 
         def op(txn: Txn) -> None:
             dedup.put_many(txn, keys, delivered_at=now, expires_at=expires)
-            if outbox is not None:
-                outbox.remove_entries(txn, entries)
+            if places:
+                outbox.remove_at(txn, places)
 
         def done(future: Future[None]) -> None:
             state.delivering.difference_update(keys)
@@ -574,13 +577,14 @@ class Sender(Actor):
                 )
                 return
             hub.tracker.complete(ids, Outcome.DELIVERED)
-            hub.counters.add_each("delivered", [e.envelope.transport for e in delivered])
+            hub.counters.add_each("delivered", transports)
 
         hub.store.write(op).add_done_callback(done)
 
     def _record_duplicates(self, duplicates: list[OutboxEntry], now: float) -> None:
         hub = self._hub
         ids = [e.envelope.message_id for e in duplicates]
+        transports = [e.envelope.transport for e in duplicates]
         for entry in duplicates:
             self._ended(entry, now)
         if hub.telemetry.tracing:
@@ -589,14 +593,15 @@ class Sender(Actor):
 
         def ended() -> None:
             hub.tracker.complete(ids, Outcome.DUPLICATE)
-            hub.counters.add_each("duplicates", [e.envelope.transport for e in duplicates])
+            hub.counters.add_each("duplicates", transports)
 
         if not hub.durable:  # nothing in the outbox to remove
             ended()
             return
+        places = outbox.places(duplicates)
 
         def op(txn: Txn) -> None:
-            outbox.remove_entries(txn, duplicates)
+            outbox.remove_at(txn, places)
 
         def done(future: Future[None]) -> None:
             if future.exception() is None:

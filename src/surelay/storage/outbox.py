@@ -26,11 +26,15 @@ from surelay.storage.environment import Environment, Txn, keys_with_prefix
 from surelay.storage.keys import from_u16, from_u64, micros, text_key, u16, u64
 from surelay.storage.records import OutboxEntry, outbox_entry
 
-__all__ = ["Outbox", "location"]
+__all__ = ["Outbox", "Place", "location"]
 
 MAX_PARTITIONS = 1 << 16
 _HEAD = 4
 """Bytes of a location before its sequence number: slot, then partition."""
+
+
+Place = tuple[bytes, bytes, bytes | None]
+"""An entry's id-index key, location, and due-index key (retried entries only)."""
 
 
 def location(slot: int, partition: int, seq: int) -> bytes:
@@ -137,24 +141,38 @@ class Outbox:
             txn.delete(micros(entry.due_at) + where, db=self._due)
         return entry
 
-    def remove_entries(self, txn: Txn, entries: Iterable[OutboxEntry]) -> int:
-        """Remove entries of this slot as their owner last saw them (no read-back, for
-        the hot path); returns how many were still there. If an entry was rescheduled
-        after its owner saw it, its due-index entry is left behind and skipped by every
-        reader (it points at nothing)."""
-        delete = txn.delete  # positional calls: py-lmdb parses keywords per call
-        ids, main, due = self._ids, self._main, self._due
+    def places(self, entries: Iterable[OutboxEntry]) -> list[Place]:
+        """Where entries of this slot are stored, as their owner last saw them: what
+        `remove_at` needs, without their payloads (a removal waiting for its commit
+        keeps no message in memory)."""
         slot = self.slot
-        removed = 0
+        out = []
         for entry in entries:
-            if not delete(text_key(entry.envelope.message_id), b"", ids):
-                continue
             where = location(slot, entry.partition, entry.seq)
+            due = micros(entry.due_at) + where if entry.envelope.attempt > 1 else None
+            out.append((text_key(entry.envelope.message_id), where, due))
+        return out
+
+    def remove_at(self, txn: Txn, places: Iterable[Place]) -> int:
+        """Remove entries at `places` (see `places`; no read-back, for the hot path);
+        returns how many were still there. If an entry was rescheduled after its owner
+        saw it, its due-index entry is left behind and skipped by every reader (it
+        points at nothing)."""
+        delete = txn.delete  # positional calls: py-lmdb parses keywords per call
+        ids, main, due_db = self._ids, self._main, self._due
+        removed = 0
+        for id_key, where, due in places:
+            if not delete(id_key, b"", ids):
+                continue
             delete(where, b"", main)
-            if entry.envelope.attempt > 1:
-                delete(micros(entry.due_at) + where, b"", due)
+            if due is not None:
+                delete(due, b"", due_db)
             removed += 1
         return removed
+
+    def remove_entries(self, txn: Txn, entries: Iterable[OutboxEntry]) -> int:
+        """`remove_at(places(entries))`."""
+        return self.remove_at(txn, self.places(entries))
 
     def scan(self, txn: Txn, *, after: int = 0, limit: int | None = None) -> list[OutboxEntry]:
         """This slot's entries in acceptance order, after sequence number `after`: the
