@@ -40,7 +40,7 @@ def test_refuses_missing_foreign_and_file_paths(tmp_path: Path) -> None:
     junk = tmp_path / "junk"
     junk.mkdir()
     (junk / "data.mdb").write_bytes(b"not lmdb at all" * 1000)
-    with pytest.raises(StorageError, match="cannot open"):
+    with pytest.raises(StorageError, match=r"data\.mdb is not an LMDB file"):
         Store.open(junk)
 
 

@@ -25,9 +25,11 @@ from typing import Any, TypeVar
 import lmdb
 
 from surelay.errors import SchemaMismatch, StorageError, StorageFull
+from surelay.storage.integrity import check_data_file, damaged, mark
 from surelay.storage.keys import from_u64, u64
 from surelay.storage.migrations import MIGRATIONS
 from surelay.storage.slots import SlotLock, holders
+from surelay.storage.space import Space
 
 __all__ = ["SCHEMA_VERSION", "TABLES", "Environment", "Txn", "keys_with_prefix"]
 
@@ -125,6 +127,14 @@ class Environment:
         self._closed = False
         self.readonly = False
         """Opened for reading only (a read-only filesystem): every write is refused."""
+        self.space = Space(
+            path,
+            max_map_size,
+            int(env.stat()["psize"]),
+            self._dbs.values,
+            self._main_pages,
+        )
+        """The room left, and the reserve kept for writes that free space."""
 
     @classmethod
     def open(
@@ -152,6 +162,9 @@ class Environment:
         where = Path(path)
         if where.exists() and not where.is_dir():
             raise StorageError(f"{where} is not a directory")
+        if where.exists():
+            # Before LMDB maps the file: a truncated one would crash the process.
+            check_data_file(where, new_allowed=create)
         if not where.exists():
             if not create:
                 raise StorageError(f"{where} does not exist (no surelay data directory there)")
@@ -192,9 +205,14 @@ class Environment:
                 f"{where} is read-only and lacks tables this surelay needs ({error}); "
                 "open it once where it is writable"
             ) from error
-        except BaseException:
+        except BaseException as error:
             env.close()
+            translated = damaged(error, where)
+            if translated is not None:
+                raise translated from error
             raise
+        if not readonly:
+            mark(where)
         environment = cls(env, where, dbs, max_map_size, durability)
         environment.readonly = readonly
         return environment
@@ -232,6 +250,10 @@ class Environment:
     def map_size(self) -> int:
         return int(self._env.info()["map_size"])
 
+    def _main_pages(self) -> int:
+        stat = self._env.stat()
+        return int(stat["branch_pages"]) + int(stat["leaf_pages"]) + int(stat["overflow_pages"])
+
     def usage(self) -> tuple[int, int]:
         """(map size, bytes in use) in bytes."""
         info = self._env.info()
@@ -249,6 +271,11 @@ class Environment:
             txn = self._begin(write=False)
             try:
                 yield txn
+            except lmdb.Error as error:
+                translated = damaged(error, self.path)
+                if translated is None:
+                    raise
+                raise translated from error
             finally:
                 txn.abort()
         finally:
@@ -275,9 +302,12 @@ class Environment:
                 txn = self._begin(write=True)
                 try:
                     yield txn
-                except BaseException:
+                except BaseException as error:
                     txn.abort()
-                    raise
+                    translated = damaged(error, self.path)
+                    if translated is None:
+                        raise
+                    raise translated from error
                 txn.commit()
             finally:
                 self._local.writing = False

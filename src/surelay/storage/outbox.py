@@ -17,6 +17,7 @@ message id reach every slot. `adopt` moves another slot's entries into this one.
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 
@@ -25,12 +26,18 @@ from surelay.storage.codec import Report, decode_or_report, encode_outbox
 from surelay.storage.environment import Environment, Txn, keys_with_prefix
 from surelay.storage.keys import from_u16, from_u64, micros, text_key, u16, u64
 from surelay.storage.records import OutboxEntry, outbox_entry
+from surelay.storage.space import entry_bytes
 
 __all__ = ["Outbox", "Place", "location"]
 
 MAX_PARTITIONS = 1 << 16
 _HEAD = 4
 """Bytes of a location before its sequence number: slot, then partition."""
+
+
+def _bytes_of(main: list[tuple[bytes, bytes]], ids: list[tuple[bytes, bytes]], page: int) -> int:
+    """About how many bytes of pages new entries and their id index entries take."""
+    return sum(entry_bytes(len(k), len(v), page) for k, v in itertools.chain(main, ids))
 
 
 Place = tuple[bytes, bytes, bytes | None]
@@ -48,6 +55,7 @@ class Outbox:
         self._ids = env.db("outbox_id")
         self._due = env.db("outbox_due")
         self._meta = env.db("meta")
+        self._space = env.space
         self._report = report
         self.slot = slot
         self._slot_key = u16(slot)
@@ -89,6 +97,9 @@ class Outbox:
             if envelope.attempt > 1:  # carried over from elsewhere: due like a retry
                 retried.append((micros(due_at) + where, b""))
             out.append(entry)
+        # Sends add data: refused (`StorageFull`) before the reserve kept for the writes
+        # that free space (`surelay.storage.space`).
+        self._space.admit(txn, _bytes_of(main, ids, self._space.page_size))
         _, added = txn.cursor(db=self._ids).putmulti(ids, overwrite=False)
         if added != len(ids):
             for (id_key, where), entry in zip(ids, out, strict=True):

@@ -10,6 +10,7 @@ from dataclasses import replace
 from surelay.storage.codec import Report, decode_or_report, encode
 from surelay.storage.environment import Environment, Txn
 from surelay.storage.records import ReplayRequest
+from surelay.storage.space import entry_bytes
 
 __all__ = ["ReplayRequests"]
 
@@ -17,11 +18,17 @@ __all__ = ["ReplayRequests"]
 class ReplayRequests:
     def __init__(self, env: Environment, report: Report) -> None:
         self._db = env.db("replay")
+        self._space = env.space
         self._report = report
 
     def put(self, txn: Txn, request: ReplayRequest) -> ReplayRequest:
-        """Store (or update) a request."""
-        txn.put(request.id.encode("utf-8"), encode(request), db=self._db)
+        """Store (or update) a request. A new one adds data: `StorageFull` when the
+        store is down to its reserve."""
+        key = request.id.encode("utf-8")
+        raw = encode(request)
+        if txn.get(key, db=self._db) is None:
+            self._space.admit(txn, entry_bytes(len(key), len(raw), self._space.page_size))
+        txn.put(key, raw, db=self._db)
         return request
 
     def get(self, txn: Txn, request_id: str) -> ReplayRequest | None:

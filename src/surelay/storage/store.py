@@ -212,10 +212,12 @@ class Store:
 
         It waits for the group-commit writer's current batch (one writer at a time);
         do not wait on store futures inside it. If the map fills up, the map is grown and
-        `RetryTransaction` raised (nothing was written): run the block again.
+        `RetryTransaction` raised (nothing was written): run the block again. A store
+        down to its reserve refuses it with `StorageFull` (it may add data).
         """
         try:
             with self.env.write() as txn:
+                self.env.space.admit(txn, self.env.space.page_size)
                 yield txn
         except lmdb.MapFullError as error:
             try:

@@ -1,0 +1,155 @@
+"""A runtime whose store filled up during an outage drains once the downstream is back,
+without a restart, and sends nothing twice: a full map, and a full disk (a small tmpfs,
+where the test may mount one)."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import surelay
+from surelay import (
+    BreakerPolicy,
+    Envelope,
+    RetryPolicy,
+    Runtime,
+    RuntimeConfig,
+    StorageFull,
+    TransientError,
+)
+
+PAYLOAD = b"x" * 10_000
+
+
+class Downstream:
+    """Fails every call until `open()`; then counts each message it receives."""
+
+    def __init__(self) -> None:
+        self.up = threading.Event()
+        self.received: collections.Counter[str] = collections.Counter()
+        self._lock = threading.Condition()
+
+    def __call__(self, envelope: Envelope) -> None:
+        if not self.up.is_set():
+            raise TransientError("downstream is down")
+        with self._lock:
+            self.received[envelope.message_id] += 1
+            self._lock.notify_all()
+
+    def wait_for(self, ids: list[str]) -> None:
+        with self._lock:
+            assert self._lock.wait_for(lambda: set(ids) <= set(self.received), 60)
+
+
+def _config() -> RuntimeConfig:
+    return RuntimeConfig(
+        map_size=1 << 20,
+        retry=RetryPolicy(base_delay=0.05, max_delay=0.2, max_attempts=10_000),
+        breaker=BreakerPolicy(open_for=0.2),
+    )
+
+
+def _send_until_full(rt: Runtime) -> list[str]:
+    sent: list[str] = []
+    with pytest.raises(StorageFull) as refused:
+        for n in range(100_000):
+            sent.append(rt.send("down", PAYLOAD, key=f"k{n % 32}").message_id)
+    return sent if "full" in str(refused.value) else []
+
+
+def test_storage_full_is_public() -> None:
+    assert surelay.StorageFull is StorageFull
+    assert "StorageFull" in surelay.__all__
+    assert issubclass(StorageFull, surelay.SurelayError)
+
+
+def test_a_full_map_drains_without_a_restart_and_sends_nothing_twice(tmp_path: Path) -> None:
+    downstream = Downstream()
+    path = tmp_path / "data"
+    rt = Runtime.open(path, transports={"down": downstream}, config=_config())
+    try:
+        sent = _send_until_full(rt)
+        assert len(sent) > 100
+        downstream.up.set()
+        assert rt.flush(60)
+        assert rt.stats().outbox_pending == 0
+        rt.send("down", PAYLOAD)  # room again
+        assert rt.flush(60)
+    finally:
+        rt.close()
+    assert set(sent) <= set(downstream.received)
+    assert max(downstream.received.values()) == 1
+    before = sum(downstream.received.values())
+    rt = Runtime.open(path, transports={"down": downstream}, config=_config())
+    try:
+        assert rt.flush(60)
+        assert rt.stats().outbox_pending == 0
+    finally:
+        rt.close()
+    assert sum(downstream.received.values()) == before  # the reopen sent nothing
+
+
+@contextlib.contextmanager
+def _small_disk(where: Path, size: str) -> Iterator[Path]:
+    where.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode(errors='replace')}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def _fill_disk(filler: Path) -> None:
+    """Write `filler` until the filesystem has no room left."""
+    with open(filler, "wb") as file:
+        chunk = b"\0" * (64 << 10)
+        with contextlib.suppress(OSError):
+            while True:
+                file.write(chunk)
+                file.flush()
+
+
+def test_a_full_disk_is_reported_as_such_and_drains_once_freed(tmp_path: Path) -> None:
+    with _small_disk(tmp_path / "disk", "8m") as disk:
+        downstream = Downstream()
+        rt = Runtime.open(disk / "data", transports={"down": downstream}, config=_config())
+        try:
+            sent = [rt.send("down", PAYLOAD, key=f"k{n % 8}").message_id for n in range(100)]
+            filler = disk / "filler"
+            _fill_disk(filler)
+            with pytest.raises(StorageFull, match=f"the disk at {disk / 'data'} is full"):
+                for _ in range(100):
+                    rt.send("down", PAYLOAD)
+            downstream.up.set()  # deliveries now need the disk to be recorded
+            downstream.wait_for(sent)
+            filler.unlink()
+            assert rt.flush(60)
+            assert rt.stats().outbox_pending == 0
+            rt.send("down", PAYLOAD)
+            assert rt.flush(60)
+        finally:
+            rt.close()
+        assert set(sent) <= set(downstream.received)
+        assert max(downstream.received.values()) == 1
+        before = sum(downstream.received.values())
+        rt = Runtime.open(disk / "data", transports={"down": downstream}, config=_config())
+        try:
+            assert rt.flush(60)
+        finally:
+            rt.close()
+        assert sum(downstream.received.values()) == before

@@ -1,0 +1,184 @@
+"""The reserve: a full store refuses what adds data and still records deliveries, dead
+letters and deletions; writes that free space and do not fit wait until they do."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Future
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from surelay.envelope import Envelope
+from surelay.errors import StorageFull
+from surelay.storage import Store
+from surelay.storage.records import ReplayRequest
+from surelay.storage.space import RESERVE_CEILING, RESERVE_FLOOR, entry_bytes, reserve_for
+from surelay.storage.writer import BACKOFF_MAX, backoff
+
+from .builders import dead_letter
+
+MAP = 1 << 20
+MAX_MAP = 4 << 20
+
+
+@given(st.integers(1 << 16, 1 << 40))
+def test_the_reserve_is_bounded_and_never_most_of_the_map(max_map: int) -> None:
+    reserve = reserve_for(max_map)
+    assert reserve <= max_map // 4
+    assert reserve <= RESERVE_CEILING
+    assert reserve >= min(RESERVE_FLOOR, max_map // 4)
+
+
+@given(st.integers(1, 600), st.integers(0, 1 << 20))
+def test_an_entry_takes_at_least_its_bytes(key: int, value: int) -> None:
+    assert entry_bytes(key, value, 4096) >= key + value
+
+
+def test_backoff_grows_to_a_bound() -> None:
+    delays = [backoff(n) for n in range(1, 20)]
+    assert delays == sorted(delays)
+    assert delays[0] > 0
+    assert delays[-1] == BACKOFF_MAX
+
+
+def _fill(store: Store, size: int = 10_000, prefix: str = "m") -> list[str]:
+    """Enqueue messages until the store refuses one; returns the accepted ids."""
+    accepted: list[str] = []
+    with pytest.raises(StorageFull) as refused:
+        for n in range(100_000):
+            message_id = f"{prefix}{n}"
+            store.enqueue([(Envelope(message_id, "t", b"x" * size), 0)]).result(timeout=30)
+            accepted.append(message_id)
+    assert "is full" in str(refused.value)
+    assert "kept for recording deliveries" in str(refused.value)
+    return accepted
+
+
+def test_a_full_store_records_every_delivery_and_then_accepts_again(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "d", map_size=MAP, max_map_size=MAX_MAP) as store:
+        accepted = _fill(store)
+        assert len(accepted) > 100
+        # Every delivery is recorded (dedup record + outbox entry removed), though the
+        # dedup records add data: they use the reserve.
+        futures = [
+            store.delivered(m, idempotency_key=m, delivered_at=1.0, expires_at=2e9)
+            for m in accepted
+        ]
+        assert all(f.result(timeout=30) for f in futures)
+        with store.read() as txn:
+            assert store.outbox.count(txn) == 0
+            assert store.dedup.count(txn) == len(accepted)
+        store.enqueue([(Envelope("again", "t", b"x" * 10_000), 0)]).result(timeout=30)
+
+
+def test_a_full_store_still_dead_letters(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "d", map_size=MAP, max_map_size=MAX_MAP) as store:
+        accepted = _fill(store, size=3_000)
+        futures = [
+            store.dead_lettered(dead_letter(message_id=m, payload=b"x" * 3_000))
+            for m in accepted[:200]
+        ]
+        for future in futures:
+            future.result(timeout=30)
+        with store.read() as txn:
+            assert store.dead_letters.count(txn) == 200
+
+
+def test_a_full_store_refuses_new_replay_requests_and_host_transactions(
+    tmp_path: Path,
+) -> None:
+    with Store.open(tmp_path / "d", map_size=MAP, max_map_size=MAX_MAP) as store:
+        _fill(store)
+        _fill(store, size=10, prefix="small")  # to the last byte before the reserve
+        request = ReplayRequest(id="r1", ids=("x",), created_at=1.0)
+        with pytest.raises(StorageFull):
+            store.write(lambda txn: store.replay_requests.put(txn, request)).result(timeout=30)
+        with pytest.raises(StorageFull), store.transaction():
+            pass
+
+
+def test_one_log_line_per_change_not_one_per_refusal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "surelay.storage")
+    with Store.open(tmp_path / "d", map_size=MAP, max_map_size=MAX_MAP) as store:
+        accepted = _fill(store)
+        for n in range(50):
+            with pytest.raises(StorageFull):
+                store.enqueue([(Envelope(f"late{n}", "t", b"x" * 10_000), 0)]).result(30)
+        for m in accepted:
+            store.delivered(m, idempotency_key=m, delivered_at=1.0, expires_at=2e9)
+        store.enqueue([(Envelope("again", "t", b"x"), 0)]).result(timeout=30)
+    lines = [r.getMessage() for r in caplog.records if "grew the LMDB map" not in r.getMessage()]
+    assert len(lines) == 2, lines
+    assert "is full" in lines[0]
+    assert "has room again" in lines[1]
+    assert all(r.exc_info is None for r in caplog.records)
+
+
+def _put_until_it_waits(store: Store) -> tuple[Future[None], int]:
+    """Write raw records (a write that is not refused by the reserve) until one does not
+    fit the map even alone; returns its future (still waiting) and how many landed."""
+    db = store.host_table("filler")
+    landed = 0
+    while True:
+        future: Future[None] = store.write(
+            lambda txn, n=landed: txn.put(b"%08d" % n, b"f" * 20_000, db=db)
+        )
+        try:
+            future.result(timeout=2)
+        except TimeoutError:
+            return future, landed
+        landed += 1
+        assert landed < 10_000, "the map never filled"
+
+
+def test_a_write_that_frees_space_waits_for_room_and_then_lands(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "surelay.storage")
+    with Store.open(tmp_path / "d", map_size=MAP, max_map_size=MAP) as store:
+        waiting, landed = _put_until_it_waits(store)
+        assert store._writer.stuck
+        db = store.host_table("filler")
+
+        def free(txn: object) -> None:
+            for n in range(landed // 2):
+                txn.delete(b"%08d" % n, db=db)  # type: ignore[attr-defined]
+
+        store.write(free).result(timeout=30)
+        waiting.result(timeout=30)  # it was retried, without anyone asking
+        assert not store._writer.stuck
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("tried again until they fit" in m for m in messages) == 1
+    assert sum("can write again" in m for m in messages) == 1
+
+
+def test_a_mixed_batch_lands_its_freeing_writes_and_refuses_its_adds(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "d", map_size=MAP, max_map_size=MAX_MAP, max_batch=4096) as store:
+        accepted = _fill(store)
+        futures: list[Future[object]] = []
+        for n, m in enumerate(accepted):
+            futures.append(
+                store.enqueue([(Envelope(f"new{n}", "t", b"y" * 10_000), 0)])  # type: ignore[arg-type]
+            )
+            futures.append(
+                store.delivered(m, idempotency_key=m, delivered_at=1.0, expires_at=2e9)  # type: ignore[arg-type]
+            )
+        frees = futures[1::2]
+        assert all(f.result(timeout=30) for f in frees)
+        adds = futures[0::2]
+        outcomes = [f.exception(timeout=30) for f in adds]
+        assert all(e is None or isinstance(e, StorageFull) for e in outcomes)
+        with store.read() as txn:
+            assert store.outbox.count(txn) == sum(e is None for e in outcomes)
+
+
+def test_a_waiting_write_fails_on_close_rather_than_hanging(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "d", map_size=MAP, max_map_size=MAP)
+    waiting, _ = _put_until_it_waits(store)
+    store.close()
+    assert isinstance(waiting.exception(timeout=5), StorageFull)
