@@ -175,15 +175,32 @@ def test_expired_messages_are_dead_lettered_without_an_attempt(tmp_path: Path) -
         receipt = rt.send("t", b"x")
         sink.wait_attempts(1)
         wait_until(lambda: rt.stats().retry_pending == 1)
-        clock.advance(30)  # second attempt at 30s, fails; the third would be at 90s
-        sink.wait_attempts(2)
-        wait_until(lambda: rt.stats().retry_pending == 1)
-        clock.advance(60)
+        clock.advance(30)  # second attempt at 30s, fails; the third would be at 90s,
+        sink.wait_attempts(2)  # past the TTL (45s): expired at once, not parked till then
         assert receipt.wait(5) is Outcome.DEAD_LETTERED
         (letter,) = rt.dead_letters.list()
     assert letter.reason_class == "expired"
     assert letter.attempts == 2
     assert len(sink.attempts) == 2
+
+
+def test_a_retry_after_past_the_ttl_dead_letters_expired_at_once(tmp_path: Path) -> None:
+    """A receiver's Retry-After longer than what is left of the message's TTL does not
+    park its key: the message is dead-lettered `expired` and the key's next one goes."""
+    clock = Clock()
+
+    def busy(envelope: Envelope) -> None:
+        if envelope.payload == b"first":
+            raise TransientError("503", retry_after=3600.0)
+
+    sink = Recorder(busy)
+    with open_runtime(tmp_path, {"t": sink}, clock=clock, message_ttl=60.0) as rt:
+        first = rt.send("t", b"first", key="k")
+        second = rt.send("t", b"second", key="k")
+        assert first.wait(5) is Outcome.DEAD_LETTERED
+        assert second.wait(5) is Outcome.DELIVERED
+        (letter,) = rt.dead_letters.list()
+    assert letter.reason_class == "expired" and letter.attempts == 1
 
 
 def test_a_sender_crash_retries_the_message_once_then_dead_letters(tmp_path: Path) -> None:

@@ -304,7 +304,7 @@ class Runtime:
                 backlog=RetryBacklog(),
                 engines=engines,
             )
-            limits = limits_for(config.partitions)
+            limits = limits_for(config.partitions, config.pressure.capacity)
             states = [PartitionState(i, limits) for i in range(config.partitions)]
             replays = ReplayState()
             recovery = Recovery(hub)

@@ -21,7 +21,7 @@ from surelay.storage.store import Store
 
 WINDOW = 256
 SHARE = 64
-"""Each of 4 partitions' share of a window of 256 (and the least a partition gets)."""
+"""Each of 4 partitions' share of a window of 256."""
 
 
 @pytest.fixture(autouse=True)

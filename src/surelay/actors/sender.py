@@ -38,7 +38,15 @@ from typing import TYPE_CHECKING, Any
 
 from surelay.actors.dead_letter import Capture
 from surelay.actors.queues import PartitionQueue
-from surelay.actors.window import LOOK_MAX, Limits, Wake, Window, hold_name, limits_for
+from surelay.actors.window import (
+    LOOK_MAX,
+    WINDOW_MESSAGES,
+    Limits,
+    Wake,
+    Window,
+    hold_name,
+    limits_for,
+)
 from surelay.backlog import Due, Schedule
 from surelay.delivery.attempt import CRASH, LOST, OK, SKIPPED, Attempt, ResultBox, Sink
 from surelay.errors import TransientError
@@ -111,7 +119,7 @@ class PartitionState:
     def __init__(self, partition: int, limits: Limits | None = None) -> None:
         self.partition = partition
         self.queue = PartitionQueue()
-        self.window = Window(limits_for(1) if limits is None else limits)
+        self.window = Window(limits_for(1, WINDOW_MESSAGES * 2) if limits is None else limits)
         self.in_flight: dict[str, OutboxEntry] = {}
         """Submitted to an engine, outcome not yet settled."""
         self.results = ResultBox()
@@ -437,6 +445,7 @@ class Sender(Actor):
                 reason = f"the call was lost ({describe(error or Exception())})"
         elif error is not None:
             reason = describe(error)
+        ttl = hub.config.message_ttl
         verdict = decide(
             kind,
             failure=attempt.failure,
@@ -448,6 +457,7 @@ class Sender(Actor):
             retry_after=error.retry_after if isinstance(error, TransientError) else None,
             rng=hub.rng,
             previous_delay=state.last_delay.get(message_id),
+            ttl_left=None if ttl is None else ttl - (now - envelope.created_at),
         )
         if isinstance(verdict, Delivered):
             delivered.append(entry)

@@ -46,8 +46,10 @@ __all__ = [
 
 logger = logging.getLogger("surelay.runtime")
 
-WINDOW_MESSAGES = 16_384
-"""Entries a runtime holds in memory at most, over all its partitions."""
+WINDOW_MESSAGES = 4096
+"""Entries a runtime holds in memory at most, over all its partitions (and at most half
+its pressure `capacity`: what a window holds counts as work in hand, and a backlog being
+streamed in must not by itself push the runtime to refuse sends)."""
 
 WINDOW_BYTES = 32 << 20
 """Payload bytes a runtime holds in memory, about, over all its partitions."""
@@ -83,10 +85,11 @@ def hold_name(partition: int) -> str:
     return f"window-{partition}"
 
 
-def limits_for(partitions: int) -> Limits:
-    """Each partition's share of the runtime's window."""
+def limits_for(partitions: int, capacity: int) -> Limits:
+    """Each partition's share of the runtime's window (`capacity`: the pressure policy's)."""
+    messages = min(WINDOW_MESSAGES, capacity // 2)
     return Limits(
-        messages=max(64, WINDOW_MESSAGES // partitions),
+        messages=max(16, messages // partitions),
         bytes=max(256 << 10, WINDOW_BYTES // partitions),
     )
 
