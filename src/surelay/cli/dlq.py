@@ -366,7 +366,7 @@ def replay(
         raise click.ClickException(
             f"{report.failed} failed and {report.refused} refused"
             + (f" ({printable(note)})" if note else "")
-            + _not_replayed(path, request.ids)
+            + _not_replayed(path, request.ids, note)
         )
 
 
@@ -417,20 +417,20 @@ def _request_status(path: Path, request_id: str) -> str:
         return _request(store, request_id).status
 
 
-def _not_replayed(path: Path, ids: Sequence[str] | None) -> str:
-    """Which of `ids` were not replayed, and why (as their records say now)."""
+def _not_replayed(path: Path, ids: Sequence[str] | None, note: str | None = None) -> str:
+    """Which of `ids` were not replayed, and why (as their records say now, and the
+    request's `note` on transports no runtime offered)."""
     if not ids:
         return ": see `surelay dlq list`"
     lines = []
     with open_store(path) as store, store.read() as txn:
-        offered = store.status.offered(txn, holders(path))
         for dead_letter_id in ids:
             record = store.dead_letters.get(txn, dead_letter_id)
             if record is None:
                 lines.append(f"{dead_letter_id}: refused, no such dead letter")
             elif record.status == "archived":
                 lines.append(f"{dead_letter_id}: refused, it is archived")
-            elif record.status == "dead" and record.transport not in offered:
+            elif record.status == "dead" and note and f"'{record.transport}'" in note:
                 lines.append(
                     f"{dead_letter_id}: refused, no runtime on {path} offers transport "
                     f"'{printable(record.transport)}'"

@@ -51,7 +51,7 @@ def stats(path: Path, as_json: bool) -> None:
         "map_used": store_stats.map_used,
         "replay_requests": {
             s: sum(1 for r in requests if r.status == s)
-            for s in ("pending", "running", "done", "failed")
+            for s in ("pending", "running", "done", "failed", "cancelled")
         },
         # the newest status any runtime published (one runtime: its own)
         "last_status": max(

@@ -109,8 +109,9 @@ class ReplayRequest:
 
     Either `ids` or the filters select the records. `status`: `pending` until a runtime
     on the directory takes it, then `running` (by the runtime holding slot `owner`), then
-    `done` (or `failed` with `error`). `progress` holds the report's counters as they
-    grow.
+    `done` (`error` saying why records were refused, if a transport was not offered) or
+    `failed` with `error`; a pending one may end `cancelled` instead. `progress` holds
+    the report's counters as they grow.
     """
 
     id: str
