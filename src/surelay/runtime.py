@@ -369,6 +369,10 @@ class Runtime:
         still running then are abandoned (logged, with their message ids). Messages not
         delivered (waiting for a retry, or in an abandoned call) stay in the outbox and
         are dispatched again by the next `open`; with BEST_EFFORT they are lost.
+
+        With messages not yet delivered it says so (a warning: how many, and how long
+        it waits); a `KeyboardInterrupt` while it waits (ctrl-C again) stops the wait,
+        closes what it must, and is raised on.
         """
         if self._forked_from is not None:
             return  # nothing of it is this process's to close (the parent owns it)
@@ -381,8 +385,26 @@ class Runtime:
             self._closing = True
             # sends under way end first (their writes are durable either way)
             self._lock.wait_for(lambda: not self._active, max(0.0, deadline - time.monotonic()))
+        waiting = self._hub.tracker.pending
+        if waiting:  # say why a close (a ctrl-C) takes a while, and how to cut it short
+            logger.warning(
+                "closing with %d message(s) not yet delivered: waiting up to %.3gs for the "
+                "calls under way (interrupt again to stop waiting); whatever is not "
+                "delivered by then stays in the outbox for the next open",
+                waiting,
+                timeout,
+            )
         try:
             self._drain(deadline)
+        except KeyboardInterrupt:  # interrupted again: stop waiting, stop the tree, go
+            logger.warning(
+                "close interrupted: not waiting any longer; what was not delivered stays "
+                "in the outbox for the next open"
+            )
+            self._hub.engines.halt()
+            with contextlib.suppress(Exception):
+                self._root.stop(timeout=CLOSE_GRACE)
+            raise
         finally:
             self._release(deadline)
 

@@ -278,3 +278,12 @@ def test_a_replay_asked_before_the_consumer_is_added_waits_for_it(
         threading.Event().wait(0.6)  # the replay coordinator looks (every 0.25 s) first
         rt.consume(JetStreamSource(server.url, "ORDERS", durable="r"), handler, name="ledger")
         wait_for(lambda: rt.dead_letters.get(dead.id).status == "replayed", 30, "the replay")
+
+
+def test_a_missing_stream_is_named_with_what_to_do(server: NatsServer, tmp_path: Path) -> None:
+    with Runtime.open(tmp_path / "d", transports={}) as rt:
+        rt.consume(JetStreamSource(server.url, "INVOICES", durable="i"), Recorder(), name="i")
+        wait_for(lambda: rt.health()["sources"]["i"]["last_error"] is not None, 30, "the failure")
+        error = rt.health()["sources"]["i"]["last_error"]
+        assert "no stream 'INVOICES'" in error and "nats stream add INVOICES" in error
+        assert not rt.health()["sources"]["i"]["ok"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -176,3 +177,17 @@ def test_a_lost_server_after_connecting_and_an_oversized_payload(server: NatsSer
     assert isinstance(too_big, PermanentError) and "max_payload" in str(too_big)
     assert fine is None
     assert isinstance(lost, TransientError) and "no publish ack" in str(lost)
+
+
+def test_a_clean_close_is_not_reported_as_a_lost_connection(
+    server: NatsServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    transport = JetStreamTransport(server.url, "orders.new")
+    with (
+        caplog.at_level(logging.DEBUG, "surelay.transports"),
+        Runtime.open(tmp_path / "d", transports={"js": transport}) as rt,
+    ):
+        assert rt.send("js", b"paid").wait(10) is Outcome.DELIVERED
+    said = [r for r in caplog.records if r.name == "surelay.transports"]
+    assert not [r.getMessage() for r in said if r.levelno >= logging.WARNING]
+    assert any("closed" in r.getMessage() for r in said)  # said, quietly

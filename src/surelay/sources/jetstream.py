@@ -121,7 +121,15 @@ class JetStreamSource:
                 config.filter_subject = self.subjects[0]
             elif self.subjects is not None:
                 config.filter_subjects = self.subjects
-            info = await js.add_consumer(self.stream, config)
+            try:
+                info = await js.add_consumer(self.stream, config)
+            except nats.js.errors.NotFoundError as error:  # the stream itself is missing
+                raise SourceError(
+                    f"JetStream has no stream {self.stream!r} on {', '.join(self.servers)} "
+                    f"({getattr(error, 'description', None) or 'not found'}): create it "
+                    f"(e.g. `nats stream add {self.stream} --subjects ...`) or fix the name; "
+                    "surelay tries again meanwhile"
+                ) from error
         self._check(info.config)
         limit = info.config.max_ack_pending or 0
         self._batch_limit = limit if limit > 0 else 0

@@ -118,6 +118,8 @@ class JetStreamTransport:
         self._client: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connecting: asyncio.Lock | None = None
+        self._closing = False
+        """`aclose` is closing the connection: its disconnection is no news."""
         self._streams: dict[str, tuple[str, float]] = {}
         self._acks: _Acks
 
@@ -186,6 +188,7 @@ class JetStreamTransport:
         if self._client is None:
             async with self._connecting:
                 if self._client is None:
+                    self._closing = False
                     client = await self._connect()
                     self._acks = await _Acks.start(client, self.timeout)
                     self._client = client
@@ -196,6 +199,9 @@ class JetStreamTransport:
             logger.debug("NATS connection to %s: %r", self.servers, error)
 
         async def disconnected() -> None:
+            if self._closing:  # our own close: nothing was lost
+                logger.debug("NATS connection to %s closed", self.servers)
+                return
             logger.warning("NATS connection to %s lost; reconnecting", self.servers)
 
         async def reconnected() -> None:
@@ -223,6 +229,7 @@ class JetStreamTransport:
         """Close the connection (on the loop it was made on)."""
         client, self._client = self._client, None
         if client is not None:
+            self._closing = True
             self._acks.stop()
             try:
                 await asyncio.wait_for(client.close(), 2.0)
