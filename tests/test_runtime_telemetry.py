@@ -27,11 +27,13 @@ from surelay import (
     Priority,
     RetryPolicy,
     TransientError,
+    transports,
 )
 from surelay.sources import JetStreamSource
 from surelay.telemetry import DURATION_BUCKETS
 from tests.nats_server import NatsServer, add_stream, wait_for
 from tests.sources.test_jetstream import publish
+from tests.transports.http_server import HttpServer, Reply
 
 from .helpers import Recorder, open_runtime
 
@@ -304,3 +306,25 @@ def test_a_consumed_message_continues_the_producers_trace(tmp_path: Path) -> Non
     assert receive.attributes["surelay.source.nats-stream"] == "ORDERS"
     received = metric_points()["surelay.messages.received"]
     assert [(p.attributes, p.value) for p in received] == [({"surelay.transport": "in"}, 1)]
+
+
+@pytest.mark.parametrize("kind", ["HttpTransport", "AsyncHttpTransport"])
+def test_each_attempt_sends_its_own_deliver_spans_traceparent(tmp_path: Path, kind: str) -> None:
+    """The `traceparent` a downstream receives is that of the `surelay.deliver` span of
+    the attempt that sent it (a child of the send's), not the send span's: a retry's
+    request names the retry's attempt."""
+    replies = iter([Reply(503), Reply(200)])
+    with HttpServer(lambda request: next(replies)) as server:
+        transport = getattr(transports, kind)(server.url + "/hook")
+        fast = RetryPolicy(base_delay=0.01, max_delay=0.01, jitter="none")
+        with open_runtime(tmp_path, {"hooks": transport}, retry=fast) as rt:
+            assert rt.send("hooks", b"{}").wait(10) is Outcome.DELIVERED
+        sent = [request.headers["traceparent"] for request in server.requests]
+    delivers = sorted(spans("surelay.deliver"), key=lambda s: s.attributes["surelay.attempt"])
+    (send,) = spans("surelay.send")
+    assert len(sent) == len(delivers) == 2
+    for traceparent, deliver in zip(sent, delivers, strict=True):
+        context = deliver.context
+        flags = int(context.trace_flags)
+        assert traceparent == f"00-{context.trace_id:032x}-{context.span_id:016x}-{flags:02x}"
+        assert deliver.parent is not None and deliver.parent.span_id == send.context.span_id

@@ -23,12 +23,14 @@ dead-letters them `expired` instead of leaving them waiting.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from opentelemetry import trace
 from opentelemetry.trace import Span
 
 from surelay.delivery.attempt import (
@@ -74,6 +76,17 @@ def not_awaited(transport: str) -> BaseException:
         f"transport {transport!r} returned an awaitable instead of delivering: make it an "
         "`async def` function (or give its class an `async def __call__`) so the runtime "
         "awaits it"
+    )
+
+
+def calling(span: Span | None) -> contextlib.AbstractContextManager[object]:
+    """Make an attempt's `surelay.deliver` span current during its call, so what the
+    transport sends (the HTTP transports' `traceparent`) and traces continues that
+    attempt's trace. Its error is recorded once, by `Engine.end`."""
+    if span is None:
+        return contextlib.nullcontext()
+    return trace.use_span(
+        span, end_on_exit=False, record_exception=False, set_status_on_exception=False
     )
 
 

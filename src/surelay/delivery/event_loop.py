@@ -33,7 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from surelay.delivery.attempt import OK, Attempt, Run, Sink
-from surelay.delivery.engine import WEDGED_POLL, Engine
+from surelay.delivery.engine import WEDGED_POLL, Engine, calling
 from surelay.storage.records import OutboxEntry
 
 __all__ = ["EventLoop", "LoopEngine", "is_coroutine_transport"]
@@ -301,7 +301,8 @@ class LoopEngine(Engine):
         expired = False  # the deadline's cancel came out of the transport
         self._track(running, task)
         try:
-            await self.transport(entry.envelope)
+            with calling(span):
+                await self.transport(entry.envelope)
         except asyncio.CancelledError as cancelled:
             if running.timed_out:
                 expired = True

@@ -32,7 +32,7 @@ from typing import Any
 from opentelemetry.trace import Span
 
 from surelay.delivery.attempt import OK, Run, Sink
-from surelay.delivery.engine import WEDGED_POLL, Engine, not_awaited
+from surelay.delivery.engine import WEDGED_POLL, Engine, calling, not_awaited
 
 __all__ = ["IDLE_RETIRE", "SAMPLES", "SLOW_CALL", "STUCK_CALL", "ThreadEngine"]
 
@@ -225,7 +225,8 @@ class ThreadEngine(Engine):
             started = time.perf_counter()
             error: BaseException | None = None
             try:
-                returned = self.transport(entry.envelope)
+                with calling(span):
+                    returned = self.transport(entry.envelope)
                 if inspect.isawaitable(returned):
                     if inspect.iscoroutine(returned):
                         returned.close()  # never run: say so instead of warning later
