@@ -1164,9 +1164,11 @@ class Runtime:
 
     def health(self) -> Mapping[str, Any]:
         """`{"ok": bool, "actors": ..., "storage": ..., "breakers": ...}`: `ok` is False
-        when an actor is not running, the store is closed or nearly full, or a breaker
-        is open. Each part has its own `ok`. Bounded: a supervisor that does not answer
-        within `HEALTH_TIMEOUT` shows as `unresponsive`."""
+        when an actor is not running, the store is closed or nearly full, a breaker is
+        open, or a transport is wedged (`engines[name]`: every call slot held by a call
+        past its ack timeout; its `problem` says so). Each part has its own `ok`.
+        Bounded: a supervisor that does not answer within `HEALTH_TIMEOUT` shows as
+        `unresponsive`."""
         self._refuse_if_forked()
         return self._health(HEALTH_TIMEOUT)
 
