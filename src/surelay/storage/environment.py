@@ -25,9 +25,10 @@ from typing import Any, TypeVar
 import lmdb
 
 from surelay.errors import SchemaMismatch, StorageError, StorageFull
-from surelay.storage.integrity import check_data_file, damaged, mark
+from surelay.storage.integrity import check_data_file, damaged, doctor_hint, mark, read_metas
 from surelay.storage.keys import from_u64, u64
 from surelay.storage.migrations import MIGRATIONS
+from surelay.storage.pagewalk import PageFile
 from surelay.storage.slots import SlotLock, holders
 from surelay.storage.space import Space
 
@@ -199,6 +200,7 @@ class Environment:
             else:
                 dbs = {name: env.open_db(name.encode(), create=True) for name in TABLES}
                 _check_schema(env, dbs, where)
+            _check_structure(env, where)
         except lmdb.NotFoundError as error:
             env.close()
             raise StorageError(
@@ -393,6 +395,30 @@ def _refuse_foreign(where: Path) -> None:
         raise StorageError(
             f"{where} is not empty and is not a surelay data directory (it holds {shown}); "
             "give surelay a directory of its own (a new or empty one)"
+        )
+
+
+def _check_structure(env: Any, where: Path) -> None:
+    """Refuse a store whose B-tree pages are damaged, before LMDB walks them (it aborts
+    the process on some). The pages are read under a read transaction, whose snapshot no
+    writer may reuse meanwhile, from the meta page of that snapshot."""
+    data_file = where / "data.mdb"
+    for _ in range(5):
+        with env.begin() as txn:
+            meta = next((m for m in read_metas(data_file) if m.txnid == txn.id()), None)
+            if meta is None:
+                continue  # two commits landed since the transaction began: again
+            with PageFile.open(data_file, meta) as pages:  # type: ignore[union-attr]
+                damage = pages.structure()
+            break
+    else:
+        return  # a writer too busy to catch a snapshot: LMDB's own checks still hold
+    if damage:
+        first = damage[0]
+        more = f" (and {len(damage) - 1} more)" if len(damage) > 1 else ""
+        raise StorageError(
+            f"{data_file} is damaged: page {first.page} of table {first.table!r}: "
+            f"{first.why}{more}; {doctor_hint(where)}"
         )
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "parse_db",
     "parse_meta",
     "read_meta",
+    "read_metas",
 ]
 
 MAGIC = 0xBEEFC0DE
@@ -123,6 +124,11 @@ def parse_meta(page: bytes) -> Meta | None:
 def read_meta(data_file: Path) -> Meta | None:
     """The current meta of `data_file` (the valid one with the highest transaction id),
     read without mapping the file; None if neither meta page is valid."""
+    return max(read_metas(data_file), key=lambda meta: meta.txnid, default=None)
+
+
+def read_metas(data_file: Path) -> list[Meta]:
+    """The valid meta pages of `data_file` (none, one or two)."""
     with open(data_file, "rb") as file:
         first = parse_meta(file.read(PAGE_HEADER + 256))
         metas = [first] if first is not None else []
@@ -135,7 +141,7 @@ def read_meta(data_file: Path) -> Meta | None:
             if second is not None and second.page_size == size:
                 metas.append(second)
                 break
-    return max(metas, key=lambda meta: meta.txnid, default=None)
+    return metas
 
 
 def doctor_hint(path: Path) -> str:
