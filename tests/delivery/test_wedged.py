@@ -60,7 +60,7 @@ def test_a_wedged_pool_says_so_once_and_hands_back_expired_runs(
     )
     now = clock()
     try:
-        with caplog.at_level(logging.WARNING, "surelay.delivery"):
+        with caplog.at_level(logging.INFO, "surelay.delivery"):
             pool.submit([((entry(1, now),), sink), ((entry(2, now),), sink)])
             pool.submit([((entry(3, now),), sink)])
             pool.submit([((entry(4, now),), sink)], expiring=False)  # a replay's

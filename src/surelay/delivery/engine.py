@@ -194,18 +194,22 @@ class Engine:
             return
         self.wedged = wedged
         if wedged:
+            meanwhile = (
+                "without a message_ttl they wait"
+                if self.message_ttl is None
+                else f"those past message_ttl={self.message_ttl:g}s are dead-lettered expired"
+            )
             logger.warning(
                 "transport %r is wedged: all %d of its call slots are held by calls past "
                 "ack_timeout=%ss that have not returned, so none of its messages is called "
-                "until one returns (messages past message_ttl=%s are dead-lettered "
-                "meanwhile); rt.health() reports it",
+                "until one returns (%s); rt.health() reports it",
                 self.name,
                 self.limit,
                 self.ack_timeout,
-                self.message_ttl,
+                meanwhile,
             )
         else:
-            logger.warning("transport %r is no longer wedged: a hung call ended", self.name)
+            logger.info("transport %r is no longer wedged: a hung call ended", self.name)
 
     def expire_waiting(self) -> int:
         """Hand back (SKIPPED) the waiting runs whose first message is past
