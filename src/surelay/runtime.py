@@ -1269,6 +1269,7 @@ class Runtime:
         out["ok"] = health["ok"]
         out["unhealthy_actors"] = sorted(n for n, a in health["actors"].items() if not a["ok"])
         out["transports"] = sorted(self._transports)  # what replay requests may ask of it
+        out["wedged"] = sorted(name for name, e in health["engines"].items() if e["wedged"])
         return out
 
     def _gauges(self) -> Mapping[str, float | Mapping[str, float]]:

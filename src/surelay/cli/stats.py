@@ -113,4 +113,7 @@ def _status_rows(table: Table, runtime: dict[str, Any]) -> None:
     table.add_row("since open", ", ".join(f"{name} {status.get(name)}" for name in counters))
     table.add_row("refused / replayed", f"{status.get('refused')} / {status.get('replayed')}")
     unhealthy = status.get("unhealthy_actors") or []
+    unhealthy += [f"transport {name} wedged" for name in status.get("wedged") or []]
     table.add_row("health", text("ok" if status.get("ok") else f"NOT ok {unhealthy}"))
+    if status.get("abandoned"):
+        table.add_row("abandoned calls", str(status["abandoned"]))
