@@ -16,7 +16,9 @@ claimed, in one write, by exactly one of them, and taken over by another if its 
 dies. A pending request naming a transport this runtime lacks is left for a runtime that
 offers it (each publishes its transports in its status record); once no live runtime has
 offered it for `OFFER_GRACE` seconds (by the runtime's clock), this one carries the
-request out and its records for that transport are refused, so that every request ends.
+request out and its records for that transport are refused, so that every request ends
+(a runtime that lacks more than the unoffered ones waits one grace longer, so that one
+lacking fewer takes it first).
 
 Jobs live in a `ReplayState` the runtime owns, so a coordinator crash loses none.
 """
@@ -27,7 +29,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -53,6 +55,7 @@ __all__ = [
     "ReplayState",
     "Replayed",
     "StartReplay",
+    "refusing",
 ]
 
 logger = logging.getLogger("surelay.actors")
@@ -380,17 +383,18 @@ class ReplayCoordinator(AlarmOwner):
         others = holders(store.path)
         others.pop(store.slot, None)
         with store.read() as txn:
-            unoffered = lacking - store.status.offered(txn, others)
-        if not unoffered:  # another runtime has them: it takes the request
-            self._unoffered_since.pop(request.id, None)
-            self._say_deferred(request, lacking)
-            return None
+            offered = store.status.offered(txn, others)
         now = self._hub.config.clock()
-        since = self._unoffered_since.setdefault(request.id, now)
-        if now - since < OFFER_GRACE:
+        if lacking <= offered:
+            self._unoffered_since.pop(request.id, None)
+            waited = 0.0
+        else:
+            waited = now - self._unoffered_since.setdefault(request.id, now)
+        unoffered = refusing(lacking, offered, waited)
+        if unoffered is None:
             self._say_deferred(request, lacking)
             return None
-        del self._unoffered_since[request.id]
+        self._unoffered_since.pop(request.id, None)
         logger.warning(
             "replay request %s: no runtime on the directory has offered transport(s) %s "
             "for %gs; its records for them are refused",
@@ -473,6 +477,20 @@ class ReplayCoordinator(AlarmOwner):
             store.replay_requests.put(txn, saved)
 
         store.write(put).add_done_callback(_log_failure(request.id))
+
+
+def refusing(lacking: Set[str], offered: Set[str], waited: float) -> frozenset[str] | None:
+    """Whether a runtime lacking the transports `lacking` of a pending request takes it
+    now, `offered` being what the other live runtimes offer and `waited` the seconds
+    since some of `lacking` was last offered by none: None to leave it for now, else the
+    transports whose records it refuses. A runtime lacking more than what nobody offers
+    waits a second grace, so that one lacking fewer takes the request first (and a
+    request split between runtimes still ends)."""
+    unoffered = frozenset(lacking - offered)
+    if not unoffered:
+        return None if lacking else unoffered  # another runtime has them: it takes it
+    grace = OFFER_GRACE if unoffered == lacking else 2 * OFFER_GRACE
+    return unoffered if waited >= grace else None
 
 
 def _log_failure(request_id: str) -> Any:
