@@ -1181,7 +1181,8 @@ class Runtime:
         else:
             size, used = self._store.env.usage()
             storage = {
-                "ok": used < 0.9 * self._store.env.max_map_size,
+                "ok": used < 0.9 * self._store.env.max_map_size and not self._store.full,
+                "full": self._store.full,
                 "path": str(self._store.path),
                 "slot": self._store.slot,
                 "map_size": size,

@@ -77,11 +77,15 @@ def test_a_full_map_drains_without_a_restart_and_sends_nothing_twice(tmp_path: P
     try:
         sent = _send_until_full(rt)
         assert len(sent) > 100
+        storage = rt.health()["storage"]
+        assert storage["full"]
+        assert not storage["ok"]
         downstream.up.set()
         assert rt.flush(60)
         assert rt.stats().outbox_pending == 0
         rt.send("down", PAYLOAD)  # room again
         assert rt.flush(60)
+        assert rt.health()["storage"]["ok"]
     finally:
         rt.close()
     assert set(sent) <= set(downstream.received)

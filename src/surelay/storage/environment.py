@@ -257,9 +257,11 @@ class Environment:
         return int(stat["branch_pages"]) + int(stat["leaf_pages"]) + int(stat["overflow_pages"])
 
     def usage(self) -> tuple[int, int]:
-        """(map size, bytes in use) in bytes."""
+        """(map size, bytes in use) in bytes. In use: the pages of every table; pages
+        LMDB freed (and reuses) are not, so the figure falls again as the outbox drains."""
         info = self._env.info()
-        used = int(self._env.stat()["psize"]) * (int(info["last_pgno"]) + 1)
+        with self.read() as txn:
+            used = self.space.measure(txn).used
         return int(info["map_size"]), used
 
     # -- transactions --------------------------------------------------------------------

@@ -116,9 +116,9 @@ class Space:
         that operation adds data."""
 
     def measure(self, txn: Any) -> Room:
-        """The room as `txn` (a write transaction) sees it."""
+        """The room as `txn` sees it."""
         pages = _META_PAGES + self._main_pages()
-        for db in self._tables():
+        for db in list(self._tables()):  # (a host table may be opened meanwhile)
             stat = txn.stat(db)
             pages += stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]
         used = pages * self.page_size

@@ -402,6 +402,12 @@ class Store:
 
     # -- introspection and life cycle ----------------------------------------------------
 
+    @property
+    def full(self) -> bool:
+        """Sends are refused for want of room, or writes that free space wait for it
+        (the map or the disk is full)."""
+        return self.env.space.full or self._writer.stuck
+
     def stats(self) -> StoreStats:
         map_size, map_used = self.env.usage()
         with self.read() as txn:
