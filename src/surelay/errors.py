@@ -62,7 +62,9 @@ class StorageError(SurelayError):
 
 
 class StorageFull(StorageError):
-    """The LMDB map is at its configured maximum; the write was not made."""
+    """The store has no room for this write (its map is at `max_map_size` less the
+    reserve kept for recording deliveries, or its disk is full); nothing was written.
+    Accepted messages still drain: try again once the outbox has shrunk."""
 
 
 class RetryTransaction(StorageError):

@@ -132,8 +132,9 @@ class Environment:
             path,
             max_map_size,
             int(env.stat()["psize"]),
-            self._dbs.values,
-            self._main_pages,
+            tables=self._dbs.values,
+            main_pages=self._main_pages,
+            high_water=self._high_water,
         )
         """The room left, and the reserve kept for writes that free space."""
 
@@ -251,6 +252,10 @@ class Environment:
     @property
     def map_size(self) -> int:
         return int(self._env.info()["map_size"])
+
+    def _high_water(self) -> int:
+        """Bytes up to the last page LMDB has used (in use, or free for reuse)."""
+        return int(self._env.info()["last_pgno"] + 1) * self.space.page_size
 
     def _main_pages(self) -> int:
         stat = self._env.stat()

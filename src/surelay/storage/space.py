@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,8 @@ _META_PAGES = 2
 _NODE = 8
 """Bytes of an LMDB node header (sizes and flags) before its key."""
 _SLACK = 2
+_DISK_EVERY = 1.0
+"""Seconds between two looks at the disk's free space (see `Space._quick_left`)."""
 """B-tree pages are between half and completely full: count small records twice."""
 
 
@@ -96,8 +99,10 @@ class Space:
         path: Path,
         max_map_size: int,
         page_size: int,
+        *,
         tables: Callable[[], Iterable[Any]],
         main_pages: Callable[[], int],
+        high_water: Callable[[], int],
     ) -> None:
         self.path = path
         self.data_file = path / "data.mdb"
@@ -106,6 +111,10 @@ class Space:
         self.reserve = reserve_for(max_map_size)
         self._tables = tables
         self._main_pages = main_pages
+        self._high_water = high_water
+        self._limit = 0
+        self._limit_at = -_DISK_EVERY
+        self._since_limit = 0
         self._txn: Any = None
         self._left = 0
         self._room: Room | None = None
@@ -128,12 +137,28 @@ class Space:
         except OSError:
             size = 0
         on_disk = size + disk_free
-        return Room(
+        room = Room(
             used=used,
             limit=min(self.max_map_size, on_disk),
             disk_free=disk_free,
             disk_bound=on_disk < self.max_map_size,
         )
+        self._limit, self._limit_at, self._since_limit = room.limit, time.monotonic(), 0
+        return room
+
+    def _quick_left(self) -> int:
+        """A lower bound of the room left, without counting pages: LMDB's high-water mark
+        is at least the pages in use, and the disk's limit is taken again every second
+        or once a quarter of the reserve was admitted since."""
+        if self._since_limit > self.reserve // 4 or time.monotonic() - self._limit_at > _DISK_EVERY:
+            disk_free = self.disk_free()
+            try:
+                size = os.stat(self.data_file).st_size
+            except OSError:
+                size = 0
+            self._limit = min(self.max_map_size, size + disk_free)
+            self._limit_at, self._since_limit = time.monotonic(), 0
+        return self._limit - self._high_water() - self.reserve
 
     def disk_free(self) -> int:
         """Bytes an unprivileged writer may still add to the filesystem of the store."""
@@ -152,15 +177,19 @@ class Space:
         """Take `nbytes` of room for a write that adds data in `txn`; `StorageFull` when
         that would leave less than the reserve (nothing was written then)."""
         self.added = True
-        if txn is not self._txn:  # measured once per transaction, then counted down
-            self._room = self.measure(txn)
-            self._left = self._room.left(self.reserve)
+        if txn is not self._txn:  # reckoned once per transaction, then counted down
             self._txn = txn
-        assert self._room is not None
+            self._room = None
+            self._left = self._quick_left()
+        if (nbytes > self._left or self._left <= 0) and self._room is None:
+            self._room = self.measure(txn)  # near the limit: count the pages in use
+            self._left = self._room.left(self.reserve)
         if nbytes > self._left or self._left <= 0:
+            assert self._room is not None
             self._set_full(True)
             raise StorageFull(refusal(self._room, self.reserve, self.path))
         self._left -= nbytes
+        self._since_limit += nbytes
         self._set_full(False)
 
     def _set_full(self, full: bool) -> None:
