@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from surelay import Envelope, Outcome, Runtime, RuntimeConfig
+from surelay import Envelope, Guarantee, Outcome, Runtime, RuntimeConfig
 from surelay.actors import window as window_module
 from surelay.actors.slot_keeper import Look
 from surelay.actors.window import Wake, hold_name
@@ -285,3 +285,20 @@ def test_a_wake_over_held_messages_takes_none_of_them_twice(tmp_path: Path) -> N
         assert rt.stats().duplicates == 0
     assert len(transport.delivered) == 400
     per_key_in_order(transport.delivered, dict(sent))
+
+
+def test_best_effort_streams_what_an_earlier_run_left_and_removes_it(tmp_path: Path) -> None:
+    sent = fill(tmp_path / "d", 300)
+    holder: list[Runtime] = []
+    transport = Gated(holder)
+    transport.gate.set()
+    config = RuntimeConfig(guarantee=Guarantee.BEST_EFFORT)
+    with Runtime.open(tmp_path / "d", transports={"t": transport}, config=config) as rt:
+        holder.append(rt)
+        fresh = rt.send("t", b"new", key="k0")  # kept in memory only, past the window too
+        assert rt.flush(30)
+        assert fresh.wait(0) is Outcome.DELIVERED
+    assert len(transport.delivered) == 301
+    per_key_in_order([e for e in transport.delivered if e.message_id != fresh.message_id], sent)
+    with Store.open(tmp_path / "d") as store, store.read() as txn:
+        assert store.outbox.count(txn) == 0  # nothing is sent again at the next open

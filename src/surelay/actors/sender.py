@@ -202,8 +202,8 @@ class Sender(Actor):
         (see `surelay.actors.window` for why each rule keeps nothing from being lost)."""
         state = self._state
         window = state.window
-        if not self._hub.durable:  # nothing on disk to stream from: memory is the queue
-            self._take_in(entries)
+        if not self._hub.durable:  # not on disk: memory is their only queue
+            self._take_in(entries, remember=False)
             return
         taken: list[OutboxEntry] = []
         for entry in entries:
@@ -218,16 +218,18 @@ class Sender(Actor):
                 self._spill(seq - 1)
                 continue
             taken.append(entry)
-        self._take_in(taken)
+        self._take_in(taken, remember=True)
 
-    def _take_in(self, entries: list[OutboxEntry] | tuple[OutboxEntry, ...]) -> None:
+    def _take_in(
+        self, entries: list[OutboxEntry] | tuple[OutboxEntry, ...], *, remember: bool
+    ) -> None:
+        """Queue entries; `remember` those on disk, so that no scan takes them again."""
         state = self._state
         window = state.window
         queue = state.queue
         now = self._hub.config.clock()
-        durable = self._hub.durable  # (only what is on disk is ever scanned for)
         for entry in entries:
-            if durable:
+            if remember:
                 window.known.add(entry.envelope.message_id)
             window.bytes += len(entry.envelope.payload)
             window.loaded_upto = max(window.loaded_upto, entry.seq)
@@ -240,8 +242,7 @@ class Sender(Actor):
         state.window.spill(after)
 
     def _wake(self, after: int) -> None:
-        if self._hub.durable:
-            self._spill(after)
+        self._spill(after)  # (with BEST_EFFORT too: what an earlier run left is on disk)
 
     def _refill(self) -> None:
         """Read the next entries of the partition's range into the window (one bounded
@@ -282,7 +283,7 @@ class Sender(Actor):
             hub.orphans.add(orphans)
         if taken:
             hub.tracker.add((e.envelope.message_id for e in taken), receipts=False)
-            self._take_in(taken)
+            self._take_in(taken, remember=True)
         if ended:
             window.caught_up(horizon)
             hub.tracker.release(hold_name(state.partition))
@@ -569,7 +570,8 @@ class Sender(Actor):
         expires = now + hub.config.dedup_ttl
         dedup = hub.store.dedup
         outbox = hub.store.outbox
-        places = outbox.places(delivered) if hub.durable else []
+        # (with BEST_EFFORT only what an earlier run left is there; the rest is not found)
+        places = outbox.places(delivered)
 
         def op(txn: Txn) -> None:
             dedup.put_many(txn, keys, delivered_at=now, expires_at=expires)
@@ -586,8 +588,8 @@ class Sender(Actor):
                     future.exception(),
                 )
                 return
+            hub.counters.add_each("delivered", transports)  # counted before anyone is told
             hub.tracker.complete(ids, Outcome.DELIVERED)
-            hub.counters.add_each("delivered", transports)
 
         hub.store.write(op).add_done_callback(done)
 
@@ -602,12 +604,9 @@ class Sender(Actor):
         outbox = hub.store.outbox
 
         def ended() -> None:
-            hub.tracker.complete(ids, Outcome.DUPLICATE)
             hub.counters.add_each("duplicates", transports)
+            hub.tracker.complete(ids, Outcome.DUPLICATE)
 
-        if not hub.durable:  # nothing in the outbox to remove
-            ended()
-            return
         places = outbox.places(duplicates)
 
         def op(txn: Txn) -> None:
