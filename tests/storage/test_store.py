@@ -24,7 +24,7 @@ def test_creates_a_private_directory(tmp_path: Path) -> None:
     with Store.open(where, map_size=1 << 20):
         pass
     assert stat.S_IMODE(where.stat().st_mode) == 0o700
-    for name in ("data.mdb", "lock.mdb"):
+    for name in ("data.mdb", "lock.mdb", "surelay.store"):
         assert stat.S_IMODE((where / name).stat().st_mode) == 0o600
 
 
