@@ -4,8 +4,10 @@ letters and deletions; writes that free space and do not fit wait until they do.
 from __future__ import annotations
 
 import logging
+import threading
 from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -182,3 +184,25 @@ def test_a_waiting_write_fails_on_close_rather_than_hanging(tmp_path: Path) -> N
     waiting, _ = _put_until_it_waits(store)
     store.close()
     assert isinstance(waiting.exception(timeout=5), StorageFull)
+
+
+def test_a_batch_that_does_not_fit_commits_its_freeing_writes_apart(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "d", map_size=MAP, max_map_size=MAP) as store:
+        db = store.host_table("filler")
+        for n in range(20):
+            store.write(lambda txn, n=n: txn.put(b"%08d" % n, b"f" * 20_000, db=db)).result(30)
+        gate = threading.Event()
+        store.write(lambda txn: gate.wait(30))  # holds the writer while the batch queues
+
+        def add(txn: Any) -> None:  # passes the reserve, then takes more than the map
+            store.env.space.admit(txn, 0)
+            txn.put(b"huge", b"h" * (2 * MAP), db=db)
+
+        added = store.write(add)
+        freed = store.write(lambda txn: txn.delete(b"%08d" % 0, db=db))
+        gate.set()
+        assert freed.result(timeout=30) is True
+        assert isinstance(added.exception(timeout=30), StorageFull)
+        with store.read() as txn:
+            assert txn.get(b"%08d" % 0, db=db) is None
+            assert txn.get(b"huge", db=db) is None
