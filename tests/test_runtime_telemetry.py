@@ -328,3 +328,21 @@ def test_each_attempt_sends_its_own_deliver_spans_traceparent(tmp_path: Path, ki
         flags = int(context.trace_flags)
         assert traceparent == f"00-{context.trace_id:032x}-{context.span_id:016x}-{flags:02x}"
         assert deliver.parent is not None and deliver.parent.span_id == send.context.span_id
+
+
+def test_a_jetstream_publish_carries_the_attempts_traceparent(tmp_path: Path) -> None:
+    """Published through JetStreamTransport and consumed back: the consumer's
+    `surelay.receive` span is a child of the publishing attempt's `surelay.deliver`."""
+    handler = Recorder()
+    with NatsServer(tmp_path / "nats") as server:
+        add_stream(server.url, name="ORDERS", subjects=["orders.>"])
+        out = {"js": transports.JetStreamTransport(server.url, "orders.new", timeout=2.0)}
+        with open_runtime(tmp_path / "d", out) as rt:
+            rt.consume(JetStreamSource(server.url, "ORDERS", durable="t"), handler, name="in")
+            assert rt.send("js", b"order").wait(30) is Outcome.DELIVERED
+            wait_for(lambda: len(handler.delivered) == 1, 30, "the message")
+            assert rt.flush(10)
+    (receive,) = spans("surelay.receive")
+    published = [s for s in spans("surelay.deliver") if s.attributes["surelay.transport"] == "js"]
+    assert receive.parent is not None
+    assert receive.parent.span_id == published[0].context.span_id

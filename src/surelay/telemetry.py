@@ -257,6 +257,13 @@ def traceparent_of(span: Span) -> str | None:
     return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
 
 
+def current_traceparent() -> dict[str, str]:
+    """`{"traceparent": ...}` of the current span (during a transport call made by the
+    runtime: that attempt's `surelay.deliver` span), or {} if there is no valid one."""
+    traceparent = traceparent_of(trace.get_current_span())
+    return {} if traceparent is None else {TRACEPARENT: traceparent}
+
+
 def _parse(headers: Mapping[str, str]) -> SpanContext | None:
     value = headers.get(TRACEPARENT)
     if value is None or len(value) != 55 or value[2] != "-" or value[35] != "-":

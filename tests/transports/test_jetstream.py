@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,8 +90,11 @@ def test_bad_arguments_are_refused_clearly() -> None:
         JetStreamTransport([], "s")
     with pytest.raises(ValueError, match="subject must be"):
         JetStreamTransport("nats://127.0.0.1:1", "")
-    with pytest.raises(ValueError, match="timeout must be"):
-        JetStreamTransport("nats://127.0.0.1:1", "s", timeout=0)
+    for bad in (0, -1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="timeout must be a finite number > 0"):
+            JetStreamTransport("nats://127.0.0.1:1", "s", timeout=bad)
+    with pytest.raises(TypeError, match="timeout must be"):
+        JetStreamTransport("nats://127.0.0.1:1", "s", timeout="5")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="partitions must be"):
         subject_by_key("orders", 0)
 

@@ -19,11 +19,10 @@ import urllib.parse
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from opentelemetry import trace
-
 from surelay.envelope import Envelope, header_problem, is_framing_header
 from surelay.errors import InvalidMessage, PermanentError, TransientError
-from surelay.telemetry import TRACEPARENT, traceparent_of
+from surelay.telemetry import current_traceparent
+from surelay.transports._checks import check_timeout
 from surelay.transports.webhooks import parse_secret, signature_headers
 
 __all__ = [
@@ -69,16 +68,6 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     if math.isnan(wait):
         return None
     return min(max(0.0, wait), RETRY_AFTER_CEILING)
-
-
-def check_timeout(timeout: object) -> float:
-    """`timeout` as a float, if it is a finite number > 0 (`TypeError` or `ValueError`
-    naming it otherwise)."""
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-        raise TypeError(f"timeout must be a finite number > 0, got {type(timeout).__name__}")
-    if not (math.isfinite(timeout) and timeout > 0):
-        raise ValueError(f"timeout must be a finite number > 0, got {timeout!r}")
-    return float(timeout)
 
 
 def _own_headers(headers: object) -> dict[str, str]:
@@ -138,7 +127,7 @@ class HttpTransportBase:
         `InvalidMessage` if a header cannot be sent (`header_problem`)."""
         layers: list[Mapping[str, str]] = [
             {k: v for k, v in envelope.headers.items() if not is_framing_header(k)},
-            _current_trace(),
+            current_traceparent(),
             {
                 "Content-Type": "application/octet-stream",
                 "Idempotency-Key": envelope.idempotency_key,
@@ -185,9 +174,3 @@ class HttpTransportBase:
     def _refused(self, error: BaseException) -> PermanentError:
         """The error for a request the HTTP client itself refuses (e.g. a bad header)."""
         return PermanentError(f"POST {self.url}: invalid request: {error}")
-
-
-def _current_trace() -> dict[str, str]:
-    """`traceparent` of the current span, if there is a valid one."""
-    traceparent = traceparent_of(trace.get_current_span())
-    return {} if traceparent is None else {TRACEPARENT: traceparent}

@@ -3,8 +3,9 @@
 A call returns once the server's publish ack says the message is stored. `Nats-Msg-Id`
 is the envelope's idempotency key, so a re-publish (a retry after a lost ack, a replay)
 within the stream's duplicate window is dropped by the server, not stored twice. The
-envelope's headers (its `traceparent` among them) travel as NATS headers, with
-`Surelay-Message-Id`, `Surelay-Key` and `Surelay-Attempt`.
+envelope's headers travel as NATS headers (its `traceparent` that of the attempt's
+`surelay.deliver` span when the runtime calls), with `Surelay-Message-Id`,
+`Surelay-Key` and `Surelay-Attempt`.
 
 Outcomes: stored (or a duplicate the stream already holds) is delivered. Permanent,
 with a reason that says which: a subject no stream captures, a message JetStream
@@ -33,6 +34,8 @@ from typing import Any
 from surelay.envelope import Envelope
 from surelay.errors import PermanentError, TransientError
 from surelay.routing import partition_for
+from surelay.telemetry import current_traceparent
+from surelay.transports._checks import check_timeout
 
 try:
     import nats
@@ -107,11 +110,9 @@ class JetStreamTransport:
             raise ValueError(f"subject must be a non-empty str, got {subject!r}")
         if subject_for is not None and not callable(subject_for):
             raise TypeError("subject_for must be a callable (Envelope) -> str")
-        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
-            raise ValueError(f"timeout must be seconds > 0, got {timeout!r}")
+        self.timeout = check_timeout(timeout)
         self.subject = subject
         self.subject_for = subject_for
-        self.timeout = float(timeout)
         # the runtime's ack timeout for a call: connecting first and then publishing,
         # each bounded by `timeout`
         self.ack_timeout = 2 * self.timeout + 1.0
@@ -130,6 +131,7 @@ class JetStreamTransport:
         js = await self._jetstream()
         headers = {
             **envelope.headers,
+            **current_traceparent(),  # the attempt's span, when the runtime calls
             "Nats-Msg-Id": envelope.idempotency_key,
             "Surelay-Message-Id": envelope.message_id,
             "Surelay-Attempt": str(envelope.attempt),
