@@ -133,8 +133,11 @@ class PageFile:
                 continue
             read = TableRead(name, db.entries)
             todo: list[tuple[int, int]] = [(db.root, 0)]
+            seen: set[int] = set()
             while todo:
                 pgno, depth = todo.pop()
+                if _again(pgno, seen, read):
+                    continue
                 if depth + 1 < db.depth:  # a branch
                     page = self._page(pgno, depth, read)
                     if page is None:
@@ -168,8 +171,11 @@ class PageFile:
             return
         # Depth first, children in order: records come out in key order.
         stack: list[tuple[int, int]] = [(db.root, 0)]
+        seen: set[int] = set()
         while stack:
             pgno, depth = stack.pop()
+            if _again(pgno, seen, read):
+                continue
             page = self._page(pgno, depth, read)
             if page is None:
                 continue
@@ -258,3 +264,13 @@ class PageFile:
             read.damage.append(Damage(read.name, first, why or "unreadable"))
             return None
         return raw[PAGE_HEADER : PAGE_HEADER + dsize]
+
+
+def _again(pgno: int, seen: set[int], read: TableRead) -> bool:
+    """Whether `pgno` was reached before in this tree: a damaged branch that points back
+    (or twice to one page) would otherwise be walked again and again."""
+    if pgno in seen:
+        read.damage.append(Damage(read.name, pgno, "reached a second time (pages loop)"))
+        return True
+    seen.add(pgno)
+    return False
