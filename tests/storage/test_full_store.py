@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import shutil
 import subprocess
 import threading
@@ -128,7 +129,10 @@ def _fill_disk(filler: Path) -> None:
                 file.flush()
 
 
-def test_a_full_disk_is_reported_as_such_and_drains_once_freed(tmp_path: Path) -> None:
+def test_a_full_disk_is_reported_as_such_and_drains_once_freed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "surelay")
     with _small_disk(tmp_path / "disk", "8m") as disk:
         downstream = Downstream()
         rt = Runtime.open(disk / "data", transports={"down": downstream}, config=_config())
@@ -157,3 +161,7 @@ def test_a_full_disk_is_reported_as_such_and_drains_once_freed(tmp_path: Path) -
         finally:
             rt.close()
         assert sum(downstream.received.values()) == before
+    full = [r for r in caplog.records if "is full" in r.getMessage()]
+    assert 1 <= len(full) <= 2  # a state change (sends refused, writes waiting), not a flood
+    assert all("Input/output error" not in r.getMessage() for r in caplog.records)
+    assert all(r.exc_info is None for r in caplog.records if r.name == "surelay.storage")

@@ -206,3 +206,23 @@ def test_a_batch_that_does_not_fit_commits_its_freeing_writes_apart(tmp_path: Pa
         with store.read() as txn:
             assert txn.get(b"%08d" % 0, db=db) is None
             assert txn.get(b"huge", db=db) is None
+
+
+def test_a_store_at_the_line_does_not_flap_in_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "surelay.storage")
+    with Store.open(tmp_path / "d", map_size=MAP, max_map_size=MAX_MAP) as store:
+        accepted = _fill(store)
+        outcomes = []
+        for n, m in enumerate(accepted[:200]):  # one delivered, one sent, at the line
+            store.delivered(m, idempotency_key=m, delivered_at=1.0, expires_at=2e9).result(30)
+            sent = store.enqueue([(Envelope(f"more{n}", "t", b"x" * 10_000), 0)])
+            outcomes.append(sent.exception(timeout=30) is None)
+        assert any(outcomes)  # some sends fit again
+    changes = [
+        r.getMessage()
+        for r in caplog.records
+        if "is full" in r.getMessage() or "has room again" in r.getMessage()
+    ]
+    assert len(changes) <= 2, changes

@@ -190,18 +190,28 @@ class Space:
             raise StorageFull(refusal(self._room, self.reserve, self.path))
         self._left -= nbytes
         self._since_limit += nbytes
-        self._set_full(False)
+        if self.full and self._left >= self.reserve // 2:
+            # Not at the first add that fits: near the line, adds and refusals alternate
+            # as deliveries free pages, and the log would flap with them.
+            self._set_full(False)
 
-    def _set_full(self, full: bool) -> None:
+    def refused(self, reason: str) -> None:
+        """An add was refused elsewhere (its commit found the disk full): the store is
+        full, as if `admit` had refused it."""
+        self._set_full(True, reason)
+
+    def _set_full(self, full: bool, reason: str | None = None) -> None:
         if full == self.full:
             return
         self.full = full
         if full:
-            assert self._room is not None
+            if reason is None:
+                assert self._room is not None
+                reason = refusal(self._room, self.reserve, self.path)
             logger.warning(
                 "%s; refusing sends until there is room (deliveries, dead letters and "
                 "deletions go on)",
-                refusal(self._room, self.reserve, self.path),
+                reason,
             )
         else:
             logger.warning("the store at %s has room again: accepting sends", self.path)

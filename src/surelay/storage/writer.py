@@ -50,6 +50,8 @@ T = TypeVar("T")
 
 BACKOFF_FIRST = 0.05
 BACKOFF_MAX = 2.0
+STUCK_QUIET = 30.0
+_STUCK_TRIES = 5
 
 
 def backoff(tries: int) -> float:
@@ -108,6 +110,8 @@ class GroupCommitWriter:
         self._stuck = False
         self._failing = False
         self._ticks = 0
+        self._unstuck_at = -STUCK_QUIET
+        self._quiet = False
         self.commits = 0
         """Transactions committed (each may hold many operations)."""
         self.operations = 0
@@ -239,10 +243,14 @@ class GroupCommitWriter:
         if len(pending) == 1:
             request = pending[0]
             if request.adds or self._last_try:
+                if request.adds:
+                    self._space.refused(str(error))
                 request.future.set_exception(error)
                 return
             request.tries += 1
             self._set_stuck(True, error)
+            if self._quiet and request.tries >= _STUCK_TRIES:
+                self._announce_stuck(error)  # a quiet wait that lasts is said after all
             delay = backoff(request.tries)
             with self._lock:
                 heapq.heappush(
@@ -314,17 +322,30 @@ class GroupCommitWriter:
             return  # no room even for that: the next freeing commit advances instead
 
     def _set_stuck(self, stuck: bool, error: StorageFull | None = None) -> None:
+        """One line when freeing writes start to wait and one when they land again; a
+        store that flaps between the two (each freed page taken at once) says it once
+        per `STUCK_QUIET` seconds."""
         if stuck == self._stuck:
             return
         self._stuck = stuck
+        now = time.monotonic()
         if stuck:
-            logger.warning(
-                "%s; writes that free space (recording deliveries, dead letters) wait and "
-                "are tried again until they fit",
-                error,
-            )
+            if now - self._unstuck_at < STUCK_QUIET:
+                self._quiet = True  # said by `_no_room` if it lasts
+                return
+            self._announce_stuck(error)
         else:
-            logger.warning("the store at %s can write again", self._env.path)
+            self._unstuck_at = now
+            if not self._quiet:
+                logger.warning("the store at %s can write again", self._env.path)
+
+    def _announce_stuck(self, error: StorageFull | None) -> None:
+        self._quiet = False
+        logger.warning(
+            "%s; writes that free space (recording deliveries, dead letters) wait and "
+            "are tried again until they fit",
+            error,
+        )
 
     def _set_failing(self, error: Exception | None) -> None:
         """One line when commits start failing (for another reason than room) and one
