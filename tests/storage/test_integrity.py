@@ -88,6 +88,13 @@ def test_a_store_truncated_to_nothing_is_refused_not_empty(healthy: Path, tmp_pa
     assert (path / "data.mdb").stat().st_size == 0  # nothing was written over it
 
 
+def test_an_emptied_store_of_an_older_release_is_refused_too(healthy: Path, tmp_path: Path) -> None:
+    path = _copy(healthy, tmp_path)
+    (path / MARKER).unlink()  # written since this release only
+    truncate(path, 0)
+    _refused(OPEN_RUNTIME, path, "is empty (0 bytes)")
+
+
 def test_a_lost_data_file_is_refused_where_the_directory_held_one(
     healthy: Path, tmp_path: Path
 ) -> None:

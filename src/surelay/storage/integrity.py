@@ -4,9 +4,10 @@ LMDB maps `data.mdb` into memory: a file shorter than its own header says would 
 SIGBUS at the first read past its end, and a zero-length one would be taken for a new,
 empty store. So before mapping, `check_data_file` reads the two meta pages (LMDB's
 header) with plain reads and refuses such a file with a `StorageError` naming it. A
-marker file written beside `data.mdb` once it held a store tells a lost file from a
-new directory. Damage LMDB itself finds later (a B-tree page that is not what its parent
-says) becomes a `StorageError` naming the file too (`damaged`).
+marker file written beside `data.mdb` once it held a store (or LMDB's lock file, left
+by any earlier open) tells a lost file from a new directory. Damage LMDB itself finds
+later (a B-tree page that is not what its parent says) becomes a `StorageError` naming
+the file too (`damaged`).
 
 The meta page layout (LMDB 0.9, `MDB_meta` after a 16-byte page header, little-endian
 64-bit): magic, version, address, map size, the free and main tables' `MDB_db`
@@ -170,7 +171,10 @@ def check_data_file(where: Path, *, new_allowed: bool) -> None:
             ) from None
         return
     if size == 0:
-        if (where / MARKER).exists() or not new_allowed:
+        # LMDB's lock file or a runtime's slot lock: a store was opened here (before the
+        # marker existed, say); LMDB writes a new file's header as it creates it.
+        held = any((where / name).exists() for name in (MARKER, "lock.mdb", "owner.lock"))
+        if held or not new_allowed:
             raise StorageError(
                 f"{data_file} is empty (0 bytes), but {where} held a surelay store: the "
                 "file was lost or truncated; restore it from a backup, or move the "
