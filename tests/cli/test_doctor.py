@@ -115,3 +115,18 @@ def test_salvage_refuses_a_directory_that_is_not_empty(healthy: Path, tmp_path: 
     done = surelay("doctor", "--path", str(healthy), "--salvage", str(out))
     assert done.returncode == 1
     assert "is not empty" in done.stderr
+
+
+def test_salvage_reads_what_a_truncated_file_still_holds(healthy: Path, tmp_path: Path) -> None:
+    path = _copy(healthy, tmp_path)
+    truncate(path, 0.5)
+    out = tmp_path / "salvaged"
+    done = surelay("doctor", "--path", str(path), "--salvage", str(out), "--json")
+    assert done.returncode == 1
+    report = json.loads(done.stdout)
+    assert report["read_with"] == "pages"
+    assert 0 < report["salvaged"]["outbox"] < OUTBOX
+    assert report["salvaged"]["outbox"] == report["tables"]["outbox"]["readable"]
+    checked = json.loads(surelay("doctor", "--path", str(out), "--json").stdout)
+    assert checked["healthy"] is True
+    assert checked["tables"]["outbox"]["readable"] == report["salvaged"]["outbox"]
