@@ -130,3 +130,22 @@ def test_salvage_reads_what_a_truncated_file_still_holds(healthy: Path, tmp_path
     checked = json.loads(surelay("doctor", "--path", str(out), "--json").stdout)
     assert checked["healthy"] is True
     assert checked["tables"]["outbox"]["readable"] == report["salvaged"]["outbox"]
+
+
+def test_doctor_checks_a_store_a_runtime_is_writing(tmp_path: Path) -> None:
+    gate = threading.Event()
+    rt = Runtime.open(tmp_path / "data", transports={"t": lambda e: gate.wait(30)})
+    try:
+        for n in range(200):
+            rt.send("t", b"x" * 500, key=f"k{n % 5}")
+        done = surelay("doctor", "--path", str(tmp_path / "data"), "--json")
+        assert done.returncode == 0, done.stdout
+        assert json.loads(done.stdout)["read_with"] == "lmdb"
+        refused = surelay(
+            "doctor", "--path", str(tmp_path / "data"), "--salvage", str(tmp_path / "out")
+        )
+        assert refused.returncode == 1
+        assert "stop them before salvaging" in refused.stderr
+    finally:
+        gate.set()
+        rt.close()
