@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 
 from surelay.errors import StorageError
 from surelay.storage import Store
-from surelay.storage.integrity import MARKER, check_data_file, parse_meta, read_meta
+from surelay.storage.integrity import MARKER, parse_meta, read_meta
 from surelay.storage.pagewalk import PageFile
+from surelay.storage.preflight import check_data_file
 
 from .damage import build, damage_outbox, run, truncate
 
@@ -42,6 +43,11 @@ except StorageError as error:
     print(error)
     sys.exit(3)
 """
+
+
+LAST_PAGE_AT = 16 + 24 + 2 * 48
+"""Where a meta page keeps the last page number: after the page header, the meta's
+magic, version, address and map size, and the free and main tables' records."""
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +77,31 @@ def test_a_healthy_store_is_marked_and_opens(healthy: Path, tmp_path: Path) -> N
     assert (path / MARKER).exists()
     check_data_file(path, new_allowed=False)
     assert run(OPEN_RUNTIME, str(path)).returncode == 0
+
+
+def test_a_file_that_ends_before_pages_no_reader_reaches_opens(
+    healthy: Path, tmp_path: Path
+) -> None:
+    """LMDB does not write pages a commit allocated and freed again, so a healthy file
+    may end before the last page its header counts. Only a page a reader may reach past
+    the end makes it truncated."""
+    path = _copy(healthy, tmp_path)
+    data = path / "data.mdb"
+    meta = read_meta(data)
+    assert meta is not None
+    with open(data, "r+b") as file:  # both meta pages count three pages more
+        for page in (0, 1):
+            at = page * meta.page_size + LAST_PAGE_AT
+            file.seek(at)
+            last = struct.unpack("<Q", file.read(8))[0]
+            file.seek(at)
+            file.write(struct.pack("<Q", last + 3))
+    again = read_meta(data)
+    assert again is not None and again.needed_bytes > data.stat().st_size
+    check_data_file(path, new_allowed=False)
+    assert run(OPEN_RUNTIME, str(path)).returncode == 0
+    truncate(path, 0.5)  # now pages a reader reaches are past the end too
+    _refused(OPEN_RUNTIME, path, "is truncated")
 
 
 def test_a_store_truncated_to_half_is_refused_not_a_sigbus(healthy: Path, tmp_path: Path) -> None:

@@ -22,9 +22,10 @@ from typing import Any
 from surelay.errors import StorageError
 from surelay.storage.codec import DecodeError, decode, decode_dedup
 from surelay.storage.environment import TABLES
-from surelay.storage.integrity import MARKER, check_data_file
+from surelay.storage.integrity import MARKER
 from surelay.storage.keys import micros
 from surelay.storage.pagewalk import Damage, PageFile
+from surelay.storage.preflight import check_data_file
 from surelay.storage.records import (
     DeadLetter,
     OutboxEntry,

@@ -25,10 +25,11 @@ from typing import Any, TypeVar
 import lmdb
 
 from surelay.errors import SchemaMismatch, StorageError, StorageFull
-from surelay.storage.integrity import check_data_file, damaged, doctor_hint, mark, read_metas
+from surelay.storage.integrity import damaged, doctor_hint, mark, read_metas
 from surelay.storage.keys import from_u64, u64
 from surelay.storage.migrations import MIGRATIONS
 from surelay.storage.pagewalk import PageFile
+from surelay.storage.preflight import check_data_file
 from surelay.storage.slots import SlotLock, holders
 from surelay.storage.space import Space
 

@@ -2,12 +2,12 @@
 
 LMDB maps `data.mdb` into memory: a file shorter than its own header says would end in
 SIGBUS at the first read past its end, and a zero-length one would be taken for a new,
-empty store. So before mapping, `check_data_file` reads the two meta pages (LMDB's
-header) with plain reads and refuses such a file with a `StorageError` naming it. A
-marker file written beside `data.mdb` once it held a store (or LMDB's lock file, left
-by any earlier open) tells a lost file from a new directory. Damage LMDB itself finds
-later (a B-tree page that is not what its parent says) becomes a `StorageError` naming
-the file too (`damaged`).
+empty store. So before mapping, `check_data_file` (`surelay.storage.preflight`) reads
+the two meta pages (LMDB's header) with plain reads and refuses such a file with a
+`StorageError` naming it. A marker file written beside `data.mdb` once it held a store
+(or LMDB's lock file, left by any earlier open) tells a lost file from a new directory.
+Damage LMDB itself finds later (a B-tree page that is not what its parent says) becomes
+a `StorageError` naming the file too (`damaged`).
 
 The meta page layout (LMDB 0.9, `MDB_meta` after a 16-byte page header, little-endian
 64-bit): magic, version, address, map size, the free and main tables' `MDB_db`
@@ -31,7 +31,6 @@ __all__ = [
     "MARKER",
     "DbRecord",
     "Meta",
-    "check_data_file",
     "damaged",
     "doctor_hint",
     "mark",
@@ -150,55 +149,6 @@ def doctor_hint(path: Path) -> str:
         f"stop the runtimes on it and run `surelay doctor --path {path}` (with "
         "`--salvage OUT` to copy what is readable into a new directory)"
     )
-
-
-def check_data_file(where: Path, *, new_allowed: bool) -> None:
-    """Refuse a `data.mdb` in `where` that LMDB would crash on or take for a new store.
-
-    `new_allowed`: the caller may create a store (a zero-length file is then a new
-    store unless the marker says the directory held one). A missing file is left to
-    the caller.
-    """
-    data_file = where / "data.mdb"
-    try:
-        size = os.stat(data_file).st_size
-    except FileNotFoundError:
-        if (where / MARKER).exists():
-            raise StorageError(
-                f"{data_file} is missing, but {where} held a surelay store ({MARKER} is "
-                "there): restore data.mdb from a backup, or move the directory aside to "
-                "start empty"
-            ) from None
-        return
-    if size == 0:
-        # LMDB's lock file or a runtime's slot lock: a store was opened here (before the
-        # marker existed, say); LMDB writes a new file's header as it creates it.
-        held = any((where / name).exists() for name in (MARKER, "lock.mdb", "owner.lock"))
-        if held or not new_allowed:
-            raise StorageError(
-                f"{data_file} is empty (0 bytes), but {where} held a surelay store: the "
-                "file was lost or truncated; restore it from a backup, or move the "
-                "directory aside to start empty"
-            )
-        return
-    try:
-        meta = read_meta(data_file)
-    except OSError as error:
-        raise StorageError(f"cannot read {data_file}: {error}") from error
-    if meta is None:
-        raise StorageError(
-            f"{data_file} is not an LMDB file or its header is damaged ({size} bytes, no "
-            f"valid meta page); {doctor_hint(where)}"
-        )
-    # Read the size again after the header: the file only grows, and LMDB writes the
-    # pages of a commit before its meta page.
-    size = os.stat(data_file).st_size
-    if size < meta.needed_bytes:
-        raise StorageError(
-            f"{data_file} is truncated: it is {size:,} bytes, but its header says it holds "
-            f"{meta.needed_bytes:,} (pages 0 to {meta.last_page} of {meta.page_size} bytes); "
-            f"{doctor_hint(where)}"
-        )
 
 
 def mark(where: Path) -> None:

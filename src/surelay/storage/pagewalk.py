@@ -154,6 +154,49 @@ class PageFile:
             damage.extend(read.damage)
         return damage
 
+    def reaches_past_end(self) -> bool:
+        """Whether a page a reader may reach lies past the end of the file (or the
+        trees are damaged): the free-page table's, the main table's and every named
+        table's branches and leaves, and their values' overflow runs (counted, not
+        read). A file shorter than its header says is a healthy store when none does:
+        LMDB does not write the pages a commit allocated and freed again, so the last
+        ones the header counts may never have reached the file."""
+        tables, damage = self.tables()
+        if damage:
+            return True
+        have = self.size // self.page_size
+        return any(
+            self._reaches(db, have) for db in (self.meta.free, self.meta.main, *tables.values())
+        )
+
+    def _reaches(self, db: DbRecord, have: int) -> bool:
+        if db.empty:
+            return False
+        read = TableRead("", db.entries)
+        stack: list[tuple[int, int]] = [(db.root, 0)]
+        seen: set[int] = set()
+        while stack:
+            pgno, depth = stack.pop()
+            if _again(pgno, seen, read):
+                return True
+            page = self._page(pgno, depth, read)  # None: past the end, or damaged
+            if page is None:
+                return True
+            flags, nodes, raw = page
+            for at in nodes:
+                lo, hi, top, ksize = _NODE.unpack_from(raw, at)
+                if flags & P_BRANCH:
+                    stack.append((lo | hi << 16 | top << 32, depth + 1))
+                elif top & F_BIGDATA:  # (a leaf node's flags)
+                    data_at = at + _NODE.size + ksize
+                    if data_at + 8 > self.page_size:
+                        return True
+                    first = struct.unpack_from("<Q", raw, data_at)[0]
+                    count = -(-((lo | hi << 16) + PAGE_HEADER) // self.page_size)
+                    if first + count > have:
+                        return True
+        return False
+
     def _leaf_header(self, pgno: int, read: TableRead) -> None:
         if pgno > self.meta.last_page or (pgno + 1) * self.page_size > self.size:
             read.damage.append(Damage(read.name, pgno, "past the end of the file (truncated)"))
