@@ -121,9 +121,7 @@ class Window:
     def wants_more(self, held: int) -> bool:
         """Spilled and drained enough to read more."""
         return (
-            self.spilled
-            and held < self.limits.refill_below
-            and self.bytes < self.limits.bytes // 2
+            self.spilled and held < self.limits.refill_below and self.bytes < self.limits.bytes // 2
         )
 
     def spill(self, after: int) -> None:
