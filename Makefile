@@ -46,6 +46,7 @@ bench: $(DEV_STAMP)
 	$(BIN)/python benchmarks/hosts.py
 	$(BIN)/python benchmarks/jetstream.py
 	$(BIN)/python benchmarks/console.py
+	$(BIN)/python benchmarks/backlog.py
 
 clean:
 	rm -rf $(VENV) surelay-data .mypy_cache .pytest_cache .ruff_cache .hypothesis

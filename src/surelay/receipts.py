@@ -9,6 +9,7 @@ import enum
 import math
 import threading
 import time
+import weakref
 from collections.abc import Callable, Generator, Iterable
 from typing import Any
 
@@ -37,7 +38,7 @@ class Outcome(enum.Enum):
 class Receipt:
     """The handle `send` returns for one accepted message."""
 
-    __slots__ = ("_callbacks", "_outcome", "_tracker", "message_id")
+    __slots__ = ("__weakref__", "_callbacks", "_outcome", "_tracker", "message_id")
 
     def __init__(self, message_id: str, tracker: Tracker) -> None:
         self.message_id = message_id
@@ -93,12 +94,17 @@ class Tracker:
     """Accepted messages that have not ended, with their receipts.
 
     Thread-safe. A message is added before it is dispatched and completed once its
-    outcome is durable, so `pending == 0` means nothing accepted is still waiting.
+    outcome is durable. `pending` counts the messages held in memory: a message whose
+    partition's window is full waits on disk only (`spill`), its receipt kept weakly
+    (so a host that drops its receipts keeps nothing of a backlog in memory), and the
+    partition's hold keeps the tracker from being empty until it is streamed back in.
     """
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
         self._pending: dict[str, Receipt | None] = {}
+        self._spilled: weakref.WeakValueDictionary[str, Receipt] = weakref.WeakValueDictionary()
+        """Receipts of messages waiting on disk only, while their host keeps them."""
         self._holds: set[str] = set()
         """Work that is not a tracked message but keeps the tracker from being empty:
         a partition whose backlog is still on disk, not yet streamed into memory."""
@@ -118,12 +124,24 @@ class Tracker:
             if receipts:
                 self._pending.update(zip(ids, made, strict=True))
             else:
-                for message_id in ids:
-                    self._pending.setdefault(message_id, None)
+                spilled = self._spilled
+                for message_id in ids:  # back from disk: its receipt, if still held
+                    if message_id not in self._pending:
+                        self._pending[message_id] = spilled.pop(message_id, None)
         return made
 
+    def spill(self, message_ids: Iterable[str]) -> None:
+        """These messages wait on disk only, no longer in memory: keep their receipts
+        weakly (a partition hold keeps the tracker from being empty meanwhile)."""
+        with self._cond:
+            for message_id in message_ids:
+                if message_id in self._pending:
+                    receipt = self._pending.pop(message_id)
+                    if receipt is not None:
+                        self._spilled[message_id] = receipt
+
     def still_pending(self, message_ids: Iterable[str]) -> list[str]:
-        """Those of `message_ids` that have not ended yet."""
+        """Those of `message_ids` that are still held in memory, not ended."""
         with self._cond:
             pending = self._pending
             return [m for m in message_ids if m in pending]

@@ -77,12 +77,17 @@ class PressureGovernor(AlarmOwner):
         }
         counters = hub.counters.snapshot()
         ended = sum(counters[name] for name in _ENDED)
-        state.drain = self._drain(now, ended, busy=in_flight > 0)
-        ratio = in_flight / policy.capacity
+        # The level is about the work in hand: what memory holds, or the backlog on disk
+        # when that is larger (messages past the window wait there, not counted by the
+        # tracker). A backlog that outgrows the capacity sheds LOW; NORMAL and HIGH go on
+        # into the outbox, bounded by the disk, since the hard bound counts memory only.
+        work = max(in_flight, depths["outbox_pending"])
+        state.drain = self._drain(now, ended, busy=work > 0)
+        ratio = work / policy.capacity
         level = next_level(state.level, ratio, policy)
         state.depths = depths
         state.ratio = ratio
-        state.retry_after = retry_after(in_flight, policy, state.drain, state.measured_for)
+        state.retry_after = retry_after(work, policy, state.drain, state.measured_for)
         if level != state.level:
             self._transition(state.level, level, depths, ratio)
             state.level = level

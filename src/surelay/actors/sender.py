@@ -206,19 +206,24 @@ class Sender(Actor):
             self._take_in(entries, remember=False)
             return
         taken: list[OutboxEntry] = []
+        left: list[str] = []
+        pending = set(self._hub.tracker.still_pending(e.envelope.message_id for e in entries))
         for entry in entries:
             seq = entry.seq
-            if seq <= window.horizon or entry.envelope.message_id in window.known:
-                continue  # a scan took it in already (or saw it ended)
+            message_id = entry.envelope.message_id
+            if message_id in window.known or message_id not in pending:
+                continue  # a scan took it in already (or it ended since)
+            if not window.spilled and window.full(len(state.queue) + len(taken)):
+                self._spill(seq - 1)
             if window.spilled:
                 if seq <= window.cursor:
                     window.cursor = seq - 1  # handed over late: the scan goes back for it
-                continue
-            if window.full(len(state.queue) + len(taken)):
-                self._spill(seq - 1)
+                left.append(message_id)
                 continue
             taken.append(entry)
         self._take_in(taken, remember=True)
+        if left:  # on disk only now: memory (and pressure) no longer count them
+            self._hub.tracker.spill(left)
 
     def _take_in(
         self, entries: list[OutboxEntry] | tuple[OutboxEntry, ...], *, remember: bool
@@ -232,9 +237,10 @@ class Sender(Actor):
             if remember:
                 window.known.add(entry.envelope.message_id)
             window.bytes += len(entry.envelope.payload)
-            window.loaded_upto = max(window.loaded_upto, entry.seq)
             if queue.add(entry):
                 self._head(entry, now)
+        if remember:
+            self._forget_ended()  # (never between a scan's read and its use of `known`)
 
     def _spill(self, after: int) -> None:
         state = self._state
@@ -251,11 +257,9 @@ class Sender(Actor):
         state = self._state
         window = state.window
         store = hub.store
-        self._forget_ended()
         room = window.limits.messages - len(state.queue)
         room_bytes = window.limits.bytes - window.bytes
         with store.read() as txn:
-            horizon = store.outbox.last_seq(txn)
             rows, ended = store.outbox.window(
                 txn, state.partition, after=window.cursor, looked=LOOK_MAX, max_bytes=room_bytes
             )
@@ -285,7 +289,7 @@ class Sender(Actor):
             hub.tracker.add((e.envelope.message_id for e in taken), receipts=False)
             self._take_in(taken, remember=True)
         if ended:
-            window.caught_up(horizon)
+            window.caught_up()
             hub.tracker.release(hold_name(state.partition))
         elif window.wants_more(len(state.queue)) and not state.refill_queued:
             state.refill_queued = True

@@ -13,12 +13,14 @@ The rules, which keep every entry of the partition either in memory, ended, or a
 the cursor:
 
 - A scan reads the partition's range after `cursor` in acceptance order; entries the
-  sender already holds (or whose end is not yet durable) are skipped. A scan that reaches
-  the range's end makes the partition live again, with `horizon` = the highest sequence
-  number accepted when it read: a later `Deliver` of an entry at or below it was seen by
-  the scan and is ignored.
-- Spilled, a `Deliver` is dropped (its entries are on disk); one below the cursor (a
-  commit whose hand-over came late) moves the cursor back to it.
+  sender has taken in (`known`: held, or their end not yet durable) are skipped. A scan
+  that reaches the range's end makes the partition live again.
+- A `Deliver` of an entry already taken in (by a scan), or already ended, is ignored:
+  hand-overs come from several threads (a send's caller, the writer, a host
+  transaction), so one may arrive late, after a scan took its entry in.
+- Spilled, any other `Deliver` is dropped (its entries are on disk; their receipts are
+  kept weakly, so memory holds none of a backlog); one below the cursor (a hand-over
+  that came late) moves the cursor back to it.
 - `Wake(after)`: entries may be on disk below the cursor (adopted from a dead runtime's
   slot, or of a transport added since): spill and move the cursor back to `after`.
 
@@ -103,11 +105,6 @@ class Window:
     spilled: bool = False
     cursor: int = 0
     """Spilled: the next scan reads entries after this sequence number."""
-    horizon: int = 0
-    """Entries at or below this sequence number were seen by a scan that reached the
-    range's end: their `Deliver`s come late and are ignored."""
-    loaded_upto: int = 0
-    """The highest sequence number taken in (by `Deliver` or by a scan)."""
     orphans_upto: int = 0
     """Orphans at or below this sequence number are counted already."""
     bytes: int = 0
@@ -129,11 +126,9 @@ class Window:
         self.cursor = min(self.cursor, after) if self.spilled else after
         self.spilled = True
 
-    def caught_up(self, horizon: int) -> None:
-        """A scan reached the range's end at `horizon`: live again."""
+    def caught_up(self) -> None:
+        """A scan reached the range's end: live again."""
         self.spilled = False
-        self.horizon = max(self.horizon, horizon)
-        self.loaded_upto = max(self.loaded_upto, horizon)
 
 
 class Orphans:

@@ -283,11 +283,6 @@ class Outbox:
             OutboxEntry, "outbox", location(self.slot, partition, seq), raw, self._report
         )
 
-    def last_seq(self, txn: Txn) -> int:
-        """The highest sequence number accepted so far, in any slot."""
-        raw = txn.get(b"outbox_seq", db=self._meta)
-        return from_u64(raw) if raw is not None else 0
-
     def adopt(
         self,
         txn: Txn,
@@ -306,7 +301,8 @@ class Outbox:
         moved and the lowest sequence number moved there (so the partition's sender can
         stream them), and where to go on from (None: nothing of `slot` is left to look
         at). An entry that does not decode is moved too (to its old partition), and
-        reported. Memory holds one chunk, never the slot's backlog."""
+        reported, but not counted in the partitions' moves (no sender can deliver it).
+        Memory holds one chunk, never the slot's backlog."""
         if slot == self.slot:
             raise ValueError(f"slot {slot} is this outbox's own")
         theirs = u16(slot)
@@ -348,6 +344,8 @@ class Outbox:
                     when = micros(entry.due_at)
                     txn.delete(when + old, db=self._due)
                     txn.put(when + new, b"", db=self._due)
+            if entry is None:
+                continue  # moved, reported, never delivered: nothing to wake a sender for
             count, lowest = moves.get(partition, (0, seq))
             moves[partition] = (count + 1, min(lowest, seq))
         following = None if ended or last is None else last + b"\x00"
