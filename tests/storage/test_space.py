@@ -9,12 +9,13 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+import lmdb
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from surelay.envelope import Envelope
-from surelay.errors import StorageFull
+from surelay.errors import StorageError, StorageFull
 from surelay.storage import Store
 from surelay.storage.records import ReplayRequest
 from surelay.storage.space import RESERVE_CEILING, RESERVE_FLOOR, entry_bytes, reserve_for
@@ -226,3 +227,47 @@ def test_a_store_at_the_line_does_not_flap_in_the_log(
         if "is full" in r.getMessage() or "has room again" in r.getMessage()
     ]
     assert len(changes) <= 2, changes
+
+
+class _FailingCommits:
+    """A write transaction whose commit fails (as LMDB reports an I/O error) while
+    `failures` says so; everything else is the real transaction."""
+
+    def __init__(self, txn: Any, failures: list[int]) -> None:
+        self._txn = txn
+        self._failures = failures
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._txn, name)
+
+    def commit(self) -> None:
+        if self._failures[0] > 0:
+            self._failures[0] -= 1
+            self._txn.abort()
+            raise lmdb.DiskError("mdb_txn_commit: Input/output error")
+        self._txn.commit()
+
+
+def test_a_freeing_write_outlives_a_passing_io_error_and_an_adding_one_is_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Store.open(tmp_path / "d", map_size=1 << 20) as store:
+        env = store.env
+        begin = env._begin
+        failures = [2]
+
+        def failing_begin(*, write: bool) -> Any:
+            txn = begin(write=write)
+            return _FailingCommits(txn, failures) if write else txn
+
+        monkeypatch.setattr(env, "_begin", failing_begin)
+        meta = env.db("meta")
+        # recording a delivery, say: it must land once commits work again
+        freeing = store.write(lambda txn: txn.put(b"settled", b"1", db=meta))
+        assert freeing.result(10) is True
+        assert failures == [0]
+        with store.read() as txn:
+            assert txn.get(b"settled", db=meta) == b"1"
+        failures[0] = 1
+        with pytest.raises(StorageError, match="Input/output error"):
+            store.enqueue([(Envelope("m", "t", b"x"), 0)]).result(10)

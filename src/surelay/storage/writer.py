@@ -224,8 +224,21 @@ class GroupCommitWriter:
             except Exception as error:  # LMDB itself failed: nothing in the batch landed
                 self._set_failing(error)
                 wrapped = StorageError(f"commit to {self._env.path} failed: {error}")
+                # A write that frees space (a delivery recorded, a dead letter, a delete)
+                # must land in the end whatever went wrong (an I/O error that passes, a
+                # disk freed meanwhile), or what it settles is sent again: it waits and is
+                # tried again. A write that adds data fails (its caller is told), and so
+                # does everything once the store is damaged or closing.
+                again = (
+                    isinstance(error, lmdb.Error)
+                    and damaged(error, self._env.path) is None
+                    and not self._last_try
+                )
                 for request in pending:
-                    request.future.set_exception(wrapped)
+                    if again and not request.adds:
+                        self._wait(request)
+                    else:
+                        request.future.set_exception(wrapped)
                 return
             self.commits += 1
             self.operations += len(pending)
@@ -247,15 +260,10 @@ class GroupCommitWriter:
                     self._space.refused(str(error))
                 request.future.set_exception(error)
                 return
-            request.tries += 1
             self._set_stuck(True, error)
-            if self._quiet and request.tries >= _STUCK_TRIES:
+            if self._quiet and request.tries + 1 >= _STUCK_TRIES:
                 self._announce_stuck(error)  # a quiet wait that lasts is said after all
-            delay = backoff(request.tries)
-            with self._lock:
-                heapq.heappush(
-                    self._waiting, (time.monotonic() + delay, next(self._order), request)
-                )
+            self._wait(request)
             self._tick()
             return
         adding = [r for r in pending if r.adds]
@@ -267,6 +275,13 @@ class GroupCommitWriter:
                 self._commit_running([request])
         for request in adding:
             self._commit_running([request])
+
+    def _wait(self, request: _Request) -> None:
+        """Try `request` again after a back-off that grows with its tries."""
+        request.tries += 1
+        delay = backoff(request.tries)
+        with self._lock:
+            heapq.heappush(self._waiting, (time.monotonic() + delay, next(self._order), request))
 
     def _run_batch(self, pending: list[_Request]) -> list[Any]:
         """Run `pending` in one transaction; `_NoRoom` when it does not fit once the map
