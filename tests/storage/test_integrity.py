@@ -4,10 +4,12 @@ killing pytest."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import struct
 import tempfile
+import time
 from pathlib import Path
 
 import lmdb
@@ -123,7 +125,20 @@ def test_an_emptied_store_of_an_older_release_is_refused_too(healthy: Path, tmp_
     path = _copy(healthy, tmp_path)
     (path / MARKER).unlink()  # written since this release only
     truncate(path, 0)
+    an_hour_ago = time.time() - 3600
+    os.utime(path / "lock.mdb", (an_hour_ago, an_hour_ago))  # a store used for a while
     _refused(OPEN_RUNTIME, path, "is empty (0 bytes)")
+
+
+def test_an_empty_file_beside_a_young_lock_is_a_first_open_under_way(tmp_path: Path) -> None:
+    """Workers of a web server opening a new directory at once: one may see data.mdb
+    still empty beside LMDB's new lock file; that is a new store, not a lost one."""
+    path = tmp_path / "data"
+    path.mkdir()
+    (path / "data.mdb").write_bytes(b"")
+    (path / "lock.mdb").write_bytes(b"")
+    check_data_file(path, new_allowed=True)
+    assert run(OPEN_RUNTIME, str(path)).returncode == 0
 
 
 def test_a_lost_data_file_is_refused_where_the_directory_held_one(

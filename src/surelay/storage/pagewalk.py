@@ -136,7 +136,10 @@ class PageFile:
             seen: set[int] = set()
             while todo:
                 pgno, depth = todo.pop()
-                if _again(pgno, seen, read):
+                # Only branches are remembered (a loop of branches would never end; the
+                # depth bounds the rest): a set of every leaf would cost memory in
+                # proportion to the store at every open.
+                if depth + 1 < db.depth and _again(pgno, seen, read):
                     continue
                 if depth + 1 < db.depth:  # a branch
                     page = self._page(pgno, depth, read)
@@ -155,15 +158,13 @@ class PageFile:
         return damage
 
     def reaches_past_end(self) -> bool:
-        """Whether a page a reader may reach lies past the end of the file (or the
-        trees are damaged): the free-page table's, the main table's and every named
+        """Whether a page a reader may reach lies past the end of the file: the
+        free-page table's, the main table's and every named
         table's branches and leaves, and their values' overflow runs (counted, not
         read). A file shorter than its header says is a healthy store when none does:
         LMDB does not write the pages a commit allocated and freed again, so the last
         ones the header counts may never have reached the file."""
-        tables, damage = self.tables()
-        if damage:
-            return True
+        tables, _damage = self.tables()  # damage is not truncation: LMDB's checks judge it
         have = self.size // self.page_size
         return any(
             self._reaches(db, have) for db in (self.meta.free, self.meta.main, *tables.values())
@@ -177,11 +178,13 @@ class PageFile:
         seen: set[int] = set()
         while stack:
             pgno, depth = stack.pop()
+            if pgno >= have:
+                return True
             if _again(pgno, seen, read):
-                return True
-            page = self._page(pgno, depth, read)  # None: past the end, or damaged
-            if page is None:
-                return True
+                continue
+            page = self._page(pgno, depth, read)  # None: damaged (a page being reused by
+            if page is None:  # a writer, or real damage, which LMDB's own checks report)
+                continue
             flags, nodes, raw = page
             for at in nodes:
                 lo, hi, top, ksize = _NODE.unpack_from(raw, at)
@@ -190,7 +193,7 @@ class PageFile:
                 elif top & F_BIGDATA:  # (a leaf node's flags)
                     data_at = at + _NODE.size + ksize
                     if data_at + 8 > self.page_size:
-                        return True
+                        continue
                     first = struct.unpack_from("<Q", raw, data_at)[0]
                     count = -(-((lo | hi << 16) + PAGE_HEADER) // self.page_size)
                     if first + count > have:

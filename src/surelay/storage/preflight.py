@@ -9,6 +9,7 @@ is checked with plain reads (`PageFile.reaches_past_end`), which only such a fil
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from surelay.errors import StorageError
@@ -37,10 +38,11 @@ def check_data_file(where: Path, *, new_allowed: bool) -> None:
             ) from None
         return
     if size == 0:
-        # LMDB's lock file or a runtime's slot lock: a store was opened here (before the
-        # marker existed, say); LMDB writes a new file's header as it creates it.
-        held = any((where / name).exists() for name in (MARKER, "lock.mdb", "owner.lock"))
-        if held or not new_allowed:
+        # The marker (written once an open has succeeded) says a store was here; for a
+        # directory of a release before it, LMDB's lock file does, once it is older than
+        # a first open takes: while one is still writing the new file's header (other
+        # workers of a web server opening a new directory at once), it is young.
+        if (where / MARKER).exists() or _old(where / "lock.mdb") or not new_allowed:
             raise StorageError(
                 f"{data_file} is empty (0 bytes), but {where} held a surelay store: the "
                 "file was lost or truncated; restore it from a backup, or move the "
@@ -59,7 +61,7 @@ def check_data_file(where: Path, *, new_allowed: bool) -> None:
     # Read the size again after the header: the file only grows, and LMDB writes the
     # pages of a commit before its meta page.
     size = os.stat(data_file).st_size
-    if size < meta.needed_bytes and _reaches_past_end(data_file, meta):
+    if size < meta.needed_bytes and _truncated(data_file, meta):
         raise StorageError(
             f"{data_file} is truncated: it is {size:,} bytes, but its header says it holds "
             f"{meta.needed_bytes:,} (pages 0 to {meta.last_page} of {meta.page_size} bytes); "
@@ -67,6 +69,30 @@ def check_data_file(where: Path, *, new_allowed: bool) -> None:
         )
 
 
-def _reaches_past_end(data_file: Path, meta: Meta) -> bool:
-    with PageFile(open(data_file, "rb"), data_file, meta) as pages:  # closed on exit
-        return pages.reaches_past_end()
+def _truncated(data_file: Path, meta: Meta) -> bool:
+    """Whether a page a reader reaches lies past the end of the file. Another process
+    may be writing the store meanwhile (pages of this state reused by a later commit),
+    so a walk that saw the state change is done again from the new one, up to a few
+    times; one that keeps seeing it change trusts the header's counts no further than
+    the last walk."""
+    for _ in range(3):
+        with PageFile(open(data_file, "rb"), data_file, meta) as pages:  # closed on exit
+            past = pages.reaches_past_end()
+        again = read_meta(data_file)
+        if again is None or again.txnid == meta.txnid:
+            return past
+        meta = again
+        if os.stat(data_file).st_size >= meta.needed_bytes:
+            return False
+    return past
+
+
+FIRST_OPEN = 60.0
+"""Seconds: a lock file older than this was not made by a first open still under way."""
+
+
+def _old(path: Path) -> bool:
+    try:
+        return time.time() - os.stat(path).st_mtime > FIRST_OPEN
+    except FileNotFoundError:
+        return False
