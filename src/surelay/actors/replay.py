@@ -29,7 +29,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping, Set
+from collections.abc import Mapping, Sequence, Set
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -372,10 +372,11 @@ class ReplayCoordinator(AlarmOwner):
 
     def _ready(self, request: ReplayRequest) -> frozenset[str] | None:
         """Whether this runtime takes pending `request` now: None to leave it (another
-        live runtime offers a transport it needs that this one lacks, or one may still
-        come within `OFFER_GRACE`), else the transports no live runtime offers (empty:
-        this runtime has every one it needs)."""
-        lacking = self._lacking(request)
+        live runtime offers every transport it needs, or one may still come within
+        `OFFER_GRACE`), else the transports whose records it refuses (empty: this
+        runtime has every one it needs)."""
+        needed = self._needed(request)
+        lacking = needed - set(self._hub.transports)
         if not lacking:
             self._unoffered_since.pop(request.id, None)
             return frozenset()
@@ -383,38 +384,37 @@ class ReplayCoordinator(AlarmOwner):
         others = holders(store.path)
         others.pop(store.slot, None)
         with store.read() as txn:
-            offered = store.status.offered(txn, others)
+            offers = store.status.offers(txn, others)
         now = self._hub.config.clock()
-        if lacking <= offered:
+        if any(needed <= offer for offer in offers):
             self._unoffered_since.pop(request.id, None)
             waited = 0.0
         else:
             waited = now - self._unoffered_since.setdefault(request.id, now)
-        unoffered = refusing(lacking, offered, waited)
+        unoffered = refusing(needed, lacking, offers, waited)
         if unoffered is None:
             self._say_deferred(request, lacking)
             return None
         self._unoffered_since.pop(request.id, None)
         logger.warning(
-            "replay request %s: no runtime on the directory has offered transport(s) %s "
-            "for %gs; its records for them are refused",
+            "replay request %s: no runtime on the directory has offered every transport it "
+            "needs for %gs; this one carries it out and refuses its records for %s",
             request.id,
-            ", ".join(sorted(unoffered)),
             OFFER_GRACE,
+            ", ".join(sorted(unoffered)),
         )
         return frozenset(unoffered)
 
-    def _lacking(self, request: ReplayRequest) -> set[str]:
-        """The transports of the records `request` names that this runtime lacks (a
-        consumer's handler, for one, exists only once `rt.consume` ran)."""
-        transports = self._hub.transports
+    def _needed(self, request: ReplayRequest) -> set[str]:
+        """The transports of the records `request` names (as far as it names them: a
+        request by filter without a transport needs whatever this runtime has)."""
         store = self._hub.store
         with store.read() as txn:
             if request.ids is not None:
                 records = (store.dead_letters.get(txn, i) for i in request.ids)
-                return {r.transport for r in records if r is not None} - set(transports)
+                return {r.transport for r in records if r is not None}
         wanted = request.filters.get("transport")
-        return {wanted} - set(transports) if wanted is not None else set()
+        return {wanted} if wanted is not None else set()
 
     def _say_deferred(self, request: ReplayRequest, lacking: set[str]) -> None:
         if request.id not in self._deferred:
@@ -479,18 +479,24 @@ class ReplayCoordinator(AlarmOwner):
         store.write(put).add_done_callback(_log_failure(request.id))
 
 
-def refusing(lacking: Set[str], offered: Set[str], waited: float) -> frozenset[str] | None:
-    """Whether a runtime lacking the transports `lacking` of a pending request takes it
-    now, `offered` being what the other live runtimes offer and `waited` the seconds
-    since some of `lacking` was last offered by none: None to leave it for now, else the
-    transports whose records it refuses. A runtime lacking more than what nobody offers
-    waits a second grace, so that one lacking fewer takes the request first (and a
-    request split between runtimes still ends)."""
-    unoffered = frozenset(lacking - offered)
-    if not unoffered:
-        return None if lacking else unoffered  # another runtime has them: it takes it
-    grace = OFFER_GRACE if unoffered == lacking else 2 * OFFER_GRACE
-    return unoffered if waited >= grace else None
+def refusing(
+    needed: Set[str], lacking: Set[str], others: Sequence[Set[str]], waited: float
+) -> frozenset[str] | None:
+    """Whether a runtime lacking the transports `lacking` of the `needed` ones of a
+    pending request takes it now, `others` being what each other live runtime offers and
+    `waited` the seconds since no runtime offered every needed one: None to leave it for
+    now, else the transports whose records it refuses. A request is carried out by one
+    runtime: one offering all it needs takes it at once; failing that, after
+    `OFFER_GRACE` (a consumer registered after open may still come) the runtime lacking
+    fewest takes it, and one lacking more waits a second grace (in case that one is gone),
+    so a request split between runtimes still ends."""
+    if not lacking:
+        return frozenset()
+    if any(needed <= offer for offer in others):
+        return None  # that runtime takes it
+    fewest = min((len(needed - offer) for offer in others), default=len(lacking))
+    grace = OFFER_GRACE if len(lacking) <= fewest else 2 * OFFER_GRACE
+    return frozenset(lacking) if waited >= grace else None
 
 
 def _log_failure(request_id: str) -> Any:

@@ -56,11 +56,11 @@ class RuntimeStatus:
                 out[slot] = status
         return out
 
-    def offered(self, txn: Txn, live: Mapping[int, int]) -> set[str]:
-        """The transports the live runtimes publish that they offer. `live`: the held
-        slots and their holders' pids (`surelay.storage.slots.holders`); a status left by
-        an earlier holder of a slot (another pid) does not count."""
-        out: set[str] = set()
+    def offers(self, txn: Txn, live: Mapping[int, int]) -> list[frozenset[str]]:
+        """What each live runtime publishes that it offers. `live`: the held slots and
+        their holders' pids (`surelay.storage.slots.holders`); a status left by an
+        earlier holder of a slot (another pid) does not count."""
+        out: list[frozenset[str]] = []
         for slot, pid in live.items():
             try:
                 status = self.get(txn, slot)
@@ -70,7 +70,7 @@ class RuntimeStatus:
                 continue
             names = status.get("transports")
             if isinstance(names, list):
-                out.update(name for name in names if isinstance(name, str))
+                out.append(frozenset(name for name in names if isinstance(name, str)))
         return out
 
     def _decode(self, raw: Any) -> dict[str, Any] | None:
