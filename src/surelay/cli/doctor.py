@@ -10,6 +10,7 @@ import click
 from rich.table import Table
 
 from surelay.cli.common import emit_json, json_option, out_console, path_option
+from surelay.cli.escape import printable, text
 from surelay.storage.checkup import Examination, Salvaged, examine, salvage
 
 __all__ = ["doctor"]
@@ -48,8 +49,11 @@ def _print(found: Examination, out: Path | None, saved: Salvaged | None) -> None
     for column in ("table", "expected", "readable", "undecodable"):
         table.add_column(column, justify="left" if column == "table" else "right")
     for check in found.tables:
-        table.add_row(
-            check.name, f"{check.expected:,}", f"{check.readable:,}", f"{check.undecodable:,}"
+        table.add_row(  # a table's name is read from a file that may be damaged
+            text(check.name),
+            f"{check.expected:,}",
+            f"{check.readable:,}",
+            f"{check.undecodable:,}",
         )
     out_console.print(table)
     out_console.print(
@@ -57,10 +61,11 @@ def _print(found: Examination, out: Path | None, saved: Salvaged | None) -> None
         markup=False,
     )
     for problem in found.problems:
-        out_console.print(f"problem: {problem}", markup=False)
+        out_console.print(f"problem: {printable(problem)}", markup=False)
     for damage in found.damage[:20]:
         out_console.print(
-            f"damaged: table {damage.table!r}, page {damage.page}: {damage.why}", markup=False
+            printable(f"damaged: table {damage.table!r}, page {damage.page}: {damage.why}"),
+            markup=False,
         )
     if len(found.damage) > 20:
         out_console.print(f"... and {len(found.damage) - 20} more damaged pages")
