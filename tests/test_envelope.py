@@ -48,6 +48,7 @@ FRAMING = [
     "Upgrade",
     "TE",
     "Trailer",
+    "Expect",
     "Proxy-Authorization",
     "proxy-connection",
 ]

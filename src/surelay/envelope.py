@@ -127,11 +127,13 @@ FRAMING_HEADERS = frozenset(
         "upgrade",
         "te",
         "trailer",
+        "expect",
     }
 )
 """Header names (lower case) that decide an HTTP request's framing or routing, or are
 hop-by-hop: an HTTP transport sets them itself, and a message may not carry them (nor
-any `Proxy-*`), since a forwarded one could smuggle a second request."""
+any `Proxy-*`), since a forwarded one could smuggle a second request (`Expect` would
+make the client wait for an interim answer before sending the body)."""
 
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 """Control characters (C0 but HTAB, DEL, C1): CR, LF and NUL would break a request line."""
@@ -142,7 +144,7 @@ _SURROGATE = re.compile(r"[\ud800-\udfff]")
 def is_framing_header(name: str) -> bool:
     """True for a framing, routing or hop-by-hop header name (any case): `Host`,
     `Content-Length`, `Transfer-Encoding`, `Connection`, `Keep-Alive`, `Upgrade`, `TE`,
-    `Trailer` and `Proxy-*`."""
+    `Trailer`, `Expect` and `Proxy-*`."""
     lowered = name.lower()
     return lowered in FRAMING_HEADERS or lowered.startswith("proxy-")
 

@@ -32,11 +32,12 @@ FRAMING = {
     "Upgrade": "h2c",
     "TE": "trailers",
     "Trailer": "X-After",
+    "Expect": "100-continue",
     "Proxy-Authorization": "Basic eDp5",
     "proxy-connection": "keep-alive",
 }
 HOP_BY_HOP = {"te", "trailer", "upgrade", "keep-alive", "proxy-authorization"}
-HOP_BY_HOP |= {"proxy-connection"}
+HOP_BY_HOP |= {"proxy-connection", "expect"}
 
 
 @pytest.fixture(params=[HttpTransport, AsyncHttpTransport], ids=["sync", "async"])

@@ -52,6 +52,29 @@ def test_a_message_is_stored_with_its_headers(server: NatsServer, tmp_path: Path
     assert headers["x-tenant"] == "a"
 
 
+def test_a_producers_nats_headers_do_not_steer_the_stream(
+    server: NatsServer, tmp_path: Path
+) -> None:
+    transport = JetStreamTransport(server.url, "orders.new")
+    steering = {
+        "Nats-Expected-Last-Sequence": "999",
+        "nats-rollup": "all",
+        "Nats-TTL": "1s",
+        "Nats-Msg-Id": "theirs",
+    }
+    with Runtime.open(tmp_path / "d", transports={"js": transport}) as rt:
+        first = rt.send("js", b"one", idempotency_key="one")
+        second = rt.send("js", b"two", idempotency_key="two", headers=steering)
+        assert first.wait(10) is second.wait(10) is Outcome.DELIVERED
+    stored = stream_messages(server.url, "ORDERS")
+    assert [m.data for m in stored] == [b"one", b"two"]
+    headers = stored[1].headers or {}
+    assert headers["Nats-Msg-Id"] == "two"
+    assert not [
+        name for name in headers if name.lower().startswith("nats-") and name != "Nats-Msg-Id"
+    ]
+
+
 def test_the_same_envelope_published_twice_is_stored_once(server: NatsServer) -> None:
     transport = JetStreamTransport(server.url, "orders.new")
     envelope = Envelope("m1", "js", b"once", idempotency_key="k1")

@@ -4,8 +4,8 @@ A call returns once the server's publish ack says the message is stored. `Nats-M
 is the envelope's idempotency key, so a re-publish (a retry after a lost ack, a replay)
 within the stream's duplicate window is dropped by the server, not stored twice. The
 envelope's headers travel as NATS headers (its `traceparent` that of the attempt's
-`surelay.deliver` span when the runtime calls), with `Surelay-Message-Id`,
-`Surelay-Key` and `Surelay-Attempt`.
+`surelay.deliver` span when the runtime calls; its `Nats-*` headers, which would steer
+the stream, dropped), with `Surelay-Message-Id`, `Surelay-Key` and `Surelay-Attempt`.
 
 Outcomes: stored (or a duplicate the stream already holds) is delivered. Permanent,
 with a reason that says which: a subject no stream captures, a message JetStream
@@ -130,7 +130,9 @@ class JetStreamTransport:
             raise PermanentError(f"subject_for gave {subject!r}, not a subject")
         js = await self._jetstream()
         headers = {
-            **envelope.headers,
+            # a producer's `Nats-*` headers would steer the stream (roll it up, expect
+            # another last sequence, give the message a TTL): the server's, not theirs
+            **{k: v for k, v in envelope.headers.items() if not k.lower().startswith("nats-")},
             **current_traceparent(),  # the attempt's span, when the runtime calls
             "Nats-Msg-Id": envelope.idempotency_key,
             "Surelay-Message-Id": envelope.message_id,
