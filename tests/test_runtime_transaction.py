@@ -98,3 +98,19 @@ def test_asend_without_txn_inside_a_transaction_is_refused(tmp_path: Path) -> No
     with open_runtime(tmp_path, {"t": sink}) as rt:
         in_thread(lambda: asyncio.run(main(rt)))
     assert sink.payloads() == [b"inside"]
+
+
+def test_a_flush_inside_a_transaction_is_refused_not_a_deadlock(tmp_path: Path) -> None:
+    """What flush waits for (the delivery's record) needs the block's write lock."""
+    sink = Recorder()
+    with open_runtime(tmp_path, {"t": sink}) as rt:
+
+        def body() -> None:
+            with rt.transaction() as txn:
+                rt.send("t", b"inside", txn=txn)
+                with pytest.raises(RuntimeError, match=r"flush\(\) inside rt.transaction"):
+                    rt.flush()
+            assert rt.flush(5)
+
+        in_thread(body)
+    assert sink.payloads() == [b"inside"]

@@ -794,14 +794,19 @@ class Runtime:
             )
         return envelopes
 
-    def _refuse_inside_transaction(self) -> None:
-        """A send without `txn=` by a thread inside `transaction()` would wait for ever
-        for the write lock its own transaction holds (and hold every writer meanwhile)."""
+    def _refuse_inside_transaction(self, what: str = "send without txn=") -> None:
+        """A send without `txn=` (or a flush) by a thread inside `transaction()` would
+        wait for ever for the write lock its own transaction holds (and hold every writer
+        meanwhile)."""
         if threading.get_ident() in self._txn_threads:
+            hint = (
+                "pass txn=txn to put the message in that transaction, or send after the block"
+                if what.startswith("send")
+                else "call it after the block"
+            )
             raise RuntimeError(
-                "send without txn= inside rt.transaction() on the same thread would wait "
-                "for ever for the write lock that transaction holds: pass txn=txn to put the "
-                "message in that transaction, or send after the block"
+                f"{what} inside rt.transaction() on the same thread would wait for ever "
+                f"for the write lock that transaction holds: {hint}"
             )
 
     def _accept(self, checked: list[_Checked], txn: Txn | None) -> list[Receipt]:
@@ -1139,9 +1144,11 @@ class Runtime:
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until nothing accepted is still waiting for delivery, retry or
         dead-lettering; False if `timeout` seconds pass first. Raises `ValueError` for a
-        timeout that is not seconds >= 0 or None."""
+        timeout that is not seconds >= 0 or None, and `RuntimeError` inside
+        `transaction()` on the same thread (what it waits for needs that block's lock)."""
         self._refuse_if_forked()
         _check_timeout(timeout)
+        self._refuse_inside_transaction("flush()")
         self._write_turns()  # asends already called count as accepted here
         return self._hub.tracker.wait_empty(timeout)
 
