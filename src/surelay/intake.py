@@ -41,6 +41,7 @@ from surelay.sources.inbound import Inbound
 from surelay.storage.environment import Txn
 from surelay.storage.keys import new_id
 from surelay.storage.records import DeadLetter, OutboxEntry
+from surelay.storage.space import entry_bytes
 from surelay.telemetry import (
     ATTR_KEY,
     ATTR_MESSAGE_ID,
@@ -155,6 +156,11 @@ class Intake:
 
         def write(txn: Txn) -> list[OutboxEntry]:
             entries = store.outbox.enqueue_many(txn, routed, due_at=now) if routed else []
+            if dead:  # new data too (no outbox entry freed for them): within the reserve
+                space = store.env.space
+                space.admit(
+                    txn, sum(entry_bytes(64, len(r.payload) + 512, space.page_size) for r in dead)
+                )
             for record in dead:
                 store.dead_letters.insert(txn, record)
             store.inbox.put_many(txn, self.name, inbox_ids, at=now, expires_at=expires_at)

@@ -4,12 +4,14 @@ where the test may mount one)."""
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import logging
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from surelay import (
     StorageFull,
     TransientError,
 )
+from surelay.sources.inbound import Inbound
 
 PAYLOAD = b"x" * 10_000
 
@@ -165,3 +168,55 @@ def test_a_full_disk_is_reported_as_such_and_drains_once_freed(
     assert 1 <= len(full) <= 2  # a state change (sends refused, writes waiting), not a flood
     assert all("Input/output error" not in r.getMessage() for r in caplog.records)
     assert all(r.exc_info is None for r in caplog.records if r.name == "surelay.storage")
+
+
+class _Invalid:
+    """A source of messages whose headers `send` would refuse (dead-lettered `invalid`
+    on intake): it records which it was asked to ack and which to deliver again."""
+
+    description = "invalid messages"
+
+    def __init__(self, count: int) -> None:
+        self.acked: list[str] = []
+        self.naked: list[str] = []
+        self._left = [f"bad-{i}" for i in range(count)]
+
+    async def open(self) -> None:
+        pass
+
+    async def fetch(self, count: int, timeout: float) -> list[Inbound]:
+        if not self._left:
+            await asyncio.sleep(min(timeout, 0.05))
+            return []
+        batch, self._left = self._left[:count], self._left[count:]
+        return [self._inbound(message_id) for message_id in batch]
+
+    def _inbound(self, message_id: str) -> Inbound:
+        async def ack() -> None:
+            self.acked.append(message_id)
+
+        async def nak() -> None:
+            self.naked.append(message_id)
+            self._left.append(message_id)
+
+        return Inbound(message_id, PAYLOAD, {"Host": "internal"}, {}, ack, nak)
+
+    async def close(self) -> None:
+        pass
+
+
+def test_consumed_invalid_messages_are_not_written_into_the_reserve(tmp_path: Path) -> None:
+    """Dead letters of consumed invalid messages are new data: a full store refuses
+    them (the source keeps them) instead of writing them into the reserve."""
+    downstream = Downstream()
+    with Runtime.open(tmp_path / "d", transports={"down": downstream}, config=_config()) as rt:
+        assert _send_until_full(rt)
+        source = _Invalid(20)
+        rt.consume(source, lambda envelope: None, name="in")
+        deadline = time.monotonic() + 10
+        while not source.naked:
+            assert time.monotonic() < deadline, "the batch was never refused"
+            threading.Event().wait(0.02)
+        assert source.acked == []
+        assert rt.dead_letters.list(transport="in") == []
+        rt.close(timeout=1.0)
