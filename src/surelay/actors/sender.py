@@ -560,6 +560,14 @@ class Sender(Actor):
         hub.sink.tell(capture)
         self._ended(entry, now)
 
+    def _on_disk(self, entries: list[OutboxEntry]) -> list[OutboxEntry]:
+        """Those of `entries` in the outbox: all of them, but with BEST_EFFORT only what
+        an earlier run left there (streamed in, so remembered)."""
+        if self._hub.durable:
+            return entries
+        known = self._state.window.known
+        return [e for e in entries if e.envelope.message_id in known]
+
     def _record_delivered(self, delivered: list[OutboxEntry], now: float) -> None:
         if not delivered:
             return
@@ -574,8 +582,7 @@ class Sender(Actor):
         expires = now + hub.config.dedup_ttl
         dedup = hub.store.dedup
         outbox = hub.store.outbox
-        # (with BEST_EFFORT only what an earlier run left is there; the rest is not found)
-        places = outbox.places(delivered)
+        places = outbox.places(self._on_disk(delivered))
 
         def op(txn: Txn) -> None:
             dedup.put_many(txn, keys, delivered_at=now, expires_at=expires)
@@ -611,7 +618,10 @@ class Sender(Actor):
             hub.counters.add_each("duplicates", transports)
             hub.tracker.complete(ids, Outcome.DUPLICATE)
 
-        places = outbox.places(duplicates)
+        places = outbox.places(self._on_disk(duplicates))
+        if not places:  # nothing of them on disk (BEST_EFFORT): nothing to write
+            ended()
+            return
 
         def op(txn: Txn) -> None:
             outbox.remove_at(txn, places)
