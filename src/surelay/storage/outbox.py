@@ -305,50 +305,22 @@ class Outbox:
         Memory holds one chunk, never the slot's backlog."""
         if slot == self.slot:
             raise ValueError(f"slot {slot} is this outbox's own")
-        theirs = u16(slot)
-        looked = 0
-        size = 0
-        last: bytes | None = None
+        rows, following = self._chunk(txn, u16(slot), start, limit, max_bytes)
         moves: dict[int, tuple[int, int]] = {}
-        cursor = txn.cursor(db=self._main)
-        ended = not cursor.set_range(theirs if start is None else start)
-        rows: list[tuple[bytes, bytes]] = []
-        while not ended and looked < limit and size < max_bytes:
-            key = bytes(cursor.key())
-            if not key.startswith(theirs):
-                ended = True
-                break
-            raw = bytes(cursor.value())
-            rows.append((key, raw))
-            looked += 1
-            size += len(raw)
-            last = key
-            ended = not cursor.next()
         for old, raw in rows:
             entry = decode_or_report(OutboxEntry, "outbox", old, raw, self._report)
             if entry is not None and accept is not None and not accept(entry.envelope.transport):
                 continue  # left for a runtime that has its transport
-            partition = from_u16(old, 2) if entry is None else route(entry)
-            seq = from_u64(old, _HEAD)
-            new = location(self.slot, partition, seq)
-            txn.delete(old, db=self._main)
-            if entry is None:
-                txn.put(new, raw, db=self._main)
-            else:
-                moved = raw
-                if partition != entry.partition:
-                    moved = encode_outbox(replace(entry, partition=partition))
-                txn.put(new, moved, db=self._main)
-                txn.put(text_key(entry.envelope.message_id), new, db=self._ids)
-                if entry.envelope.attempt > 1:
-                    when = micros(entry.due_at)
-                    txn.delete(when + old, db=self._due)
-                    txn.put(when + new, b"", db=self._due)
-            if entry is None:
-                continue  # moved, reported, never delivered: nothing to wake a sender for
-            count, lowest = moves.get(partition, (0, seq))
-            moves[partition] = (count + 1, min(lowest, seq))
-        following = None if ended or last is None else last + b"\x00"
+            if entry is None:  # moved, reported, never delivered: no sender to wake
+                txn.delete(old, db=self._main)
+                txn.put(
+                    location(self.slot, from_u16(old, 2), from_u64(old, _HEAD)), raw, db=self._main
+                )
+                continue
+            partition = route(entry)
+            self._move(txn, old, entry, raw, partition)
+            count, lowest = moves.get(partition, (0, entry.seq))
+            moves[partition] = (count + 1, min(lowest, entry.seq))
         return moves, following
 
     def reroute(
@@ -365,41 +337,54 @@ class Outbox:
         partition's range stays in acceptance order; up to `limit` entries (about
         `max_bytes`) looked at from `start`. Returns how many moved and where to go on
         from (None: done)."""
-        mine = self._slot_key
-        cursor = txn.cursor(db=self._main)
-        ended = not cursor.set_range(mine if start is None else start)
-        rows: list[tuple[bytes, bytes]] = []
-        size = 0
-        last: bytes | None = None
-        while not ended and len(rows) < limit and size < max_bytes:
-            key = bytes(cursor.key())
-            if not key.startswith(mine):
-                ended = True
-                break
-            raw = bytes(cursor.value())
-            rows.append((key, raw))
-            size += len(raw)
-            last = key
-            ended = not cursor.next()
+        rows, following = self._chunk(txn, self._slot_key, start, limit, max_bytes)
         moved = 0
         for old, raw in rows:
             entry = decode_or_report(OutboxEntry, "outbox", old, raw, self._report)
             if entry is None:
                 continue
             partition = route(entry)
-            if partition == from_u16(old, 2):
-                continue
-            new = location(self.slot, partition, entry.seq)
-            txn.delete(old, db=self._main)
-            txn.put(new, encode_outbox(replace(entry, partition=partition)), db=self._main)
-            txn.put(text_key(entry.envelope.message_id), new, db=self._ids)
-            if entry.envelope.attempt > 1:
-                when = micros(entry.due_at)
-                txn.delete(when + old, db=self._due)
-                txn.put(when + new, b"", db=self._due)
-            moved += 1
-        following = None if ended or last is None else last + b"\x00"
+            if partition != from_u16(old, 2):
+                self._move(txn, old, entry, raw, partition)
+                moved += 1
         return moved, following
+
+    def _chunk(
+        self, txn: Txn, prefix: bytes, start: bytes | None, limit: int, max_bytes: int
+    ) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
+        """Up to `limit` entries (about `max_bytes`) under `prefix` from `start`, raw,
+        and where the next chunk starts (None: the prefix is done)."""
+        cursor = txn.cursor(db=self._main)
+        ended = not cursor.set_range(prefix if start is None else start)
+        rows: list[tuple[bytes, bytes]] = []
+        size = 0
+        while not ended and len(rows) < limit and size < max_bytes:
+            key = bytes(cursor.key())
+            if not key.startswith(prefix):
+                ended = True
+                break
+            raw = bytes(cursor.value())
+            rows.append((key, raw))
+            size += len(raw)
+            ended = not cursor.next()
+        return rows, None if ended or not rows else rows[-1][0] + b"\x00"
+
+    def _move(self, txn: Txn, old: bytes, entry: OutboxEntry, raw: bytes, partition: int) -> None:
+        """Move `entry` (at location `old`, stored as `raw`) to this slot's `partition`,
+        keeping its sequence number; its id and due-index entries follow it."""
+        new = location(self.slot, partition, entry.seq)
+        txn.delete(old, db=self._main)
+        moved = (
+            raw
+            if partition == entry.partition
+            else encode_outbox(replace(entry, partition=partition))
+        )
+        txn.put(new, moved, db=self._main)
+        txn.put(text_key(entry.envelope.message_id), new, db=self._ids)
+        if entry.envelope.attempt > 1:
+            when = micros(entry.due_at)
+            txn.delete(when + old, db=self._due)
+            txn.put(when + new, b"", db=self._due)
 
     def routed_for(self, txn: Txn) -> int | None:
         """The number of partitions this slot's entries are routed for (None: not
