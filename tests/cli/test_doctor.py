@@ -5,7 +5,6 @@ runs in a subprocess, as an operator runs it."""
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import threading
 from pathlib import Path
@@ -13,22 +12,21 @@ from pathlib import Path
 import pytest
 
 from surelay import Envelope, Runtime
-from tests.storage.damage import DEAD, OUTBOX, build, damage_outbox, truncate
+from tests.storage.damage import (
+    DEAD,
+    OUTBOX,
+    copy_store,
+    damage_outbox,
+    healthy_store,
+    truncate,
+)
 
 from .test_dlq import surelay
 
 
 @pytest.fixture(scope="module")
 def healthy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("doctor") / "data"
-    build(path)
-    return path
-
-
-def _copy(healthy: Path, tmp_path: Path) -> Path:
-    path = tmp_path / "data"
-    shutil.copytree(healthy, path)
-    return path
+    return healthy_store(tmp_path_factory.mktemp("doctor"))
 
 
 def test_a_healthy_store_passes(healthy: Path) -> None:
@@ -53,7 +51,7 @@ def test_a_healthy_store_passes(healthy: Path) -> None:
 def test_a_damaged_store_is_a_problem_naming_the_file(
     healthy: Path, tmp_path: Path, damage: str, says: str
 ) -> None:
-    path = _copy(healthy, tmp_path)
+    path = copy_store(healthy, tmp_path)
     if damage == "pages":
         damage_outbox(path)
     else:
@@ -75,7 +73,7 @@ def test_a_damaged_store_is_a_problem_naming_the_file(
 def test_salvage_copies_what_is_readable_and_a_runtime_delivers_it(
     healthy: Path, tmp_path: Path
 ) -> None:
-    path = _copy(healthy, tmp_path)
+    path = copy_store(healthy, tmp_path)
     lost = damage_outbox(path)
     out = tmp_path / "salvaged"
     done = surelay("doctor", "--path", str(path), "--salvage", str(out), "--json")
@@ -118,7 +116,7 @@ def test_salvage_refuses_a_directory_that_is_not_empty(healthy: Path, tmp_path: 
 
 
 def test_salvage_reads_what_a_truncated_file_still_holds(healthy: Path, tmp_path: Path) -> None:
-    path = _copy(healthy, tmp_path)
+    path = copy_store(healthy, tmp_path)
     truncate(path, 0.5)
     out = tmp_path / "salvaged"
     done = surelay("doctor", "--path", str(path), "--salvage", str(out), "--json")

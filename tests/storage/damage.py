@@ -4,6 +4,7 @@ to nothing, and B-tree pages zeroed (as a disk that lost writes returns them).""
 from __future__ import annotations
 
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -31,6 +32,20 @@ def build(path: Path, *, outbox: int = OUTBOX, dead: int = DEAD) -> None:
             store.dead_lettered(dead_letter(message_id=f"d{n:04d}", payload=b"d" * 100)).result(
                 timeout=30
             )
+
+
+def healthy_store(where: Path) -> Path:
+    """A healthy store built at `where/data` (for a module's fixture to copy from)."""
+    path = where / "data"
+    build(path)
+    return path
+
+
+def copy_store(healthy: Path, tmp_path: Path) -> Path:
+    """A copy of the store at `healthy`, to damage."""
+    path = tmp_path / "data"
+    shutil.copytree(healthy, path)
+    return path
 
 
 def truncate(path: Path, fraction: float) -> None:

@@ -23,7 +23,7 @@ from surelay.storage.integrity import MARKER, parse_meta, read_meta
 from surelay.storage.pagewalk import PageFile
 from surelay.storage.preflight import check_data_file
 
-from .damage import build, damage_outbox, run, truncate
+from .damage import copy_store, damage_outbox, healthy_store, run, truncate
 
 OPEN_RUNTIME = """
 import sys
@@ -54,15 +54,7 @@ magic, version, address and map size, and the free and main tables' records."""
 
 @pytest.fixture(scope="module")
 def healthy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("healthy") / "data"
-    build(path)
-    return path
-
-
-def _copy(healthy: Path, tmp_path: Path) -> Path:
-    path = tmp_path / "data"
-    shutil.copytree(healthy, path)
-    return path
+    return healthy_store(tmp_path_factory.mktemp("healthy"))
 
 
 def _refused(code: str, path: Path, *expected: str) -> None:
@@ -75,7 +67,7 @@ def _refused(code: str, path: Path, *expected: str) -> None:
 
 
 def test_a_healthy_store_is_marked_and_opens(healthy: Path, tmp_path: Path) -> None:
-    path = _copy(healthy, tmp_path)
+    path = copy_store(healthy, tmp_path)
     assert (path / MARKER).exists()
     check_data_file(path, new_allowed=False)
     assert run(OPEN_RUNTIME, str(path)).returncode == 0
@@ -87,7 +79,7 @@ def test_a_file_that_ends_before_pages_no_reader_reaches_opens(
     """LMDB does not write pages a commit allocated and freed again, so a healthy file
     may end before the last page its header counts. Only a page a reader may reach past
     the end makes it truncated."""
-    path = _copy(healthy, tmp_path)
+    path = copy_store(healthy, tmp_path)
     data = path / "data.mdb"
     meta = read_meta(data)
     assert meta is not None
@@ -107,14 +99,14 @@ def test_a_file_that_ends_before_pages_no_reader_reaches_opens(
 
 
 def test_a_store_truncated_to_half_is_refused_not_a_sigbus(healthy: Path, tmp_path: Path) -> None:
-    path = _copy(healthy, tmp_path)
+    path = copy_store(healthy, tmp_path)
     truncate(path, 0.5)
     _refused(OPEN_RUNTIME, path, "is truncated", "surelay doctor")
     _refused(OPEN_STORE, path, "is truncated")
 
 
 def test_a_store_truncated_to_nothing_is_refused_not_empty(healthy: Path, tmp_path: Path) -> None:
-    path = _copy(healthy, tmp_path)
+    path = copy_store(healthy, tmp_path)
     truncate(path, 0)
     _refused(OPEN_RUNTIME, path, "is empty (0 bytes)", "held a surelay store")
     _refused(OPEN_STORE, path, "is empty (0 bytes)")
@@ -122,7 +114,7 @@ def test_a_store_truncated_to_nothing_is_refused_not_empty(healthy: Path, tmp_pa
 
 
 def test_an_emptied_store_of_an_older_release_is_refused_too(healthy: Path, tmp_path: Path) -> None:
-    path = _copy(healthy, tmp_path)
+    path = copy_store(healthy, tmp_path)
     (path / MARKER).unlink()  # written since this release only
     truncate(path, 0)
     an_hour_ago = time.time() - 3600
@@ -144,13 +136,13 @@ def test_an_empty_file_beside_a_young_lock_is_a_first_open_under_way(tmp_path: P
 def test_a_lost_data_file_is_refused_where_the_directory_held_one(
     healthy: Path, tmp_path: Path
 ) -> None:
-    path = _copy(healthy, tmp_path)
+    path = copy_store(healthy, tmp_path)
     (path / "data.mdb").unlink()
     _refused(OPEN_RUNTIME, path, "is missing")
 
 
 def test_damaged_pages_are_a_storage_error_naming_the_file(healthy: Path, tmp_path: Path) -> None:
-    path = _copy(healthy, tmp_path)
+    path = copy_store(healthy, tmp_path)
     damage_outbox(path)
     _refused(OPEN_STORE, path, "is damaged", "surelay doctor")
     _refused(OPEN_RUNTIME, path, "is damaged")
