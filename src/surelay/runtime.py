@@ -96,6 +96,9 @@ CLOSE_GRACE = 3.0
 """Seconds `close` may take beyond its timeout, at most: the last status, the tree's stop
 and the store's last commit, each bounded."""
 
+SLOW_CLOSE = 1.0
+"""Seconds a close waits for messages under way before it says so (a quick one is quiet)."""
+
 HEALTH_TIMEOUT = 1.0
 """Seconds `health()` waits for the supervision tree's answers."""
 
@@ -370,9 +373,9 @@ class Runtime:
         delivered (waiting for a retry, or in an abandoned call) stay in the outbox and
         are dispatched again by the next `open`; with BEST_EFFORT they are lost.
 
-        With messages not yet delivered it says so (a warning: how many, and how long
-        it waits); a `KeyboardInterrupt` while it waits (ctrl-C again) stops the wait,
-        closes what it must, and is raised on.
+        A close still waiting for messages after `SLOW_CLOSE` seconds says so (a
+        warning: how many, and how long it still waits); a `KeyboardInterrupt` while it
+        waits (ctrl-C again) stops the wait, closes what it must, and is raised on.
         """
         if self._forked_from is not None:
             return  # nothing of it is this process's to close (the parent owns it)
@@ -385,15 +388,6 @@ class Runtime:
             self._closing = True
             # sends under way end first (their writes are durable either way)
             self._lock.wait_for(lambda: not self._active, max(0.0, deadline - time.monotonic()))
-        waiting = self._hub.tracker.pending
-        if waiting:  # say why a close (a ctrl-C) takes a while, and how to cut it short
-            logger.warning(
-                "closing with %d message(s) not yet delivered: waiting up to %.3gs for the "
-                "calls under way (interrupt again to stop waiting); whatever is not "
-                "delivered by then stays in the outbox for the next open",
-                waiting,
-                timeout,
-            )
         try:
             self._drain(deadline)
         except KeyboardInterrupt:  # interrupted again: stop waiting, stop the tree, go
@@ -413,7 +407,11 @@ class Runtime:
         try:
             # take nothing new from sources (what they hold stays with them)
             self._consumers.pause(max(0.1, min(2.0, deadline - time.monotonic())))
+            slow_at = time.monotonic() + SLOW_CLOSE
             while self._busy() and time.monotonic() < deadline:
+                if slow_at and time.monotonic() >= slow_at:
+                    slow_at = 0.0
+                    self._say_close_waits(deadline)
                 self._hub.tracker.wait_change(min(0.02, max(0.0, deadline - time.monotonic())))
             # from here no call starts (a retry coming due now stays in the outbox, its
             # attempt unspent), and the calls running end and are settled first
@@ -425,6 +423,17 @@ class Runtime:
             self._root.stop(timeout=max(0.5, deadline - time.monotonic()))
         except Exception as error:  # a part that will not stop: logged, not raised
             logger.warning("the runtime did not stop cleanly: %r", error)
+
+    def _say_close_waits(self, deadline: float) -> None:
+        """A close (a ctrl-C) that takes a while says why, and how to cut it short; one
+        that ends within `SLOW_CLOSE` says nothing."""
+        logger.warning(
+            "closing with %d message(s) not yet delivered: waiting up to %.3gs more for the "
+            "calls under way (interrupt again to stop waiting); whatever is not delivered "
+            "by then stays in the outbox for the next open",
+            self._hub.tracker.pending,
+            max(0.0, deadline - time.monotonic()),
+        )
 
     def _release(self, deadline: float) -> None:
         """Let go of the engines, the store and the directory, whatever fails."""
