@@ -11,6 +11,14 @@ from pathlib import Path
 from surelay import Envelope, Runtime, RuntimeConfig
 
 
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll `predicate` until it holds; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        threading.Event().wait(0.002)
+
+
 class Clock:
     """Epoch seconds moved by hand (thread-safe)."""
 

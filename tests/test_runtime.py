@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,16 +26,9 @@ from surelay.errors import StorageError
 from surelay.storage import Store
 from surelay.storage.records import OutboxEntry
 
-from .helpers import Clock, Gate, Recorder, open_runtime
+from .helpers import Clock, Gate, Recorder, open_runtime, wait_until
 
 FAST = RetryPolicy(base_delay=0.001, max_delay=0.002, jitter="none")
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        threading.Event().wait(0.002)
 
 
 def outbox_entry(rt: Runtime, message_id: str) -> OutboxEntry:

@@ -9,7 +9,6 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,14 +22,7 @@ from surelay.delivery.threads import ThreadEngine
 from surelay.storage.records import OutboxEntry
 from surelay.telemetry import Telemetry
 from tests.delivery.test_threads import Collect
-from tests.helpers import Clock, open_runtime
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        threading.Event().wait(0.01)
+from tests.helpers import Clock, open_runtime, wait_until
 
 
 def entry(n: int, created_at: float) -> OutboxEntry:
@@ -74,7 +66,7 @@ def test_a_wedged_pool_says_so_once_and_hands_back_expired_runs(
             assert pool.waiting == 1  # the replay's run stays
             assert len(wedge_warnings(caplog)) == 1  # once, however long it lasts
             release.set()
-            wait_for(lambda: not pool.wedged)
+            wait_until(lambda: not pool.wedged)
             sink.wait(4)
         assert pool.health()["ok"]
         assert any("no longer wedged" in r.getMessage() for r in caplog.records)
@@ -108,12 +100,12 @@ def test_a_coroutine_that_ignores_its_cancel_wedges_its_transport() -> None:
     loop.start()
     try:
         engine.submit([((entry(1, time.time()),), sink), ((entry(2, time.time()),), sink)])
-        wait_for(lambda: engine.wedged)
+        wait_until(lambda: engine.wedged)
         health = engine.health()
         assert not health["ok"] and health["abandoned"] == 1 and health["wedged"]
         release.set()
         sink.wait(2)
-        wait_for(lambda: not engine.wedged)
+        wait_until(lambda: not engine.wedged)
         assert engine.health()["ok"]
     finally:
         release.set()
@@ -148,7 +140,7 @@ def test_a_hung_plain_callable_is_visible_and_expired_messages_still_end(
             receipts = [rt.send("hung", b"%d" % i) for i in range(6)]
             for _ in range(4):  # two abandoned, two more holding both slots
                 assert entered.acquire(timeout=10)
-            wait_for(lambda: not rt.health()["ok"])
+            wait_until(lambda: not rt.health()["ok"])
             health = rt.health()
             assert health["engines"]["hung"]["wedged"]
             assert "'hung'" in health["engines"]["hung"]["problem"]
@@ -164,7 +156,7 @@ def test_a_hung_plain_callable_is_visible_and_expired_messages_still_end(
             assert {d.reason_class for d in dead} == {"expired"}
             assert rt.health()["engines"]["hung"]["wedged"]  # still: the calls never returned
             release.set()
-            wait_for(lambda: rt.health()["ok"])
+            wait_until(lambda: rt.health()["ok"])
             assert len(wedge_warnings(caplog)) == 1
     finally:
         release.set()

@@ -4,13 +4,16 @@ killing pytest."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import struct
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import lmdb
 import pytest
@@ -45,6 +48,22 @@ except StorageError as error:
     print(error)
     sys.exit(3)
 """
+
+
+@contextlib.contextmanager
+def _table(records: dict[bytes, bytes]) -> Iterator[tuple[Path, Any, Any]]:
+    """A fresh LMDB file in a temporary directory (hypothesis examples cannot share
+    pytest's `tmp_path`) whose table `t` holds `records`; removed afterwards."""
+    directory = Path(tempfile.mkdtemp())
+    try:
+        env = lmdb.open(str(directory), map_size=1 << 26, max_dbs=2)
+        db = env.open_db(b"t")
+        with env.begin(write=True) as txn:
+            for key, value in records.items():
+                txn.put(key, value, db=db)
+        yield directory, env, db
+    finally:
+        shutil.rmtree(directory)
 
 
 LAST_PAGE_AT = 16 + 24 + 2 * 48
@@ -197,13 +216,7 @@ def test_the_page_reader_reads_what_lmdb_reads(healthy: Path) -> None:
 def test_the_page_reader_agrees_with_lmdb_on_any_table(
     records: dict[bytes, bytes], deleted: set[int]
 ) -> None:
-    directory = Path(tempfile.mkdtemp())
-    try:
-        env = lmdb.open(str(directory), map_size=1 << 26, max_dbs=2)
-        db = env.open_db(b"t")
-        with env.begin(write=True) as txn:
-            for key, value in records.items():
-                txn.put(key, value, db=db)
+    with _table(records) as (directory, env, db):
         keys = sorted(records)
         with env.begin(write=True) as txn:  # freed pages must not come back
             for index in deleted:
@@ -219,8 +232,6 @@ def test_the_page_reader_agrees_with_lmdb_on_any_table(
             assert not found.damage
             assert not pages.structure()
         assert found.records == expected
-    finally:
-        shutil.rmtree(directory)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -228,13 +239,8 @@ def test_the_page_reader_agrees_with_lmdb_on_any_table(
 def test_the_page_reader_never_fails_on_a_damaged_page(
     page: int, garbage: bytes, offset: int
 ) -> None:
-    directory = Path(tempfile.mkdtemp())
-    try:
-        env = lmdb.open(str(directory), map_size=1 << 26, max_dbs=2)
-        db = env.open_db(b"t")
-        with env.begin(write=True) as txn:
-            for n in range(400):
-                txn.put(b"k%05d" % n, b"v" * (n % 7 * 900), db=db)
+    records = {b"k%05d" % n: b"v" * (n % 7 * 900) for n in range(400)}
+    with _table(records) as (directory, env, db):
         with env.begin() as txn:
             original = {bytes(k): bytes(v) for k, v in txn.cursor(db=db)}
         env.close()
@@ -251,8 +257,6 @@ def test_the_page_reader_never_fails_on_a_damaged_page(
                 # (the codec then quarantines the record), but a page that is not what
                 # its parent says is skipped, and nothing raises.
                 assert len(found.records) <= len(original)
-    finally:
-        shutil.rmtree(directory)
 
 
 def test_a_branch_that_points_back_to_itself_is_damage_not_a_loop(tmp_path: Path) -> None:
