@@ -62,6 +62,8 @@ from surelay.ratelimit import KeyRates
 from surelay.receipts import OverLimit, Receipt, Tracker
 from surelay.recovery import Recovery, deliver
 from surelay.routing import partition_for
+from surelay.sql.outbox import SqlOutbox
+from surelay.sql.relay import Relays, RelaySettings
 from surelay.storage.environment import Txn
 from surelay.storage.keys import new_id
 from surelay.storage.records import OutboxEntry, outbox_entry
@@ -216,6 +218,8 @@ class RuntimeStats:
     """Transport calls running now, per transport (at most its concurrency)."""
     received: int = 0
     """Inbound messages taken from sources (`consume`) since open."""
+    relayed: int = 0
+    """Rows taken from SQL outbox tables (`relay`) since open."""
     abandoned: int = 0
     """Transport calls given up at their ack timeout that are still running now (a
     plain callable's thread cannot be stopped; a coroutine that ignores its cancel);
@@ -240,6 +244,7 @@ class Runtime:
         self._store = store
         self._recovery = recovery
         self._consumers = consumers
+        self._relays = Relays(hub)
         self._replays = replays
         self._hub = hub
         self._root = root
@@ -407,6 +412,7 @@ class Runtime:
         try:
             # take nothing new from sources (what they hold stays with them)
             self._consumers.pause(max(0.1, min(2.0, deadline - time.monotonic())))
+            self._relays.pause()  # what the tables hold stays there
             slow_at = time.monotonic() + SLOW_CLOSE
             while self._busy() and time.monotonic() < deadline:
                 if slow_at and time.monotonic() >= slow_at:
@@ -419,6 +425,8 @@ class Runtime:
             while not self._settled() and time.monotonic() < deadline:
                 self._hub.tracker.wait_change(min(0.02, max(0.0, deadline - time.monotonic())))
             self._log_abandoned()
+            # rows whose message ended are deleted; the leases are given back at once
+            self._relays.stop(deadline)
             self._publish_final_status(max(0.2, min(0.5, deadline - time.monotonic())))
             self._root.stop(timeout=max(0.5, deadline - time.monotonic()))
         except Exception as error:  # a part that will not stop: logged, not raised
@@ -1138,6 +1146,40 @@ class Runtime:
             raise RuntimeClosed("the runtime is closed (or closing); nothing was consumed")
         self._consumers.add(source, handler, name=name, key=key, priority=priority)
 
+    def relay(
+        self,
+        outbox: SqlOutbox,
+        *,
+        batch: int = 500,
+        poll_interval: float = 1.0,
+        lease: float = 10.0,
+    ) -> None:
+        """Relay the committed rows of `outbox` (a `surelay.sql.SqlOutbox`) through this
+        runtime: in id order, with all of its delivery (per-key order, concurrency,
+        retries, breaker, dead letters, telemetry). A row is deleted only once its
+        message is delivered or dead-lettered, so the table stays the source of truth
+        until the message has left.
+
+        Runtimes on any number of machines may relay one table: each holds a lease on
+        some of its `outbox.partitions` (rows are split by key) and relays only those,
+        so a key's rows pass through one relay at a time. A relay that stops renewing
+        for `lease` seconds loses its partitions to the others, which relay its rows
+        again (at least once). Rows are taken `batch` at a time; PostgreSQL wakes the
+        relay with NOTIFY at commit, and every `poll_interval` seconds it looks anyway.
+
+        Returns at once; a database that cannot be reached is retried with back-off
+        (`health()["relays"]`). Raises `TypeError`/`ValueError` for bad arguments or an
+        outbox this runtime relays already, `RuntimeClosed` once closed.
+        """
+        self._refuse_if_forked()
+        if not isinstance(outbox, SqlOutbox):
+            raise TypeError(f"outbox must be a surelay.sql.SqlOutbox, got {outbox!r}")
+        settings = RelaySettings(batch, poll_interval, lease)
+        with self._lock:
+            if self._closing:
+                raise RuntimeClosed("the runtime is closed (or closing); nothing is relayed")
+            self._relays.add(outbox, settings)
+
     def table(self, name: str) -> Any:
         """The handle of the host's own named database `name`, for `txn.get/put(...,
         db=handle)` inside `transaction()`. Raises `ValueError` for a bad name."""
@@ -1216,7 +1258,8 @@ class Runtime:
             and all(b["ok"] for b in breakers.values())
         )
         engines = self._hub.engines.health()
-        ok = ok and all(e["ok"] for e in engines.values())
+        relays = self._relays.health()
+        ok = ok and all(e["ok"] for e in engines.values()) and all(r["ok"] for r in relays.values())
         return {
             "ok": ok,
             "closed": self._closing,
@@ -1226,6 +1269,7 @@ class Runtime:
             "engines": engines,
             "orphaned": self._recovery.orphans,
             "sources": self._consumers.health(),
+            "relays": relays,
         }
 
     @property
@@ -1287,6 +1331,7 @@ class Runtime:
         out["unhealthy_actors"] = sorted(n for n, a in health["actors"].items() if not a["ok"])
         out["transports"] = sorted(self._transports)  # what replay requests may ask of it
         out["wedged"] = sorted(name for name, e in health["engines"].items() if e["wedged"])
+        out["relays"] = health["relays"]
         return out
 
     def _gauges(self) -> Mapping[str, float | Mapping[str, float]]:

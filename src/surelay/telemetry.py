@@ -99,6 +99,7 @@ COUNTERS = (
     "refused",
     "replayed",
     "received",
+    "relayed",
 )
 """`surelay.messages.<name>` counters, each with a `surelay.transport` attribute."""
 

@@ -202,8 +202,8 @@ class Sender(Actor):
         (see `surelay.actors.window` for why each rule keeps nothing from being lost)."""
         state = self._state
         window = state.window
-        if not self._hub.durable:  # not on disk: memory is their only queue
-            self._take_in(entries, remember=False)
+        if not self._hub.durable or not entries[0].seq:  # not on disk: memory is their only
+            self._take_in(entries, remember=False)  # queue (BEST_EFFORT, or relayed rows)
             return
         taken: list[OutboxEntry] = []
         left: list[str] = []
@@ -512,7 +512,7 @@ class Sender(Actor):
         following = replace(entry, envelope=replace(envelope, attempt=made + 1), due_at=due)
         state.in_flight.pop(message_id, None)
         state.queue.hold(following)
-        if hub.durable:
+        if hub.durable and entry.seq:  # (a relayed row's copy is its row: nothing here)
             hub.store.reschedule(message_id, attempt=made + 1, due_at=due).add_done_callback(
                 _log_failure("could not persist the retry of", message_id)
             )
@@ -560,13 +560,11 @@ class Sender(Actor):
         hub.sink.tell(capture)
         self._ended(entry, now)
 
-    def _on_disk(self, entries: list[OutboxEntry]) -> list[OutboxEntry]:
-        """Those of `entries` in the outbox: all of them, but with BEST_EFFORT only what
-        an earlier run left there (streamed in, so remembered)."""
-        if self._hub.durable:
-            return entries
-        known = self._state.window.known
-        return [e for e in entries if e.envelope.message_id in known]
+    @staticmethod
+    def _on_disk(entries: list[OutboxEntry]) -> list[OutboxEntry]:
+        """Those of `entries` in the outbox: those with a sequence number (not a
+        BEST_EFFORT send's, nor a row relayed from a SQL outbox)."""
+        return [e for e in entries if e.seq]
 
     def _record_delivered(self, delivered: list[OutboxEntry], now: float) -> None:
         if not delivered:

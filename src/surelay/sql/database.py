@@ -1,0 +1,310 @@
+"""The relay's own connection to the outbox's database: leases, taking rows, deleting
+the rows whose messages have ended, and (PostgreSQL) waiting for NOTIFY.
+
+Every statement runs in autocommit mode: each is a transaction of its own, so a relay
+holds no transaction open while it works. Times in lease rows are the database's clock
+on PostgreSQL (relays on several machines agree on it) and this machine's on SQLite
+(one file: one machine).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+
+from surelay.sql.dialect import Dialect, render
+
+__all__ = ["Database", "PostgresDatabase", "SqliteDatabase", "connect", "listen"]
+
+ROW_COLUMNS = (
+    "id, message_id, part, transport, payload, msg_key, idempotency_key, priority, headers, "
+    "created_at"
+)
+DELETE_CHUNK = 1000
+
+
+class Database(Protocol):
+    """What a relay asks of its database (see the module docstring)."""
+
+    def now(self) -> float: ...
+
+    def heartbeat(self, me: str, lease: float, now: float) -> list[str]:
+        """Say `me` is alive until `now + lease`; the relays alive now."""
+        ...
+
+    def renew(self, me: str, parts: Iterable[int], lease: float, now: float) -> set[int]:
+        """Extend `me`'s leases of `parts`; those still `me`'s."""
+        ...
+
+    def claim(self, me: str, part: int, lease: float, now: float) -> bool:
+        """Take partition `part` if it is free, expired or `me`'s already."""
+        ...
+
+    def release(self, me: str, part: int) -> None: ...
+
+    def leave(self, me: str, parts: Iterable[int]) -> None:
+        """Give back `parts` and say `me` is gone (at close)."""
+        ...
+
+    def take(self, parts: Sequence[int], after: int, limit: int) -> list[tuple[Any, ...]]:
+        """Up to `limit` rows of `parts` with ids above `after`, in id order."""
+        ...
+
+    def delete(self, ids: Sequence[int]) -> None: ...
+
+    def backlog(self) -> tuple[int, float | None]:
+        """Rows in the table, and the oldest one's `created_at`."""
+        ...
+
+    def owners(self) -> dict[int, str]:
+        """Each leased partition's holder (for `stats`)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class _Common:
+    """Statements alike in both databases (`{x}` placeholders rendered per driver)."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.d = dialect
+
+    def _upsert_relay(self) -> str:
+        return (
+            f"INSERT INTO {self.d.relays} (relay, expires_at) VALUES ({{me}}, {{until}}) "
+            f"ON CONFLICT (relay) DO UPDATE SET expires_at = excluded.expires_at"
+        )
+
+    def _claim(self) -> str:
+        return (
+            f"INSERT INTO {self.d.leases} (part, owner, expires_at) "
+            f"VALUES ({{part}}, {{me}}, {{until}}) "
+            f"ON CONFLICT (part) DO UPDATE SET owner = excluded.owner, "
+            f"expires_at = excluded.expires_at "
+            f"WHERE {self.d.leases}.owner IS NULL OR {self.d.leases}.owner = excluded.owner "
+            f"OR {self.d.leases}.expires_at < {{now}} RETURNING part"
+        )
+
+
+def _ints(values: Iterable[int]) -> str:
+    """Integers for an IN list (ints only: nothing of a user's reaches SQL this way)."""
+    return ", ".join(str(int(v)) for v in values)
+
+
+class SqliteDatabase(_Common):
+    """A relay's connection to a SQLite outbox."""
+
+    def __init__(self, dialect: Dialect, path: str) -> None:
+        super().__init__(dialect)
+        self._conn = sqlite3.connect(
+            path, timeout=30.0, isolation_level=None, check_same_thread=False
+        )
+
+    def _run(self, sql: str, params: dict[str, Any] | None = None) -> list[Any]:
+
+        return self._conn.execute(render(sql, "named"), params or {}).fetchall()
+
+    def now(self) -> float:
+        return time.time()
+
+    def heartbeat(self, me: str, lease: float, now: float) -> list[str]:
+        self._run(self._upsert_relay(), {"me": me, "until": now + lease})
+        self._run(f"DELETE FROM {self.d.relays} WHERE expires_at < {{old}}", {"old": now - lease})
+        rows = self._run(
+            f"SELECT relay FROM {self.d.relays} WHERE expires_at >= {{now}}", {"now": now}
+        )
+        return [r[0] for r in rows]
+
+    def renew(self, me: str, parts: Iterable[int], lease: float, now: float) -> set[int]:
+        listed = _ints(parts)
+        if not listed:
+            return set()
+        rows = self._run(
+            f"UPDATE {self.d.leases} SET expires_at = {{until}} "
+            f"WHERE owner = {{me}} AND part IN ({listed}) RETURNING part",
+            {"me": me, "until": now + lease},
+        )
+        return {r[0] for r in rows}
+
+    def claim(self, me: str, part: int, lease: float, now: float) -> bool:
+        rows = self._run(self._claim(), {"part": part, "me": me, "until": now + lease, "now": now})
+        return bool(rows)
+
+    def release(self, me: str, part: int) -> None:
+        self._run(
+            f"UPDATE {self.d.leases} SET owner = NULL, expires_at = 0 "
+            f"WHERE part = {{part}} AND owner = {{me}}",
+            {"part": part, "me": me},
+        )
+
+    def leave(self, me: str, parts: Iterable[int]) -> None:
+        self._run(
+            f"UPDATE {self.d.leases} SET owner = NULL, expires_at = 0 WHERE owner = {{me}}",
+            {"me": me},
+        )
+        self._run(f"DELETE FROM {self.d.relays} WHERE relay = {{me}}", {"me": me})
+
+    def take(self, parts: Sequence[int], after: int, limit: int) -> list[tuple[Any, ...]]:
+        return self._run(
+            f"SELECT {ROW_COLUMNS} FROM {self.d.table} WHERE part IN ({_ints(parts)}) "
+            f"AND id > {{after}} ORDER BY id LIMIT {{limit}}",
+            {"after": after, "limit": limit},
+        )
+
+    def delete(self, ids: Sequence[int]) -> None:
+        for start in range(0, len(ids), DELETE_CHUNK):
+            chunk = ids[start : start + DELETE_CHUNK]
+            self._run(f"DELETE FROM {self.d.table} WHERE id IN ({_ints(chunk)})")
+
+    def backlog(self) -> tuple[int, float | None]:
+        count, oldest = self._run(f"SELECT count(*), min(created_at) FROM {self.d.table}")[0]
+        return int(count), oldest
+
+    def owners(self) -> dict[int, str]:
+        rows = self._run(
+            f"SELECT part, owner FROM {self.d.leases} WHERE owner IS NOT NULL "
+            f"AND expires_at >= {{now}}",
+            {"now": time.time()},
+        )
+        return {r[0]: r[1] for r in rows}
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class PostgresDatabase(_Common):
+    """A relay's connection to a PostgreSQL outbox. A partition is held by a lease row
+    and by a session advisory lock on this connection: a relay whose connection is gone
+    (its process killed, its machine cut off) holds no lock, and one that has lost its
+    locks (a reconnect) takes them again before it relays that partition's rows."""
+
+    def __init__(self, dialect: Dialect, url: str) -> None:
+        super().__init__(dialect)
+        import psycopg  # noqa: PLC0415  # surelay[postgres]
+
+        self._conn = psycopg.connect(url, autocommit=True, connect_timeout=5)
+        self._locks: set[int] = set()
+
+    def _run(self, sql: str, params: dict[str, Any] | None = None) -> list[Any]:
+
+        cursor = self._conn.execute(render(sql, "pyformat"), params or {})
+        return cursor.fetchall() if cursor.description is not None else []
+
+    def now(self) -> float:
+        return float(self._run("SELECT extract(epoch from clock_timestamp())")[0][0])
+
+    def heartbeat(self, me: str, lease: float, now: float) -> list[str]:
+        self._run(self._upsert_relay(), {"me": me, "until": now + lease})
+        self._run(f"DELETE FROM {self.d.relays} WHERE expires_at < {{old}}", {"old": now - lease})
+        rows = self._run(
+            f"SELECT relay FROM {self.d.relays} WHERE expires_at >= {{now}}", {"now": now}
+        )
+        return [r[0] for r in rows]
+
+    def renew(self, me: str, parts: Iterable[int], lease: float, now: float) -> set[int]:
+        wanted = [p for p in parts if p in self._locks]
+        if not wanted:
+            return set()
+        rows = self._run(
+            f"UPDATE {self.d.leases} SET expires_at = {{until}} "
+            f"WHERE owner = {{me}} AND part = ANY({{parts}}) RETURNING part",
+            {"me": me, "until": now + lease, "parts": wanted},
+        )
+        return {r[0] for r in rows}
+
+    def _lock(self, part: int) -> bool:
+        if part in self._locks:
+            return True
+        rows = self._run(
+            "SELECT pg_try_advisory_lock(hashtext({table}), {part})",
+            {"table": self.d.table, "part": part},
+        )
+        if rows[0][0]:
+            self._locks.add(part)
+            return True
+        return False
+
+    def _unlock(self, part: int) -> None:
+        if part in self._locks:
+            self._locks.discard(part)
+            self._run(
+                "SELECT pg_advisory_unlock(hashtext({table}), {part})",
+                {"table": self.d.table, "part": part},
+            )
+
+    def claim(self, me: str, part: int, lease: float, now: float) -> bool:
+        if not self._lock(part):
+            return False
+        rows = self._run(self._claim(), {"part": part, "me": me, "until": now + lease, "now": now})
+        if not rows:
+            self._unlock(part)
+        return bool(rows)
+
+    def release(self, me: str, part: int) -> None:
+        self._run(
+            f"UPDATE {self.d.leases} SET owner = NULL, expires_at = 0 "
+            f"WHERE part = {{part}} AND owner = {{me}}",
+            {"part": part, "me": me},
+        )
+        self._unlock(part)
+
+    def leave(self, me: str, parts: Iterable[int]) -> None:
+        self._run(
+            f"UPDATE {self.d.leases} SET owner = NULL, expires_at = 0 WHERE owner = {{me}}",
+            {"me": me},
+        )
+        self._run(f"DELETE FROM {self.d.relays} WHERE relay = {{me}}", {"me": me})
+        for part in list(self._locks):
+            self._unlock(part)
+
+    def take(self, parts: Sequence[int], after: int, limit: int) -> list[tuple[Any, ...]]:
+        return self._run(
+            f"SELECT {ROW_COLUMNS} FROM {self.d.table} WHERE part = ANY({{parts}}) "
+            f"AND id > {{after}} ORDER BY id LIMIT {{limit}}",
+            {"parts": list(parts), "after": after, "limit": limit},
+        )
+
+    def delete(self, ids: Sequence[int]) -> None:
+        for start in range(0, len(ids), DELETE_CHUNK):
+            self._run(
+                f"DELETE FROM {self.d.table} WHERE id = ANY({{ids}})",
+                {"ids": list(ids[start : start + DELETE_CHUNK])},
+            )
+
+    def backlog(self) -> tuple[int, float | None]:
+        count, oldest = self._run(f"SELECT count(*), min(created_at) FROM {self.d.table}")[0]
+        return int(count), None if oldest is None else float(oldest)
+
+    def owners(self) -> dict[int, str]:
+        rows = self._run(
+            f"SELECT part, owner FROM {self.d.leases} WHERE owner IS NOT NULL "
+            f"AND expires_at >= extract(epoch from clock_timestamp())"
+        )
+        return {r[0]: r[1] for r in rows}
+
+    def close(self) -> None:
+        self._locks.clear()
+        self._conn.close()
+
+
+def connect(dialect: Dialect, target: str) -> Database:
+    """A relay's connection to the outbox's database."""
+    if dialect.kind == "sqlite":
+        return SqliteDatabase(dialect, target)
+    return PostgresDatabase(dialect, target)
+
+
+def listen(dialect: Dialect, target: str, wake: threading.Event, stop: threading.Event) -> None:
+    """Set `wake` on each NOTIFY of the outbox's channel until `stop` (PostgreSQL; runs
+    on a thread of its own; returns when the connection fails, for the caller to
+    reconnect)."""
+    import psycopg  # noqa: PLC0415  # surelay[postgres]
+
+    with psycopg.connect(target, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f'LISTEN "{dialect.channel}"')
+        while not stop.is_set():
+            for _ in conn.notifies(timeout=0.5, stop_after=1):
+                wake.set()

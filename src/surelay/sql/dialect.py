@@ -1,0 +1,175 @@
+"""The SQL surelay speaks to a host's database: PostgreSQL or SQLite.
+
+Everything here is text made from the table's name (checked to be a plain identifier,
+so it is safe to put into statements) and the parameter style of the driver that runs
+it. Statements are written once with named placeholders (`{name}`) and rendered per
+driver: psycopg and Django take `%(name)s` / `%s`, sqlite3 and SQLAlchemy `:name`,
+asyncpg `$n`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import unquote, urlsplit
+
+__all__ = ["COLUMNS", "Dialect", "parse_url", "render"]
+
+Kind = Literal["postgresql", "sqlite"]
+
+COLUMNS = (
+    "message_id",
+    "part",
+    "transport",
+    "payload",
+    "msg_key",
+    "idempotency_key",
+    "priority",
+    "headers",
+    "created_at",
+)
+"""The columns a send fills, in order (`id` is the database's)."""
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,47}")
+_PLACEHOLDER = re.compile(r"\{([a-z_0-9]+)\}")
+
+
+def parse_url(url: object) -> tuple[Kind, str]:
+    """The database kind and what its driver connects with: a libpq URL for PostgreSQL,
+    a file path for SQLite (`sqlite:///relative.db`, `sqlite:////absolute.db`)."""
+    if not isinstance(url, str) or not url:
+        raise ValueError(f"url must be a non-empty str, got {url!r}")
+    scheme = url.split(":", 1)[0].lower()
+    if scheme in ("postgresql", "postgres") or scheme.startswith("postgresql+"):
+        parts = urlsplit(url)
+        return "postgresql", parts._replace(scheme="postgresql").geturl()
+    if scheme == "sqlite" or scheme.startswith("sqlite+"):
+        if not url.split(":", 1)[1].startswith("///"):
+            raise ValueError(
+                f"a SQLite url is sqlite:///relative/path.db or sqlite:////absolute/path.db, "
+                f"got {url!r}"
+            )
+        path = unquote(url.split(":", 1)[1][3:])
+        if not path or path == ":memory:":
+            raise ValueError(
+                "a SQLite outbox needs a file that the relay can open too, not :memory:"
+            )
+        return "sqlite", path
+    raise ValueError(f"url must start with postgresql:// or sqlite:///, got {url!r}")
+
+
+def render(sql: str, style: str, names: list[str] | None = None) -> str:
+    """`sql` with its `{name}` placeholders in a driver's style: `named` (`:name`),
+    `pyformat` (`%(name)s`), `format` (`%s`, in order) or `numeric` (`$1`, in order).
+    For the last two, `names` receives the order of the parameters."""
+
+    def one(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if style == "named":
+            return f":{name}"
+        if style == "pyformat":
+            return f"%({name})s"
+        if names is None:
+            raise ValueError("positional styles need `names`")
+        names.append(name)
+        return "%s" if style == "format" else f"${len(names)}"
+
+    return _PLACEHOLDER.sub(one, sql)
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """The statements for one outbox table in one kind of database."""
+
+    kind: Kind
+    table: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.table, str) or not _IDENTIFIER.fullmatch(self.table):
+            raise ValueError(
+                f"table must be a plain SQL identifier (letters, digits, _; at most 48), "
+                f"got {self.table!r}"
+            )
+
+    @property
+    def leases(self) -> str:
+        return f"{self.table}_leases"
+
+    @property
+    def relays(self) -> str:
+        return f"{self.table}_relays"
+
+    @property
+    def channel(self) -> str:
+        """The NOTIFY channel (PostgreSQL)."""
+        return self.table
+
+    def ddl(self) -> str:
+        """The table, the lease tables and (PostgreSQL) the trigger that wakes relays
+        at commit; every statement idempotent."""
+        t = self.table
+        if self.kind == "postgresql":
+            return f"""\
+CREATE TABLE IF NOT EXISTS {t} (
+    id BIGSERIAL PRIMARY KEY,
+    message_id TEXT NOT NULL,
+    part INTEGER NOT NULL,
+    transport TEXT NOT NULL,
+    payload BYTEA NOT NULL,
+    msg_key TEXT,
+    idempotency_key TEXT,
+    priority SMALLINT NOT NULL,
+    headers TEXT,
+    created_at DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX IF NOT EXISTS {t}_part_id ON {t} (part, id);
+CREATE TABLE IF NOT EXISTS {self.leases} (
+    part INTEGER PRIMARY KEY,
+    owner TEXT,
+    expires_at DOUBLE PRECISION NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS {self.relays} (
+    relay TEXT PRIMARY KEY,
+    expires_at DOUBLE PRECISION NOT NULL
+);
+CREATE OR REPLACE FUNCTION {t}_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('{self.channel}', '');
+    RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS {t}_notify ON {t};
+CREATE TRIGGER {t}_notify AFTER INSERT ON {t}
+    FOR EACH STATEMENT EXECUTE FUNCTION {t}_notify();
+"""
+        return f"""\
+CREATE TABLE IF NOT EXISTS {t} (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id TEXT NOT NULL,
+    part INTEGER NOT NULL,
+    transport TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    msg_key TEXT,
+    idempotency_key TEXT,
+    priority INTEGER NOT NULL,
+    headers TEXT,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS {t}_part_id ON {t} (part, id);
+CREATE TABLE IF NOT EXISTS {self.leases} (
+    part INTEGER PRIMARY KEY,
+    owner TEXT,
+    expires_at REAL NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS {self.relays} (
+    relay TEXT PRIMARY KEY,
+    expires_at REAL NOT NULL
+);
+"""
+
+    def insert(self, rows: int) -> str:
+        """One INSERT of `rows` rows, placeholders `{column_i}`."""
+        values = ", ".join(
+            "(" + ", ".join(f"{{{c}_{i}}}" for c in COLUMNS) + ")" for i in range(rows)
+        )
+        return f"INSERT INTO {self.table} ({', '.join(COLUMNS)}) VALUES {values}"

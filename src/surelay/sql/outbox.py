@@ -1,0 +1,307 @@
+"""`SqlOutbox`: the outbox as a table in the host's own database.
+
+A message sent with `outbox.send(conn, ...)` is one row, inserted on the host's
+connection inside the host's transaction: it exists exactly when the host's data does.
+A runtime relays the committed rows (`rt.relay(outbox)`, see `surelay.sql.relay`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.trace import ProxyTracerProvider
+
+from surelay.envelope import Priority
+from surelay.errors import InvalidMessage
+from surelay.sql.dialect import COLUMNS, Dialect, Kind, parse_url
+from surelay.sql.host import async_runner, runner
+from surelay.sql.rows import SEND_ARGS, Row, check_send, make_row
+from surelay.storage.keys import new_id
+from surelay.telemetry import (
+    ATTR_KEY,
+    ATTR_MESSAGE_ID,
+    ATTR_TRANSPORT,
+    NAME,
+    SPAN_SEND,
+    TRACEPARENT,
+    record_error,
+    traceparent_of,
+)
+
+__all__ = ["SqlOutbox"]
+
+MAX_BATCH = 1000
+"""Most messages one `send_batch` inserts (one statement)."""
+
+
+class SqlOutbox:
+    """The outbox table `table` in the database at `url` (`postgresql://...` or
+    `sqlite:///path.db`), split into `partitions` by key for the relays to share.
+
+    Every process that sends or relays must use the same `table` and `partitions`.
+    `max_payload_bytes` bounds a payload at send time as `RuntimeConfig` does (the
+    relaying runtime checks its own bound again).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        table: str = "surelay_outbox",
+        partitions: int = 64,
+        max_payload_bytes: int = 1_048_576,
+    ) -> None:
+        self._kind, self._target = parse_url(url)
+        self._dialect = Dialect(self._kind, table)
+        if isinstance(partitions, bool) or not isinstance(partitions, int):
+            raise TypeError(f"partitions must be an int, got {partitions!r}")
+        if not 1 <= partitions <= 4096:
+            raise ValueError(f"partitions must be in 1..4096, got {partitions}")
+        if isinstance(max_payload_bytes, bool) or not isinstance(max_payload_bytes, int):
+            raise TypeError(f"max_payload_bytes must be an int, got {max_payload_bytes!r}")
+        if max_payload_bytes < 1:
+            raise ValueError(f"max_payload_bytes must be positive, got {max_payload_bytes}")
+        self.url = url
+        self.table = table
+        self.partitions = partitions
+        self.max_payload_bytes = max_payload_bytes
+        self._spread = itertools.count()
+        self._statements = {1: self._dialect.insert(1)}
+
+    def __repr__(self) -> str:
+        return f"SqlOutbox({self._kind}, table={self.table!r}, partitions={self.partitions})"
+
+    @property
+    def kind(self) -> Kind:
+        """`"postgresql"` or `"sqlite"`."""
+        return self._kind
+
+    @property
+    def dialect(self) -> Dialect:
+        return self._dialect
+
+    @property
+    def target(self) -> str:
+        """What the relay's driver connects to: a libpq URL, or the SQLite file."""
+        return self._target
+
+    # -- the schema ----------------------------------------------------------------------
+
+    def ddl(self) -> str:
+        """The statements that create the table, its index and the relays' lease
+        tables (and, on PostgreSQL, the trigger that wakes relays at commit), each
+        idempotent: paste it into a migration."""
+        return self._dialect.ddl()
+
+    def create_table(self) -> None:
+        """Run `ddl()` on a connection of its own (idempotent; safe to race: on
+        PostgreSQL it holds a transaction-scoped advisory lock while it runs)."""
+        if self._kind == "sqlite":
+            with sqlite3.connect(self._target, timeout=30.0) as lite:
+                lite.executescript(self.ddl())
+            return
+        import psycopg  # noqa: PLC0415  # surelay[postgres]
+
+        with psycopg.connect(self._target) as pg, pg.transaction():
+            pg.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self.table,))
+            pg.execute(self.ddl().encode())  # several statements: one simple query
+
+    # -- sending -------------------------------------------------------------------------
+
+    def send(
+        self,
+        conn: Any,
+        transport: str,
+        payload: bytes,
+        *,
+        key: str | None = None,
+        idempotency_key: str | None = None,
+        priority: Priority = Priority.NORMAL,
+        headers: Mapping[str, str] | None = None,
+    ) -> str:
+        """Insert one message on the host's connection `conn`, inside the host's open
+        transaction, and return its message id. Nothing else: it never commits and
+        never opens a connection, so the message is relayed only if that transaction
+        commits. Raises `InvalidMessage` as `rt.send` does, `TypeError` for a
+        connection it does not know, `RuntimeError` for one in autocommit mode outside a
+        transaction; the driver's own errors pass through (the host's transaction is
+        then as the driver left it)."""
+        run = runner(conn, self._kind)
+        rows, spans = self._rows([(transport, payload, key, idempotency_key, priority, headers)])
+        try:
+            run(self._statement(1), _params(rows))
+        except BaseException as error:
+            _end(spans, error)
+            raise
+        _end(spans, None)
+        return rows[0].message_id
+
+    def send_batch(self, conn: Any, messages: Sequence[Mapping[str, Any]]) -> list[str]:
+        """Insert several messages in one statement, all or none: each mapping holds
+        `send`'s arguments by name (`transport`, `payload`, ...). Every message is
+        checked first; `InvalidMessage` names the index of the first bad one. At most
+        1000 messages. Returns their message ids, in order."""
+        run = runner(conn, self._kind)
+        rows, spans = self._rows(_batch(messages))
+        if not rows:
+            return []
+        try:
+            run(self._statement(len(rows)), _params(rows))
+        except BaseException as error:
+            _end(spans, error)
+            raise
+        _end(spans, None)
+        return [r.message_id for r in rows]
+
+    async def asend(
+        self,
+        conn: Any,
+        transport: str,
+        payload: bytes,
+        *,
+        key: str | None = None,
+        idempotency_key: str | None = None,
+        priority: Priority = Priority.NORMAL,
+        headers: Mapping[str, str] | None = None,
+    ) -> str:
+        """`send` on an asyncio connection: a psycopg `AsyncConnection`, an asyncpg
+        connection, or a SQLAlchemy `AsyncConnection` / `AsyncSession`."""
+        run = async_runner(conn, self._kind)
+        rows, spans = self._rows([(transport, payload, key, idempotency_key, priority, headers)])
+        try:
+            await run(self._statement(1), _params(rows))
+        except BaseException as error:
+            _end(spans, error)
+            raise
+        _end(spans, None)
+        return rows[0].message_id
+
+    async def asend_batch(self, conn: Any, messages: Sequence[Mapping[str, Any]]) -> list[str]:
+        """`send_batch` on an asyncio connection."""
+        run = async_runner(conn, self._kind)
+        rows, spans = self._rows(_batch(messages))
+        if not rows:
+            return []
+        try:
+            await run(self._statement(len(rows)), _params(rows))
+        except BaseException as error:
+            _end(spans, error)
+            raise
+        _end(spans, None)
+        return [r.message_id for r in rows]
+
+    def _statement(self, rows: int) -> str:
+        statement = self._statements.get(rows)
+        if statement is None:
+            statement = self._dialect.insert(rows)
+            if len(self._statements) < 64:
+                self._statements[rows] = statement
+        return statement
+
+    def _rows(self, sends: Sequence[tuple[Any, ...]]) -> tuple[list[Row], list[Any] | None]:
+        """Rows for checked sends; with tracing on, a `surelay.send` span each (child
+        of the caller's span), whose `traceparent` the row carries."""
+        checked = []
+        for index, args in enumerate(sends):
+            try:
+                checked.append(check_send(*args, max_payload_bytes=self.max_payload_bytes))
+            except InvalidMessage as error:
+                raise (
+                    InvalidMessage(f"messages[{index}]: {error}") if len(sends) > 1 else error
+                ) from None
+        now = time.time()
+        ids = new_id.many(len(checked), now)
+        tracing = not isinstance(trace.get_tracer_provider(), ProxyTracerProvider)
+        spans: list[Any] | None = [] if tracing else None
+        rows = []
+        tracer = trace.get_tracer(NAME) if tracing else None
+        for message_id, (transport, data, key, idem, priority, headers) in zip(
+            ids, checked, strict=True
+        ):
+            given: Mapping[str, str] = headers
+            if tracer is not None and spans is not None:
+                span = tracer.start_span(
+                    SPAN_SEND,
+                    attributes={
+                        ATTR_MESSAGE_ID: message_id,
+                        ATTR_TRANSPORT: transport,
+                        ATTR_KEY: key if key is not None else "",
+                        "db.system": self._kind,
+                    },
+                )
+                spans.append(span)
+                traceparent = traceparent_of(span)
+                if traceparent is not None:
+                    given = {**headers, TRACEPARENT: traceparent}
+            rows.append(
+                make_row(
+                    message_id,
+                    transport,
+                    data,
+                    key,
+                    idem,
+                    priority,
+                    given,
+                    partitions=self.partitions,
+                    spread=next(self._spread),
+                    now=now,
+                )
+            )
+        return rows, spans
+
+
+def _batch(messages: object) -> list[tuple[Any, ...]]:
+    if isinstance(messages, str | bytes) or not isinstance(messages, Sequence):
+        raise InvalidMessage(
+            f"messages must be a sequence of mappings, got {type(messages).__name__}"
+        )
+    if len(messages) > MAX_BATCH:
+        raise InvalidMessage(f"batch of {len(messages)} messages is over {MAX_BATCH}")
+    out = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise InvalidMessage(
+                f"messages[{index}]: expected a mapping of send() arguments, "
+                f"got {type(message).__name__}"
+            )
+        unknown = set(message) - SEND_ARGS
+        if unknown:
+            raise InvalidMessage(
+                f"messages[{index}]: unknown send() argument(s) {sorted(map(str, unknown))}"
+            )
+        for required in ("transport", "payload"):
+            if required not in message:
+                raise InvalidMessage(f"messages[{index}]: missing {required!r}")
+        out.append(
+            (
+                message["transport"],
+                message["payload"],
+                message.get("key"),
+                message.get("idempotency_key"),
+                message.get("priority", Priority.NORMAL),
+                message.get("headers"),
+            )
+        )
+    return out
+
+
+def _params(rows: list[Row]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for i, row in enumerate(rows):
+        for column, value in zip(COLUMNS, row.values(), strict=True):
+            params[f"{column}_{i}"] = value
+    return params
+
+
+def _end(spans: list[Any] | None, error: BaseException | None) -> None:
+    if not spans:
+        return
+    for span in spans:
+        if error is not None:
+            record_error(span, error)
+        span.end()

@@ -1,0 +1,471 @@
+"""The relay: committed rows of a `SqlOutbox` table into a runtime's senders, and each
+row deleted once its message has ended.
+
+One thread per relayed table runs the loop; on PostgreSQL a second one waits for the
+table's NOTIFY. The loop, each turn:
+
+1. every `beat` seconds: says this relay is alive (a row in `<table>_relays`), renews
+   its leases, gives back the partitions `share` now gives to others (once none of
+   their rows is still under way here, so a key never has rows in two relays at once),
+   and claims those `share` gives it that are free or expired;
+2. deletes the rows whose messages ended (delivered, duplicate or dead-lettered: the
+   outcome is durable in the runtime's store before the receipt completes);
+3. takes more rows of its partitions in id order, as many as its window and the
+   runtime's pressure allow, and hands them to the senders of their keys' partitions.
+
+Relayed messages are not written to the runtime's outbox: the row is their durable
+copy until it is deleted. So a relay that dies (its process, its machine, its disk)
+loses nothing: after `lease` seconds another relay holds its partitions and relays the
+rows again (at least once; the receiver sees the same idempotency key, and a runtime
+that had already recorded the delivery ends it as a duplicate without a call).
+
+A row checked here and found unusable (a transport this runtime does not have, a
+payload over its `max_payload_bytes`, headers that are not valid) is dead-lettered
+`invalid` in the runtime's store, then deleted: it can be listed and replayed.
+
+A database that fails (down, unreachable, restarting) is retried with back-off; the
+relay never crashes the runtime, and says what failed in `health()["relays"]`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from surelay.actors.dead_letter import Capture
+from surelay.envelope import Envelope, Priority
+from surelay.errors import InvalidMessage
+from surelay.pressure import admission, hard_bound
+from surelay.recovery import deliver
+from surelay.routing import partition_for
+from surelay.sql.database import Database, connect, listen
+from surelay.sql.leases import share
+from surelay.sql.rows import envelope_of, headers_of
+from surelay.storage.records import OutboxEntry, outbox_entry
+
+if TYPE_CHECKING:
+    from surelay.hub import Hub
+    from surelay.receipts import Outcome
+    from surelay.sql.outbox import SqlOutbox
+
+__all__ = ["Relay", "RelaySettings"]
+
+logger = logging.getLogger("surelay.relay")
+
+BACKLOG_EVERY = 2.0
+"""Seconds between two counts of the rows waiting in the table (for `health()`)."""
+
+BACKOFF_MAX = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class RelaySettings:
+    """`rt.relay`'s arguments, checked."""
+
+    batch: int
+    poll_interval: float
+    lease: float
+
+    def __post_init__(self) -> None:
+        if isinstance(self.batch, bool) or not isinstance(self.batch, int):
+            raise TypeError(f"batch must be an int, got {self.batch!r}")
+        if not 1 <= self.batch <= 10_000:
+            raise ValueError(f"batch must be in 1..10000, got {self.batch}")
+        for name in ("poll_interval", "lease"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TypeError(f"{name} must be a number of seconds, got {value!r}")
+            if not 0.01 <= value <= 3600:
+                raise ValueError(f"{name} must be within 0.01..3600 seconds, got {value!r}")
+        if self.lease < 1.0:
+            raise ValueError(f"lease must be at least 1 second, got {self.lease!r}")
+
+    @property
+    def window(self) -> int:
+        """Most rows of this relay in the runtime at once (taken, not yet ended)."""
+        return 4 * self.batch
+
+    @property
+    def beat(self) -> float:
+        """Seconds between heartbeats: a dead relay's partitions are taken over within
+        `lease` plus one beat."""
+        return min(1.0, self.lease / 4)
+
+
+def relay_id() -> str:
+    """This relay's name among the relays of a table: host, process, and a nonce (a
+    restarted process is a new relay)."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Relay:
+    """Relays one `SqlOutbox` into the runtime of `hub` (see the module docstring)."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        outbox: SqlOutbox,
+        settings: RelaySettings,
+        *,
+        connector: Callable[[], Database] | None = None,
+    ) -> None:
+        self._hub = hub
+        self._outbox = outbox
+        self._settings = settings
+        self._connect = connector or (lambda: connect(outbox.dialect, outbox.target))
+        self.name = relay_id()
+        self._db: Database | None = None
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._paused = False
+        self._taken: dict[int, int] = {}
+        """Row id -> partition, for rows in the runtime whose message has not ended."""
+        self._ended: list[int] = []
+        """Row ids whose message ended, to delete (guarded by `_lock`)."""
+        self._held: set[int] = set()
+        self._wanted: frozenset[int] = frozenset()
+        self._cursor = 0
+        self._rescan_at = 0.0
+        self._beat_at = 0.0
+        self._backlog_at = 0.0
+        self._waiting: int | None = None
+        self._oldest: float | None = None
+        self._db_now_offset = 0.0
+        self._error: str | None = None
+        self._error_at: float | None = None
+        self._relayed = 0
+        self._deleted = 0
+        self._thread = threading.Thread(
+            target=self._run, name=f"surelay-relay-{outbox.table}", daemon=True
+        )
+        self._listener: threading.Thread | None = None
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+        if self._outbox.kind == "postgresql":
+            self._listener = threading.Thread(
+                target=self._listen, name=f"surelay-relay-{self._outbox.table}-listen", daemon=True
+            )
+            self._listener.start()
+
+    def pause(self) -> None:
+        """Take no more rows (the runtime is closing); deleting goes on."""
+        self._paused = True
+        self._wake.set()
+
+    def stop(self, timeout: float) -> None:
+        """Delete what has ended, give the leases back, disconnect (bounded)."""
+        self._paused = True
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout)
+        if self._listener is not None:
+            self._listener.join(min(timeout, 1.0))
+
+    # -- what health() shows ---------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        now = time.time()
+        oldest = self._oldest
+        return {
+            "ok": self._error is None,
+            "relay": self.name,
+            "table": self._outbox.table,
+            "database": self._outbox.kind,
+            "partitions": sorted(self._held),
+            "in_flight": len(self._taken),
+            "waiting": self._waiting,
+            "oldest_age": None if oldest is None else max(0.0, now - oldest),
+            "relayed": self._relayed,
+            "deleted": self._deleted,
+            "last_error": self._error,
+            "last_error_at": self._error_at,
+        }
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                if self._db is None:
+                    self._db = self._connect()
+                    self._held = set()  # claimed again (and, on PostgreSQL, locked again)
+                    self._beat_at = 0.0
+                self._turn(self._db)
+                if self._error is not None:
+                    logger.warning("relay of %s: the database is back", self._outbox.table)
+                    self._error = None
+                backoff = 0.1
+            except Exception as error:
+                self._failed(error)
+                if self._stop.is_set():
+                    break
+                self._stop.wait(backoff * (0.5 + random.random() / 2))
+                backoff = min(BACKOFF_MAX, backoff * 2)
+                continue
+            if self._stop.is_set():
+                break
+            self._wake.wait(self._sleep())
+            self._wake.clear()
+        self._leave()
+
+    def _failed(self, error: Exception) -> None:
+        text = f"{type(error).__name__}: {str(error).strip()[:300]}"
+        if self._error is None:
+            logger.warning(
+                "relay of %s: %s; retrying with back-off (nothing is lost: the rows stay "
+                "in the table)",
+                self._outbox.table,
+                text,
+            )
+        self._error = text
+        self._error_at = time.time()
+        db, self._db = self._db, None
+        if db is not None:
+            try:
+                db.close()
+            except Exception:
+                logger.debug("closing a failed relay connection", exc_info=True)
+
+    def _sleep(self) -> float:
+        now = time.monotonic()
+        return max(0.0, min(self._beat_at, self._rescan_at) - now, 0.001)
+
+    def _turn(self, db: Database) -> None:
+        now = time.monotonic()
+        if now >= self._beat_at:
+            self._beat(db)
+            self._beat_at = now + self._settings.beat
+        self._delete(db)
+        if self._stop.is_set() or self._paused:
+            return
+        if now >= self._backlog_at:
+            self._waiting, self._oldest = db.backlog()
+            self._backlog_at = now + BACKLOG_EVERY
+        rescan = now >= self._rescan_at
+        if rescan:  # rows committed late, below the cursor (a NOTIFY only wakes)
+            self._rescan_at = now + self._settings.poll_interval
+        self._take(db, rescan=rescan)
+
+    def _beat(self, db: Database) -> None:
+        me = self.name
+        lease = self._settings.lease
+        now = db.now()
+        relays = db.heartbeat(me, lease, now)
+        wanted = self._wanted = share(relays, self._outbox.partitions, me)
+        held = db.renew(me, self._held, lease, now)
+        lost = self._held - held
+        if lost:
+            logger.warning(
+                "relay of %s: lost partitions %s to another relay", self._outbox.table, sorted(lost)
+            )
+        busy = set(self._taken.values())
+        for part in sorted(held - wanted):
+            if part not in busy:  # rows still under way here: given back once ended
+                db.release(me, part)
+                held.discard(part)
+        gained = False
+        for part in sorted(wanted - held):
+            if db.claim(me, part, lease, now):
+                held.add(part)
+                gained = True
+        self._held = held
+        if gained:
+            self._cursor = 0  # a new partition's rows may lie below the cursor
+
+    def _delete(self, db: Database) -> None:
+        with self._lock:
+            ended, self._ended = self._ended, []
+        if not ended:
+            return
+        try:
+            db.delete(ended)
+        except BaseException:
+            with self._lock:
+                self._ended = ended + self._ended
+            raise
+        for row_id in ended:
+            self._taken.pop(row_id, None)
+        self._deleted += len(ended)
+
+    def _room(self) -> int:
+        hub = self._hub
+        room = self._settings.window - len(self._taken)
+        state = hub.pressure
+        if state.level != "normal":
+            decision = admission(state.level, Priority.NORMAL, state.ratio, hub.config.pressure)
+            if not decision.admit or decision.delay > 0:
+                return 0
+        return min(room, hard_bound(Priority.NORMAL, hub.config.pressure) - hub.tracker.pending)
+
+    def _take(self, db: Database, *, rescan: bool) -> None:
+        parts = sorted(self._held - set(self._giving_back()))
+        if not parts:
+            return
+        after = 0 if rescan else self._cursor
+        while not self._stop.is_set() and not self._paused:
+            room = self._room()
+            if room <= 0:
+                return
+            limit = min(self._settings.batch, room) + (len(self._taken) if after == 0 else 0)
+            rows = db.take(parts, after, limit)
+            fresh = [r for r in rows if r[0] not in self._taken]
+            if rows:
+                after = rows[-1][0]
+                self._cursor = max(self._cursor, after)
+            if fresh:
+                self._hand_in(fresh[:room])
+                if len(fresh) > room:  # the rest waits; a rescan finds it again
+                    self._cursor = fresh[room - 1][0]
+                    return
+            if len(rows) < limit:
+                return
+
+    def _giving_back(self) -> set[int]:
+        """Held partitions that `share` gives to another relay: no new rows of them."""
+        return self._held - self._wanted
+
+    def _hand_in(self, rows: list[tuple[Any, ...]]) -> None:
+        hub = self._hub
+        now = hub.config.clock()
+        partitions = hub.config.partitions
+        transports = hub.transports
+        entries: list[OutboxEntry] = []
+        invalid: list[tuple[OutboxEntry, str]] = []
+        row_of: dict[str, int] = {}
+        for row_id, message_id, part, transport, payload, key, idem, priority, raw, created in rows:
+            data = bytes(payload)
+            problem = None
+            try:
+                headers = headers_of(raw)
+            except InvalidMessage as error:
+                headers = headers_of(None)
+                problem = str(error)
+            if transport not in transports:
+                known = ", ".join(sorted(transports)) or "none"
+                problem = f"unknown transport {transport!r}; this runtime has: {known}"
+            elif len(data) > hub.config.max_payload_bytes:
+                problem = (
+                    f"payload of {len(data)} bytes is over max_payload_bytes="
+                    f"{hub.config.max_payload_bytes}"
+                )
+            envelope: Envelope = envelope_of(
+                message_id, transport, data, key, idem, priority, headers, float(created)
+            )
+            partition = partition_for(key, partitions) if key is not None else part % partitions
+            entry = outbox_entry(0, envelope, now, partition)
+            row_of[message_id] = row_id
+            self._taken[row_id] = part
+            if problem is None:
+                entries.append(entry)
+            else:
+                invalid.append((entry, problem))
+        receipts = hub.tracker.add(row_of)
+        for receipt in receipts:
+            row_id = row_of[receipt.message_id]
+            hub.tracker.when_done(receipt, self._ender(row_id))
+        if entries:
+            hub.counters.add_each("relayed", [e.envelope.transport for e in entries])
+            self._relayed += len(entries)
+            deliver(hub.senders, entries)
+        for entry, problem in invalid:
+            logger.warning(
+                "relay of %s: row for message %s dead-lettered as invalid: %s",
+                self._outbox.table,
+                entry.envelope.message_id,
+                problem,
+            )
+            assert hub.sink is not None
+            reason = f"refused before delivery: {problem}"
+            hub.sink.tell(Capture(entry, "invalid", reason, "InvalidMessage", 0, now, now))
+
+    def _ender(self, row_id: int) -> Callable[[Outcome], None]:
+        def ended(_outcome: Outcome) -> None:  # on the thread that ended the message
+            with self._lock:
+                self._ended.append(row_id)
+            self._wake.set()
+
+        return ended
+
+    def _listen(self) -> None:
+        backoff = 0.1
+        while not self._stop.is_set():
+            try:
+                listen(self._outbox.dialect, self._outbox.target, self._wake, self._stop)
+                backoff = 0.1
+            except Exception:
+                logger.debug("relay listener of %s failed", self._outbox.table, exc_info=True)
+                self._stop.wait(backoff)
+                backoff = min(BACKOFF_MAX, backoff * 2)
+
+    def _leave(self) -> None:
+        """At stop: delete what has ended, give the leases back (others take them at
+        once, not after `lease`), disconnect."""
+        db = self._db
+        try:
+            if db is None:
+                db = self._db = self._connect()
+            self._delete(db)
+            db.leave(self.name, self._held)
+        except Exception as error:
+            logger.warning(
+                "relay of %s: could not give its leases back (%s); others take them over "
+                "after %.3gs",
+                self._outbox.table,
+                error,
+                self._settings.lease,
+            )
+        finally:
+            self._held = set()
+            if db is not None:
+                try:
+                    db.close()
+                except Exception:
+                    logger.debug("closing the relay connection", exc_info=True)
+            self._db = None
+
+
+class Relays:
+    """The relays of one runtime, one per table (what `rt.relay` starts)."""
+
+    def __init__(self, hub: Hub) -> None:
+        self._hub = hub
+        self._relays: dict[tuple[str, str], Relay] = {}
+        self._lock = threading.Lock()
+
+    def add(self, outbox: SqlOutbox, settings: RelaySettings) -> Relay:
+        """Start relaying `outbox` (`ValueError` if this runtime relays it already)."""
+        where = (outbox.target, outbox.table)
+        with self._lock:
+            if where in self._relays:
+                raise ValueError(f"this runtime relays {outbox!r} already")
+            relay = self._relays[where] = Relay(self._hub, outbox, settings)
+        relay.start()
+        return relay
+
+    def pause(self) -> None:
+        for relay in self._all():
+            relay.pause()
+
+    def stop(self, deadline: float) -> None:
+        for relay in self._all():
+            relay.stop(max(0.2, deadline - time.monotonic()))
+
+    def health(self) -> dict[str, dict[str, Any]]:
+        return {relay.name: relay.health() for relay in self._all()}
+
+    def _all(self) -> list[Relay]:
+        with self._lock:
+            return list(self._relays.values())

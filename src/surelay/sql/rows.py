@@ -1,0 +1,146 @@
+"""Outbox rows: a send's arguments checked into a row, and a row back into an envelope.
+
+Pure functions. A row is what `SqlOutbox.send` inserts on the host's connection; the
+relay reads it back. Checks are `rt.send`'s (same errors, same words), except that the
+transport's name is checked against the relaying runtime's transports when relayed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from surelay.envelope import Envelope, Priority, check_headers, check_payload, check_text
+from surelay.errors import InvalidMessage
+from surelay.routing import partition_for
+
+__all__ = [
+    "PRIORITY_OF_RANK",
+    "SEND_ARGS",
+    "Row",
+    "check_send",
+    "envelope_of",
+    "headers_of",
+]
+
+SEND_ARGS = frozenset({"transport", "payload", "key", "idempotency_key", "priority", "headers"})
+
+PRIORITY_OF_RANK = {p.rank: p for p in Priority}
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One message as stored: the columns of `surelay.sql.dialect.COLUMNS`."""
+
+    message_id: str
+    part: int
+    transport: str
+    payload: bytes
+    msg_key: str | None
+    idempotency_key: str | None
+    priority: int
+    headers: str | None
+    created_at: float
+
+    def values(self) -> Iterator[Any]:
+        yield from (
+            self.message_id,
+            self.part,
+            self.transport,
+            self.payload,
+            self.msg_key,
+            self.idempotency_key,
+            self.priority,
+            self.headers,
+            self.created_at,
+        )
+
+
+def check_send(  # noqa: PLR0917  # send()'s arguments, checked in one place
+    transport: object,
+    payload: object,
+    key: object,
+    idempotency_key: object,
+    priority: object,
+    headers: object,
+    *,
+    max_payload_bytes: int,
+) -> tuple[str, bytes, str | None, str | None, Priority, MappingProxyType[str, str]]:
+    """The arguments of one send, checked (`InvalidMessage` saying what is wrong)."""
+    if not isinstance(transport, str) or not transport:
+        raise InvalidMessage(f"transport must be a non-empty str, got {transport!r}")
+    data = check_payload(payload, max_payload_bytes)
+    checked_key = check_text("key", key, optional=True)
+    checked_idempotency = check_text("idempotency_key", idempotency_key, optional=True)
+    if not isinstance(priority, Priority):
+        raise InvalidMessage(f"priority must be a surelay.Priority, got {priority!r}")
+    return transport, data, checked_key, checked_idempotency, priority, check_headers(headers)
+
+
+def make_row(  # noqa: PLR0917
+    message_id: str,
+    transport: str,
+    payload: bytes,
+    key: str | None,
+    idempotency_key: str | None,
+    priority: Priority,
+    headers: Mapping[str, str],
+    *,
+    partitions: int,
+    spread: int,
+    now: float,
+) -> Row:
+    """The row of a checked send: a keyed message in its key's partition, one without a
+    key in partition `spread % partitions` (no order to keep: spread evenly)."""
+    part = partition_for(key, partitions) if key is not None else spread % partitions
+    return Row(
+        message_id,
+        part,
+        transport,
+        payload,
+        key,
+        idempotency_key,
+        priority.rank,
+        json.dumps(dict(headers), separators=(",", ":")) if headers else None,
+        now,
+    )
+
+
+def headers_of(text: str | None) -> MappingProxyType[str, str]:
+    """A row's headers, checked again (the table may have been written by anyone):
+    `InvalidMessage` if they are not a JSON object of valid headers."""
+    if text is None or text == "":
+        return check_headers(None)
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        raise InvalidMessage(f"headers are not JSON ({error})") from None
+    return check_headers(value)
+
+
+def envelope_of(  # noqa: PLR0917  # a row's columns
+    message_id: str,
+    transport: str,
+    payload: bytes,
+    key: str | None,
+    idempotency_key: str | None,
+    priority: int,
+    headers: MappingProxyType[str, str],
+    created_at: float,
+) -> Envelope:
+    """The envelope a relayed row becomes (attempt 1; `idempotency_key` defaults to the
+    message id, as with `rt.send`)."""
+    return Envelope(
+        message_id,
+        transport,
+        payload,
+        key,
+        idempotency_key or message_id,
+        PRIORITY_OF_RANK.get(priority, Priority.NORMAL),
+        headers,
+        1,
+        created_at,
+    )
