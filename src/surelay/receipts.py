@@ -109,6 +109,8 @@ class Tracker:
         """Work that is not a tracked message but keeps the tracker from being empty:
         a partition whose backlog is still on disk, not yet streamed into memory."""
         self._empty_waiters: list[Callable[[], object]] = []
+        self._listeners: tuple[Callable[[list[str]], object], ...] = ()
+        """Told the ids of the messages each `complete` ends (a relay deletes their rows)."""
 
     def add(
         self, message_ids: Iterable[str], *, receipts: bool = True, limit: int | None = None
@@ -151,11 +153,15 @@ class Tracker:
         ends once: a second outcome for it is ignored)."""
         ended = 0
         called: list[Callable[[Outcome], object]] = []
+        listeners = self._listeners
+        ids: list[str] = []
         with self._cond:
             for message_id in message_ids:
                 if message_id in self._pending:
                     receipt = self._pending.pop(message_id)
                     ended += 1
+                    if listeners:
+                        ids.append(message_id)
                     if receipt is not None:
                         receipt._outcome = outcome
                         if receipt._callbacks:
@@ -166,9 +172,23 @@ class Tracker:
                 self._cond.notify_all()
         for callback in called:
             callback(outcome)
+        for listener in listeners if ids else ():
+            listener(ids)
         for waiter in empty:
             waiter()
         return ended
+
+    def listen(self, listener: Callable[[list[str]], object]) -> Callable[[], None]:
+        """Tell `listener` the ids of the messages that end from now on (on the thread
+        that ends them; it must be quick and must not raise); returns what stops it."""
+        with self._cond:
+            self._listeners = (*self._listeners, listener)
+
+        def stop() -> None:
+            with self._cond:
+                self._listeners = tuple(x for x in self._listeners if x is not listener)
+
+        return stop
 
     def forget(self, message_ids: Iterable[str]) -> None:
         """Stop tracking messages that were never accepted (a failed outbox write)."""

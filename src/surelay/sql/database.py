@@ -25,6 +25,15 @@ ROW_COLUMNS = (
 )
 DELETE_CHUNK = 1000
 
+CONNECT: dict[str, Any] = {
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+}
+"""libpq settings of the relay's connections (a URL's own settings are overridden)."""
+
 
 class Database(Protocol):
     """What a relay asks of its database (see the module docstring)."""
@@ -185,7 +194,8 @@ class PostgresDatabase(_Common):
         super().__init__(dialect)
         import psycopg  # noqa: PLC0415  # surelay[postgres]
 
-        self._conn = psycopg.connect(url, autocommit=True, connect_timeout=5)
+        # keepalives: a server whose machine vanished is noticed in seconds, not hours
+        self._conn = psycopg.connect(url, autocommit=True, **CONNECT)
         self._locks: set[int] = set()
 
     def _run(self, sql: str, params: dict[str, Any] | None = None) -> list[Any]:
@@ -303,7 +313,7 @@ def listen(dialect: Dialect, target: str, wake: threading.Event, stop: threading
     reconnect)."""
     import psycopg  # noqa: PLC0415  # surelay[postgres]
 
-    with psycopg.connect(target, autocommit=True, connect_timeout=5) as conn:
+    with psycopg.connect(target, autocommit=True, **CONNECT) as conn:
         conn.execute(f'LISTEN "{dialect.channel}"')
         while not stop.is_set():
             for _ in conn.notifies(timeout=0.5, stop_after=1):

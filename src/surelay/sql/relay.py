@@ -53,7 +53,6 @@ from surelay.storage.records import OutboxEntry, outbox_entry
 
 if TYPE_CHECKING:
     from surelay.hub import Hub
-    from surelay.receipts import Outcome
     from surelay.sql.outbox import SqlOutbox
 
 __all__ = ["Relay", "RelaySettings"]
@@ -131,6 +130,9 @@ class Relay:
         """Row id -> partition, for rows in the runtime whose message has not ended."""
         self._ended: list[int] = []
         """Row ids whose message ended, to delete (guarded by `_lock`)."""
+        self._rows: dict[str, int] = {}
+        """Message id -> row id, for the messages in the runtime (guarded by `_lock`)."""
+        self._unlisten: Callable[[], None] | None = None
         self._held: set[int] = set()
         self._wanted: frozenset[int] = frozenset()
         self._cursor = 0
@@ -152,6 +154,7 @@ class Relay:
     # -- life cycle ----------------------------------------------------------------------
 
     def start(self) -> None:
+        self._unlisten = self._hub.tracker.listen(self._ends)
         self._thread.start()
         if self._outbox.kind == "postgresql":
             self._listener = threading.Thread(
@@ -372,10 +375,9 @@ class Relay:
                 entries.append(entry)
             else:
                 invalid.append((entry, problem))
-        receipts = hub.tracker.add(row_of)
-        for receipt in receipts:
-            row_id = row_of[receipt.message_id]
-            hub.tracker.when_done(receipt, self._ender(row_id))
+        with self._lock:
+            self._rows.update(row_of)
+        hub.tracker.add(row_of, receipts=False)
         if entries:
             hub.counters.add_each("relayed", [e.envelope.transport for e in entries])
             self._relayed += len(entries)
@@ -391,13 +393,17 @@ class Relay:
             reason = f"refused before delivery: {problem}"
             hub.sink.tell(Capture(entry, "invalid", reason, "InvalidMessage", 0, now, now))
 
-    def _ender(self, row_id: int) -> Callable[[Outcome], None]:
-        def ended(_outcome: Outcome) -> None:  # on the thread that ended the message
-            with self._lock:
-                self._ended.append(row_id)
+    def _ends(self, message_ids: list[str]) -> None:
+        """Messages ended (their outcome durable): their rows are to be deleted. On the
+        thread that ended them; every message of the runtime passes here."""
+        rows = self._rows
+        if not rows:
+            return
+        with self._lock:
+            mine = [rows.pop(m) for m in message_ids if m in rows]
+            self._ended += mine
+        if mine:
             self._wake.set()
-
-        return ended
 
     def _listen(self) -> None:
         backoff = 0.1
@@ -429,6 +435,8 @@ class Relay:
             )
         finally:
             self._held = set()
+            if self._unlisten is not None:
+                self._unlisten()
             if db is not None:
                 try:
                     db.close()
