@@ -107,7 +107,11 @@ class Dialect:
 
     def ddl(self) -> str:
         """The table, the lease tables and (PostgreSQL) the trigger that wakes relays
-        at commit; every statement idempotent."""
+        at commit; every statement idempotent, and none takes a lock on a table that
+        exists already (so running it at every start does not stall the senders).
+
+        No index besides the primary key: relays read in id order and delete by id,
+        and each index would cost every sending transaction an update."""
         t = self.table
         if self.kind == "postgresql":
             return f"""\
@@ -123,7 +127,6 @@ CREATE TABLE IF NOT EXISTS {t} (
     headers TEXT,
     created_at DOUBLE PRECISION NOT NULL
 );
-CREATE INDEX IF NOT EXISTS {t}_part_id ON {t} (part, id);
 CREATE TABLE IF NOT EXISTS {self.leases} (
     part INTEGER PRIMARY KEY,
     owner TEXT,
@@ -138,9 +141,15 @@ BEGIN
     PERFORM pg_notify('{self.channel}', '');
     RETURN NULL;
 END $$;
-DROP TRIGGER IF EXISTS {t}_notify ON {t};
-CREATE TRIGGER {t}_notify AFTER INSERT ON {t}
-    FOR EACH STATEMENT EXECUTE FUNCTION {t}_notify();
+DO $$
+BEGIN
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_trigger WHERE tgname = '{t}_notify' AND tgrelid = '{t}'::regclass
+    ) THEN
+        CREATE TRIGGER {t}_notify AFTER INSERT ON {t}
+            FOR EACH STATEMENT EXECUTE FUNCTION {t}_notify();
+    END IF;
+END $$;
 """
         return f"""\
 CREATE TABLE IF NOT EXISTS {t} (
@@ -155,7 +164,6 @@ CREATE TABLE IF NOT EXISTS {t} (
     headers TEXT,
     created_at REAL NOT NULL
 );
-CREATE INDEX IF NOT EXISTS {t}_part_id ON {t} (part, id);
 CREATE TABLE IF NOT EXISTS {self.leases} (
     part INTEGER PRIMARY KEY,
     owner TEXT,
