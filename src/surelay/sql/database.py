@@ -114,7 +114,7 @@ class SqliteDatabase(_Common):
 
     def _run(self, sql: str, params: dict[str, Any] | None = None) -> list[Any]:
 
-        return self._conn.execute(render(sql, "named"), params or {}).fetchall()
+        return self._conn.execute(render(sql, "named")[0], params or {}).fetchall()
 
     def now(self) -> float:
         return time.time()
@@ -200,7 +200,7 @@ class PostgresDatabase(_Common):
 
     def _run(self, sql: str, params: dict[str, Any] | None = None) -> list[Any]:
 
-        cursor = self._conn.execute(render(sql, "pyformat"), params or {})
+        cursor = self._conn.execute(render(sql, "pyformat")[0], params or {})
         return cursor.fetchall() if cursor.description is not None else []
 
     def now(self) -> float:

@@ -9,6 +9,7 @@ asyncpg `$n`.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -59,23 +60,26 @@ def parse_url(url: object) -> tuple[Kind, str]:
     raise ValueError(f"url must start with postgresql:// or sqlite:///, got {url!r}")
 
 
-def render(sql: str, style: str, names: list[str] | None = None) -> str:
+@functools.lru_cache(maxsize=256)
+def render(sql: str, style: str) -> tuple[str, tuple[str, ...]]:
     """`sql` with its `{name}` placeholders in a driver's style: `named` (`:name`),
-    `pyformat` (`%(name)s`), `format` (`%s`, in order) or `numeric` (`$1`, in order).
-    For the last two, `names` receives the order of the parameters."""
+    `pyformat` (`%(name)s`), `format` (`%s`) or `numeric` (`$1`), and the placeholders'
+    names in order (what the positional styles take their parameters by). Cached: the
+    same few statements are rendered for every send."""
+    if style not in ("named", "pyformat", "format", "numeric"):
+        raise ValueError(f"unknown parameter style {style!r}")
+    names: list[str] = []
 
     def one(match: re.Match[str]) -> str:
         name = match.group(1)
+        names.append(name)
         if style == "named":
             return f":{name}"
         if style == "pyformat":
             return f"%({name})s"
-        if names is None:
-            raise ValueError("positional styles need `names`")
-        names.append(name)
         return "%s" if style == "format" else f"${len(names)}"
 
-    return _PLACEHOLDER.sub(one, sql)
+    return _PLACEHOLDER.sub(one, sql), tuple(names)
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,7 @@ def runner(conn: object, kind: Kind) -> Run:
         sql_conn = conn
 
         def run_sqlite(sql: str, params: Params) -> None:
-            sql_conn.execute(render(sql, "named"), params)
+            sql_conn.execute(render(sql, "named")[0], params)
 
         return run_sqlite
     if module.startswith("psycopg") and hasattr(conn, "execute"):
@@ -77,7 +77,7 @@ def runner(conn: object, kind: Kind) -> Run:
         pg: Any = conn
 
         def run_psycopg(sql: str, params: Params) -> None:
-            pg.execute(render(sql, "pyformat"), params)
+            pg.execute(render(sql, "pyformat")[0], params)
 
         return run_psycopg
     if module.startswith("sqlalchemy"):
@@ -97,7 +97,7 @@ def _sqlalchemy(conn: Any, kind: Kind) -> Run:
     _same_database(kind, bind.dialect.name, f"the SQLAlchemy {name}")
 
     def run(sql: str, params: Params) -> None:
-        conn.execute(text(render(sql, "named")), dict(params))
+        conn.execute(text(render(sql, "named")[0]), dict(params))
 
     return run
 
@@ -111,8 +111,7 @@ def _django(conn: Any, kind: Kind) -> Run:
     )
 
     def run(sql: str, params: Params) -> None:
-        names: list[str] = []
-        statement = render(sql, "format", names)
+        statement, names = render(sql, "format")
         with conn.cursor() as cursor:
             cursor.execute(statement, [params[n] for n in names])
 
@@ -132,7 +131,7 @@ def async_runner(conn: object, kind: Kind) -> ARun:
         )
 
         async def run_psycopg(sql: str, params: Params) -> None:
-            await any_conn.execute(render(sql, "pyformat"), params)
+            await any_conn.execute(render(sql, "pyformat")[0], params)
 
         return run_psycopg
     if module.startswith("asyncpg"):
@@ -144,8 +143,7 @@ def async_runner(conn: object, kind: Kind) -> ARun:
             )
 
         async def run_asyncpg(sql: str, params: Params) -> None:
-            names: list[str] = []
-            statement = render(sql, "numeric", names)
+            statement, names = render(sql, "numeric")
             await any_conn.execute(statement, *[params[n] for n in names])
 
         return run_asyncpg
@@ -156,7 +154,7 @@ def async_runner(conn: object, kind: Kind) -> ARun:
         _same_database(kind, bind.dialect.name, f"the SQLAlchemy {type(conn).__name__}")
 
         async def run_sqlalchemy(sql: str, params: Params) -> None:
-            await any_conn.execute(text(render(sql, "named")), dict(params))
+            await any_conn.execute(text(render(sql, "named")[0]), dict(params))
 
         return run_sqlalchemy
     raise TypeError(
