@@ -244,13 +244,13 @@ def test_relays_join_and_die_under_load_every_row_in_order(
     pids = {"a": hosts.start("a"), "b": hosts.start("b")}
     wait_until(lambda: {pid_of(o) for o in owners(pg_url).values()} == set(pids.values()), 15)
     assert len(owners(pg_url)) == PARTITIONS
-    producer = Producer(pg_url, total=8000, keys=80, per_second=1000)
+    producer = Producer(pg_url, total=5000, keys=50, per_second=800)
     producer.start()
     # a third relay joins mid-run: the partitions are spread over three
-    wait_until(lambda: len(receiver.delivered()) >= 2000, 30)
+    wait_until(lambda: len(receiver.delivered()) >= 1500, 30)
     pids["c"] = hosts.start("c")
     wait_until(lambda: len({pid_of(o) for o in owners(pg_url).values()}) == 3, 15)
-    wait_until(lambda: len(receiver.delivered()) >= 4000, 30)
+    wait_until(lambda: len(receiver.delivered()) >= 3000, 30)
     # one dies (kill -9) holding partitions with rows under way
     held = {part for part, owner in owners(pg_url).items() if pid_of(owner) == pids["a"]}
     assert held
