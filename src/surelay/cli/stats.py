@@ -114,6 +114,31 @@ def _status_rows(table: Table, runtime: dict[str, Any]) -> None:
     table.add_row("refused / replayed", f"{status.get('refused')} / {status.get('replayed')}")
     unhealthy = status.get("unhealthy_actors") or []
     unhealthy += [f"transport {name} wedged" for name in status.get("wedged") or []]
+    relays = status.get("relays") or {}
+    unhealthy += ["a relay failing" for r in relays.values() if r.get("last_error")]
     table.add_row("health", text("ok" if status.get("ok") else f"NOT ok {unhealthy}"))
     if status.get("abandoned"):
         table.add_row("abandoned calls", str(status["abandoned"]))
+    for name, relay in (status.get("relays") or {}).items():
+        _relay_row(table, name, relay)
+
+
+def _relay_row(table: Table, name: str, relay: dict[str, Any]) -> None:
+    """One SQL outbox relay of that runtime (`rt.relay`): what it holds, what waits in
+    its table, and the database's last error (its text escaped like any other)."""
+    oldest = relay.get("oldest_age")
+    waiting = relay.get("waiting")
+    parts = relay.get("partitions") or []
+    figures = (
+        f"{name}: {relay.get('database')} table {relay.get('table')}: "
+        f"partitions {len(parts)}, in flight {relay.get('in_flight')}, "
+        f"waiting {'-' if waiting is None else waiting}, "
+        f"oldest {'-' if oldest is None else age(0.0, float(oldest))}, "
+        f"relayed {relay.get('relayed')}, deleted {relay.get('deleted')}"
+    )
+    table.add_row("relay", text(figures))
+    error = relay.get("last_error")
+    if error:
+        since = relay.get("last_error_at")
+        when = f" ({age(since, time.time())} ago)" if isinstance(since, int | float) else ""
+        table.add_row("relay error", text(f"{error}{when}", style="red"))
