@@ -6,6 +6,7 @@ refuses them."""
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import subprocess
 import sys
@@ -669,3 +670,36 @@ def test_a_sent_message_arrives_as_sent(pg_url: str, tmp_path: Path) -> None:
     plain = got[bare]
     assert (plain.payload, plain.key, plain.priority) == (b"", None, Priority.NORMAL)
     assert plain.idempotency_key == bare  # as with rt.send: the message id by default
+
+
+# -- telemetry ------------------------------------------------------------------------------
+
+
+def test_the_send_span_is_the_callers_child_and_delivery_continues_its_trace(
+    pg_url: str, tmp_path: Path
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.sql.telemetry_host", pg_url, str(tmp_path / "rt")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    spans: list[dict[str, Any]] = seen["spans"]
+    (request,) = [s for s in spans if s["name"] == "request"]
+    sends = [s for s in spans if s["name"] == "surelay.send"]
+    delivers = [s for s in spans if s["name"] == "surelay.deliver"]
+    assert len(sends) == 3  # the rolled-back send's span too: it ended when its row was inserted
+    assert {s["parent"] for s in sends} == {request["span"]}
+    assert {s["trace"] for s in spans} == {request["trace"]}
+    assert [s["attributes"]["db.system"] for s in sends] == ["postgresql"] * 3
+    committed = {s["attributes"]["surelay.message_id"]: s["span"] for s in sends[1:]}
+    assert len(delivers) == 2
+    for deliver in delivers:
+        assert deliver["parent"] == committed[deliver["attributes"]["surelay.message_id"]]
+    for envelope in seen["delivered"]:
+        assert envelope["traceparent"].split("-")[1] == request["trace"]
+    assert seen["relayed"] == [{"value": 2, "attributes": {"surelay.transport": "hooks"}}]
