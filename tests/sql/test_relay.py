@@ -51,6 +51,12 @@ def rows_left(outbox: SqlOutbox) -> int:
         return int(conn.execute(f"SELECT count(*) FROM {outbox.table}").fetchone()[0])  # type: ignore[index]
 
 
+def message_ids(outbox: SqlOutbox) -> list[str]:
+    with psycopg.connect(outbox.target) as conn:
+        rows = conn.execute(f"SELECT message_id FROM {outbox.table} ORDER BY id").fetchall()
+    return [r[0] for r in rows]
+
+
 def lease_rows(outbox: SqlOutbox) -> dict[int, str | None]:
     """Every lease row's owner (None: given back), whether expired or not."""
     with psycopg.connect(outbox.target) as conn:
@@ -135,8 +141,7 @@ def test_unknown_transport_is_dead_lettered_invalid_and_its_row_deleted(
         rt.relay(outbox, lease=2.0, poll_interval=0.2)
         wait_until(lambda: rows_left(outbox) == 0, 10)
         assert [e.message_id for e in recorder.delivered] == [good]
-        wait_until(lambda: len(rt.dead_letters.list()) == 1, 5)
-        (dead,) = rt.dead_letters.list()
+        (dead,) = rt.dead_letters.list()  # recorded before the row was deleted
         assert (dead.message_id, dead.reason_class, dead.transport) == (bad, "invalid", "nope")
         assert "unknown transport 'nope'" in dead.reason
     finally:
@@ -154,16 +159,20 @@ def test_transient_failures_are_retried_and_the_row_deleted_only_once_delivered(
         if failing.is_set():
             raise TransientError("downstream busy")
 
-    recorder = Recorder(flaky)
-    rt = open_runtime(tmp_path / "rt", {"t": recorder}, retry=FAST_RETRY)
+    recorder, other = Recorder(flaky), Recorder()
+    rt = open_runtime(tmp_path / "rt", {"t": recorder, "u": other}, retry=FAST_RETRY)
     try:
         (message_id,) = commit(outbox, [("t", "a", 0)])
         rt.relay(outbox, lease=2.0, poll_interval=0.2)
         recorder.wait_attempts(3)
-        assert rows_left(outbox) == 1  # failed so far: the row stays
+        # another row, delivered and deleted: the relay has deleted what ended since
+        (later,) = commit(outbox, [("u", "b", 0)])
+        wait_until(lambda: message_ids(outbox) == [message_id], 10)
+        assert [e.message_id for e in other.delivered] == [later]
         failing.clear()
         wait_until(lambda: rows_left(outbox) == 0, 10)
         assert [e.message_id for e in recorder.delivered] == [message_id]
+        assert len(recorder.attempts) >= 4
         assert rt.dead_letters.list() == []
     finally:
         rt.close()
@@ -184,7 +193,7 @@ def test_permanent_failure_is_dead_lettered_then_the_row_deleted(
         rt.relay(outbox, lease=2.0, poll_interval=0.2)
         wait_until(lambda: rows_left(outbox) == 0, 10)
         assert len(recorder.attempts) == 1
-        (dead,) = rt.dead_letters.list()
+        (dead,) = rt.dead_letters.list()  # recorded before the row was deleted
         assert (dead.message_id, dead.reason_class) == (message_id, "permanent")
     finally:
         rt.close()
