@@ -20,7 +20,10 @@ from .helpers import free_port, listening
 from .transports.http_server import HttpServer
 
 RECIPES = Path(__file__).resolve().parent.parent / "docs" / "recipes.md"
-PROGRAMS = dict(re.findall(r"```python\n# ([\w.]+\.py)[^\n]*\n(.*?)```", RECIPES.read_text(), re.S))
+PROGRAMS = dict(
+    re.findall(r"```python\n# ([\w./]+\.py)[^\n]*\n(.*?)```", RECIPES.read_text(), re.S)
+)
+SCRIPTS = dict(re.findall(r"```sh\n# ([\w.]+\.sh)[^\n]*\n(.*?)```", RECIPES.read_text(), re.S))
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
@@ -32,12 +35,26 @@ def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
 
 def program(tmp_path: Path, name: str) -> Path:
     path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(PROGRAMS[name])
     return path
 
 
 def test_the_recipes_are_all_tested() -> None:
-    assert sorted(PROGRAMS) == ["app.py", "gunicorn.conf.py", "orders.py", "worker.py"]
+    assert sorted(PROGRAMS) == [
+        "app.py",
+        "gunicorn.conf.py",
+        "orders.py",
+        "orders/migrations/0001_initial.py",  # the SQL outbox recipes: tests/sql/test_recipes.py
+        "orders/models.py",
+        "orders/outbox.py",
+        "place_orders.py",
+        "settings.py",
+        "shop.py",
+        "worker.py",
+        "writer.py",
+    ]
+    assert sorted(SCRIPTS) == ["relay.sh"]
 
 
 def test_fastapi_recipe_under_uvicorn(tmp_path: Path) -> None:
