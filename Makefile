@@ -37,7 +37,13 @@ pytest: $(DEV_STAMP)
 
 test: lint typecheck pytest
 
-bench: $(DEV_STAMP)
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): pyproject.toml $(DEV_STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	@touch $@
+
+bench: $(DEV_STAMP) $(BENCH_STAMP)
 	$(BIN)/python benchmarks/supervision.py
 	$(BIN)/python benchmarks/storage.py
 	$(BIN)/python benchmarks/throughput.py
@@ -47,6 +53,7 @@ bench: $(DEV_STAMP)
 	$(BIN)/python benchmarks/jetstream.py
 	$(BIN)/python benchmarks/console.py
 	$(BIN)/python benchmarks/backlog.py
+	$(BIN)/python benchmarks/sql_outbox.py
 
 clean:
 	rm -rf $(VENV) surelay-data .mypy_cache .pytest_cache .ruff_cache .hypothesis
