@@ -46,6 +46,7 @@ import asyncio
 import importlib
 import itertools
 import json
+import os
 import shutil
 import sqlite3
 import statistics
@@ -80,7 +81,7 @@ SYSTEMS = ("surelay", "dbos", "pgqueuer", "procrastinate")
 POSTGRES_ONLY = ("pgqueuer", "procrastinate")
 # Messages per throughput row, so that a row takes some 5 to 20 s on a 2-core machine
 # (a fifth of it with --quick; --messages sets every row's).
-MESSAGES = {"surelay": 6_000, "dbos": 300, "pgqueuer": 4_000, "procrastinate": 1_500}
+MESSAGES = {"surelay": 6_000, "dbos": 200, "pgqueuer": 4_000, "procrastinate": 1_500}
 COST_GOAL = 1.3
 RELAY_GOAL = 10_000
 LATENCY_RATE = 1_000
@@ -496,50 +497,79 @@ def relay_throughput(url: str, n: int) -> dict[str, float]:
     return {"rate": n / (tally.last - started)}
 
 
+PACERS = 2  # producer processes for the latency figure, each paced at its share
+
+
+def pace(url: str, seconds: float, index: int) -> dict[str, float]:
+    """One of the latency figure's producer processes: 8 threads share one schedule of
+    LATENCY_RATE / PACERS commits a second; each payload carries the wall-clock time
+    taken just before its COMMIT. Order ids are i * PACERS + index."""
+    outbox = surelay_outbox(url)
+    rate = LATENCY_RATE / PACERS
+    n = int(seconds * rate)
+    numbers = itertools.count()
+    lock = threading.Lock()
+    start = time.perf_counter()
+    last = [start]
+
+    def worker() -> None:
+        with connection(url) as conn:
+            while True:
+                with lock:
+                    i = next(numbers)
+                if i >= n:
+                    return
+                time.sleep(max(0.0, start + i / rate - time.perf_counter()))
+                number = i * PACERS + index
+                body = json.dumps({"order": number, "at": time.time()}).encode()
+                with transaction(conn):
+                    insert_order(conn, number)
+                    outbox.send(conn, "hooks", body, key=f"order-{number}")
+                last[0] = max(last[0], time.perf_counter())
+
+    workers = [threading.Thread(target=worker) for _ in range(8)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return {"messages": n, "paced": n / (last[0] - start)}
+
+
 def latency(url: str, seconds: float) -> dict[str, float]:
-    """Commits paced at 1,000 a second (8 threads share one schedule); each message's
-    commit time is kept by its number, the transport notes when it is called."""
+    """Commit-to-call latency: PACERS producer processes (see `pace`) commit at a paced
+    LATENCY_RATE in all, while this process relays; the transport takes each payload's
+    commit time from the wall clock at its call."""
     create_orders(url)
     outbox = surelay_outbox(url)
-    n = int(seconds * LATENCY_RATE)
-    committed = [0.0] * n
-    called = [0.0] * n
+    n = PACERS * int(seconds * LATENCY_RATE / PACERS)
+    waited: list[float] = []
     tally = Tally(n)
 
     def transport(envelope: Any) -> None:
-        called[json.loads(envelope.payload)["order"]] = time.perf_counter()
+        waited.append(time.time() - json.loads(envelope.payload)["at"])
         tally.delivered()
 
-    numbers = itertools.count()
-    lock = threading.Lock()
-
     with surelay_relay(outbox, transport):
-        start = time.perf_counter() + 0.5
-
-        def worker() -> None:
-            with connection(url) as conn:
-                while True:
-                    with lock:
-                        i = next(numbers)
-                    if i >= n:
-                        return
-                    time.sleep(max(0.0, start + i / LATENCY_RATE - time.perf_counter()))
-                    with transaction(conn):
-                        insert_order(conn, i)
-                        surelay_send(outbox, conn, i)
-                    committed[i] = time.perf_counter()
-
-        workers = [threading.Thread(target=worker) for _ in range(8)]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
+        pacers = [
+            subprocess.Popen(
+                [sys.executable, __file__, "pace", url, str(seconds), str(index)],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for index in range(PACERS)
+        ]
+        paced = 0.0
+        for pacer in pacers:
+            out, _ = pacer.communicate()
+            if pacer.returncode != 0:
+                raise SystemExit(f"a pacing producer failed ({pacer.returncode})")
+            paced += json.loads(out.strip().splitlines()[-1])["paced"]
         wait(tally)
-    waited = sorted(max(0.0, c - k) for c, k in zip(called, committed, strict=True))
+    waited.sort()
     return {
         "p50": statistics.median(waited) * 1000,
         "p99": waited[int(len(waited) * 0.99)] * 1000,
-        "paced": n / (max(committed) - start),
+        "paced": paced,
     }
 
 
@@ -606,6 +636,7 @@ def main() -> int:
     n_relay = 20_000 if quick else 200_000
     latency_s = 3.0 if quick else 10.0
     systems = options.only or list(SYSTEMS)
+    load_before = os.getloadavg()[0]
     databases = Databases()
     rows: list[tuple[str, str, str, dict[str, Any]]] = []
 
@@ -639,6 +670,10 @@ def main() -> int:
         latencies = {kind: measure(kind, "latency", str(latency_s)) for kind in kinds}
     finally:
         databases.close()
+    print(
+        f"{os.cpu_count()} CPUs; load average (1 min) {load_before:.1f} at the start, "
+        f"{os.getloadavg()[0]:.1f} at the end"
+    )
     report(
         rows=rows,
         costs=costs,
@@ -710,7 +745,7 @@ def report(
             continue
         print(
             f"  {kind:11} p50 {result['p50']:7.1f} ms  p99 {result['p99']:7.1f} ms  "
-            f"(commits achieved {result['paced']:,.0f}/s)"
+            f"(commits achieved {result['paced']:,.0f}/s, by {PACERS} processes)"
         )
 
 
@@ -726,10 +761,12 @@ def child_main(argv: list[str]) -> None:
         print(json.dumps(relay_throughput(url, int(argv[2]))))
     elif command == "latency":
         print(json.dumps(latency(url, float(argv[2]))))
+    elif command == "pace":
+        print(json.dumps(pace(url, float(argv[2]), int(argv[3]))))
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 2 and sys.argv[1] in ("row", "cost", "relay", "latency"):
+    if len(sys.argv) > 2 and sys.argv[1] in ("row", "cost", "relay", "latency", "pace"):
         child_main(sys.argv[1:])
     else:
         sys.exit(main())
