@@ -40,16 +40,17 @@ class Database(Protocol):
 
     def now(self) -> float: ...
 
-    def heartbeat(self, me: str, lease: float, now: float) -> list[str]:
-        """Say `me` is alive until `now + lease`; the relays alive now."""
+    def heartbeat(self, me: str, lease: float, now: float, partitions: int) -> dict[str, int]:
+        """Say `me` (relaying in `partitions` partitions) is alive until `now + lease`;
+        the relays alive now, with their numbers of partitions."""
         ...
 
     def renew(self, me: str, parts: Iterable[int], lease: float, now: float) -> set[int]:
         """Extend `me`'s leases of `parts`; those still `me`'s."""
         ...
 
-    def claim(self, me: str, part: int, lease: float, now: float) -> bool:
-        """Take partition `part` if it is free, expired or `me`'s already."""
+    def claim(self, me: str, parts: Iterable[int], lease: float, now: float) -> set[int]:
+        """Take those of `parts` that are free, expired or `me`'s already."""
         ...
 
     def release(self, me: str, part: int) -> None: ...
@@ -58,8 +59,11 @@ class Database(Protocol):
         """Give back `parts` and say `me` is gone (at close)."""
         ...
 
-    def take(self, parts: Sequence[int], after: int, limit: int) -> list[tuple[Any, ...]]:
-        """Up to `limit` rows of `parts` with ids above `after`, in id order."""
+    def take(
+        self, parts: Sequence[int], partitions: int, after: int, limit: int
+    ) -> list[tuple[Any, ...]]:
+        """Up to `limit` rows of partitions `parts` (of `partitions`) with ids above
+        `after`, in id order."""
         ...
 
     def delete(self, ids: Sequence[int]) -> None: ...
@@ -81,11 +85,26 @@ class _Common:
     def __init__(self, dialect: Dialect) -> None:
         self.d = dialect
 
+    def _run(self, sql: str, params: dict[str, Any] | None = None) -> list[Any]:
+        raise NotImplementedError
+
     def _upsert_relay(self) -> str:
         return (
-            f"INSERT INTO {self.d.relays} (relay, expires_at) VALUES ({{me}}, {{until}}) "
-            f"ON CONFLICT (relay) DO UPDATE SET expires_at = excluded.expires_at"
+            f"INSERT INTO {self.d.relays} (relay, expires_at, partitions) "
+            f"VALUES ({{me}}, {{until}}, {{partitions}}) "
+            f"ON CONFLICT (relay) DO UPDATE SET expires_at = excluded.expires_at, "
+            f"partitions = excluded.partitions"
         )
+
+    def _heartbeat(self, me: str, lease: float, now: float, partitions: int) -> dict[str, int]:
+        run = self._run
+        run(self._upsert_relay(), {"me": me, "until": now + lease, "partitions": partitions})
+        run(f"DELETE FROM {self.d.relays} WHERE expires_at < {{old}}", {"old": now - lease})
+        rows = run(
+            f"SELECT relay, partitions FROM {self.d.relays} WHERE expires_at >= {{now}}",
+            {"now": now},
+        )
+        return {r[0]: r[1] for r in rows}
 
     def _claim(self) -> str:
         return (
@@ -119,13 +138,8 @@ class SqliteDatabase(_Common):
     def now(self) -> float:
         return time.time()
 
-    def heartbeat(self, me: str, lease: float, now: float) -> list[str]:
-        self._run(self._upsert_relay(), {"me": me, "until": now + lease})
-        self._run(f"DELETE FROM {self.d.relays} WHERE expires_at < {{old}}", {"old": now - lease})
-        rows = self._run(
-            f"SELECT relay FROM {self.d.relays} WHERE expires_at >= {{now}}", {"now": now}
-        )
-        return [r[0] for r in rows]
+    def heartbeat(self, me: str, lease: float, now: float, partitions: int) -> dict[str, int]:
+        return self._heartbeat(me, lease, now, partitions)
 
     def renew(self, me: str, parts: Iterable[int], lease: float, now: float) -> set[int]:
         listed = _ints(parts)
@@ -138,9 +152,19 @@ class SqliteDatabase(_Common):
         )
         return {r[0] for r in rows}
 
-    def claim(self, me: str, part: int, lease: float, now: float) -> bool:
-        rows = self._run(self._claim(), {"part": part, "me": me, "until": now + lease, "now": now})
-        return bool(rows)
+    def claim(self, me: str, parts: Iterable[int], lease: float, now: float) -> set[int]:
+        got: set[int] = set()
+        self._run("BEGIN IMMEDIATE")  # one commit for them all, not one each
+        try:
+            for part in parts:
+                args = {"part": part, "me": me, "until": now + lease, "now": now}
+                if self._run(self._claim(), args):
+                    got.add(part)
+        except BaseException:
+            self._run("ROLLBACK")
+            raise
+        self._run("COMMIT")
+        return got
 
     def release(self, me: str, part: int) -> None:
         self._run(
@@ -156,9 +180,12 @@ class SqliteDatabase(_Common):
         )
         self._run(f"DELETE FROM {self.d.relays} WHERE relay = {{me}}", {"me": me})
 
-    def take(self, parts: Sequence[int], after: int, limit: int) -> list[tuple[Any, ...]]:
+    def take(
+        self, parts: Sequence[int], partitions: int, after: int, limit: int
+    ) -> list[tuple[Any, ...]]:
         return self._run(
-            f"SELECT {ROW_COLUMNS} FROM {self.d.table} WHERE part IN ({_ints(parts)}) "
+            f"SELECT {ROW_COLUMNS} FROM {self.d.table} "
+            f"WHERE part % {int(partitions)} IN ({_ints(parts)}) "
             f"AND id > {{after}} ORDER BY id LIMIT {{limit}}",
             {"after": after, "limit": limit},
         )
@@ -206,13 +233,8 @@ class PostgresDatabase(_Common):
     def now(self) -> float:
         return float(self._run("SELECT extract(epoch from clock_timestamp())")[0][0])
 
-    def heartbeat(self, me: str, lease: float, now: float) -> list[str]:
-        self._run(self._upsert_relay(), {"me": me, "until": now + lease})
-        self._run(f"DELETE FROM {self.d.relays} WHERE expires_at < {{old}}", {"old": now - lease})
-        rows = self._run(
-            f"SELECT relay FROM {self.d.relays} WHERE expires_at >= {{now}}", {"now": now}
-        )
-        return [r[0] for r in rows]
+    def heartbeat(self, me: str, lease: float, now: float, partitions: int) -> dict[str, int]:
+        return self._heartbeat(me, lease, now, partitions)
 
     def renew(self, me: str, parts: Iterable[int], lease: float, now: float) -> set[int]:
         wanted = [p for p in parts if p in self._locks]
@@ -245,13 +267,17 @@ class PostgresDatabase(_Common):
                 {"table": self.d.table, "part": part},
             )
 
-    def claim(self, me: str, part: int, lease: float, now: float) -> bool:
-        if not self._lock(part):
-            return False
-        rows = self._run(self._claim(), {"part": part, "me": me, "until": now + lease, "now": now})
-        if not rows:
-            self._unlock(part)
-        return bool(rows)
+    def claim(self, me: str, parts: Iterable[int], lease: float, now: float) -> set[int]:
+        got: set[int] = set()
+        for part in parts:
+            if not self._lock(part):
+                continue
+            args = {"part": part, "me": me, "until": now + lease, "now": now}
+            if self._run(self._claim(), args):
+                got.add(part)
+            else:
+                self._unlock(part)
+        return got
 
     def release(self, me: str, part: int) -> None:
         self._run(
@@ -270,9 +296,12 @@ class PostgresDatabase(_Common):
         for part in list(self._locks):
             self._unlock(part)
 
-    def take(self, parts: Sequence[int], after: int, limit: int) -> list[tuple[Any, ...]]:
+    def take(
+        self, parts: Sequence[int], partitions: int, after: int, limit: int
+    ) -> list[tuple[Any, ...]]:
         return self._run(
-            f"SELECT {ROW_COLUMNS} FROM {self.d.table} WHERE part = ANY({{parts}}) "
+            f"SELECT {ROW_COLUMNS} FROM {self.d.table} "
+            f"WHERE mod(part, {int(partitions)}) = ANY({{parts}}) "
             f"AND id > {{after}} ORDER BY id LIMIT {{limit}}",
             {"parts": list(parts), "after": after, "limit": limit},
         )

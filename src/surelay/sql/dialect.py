@@ -138,7 +138,8 @@ CREATE TABLE IF NOT EXISTS {self.leases} (
 );
 CREATE TABLE IF NOT EXISTS {self.relays} (
     relay TEXT PRIMARY KEY,
-    expires_at DOUBLE PRECISION NOT NULL
+    expires_at DOUBLE PRECISION NOT NULL,
+    partitions INTEGER NOT NULL
 );
 CREATE OR REPLACE FUNCTION {t}_notify() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -175,7 +176,8 @@ CREATE TABLE IF NOT EXISTS {self.leases} (
 );
 CREATE TABLE IF NOT EXISTS {self.relays} (
     relay TEXT PRIMARY KEY,
-    expires_at REAL NOT NULL
+    expires_at REAL NOT NULL,
+    partitions INTEGER NOT NULL
 );
 """
 

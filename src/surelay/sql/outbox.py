@@ -43,7 +43,10 @@ class SqlOutbox:
     """The outbox table `table` in the database at `url` (`postgresql://...` or
     `sqlite:///path.db`), split into `partitions` by key for the relays to share.
 
-    Every process that sends or relays must use the same `table` and `partitions`.
+    Every process that sends or relays must use the same `table`. `partitions` matters
+    to relays only (rows carry their key's hash, not a partition): relays of one table
+    must agree on it, and a relay that sees another with a different number holds off
+    and says so in `health()` rather than break the order of a key.
     `max_payload_bytes` bounds a payload at send time as `RuntimeConfig` does (the
     relaying runtime checks its own bound again).
     """
@@ -247,7 +250,6 @@ class SqlOutbox:
                     idem,
                     priority,
                     given,
-                    partitions=self.partitions,
                     spread=next(self._spread),
                     now=now,
                 )

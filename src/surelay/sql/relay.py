@@ -143,6 +143,7 @@ class Relay:
         self._oldest: float | None = None
         self._db_now_offset = 0.0
         self._error: str | None = None
+        self._disagreeing: str | None = None
         self._error_at: float | None = None
         self._relayed = 0
         self._deleted = 0
@@ -182,7 +183,7 @@ class Relay:
         now = time.time()
         oldest = self._oldest
         return {
-            "ok": self._error is None,
+            "ok": self._error is None and self._disagreeing is None,
             "relay": self.name,
             "table": self._outbox.table,
             "database": self._outbox.kind,
@@ -192,7 +193,7 @@ class Relay:
             "oldest_age": None if oldest is None else max(0.0, now - oldest),
             "relayed": self._relayed,
             "deleted": self._deleted,
-            "last_error": self._error,
+            "last_error": self._error or self._disagreeing,
             "last_error_at": self._error_at,
         }
 
@@ -266,8 +267,16 @@ class Relay:
         me = self.name
         lease = self._settings.lease
         now = db.now()
-        relays = db.heartbeat(me, lease, now)
-        wanted = self._wanted = share(relays, self._outbox.partitions, me)
+        partitions = self._outbox.partitions
+        relays = db.heartbeat(me, lease, now, partitions)
+        others = {n: p for n, p in relays.items() if p != partitions}
+        if others:  # a key would map to different partitions in different relays
+            self._disagree(others)
+            wanted: frozenset[int] = frozenset()
+        else:
+            self._disagreeing = None
+            wanted = share(list(relays), partitions, me)
+        self._wanted = wanted
         held = db.renew(me, self._held, lease, now)
         lost = self._held - held
         if lost:
@@ -279,14 +288,23 @@ class Relay:
             if part not in busy:  # rows still under way here: given back once ended
                 db.release(me, part)
                 held.discard(part)
-        gained = False
-        for part in sorted(wanted - held):
-            if db.claim(me, part, lease, now):
-                held.add(part)
-                gained = True
-        self._held = held
+        gained = db.claim(me, sorted(wanted - held), lease, now) if wanted - held else set()
+        self._held = held | gained
         if gained:
             self._cursor = 0  # a new partition's rows may lie below the cursor
+
+    def _disagree(self, others: dict[str, int]) -> None:
+        """Other live relays of the table use another number of partitions: hold off
+        (give back what is not busy) and say so, until they agree."""
+        text = (
+            f"relays of table {self._outbox.table} disagree on partitions: this one has "
+            f"{self._outbox.partitions}, "
+            + ", ".join(f"{name} has {n}" for name, n in sorted(others.items())[:5])
+            + "; give every relay of a table the same SqlOutbox(partitions=...)"
+        )
+        if self._disagreeing != text:
+            logger.error("%s; relaying nothing until they agree", text)
+        self._disagreeing = text
 
     def _delete(self, db: Database) -> None:
         with self._lock:
@@ -323,7 +341,7 @@ class Relay:
             if room <= 0:
                 return
             limit = min(self._settings.batch, room) + (len(self._taken) if after == 0 else 0)
-            rows = db.take(parts, after, limit)
+            rows = db.take(parts, self._outbox.partitions, after, limit)
             fresh = [r for r in rows if r[0] not in self._taken]
             if rows:
                 after = rows[-1][0]
@@ -370,7 +388,7 @@ class Relay:
             partition = partition_for(key, partitions) if key is not None else part % partitions
             entry = outbox_entry(0, envelope, now, partition)
             row_of[message_id] = row_id
-            self._taken[row_id] = part
+            self._taken[row_id] = part % self._outbox.partitions
             if problem is None:
                 entries.append(entry)
             else:

@@ -18,6 +18,7 @@ from surelay.errors import InvalidMessage
 from surelay.routing import partition_for
 
 __all__ = [
+    "BUCKETS",
     "PRIORITY_OF_RANK",
     "SEND_ARGS",
     "Row",
@@ -29,6 +30,10 @@ __all__ = [
 SEND_ARGS = frozenset({"transport", "payload", "key", "idempotency_key", "priority", "headers"})
 
 PRIORITY_OF_RANK = {p.rank: p for p in Priority}
+
+BUCKETS = 1 << 16
+"""Keys are hashed into this many buckets (the `part` column); relays group buckets
+into their partitions (`part % partitions`), any number of them up to `BUCKETS`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,13 +94,14 @@ def make_row(  # noqa: PLR0917
     priority: Priority,
     headers: Mapping[str, str],
     *,
-    partitions: int,
     spread: int,
     now: float,
 ) -> Row:
-    """The row of a checked send: a keyed message in its key's partition, one without a
-    key in partition `spread % partitions` (no order to keep: spread evenly)."""
-    part = partition_for(key, partitions) if key is not None else spread % partitions
+    """The row of a checked send. Its `part` is its key's bucket among `BUCKETS` (one
+    without a key: `spread`'s, no order to keep); a relay's partition is `part %
+    partitions`, so a key's rows share a partition whatever number of partitions the
+    relays use, and senders need not know it."""
+    part = partition_for(key, BUCKETS) if key is not None else spread % BUCKETS
     return Row(
         message_id,
         part,
