@@ -29,10 +29,12 @@ PARTITIONS = 16
 
 
 class Receiver:
-    """The downstream: records each delivery (a 200 answer) as (key, seq, relay, time);
-    while `blocking`, answers nothing for a minute (the relay's call hangs)."""
+    """The downstream: records each delivery (a 200 answer, after `delay` seconds) as
+    (key, seq, relay, time); while `blocking`, answers nothing for a minute (the relay's
+    call hangs)."""
 
     def __init__(self) -> None:
+        self.delay = 0.0
         self.deliveries: list[tuple[str, int, str, float]] = []
         self.blocked: list[tuple[str, int, str]] = []
         self.blocking = False
@@ -47,7 +49,7 @@ class Receiver:
                 self.blocked.append((key, int(seq), relay))
                 return Reply(delay=60.0)
             self.deliveries.append((key, int(seq), relay, time.monotonic()))
-        return Reply(200)
+        return Reply(200, delay=self.delay)
 
     def delivered(self) -> set[tuple[str, int]]:
         with self._lock:
@@ -70,6 +72,18 @@ def order_violations(deliveries: list[tuple[str, int, str, float]]) -> list[str]
         elif seq > count:
             problems.append(f"{key}:{seq} by {relay} before {key}:{count}")
     return problems
+
+
+def overlaps(deliveries: list[tuple[str, int, str, float]]) -> list[str]:
+    """Keys whose messages went through a relay again after another relay had delivered
+    some: a key passes through one relay at a time, handed over once (a partition is
+    given back only when none of its rows is under way there)."""
+    runs: dict[str, list[str]] = {}
+    for key, _, relay, _ in deliveries:
+        relays = runs.setdefault(key, [])
+        if not relays or relays[-1] != relay:
+            relays.append(relay)
+    return [f"{key}: {' -> '.join(r)}" for key, r in runs.items() if len(set(r)) < len(r)]
 
 
 @pytest.fixture
@@ -241,16 +255,28 @@ class Producer(threading.Thread):
 def test_relays_join_and_die_under_load_every_row_in_order(
     hosts: Hosts, receiver: Receiver, pg_url: str
 ) -> None:
+    receiver.delay = 0.04  # rows queued in each relay when partitions move
     pids = {"a": hosts.start("a"), "b": hosts.start("b")}
-    wait_until(lambda: {pid_of(o) for o in owners(pg_url).values()} == set(pids.values()), 15)
-    assert len(owners(pg_url)) == PARTITIONS
+
+    def split_between(*relays: str) -> bool:
+        now = owners(pg_url)
+        return len(now) == PARTITIONS and {pid_of(o) for o in now.values()} == {
+            pids[r] for r in relays
+        }
+
+    wait_until(lambda: split_between("a", "b"), 15)
     producer = Producer(pg_url, total=5000, keys=50, per_second=800)
     producer.start()
+
     # a third relay joins mid-run: the partitions are spread over three
-    wait_until(lambda: len(receiver.delivered()) >= 1500, 30)
+    def delivered(count: int) -> bool:
+        assert producer.error is None, producer.error
+        return len(receiver.delivered()) >= count
+
+    wait_until(lambda: delivered(1500), 30)
     pids["c"] = hosts.start("c")
-    wait_until(lambda: len({pid_of(o) for o in owners(pg_url).values()}) == 3, 15)
-    wait_until(lambda: len(receiver.delivered()) >= 3000, 30)
+    wait_until(lambda: split_between("a", "b", "c"), 15)
+    wait_until(lambda: delivered(3000), 30)
     # one dies (kill -9) holding partitions with rows under way
     held = {part for part, owner in owners(pg_url).items() if pid_of(owner) == pids["a"]}
     assert held
@@ -266,7 +292,8 @@ def test_relays_join_and_die_under_load_every_row_in_order(
     leases_at = time.monotonic() - killed_at
     producer.join(30)
     assert producer.error is None, producer.error
-    wait_until(lambda: receiver.delivered() == set(producer.sends), 60)
+    wait_until(lambda: delivered(len(producer.sends)), 60)
+    assert receiver.delivered() == set(producer.sends)
     wait_until(lambda: rows_left(pg_url) == 0, 10)
     deliveries = receiver.snapshot()
     first_after = min(
@@ -283,4 +310,5 @@ def test_relays_join_and_die_under_load_every_row_in_order(
     assert leases_at <= LEASE + 2
     assert delivered_at <= LEASE + 2
     assert order_violations(deliveries) == []
+    assert overlaps(deliveries) == []
     assert {relay for _, _, relay, _ in deliveries} == {"a", "b", "c"}
