@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg
+
 from tests.helpers import free_port, listening
 from tests.test_recipes import SCRIPTS, program, wait_for
 from tests.transports.http_server import HttpServer
@@ -150,6 +152,13 @@ def _rows(database: Path) -> int:
         return count
 
 
+def _pg_rows(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT count(*) FROM surelay_outbox").fetchone()
+        assert row is not None
+        return int(row[0])
+
+
 def test_standalone_relay_recipe_on_postgres(tmp_path: Path, pg_url: str) -> None:
     program(tmp_path, "writer.py")
     with HttpServer() as receiver:
@@ -168,6 +177,7 @@ def test_standalone_relay_recipe_on_postgres(tmp_path: Path, pg_url: str) -> Non
         try:
             wait_for(lambda: len(receiver.requests) >= 20 or relay.poll() is not None)
             assert relay.poll() is None
+            wait_for(lambda: _pg_rows(pg_url) == 0)  # each deleted once delivered
         finally:
             output = stopped(relay)
     assert relay.returncode == 0, output
