@@ -151,7 +151,7 @@ def line(health: Mapping[str, Mapping[str, Any]], started: float) -> Text:
     type=click.IntRange(1, 4096),
     default=64,
     show_default=True,
-    help="as the senders' SqlOutbox(partitions=...)",
+    help="the same for every relay of the table",
 )
 @click.option(
     "--transport",
