@@ -425,8 +425,6 @@ class Runtime:
             while not self._settled() and time.monotonic() < deadline:
                 self._hub.tracker.wait_change(min(0.02, max(0.0, deadline - time.monotonic())))
             self._log_abandoned()
-            # rows whose message ended are deleted; the leases are given back at once
-            self._relays.stop(deadline)
             self._publish_final_status(max(0.2, min(0.5, deadline - time.monotonic())))
             self._root.stop(timeout=max(0.5, deadline - time.monotonic()))
         except Exception as error:  # a part that will not stop: logged, not raised
@@ -450,6 +448,9 @@ class Runtime:
             ("telemetry", self._hub.telemetry.close),
             # the store gives the slot back once its last write is durable
             ("store", lambda: self._store.close(timeout=max(1.0, deadline - time.monotonic()))),
+            # after the store: every outcome is durable and told, so each row whose
+            # message ended is deleted; the leases are given back at once
+            ("relays", lambda: self._relays.stop(deadline)),
         ]
         try:
             for name, step in steps:

@@ -96,7 +96,7 @@ class SqlOutbox:
     # -- the schema ----------------------------------------------------------------------
 
     def ddl(self) -> str:
-        """The statements that create the table, its index and the relays' lease
+        """The statements that create the table and the relays' lease
         tables (and, on PostgreSQL, the trigger that wakes relays at commit), each
         idempotent: paste it into a migration."""
         return self._dialect.ddl()
