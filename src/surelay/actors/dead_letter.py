@@ -124,6 +124,8 @@ class DeadLetterSink(Actor):
                     envelope.message_id,
                     error,
                 )
+                if not capture.entry.seq:  # a relayed row: its table relays it again
+                    hub.tracker.forget((envelope.message_id,))
                 return
             if hub.tracker.complete((envelope.message_id,), Outcome.DEAD_LETTERED):
                 hub.counters.add("dead_lettered", envelope.transport)

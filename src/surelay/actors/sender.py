@@ -575,6 +575,7 @@ class Sender(Actor):
         # must not keep delivered messages in memory, outside the window
         keys = [e.envelope.idempotency_key for e in delivered]
         ids = [e.envelope.message_id for e in delivered]
+        relayed = [e.envelope.message_id for e in delivered if not e.seq]
         transports = [e.envelope.transport for e in delivered]
         state.delivering.update(keys)
         expires = now + hub.config.dedup_ttl
@@ -596,6 +597,8 @@ class Sender(Actor):
                     len(ids),
                     future.exception(),
                 )
+                if relayed:  # not in the outbox: their rows are relayed again instead
+                    hub.tracker.forget(relayed)
                 return
             hub.counters.add_each("delivered", transports)  # counted before anyone is told
             hub.tracker.complete(ids, Outcome.DELIVERED)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from surelay.sql.dialect import Dialect, render
@@ -67,10 +67,10 @@ class Database(Protocol):
         ...
 
     def take(
-        self, parts: Sequence[int], partitions: int, after: int, limit: int
+        self, parts: Sequence[int], partitions: int, after: int, limit: int, skip: Sequence[int]
     ) -> list[tuple[Any, ...]]:
         """Up to `limit` rows of partitions `parts` (of `partitions`) with ids above
-        `after`, in id order."""
+        `after`, but not those in `skip`, in id order."""
         ...
 
     def delete(self, ids: Sequence[int]) -> None: ...
@@ -122,6 +122,21 @@ class _Common:
             f"WHERE {self.d.leases}.owner IS NULL OR {self.d.leases}.owner = excluded.owner "
             f"OR {self.d.leases}.expires_at < {{now}} RETURNING part"
         )
+
+
+BACKLOG_CAP = 100_000
+"""Rows counted at most for `health()` (a count of millions would hold up the relay)."""
+
+
+def _backlog(
+    run: Callable[[str, dict[str, Any] | None], list[Any]], table: str
+) -> tuple[int, float | None]:
+    """Rows waiting (counted up to `BACKLOG_CAP`) and the oldest one's `created_at` (by
+    the primary key: the first row is the oldest)."""
+    count = run(f"SELECT count(*) FROM (SELECT 1 FROM {table} LIMIT {BACKLOG_CAP}) AS w", None)
+    oldest = run(f"SELECT created_at FROM {table} ORDER BY id LIMIT 1", None)
+    created = oldest[0][0] if oldest else None
+    return int(count[0][0]), float(created) if isinstance(created, int | float) else None
 
 
 def _ints(values: Iterable[int]) -> str:
@@ -188,12 +203,13 @@ class SqliteDatabase(_Common):
         self._run(f"DELETE FROM {self.d.relays} WHERE relay = {{me}}", {"me": me})
 
     def take(
-        self, parts: Sequence[int], partitions: int, after: int, limit: int
+        self, parts: Sequence[int], partitions: int, after: int, limit: int, skip: Sequence[int]
     ) -> list[tuple[Any, ...]]:
+        skipping = f"AND id NOT IN ({_ints(skip)}) " if skip else ""
         return self._run(
             f"SELECT {ROW_COLUMNS} FROM {self.d.table} "
             f"WHERE part % {int(partitions)} IN ({_ints(parts)}) "
-            f"AND id > {{after}} ORDER BY id LIMIT {{limit}}",
+            f"AND id > {{after}} {skipping}ORDER BY id LIMIT {{limit}}",
             {"after": after, "limit": limit},
         )
 
@@ -203,8 +219,7 @@ class SqliteDatabase(_Common):
             self._run(f"DELETE FROM {self.d.table} WHERE id IN ({_ints(chunk)})")
 
     def backlog(self) -> tuple[int, float | None]:
-        count, oldest = self._run(f"SELECT count(*), min(created_at) FROM {self.d.table}")[0]
-        return int(count), oldest
+        return _backlog(self._run, self.d.table)
 
     def owners(self) -> dict[int, str]:
         rows = self._run(
@@ -224,7 +239,7 @@ class PostgresDatabase(_Common):
     (its process killed, its machine cut off) holds no lock, and one that has lost its
     locks (a reconnect) takes them again before it relays that partition's rows."""
 
-    def __init__(self, dialect: Dialect, url: str) -> None:
+    def __init__(self, dialect: Dialect, url: str, lease: float) -> None:
         super().__init__(dialect)
         import psycopg  # noqa: PLC0415  # surelay[postgres]
 
@@ -234,7 +249,17 @@ class PostgresDatabase(_Common):
         # locks until the server gives its session up (hours, with the OS defaults)
         for name, value in SERVER_KEEPALIVES.items():
             self._conn.execute(f"SET {name} = {int(value)}")
+        if self._conn.info.server_version >= 140000:
+            # the server ends the session of a relay silent for a lease (a stopped or
+            # frozen process holds no lock past it); a live relay speaks once a beat
+            self._conn.execute(f"SET idle_session_timeout = {int(lease * 1000)}")
         self._locks: set[int] = set()
+        # the locks' first key: the table itself (its oid), so tables of one name in
+        # several schemas (one per tenant) do not share locks
+        found = self._run("SELECT to_regclass({table})::oid::text", {"table": dialect.table})
+        if not found or found[0][0] is None:
+            raise LookupError(f"no table {dialect.table!r}: run outbox.create_table() first")
+        self._lock_key: str = found[0][0]
 
     def _run(self, sql: str, params: dict[str, Any] | None = None) -> list[Any]:
 
@@ -262,8 +287,8 @@ class PostgresDatabase(_Common):
         if part in self._locks:
             return True
         rows = self._run(
-            "SELECT pg_try_advisory_lock(hashtext({table}), {part})",
-            {"table": self.d.table, "part": part},
+            "SELECT pg_try_advisory_lock(hashtext({key}), {part})",
+            {"key": self._lock_key, "part": part},
         )
         if rows[0][0]:
             self._locks.add(part)
@@ -274,8 +299,8 @@ class PostgresDatabase(_Common):
         if part in self._locks:
             self._locks.discard(part)
             self._run(
-                "SELECT pg_advisory_unlock(hashtext({table}), {part})",
-                {"table": self.d.table, "part": part},
+                "SELECT pg_advisory_unlock(hashtext({key}), {part})",
+                {"key": self._lock_key, "part": part},
             )
 
     def claim(self, me: str, parts: Iterable[int], lease: float, now: float) -> set[int]:
@@ -308,13 +333,14 @@ class PostgresDatabase(_Common):
             self._unlock(part)
 
     def take(
-        self, parts: Sequence[int], partitions: int, after: int, limit: int
+        self, parts: Sequence[int], partitions: int, after: int, limit: int, skip: Sequence[int]
     ) -> list[tuple[Any, ...]]:
+        skipping = "AND NOT (id = ANY({skip})) " if skip else ""
         return self._run(
             f"SELECT {ROW_COLUMNS} FROM {self.d.table} "
             f"WHERE mod(part, {int(partitions)}) = ANY({{parts}}) "
-            f"AND id > {{after}} ORDER BY id LIMIT {{limit}}",
-            {"parts": list(parts), "after": after, "limit": limit},
+            f"AND id > {{after}} {skipping}ORDER BY id LIMIT {{limit}}",
+            {"parts": list(parts), "after": after, "limit": limit, "skip": list(skip)},
         )
 
     def delete(self, ids: Sequence[int]) -> None:
@@ -325,8 +351,7 @@ class PostgresDatabase(_Common):
             )
 
     def backlog(self) -> tuple[int, float | None]:
-        count, oldest = self._run(f"SELECT count(*), min(created_at) FROM {self.d.table}")[0]
-        return int(count), None if oldest is None else float(oldest)
+        return _backlog(self._run, self.d.table)
 
     def owners(self) -> dict[int, str]:
         rows = self._run(
@@ -340,11 +365,11 @@ class PostgresDatabase(_Common):
         self._conn.close()
 
 
-def connect(dialect: Dialect, target: str) -> Database:
+def connect(dialect: Dialect, target: str, lease: float) -> Database:
     """A relay's connection to the outbox's database."""
     if dialect.kind == "sqlite":
         return SqliteDatabase(dialect, target)
-    return PostgresDatabase(dialect, target)
+    return PostgresDatabase(dialect, target, lease)
 
 
 def listen(dialect: Dialect, target: str, wake: threading.Event, stop: threading.Event) -> None:

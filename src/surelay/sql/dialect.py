@@ -44,12 +44,22 @@ def parse_url(url: object) -> tuple[Kind, str]:
     scheme = url.split(":", 1)[0].lower()
     if scheme in ("postgresql", "postgres") or scheme.startswith("postgresql+"):
         parts = urlsplit(url)
+        for name in ("ssl", "prepared_statement_cache_size", "statement_cache_size"):
+            if any(q.split("=", 1)[0] == name for q in parts.query.split("&") if q):
+                raise ValueError(
+                    f"url parameter {name!r} is a driver's, not libpq's (the relay "
+                    f"connects with libpq: use sslmode=... and libpq's parameters)"
+                )
         return "postgresql", parts._replace(scheme="postgresql").geturl()
     if scheme == "sqlite" or scheme.startswith("sqlite+"):
         if not url.split(":", 1)[1].startswith("///"):
             raise ValueError(
                 f"a SQLite url is sqlite:///relative/path.db or sqlite:////absolute/path.db, "
                 f"got {url!r}"
+            )
+        if "?" in url:
+            raise ValueError(
+                f"a SQLite url takes no parameters (the relay opens the file), got {url!r}"
             )
         path = unquote(url.split(":", 1)[1][3:])
         if not path or path == ":memory:":
@@ -149,7 +159,8 @@ END $$;
 DO $$
 BEGIN
     IF NOT EXISTS (
-        SELECT 1 FROM pg_trigger WHERE tgname = '{t}_notify' AND tgrelid = '{t}'::regclass
+        SELECT 1 FROM pg_trigger
+        WHERE tgname = lower('{t}_notify') AND tgrelid = '{t}'::regclass
     ) THEN
         CREATE TRIGGER {t}_notify AFTER INSERT ON {t}
             FOR EACH STATEMENT EXECUTE FUNCTION {t}_notify();

@@ -64,6 +64,9 @@ BACKLOG_EVERY = 2.0
 
 BACKOFF_MAX = 5.0
 
+WINDOW_BYTES = 32 << 20
+"""Most payload bytes of one relay's rows in the runtime at once (with `4 * batch` rows)."""
+
 
 @dataclass(frozen=True, slots=True)
 class RelaySettings:
@@ -99,6 +102,11 @@ class RelaySettings:
         return min(1.0, self.lease / 4)
 
 
+def _part(value: object) -> int:
+    """A row's bucket (0 for anything that is not a bucket: still relayed, in order)."""
+    return value if isinstance(value, int) and value >= 0 else 0
+
+
 def relay_id() -> str:
     """This relay's name among the relays of a table: host, process, and a nonce (a
     restarted process is a new relay)."""
@@ -119,15 +127,22 @@ class Relay:
         self._hub = hub
         self._outbox = outbox
         self._settings = settings
-        self._connect = connector or (lambda: connect(outbox.dialect, outbox.target))
+        self._connect = connector or (
+            lambda: connect(outbox.dialect, outbox.target, settings.lease)
+        )
         self.name = relay_id()
         self._db: Database | None = None
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._paused = False
-        self._taken: dict[int, int] = {}
-        """Row id -> partition, for rows in the runtime whose message has not ended."""
+        self._taken: dict[int, tuple[int, int]] = {}
+        """Row id -> (partition, payload bytes), for rows in the runtime whose message
+        has not ended."""
+        self._bytes = 0
+        self._reading: frozenset[int] = frozenset()
+        """The partitions the last read covered (one newly read resets the cursor)."""
+        self._renewed_at = float("-inf")
         self._ended: list[int] = []
         """Row ids whose message ended, to delete (guarded by `_lock`)."""
         self._rows: dict[str, int] = {}
@@ -249,11 +264,12 @@ class Relay:
 
     def _turn(self, db: Database) -> None:
         now = time.monotonic()
+        self._delete(db)  # first: after an outage, what ended goes before any claim
         if now >= self._beat_at:
             self._beat(db)
             self._beat_at = now + self._settings.beat
-        self._delete(db)
-        if self._stop.is_set() or self._paused:
+            self._sweep()
+        if self._stop.is_set() or self._paused or not self._leased():
             return
         if now >= self._backlog_at:
             self._waiting, self._oldest = db.backlog()
@@ -263,9 +279,35 @@ class Relay:
             self._rescan_at = now + self._settings.poll_interval
         self._take(db, rescan=rescan)
 
+    def _leased(self) -> bool:
+        """Whether the leases are surely still this relay's: renewed less than 0.8 of
+        `lease` ago (measured from before the renewal was sent). A relay cut off from
+        the database longer than that takes no more rows: others may hold its
+        partitions by now."""
+        return time.monotonic() - self._renewed_at < 0.8 * self._settings.lease
+
+    def _sweep(self) -> None:
+        """Rows whose message the runtime no longer tracks without having ended it (its
+        outcome could not be recorded): taken again by a later read, not stuck."""
+        pending = self._hub.tracker.is_pending
+        with self._lock:
+            gone = [m for m in self._rows if not pending(m)]
+            if not gone:
+                return
+            for message_id in gone:
+                row_id = self._rows.pop(message_id)
+                self._forget(row_id)
+        self._cursor = 0
+
+    def _forget(self, row_id: int) -> None:
+        taken = self._taken.pop(row_id, None)
+        if taken is not None:
+            self._bytes -= taken[1]
+
     def _beat(self, db: Database) -> None:
         me = self.name
         lease = self._settings.lease
+        asked = time.monotonic()
         now = db.now()
         partitions = self._outbox.partitions
         relays = db.heartbeat(me, lease, now, partitions)
@@ -278,20 +320,20 @@ class Relay:
             wanted = share(list(relays), partitions, me)
         self._wanted = wanted
         held = db.renew(me, self._held, lease, now)
+        self._renewed_at = asked
         lost = self._held - held
         if lost:
             logger.warning(
                 "relay of %s: lost partitions %s to another relay", self._outbox.table, sorted(lost)
             )
-        busy = set(self._taken.values())
+        busy = {part for part, _ in self._taken.values()}
         for part in sorted(held - wanted):
             if part not in busy:  # rows still under way here: given back once ended
                 db.release(me, part)
                 held.discard(part)
-        gained = db.claim(me, sorted(wanted - held), lease, now) if wanted - held else set()
+        claim = sorted(wanted - held) if not self._paused else []
+        gained = db.claim(me, claim, lease, now) if claim else set()
         self._held = held | gained
-        if gained:
-            self._cursor = 0  # a new partition's rows may lie below the cursor
 
     def _disagree(self, others: dict[str, int]) -> None:
         """Other live relays of the table use another number of partitions: hold off
@@ -318,12 +360,14 @@ class Relay:
                 self._ended = ended + self._ended
             raise
         for row_id in ended:
-            self._taken.pop(row_id, None)
+            self._forget(row_id)
         self._deleted += len(ended)
 
     def _room(self) -> int:
         hub = self._hub
         room = self._settings.window - len(self._taken)
+        if self._bytes >= WINDOW_BYTES:
+            return 0
         state = hub.pressure
         if state.level != "normal":
             decision = admission(state.level, Priority.NORMAL, state.ratio, hub.config.pressure)
@@ -332,25 +376,27 @@ class Relay:
         return min(room, hard_bound(Priority.NORMAL, hub.config.pressure) - hub.tracker.pending)
 
     def _take(self, db: Database, *, rescan: bool) -> None:
-        parts = sorted(self._held - set(self._giving_back()))
-        if not parts:
+        reading = frozenset(self._held - self._giving_back())
+        if not reading <= self._reading:
+            self._cursor = 0  # a partition (back) in the read: its rows may lie below
+        self._reading = reading
+        if not reading:
             return
+        parts = sorted(reading)
         after = 0 if rescan else self._cursor
         while not self._stop.is_set() and not self._paused:
             room = self._room()
             if room <= 0:
                 return
-            limit = min(self._settings.batch, room) + (len(self._taken) if after == 0 else 0)
-            rows = db.take(parts, self._outbox.partitions, after, limit)
-            fresh = [r for r in rows if r[0] not in self._taken]
+            limit = min(self._settings.batch, room)
+            # rows under way here are skipped by the database (their payloads are not
+            # read again when a rescan passes them)
+            skip = sorted(i for i in self._taken if i > after)
+            rows = db.take(parts, self._outbox.partitions, after, limit, skip)
             if rows:
                 after = rows[-1][0]
                 self._cursor = max(self._cursor, after)
-            if fresh:
-                self._hand_in(fresh[:room])
-                if len(fresh) > room:  # the rest waits; a rescan finds it again
-                    self._cursor = fresh[room - 1][0]
-                    return
+                self._hand_in(rows)
             if len(rows) < limit:
                 return
 
@@ -359,42 +405,31 @@ class Relay:
         return self._held - self._wanted
 
     def _hand_in(self, rows: list[tuple[Any, ...]]) -> None:
+        """Rows into the runtime: each checked alone (anything may be in a table), a
+        usable one to the sender of its key's partition, an unusable one to the dead
+        letters as `invalid`; either way it is deleted once that outcome is durable."""
         hub = self._hub
         now = hub.config.clock()
-        partitions = hub.config.partitions
-        transports = hub.transports
         entries: list[OutboxEntry] = []
         invalid: list[tuple[OutboxEntry, str]] = []
+        taken: dict[int, tuple[int, int]] = {}
         row_of: dict[str, int] = {}
-        for row_id, message_id, part, transport, payload, key, idem, priority, raw, created in rows:
-            data = bytes(payload)
-            problem = None
-            try:
-                headers = headers_of(raw)
-            except InvalidMessage as error:
-                headers = headers_of(None)
-                problem = str(error)
-            if transport not in transports:
-                known = ", ".join(sorted(transports)) or "none"
-                problem = f"unknown transport {transport!r}; this runtime has: {known}"
-            elif len(data) > hub.config.max_payload_bytes:
-                problem = (
-                    f"payload of {len(data)} bytes is over max_payload_bytes="
-                    f"{hub.config.max_payload_bytes}"
-                )
-            envelope: Envelope = envelope_of(
-                message_id, transport, data, key, idem, priority, headers, float(created)
-            )
-            partition = partition_for(key, partitions) if key is not None else part % partitions
-            entry = outbox_entry(0, envelope, now, partition)
+        for row in rows:
+            row_id = row[0]
+            entry, problem = self._entry(row, now)
+            message_id = entry.envelope.message_id
+            if message_id in row_of or message_id in self._rows:
+                continue  # the same id twice: this row waits until the other has ended
             row_of[message_id] = row_id
-            self._taken[row_id] = part % self._outbox.partitions
+            taken[row_id] = (_part(row[2]) % self._outbox.partitions, len(entry.envelope.payload))
             if problem is None:
                 entries.append(entry)
             else:
                 invalid.append((entry, problem))
         with self._lock:
             self._rows.update(row_of)
+        self._taken.update(taken)
+        self._bytes += sum(size for _, size in taken.values())
         hub.tracker.add(row_of, receipts=False)
         if entries:
             hub.counters.add_each("relayed", [e.envelope.transport for e in entries])
@@ -402,14 +437,56 @@ class Relay:
             deliver(hub.senders, entries)
         for entry, problem in invalid:
             logger.warning(
-                "relay of %s: row for message %s dead-lettered as invalid: %s",
+                "relay of %s: row for message %r dead-lettered as invalid: %s",
                 self._outbox.table,
                 entry.envelope.message_id,
                 problem,
             )
-            assert hub.sink is not None
             reason = f"refused before delivery: {problem}"
+            assert hub.sink is not None
             hub.sink.tell(Capture(entry, "invalid", reason, "InvalidMessage", 0, now, now))
+
+    def _entry(self, row: tuple[Any, ...], now: float) -> tuple[OutboxEntry, str | None]:
+        """A row's entry, and what makes it unusable (None if nothing): never raises,
+        whatever the row holds."""
+        row_id, message_id, part, transport, payload, key, idem, priority, raw, created = row
+        hub = self._hub
+        problems = []
+        if not isinstance(message_id, str) or not message_id:
+            problems.append("no message id")
+            message_id = f"row-{row_id}"
+        if isinstance(payload, bytes | bytearray | memoryview):
+            data = bytes(payload)
+        else:
+            problems.append(f"payload is {type(payload).__name__}, not bytes")
+            data = b""
+        try:
+            headers = headers_of(raw if isinstance(raw, str) or raw is None else repr(raw))
+        except (InvalidMessage, ValueError, TypeError, RecursionError) as error:
+            problems.append(f"unreadable headers ({str(error)[:200]})")
+            headers = headers_of(None)
+        if not isinstance(transport, str) or transport not in hub.transports:
+            known = ", ".join(sorted(hub.transports)) or "none"
+            problems.append(f"unknown transport {transport!r}; this runtime has: {known}")
+            transport = transport if isinstance(transport, str) else repr(transport)
+        if len(data) > hub.config.max_payload_bytes:
+            problems.append(
+                f"payload of {len(data)} bytes is over max_payload_bytes="
+                f"{hub.config.max_payload_bytes}"
+            )
+        if key is not None and not (isinstance(key, str) and key):
+            problems.append(f"key is {key!r}, not a non-empty str")
+            key = None
+        if idem is not None and not (isinstance(idem, str) and idem):
+            idem = None
+        created_at = float(created) if isinstance(created, int | float) else now
+        rank = priority if isinstance(priority, int) else 1
+        envelope: Envelope = envelope_of(
+            message_id, transport, data, key, idem, rank, headers, created_at
+        )
+        partitions = hub.config.partitions
+        partition = partition_for(key, partitions) if key is not None else _part(part) % partitions
+        return outbox_entry(0, envelope, now, partition), "; ".join(problems) or None
 
     def _ends(self, message_ids: list[str]) -> None:
         """Messages ended (their outcome durable): their rows are to be deleted. On the
