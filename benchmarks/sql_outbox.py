@@ -205,9 +205,13 @@ def produce(url: str, n: int, commit: Callable[[Any, int], None]) -> float:
     return first[0]
 
 
-def wait(tally: Tally, timeout: float = 900) -> None:
-    if not tally.done.wait(timeout):
-        raise SystemExit(f"only {tally.count} of {tally.expect} delivered in {timeout:.0f} s")
+def wait(tally: Tally, stall: float = 60) -> None:
+    """Until every message is delivered; gives up once none was for `stall` seconds."""
+    seen = -1
+    while not tally.done.wait(stall):
+        if tally.count == seen:
+            raise SystemExit(f"stalled: {tally.count} of {tally.expect} delivered")
+        seen = tally.count
 
 
 # --- surelay --------------------------------------------------------------------------
