@@ -8,8 +8,10 @@ Run (from the repository root; the bench extra installs the peers):
 The work: 16 host threads each commit transactions that insert a business row (an order)
 and, in the same transaction, one message; the message is delivered to a no-op step, then
 (another row) to a 20 ms downstream step. A row's figure is messages per second from the
-first commit to the last delivery. Each system gets a fresh database of its own, and each
-row runs in a fresh process (producers and consumers share it, as in a host).
+first commit to the last delivery (beside it, commits per second to the last commit: a
+row whose two rates are alike was bound by its producers). Each system gets a fresh
+database of its own, and each row runs in a fresh process (producers and consumers share
+it, as in a host). Rows differ in size (`MESSAGES`) so that each takes some seconds.
 
 - surelay: `SqlOutbox.send(conn, ...)` on the host's connection inside its transaction;
   `Runtime.relay` moves committed rows into the runtime, whose transport is the step (a
@@ -17,8 +19,10 @@ row runs in a fresh process (producers and consumers share it, as in a host).
 - DBOS 3.x: what DBOS documents for exactly-once work with the application's data: a
   workflow runs a datasource transaction (the order row, committed together with DBOS's
   checkpoint) and then enqueues the delivery workflow on a queue (recorded as the
-  workflow's child: enqueued exactly once). The delivery workflow runs the step (a
-  `time.sleep`) with `worker_concurrency=64`. DBOS's queue worker looks for work once per
+  workflow's child: enqueued exactly once); the host thread calls that workflow. The
+  delivery workflow runs the step (a `time.sleep`) with `worker_concurrency=64` (no limit
+  for the no-op). The transaction is READ COMMITTED, like the others' (the datasource's
+  default is SERIALIZABLE). DBOS's queue worker looks for work once per
   `polling_interval_sec` (default 1 s, which would cap it at 64 deliveries a second):
   set to 10 ms here, its tuning for throughput. On SQLite both databases are SQLite files.
 - PgQueuer: `SyncQueries(SyncPsycopgDriver(conn)).enqueue` on the host's connection inside
@@ -32,11 +36,14 @@ Then surelay alone, each beside its bare baseline:
   with `outbox.send` against without it (goal: at most 1.3 times as long);
 - relay throughput: a table pre-filled with rows, drained by `rt.relay` into the runtime
   to a no-op transport (goal: at least 10,000 messages a second);
-- commit-to-call latency at a paced 1,000 messages a second: from the moment a host's
-  commit returned to the transport's call, p50 and p99.
+- commit-to-call latency at a paced 1,000 messages a second, committed by 2 producer
+  processes of their own (so that the pace holds on a small machine): each payload
+  carries the wall-clock time taken just before its COMMIT; the transport's call takes
+  the difference; p50 and p99.
 
 The PostgreSQL cluster is the tests' own (`tests/postgres_server.py`: fsync off,
-synchronous_commit off), the same for every system; SQLite files are in WAL mode.
+synchronous_commit off), the same for every system; the hosts' SQLite files are in WAL
+mode. The machine's load average is printed: figures taken beside other work are lower.
 """
 
 from __future__ import annotations
