@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from surelay.sql.dialect import COLUMNS, Dialect, render
+from surelay.sql.dialect import COLUMNS, Dialect, parse_url, render
 
 names = st.from_regex(r"[a-z_0-9]{1,12}", fullmatch=True)
 plain = st.text(alphabet=st.characters(exclude_characters="{}$%:"), max_size=8)
@@ -68,3 +68,33 @@ def test_the_ddl_names_only_its_own_tables(kind: str) -> None:
     created = set(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", ddl))
     assert created == {"jobs", "jobs_leases", "jobs_relays"}
     assert "orders" not in ddl
+
+
+@pytest.mark.parametrize(
+    ("url", "name"),
+    [
+        ("postgresql+asyncpg://u@db/app?ssl=require", "ssl"),
+        ("postgresql://u@db/app?sslmode=require&ssl=true", "ssl"),
+        (
+            "postgresql+asyncpg://u@db/app?prepared_statement_cache_size=0",
+            "prepared_statement_cache_size",
+        ),
+    ],
+)
+def test_a_postgres_url_with_a_drivers_parameter_is_refused_naming_it(url: str, name: str) -> None:
+    with pytest.raises(ValueError, match=f"url parameter '{name}' is a driver's"):
+        parse_url(url)
+
+
+def test_a_postgres_url_with_libpq_parameters_passes() -> None:
+    url = "postgresql+psycopg://u@db/app?sslmode=require&options=-csearch_path%3Da"
+    assert parse_url(url) == (
+        "postgresql",
+        "postgresql://u@db/app?sslmode=require&options=-csearch_path%3Da",
+    )
+
+
+@pytest.mark.parametrize("url", ["sqlite:///x.db?mode=ro", "sqlite:////tmp/x.db?timeout=5"])
+def test_a_sqlite_url_with_parameters_is_refused(url: str) -> None:
+    with pytest.raises(ValueError, match="a SQLite url takes no parameters"):
+        parse_url(url)
