@@ -17,6 +17,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import psycopg
+
 from tests.helpers import free_port, listening, wait_until
 
 __all__ = ["PostgresServer", "find_bin"]
@@ -51,7 +53,7 @@ class PostgresServer:
         self.log = self.root / "server.log"
         self.port = free_port()
         if os.geteuid() == 0:
-            os.chmod(self.root, 0o755)  # noqa: S103  # the postgres user must reach it
+            os.chmod(self.root, 0o755)  # the postgres user must reach it
             shutil.chown(self.root, "postgres", "postgres")
         subprocess.run(
             _as_postgres(
@@ -89,8 +91,6 @@ class PostgresServer:
         )
 
     def create_database(self, name: str) -> str:
-        import psycopg
-
         with psycopg.connect(self.url(), autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
