@@ -102,6 +102,18 @@ class RelaySettings:
         return min(1.0, self.lease / 4)
 
 
+def _fitting(rows: list[tuple[Any, ...]], room: int) -> list[tuple[Any, ...]]:
+    """The first rows whose payloads fit in `room` bytes (at least one: a row larger
+    than the room still goes, alone)."""
+    total = 0
+    for index, row in enumerate(rows):
+        payload = row[4]
+        total += len(payload) if isinstance(payload, bytes | bytearray | memoryview) else 0
+        if total > room and index:
+            return rows[:index]
+    return rows
+
+
 def _part(value: object) -> int:
     """A row's bucket (0 for anything that is not a bucket: still relayed, in order)."""
     return value if isinstance(value, int) and value >= 0 else 0
@@ -393,10 +405,14 @@ class Relay:
             # read again when a rescan passes them)
             skip = sorted(i for i in self._taken if i > after)
             rows = db.take(parts, self._outbox.partitions, after, limit, skip)
-            if rows:
-                after = rows[-1][0]
+            fitting = _fitting(rows, WINDOW_BYTES - self._bytes)
+            if fitting:
+                after = fitting[-1][0]
                 self._cursor = max(self._cursor, after)
-                self._hand_in(rows)
+                self._hand_in(fitting)
+            if len(fitting) < len(rows):  # the rest waits for room (read again then)
+                self._cursor = after
+                return
             if len(rows) < limit:
                 return
 
