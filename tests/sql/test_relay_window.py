@@ -44,3 +44,26 @@ def test_a_relay_takes_rows_up_to_its_window_of_bytes_and_the_rest_as_it_drains(
         gate.open()
         wait_until(lambda: len(recorder.delivered) == rows, timeout=30)
         wait_until(lambda: conn.execute("SELECT count(*) FROM surelay_outbox").fetchone() == (0,))
+
+
+def test_a_row_whose_message_the_runtime_dropped_is_relayed_again(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """What the sender and the dead-letter sink do when an outcome cannot be recorded
+    (they stop tracking a relayed message): the relay takes the row again, never holds
+    it for ever."""
+    outbox = SqlOutbox(sqlite_url, partitions=4)
+    outbox.create_table()
+    conn = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"))
+    with conn:
+        message_id = outbox.send(conn, "hooks", b"once", key="k")
+    gate = Gate()
+    recorder = Recorder(gate)
+    with Runtime.open(tmp_path / "data", transports={"hooks": recorder}) as rt:
+        rt.relay(outbox, poll_interval=0.05)
+        assert gate.entered.wait(10)
+        rt._hub.tracker.forget([message_id])  # as a failed record does
+        gate.open()
+        wait_until(lambda: conn.execute("SELECT count(*) FROM surelay_outbox").fetchone() == (0,))
+        assert [e.message_id for e in recorder.attempts][:1] == [message_id]
+        assert rt.flush(10)
