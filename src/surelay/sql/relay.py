@@ -152,8 +152,6 @@ class Relay:
         """Row id -> (partition, payload bytes), for rows in the runtime whose message
         has not ended."""
         self._bytes = 0
-        self._reading: frozenset[int] = frozenset()
-        """The partitions the last read covered (one newly read resets the cursor)."""
         self._renewed_at = float("-inf")
         self._ended: list[int] = []
         """Row ids whose message ended, to delete (guarded by `_lock`)."""
@@ -162,8 +160,7 @@ class Relay:
         self._unlisten: Callable[[], None] | None = None
         self._held: set[int] = set()
         self._wanted: frozenset[int] = frozenset()
-        self._cursor = 0
-        self._rescan_at = 0.0
+        self._poll_at = 0.0
         self._beat_at = 0.0
         self._backlog_at = 0.0
         self._waiting: int | None = None
@@ -272,7 +269,7 @@ class Relay:
 
     def _sleep(self) -> float:
         now = time.monotonic()
-        return max(0.0, min(self._beat_at, self._rescan_at) - now, 0.001)
+        return max(0.0, min(self._beat_at, self._poll_at) - now, 0.001)
 
     def _turn(self, db: Database) -> None:
         now = time.monotonic()
@@ -286,10 +283,9 @@ class Relay:
         if now >= self._backlog_at:
             self._waiting, self._oldest = db.backlog()
             self._backlog_at = now + BACKLOG_EVERY
-        rescan = now >= self._rescan_at
-        if rescan:  # rows committed late, below the cursor (a NOTIFY only wakes)
-            self._rescan_at = now + self._settings.poll_interval
-        self._take(db, rescan=rescan)
+        if now >= self._poll_at:  # (a NOTIFY wakes it sooner)
+            self._poll_at = now + self._settings.poll_interval
+        self._take(db)
 
     def _leased(self) -> bool:
         """Whether the leases are surely still this relay's: renewed less than 0.8 of
@@ -309,7 +305,6 @@ class Relay:
             for message_id in gone:
                 row_id = self._rows.pop(message_id)
                 self._forget(row_id)
-        self._cursor = 0
 
     def _forget(self, row_id: int) -> None:
         taken = self._taken.pop(row_id, None)
@@ -387,34 +382,28 @@ class Relay:
                 return 0
         return min(room, hard_bound(Priority.NORMAL, hub.config.pressure) - hub.tracker.pending)
 
-    def _take(self, db: Database, *, rescan: bool) -> None:
-        reading = frozenset(self._held - self._giving_back())
-        if not reading <= self._reading:
-            self._cursor = 0  # a partition (back) in the read: its rows may lie below
-        self._reading = reading
-        if not reading:
+    def _take(self, db: Database) -> None:
+        """Read the first rows of the partitions it reads, from the start of the table:
+        rows are deleted once ended, so the start holds only rows under way here
+        (skipped by the database) and rows not yet taken, among them any that committed
+        after rows with greater ids (there is no cursor to have passed them)."""
+        parts = sorted(self._held - self._giving_back())
+        if not parts:
             return
-        parts = sorted(reading)
-        after = 0 if rescan else self._cursor
+        after = 0
         while not self._stop.is_set() and not self._paused:
             room = self._room()
             if room <= 0:
                 return
             limit = min(self._settings.batch, room)
-            # rows under way here are skipped by the database (their payloads are not
-            # read again when a rescan passes them)
             skip = sorted(i for i in self._taken if i > after)
             rows = db.take(parts, self._outbox.partitions, after, limit, skip)
             fitting = _fitting(rows, WINDOW_BYTES - self._bytes)
             if fitting:
                 after = fitting[-1][0]
-                self._cursor = max(self._cursor, after)
                 self._hand_in(fitting)
-            if len(fitting) < len(rows):  # the rest waits for room (read again then)
-                self._cursor = after
-                return
-            if len(rows) < limit:
-                return
+            if len(fitting) < len(rows) or len(rows) < limit:
+                return  # (the rest waits for room, and is read again then)
 
     def _giving_back(self) -> set[int]:
         """Held partitions that `share` gives to another relay: no new rows of them."""
