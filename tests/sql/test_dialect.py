@@ -30,14 +30,15 @@ def test_every_style_renders_every_placeholder_in_order(
         "pyformat": "".join(f"{text}%({name})s" for text, name in parts) + "end",
         "format": "".join(f"{text}%s" for text, _ in parts) + "end",
         "numeric": "".join(f"{text}${i}" for i, (text, _) in enumerate(parts, 1)) + "end",
+        "qmark": "".join(f"{text}?" for text, _ in parts) + "end",
     }
     for style, text in expected.items():
         assert render(sql, style) == (text, order)
 
 
 def test_an_unknown_style_is_refused() -> None:
-    with pytest.raises(ValueError, match="unknown parameter style 'qmark'"):
-        render("SELECT {x}", "qmark")
+    with pytest.raises(ValueError, match="unknown parameter style 'dollar'"):
+        render("SELECT {x}", "dollar")
 
 
 @pytest.mark.parametrize("rows", [1, 2, 7])

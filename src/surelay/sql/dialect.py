@@ -73,10 +73,10 @@ def parse_url(url: object) -> tuple[Kind, str]:
 @functools.lru_cache(maxsize=256)
 def render(sql: str, style: str) -> tuple[str, tuple[str, ...]]:
     """`sql` with its `{name}` placeholders in a driver's style: `named` (`:name`),
-    `pyformat` (`%(name)s`), `format` (`%s`) or `numeric` (`$1`), and the placeholders'
-    names in order (what the positional styles take their parameters by). Cached: the
-    same few statements are rendered for every send."""
-    if style not in ("named", "pyformat", "format", "numeric"):
+    `pyformat` (`%(name)s`), `format` (`%s`), `qmark` (`?`) or `numeric` (`$1`), and
+    the placeholders' names in order (what positional values follow). Cached: the same
+    few statements are rendered for every send."""
+    if style not in ("named", "pyformat", "format", "numeric", "qmark"):
         raise ValueError(f"unknown parameter style {style!r}")
     names: list[str] = []
 
@@ -87,6 +87,8 @@ def render(sql: str, style: str) -> tuple[str, tuple[str, ...]]:
             return f":{name}"
         if style == "pyformat":
             return f"%({name})s"
+        if style == "qmark":
+            return "?"
         return "%s" if style == "format" else f"${len(names)}"
 
     return _PLACEHOLDER.sub(one, sql), tuple(names)

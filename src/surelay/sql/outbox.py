@@ -18,7 +18,7 @@ from opentelemetry.trace import ProxyTracerProvider
 
 from surelay.envelope import Priority
 from surelay.errors import InvalidMessage
-from surelay.sql.dialect import COLUMNS, Dialect, Kind, parse_url
+from surelay.sql.dialect import Dialect, Kind, parse_url
 from surelay.sql.host import async_runner, runner
 from surelay.sql.rows import SEND_ARGS, Row, check_send, make_row
 from surelay.storage.keys import new_id
@@ -137,7 +137,7 @@ class SqlOutbox:
         run = runner(conn, self._kind)
         rows, spans = self._rows([(transport, payload, key, idempotency_key, priority, headers)])
         try:
-            run(self._statement(1), _params(rows))
+            run(self._statement(1), tuple(rows[0].values()))
         except BaseException as error:
             _end(spans, error)
             raise
@@ -154,7 +154,7 @@ class SqlOutbox:
         if not rows:
             return []
         try:
-            run(self._statement(len(rows)), _params(rows))
+            run(self._statement(len(rows)), _values(rows))
         except BaseException as error:
             _end(spans, error)
             raise
@@ -177,7 +177,7 @@ class SqlOutbox:
         run = async_runner(conn, self._kind)
         rows, spans = self._rows([(transport, payload, key, idempotency_key, priority, headers)])
         try:
-            await run(self._statement(1), _params(rows))
+            await run(self._statement(1), tuple(rows[0].values()))
         except BaseException as error:
             _end(spans, error)
             raise
@@ -191,7 +191,7 @@ class SqlOutbox:
         if not rows:
             return []
         try:
-            await run(self._statement(len(rows)), _params(rows))
+            await run(self._statement(len(rows)), _values(rows))
         except BaseException as error:
             _end(spans, error)
             raise
@@ -219,7 +219,7 @@ class SqlOutbox:
                 ) from None
         now = time.time()
         ids = new_id.many(len(checked), now)
-        tracing = not isinstance(trace.get_tracer_provider(), ProxyTracerProvider)
+        tracing = _tracing()
         spans: list[Any] | None = [] if tracing else None
         rows = []
         tracer = trace.get_tracer(NAME) if tracing else None
@@ -292,12 +292,21 @@ def _batch(messages: object) -> list[tuple[Any, ...]]:
     return out
 
 
-def _params(rows: list[Row]) -> dict[str, Any]:
-    params: dict[str, Any] = {}
-    for i, row in enumerate(rows):
-        for column, value in zip(COLUMNS, row.values(), strict=True):
-            params[f"{column}_{i}"] = value
-    return params
+_TRACING = False
+
+
+def _tracing() -> bool:
+    """Whether the host has installed a tracer provider (once it has, for good: a
+    provider is set once per process)."""
+    global _TRACING
+    if not _TRACING:
+        _TRACING = not isinstance(trace.get_tracer_provider(), ProxyTracerProvider)
+    return _TRACING
+
+
+def _values(rows: list[Row]) -> list[Any]:
+    """The rows' values in the order of a multi-row INSERT's placeholders."""
+    return [value for row in rows for value in row.values()]
 
 
 def _end(spans: list[Any] | None, error: BaseException | None) -> None:
