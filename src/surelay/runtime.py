@@ -425,10 +425,23 @@ class Runtime:
             while not self._settled() and time.monotonic() < deadline:
                 self._hub.tracker.wait_change(min(0.02, max(0.0, deadline - time.monotonic())))
             self._log_abandoned()
+            self._stop_relays(deadline)
             self._publish_final_status(max(0.2, min(0.5, deadline - time.monotonic())))
             self._root.stop(timeout=max(0.5, deadline - time.monotonic()))
         except Exception as error:  # a part that will not stop: logged, not raised
             logger.warning("the runtime did not stop cleanly: %r", error)
+
+    def _stop_relays(self, deadline: float) -> None:
+        """Once every outcome is durable and told (the writer commits in order: a write
+        that ends after all the others), each row whose message ended is deleted; the
+        leases are given back at once, before the last status says what is held."""
+        if not self._relays.any():
+            return
+        try:
+            self._store.write(lambda _txn: None).result(max(0.1, deadline - time.monotonic()))
+        except Exception:  # a store that fails: the rows are relayed again, at least once
+            logger.warning("the last outcomes of relayed rows may not be deleted", exc_info=True)
+        self._relays.stop(deadline)
 
     def _say_close_waits(self, deadline: float) -> None:
         """A close (a ctrl-C) that takes a while says why, and how to cut it short; one
@@ -444,13 +457,11 @@ class Runtime:
     def _release(self, deadline: float) -> None:
         """Let go of the engines, the store and the directory, whatever fails."""
         steps: list[tuple[str, Callable[[], object]]] = [
+            ("relays", lambda: self._relays.stop(deadline)),  # (stopped already, unless cut short)
             ("engines", lambda: self._hub.engines.stop(max(0.2, deadline - time.monotonic()))),
             ("telemetry", self._hub.telemetry.close),
             # the store gives the slot back once its last write is durable
             ("store", lambda: self._store.close(timeout=max(1.0, deadline - time.monotonic()))),
-            # after the store: every outcome is durable and told, so each row whose
-            # message ended is deleted; the leases are given back at once
-            ("relays", lambda: self._relays.stop(deadline)),
         ]
         try:
             for name, step in steps:

@@ -563,6 +563,10 @@ class Relays:
         relay.start()
         return relay
 
+    def any(self) -> bool:
+        with self._lock:
+            return bool(self._relays)
+
     def pause(self) -> None:
         for relay in self._all():
             relay.pause()
