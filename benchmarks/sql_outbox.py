@@ -42,8 +42,11 @@ Then surelay alone, each beside its bare baseline:
   the difference; p50 and p99.
 
 The PostgreSQL cluster is the tests' own (`tests/postgres_server.py`: fsync off,
-synchronous_commit off), the same for every system; the hosts' SQLite files are in WAL
-mode. The machine's load average is printed: figures taken beside other work are lower.
+synchronous_commit off), the same for every system; the cost inside the transaction is
+also measured on a second cluster with PostgreSQL's defaults (`postgresql-durable`:
+fsync and synchronous commit on, as a production database runs, where a commit waits
+for its WAL flush). The hosts' SQLite files are in WAL mode. The machine's load average
+is printed: figures taken beside other work are lower.
 """
 
 from __future__ import annotations
@@ -598,11 +601,13 @@ def child(*args: str) -> dict[str, Any]:
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
-def postgres_server() -> Any:
-    """The tests' PostgreSQL cluster helper (tests/postgres_server.py)."""
+def postgres_server(*, durable: bool = False) -> Any:
+    """The tests' PostgreSQL cluster helper (tests/postgres_server.py); `durable`: with
+    PostgreSQL's default fsync and synchronous commit."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    return importlib.import_module("tests.postgres_server").PostgresServer().start()
+    module = importlib.import_module("tests.postgres_server")
+    return module.PostgresServer(durable=durable).start()
 
 
 class Databases:
@@ -615,20 +620,26 @@ class Databases:
         except (AssertionError, OSError, subprocess.CalledProcessError) as e:
             print(f"no PostgreSQL cluster ({e!r}): its rows are skipped", file=sys.stderr)
             self.server = None
+        self.durable: Any = None
         self.root = Path(tempfile.mkdtemp(prefix="surelay-sql-bench-"))
         self.made = itertools.count()
 
     def fresh(self, kind: str, name: str) -> str:
         unique = f"{name.replace('-', '_')}_{next(self.made)}"
-        if kind == "postgresql":
+        if kind == "postgresql-durable" and self.server is not None:
+            if self.durable is None:
+                self.durable = postgres_server(durable=True)
+            return str(self.durable.create_database(unique))
+        if kind.startswith("postgresql"):
             if self.server is None:
                 raise LookupError("no PostgreSQL")
             return str(self.server.create_database(unique))
         return f"sqlite:///{self.root / unique}.db"
 
     def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
+        for server in (self.server, self.durable):
+            if server is not None:
+                server.close()
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -676,7 +687,10 @@ def main() -> int:
                     result = measure(kind, "row", system, str(n), str(delay))
                     rows.append((system, kind, label, result))
         kinds = ("postgresql", "sqlite")
-        costs = {kind: measure(kind, "cost", str(n_cost)) for kind in kinds}
+        costs = {
+            kind: measure(kind, "cost", str(n_cost))
+            for kind in ("postgresql", "postgresql-durable", "sqlite")
+        }
         relays = {kind: measure(kind, "relay", str(n_relay)) for kind in kinds}
         latencies = {kind: measure(kind, "latency", str(latency_s)) for kind in kinds}
     finally:
@@ -736,7 +750,7 @@ def report(
             continue
         ratio = result["bare"] / result["send"]
         print(
-            f"  {kind:11} order row alone (baseline) {result['bare']:>8,.0f} tx/s; with "
+            f"  {kind:18} order row alone (baseline) {result['bare']:>8,.0f} tx/s; with "
             f"outbox.send {result['send']:>8,.0f} tx/s: {ratio:.2f}x the time "
             f"(goal <= {COST_GOAL}x) {mark(ratio <= COST_GOAL)}"
         )

@@ -43,7 +43,9 @@ class PostgresServer:
     """One cluster of its own. `url()` for a database; `stop()` and `start()` keep the
     data (so a test can take the database away and bring it back)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, durable: bool = False) -> None:
+        """`durable`: PostgreSQL's own defaults (fsync, synchronous commit), as a real
+        database runs; else neither, for speed (what the tests need)."""
         initdb = find_bin("initdb")
         pg_ctl = find_bin("pg_ctl")
         assert initdb and pg_ctl, "PostgreSQL is missing: apt-get install postgresql"
@@ -65,9 +67,10 @@ class PostgresServer:
         with open(self.data / "postgresql.conf", "a") as conf:
             conf.write(
                 f"port = {self.port}\nlisten_addresses = '127.0.0.1'\n"
-                f"unix_socket_directories = '{self.root}'\nfsync = off\n"
-                "synchronous_commit = off\nfull_page_writes = off\nmax_connections = 200\n"
+                f"unix_socket_directories = '{self.root}'\nmax_connections = 200\n"
             )
+            if not durable:
+                conf.write("fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n")
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
