@@ -67,10 +67,20 @@ class Database(Protocol):
         ...
 
     def take(
-        self, parts: Sequence[int], partitions: int, after: int, limit: int, skip: Sequence[int]
+        self, parts: Sequence[int], partitions: int, after: int, limit: int
     ) -> list[tuple[Any, ...]]:
         """Up to `limit` rows of partitions `parts` (of `partitions`) with ids above
-        `after`, but not those in `skip`, in id order."""
+        `after`, in id order."""
+        ...
+
+    def ids(
+        self, parts: Sequence[int], partitions: int, after: int, upto: int, limit: int
+    ) -> list[int]:
+        """Up to `limit` ids of rows of `parts` in (`after`, `upto`], in order."""
+        ...
+
+    def rows(self, ids: Sequence[int]) -> list[tuple[Any, ...]]:
+        """The rows of `ids` still there, in id order."""
         ...
 
     def delete(self, ids: Sequence[int]) -> None: ...
@@ -203,14 +213,28 @@ class SqliteDatabase(_Common):
         self._run(f"DELETE FROM {self.d.relays} WHERE relay = {{me}}", {"me": me})
 
     def take(
-        self, parts: Sequence[int], partitions: int, after: int, limit: int, skip: Sequence[int]
+        self, parts: Sequence[int], partitions: int, after: int, limit: int
     ) -> list[tuple[Any, ...]]:
-        skipping = f"AND id NOT IN ({_ints(skip)}) " if skip else ""
         return self._run(
             f"SELECT {ROW_COLUMNS} FROM {self.d.table} "
             f"WHERE part % {int(partitions)} IN ({_ints(parts)}) "
-            f"AND id > {{after}} {skipping}ORDER BY id LIMIT {{limit}}",
+            f"AND id > {{after}} ORDER BY id LIMIT {{limit}}",
             {"after": after, "limit": limit},
+        )
+
+    def ids(
+        self, parts: Sequence[int], partitions: int, after: int, upto: int, limit: int
+    ) -> list[int]:
+        rows = self._run(
+            f"SELECT id FROM {self.d.table} WHERE part % {int(partitions)} IN ({_ints(parts)}) "
+            f"AND id > {{after}} AND id <= {{upto}} ORDER BY id LIMIT {{limit}}",
+            {"after": after, "upto": upto, "limit": limit},
+        )
+        return [r[0] for r in rows]
+
+    def rows(self, ids: Sequence[int]) -> list[tuple[Any, ...]]:
+        return self._run(
+            f"SELECT {ROW_COLUMNS} FROM {self.d.table} WHERE id IN ({_ints(ids)}) ORDER BY id"
         )
 
     def delete(self, ids: Sequence[int]) -> None:
@@ -333,14 +357,29 @@ class PostgresDatabase(_Common):
             self._unlock(part)
 
     def take(
-        self, parts: Sequence[int], partitions: int, after: int, limit: int, skip: Sequence[int]
+        self, parts: Sequence[int], partitions: int, after: int, limit: int
     ) -> list[tuple[Any, ...]]:
-        skipping = "AND NOT (id = ANY({skip})) " if skip else ""
         return self._run(
             f"SELECT {ROW_COLUMNS} FROM {self.d.table} "
             f"WHERE mod(part, {int(partitions)}) = ANY({{parts}}) "
-            f"AND id > {{after}} {skipping}ORDER BY id LIMIT {{limit}}",
-            {"parts": list(parts), "after": after, "limit": limit, "skip": list(skip)},
+            f"AND id > {{after}} ORDER BY id LIMIT {{limit}}",
+            {"parts": list(parts), "after": after, "limit": limit},
+        )
+
+    def ids(
+        self, parts: Sequence[int], partitions: int, after: int, upto: int, limit: int
+    ) -> list[int]:
+        rows = self._run(
+            f"SELECT id FROM {self.d.table} WHERE mod(part, {int(partitions)}) = ANY({{parts}}) "
+            f"AND id > {{after}} AND id <= {{upto}} ORDER BY id LIMIT {{limit}}",
+            {"parts": list(parts), "after": after, "upto": upto, "limit": limit},
+        )
+        return [r[0] for r in rows]
+
+    def rows(self, ids: Sequence[int]) -> list[tuple[Any, ...]]:
+        return self._run(
+            f"SELECT {ROW_COLUMNS} FROM {self.d.table} WHERE id = ANY({{ids}}) ORDER BY id",
+            {"ids": list(ids)},
         )
 
     def delete(self, ids: Sequence[int]) -> None:

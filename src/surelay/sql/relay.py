@@ -29,6 +29,7 @@ relay never crashes the runtime, and says what failed in `health()["relays"]`.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import random
@@ -63,6 +64,9 @@ BACKLOG_EVERY = 2.0
 """Seconds between two counts of the rows waiting in the table (for `health()`)."""
 
 BACKOFF_MAX = 5.0
+
+LOOK_BACK = 0.25
+"""Seconds of the cursor's way each turn looks back over for rows committed late."""
 
 WINDOW_BYTES = 32 << 20
 """Most payload bytes of one relay's rows in the runtime at once (with `4 * batch` rows)."""
@@ -161,6 +165,11 @@ class Relay:
         self._held: set[int] = set()
         self._wanted: frozenset[int] = frozenset()
         self._poll_at = 0.0
+        self._cursor = 0
+        self._passed: collections.deque[tuple[float, int]] = collections.deque()
+        """(when, cursor) each time the cursor moved, for the look-back."""
+        self._reading: frozenset[int] = frozenset()
+        """The partitions the last read covered (one newly read resets the cursor)."""
         self._beat_at = 0.0
         self._backlog_at = 0.0
         self._waiting: int | None = None
@@ -283,9 +292,10 @@ class Relay:
         if now >= self._backlog_at:
             self._waiting, self._oldest = db.backlog()
             self._backlog_at = now + BACKLOG_EVERY
-        if now >= self._poll_at:  # (a NOTIFY wakes it sooner)
+        everything = now >= self._poll_at  # (a NOTIFY wakes it sooner)
+        if everything:
             self._poll_at = now + self._settings.poll_interval
-        self._take(db)
+        self._take(db, everything=everything)
 
     def _leased(self) -> bool:
         """Whether the leases are surely still this relay's: renewed less than 0.8 of
@@ -305,6 +315,7 @@ class Relay:
             for message_id in gone:
                 row_id = self._rows.pop(message_id)
                 self._forget(row_id)
+        self._passed.clear()  # its row lies below the cursor: the next look-back is whole
 
     def _forget(self, row_id: int) -> None:
         taken = self._taken.pop(row_id, None)
@@ -382,28 +393,55 @@ class Relay:
                 return 0
         return min(room, hard_bound(Priority.NORMAL, hub.config.pressure) - hub.tracker.pending)
 
-    def _take(self, db: Database) -> None:
-        """Read the first rows of the partitions it reads, from the start of the table:
-        rows are deleted once ended, so the start holds only rows under way here
-        (skipped by the database) and rows not yet taken, among them any that committed
-        after rows with greater ids (there is no cursor to have passed them)."""
-        parts = sorted(self._held - self._giving_back())
-        if not parts:
+    def _take(self, db: Database, *, everything: bool) -> None:
+        """Take rows of the partitions it reads, in id order, as room allows.
+
+        New rows come from above a cursor. A transaction that commits after others with
+        greater ids leaves its row below the cursor: each turn looks back over the ids
+        the cursor passed in the last `LOOK_BACK` seconds, and `everything` (once per
+        `poll_interval`) over all of them; a look-back reads ids only, and then the rows
+        not taken yet (what is under way here is not read again)."""
+        reading = frozenset(self._held - self._giving_back())
+        if not reading <= self._reading:
+            self._cursor = 0  # a partition (back) in the read: its rows may lie anywhere
+            self._passed.clear()
+        self._reading = reading
+        if not reading:
             return
-        after = 0
+        parts = sorted(reading)
+        partitions = self._outbox.partitions
+        now = time.monotonic()
+        low = 0 if everything else self._lagging(now)
+        if low < self._cursor:
+            limit = len(self._taken) + self._settings.batch
+            ids = db.ids(parts, partitions, low, self._cursor, limit)
+            late = [i for i in ids if i not in self._taken][: max(0, self._room())]
+            if late:
+                self._hand_in(_fitting(db.rows(late), WINDOW_BYTES - self._bytes))
         while not self._stop.is_set() and not self._paused:
             room = self._room()
             if room <= 0:
                 return
             limit = min(self._settings.batch, room)
-            skip = sorted(i for i in self._taken if i > after)
-            rows = db.take(parts, self._outbox.partitions, after, limit, skip)
-            fitting = _fitting(rows, WINDOW_BYTES - self._bytes)
+            rows = db.take(parts, partitions, self._cursor, limit)
+            fresh = [r for r in rows if r[0] not in self._taken]  # (after a reset)
+            fitting = _fitting(fresh, WINDOW_BYTES - self._bytes)
             if fitting:
-                after = fitting[-1][0]
                 self._hand_in(fitting)
-            if len(fitting) < len(rows) or len(rows) < limit:
-                return  # (the rest waits for room, and is read again then)
+            if rows:
+                self._cursor = fitting[-1][0] if len(fitting) < len(fresh) else rows[-1][0]
+                self._passed.append((now, self._cursor))
+            if len(fitting) < len(fresh) or len(rows) < limit:
+                return  # (the rest waits for room)
+
+    def _lagging(self, now: float) -> int:
+        """Where the cursor was `LOOK_BACK` seconds ago (0 if it has not moved since
+        then, or since it was reset)."""
+        passed = self._passed
+        cutoff = now - LOOK_BACK
+        while len(passed) > 1 and passed[1][0] <= cutoff:
+            passed.popleft()  # (the newest sample at or before the cutoff stays first)
+        return passed[0][1] if passed and passed[0][0] <= cutoff else 0
 
     def _giving_back(self) -> set[int]:
         """Held partitions that `share` gives to another relay: no new rows of them."""
