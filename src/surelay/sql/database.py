@@ -113,7 +113,7 @@ class _Common:
             f"partitions = excluded.partitions"
         )
 
-    def _heartbeat(self, me: str, lease: float, now: float, partitions: int) -> dict[str, int]:
+    def heartbeat(self, me: str, lease: float, now: float, partitions: int) -> dict[str, int]:
         run = self._run
         run(self._upsert_relay(), {"me": me, "until": now + lease, "partitions": partitions})
         run(f"DELETE FROM {self.d.relays} WHERE expires_at < {{old}}", {"old": now - lease})
@@ -132,6 +132,23 @@ class _Common:
             f"WHERE {self.d.leases}.owner IS NULL OR {self.d.leases}.owner = excluded.owner "
             f"OR {self.d.leases}.expires_at < {{now}} RETURNING part"
         )
+
+    def release(self, me: str, part: int) -> None:
+        self._run(
+            f"UPDATE {self.d.leases} SET owner = NULL, expires_at = 0 "
+            f"WHERE part = {{part}} AND owner = {{me}}",
+            {"part": part, "me": me},
+        )
+
+    def leave(self, me: str, parts: Iterable[int]) -> None:
+        self._run(
+            f"UPDATE {self.d.leases} SET owner = NULL, expires_at = 0 WHERE owner = {{me}}",
+            {"me": me},
+        )
+        self._run(f"DELETE FROM {self.d.relays} WHERE relay = {{me}}", {"me": me})
+
+    def backlog(self) -> tuple[int, float | None]:
+        return _backlog(self._run, self.d.table)
 
 
 BACKLOG_CAP = 100_000
@@ -170,9 +187,6 @@ class SqliteDatabase(_Common):
     def now(self) -> float:
         return time.time()
 
-    def heartbeat(self, me: str, lease: float, now: float, partitions: int) -> dict[str, int]:
-        return self._heartbeat(me, lease, now, partitions)
-
     def renew(self, me: str, parts: Iterable[int], lease: float, now: float) -> set[int]:
         listed = _ints(parts)
         if not listed:
@@ -197,20 +211,6 @@ class SqliteDatabase(_Common):
             raise
         self._run("COMMIT")
         return got
-
-    def release(self, me: str, part: int) -> None:
-        self._run(
-            f"UPDATE {self.d.leases} SET owner = NULL, expires_at = 0 "
-            f"WHERE part = {{part}} AND owner = {{me}}",
-            {"part": part, "me": me},
-        )
-
-    def leave(self, me: str, parts: Iterable[int]) -> None:
-        self._run(
-            f"UPDATE {self.d.leases} SET owner = NULL, expires_at = 0 WHERE owner = {{me}}",
-            {"me": me},
-        )
-        self._run(f"DELETE FROM {self.d.relays} WHERE relay = {{me}}", {"me": me})
 
     def take(
         self, parts: Sequence[int], partitions: int, after: int, limit: int
@@ -241,9 +241,6 @@ class SqliteDatabase(_Common):
         for start in range(0, len(ids), DELETE_CHUNK):
             chunk = ids[start : start + DELETE_CHUNK]
             self._run(f"DELETE FROM {self.d.table} WHERE id IN ({_ints(chunk)})")
-
-    def backlog(self) -> tuple[int, float | None]:
-        return _backlog(self._run, self.d.table)
 
     def owners(self) -> dict[int, str]:
         rows = self._run(
@@ -293,9 +290,6 @@ class PostgresDatabase(_Common):
     def now(self) -> float:
         return float(self._run("SELECT extract(epoch from clock_timestamp())")[0][0])
 
-    def heartbeat(self, me: str, lease: float, now: float, partitions: int) -> dict[str, int]:
-        return self._heartbeat(me, lease, now, partitions)
-
     def renew(self, me: str, parts: Iterable[int], lease: float, now: float) -> set[int]:
         wanted = [p for p in parts if p in self._locks]
         if not wanted:
@@ -340,19 +334,11 @@ class PostgresDatabase(_Common):
         return got
 
     def release(self, me: str, part: int) -> None:
-        self._run(
-            f"UPDATE {self.d.leases} SET owner = NULL, expires_at = 0 "
-            f"WHERE part = {{part}} AND owner = {{me}}",
-            {"part": part, "me": me},
-        )
+        super().release(me, part)
         self._unlock(part)
 
     def leave(self, me: str, parts: Iterable[int]) -> None:
-        self._run(
-            f"UPDATE {self.d.leases} SET owner = NULL, expires_at = 0 WHERE owner = {{me}}",
-            {"me": me},
-        )
-        self._run(f"DELETE FROM {self.d.relays} WHERE relay = {{me}}", {"me": me})
+        super().leave(me, parts)
         for part in list(self._locks):
             self._unlock(part)
 
@@ -388,9 +374,6 @@ class PostgresDatabase(_Common):
                 f"DELETE FROM {self.d.table} WHERE id = ANY({{ids}})",
                 {"ids": list(ids[start : start + DELETE_CHUNK])},
             )
-
-    def backlog(self) -> tuple[int, float | None]:
-        return _backlog(self._run, self.d.table)
 
     def owners(self) -> dict[int, str]:
         rows = self._run(

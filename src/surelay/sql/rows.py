@@ -13,7 +13,14 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from surelay.envelope import Envelope, Priority, check_headers, check_payload, check_text
+from surelay.envelope import (
+    Envelope,
+    Priority,
+    check_headers,
+    check_payload,
+    check_text,
+    checked_envelope,
+)
 from surelay.errors import InvalidMessage
 from surelay.routing import partition_for
 
@@ -139,7 +146,7 @@ def envelope_of(  # noqa: PLR0917  # a row's columns
 ) -> Envelope:
     """The envelope a relayed row becomes (attempt 1; `idempotency_key` defaults to the
     message id, as with `rt.send`)."""
-    return Envelope(
+    return checked_envelope(  # (every value checked above or by `headers_of`)
         message_id,
         transport,
         payload,
