@@ -42,15 +42,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from surelay.actors.dead_letter import Capture
-from surelay.envelope import Envelope, Priority
-from surelay.errors import InvalidMessage
+from surelay.envelope import Priority
 from surelay.pressure import admission, hard_bound
 from surelay.recovery import deliver
-from surelay.routing import partition_for
 from surelay.sql.database import Database, connect, listen
 from surelay.sql.leases import share
-from surelay.sql.rows import envelope_of, headers_of
-from surelay.storage.records import OutboxEntry, outbox_entry
+from surelay.sql.taking import bucket_of, entry_of, fitting
+from surelay.storage.records import OutboxEntry
 
 if TYPE_CHECKING:
     from surelay.hub import Hub
@@ -106,23 +104,6 @@ class RelaySettings:
         return min(1.0, self.lease / 4)
 
 
-def _fitting(rows: list[tuple[Any, ...]], room: int) -> list[tuple[Any, ...]]:
-    """The first rows whose payloads fit in `room` bytes (at least one: a row larger
-    than the room still goes, alone)."""
-    total = 0
-    for index, row in enumerate(rows):
-        payload = row[4]
-        total += len(payload) if isinstance(payload, bytes | bytearray | memoryview) else 0
-        if total > room and index:
-            return rows[:index]
-    return rows
-
-
-def _part(value: object) -> int:
-    """A row's bucket (0 for anything that is not a bucket: still relayed, in order)."""
-    return value if isinstance(value, int) and value >= 0 else 0
-
-
 def relay_id() -> str:
     """This relay's name among the relays of a table: host, process, and a nonce (a
     restarted process is a new relay)."""
@@ -137,15 +118,10 @@ class Relay:
         hub: Hub,
         outbox: SqlOutbox,
         settings: RelaySettings,
-        *,
-        connector: Callable[[], Database] | None = None,
     ) -> None:
         self._hub = hub
         self._outbox = outbox
         self._settings = settings
-        self._connect = connector or (
-            lambda: connect(outbox.dialect, outbox.target, settings.lease)
-        )
         self.name = relay_id()
         self._db: Database | None = None
         self._lock = threading.Lock()
@@ -174,7 +150,6 @@ class Relay:
         self._backlog_at = 0.0
         self._waiting: int | None = None
         self._oldest: float | None = None
-        self._db_now_offset = 0.0
         self._error: str | None = None
         self._disagreeing: str | None = None
         self._error_at: float | None = None
@@ -186,6 +161,9 @@ class Relay:
         self._listener: threading.Thread | None = None
 
     # -- life cycle ----------------------------------------------------------------------
+
+    def _connect(self) -> Database:
+        return connect(self._outbox.dialect, self._outbox.target, self._settings.lease)
 
     def start(self) -> None:
         self._unlisten = self._hub.tracker.listen(self._ends)
@@ -417,7 +395,7 @@ class Relay:
             ids = db.ids(parts, partitions, low, self._cursor, limit)
             late = [i for i in ids if i not in self._taken][: max(0, self._room())]
             if late:
-                self._hand_in(_fitting(db.rows(late), WINDOW_BYTES - self._bytes))
+                self._hand_in(fitting(db.rows(late), WINDOW_BYTES - self._bytes))
         while not self._stop.is_set() and not self._paused:
             room = self._room()
             if room <= 0:
@@ -425,13 +403,13 @@ class Relay:
             limit = min(self._settings.batch, room)
             rows = db.take(parts, partitions, self._cursor, limit)
             fresh = [r for r in rows if r[0] not in self._taken]  # (after a reset)
-            fitting = _fitting(fresh, WINDOW_BYTES - self._bytes)
-            if fitting:
-                self._hand_in(fitting)
+            fits = fitting(fresh, WINDOW_BYTES - self._bytes)
+            if fits:
+                self._hand_in(fits)
             if rows:
-                self._cursor = fitting[-1][0] if len(fitting) < len(fresh) else rows[-1][0]
+                self._cursor = fits[-1][0] if len(fits) < len(fresh) else rows[-1][0]
                 self._passed.append((now, self._cursor))
-            if len(fitting) < len(fresh) or len(rows) < limit:
+            if len(fits) < len(fresh) or len(rows) < limit:
                 return  # (the rest waits for room)
 
     def _lagging(self, now: float) -> int:
@@ -459,12 +437,15 @@ class Relay:
         row_of: dict[str, int] = {}
         for row in rows:
             row_id = row[0]
-            entry, problem = self._entry(row, now)
+            entry, problem = entry_of(row, hub.transports, hub.config, now)
             message_id = entry.envelope.message_id
             if message_id in row_of or message_id in self._rows:
                 continue  # the same id twice: this row waits until the other has ended
             row_of[message_id] = row_id
-            taken[row_id] = (_part(row[2]) % self._outbox.partitions, len(entry.envelope.payload))
+            taken[row_id] = (
+                bucket_of(row[2]) % self._outbox.partitions,
+                len(entry.envelope.payload),
+            )
             if problem is None:
                 entries.append(entry)
             else:
@@ -488,48 +469,6 @@ class Relay:
             reason = f"refused before delivery: {problem}"
             assert hub.sink is not None
             hub.sink.tell(Capture(entry, "invalid", reason, "InvalidMessage", 0, now, now))
-
-    def _entry(self, row: tuple[Any, ...], now: float) -> tuple[OutboxEntry, str | None]:
-        """A row's entry, and what makes it unusable (None if nothing): never raises,
-        whatever the row holds."""
-        row_id, message_id, part, transport, payload, key, idem, priority, raw, created = row
-        hub = self._hub
-        problems = []
-        if not isinstance(message_id, str) or not message_id:
-            problems.append("no message id")
-            message_id = f"row-{row_id}"
-        if isinstance(payload, bytes | bytearray | memoryview):
-            data = bytes(payload)
-        else:
-            problems.append(f"payload is {type(payload).__name__}, not bytes")
-            data = b""
-        try:
-            headers = headers_of(raw if isinstance(raw, str) or raw is None else repr(raw))
-        except (InvalidMessage, ValueError, TypeError, RecursionError) as error:
-            problems.append(f"unreadable headers ({str(error)[:200]})")
-            headers = headers_of(None)
-        if not isinstance(transport, str) or transport not in hub.transports:
-            known = ", ".join(sorted(hub.transports)) or "none"
-            problems.append(f"unknown transport {transport!r}; this runtime has: {known}")
-            transport = transport if isinstance(transport, str) else repr(transport)
-        if len(data) > hub.config.max_payload_bytes:
-            problems.append(
-                f"payload of {len(data)} bytes is over max_payload_bytes="
-                f"{hub.config.max_payload_bytes}"
-            )
-        if key is not None and not (isinstance(key, str) and key):
-            problems.append(f"key is {key!r}, not a non-empty str")
-            key = None
-        if idem is not None and not (isinstance(idem, str) and idem):
-            idem = None
-        created_at = float(created) if isinstance(created, int | float) else now
-        rank = priority if isinstance(priority, int) else 1
-        envelope: Envelope = envelope_of(
-            message_id, transport, data, key, idem, rank, headers, created_at
-        )
-        partitions = hub.config.partitions
-        partition = partition_for(key, partitions) if key is not None else _part(part) % partitions
-        return outbox_entry(0, envelope, now, partition), "; ".join(problems) or None
 
     def _ends(self, message_ids: list[str]) -> None:
         """Messages ended (their outcome durable): their rows are to be deleted. On the
