@@ -394,9 +394,9 @@ def connect(dialect: Dialect, target: str, lease: float) -> Database:
     return PostgresDatabase(dialect, target, lease)
 
 
-def listen(dialect: Dialect, target: str, wake: threading.Event, stop: threading.Event) -> None:
-    """Set `wake` on each NOTIFY of the outbox's channel until `stop` (PostgreSQL; runs
-    on a thread of its own; returns when the connection fails, for the caller to
+def listen(dialect: Dialect, target: str, wake: Callable[[], None], stop: threading.Event) -> None:
+    """Call `wake()` on each NOTIFY of the outbox's channel until `stop` (PostgreSQL;
+    runs on a thread of its own; returns when the connection fails, for the caller to
     reconnect)."""
     import psycopg  # noqa: PLC0415  # surelay[postgres]
 
@@ -404,4 +404,4 @@ def listen(dialect: Dialect, target: str, wake: threading.Event, stop: threading
         conn.execute(f'LISTEN "{dialect.channel}"')
         while not stop.is_set():
             for _ in conn.notifies(timeout=0.5, stop_after=1):
-                wake.set()
+                wake()

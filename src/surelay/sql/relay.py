@@ -67,7 +67,12 @@ LOOK_BACK = 0.25
 """Seconds of the cursor's way each turn looks back over for rows committed late."""
 
 WINDOW_BYTES = 32 << 20
-"""Most payload bytes of one relay's rows in the runtime at once (with `4 * batch` rows)."""
+"""Most payload bytes of one relay's rows in the runtime at once (besides its rows)."""
+
+WINDOW_ROWS = 4096
+"""Fewest rows a relay may have in the runtime at once (more with a large `batch`):
+rows end in groups, one commit of the runtime's store each, so a short window would
+leave the transports idle between groups."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +99,9 @@ class RelaySettings:
 
     @property
     def window(self) -> int:
-        """Most rows of this relay in the runtime at once (taken, not yet ended)."""
-        return 4 * self.batch
+        """Most rows of this relay in the runtime at once (taken, not yet ended); never
+        more than half the runtime's `PressurePolicy.capacity` (see `Relay._room`)."""
+        return max(WINDOW_ROWS, 4 * self.batch)
 
     @property
     def beat(self) -> float:
@@ -141,6 +147,8 @@ class Relay:
         self._held: set[int] = set()
         self._wanted: frozenset[int] = frozenset()
         self._poll_at = 0.0
+        self._commits = False
+        """A NOTIFY came since the last turn (set by the listener thread)."""
         self._cursor = 0
         self._passed: collections.deque[tuple[float, int]] = collections.deque()
         """(when, cursor) each time the cursor moved, for the look-back."""
@@ -271,9 +279,10 @@ class Relay:
             self._waiting, self._oldest = db.backlog()
             self._backlog_at = now + BACKLOG_EVERY
         everything = now >= self._poll_at  # (a NOTIFY wakes it sooner)
+        commits, self._commits = self._commits, False
         if everything:
             self._poll_at = now + self._settings.poll_interval
-        self._take(db, everything=everything)
+        self._take(db, everything=everything, commits=commits)
 
     def _leased(self) -> bool:
         """Whether the leases are surely still this relay's: renewed less than 0.8 of
@@ -361,7 +370,8 @@ class Relay:
 
     def _room(self) -> int:
         hub = self._hub
-        room = self._settings.window - len(self._taken)
+        window = min(self._settings.window, hub.config.pressure.capacity // 2)
+        room = window - len(self._taken)
         if self._bytes >= WINDOW_BYTES:
             return 0
         state = hub.pressure
@@ -371,14 +381,14 @@ class Relay:
                 return 0
         return min(room, hard_bound(Priority.NORMAL, hub.config.pressure) - hub.tracker.pending)
 
-    def _take(self, db: Database, *, everything: bool) -> None:
+    def _take(self, db: Database, *, everything: bool, commits: bool) -> None:
         """Take rows of the partitions it reads, in id order, as room allows.
 
         New rows come from above a cursor. A transaction that commits after others with
-        greater ids leaves its row below the cursor: each turn looks back over the ids
-        the cursor passed in the last `LOOK_BACK` seconds, and `everything` (once per
-        `poll_interval`) over all of them; a look-back reads ids only, and then the rows
-        not taken yet (what is under way here is not read again)."""
+        greater ids leaves its row below the cursor: a turn after `commits` (a NOTIFY)
+        looks back over the ids the cursor passed in the last `LOOK_BACK` seconds, and
+        `everything` (once per `poll_interval`) over all of them; a look-back reads ids
+        only, then the rows not taken yet (what is under way here is not read again)."""
         reading = frozenset(self._held - self._giving_back())
         if not reading <= self._reading:
             self._cursor = 0  # a partition (back) in the read: its rows may lie anywhere
@@ -389,7 +399,7 @@ class Relay:
         parts = sorted(reading)
         partitions = self._outbox.partitions
         now = time.monotonic()
-        low = 0 if everything else self._lagging(now)
+        low = 0 if everything else self._lagging(now) if commits else self._cursor
         if low < self._cursor:
             limit = len(self._taken) + self._settings.batch
             ids = db.ids(parts, partitions, low, self._cursor, limit)
@@ -482,11 +492,17 @@ class Relay:
         if mine:
             self._wake.set()
 
+    def _notified(self) -> None:
+        """A transaction committed rows (NOTIFY): perhaps below the cursor, if it began
+        before others that committed first."""
+        self._commits = True
+        self._wake.set()
+
     def _listen(self) -> None:
         backoff = 0.1
         while not self._stop.is_set():
             try:
-                listen(self._outbox.dialect, self._outbox.target, self._wake, self._stop)
+                listen(self._outbox.dialect, self._outbox.target, self._notified, self._stop)
                 backoff = 0.1
             except Exception:
                 logger.debug("relay listener of %s failed", self._outbox.table, exc_info=True)
