@@ -191,7 +191,9 @@ class Tracker:
         return stop
 
     def forget(self, message_ids: Iterable[str]) -> None:
-        """Stop tracking messages that were never accepted (a failed outbox write)."""
+        """Stop tracking messages that were never accepted (a failed outbox write), or
+        relayed messages whose outcome could not be recorded (their rows are relayed
+        again); their listeners are not told (nothing ended)."""
         with self._cond:
             for message_id in message_ids:
                 self._pending.pop(message_id, None)
