@@ -7,10 +7,11 @@ A runtime relays the committed rows (`rt.relay(outbox)`, see `surelay.sql.relay`
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from opentelemetry import trace
@@ -136,12 +137,8 @@ class SqlOutbox:
         then as the driver left it)."""
         run = runner(conn, self._kind)
         rows, spans = self._rows([(transport, payload, key, idempotency_key, priority, headers)])
-        try:
+        with _ending(spans):
             run(self._statement(1), tuple(rows[0].values()))
-        except BaseException as error:
-            _end(spans, error)
-            raise
-        _end(spans, None)
         return rows[0].message_id
 
     def send_batch(self, conn: Any, messages: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -151,14 +148,9 @@ class SqlOutbox:
         1000 messages. Returns their message ids, in order."""
         run = runner(conn, self._kind)
         rows, spans = self._rows(_batch(messages))
-        if not rows:
-            return []
-        try:
-            run(self._statement(len(rows)), _values(rows))
-        except BaseException as error:
-            _end(spans, error)
-            raise
-        _end(spans, None)
+        if rows:
+            with _ending(spans):
+                run(self._statement(len(rows)), _values(rows))
         return [r.message_id for r in rows]
 
     async def asend(
@@ -176,26 +168,17 @@ class SqlOutbox:
         connection, or a SQLAlchemy `AsyncConnection` / `AsyncSession`."""
         run = async_runner(conn, self._kind)
         rows, spans = self._rows([(transport, payload, key, idempotency_key, priority, headers)])
-        try:
+        with _ending(spans):
             await run(self._statement(1), tuple(rows[0].values()))
-        except BaseException as error:
-            _end(spans, error)
-            raise
-        _end(spans, None)
         return rows[0].message_id
 
     async def asend_batch(self, conn: Any, messages: Sequence[Mapping[str, Any]]) -> list[str]:
         """`send_batch` on an asyncio connection."""
         run = async_runner(conn, self._kind)
         rows, spans = self._rows(_batch(messages))
-        if not rows:
-            return []
-        try:
-            await run(self._statement(len(rows)), _values(rows))
-        except BaseException as error:
-            _end(spans, error)
-            raise
-        _end(spans, None)
+        if rows:
+            with _ending(spans):
+                await run(self._statement(len(rows)), _values(rows))
         return [r.message_id for r in rows]
 
     def _statement(self, rows: int) -> str:
@@ -309,10 +292,16 @@ def _values(rows: list[Row]) -> list[Any]:
     return [value for row in rows for value in row.values()]
 
 
-def _end(spans: list[Any] | None, error: BaseException | None) -> None:
-    if not spans:
-        return
-    for span in spans:
-        if error is not None:
+@contextlib.contextmanager
+def _ending(spans: list[Any] | None) -> Iterator[None]:
+    """End the send spans as the insert ends, with its error if it raised (then the
+    error goes on to the host)."""
+    try:
+        yield
+    except BaseException as error:
+        for span in spans or ():
             record_error(span, error)
+            span.end()
+        raise
+    for span in spans or ():
         span.end()
