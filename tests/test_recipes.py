@@ -40,6 +40,21 @@ def program(tmp_path: Path, name: str) -> Path:
     return path
 
 
+def start_uvicorn(cwd: Path, app: str, port: int, env: dict[str, str]) -> subprocess.Popen[str]:
+    """A real uvicorn serving `app` (module:attribute in `cwd`), once it listens."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", app, "--port", str(port)],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    wait_for(lambda: listening(port) or server.poll() is not None)
+    assert server.poll() is None, server.stdout.read() if server.stdout else ""
+    return server
+
+
 def test_the_recipes_are_all_tested() -> None:
     assert sorted(PROGRAMS) == [
         "app.py",
@@ -66,17 +81,8 @@ def test_fastapi_recipe_under_uvicorn(tmp_path: Path) -> None:
             "HOOK_URL": receiver.url + "/hook",
             "SURELAY_PATH": str(tmp_path / "data"),
         }
-        server = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app:app", "--port", str(port)],
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        server = start_uvicorn(tmp_path, "app:app", port, env)
         try:
-            wait_for(lambda: listening(port) or server.poll() is not None)
-            assert server.poll() is None, server.stdout.read() if server.stdout else ""
             sent = []
             for i in range(20):
                 order = f"o{i % 4}"

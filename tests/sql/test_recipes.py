@@ -16,8 +16,8 @@ from pathlib import Path
 
 import psycopg
 
-from tests.helpers import free_port, listening
-from tests.test_recipes import SCRIPTS, program, wait_for
+from tests.helpers import free_port
+from tests.test_recipes import SCRIPTS, program, start_uvicorn, wait_for
 from tests.transports.http_server import HttpServer
 
 
@@ -69,17 +69,8 @@ def test_fastapi_sqlalchemy_recipe_on_postgres(tmp_path: Path, pg_url: str) -> N
             HOOK_URL=receiver.url + "/hook",
             SURELAY_PATH=str(tmp_path / "data"),
         )
-        server = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "shop:app", "--port", str(port)],
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        server = start_uvicorn(tmp_path, "shop:app", port, env)
         try:
-            wait_for(lambda: listening(port) or server.poll() is not None)
-            assert server.poll() is None, server.stdout.read() if server.stdout else ""
             assert [post(port, f"/orders/o{i}") for i in range(5)] == [200] * 5
             assert post(port, "/orders/o1") == 409  # rolled back: no second message
             wait_for(lambda: len(receiver.requests) >= 5)
