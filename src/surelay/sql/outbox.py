@@ -136,9 +136,13 @@ class SqlOutbox:
         transaction; the driver's own errors pass through (the host's transaction is
         then as the driver left it)."""
         run = runner(conn, self._kind)
+        if not _tracing():  # the common case, kept lean: it runs inside the host's lock
+            row = self._row(transport, payload, key, idempotency_key, priority, headers)
+            run(self._statement(1), row)
+            return row.message_id
         rows, spans = self._rows([(transport, payload, key, idempotency_key, priority, headers)])
         with _ending(spans):
-            run(self._statement(1), tuple(rows[0].values()))
+            run(self._statement(1), rows[0])
         return rows[0].message_id
 
     def send_batch(self, conn: Any, messages: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -167,9 +171,13 @@ class SqlOutbox:
         """`send` on an asyncio connection: a psycopg `AsyncConnection`, an asyncpg
         connection, or a SQLAlchemy `AsyncConnection` / `AsyncSession`."""
         run = async_runner(conn, self._kind)
+        if not _tracing():
+            row = self._row(transport, payload, key, idempotency_key, priority, headers)
+            await run(self._statement(1), row)
+            return row.message_id
         rows, spans = self._rows([(transport, payload, key, idempotency_key, priority, headers)])
         with _ending(spans):
-            await run(self._statement(1), tuple(rows[0].values()))
+            await run(self._statement(1), rows[0])
         return rows[0].message_id
 
     async def asend_batch(self, conn: Any, messages: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -188,6 +196,28 @@ class SqlOutbox:
             if len(self._statements) < 64:
                 self._statements[rows] = statement
         return statement
+
+    def _row(  # noqa: PLR0917  # send()'s arguments
+        self,
+        transport: object,
+        payload: object,
+        key: object,
+        idempotency_key: object,
+        priority: object,
+        headers: object,
+    ) -> Row:
+        """The row of one send, checked, without a span (tracing is off)."""
+        checked = check_send(
+            transport,
+            payload,
+            key,
+            idempotency_key,
+            priority,
+            headers,
+            max_payload_bytes=self.max_payload_bytes,
+        )
+        now = time.time()
+        return make_row(new_id(now), *checked, spread=next(self._spread), now=now)
 
     def _rows(self, sends: Sequence[tuple[Any, ...]]) -> tuple[list[Row], list[Any] | None]:
         """Rows for checked sends; with tracing on, a `surelay.send` span each (child
@@ -276,20 +306,29 @@ def _batch(messages: object) -> list[tuple[Any, ...]]:
 
 
 _TRACING = False
+_LOOK_AGAIN = 1.0
+"""Seconds a "no tracer provider yet" answer is trusted (asking costs microseconds that
+each send would pay inside the host's transaction)."""
+_looked_at = float("-inf")
 
 
 def _tracing() -> bool:
     """Whether the host has installed a tracer provider (once it has, for good: a
-    provider is set once per process)."""
-    global _TRACING
-    if not _TRACING:
+    provider is set once per process; one set after sends began is seen within
+    `_LOOK_AGAIN` seconds)."""
+    global _TRACING, _looked_at
+    if _TRACING:
+        return True
+    now = time.monotonic()
+    if now - _looked_at >= _LOOK_AGAIN:
+        _looked_at = now
         _TRACING = not isinstance(trace.get_tracer_provider(), ProxyTracerProvider)
     return _TRACING
 
 
 def _values(rows: list[Row]) -> list[Any]:
     """The rows' values in the order of a multi-row INSERT's placeholders."""
-    return [value for row in rows for value in row.values()]
+    return [value for row in rows for value in row]
 
 
 @contextlib.contextmanager

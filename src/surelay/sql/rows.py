@@ -8,10 +8,9 @@ transport's name is checked against the relaying runtime's transports when relay
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import NamedTuple
 
 from surelay.envelope import (
     Envelope,
@@ -43,9 +42,9 @@ BUCKETS = 1 << 16
 into their partitions (`part % partitions`), any number of them up to `BUCKETS`."""
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
-    """One message as stored: the columns of `surelay.sql.dialect.COLUMNS`."""
+class Row(NamedTuple):
+    """One message as stored: the columns of `surelay.sql.dialect.COLUMNS`, in order
+    (a tuple, so it is the INSERT's values as it is)."""
 
     message_id: str
     part: int
@@ -56,19 +55,6 @@ class Row:
     priority: int
     headers: str | None
     created_at: float
-
-    def values(self) -> Iterator[Any]:
-        yield from (
-            self.message_id,
-            self.part,
-            self.transport,
-            self.payload,
-            self.msg_key,
-            self.idempotency_key,
-            self.priority,
-            self.headers,
-            self.created_at,
-        )
 
 
 def check_send(  # noqa: PLR0917  # send()'s arguments, checked in one place
