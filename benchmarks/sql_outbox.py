@@ -41,8 +41,7 @@ Then surelay alone, each beside its bare baseline:
 - commit-to-call latency at a paced 1,000 messages a second, committed by 2 producer
   processes of their own (so that the pace holds on a small machine): a producer notes
   each order's wall-clock time just before its COMMIT, the transport the time of its
-  call; p50 and p99 of the differences. Twice: with Python's default switch interval
-  in the relaying process (5 ms), and with `sys.setswitchinterval(0.001)`.
+  call; p50 and p99 of the differences.
 
 The PostgreSQL cluster is the tests' own (`tests/postgres_server.py`: fsync off,
 synchronous_commit off), the same for every system; the cost inside the transaction is
@@ -98,11 +97,6 @@ MESSAGES = {"surelay": 6_000, "dbos": 200, "pgqueuer": 4_000, "procrastinate": 1
 COST_GOAL = 1.3
 RELAY_GOAL = 10_000
 LATENCY_GOAL = (20, 100)  # ms: p50, p99
-SWITCH_INTERVALS = (0.005, 0.001)
-"""The relaying process's `sys.setswitchinterval`: Python's default (5 ms), and 1 ms.
-A thread back from the database waits up to the interval for the GIL while another
-thread of the runtime computes; that wait, a few times over per message, is most of
-the latency on a busy 2-core machine (see docs/runbook.md)."""
 LATENCY_RATE = 1_000
 DBOS_POLL = 0.01  # seconds; its default (1 s) caps a queue at worker_concurrency a second
 
@@ -725,11 +719,7 @@ def main() -> int:
             for kind in ("postgresql", "postgresql-durable", "sqlite")
         }
         relays = {kind: measure(kind, "relay", str(n_relay)) for kind in kinds}
-        latencies = {
-            (kind, switch): measure(kind, "latency", str(latency_s), str(switch))
-            for kind in kinds
-            for switch in SWITCH_INTERVALS
-        }
+        latencies = {kind: measure(kind, "latency", str(latency_s)) for kind in kinds}
     finally:
         databases.close()
     print(
@@ -751,7 +741,7 @@ def report(
     rows: list[tuple[str, str, str, dict[str, Any]]],
     costs: dict[str, dict[str, Any]],
     relays: dict[str, dict[str, Any]],
-    latencies: dict[tuple[str, float], dict[str, Any]],
+    latencies: dict[str, dict[str, Any]],
     sizes: tuple[int, int, float],
 ) -> None:
     n_cost, n_relay, latency_s = sizes
@@ -806,14 +796,13 @@ def report(
         f"commit-to-call latency, paced {LATENCY_RATE:,} msg/s for {latency_s:.0f} s "
         "(relay poll_interval 1 s; PostgreSQL also wakes it by NOTIFY at commit)"
     )
-    for (kind, switch), result in latencies.items():
-        where = f"{kind:11} switch interval {switch * 1000:g} ms"
+    for kind, result in latencies.items():
         if "error" in result:
-            print(f"  {where} error: {result['error']}")
+            print(f"  {kind:11} error: {result['error']}")
             continue
         ok = result["p50"] <= LATENCY_GOAL[0] and result["p99"] <= LATENCY_GOAL[1]
         print(
-            f"  {where}: p50 {result['p50']:6.1f} ms  p99 {result['p99']:6.1f} ms  "
+            f"  {kind:11} p50 {result['p50']:6.1f} ms  p99 {result['p99']:6.1f} ms  "
             f"(goal {LATENCY_GOAL[0]}/{LATENCY_GOAL[1]}) {mark(ok)}  "
             f"(commits achieved {result['paced']:,.0f}/s, by {PACERS} processes)"
         )
@@ -831,7 +820,6 @@ def child_main(argv: list[str]) -> None:
     elif command == "relay":
         print(json.dumps(relay_throughput(url, int(argv[2]))))
     elif command == "latency":
-        sys.setswitchinterval(float(argv[3]))
         print(json.dumps(latency(url, float(argv[2]))))
     elif command == "pace":
         print(json.dumps(pace(url, float(argv[2]), int(argv[3]))))
