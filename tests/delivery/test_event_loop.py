@@ -17,6 +17,7 @@ from surelay.config import BreakerPolicy
 from surelay.delivery.attempt import LOST, OK, SKIPPED, Attempt
 from surelay.delivery.breakers import Breakers
 from surelay.delivery.event_loop import EventLoop, LoopEngine
+from surelay.delivery.spec import TransportSpec
 from surelay.storage.records import OutboxEntry
 from surelay.telemetry import Telemetry
 from tests.helpers import Clock, open_runtime
@@ -35,11 +36,8 @@ def engine(
     clock: Callable[[], float] = time.time,
 ) -> LoopEngine:
     return LoopEngine(
-        "a",
-        transport,  # type: ignore[arg-type]
+        TransportSpec("a", transport, coroutine=True, concurrency=4, ack_timeout=5.0),  # type: ignore[arg-type]
         loop=loop,
-        limit=4,
-        ack_timeout=5.0,
         breakers=breakers or Breakers(BreakerPolicy(), ["a"]),
         telemetry=Telemetry(),
         clock=clock,

@@ -17,6 +17,7 @@ from surelay.delivery import threads
 from surelay.delivery.attempt import FAILED, LOST, OK, SKIPPED, TIMEOUT, Attempt, ResultBox
 from surelay.delivery.breakers import Breakers
 from surelay.delivery.lanes import Lanes
+from surelay.delivery.spec import TransportSpec
 from surelay.delivery.threads import ThreadEngine
 from surelay.policy.priority import PATTERN
 from surelay.storage.records import OutboxEntry
@@ -52,10 +53,7 @@ def engine(
     transport: Callable[[Envelope], object], *, limit: int = 4, ack_timeout: float = 30.0
 ) -> ThreadEngine:
     return ThreadEngine(
-        "t",
-        transport,
-        limit=limit,
-        ack_timeout=ack_timeout,
+        TransportSpec("t", transport, coroutine=False, concurrency=limit, ack_timeout=ack_timeout),
         breakers=Breakers(BreakerPolicy(), ["t"]),
         telemetry=Telemetry(),
         clock=time.time,
@@ -301,10 +299,7 @@ def test_a_failure_before_a_runs_first_call_reports_that_message_lost() -> None:
     breakers = Exploding(BreakerPolicy(), ["t"])
     sink = Collect()
     pool = ThreadEngine(
-        "t",
-        lambda _e: None,
-        limit=1,
-        ack_timeout=30.0,
+        TransportSpec("t", lambda _e: None, coroutine=False, concurrency=1, ack_timeout=30.0),
         breakers=breakers,
         telemetry=Telemetry(),
         clock=time.time,

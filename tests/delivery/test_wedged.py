@@ -18,6 +18,7 @@ from surelay.config import BreakerPolicy
 from surelay.delivery.attempt import SKIPPED, TIMEOUT
 from surelay.delivery.breakers import Breakers
 from surelay.delivery.event_loop import EventLoop, LoopEngine
+from surelay.delivery.spec import TransportSpec
 from surelay.delivery.threads import ThreadEngine
 from surelay.storage.records import OutboxEntry
 from surelay.telemetry import Telemetry
@@ -41,10 +42,13 @@ def test_a_wedged_pool_says_so_once_and_hands_back_expired_runs(
     release = threading.Event()
     sink = Collect()
     pool = ThreadEngine(
-        "t",
-        lambda _e: release.wait(30) and None,
-        limit=1,
-        ack_timeout=0.05,
+        TransportSpec(
+            "t",
+            lambda _e: release.wait(30) and None,
+            coroutine=False,
+            concurrency=1,
+            ack_timeout=0.05,
+        ),
         breakers=Breakers(BreakerPolicy(), ["t"]),
         telemetry=Telemetry(),
         clock=clock,
@@ -88,11 +92,8 @@ def test_a_coroutine_that_ignores_its_cancel_wedges_its_transport() -> None:
     loop = EventLoop()
     sink = Collect()
     engine = LoopEngine(
-        "t",
-        stubborn,
+        TransportSpec("t", stubborn, coroutine=True, concurrency=1, ack_timeout=0.05),
         loop=loop,
-        limit=1,
-        ack_timeout=0.05,
         breakers=Breakers(BreakerPolicy(), ["t"]),
         telemetry=Telemetry(),
         clock=time.time,

@@ -38,8 +38,8 @@ class WithClassifier:
         (ValueError("x"), WithClassifier(RuntimeError("bug")), "transient"),
     ],
 )
-def test_classify(error: BaseException, transport: object, verdict: str) -> None:
-    assert classify(error, transport) == verdict
+def test_classify(error: BaseException, transport: WithClassifier | None, verdict: str) -> None:
+    assert classify(error, None if transport is None else transport.classify) == verdict
 
 
 # -- decide: the receiver's Retry-After and the message's TTL ---------------------------

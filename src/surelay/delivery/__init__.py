@@ -1,6 +1,7 @@
 """The delivery engine: how calls to transports run (see `engine.py`).
 
-`Engines` holds one engine per transport: a `ThreadEngine` for a plain callable, a
+`Engines` holds one engine per transport, built from its `TransportSpec` (`spec.py`,
+resolved once from the `Transport` protocol): a `ThreadEngine` for a plain callable, a
 `LoopEngine` on the runtime's one `EventLoop` for a coroutine transport. A transport
 with a `prepare(concurrency)` method is told how many calls it will have in flight at
 most (to size a connection pool); a coroutine transport's `aclose()` is awaited on the
@@ -16,28 +17,11 @@ from surelay.config import RuntimeConfig
 from surelay.delivery.breakers import Breakers
 from surelay.delivery.engine import Engine
 from surelay.delivery.event_loop import EventLoop, LoopEngine, is_coroutine_transport
+from surelay.delivery.spec import TransportSpec, resolve
 from surelay.delivery.threads import ThreadEngine
 from surelay.telemetry import Telemetry
 
-__all__ = ["Engine", "Engines", "ack_timeout_of", "is_coroutine_transport"]
-
-
-def ack_timeout_of(config: RuntimeConfig, name: str, transport: object) -> float:
-    """Seconds one call to `transport` may take before it is cut off and retried:
-    `ack_timeout_per_transport`, else the transport's own `ack_timeout`, else the
-    config's."""
-    per = config.ack_timeout_per_transport.get(name)
-    if per is not None:
-        return per
-    own = getattr(transport, "ack_timeout", None)
-    return float(own) if isinstance(own, int | float) else config.ack_timeout
-
-
-def _prepare(config: RuntimeConfig, name: str, transport: object) -> None:
-    """Tell a transport with a `prepare(concurrency)` method its bound on calls."""
-    prepare = getattr(transport, "prepare", None)
-    if callable(prepare):
-        prepare(config.concurrency_for(name))
+__all__ = ["Engine", "Engines", "TransportSpec", "is_coroutine_transport", "resolve"]
 
 
 class Engines(Mapping[str, Engine]):
@@ -55,10 +39,12 @@ class Engines(Mapping[str, Engine]):
         self._config = config
         self._breakers = breakers
         self._telemetry = telemetry
-        for name, transport in transports.items():  # all first: a refusal starts nothing
-            _prepare(config, name, transport)
-        for name, transport in transports.items():
-            self._engines[name] = self._engine(name, transport)
+        specs = [resolve(name, t, config) for name, t in transports.items()]
+        for spec in specs:  # all first: a refusal starts nothing
+            if spec.prepare is not None:
+                spec.prepare(spec.concurrency)
+        for spec in specs:
+            self._engines[spec.name] = self._engine(spec)
         if self.loop is not None:
             self.loop.start()
 
@@ -66,30 +52,29 @@ class Engines(Mapping[str, Engine]):
         """An engine for a transport added while the runtime runs (`rt.consume`)."""
         if name in self._engines:
             raise ValueError(f"transport {name!r} has an engine already")
-        _prepare(self._config, name, transport)
-        engine = self._engines[name] = self._engine(name, transport)
+        spec = resolve(name, transport, self._config)
+        if spec.prepare is not None:
+            spec.prepare(spec.concurrency)
+        engine = self._engines[name] = self._engine(spec)
         if self.loop is not None:
             self.loop.start()  # a no-op once started
         return engine
 
-    def _engine(self, name: str, transport: Callable[..., Any]) -> Engine:
+    def _engine(self, spec: TransportSpec) -> Engine:
         config = self._config
         common: dict[str, Any] = {
-            "limit": config.concurrency_for(name),
-            "ack_timeout": ack_timeout_of(config, name, transport),
             "breakers": self._breakers,
             "telemetry": self._telemetry,
             "clock": config.clock,
             "message_ttl": config.message_ttl,
         }
-        if not is_coroutine_transport(transport):
-            return ThreadEngine(name, transport, **common)
+        if not spec.coroutine:
+            return ThreadEngine(spec, **common)
         if self.loop is None:
             self.loop = EventLoop()
-        closer = getattr(transport, "aclose", None)
-        if callable(closer):
-            self.loop.on_close(closer)
-        return LoopEngine(name, transport, loop=self.loop, **common)
+        if spec.aclose is not None:
+            self.loop.on_close(spec.aclose)
+        return LoopEngine(spec, loop=self.loop, **common)
 
     def __getitem__(self, name: str) -> Engine:
         return self._engines[name]

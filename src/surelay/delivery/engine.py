@@ -47,6 +47,7 @@ from surelay.delivery.attempt import (
 )
 from surelay.delivery.breakers import Breakers
 from surelay.delivery.lanes import Lanes
+from surelay.delivery.spec import TransportSpec
 from surelay.errors import PermanentError
 from surelay.policy.expiry import past_ttl
 from surelay.policy.verdict import classify
@@ -97,20 +98,18 @@ class Engine:
 
     def __init__(
         self,
-        name: str,
-        transport: Callable[..., Any],
+        spec: TransportSpec,
         *,
-        limit: int,
-        ack_timeout: float,
         breakers: Breakers,
         telemetry: Telemetry,
         clock: Callable[[], float],
         message_ttl: float | None = None,
     ) -> None:
-        self.name = name
-        self.transport = transport
-        self.limit = limit
-        self.ack_timeout = ack_timeout
+        self.spec = spec
+        self.name = spec.name
+        self.transport = spec.call
+        self.limit = spec.concurrency
+        self.ack_timeout = spec.ack_timeout
         self.message_ttl = message_ttl
         self.wedged = False
         """Every slot is held by a call past its ack timeout (see the module docstring);
@@ -123,7 +122,7 @@ class Engine:
         self._running = 0
         self._stopping = False
         self._tracing = False
-        self._duration_attrs: Mapping[str, Any] = {ATTR_TRANSPORT: name}
+        self._duration_attrs: Mapping[str, Any] = {ATTR_TRANSPORT: spec.name}
 
     # -- what actors see -----------------------------------------------------------------
 
@@ -294,7 +293,7 @@ class Engine:
         elif error is None:
             kind = OK
         elif isinstance(error, Exception):
-            kind, failure = FAILED, classify(error, self.transport)
+            kind, failure = FAILED, classify(error, self.spec.classify)
         else:
             kind = CRASH
         # a crash is no verdict on the downstream, but a probe must still report back

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import itertools
 import logging
 import math
@@ -34,6 +33,7 @@ from typing import Any
 
 from surelay.delivery.attempt import OK, Attempt, Run, Sink
 from surelay.delivery.engine import WEDGED_POLL, Engine, calling
+from surelay.delivery.spec import is_coroutine_transport
 from surelay.storage.records import OutboxEntry
 
 __all__ = ["EventLoop", "LoopEngine", "is_coroutine_transport"]
@@ -42,14 +42,6 @@ logger = logging.getLogger("surelay.delivery")
 
 _CLEANUP = 1.0
 """Seconds a dead or stopping loop gets to let its cancelled tasks end."""
-
-
-def is_coroutine_transport(transport: object) -> bool:
-    """An `async def` function, or an object whose `__call__` is one."""
-    if inspect.iscoroutinefunction(transport):
-        return True
-    call = getattr(transport, "__call__", None)  # noqa: B004  # the method, not callability
-    return call is not None and inspect.iscoroutinefunction(call)
 
 
 class EventLoop:

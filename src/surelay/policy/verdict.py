@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from surelay.config import RetryPolicy
@@ -44,12 +45,13 @@ CRASHES_TO_DEAD_LETTER = 2
 """A message whose attempt crashes this many times is dead-lettered (`crash`)."""
 
 
-def classify(error: BaseException, transport: object) -> str:
+def classify(error: BaseException, classifier: Callable[[BaseException], object] | None) -> str:
     """`transient`, `permanent` or `invalid` for an exception a transport raised.
 
     surelay's own exceptions say what they are (`InvalidMessage`: the transport rejected
     the envelope as malformed). Anything else goes to the transport's `classify(exc)`
-    if it has one, and is otherwise transient, since an unknown failure is retried.
+    (`classifier`) if it has one, and is otherwise transient, since an unknown failure
+    is retried.
     """
     if isinstance(error, InvalidMessage):
         return "invalid"
@@ -57,12 +59,11 @@ def classify(error: BaseException, transport: object) -> str:
         return "permanent"
     if isinstance(error, TransientError):
         return "transient"
-    classifier = getattr(transport, "classify", None)
-    if callable(classifier):
+    if classifier is not None:
         try:
             verdict = classifier(error)
         except Exception:
-            logger.exception("classify() of transport %r failed; treating as transient", transport)
+            logger.exception("classify() of %r failed; treating as transient", classifier)
             return "transient"
         if verdict in VERDICTS:
             return str(verdict)

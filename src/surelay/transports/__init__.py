@@ -3,7 +3,9 @@
 A transport is any callable `(Envelope) -> None`, or one whose call returns a coroutine
 (awaited on the runtime's event loop): returning means delivered; raising
 `PermanentError` dead-letters at once; raising `TransientError` (or anything else) is
-retried by the retry policy, after at least its `retry_after` when it has one.
+retried by the retry policy, after at least its `retry_after` when it has one. The
+`Transport` protocol (`surelay.transports.protocol`) describes it and its optional
+members: `ack_timeout`, `prepare(concurrency)`, `aclose()` and `classify(exc)`.
 
 Built in: `HttpTransport` (blocking, one keep-alive connection per sender thread) and
 `AsyncHttpTransport` (aiohttp, the `http` extra), with the same rules, both able to sign
@@ -15,12 +17,20 @@ stream with server-side dedup.
 from typing import TYPE_CHECKING, Any
 
 from surelay.transports.http import HttpTransport
+from surelay.transports.protocol import Transport, Verdict
 
 if TYPE_CHECKING:
     from surelay.transports.async_http import AsyncHttpTransport
     from surelay.transports.jetstream import JetStreamTransport, subject_by_key
 
-__all__ = ["AsyncHttpTransport", "HttpTransport", "JetStreamTransport", "subject_by_key"]
+__all__ = [
+    "AsyncHttpTransport",
+    "HttpTransport",
+    "JetStreamTransport",
+    "Transport",
+    "Verdict",
+    "subject_by_key",
+]
 
 _LAZY = {
     "AsyncHttpTransport": "surelay.transports.async_http",
