@@ -17,8 +17,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from surelay.actors.sender import Deliver
-from surelay.actors.window import Wake, hold_name
+from surelay.actors.window import Deliver, Wake, hold_name
 from surelay.routing import partition_for
 from surelay.storage.records import OutboxEntry
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from typing import Any
 
 from hypothesis import strategies as st
 
 from surelay.envelope import Envelope, Priority
-from surelay.storage import REASON_CLASSES, DeadLetter, new_id
+from surelay.storage import REASON_CLASSES, DeadLetter, Store, new_id
+from surelay.storage.environment import Txn
 
 text = st.text(max_size=40)
 times = st.floats(0, 4e9, allow_nan=False)
@@ -70,3 +72,16 @@ dead_letters = st.builds(
     replay_count=st.integers(0, 50),
     lease_until=st.none() | times,
 )
+
+
+def delivered(
+    store: Store, message_id: str, *, idempotency_key: str, delivered_at: float, expires_at: float
+) -> Future[bool]:
+    """Record a delivery as a sender does, in one write: the dedup record, and the
+    message out of the outbox (the future: whether it was still there)."""
+
+    def op(txn: Txn) -> bool:
+        store.dedup.put(txn, idempotency_key, delivered_at=delivered_at, expires_at=expires_at)
+        return store.outbox.remove(txn, message_id) is not None
+
+    return store.write(op)

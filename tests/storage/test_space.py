@@ -21,7 +21,7 @@ from surelay.storage.records import ReplayRequest
 from surelay.storage.space import RESERVE_CEILING, RESERVE_FLOOR, entry_bytes, reserve_for
 from surelay.storage.writer import BACKOFF_MAX, backoff
 
-from .builders import dead_letter
+from .builders import dead_letter, delivered
 
 MAP = 1 << 20
 MAX_MAP = 4 << 20
@@ -67,7 +67,7 @@ def test_a_full_store_records_every_delivery_and_then_accepts_again(tmp_path: Pa
         # Every delivery is recorded (dedup record + outbox entry removed), though the
         # dedup records add data: they use the reserve.
         futures = [
-            store.delivered(m, idempotency_key=m, delivered_at=1.0, expires_at=2e9)
+            delivered(store, m, idempotency_key=m, delivered_at=1.0, expires_at=2e9)
             for m in accepted
         ]
         assert all(f.result(timeout=30) for f in futures)
@@ -113,7 +113,7 @@ def test_one_log_line_per_change_not_one_per_refusal(
             with pytest.raises(StorageFull):
                 store.enqueue([(Envelope(f"late{n}", "t", b"x" * 10_000), 0)]).result(30)
         for m in accepted:
-            store.delivered(m, idempotency_key=m, delivered_at=1.0, expires_at=2e9)
+            delivered(store, m, idempotency_key=m, delivered_at=1.0, expires_at=2e9)
         store.enqueue([(Envelope("again", "t", b"x"), 0)]).result(timeout=30)
     lines = [r.getMessage() for r in caplog.records if "grew the LMDB map" not in r.getMessage()]
     assert len(lines) == 2, lines
@@ -169,7 +169,7 @@ def test_a_mixed_batch_lands_its_freeing_writes_and_refuses_its_adds(tmp_path: P
                 store.enqueue([(Envelope(f"new{n}", "t", b"y" * 10_000), 0)])  # type: ignore[arg-type]
             )
             futures.append(
-                store.delivered(m, idempotency_key=m, delivered_at=1.0, expires_at=2e9)  # type: ignore[arg-type]
+                delivered(store, m, idempotency_key=m, delivered_at=1.0, expires_at=2e9)  # type: ignore[arg-type]
             )
         frees = futures[1::2]
         assert all(f.result(timeout=30) for f in frees)
@@ -217,7 +217,7 @@ def test_a_store_at_the_line_does_not_flap_in_the_log(
         accepted = _fill(store)
         outcomes = []
         for n, m in enumerate(accepted[:200]):  # one delivered, one sent, at the line
-            store.delivered(m, idempotency_key=m, delivered_at=1.0, expires_at=2e9).result(30)
+            delivered(store, m, idempotency_key=m, delivered_at=1.0, expires_at=2e9).result(30)
             sent = store.enqueue([(Envelope(f"more{n}", "t", b"x" * 10_000), 0)])
             outcomes.append(sent.exception(timeout=30) is None)
         assert any(outcomes)  # some sends fit again

@@ -15,7 +15,7 @@ from surelay.storage import SCHEMA_VERSION, DeadLetter, OutboxEntry, Store, code
 from surelay.storage.keys import micros, u16, u64
 from surelay.storage.outbox import location
 
-from .builders import dead_letter
+from .builders import dead_letter, delivered
 from .conftest import Clock
 
 
@@ -177,8 +177,8 @@ def test_a_schema_2_outbox_becomes_slot_0s(tmp_path: Path) -> None:
             assert store.outbox.get(txn, "m2") == entries[1]
             assert store.outbox.due(txn, 60.0) == [entries[0], entries[1]]
         assert store.reschedule("m2", attempt=4, due_at=70.0).result() is not None
-        assert store.delivered(
-            "m1", idempotency_key="m1", delivered_at=1.0, expires_at=2.0
+        assert delivered(
+            store, "m1", idempotency_key="m1", delivered_at=1.0, expires_at=2.0
         ).result()
         with store.read() as txn:
             assert [e.envelope.message_id for e in store.outbox.due(txn, 80.0)] == ["m2"]

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from surelay.envelope import Envelope
 from surelay.storage import ReplayRequest, Store, new_id
 
+from .builders import delivered
 from .conftest import Clock
 
 
@@ -59,8 +60,8 @@ def test_outbox_refuses_a_duplicate_id_and_keeps_the_batch_atomic(store: Store) 
 
 def test_delivered_writes_dedup_and_removes_from_the_outbox(store: Store, clock: Clock) -> None:
     store.enqueue([(env(1), 0)]).result()
-    assert store.delivered(
-        "m1", idempotency_key="idem-1", delivered_at=clock.now, expires_at=clock.now + 10
+    assert delivered(
+        store, "m1", idempotency_key="idem-1", delivered_at=clock.now, expires_at=clock.now + 10
     ).result()
     with store.read() as txn:
         assert store.outbox.get(txn, "m1") is None

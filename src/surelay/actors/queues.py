@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Iterator
 
 from surelay.policy.priority import PATTERN as _PATTERN
 from surelay.storage.records import OutboxEntry
@@ -106,8 +105,3 @@ class PartitionQueue:
     @property
     def ready_count(self) -> int:
         return sum(len(q) for q in self._ready)
-
-    def entries(self) -> Iterator[OutboxEntry]:
-        """Every entry, line by line (for inspection)."""
-        for queue in self._lines.values():
-            yield from queue

@@ -41,6 +41,7 @@ from surelay.actors.queues import PartitionQueue
 from surelay.actors.window import (
     LOOK_MAX,
     WINDOW_MESSAGES,
+    Deliver,
     Limits,
     Wake,
     Window,
@@ -76,13 +77,6 @@ SUBMIT_MAX = 1024
 
 RUN_MAX = 64
 """Most messages of one key submitted as one run."""
-
-
-@dataclass(frozen=True, slots=True)
-class Deliver:
-    """New messages for this partition, in acceptance order."""
-
-    entries: tuple[OutboxEntry, ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,11 +33,16 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from surelay.storage.records import OutboxEntry
 
 __all__ = [
     "LOOK_MAX",
     "WINDOW_BYTES",
     "WINDOW_MESSAGES",
+    "Deliver",
     "Limits",
     "Orphans",
     "Wake",
@@ -58,6 +63,13 @@ WINDOW_BYTES = 32 << 20
 
 LOOK_MAX = 4096
 """Entries one scan step looks at, at most (so a sender's mailbox keeps flowing)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    """To a sender: new messages for its partition, in acceptance order."""
+
+    entries: tuple[OutboxEntry, ...]
 
 
 @dataclass(frozen=True, slots=True)

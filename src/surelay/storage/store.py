@@ -278,18 +278,6 @@ class Store:
             lambda txn: self.outbox.reschedule(txn, message_id, attempt=attempt, due_at=due_at)
         )
 
-    def delivered(
-        self, message_id: str, *, idempotency_key: str, delivered_at: float, expires_at: float
-    ) -> Future[bool]:
-        """Record the delivery (dedup record) and remove it from the outbox, atomically.
-        The future holds whether the message was still in the outbox."""
-
-        def op(txn: Txn) -> bool:
-            self.dedup.put(txn, idempotency_key, delivered_at=delivered_at, expires_at=expires_at)
-            return self.outbox.remove(txn, message_id) is not None
-
-        return self.write(op)
-
     def dead_lettered(self, record: DeadLetter) -> Future[DeadLetter]:
         """Store a dead letter and remove its message from the outbox, atomically."""
 
