@@ -56,6 +56,7 @@ from surelay.errors import (
     UnknownTransport,
 )
 from surelay.hub import Counters, Hub, Transport
+from surelay.ingress.gather import Gather
 from surelay.policy.breaker import STATE_GAUGE
 from surelay.pressure import LEVELS, admission, hard_bound
 from surelay.ratelimit import KeyRates
@@ -142,6 +143,19 @@ def _answer_each(
             answer.set_exception(error)
 
 
+_Settle = Callable[[list[Any], list[Receipt], BaseException | None], None]
+"""Answer the callers of a written group: their receipts, or the error for all."""
+
+
+def _settle_each(answers: list[Any], receipts: list[Receipt], error: BaseException | None) -> None:
+    """`_Settle` for threads: their futures, set on whichever thread ends the write."""
+    for index, answer in enumerate(answers):
+        if error is None:
+            answer.set_result(receipts[index])
+        else:
+            answer.set_exception(error)
+
+
 @dataclass(slots=True)
 class _Turn:
     """The `asend`s of one event-loop turn, written to the outbox together: coroutines
@@ -152,7 +166,8 @@ class _Turn:
 
     checked: list[_Checked] = field(default_factory=list)
     spans: list[Any] | None = None
-    answers: list[asyncio.Future[Receipt]] = field(default_factory=list)
+    answers: list[Any] = field(default_factory=list)
+    """asyncio futures for `asend`s, `concurrent.futures.Future`s for threads' sends."""
 
 
 def _resolve_empty(future: asyncio.Future[None]) -> None:
@@ -263,6 +278,8 @@ class Runtime:
         self._turns: dict[asyncio.AbstractEventLoop, _Turn] = {}
         self._turn_lock = threading.Lock()
         """`asend`s of the current turn of each event loop sending (see `_Turn`)."""
+        self._gather: Gather[tuple[_Checked, Any, Future[Receipt]]] = Gather(self._write_threads)
+        """Threads' `send`s, one group per outbox write (see `surelay.ingress.gather`)."""
         self._dead_letters = DeadLetters(store, hub, replays)
         self._forked_from: int | None = None
         """The parent's pid once this process was forked from the one that opened it."""
@@ -526,7 +543,15 @@ class Runtime:
         same thread; nothing is accepted when it raises.
         """
         checked = self._check(transport, payload, key, idempotency_key, priority, headers)
-        return self._accept([checked], txn)[0]
+        if txn is not None or not self._hub.durable:
+            return self._accept([checked], txn)[0]
+        self._refuse_inside_transaction()
+        delay = self._admission([checked])
+        if delay > 0:
+            time.sleep(delay)  # the throttle: bounded, LOW only, while elevated
+        answer: Future[Receipt] = Future()
+        self._gather.join((checked, self._send_span(transport, key), answer))
+        return answer.result()
 
     def send_batch(self, messages: Sequence[Mapping[str, Any]]) -> list[Receipt]:
         """Accept several messages at once, all or none: each mapping holds `send`'s
@@ -563,12 +588,7 @@ class Runtime:
         if delay > 0:
             await asyncio.sleep(delay)
         loop = asyncio.get_running_loop()
-        span = None
-        if self._hub.telemetry.tracing:  # here: a child of the caller's current span
-            span = self._hub.telemetry.tracer.start_span(
-                SPAN_SEND,
-                attributes={ATTR_TRANSPORT: transport, ATTR_KEY: key if key is not None else ""},
-            )
+        span = self._send_span(transport, key)
         answer: asyncio.Future[Receipt] = loop.create_future()
         with self._turn_lock:  # close() may take the turn from another thread
             turn = self._turns.get(loop)
@@ -602,41 +622,65 @@ class Runtime:
             self._write_turn_now(loop, turn)
 
     def _write_turn_now(self, loop: asyncio.AbstractEventLoop, turn: _Turn) -> None:
+        """Write one event loop's turn; its callers are answered on their loop."""
+
+        def settle(
+            answers: list[Any], receipts: list[Receipt], error: BaseException | None
+        ) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(_answer_each, answers, receipts, error)
+
+        self._write_gathered(turn, settle)
+
+    def _write_threads(self, group: list[tuple[_Checked, Any, Future[Receipt]]]) -> list[Any]:
+        """Write one group of `send`s from threads (see `surelay.ingress.gather`)."""
+        turn = _Turn()
+        for checked, span, answer in group:
+            if span is not None and turn.spans is None:
+                turn.spans = [None] * len(turn.checked)
+            if turn.spans is not None:
+                turn.spans.append(span)
+            turn.checked.append(checked)
+            turn.answers.append(answer)
+        return self._write_gathered(turn, _settle_each)
+
+    def _write_gathered(self, turn: _Turn, settle: _Settle) -> list[Future[list[OutboxEntry]]]:
         """Each run of consecutive calls of one priority is written as one group, in
-        call order (each priority has its own bound on messages in flight)."""
+        call order (each priority has its own bound on messages in flight); the futures
+        of the writes started."""
         count = len(turn.checked)
         start = 0
+        written: list[Future[list[OutboxEntry]]] = []
         while start < count:
             priority = turn.checked[start][4]
             end = start + 1
             while end < count and turn.checked[end][4] is priority:
                 end += 1
             if start == 0 and end == count:  # one priority: the usual case
-                self._write_run(loop, priority, turn.checked, turn.spans, turn.answers)
+                run = (turn.checked, turn.spans, turn.answers)
             else:
-                self._write_run(
-                    loop,
-                    priority,
-                    turn.checked[start:end],
-                    None if turn.spans is None else turn.spans[start:end],
-                    turn.answers[start:end],
-                )
+                spans = None if turn.spans is None else turn.spans[start:end]
+                run = (turn.checked[start:end], spans, turn.answers[start:end])
+            durable = self._write_run(settle, priority, *run)
+            if durable is not None:
+                written.append(durable)
             start = end
+        return written
 
     def _write_run(
         self,
-        loop: asyncio.AbstractEventLoop,
+        settle: _Settle,
         priority: Priority,
         checked: list[_Checked],
         spans: list[Any] | None,
-        answers: list[asyncio.Future[Receipt]],
-    ) -> None:
+        answers: list[Any],
+    ) -> Future[list[OutboxEntry]] | None:
         """Write what fits under the priority's bound on messages in flight; refuse the
         rest (`Overloaded`), as separate sends would have been."""
-        room = hard_bound(priority, self._config.pressure) - self._hub.tracker.pending
+        bound = hard_bound(priority, self._config.pressure)
+        room = bound - self._hub.tracker.pending
         if len(checked) <= room:
-            self._write_group(loop, checked, spans, answers)
-            return
+            return self._write_group(settle, checked, spans, answers)
         fits = max(0, room)
         try:
             self._refuse(
@@ -644,46 +688,43 @@ class Runtime:
                 (priority,),
                 "capacity",
                 self._hub.pressure.retry_after,
-                f"{self._hub.tracker.pending} messages are in flight, at the bound",
+                f"{self._hub.tracker.pending} messages are in flight, at the bound of {bound}",
             )
         except Overloaded as refused:
             _end_spans(None if spans is None else spans[fits:], refused)
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-                loop.call_soon_threadsafe(_answer_each, answers[fits:], [], refused)
-        if fits:
-            self._write_group(
-                loop, checked[:fits], None if spans is None else spans[:fits], answers[:fits]
-            )
+            settle(answers[fits:], [], refused)
+        if not fits:
+            return None
+        return self._write_group(
+            settle, checked[:fits], None if spans is None else spans[:fits], answers[:fits]
+        )
 
     def _write_group(
         self,
-        loop: asyncio.AbstractEventLoop,
+        settle: _Settle,
         checked: list[_Checked],
         spans: list[Any] | None,
-        answers: list[asyncio.Future[Receipt]],
-    ) -> None:
-        def answer(receipts: list[Receipt], error: BaseException | None) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-                loop.call_soon_threadsafe(_answer_each, answers, receipts, error)
-
+        answers: list[Any],
+    ) -> Future[list[OutboxEntry]] | None:
         try:
             pending = self._start(checked, None, spans=spans)
         except Exception as error:
-            answer([], error)
-            return
+            settle(answers, [], error)
+            return None
         durable = pending.durable
         if durable is None:  # BEST_EFFORT: nothing to wait for
             try:
-                answer(self._finish(pending, pending.entries), None)
+                settle(answers, self._finish(pending, pending.entries), None)
             except Exception as error:
-                answer([], error)
-            return
+                settle(answers, [], error)
+            return None
 
         def ended(done: Future[list[OutboxEntry]]) -> None:  # on the writer thread
             error = self._end_later(pending, done)
-            answer(pending.receipts, error)
+            settle(answers, pending.receipts, error)
 
         durable.add_done_callback(ended)
+        return durable
 
     async def asend_batch(self, messages: Sequence[Mapping[str, Any]]) -> list[Receipt]:
         """`send_batch` for a coroutine (see `asend`)."""
@@ -1081,6 +1122,16 @@ class Runtime:
         else:
             now = self._config.clock()
             pending.entries = [outbox_entry(0, e, now, p) for e, p in routed]
+
+    def _send_span(self, transport: str, key: str | None) -> Any:
+        """A send's span, started in its caller's context (a child of the caller's
+        current span; its message id is set once given), or None without tracing."""
+        if not self._hub.telemetry.tracing:
+            return None
+        return self._hub.telemetry.tracer.start_span(
+            SPAN_SEND,
+            attributes={ATTR_TRANSPORT: transport, ATTR_KEY: key if key is not None else ""},
+        )
 
     def _start_send_spans(self, ids: list[str], checked: list[_Checked]) -> list[Any]:
         tracer = self._hub.telemetry.tracer

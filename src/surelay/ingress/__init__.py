@@ -1,0 +1,1 @@
+"""The way in: how accepted sends reach the outbox (see `gather.py`)."""

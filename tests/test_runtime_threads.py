@@ -1,0 +1,102 @@
+"""Threads sending at once: their sends share outbox writes (one group per write, see
+`surelay.ingress.gather`), each returns once its message is durable and handed to its
+sender, and each thread's sends keep their order."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from surelay import Receipt, RuntimeClosed
+
+from .helpers import Gate, Recorder, open_runtime, wait_until
+
+THREADS = 16
+
+
+def test_sends_made_while_a_write_waits_go_in_one_write(tmp_path: Path) -> None:
+    sink = Recorder()
+    with open_runtime(tmp_path, {"t": sink}) as rt:
+        receipts: list[Receipt] = []
+        lock = threading.Lock()
+
+        def send(n: int) -> None:
+            receipt = rt.send("t", b"%d" % n, key=f"k{n}")
+            with lock:
+                receipts.append(receipt)
+
+        before = rt._store.stats().operations
+        threads = [threading.Thread(target=send, args=(n,)) for n in range(THREADS)]
+        with rt.transaction():  # holds the write lock: the first send's write waits
+            for thread in threads:
+                thread.start()
+            # the first two sends are written (two groups at once; they wait for the
+            # lock), the next leads the group every other send joins
+            wait_until(lambda: rt._gather.gathering == THREADS - 2)
+        for thread in threads:
+            thread.join(10)
+        writes = rt._store.stats().operations - before
+        assert rt.flush(10)
+    assert len({r.message_id for r in receipts}) == THREADS
+    assert writes <= 5  # the transaction, two sends, the group (a status may slip in)
+    assert sorted(sink.payloads()) == sorted(b"%d" % n for n in range(THREADS))
+
+
+def test_each_threads_sends_keep_their_order_and_all_arrive(tmp_path: Path) -> None:
+    sink = Recorder()
+    per_thread = 60
+
+    with open_runtime(tmp_path, {"t": sink}) as rt:
+
+        def sender(thread: int) -> None:
+            for seq in range(per_thread):
+                rt.send("t", b"%d" % seq, key=f"thread-{thread}")
+
+        threads = [threading.Thread(target=sender, args=(n,)) for n in range(THREADS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert rt.flush(30)
+        writes = rt._store.stats().operations
+    for thread in range(THREADS):
+        assert sink.payloads(f"thread-{thread}") == [b"%d" % s for s in range(per_thread)]
+    assert writes < THREADS * per_thread
+
+
+def test_threads_sending_through_close_each_get_a_receipt_or_runtime_closed(
+    tmp_path: Path,
+) -> None:
+    gate = Gate()
+    sink = Recorder(gate)
+    rt = open_runtime(tmp_path, {"t": sink})
+    outcomes: dict[int, list[object]] = {n: [] for n in range(THREADS)}
+    started = threading.Barrier(THREADS + 1)
+
+    def sender(thread: int) -> None:
+        started.wait(10)
+        for seq in range(1000):
+            try:
+                outcomes[thread].append(rt.send("t", b"%d:%d" % (thread, seq), key=f"t{thread}"))
+            except RuntimeClosed as closed:
+                outcomes[thread].append(closed)
+                return
+
+    threads = [threading.Thread(target=sender, args=(n,)) for n in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    started.wait(10)
+    wait_until(lambda: sum(len(o) for o in outcomes.values()) >= 200)
+    rt.close(timeout=2)
+    for thread in threads:
+        thread.join(10)
+    accepted = {
+        r.message_id for results in outcomes.values() for r in results if isinstance(r, Receipt)
+    }
+    for results in outcomes.values():  # receipts, then one refusal, and nothing after it
+        assert all(isinstance(r, Receipt) for r in results[:-1])
+        assert isinstance(results[-1], RuntimeClosed | Receipt)
+    gate.open()
+    with open_runtime(tmp_path, {"t": sink}) as again:
+        assert again.flush(30)
+    assert {e.message_id for e in sink.delivered} >= accepted
