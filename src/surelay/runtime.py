@@ -37,7 +37,6 @@ from surelay.actors.window import limits_for
 from surelay.backlog import RetryBacklog
 from surelay.config import RuntimeConfig
 from surelay.consumers import Consumers
-from surelay.dead_letter_ops import DeadLetters
 from surelay.delivery import Engines
 from surelay.delivery.breakers import Breakers
 from surelay.envelope import (
@@ -57,6 +56,7 @@ from surelay.errors import (
 )
 from surelay.hub import Counters, Hub, Transport
 from surelay.ingress.gather import Gather
+from surelay.operations.dead_letters import DeadLetters
 from surelay.policy.breaker import STATE_GAUGE
 from surelay.pressure import LEVELS, admission, hard_bound
 from surelay.ratelimit import KeyRates

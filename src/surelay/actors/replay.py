@@ -29,7 +29,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence, Set
+from collections.abc import Sequence, Set
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -505,11 +505,3 @@ def _log_failure(request_id: str) -> Any:
             logger.error("could not save replay request %s: %s", request_id, future.exception())
 
     return check
-
-
-def request_filters(
-    reason_class: str | None, key: str | None, transport: str | None
-) -> Mapping[str, str]:
-    """The filters given, as a request stores them."""
-    given = {"reason_class": reason_class, "key": key, "transport": transport}
-    return {name: value for name, value in given.items() if value is not None}

@@ -23,7 +23,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from surelay.actors.replay import request_filters
 from surelay.cli.common import (
     age,
     dead_letter_json,
@@ -35,16 +34,18 @@ from surelay.cli.common import (
     path_option,
 )
 from surelay.cli.escape import printable, text
-from surelay.dead_letter_ops import cancel_replay
+from surelay.operations.dead_letters import archive as archive_records
+from surelay.operations.dead_letters import cancel_replay, record_replay
+from surelay.operations.dead_letters import purge as purge_records
 from surelay.replay_report import ReplayReport
 from surelay.storage.dead_letters import MAX_LIMIT
-from surelay.storage.keys import new_id
 from surelay.storage.records import (
     DEAD_LETTER_STATUSES,
     REASON_CLASSES,
     DeadLetter,
     ReplayRequest,
 )
+from surelay.storage.replay_requests import request_filters
 from surelay.storage.slots import holders
 from surelay.storage.store import Store
 
@@ -306,16 +307,7 @@ def replay(
             _refuse_unknown(store, selected, path)
         if limit is not None:
             selected = _first(store, selected, filters, limit)
-        now = time.time()
-        request = ReplayRequest(
-            id=new_id(now),
-            created_at=now,
-            ids=selected,
-            filters=filters if selected is None else {},
-            rate=rate,
-            updated_at=now,
-        )
-        store.write(lambda txn: store.replay_requests.put(txn, request)).result()
+        request = record_replay(store, ids=selected, filters=filters, rate=rate, now=time.time())
         pids = sorted(holders(path).values())
         owner = pids[0] if len(pids) == 1 else None
         if not as_json:
@@ -533,13 +525,7 @@ def archive(
 ) -> None:
     filters = _selection("archive", ids, reason_class, key, transport, everything=everything)
     with open_store(path) as store:
-        table = store.dead_letters
-
-        def op(txn: Any) -> int:
-            chosen = ids or [r.id for r in table.matching(txn, **filters)]
-            return table.archive(txn, chosen)
-
-        changed = store.write(op).result()
+        changed = archive_records(store, ids or None, filters)
     if as_json:
         emit_json({"archived": changed})
     else:
@@ -571,11 +557,7 @@ def purge(
         if doomed and not yes:
             _confirm_purge(doomed, what, status)
         # Records that fail after `now` were not counted above: they stay.
-        removed = store.write(
-            lambda txn: store.dead_letters.purge(
-                txn, status=status, older_than=older_than or 0.0, now=now
-            )
-        ).result()
+        removed = purge_records(store, status=status, older_than=older_than or 0.0, now=now)
     if as_json:
         emit_json({"purged": removed})
     else:

@@ -22,7 +22,6 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
-from surelay.actors.replay import request_filters
 from surelay.ages import age, stamp
 from surelay.console.history import SERIES, History, sparkline
 from surelay.console.queries import (
@@ -34,12 +33,12 @@ from surelay.console.queries import (
     payload_views,
     replay_history,
 )
-from surelay.dead_letter_ops import cancel_replay
 from surelay.errors import StorageError
+from surelay.operations.dead_letters import archive, cancel_replay, purge, record_replay
 from surelay.replay_report import ReplayReport
 from surelay.storage.dead_letters import MAX_LIMIT
-from surelay.storage.keys import new_id
-from surelay.storage.records import DEAD_LETTER_STATUSES, REASON_CLASSES, ReplayRequest
+from surelay.storage.records import DEAD_LETTER_STATUSES, REASON_CLASSES
+from surelay.storage.replay_requests import request_filters
 from surelay.storage.slots import holders
 from surelay.storage.store import Store
 
@@ -348,15 +347,11 @@ class _Console:
             return RedirectResponse(f"/replays/{request_id}", status_code=303)
         if action == "archive":
             ids = list(chosen) or [r.id for r in _matching(target, filters)]
-            changed = target.write(lambda txn: target.dead_letters.archive(txn, ids)).result()
+            changed = archive(target, ids)
             return self.page(request, "done.html", message=f"archived {changed} dead letter(s)")
         status = filters.status or "archived"
         now = time.time()
-        purged = target.write(
-            lambda txn: target.dead_letters.purge(
-                txn, status=status, older_than=older_than, now=now
-            )
-        ).result()
+        purged = purge(target, status=status, older_than=older_than, now=now)
         return self.page(request, "done.html", message=f"purged {purged} {status} dead letter(s)")
 
     async def replay_progress(self, request: Request) -> Response:
@@ -585,16 +580,7 @@ def _record_replay(store: Store, ids: tuple[str, ...], filters: Filters, rate: f
     else:
         selected = None
         chosen_filters = request_filters(filters.reason_class, filters.key, filters.transport)
-    request = ReplayRequest(
-        id=new_id(now),
-        created_at=now,
-        ids=selected,
-        filters=chosen_filters,
-        rate=rate,
-        updated_at=now,
-    )
-    store.write(lambda txn: store.replay_requests.put(txn, request)).result()
-    return request.id
+    return record_replay(store, ids=selected, filters=chosen_filters, rate=rate, now=now).id
 
 
 def _ago(at: float | None) -> str:

@@ -22,7 +22,7 @@ from surelay.storage.environment import Environment, Txn, keys_with_prefix
 from surelay.storage.keys import from_u64, index_key, index_prefix, u64
 from surelay.storage.records import DEAD_LETTER_STATUSES, REASON_CLASSES, DeadLetter
 
-__all__ = ["TRANSITIONS", "DeadLetters"]
+__all__ = ["TRANSITIONS", "DeadLetterTable"]
 
 
 TRANSITIONS: dict[str, frozenset[str]] = {
@@ -36,7 +36,10 @@ _TAGS = (("key", b"k"), ("transport", b"t"), ("reason_class", b"r"), ("status", 
 MAX_LIMIT = 10_000
 
 
-class DeadLetters:
+class DeadLetterTable:
+    """The dead-letter records of a store and their indexes (what operators do with
+    them is `surelay.operations.dead_letters`)."""
+
     def __init__(self, env: Environment, report: Report) -> None:
         self._db = env.db("dead")
         self._idx = env.db("dead_idx")

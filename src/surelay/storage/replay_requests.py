@@ -4,7 +4,7 @@ time: the one that claims it (`claim`)."""
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Container, Mapping
 from dataclasses import replace
 
 from surelay.storage.codec import Report, decode_or_report, encode
@@ -12,7 +12,7 @@ from surelay.storage.environment import Environment, Txn
 from surelay.storage.records import ReplayRequest
 from surelay.storage.space import entry_bytes
 
-__all__ = ["ReplayRequests"]
+__all__ = ["ReplayRequests", "request_filters"]
 
 
 class ReplayRequests:
@@ -67,3 +67,11 @@ class ReplayRequests:
 
     def _decode(self, key: bytes, raw: bytes) -> ReplayRequest | None:
         return decode_or_report(ReplayRequest, "replay", key, raw, self._report)
+
+
+def request_filters(
+    reason_class: str | None, key: str | None, transport: str | None
+) -> Mapping[str, str]:
+    """The filters given, as a request stores them."""
+    given = {"reason_class": reason_class, "key": key, "transport": transport}
+    return {name: value for name, value in given.items() if value is not None}

@@ -22,7 +22,7 @@ import lmdb
 
 from surelay.envelope import Envelope
 from surelay.errors import RetryTransaction, StorageError, StorageFull
-from surelay.storage.dead_letters import DeadLetters
+from surelay.storage.dead_letters import DeadLetterTable
 from surelay.storage.dedup import Dedup
 from surelay.storage.environment import Environment, Txn, check_path
 from surelay.storage.inbox import Inbox
@@ -109,7 +109,7 @@ class Store:
             self.quarantine.report(table, key, raw, error, self.clock())
 
         self.outbox = Outbox(env, report, self.slot)
-        self.dead_letters = DeadLetters(env, report)
+        self.dead_letters = DeadLetterTable(env, report)
         self.dedup = Dedup(env, report)
         self.inbox = Inbox(env, report)
         self.replay_requests = ReplayRequests(env, report)

@@ -1,21 +1,24 @@
-"""`rt.dead_letters`: what an operator does with dead letters (list, get, replay,
-archive, purge, and cancelling a replay request that has not started); `cancel_replay`
-is the one implementation the API, `surelay dlq cancel` and the console call.
+"""Dead-letter operations: the store-level functions (`record_replay`, `archive`,
+`purge`, `cancel_replay`) that the API, `surelay dlq` and the console all call, and
+`DeadLetters`, what `rt.dead_letters` is: the same on a runtime's own store, with its
+replay actors carrying replays out at once.
 
 Reads are snapshots; every change is one durable write. Listing is oldest first (ids are
 time-ordered), paged with `after`, the last id of the previous page. A replay is stored
 as a request first (so it survives a crash and `surelay dlq` can watch it), then carried
-out by the replay actors (see `surelay.actors.replay`).
+out by a runtime's replay actors (see `surelay.actors.replay`): the runtime that recorded
+it, or (`pending`, from the CLI or the console) whichever runtime on the directory
+claims it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from surelay.actors.replay import ReplayState, StartReplay, request_filters
+from surelay.actors.replay import ReplayState, StartReplay
 from surelay.errors import RuntimeClosed
 from surelay.replay_report import ReplayReport
 from surelay.storage.dead_letters import MAX_LIMIT
@@ -27,12 +30,69 @@ from surelay.storage.records import (
     DeadLetter,
     ReplayRequest,
 )
+from surelay.storage.replay_requests import request_filters
 from surelay.storage.store import Store
 
 if TYPE_CHECKING:
     from surelay.hub import Hub
 
-__all__ = ["DeadLetters", "cancel_replay"]
+__all__ = ["DeadLetters", "archive", "cancel_replay", "purge", "record_replay"]
+
+
+def record_replay(
+    store: Store,
+    *,
+    ids: tuple[str, ...] | None,
+    filters: Mapping[str, str],
+    rate: float | None,
+    now: float,
+    owner: int | None = None,
+) -> ReplayRequest:
+    """Store a replay request of the records `ids`, or of the `dead` records matching
+    `filters` (see `request_filters`), at most `rate` a second. Without `owner` it is
+    `pending`, for a runtime on the directory to claim; with it, `running` in the
+    runtime of slot `owner`, which others leave alone. Returns it as stored."""
+    request = ReplayRequest(
+        id=new_id(now),
+        created_at=now,
+        ids=ids,
+        filters={} if ids is not None else dict(filters),
+        rate=rate,
+        updated_at=now,
+    )
+    if owner is not None:
+        request = replace(request, status="running", owner=owner)
+    return store.write(lambda txn: store.replay_requests.put(txn, request)).result()
+
+
+def archive(
+    store: Store, ids: Iterable[str] | None = None, filters: Mapping[str, str] | None = None
+) -> int:
+    """Archive the `dead` and `replayed` records `ids`, or those matching `filters` (a
+    `matching` selection of the dead-letter table), in one write; how many changed.
+    Unknown ids and records in other states are left alone."""
+    table = store.dead_letters
+    wanted = None if ids is None else ([ids] if isinstance(ids, str) else list(ids))
+
+    def op(txn: Txn) -> int:
+        chosen = (
+            wanted if wanted is not None else [r.id for r in table.matching(txn, **(filters or {}))]
+        )
+        return table.archive(txn, chosen)
+
+    return store.write(op).result()
+
+
+def purge(store: Store, *, status: str, older_than: float | None, now: float) -> int:
+    """Delete the records in `status` that failed more than `older_than` seconds before
+    `now` (any age if None), in one write; how many. `replaying` records cannot be
+    purged (`ValueError`)."""
+    if older_than is not None and not older_than >= 0:
+        raise ValueError(f"older_than must be seconds >= 0 or None, got {older_than!r}")
+    table = store.dead_letters
+    return store.write(
+        lambda txn: table.purge(txn, status=status, older_than=older_than, now=now)
+    ).result()
 
 
 def cancel_replay(store: Store, request_id: str, *, now: float) -> ReplayRequest:
@@ -63,6 +123,9 @@ def cancel_replay(store: Store, request_id: str, *, now: float) -> ReplayRequest
 
 
 class DeadLetters:
+    """`rt.dead_letters`: the operations on the runtime's own store (see the module
+    docstring); a closed runtime refuses them (`RuntimeClosed`)."""
+
     def __init__(self, store: Store, hub: Hub, replays: ReplayState) -> None:
         self._store = store
         self._hub = hub
@@ -136,19 +199,14 @@ class DeadLetters:
         coordinator = self._hub.replay_coordinator
         if coordinator is None or not coordinator.is_alive():
             raise RuntimeClosed("the runtime is closed; nothing was replayed")
-        now = self._hub.config.clock()
-        request = ReplayRequest(
-            id=new_id(now),
-            created_at=now,
+        request = record_replay(  # this runtime carries it out: others leave it alone
+            self._store,
             ids=selected,
             filters=request_filters(reason_class, key, transport),
             rate=rate,
-            updated_at=now,
-            # this runtime carries it out: others on the directory leave it alone
-            status="running",
+            now=self._hub.config.clock(),
             owner=self._store.slot,
         )
-        self._store.write(lambda txn: self._store.replay_requests.put(txn, request)).result()
         requested = coordinator.ask(StartReplay(request.id), timeout=timeout)
         if not wait:
             return self._replays.report(request.id) or ReplayReport(
@@ -169,8 +227,7 @@ class DeadLetters:
         and records in other states are left alone."""
         wanted = [ids] if isinstance(ids, str) else list(ids)
         self._refuse_if_closed()
-        table = self._store.dead_letters
-        return self._store.write(lambda txn: table.archive(txn, wanted)).result()
+        return archive(self._store, wanted)
 
     def purge(self, *, status: str = "archived", older_than: float | None = None) -> int:
         """Delete records in `status` that failed more than `older_than` seconds ago
@@ -178,11 +235,9 @@ class DeadLetters:
         if older_than is not None and not older_than >= 0:
             raise ValueError(f"older_than must be seconds >= 0 or None, got {older_than!r}")
         self._refuse_if_closed()
-        now = self._hub.config.clock()
-        table = self._store.dead_letters
-        return self._store.write(
-            lambda txn: table.purge(txn, status=status, older_than=older_than, now=now)
-        ).result()
+        return purge(
+            self._store, status=status, older_than=older_than, now=self._hub.config.clock()
+        )
 
     def cancel(self, request_id: str) -> ReplayRequest:
         """Cancel a pending replay request (one recorded by `surelay dlq replay` that no
