@@ -48,7 +48,7 @@ def main() -> None:
     help="data directory (created if missing)",
 )
 def demo(messages: int, path: Path) -> None:
-    from surelay.demo import run_demo  # noqa: PLC0415  # the SDK and the demo load only here
+    from surelay.cli.demo import run_demo  # noqa: PLC0415  # the SDK and the demo load only here
 
     result = run_demo(path, messages)
     if not result.flushed:
