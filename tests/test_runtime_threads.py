@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from surelay import Receipt, RuntimeClosed
 
@@ -14,7 +17,9 @@ from .helpers import Gate, Recorder, open_runtime, wait_until
 THREADS = 16
 
 
-def test_sends_made_while_a_write_waits_go_in_one_write(tmp_path: Path) -> None:
+def test_sends_made_while_a_write_waits_go_in_one_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     sink = Recorder()
     with open_runtime(tmp_path, {"t": sink}) as rt:
         receipts: list[Receipt] = []
@@ -25,7 +30,14 @@ def test_sends_made_while_a_write_waits_go_in_one_write(tmp_path: Path) -> None:
             with lock:
                 receipts.append(receipt)
 
-        before = rt._store.stats().operations
+        writes: list[int] = []
+        enqueue = rt._store.enqueue
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            writes.append(len(args[0]))  # the outbox entries of one write
+            return enqueue(*args, **kwargs)
+
+        monkeypatch.setattr(rt._store, "enqueue", counted)
         threads = [threading.Thread(target=send, args=(n,)) for n in range(THREADS)]
         with rt.transaction():  # holds the write lock: the first send's write waits
             for thread in threads:
@@ -35,10 +47,9 @@ def test_sends_made_while_a_write_waits_go_in_one_write(tmp_path: Path) -> None:
             wait_until(lambda: rt._gather.gathering == THREADS - 2)
         for thread in threads:
             thread.join(10)
-        writes = rt._store.stats().operations - before
         assert rt.flush(10)
     assert len({r.message_id for r in receipts}) == THREADS
-    assert writes <= 5  # the transaction, two sends, the group (a status may slip in)
+    assert writes == [1, 1, THREADS - 2]  # two groups written at once, then the rest
     assert sorted(sink.payloads()) == sorted(b"%d" % n for n in range(THREADS))
 
 
@@ -90,6 +101,7 @@ def test_threads_sending_through_close_each_get_a_receipt_or_runtime_closed(
     rt.close(timeout=2)
     for thread in threads:
         thread.join(10)
+        assert not thread.is_alive()
     accepted = {
         r.message_id for results in outcomes.values() for r in results if isinstance(r, Receipt)
     }
@@ -100,3 +112,46 @@ def test_threads_sending_through_close_each_get_a_receipt_or_runtime_closed(
     with open_runtime(tmp_path, {"t": sink}) as again:
         assert again.flush(30)
     assert {e.message_id for e in sink.delivered} >= accepted
+
+
+def test_sends_waiting_in_a_group_when_close_begins_are_written_not_refused(
+    tmp_path: Path,
+) -> None:
+    sink = Recorder()
+    rt = open_runtime(tmp_path, {"t": sink})
+    release = threading.Event()
+    holding = threading.Event()
+    outcomes: list[object] = []
+    lock = threading.Lock()
+
+    def hold() -> None:
+        with rt.transaction():  # the first writes wait for its lock
+            holding.set()
+            release.wait(10)
+
+    def send(n: int) -> None:
+        try:
+            outcome: object = rt.send("t", b"%d" % n)
+        except RuntimeClosed as closed:
+            outcome = closed
+        with lock:
+            outcomes.append(outcome)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert holding.wait(10)
+    senders = [threading.Thread(target=send, args=(n,)) for n in range(6)]
+    for sender in senders:
+        sender.start()
+    wait_until(lambda: rt._gather.gathering == 4)  # two written, four waiting in a group
+    closer = threading.Thread(target=rt.close, kwargs={"timeout": 10})
+    closer.start()
+    wait_until(lambda: rt._gather.gathering == 0)  # close wrote the group out
+    release.set()
+    for thread in (*senders, holder, closer):
+        thread.join(15)
+        assert not thread.is_alive()
+    assert len(outcomes) == 6 and all(isinstance(o, Receipt) for o in outcomes)
+    with open_runtime(tmp_path, {"t": sink}) as again:
+        assert again.flush(10)
+    assert sorted(sink.payloads()) == sorted(b"%d" % n for n in range(6))

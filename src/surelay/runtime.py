@@ -148,8 +148,11 @@ _Settle = Callable[[list[Any], list[Receipt], BaseException | None], None]
 
 
 def _settle_each(answers: list[Any], receipts: list[Receipt], error: BaseException | None) -> None:
-    """`_Settle` for threads: their futures, set on whichever thread ends the write."""
+    """`_Settle` for threads: their futures, set on whichever thread ends the write
+    (those answered already are left alone)."""
     for index, answer in enumerate(answers):
+        if answer.done():
+            continue
         if error is None:
             answer.set_result(receipts[index])
         else:
@@ -407,6 +410,7 @@ class Runtime:
                 self._lock.wait_for(lambda: self._closed, timeout + CLOSE_GRACE)
                 return
             self._write_turns()
+            self._gather.flush()  # threads' sends already called are under way too
             self._closing = True
             # sends under way end first (their writes are durable either way)
             self._lock.wait_for(lambda: not self._active, max(0.0, deadline - time.monotonic()))
@@ -633,7 +637,9 @@ class Runtime:
         self._write_gathered(turn, settle)
 
     def _write_threads(self, group: list[tuple[_Checked, Any, Future[Receipt]]]) -> list[Any]:
-        """Write one group of `send`s from threads (see `surelay.ingress.gather`)."""
+        """Write one group of `send`s from threads (see `surelay.ingress.gather`). An
+        exception out of the writing itself (an interrupt) becomes the answer of every
+        caller not answered yet, then is raised on: no caller waits for ever."""
         turn = _Turn()
         for checked, span, answer in group:
             if span is not None and turn.spans is None:
@@ -642,7 +648,11 @@ class Runtime:
                 turn.spans.append(span)
             turn.checked.append(checked)
             turn.answers.append(answer)
-        return self._write_gathered(turn, _settle_each)
+        try:
+            return self._write_gathered(turn, _settle_each)
+        except BaseException as error:
+            _settle_each(turn.answers, [], error)
+            raise
 
     def _write_gathered(self, turn: _Turn, settle: _Settle) -> list[Future[list[OutboxEntry]]]:
         """Each run of consecutive calls of one priority is written as one group, in

@@ -80,7 +80,7 @@ def test_a_member_of_the_wrong_kind_is_refused_naming_it(
     member: str, value: Any, error: type[Exception], words: str
 ) -> None:
     class Odd:
-        def __call__(self, envelope: Envelope) -> None: ...
+        async def __call__(self, envelope: Envelope) -> None: ...
 
     odd = Odd()
     setattr(odd, member, value)

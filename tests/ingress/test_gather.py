@@ -3,6 +3,7 @@ it is durable."""
 
 from __future__ import annotations
 
+import signal
 import threading
 from concurrent.futures import Future
 
@@ -160,3 +161,46 @@ def test_a_depth_of_two_writes_two_groups_at_once() -> None:
 def test_a_depth_below_one_is_refused() -> None:
     with pytest.raises(ValueError, match="depth must be at least 1, got 0"):
         Gather(Writes(), depth=0)
+
+
+def test_a_leader_interrupted_while_it_waits_still_writes_its_group() -> None:
+    """ctrl-C reaching the leading thread (here the main thread, by SIGALRM) while it
+    waits for room: the others' items are written all the same, then it is raised."""
+    writes = Writes()
+    gather: Gather[tuple[int, int]] = Gather(writes, depth=1)
+    gather.join((0, 0))  # being written: the next leader waits
+
+    def member() -> None:
+        wait_until(lambda: gather.gathering == 1)  # the main thread leads by now
+        gather.join((2, 0))
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    joiner = threading.Thread(target=member)
+    joiner.start()
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        with pytest.raises(KeyboardInterrupt):
+            gather.join((1, 0))
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    joiner.join(WAIT)
+    assert sorted(writes.groups[1]) == [(1, 0), (2, 0)]
+
+
+def test_flush_writes_the_open_group_on_the_calling_thread() -> None:
+    writes = Writes()
+    gather: Gather[tuple[int, int]] = Gather(writes, depth=1)
+    gather.join((0, 0))
+    leader = threading.Thread(target=gather.join, args=((1, 0),))
+    leader.start()
+    wait_until(lambda: gather.gathering == 1)
+    gather.flush()  # whatever the depth
+    leader.join(WAIT)
+    assert not leader.is_alive()
+    assert writes.groups == [[(0, 0)], [(1, 0)]]
+    gather.flush()  # nothing open: nothing written
+    assert len(writes.groups) == 2

@@ -79,7 +79,7 @@ def resolve(name: str, transport: object, config: RuntimeConfig) -> TransportSpe
         else:
             ack_timeout = float(own)
     coroutine = is_coroutine_transport(transport)
-    aclose = _member(name, transport, "aclose")
+    aclose = _member(name, transport, "aclose") if coroutine else None  # (awaited only)
     return TransportSpec(
         name=name,
         call=transport,
@@ -88,5 +88,5 @@ def resolve(name: str, transport: object, config: RuntimeConfig) -> TransportSpe
         ack_timeout=ack_timeout,
         classify=_member(name, transport, "classify"),
         prepare=_member(name, transport, "prepare"),
-        aclose=aclose if coroutine else None,
+        aclose=aclose,
     )
