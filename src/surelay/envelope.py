@@ -15,6 +15,7 @@ __all__ = [
     "Priority",
     "check_headers",
     "check_payload",
+    "check_send",
     "check_text",
     "checked_envelope",
     "header_problem",
@@ -227,3 +228,26 @@ def check_headers(headers: object) -> MappingProxyType[str, str]:
 
 
 _NO_HEADERS: MappingProxyType[str, str] = MappingProxyType({})
+
+
+def check_send(  # noqa: PLR0917  # send()'s arguments, checked in one place
+    transport: object,
+    payload: object,
+    key: object,
+    idempotency_key: object,
+    priority: object,
+    headers: object,
+    *,
+    max_payload_bytes: int,
+) -> tuple[str, bytes, str | None, str | None, Priority, MappingProxyType[str, str]]:
+    """The arguments of one send, checked (`InvalidMessage` saying what is wrong): the
+    one check of `rt.send` and `SqlOutbox.send` (the runtime also checks that it has
+    the transport)."""
+    if not isinstance(transport, str) or not transport:
+        raise InvalidMessage(f"transport must be a non-empty str, got {transport!r}")
+    data = check_payload(payload, max_payload_bytes)
+    checked_key = check_text("key", key, optional=True)
+    checked_idempotency = check_text("idempotency_key", idempotency_key, optional=True)
+    if not isinstance(priority, Priority):
+        raise InvalidMessage(f"priority must be a surelay.Priority, got {priority!r}")
+    return transport, data, checked_key, checked_idempotency, priority, check_headers(headers)

@@ -42,9 +42,7 @@ from surelay.delivery.breakers import Breakers
 from surelay.envelope import (
     Envelope,
     Priority,
-    check_headers,
-    check_payload,
-    check_text,
+    check_send,
     checked_envelope,
 )
 from surelay.errors import (
@@ -171,6 +169,16 @@ class _Turn:
     spans: list[Any] | None = None
     answers: list[Any] = field(default_factory=list)
     """asyncio futures for `asend`s, `concurrent.futures.Future`s for threads' sends."""
+
+    def add(self, checked: _Checked, span: Any, answer: Any) -> None:
+        """One more send: its checked arguments, its span (None without tracing; the
+        list of spans is made at the first one) and the future of its answer."""
+        if span is not None and self.spans is None:
+            self.spans = [None] * len(self.checked)
+        if self.spans is not None:
+            self.spans.append(span)
+        self.checked.append(checked)
+        self.answers.append(answer)
 
 
 def _resolve_empty(future: asyncio.Future[None]) -> None:
@@ -599,12 +607,7 @@ class Runtime:
             if turn is None:
                 turn = self._turns[loop] = _Turn()
                 loop.call_soon(self._write_turn, loop)
-            if span is not None and turn.spans is None:
-                turn.spans = [None] * len(turn.checked)
-            if turn.spans is not None:
-                turn.spans.append(span)
-            turn.checked.append(checked)
-            turn.answers.append(answer)
+            turn.add(checked, span, answer)
         # cancelled here, the caller stops waiting; the message is accepted all the same
         return await answer
 
@@ -642,12 +645,7 @@ class Runtime:
         caller not answered yet, then is raised on: no caller waits for ever."""
         turn = _Turn()
         for checked, span, answer in group:
-            if span is not None and turn.spans is None:
-                turn.spans = [None] * len(turn.checked)
-            if turn.spans is not None:
-                turn.spans.append(span)
-            turn.checked.append(checked)
-            turn.answers.append(answer)
+            turn.add(checked, span, answer)
         try:
             return self._write_gathered(turn, _settle_each)
         except BaseException as error:
@@ -835,12 +833,15 @@ class Runtime:
         if not isinstance(transport, str) or transport not in self._transports:
             known = ", ".join(sorted(self._transports)) or "none"
             raise UnknownTransport(f"unknown transport {transport!r}; this runtime has: {known}")
-        data = check_payload(payload, self._config.max_payload_bytes)
-        checked_key = check_text("key", key, optional=True)
-        checked_idempotency = check_text("idempotency_key", idempotency_key, optional=True)
-        if not isinstance(priority, Priority):
-            raise InvalidMessage(f"priority must be a surelay.Priority, got {priority!r}")
-        return transport, data, checked_key, checked_idempotency, priority, check_headers(headers)
+        return check_send(
+            transport,
+            payload,
+            key,
+            idempotency_key,
+            priority,
+            headers,
+            max_payload_bytes=self._config.max_payload_bytes,
+        )
 
     @staticmethod
     def _envelopes(

@@ -16,8 +16,7 @@ from surelay.envelope import (
     Envelope,
     Priority,
     check_headers,
-    check_payload,
-    check_text,
+    check_send,
     checked_envelope,
 )
 from surelay.errors import InvalidMessage
@@ -55,27 +54,6 @@ class Row(NamedTuple):
     priority: int
     headers: str | None
     created_at: float
-
-
-def check_send(  # noqa: PLR0917  # send()'s arguments, checked in one place
-    transport: object,
-    payload: object,
-    key: object,
-    idempotency_key: object,
-    priority: object,
-    headers: object,
-    *,
-    max_payload_bytes: int,
-) -> tuple[str, bytes, str | None, str | None, Priority, MappingProxyType[str, str]]:
-    """The arguments of one send, checked (`InvalidMessage` saying what is wrong)."""
-    if not isinstance(transport, str) or not transport:
-        raise InvalidMessage(f"transport must be a non-empty str, got {transport!r}")
-    data = check_payload(payload, max_payload_bytes)
-    checked_key = check_text("key", key, optional=True)
-    checked_idempotency = check_text("idempotency_key", idempotency_key, optional=True)
-    if not isinstance(priority, Priority):
-        raise InvalidMessage(f"priority must be a surelay.Priority, got {priority!r}")
-    return transport, data, checked_key, checked_idempotency, priority, check_headers(headers)
 
 
 def make_row(  # noqa: PLR0917
