@@ -552,7 +552,10 @@ class Runtime:
         `txn` (from `transaction()`) it is written in that transaction and dispatched
         after it commits. Raises `UnknownTransport`, `InvalidMessage`, `Overloaded`,
         `RuntimeClosed`, and `RuntimeError` without `txn` inside `transaction()` on the
-        same thread; nothing is accepted when it raises.
+        same thread; nothing is accepted when it raises, except when an interrupt
+        (`KeyboardInterrupt`) reaches it while it waits for the write: the message is
+        then accepted and delivered all the same. Sends from many threads at once share
+        outbox writes (see `surelay.ingress.gather`).
         """
         checked = self._check(transport, payload, key, idempotency_key, priority, headers)
         if txn is not None or not self._hub.durable:
