@@ -61,6 +61,7 @@ bench: $(DEV_STAMP) $(BENCH_STAMP)
 	$(BIN)/python benchmarks/jetstream.py
 	$(BIN)/python benchmarks/console.py
 	$(BIN)/python benchmarks/backlog.py
+	$(BIN)/python benchmarks/replay.py
 	$(BIN)/python benchmarks/sql_outbox.py
 
 clean:
