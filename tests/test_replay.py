@@ -502,3 +502,21 @@ def test_a_pending_request_is_cancelled_and_never_carried_out(tmp_path: Path) ->
         running = rt.dead_letters.replay([dead], wait=True, timeout=10)
         with pytest.raises(ValueError, match=r"is done.*not pending"):
             rt.dead_letters.cancel(running.request_id)
+
+
+def test_a_worker_keeps_many_writes_in_flight_not_one_commit_each(tmp_path: Path) -> None:
+    """One replay worker, 200 records of 200 keys: their leases and outcomes are written
+    while the worker goes on (one commit carries many), not each waited for in turn
+    (which took at least two commits a record)."""
+    down = Downstream()
+    config = {"retry": RetryPolicy(max_attempts=1), "replay_partitions": 1}
+    with open_runtime(tmp_path, {"t": down.recorder}, **config) as rt:
+        receipts = [rt.send("t", b"m%d" % i, key=f"k{i}") for i in range(200)]
+        for receipt in receipts:
+            assert receipt.wait(10) is Outcome.DEAD_LETTERED
+        down.healthy = True
+        before = rt._store.stats().commits
+        report = rt.dead_letters.replay(timeout=30)
+        commits = rt._store.stats().commits - before
+    assert report.replayed == 200 and report.done
+    assert commits < 100

@@ -20,6 +20,12 @@ this worker's records are in flight:
 A replay is one attempt, not a new retry cycle: an operator replaying a canary wants
 its verdict now, and a record that fails again is back in the dead-letter list at once.
 
+The worker never waits for a write: a lease and an outcome come back to it as messages
+(`_Leased`, `_Written`) when their write ends, so its leases and outcomes share commits
+with each other and with everything else the store writes. A record counts as active
+(against `ACTIVE_MAX`) from its lease until its outcome is durable. A write that fails
+is a crash on that record (see below).
+
 A crash (the transport raised a BaseException that is not an Exception) restarts the
 worker; the next incarnation replays that record again under its own lease (dedup
 still guards it) before its key's next record. A record that crashes the worker twice
@@ -32,6 +38,8 @@ from __future__ import annotations
 import itertools
 import logging
 from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -97,6 +105,23 @@ class _Settle:
     """From the engine (or, after a restart, from itself): attempts wait in the box."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Leased:
+    """To itself: the lease of `message`'s record was written (or failed)."""
+
+    message: Replay
+    lease: Future[tuple[str, DeadLetter | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Written:
+    """To itself: the outcome of the attempt `seq` was written (or failed)."""
+
+    seq: int
+    result: str
+    write: Future[Any]
+
+
 @dataclass(slots=True)
 class _Active:
     """A record leased and submitted, waiting for its attempt."""
@@ -104,6 +129,8 @@ class _Active:
     message: Replay
     record: DeadLetter
     span: Span | None
+    attempt: Attempt | None = None
+    """Its attempt, once back (its outcome is being written)."""
 
 
 class WorkerState:
@@ -120,7 +147,9 @@ class WorkerState:
         self.serial = itertools.count(1)
         self.results = ResultBox()
         self.starting: Replay | None = None
-        """The record being leased and submitted (made ready again after a crash)."""
+        """The record being leased or submitted (made ready again after a crash)."""
+        self.leasing: set[str] = set()
+        """Dead-letter ids whose lease is being written (they count as active)."""
         self.crashes: dict[str, int] = {}
 
 
@@ -130,9 +159,11 @@ class ReplayWorker(Actor):
         self._hub = hub
         self._shared = shared
         self._state = state
+        self._tell: Callable[[Any], None] = lambda _message: None
 
     def on_start(self) -> None:
         ref = self.ref if self.ref is not None else self.actor_ref
+        self._tell = ref.tell
         self._state.results.notify = lambda: ref.tell(_Settle())
 
     def on_restart(self, crash: CrashReport) -> None:
@@ -183,35 +214,70 @@ class ReplayWorker(Actor):
                 state.ready.append(message.line)
             else:
                 line.append(message)
+        elif isinstance(message, _Leased):
+            self._leased(message)
+        elif isinstance(message, _Written):
+            self._written(message)
         self._settle_results()
         self._start_ready()
 
     # -- starting ------------------------------------------------------------------------
 
     def _start_ready(self) -> None:
+        """Ask for the leases of the ready lines' heads, as many as `ACTIVE_MAX`
+        allows, without waiting: each comes back as a `_Leased`, and leases asked for
+        together share a commit."""
         state = self._state
-        while state.ready and len(state.active) < ACTIVE_MAX:
+        while state.ready and len(state.active) + len(state.leasing) < ACTIVE_MAX:
             message = state.lines[state.ready.popleft()][0]
             state.starting = message
-            result = self._start(message)
+            hub = self._hub
+            now = hub.config.clock()
+            with self._shared.lock:
+                self._shared.held.add(message.dead_letter_id)
+            lease = hub.store.lease_for_replay(
+                message.dead_letter_id,
+                now=now,
+                until=now + self._lease_seconds(),
+                renew=message.renew,
+                recovering=message.job is None,
+            )
+            state.leasing.add(message.dead_letter_id)
             state.starting = None
-            if result is not None:
-                self._record_done(message, result)
+            lease.add_done_callback(self._back(_Leased, message))
 
-    def _start(self, message: Replay) -> str | None:
-        """Lease the record and submit its attempt; the result if none is made."""
+    def _back(self, kind: Callable[..., Any], *fields: Any) -> Callable[[Future[Any]], None]:
+        """A write's done-callback: tells this worker `kind(*fields, the future)` (on
+        the writer's thread; the worker handles it in its own turn, restarted or not)."""
+        tell = self._tell
+
+        def back(done: Future[Any]) -> None:
+            try:
+                tell(kind(*fields, done))
+            except Exception:  # the worker is gone (the runtime closed): the write stands
+                logger.debug("replay worker gone before a write it made ended", exc_info=True)
+
+        return back
+
+    def _leased(self, leased: _Leased) -> None:
+        """A lease was written: submit the record's attempt (a failed write crashes
+        the worker, which leases the record again)."""
+        state = self._state
+        message = leased.message
+        state.leasing.discard(message.dead_letter_id)
+        state.starting = message
+        verdict, record = leased.lease.result()
+        result = self._start(message, verdict, record)
+        state.starting = None
+        if result is not None:
+            self._record_done(message, result)
+
+    def _start(self, message: Replay, verdict: str, record: DeadLetter | None) -> str | None:
+        """Submit the attempt of a record (`verdict` of its lease); the result if none
+        is made."""
         hub = self._hub
         dead_letter_id = message.dead_letter_id
         now = hub.config.clock()
-        with self._shared.lock:
-            self._shared.held.add(dead_letter_id)
-        verdict, record = hub.store.lease_for_replay(
-            dead_letter_id,
-            now=now,
-            until=now + self._lease_seconds(),
-            renew=message.renew,
-            recovering=message.job is None,
-        ).result()
         if verdict != "leased":
             logger.info("replay of %s: not sent (%s)", dead_letter_id, verdict)
             return _NOT_SENT[verdict]
@@ -286,13 +352,30 @@ class ReplayWorker(Actor):
                 del state.active[attempt.entry.seq]
                 self._crashed(active, attempt.error or RuntimeError("the call was lost"))
             elif active is not None:
-                result = self._settle(active, attempt)  # a CRASH raises here
-                del state.active[attempt.entry.seq]
-                self._end_span(active.span, result, attempt)
-                self._record_done(active.message, result)
+                result, write = self._settle(active, attempt)  # a CRASH raises here
+                active.attempt = attempt
+                write.add_done_callback(self._back(_Written, attempt.entry.seq, result))
 
-    def _settle(self, active: _Active, attempt: Attempt) -> str:
-        """Record the verdict on a replay's one attempt (`decide`, with no retry left)."""
+    def _written(self, written: _Written) -> None:
+        """The outcome of an attempt is durable: the record has ended. A failed write
+        is treated as a crash on that record (replayed again, or back to `dead`)."""
+        state = self._state
+        active = state.active.pop(written.seq, None)
+        if active is None:
+            return
+        error = written.write.exception()
+        if error is not None:
+            self._crashed(active, error)
+            return
+        if written.result == "replayed":
+            self._hub.counters.add("replayed", active.record.transport)
+        assert active.attempt is not None
+        self._end_span(active.span, written.result, active.attempt)
+        self._record_done(active.message, written.result)
+
+    def _settle(self, active: _Active, attempt: Attempt) -> tuple[str, Future[Any]]:
+        """Write the verdict on a replay's one attempt (`decide`, with no retry left):
+        the record's result and the write, not waited for."""
         hub = self._hub
         record = active.record
         now = hub.config.clock()
@@ -302,27 +385,23 @@ class ReplayWorker(Actor):
         error = attempt.error if attempt.error is not None else TimeoutError(attempt.kind)
         verdict = decide(attempt.kind, failure=attempt.failure, wait=attempt.wait, policy=ONE)
         if isinstance(verdict, Delivered):
-            hub.store.replayed(
+            return "replayed", hub.store.replayed(
                 record.id, delivered_at=now, expires_at=now + hub.config.dedup_ttl
-            ).result()
-            hub.counters.add("replayed", record.transport)
-            return "replayed"
+            )
         if isinstance(verdict, Hold):
-            hub.store.release_lease(record.id).result()
             logger.warning(
                 "replay of %s not sent: the breaker of %r is open", record.id, record.transport
             )
-            return "failed"
+            return "failed", hub.store.release_lease(record.id)
         assert isinstance(verdict, Dead)
-        hub.store.replay_failed(
+        return "failed", hub.store.replay_failed(
             record.id,
             reason_class=verdict.reason_class,
             reason=f"replay attempt failed: {describe(error)}",
             error_type=type(error).__name__,
             attempts=record.attempts + 1,
             failed_at=now,
-        ).result()
-        return "failed"
+        )
 
     @staticmethod
     def _end_span(span: Span | None, result: str, attempt: Attempt) -> None:
