@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from surelay import (
     TransientError,
 )
 from surelay.actors.replay import OFFER_GRACE, POLL, Replay
+from surelay.errors import StorageError
 from surelay.routing import replay_partition
 from surelay.sources import JetStreamSource
 from surelay.storage.keys import new_id
@@ -520,3 +522,26 @@ def test_a_worker_keeps_many_writes_in_flight_not_one_commit_each(tmp_path: Path
         commits = rt._store.stats().commits - before
     assert report.replayed == 200 and report.done
     assert commits < 100
+
+
+def test_an_outcome_that_cannot_be_written_ends_its_record_not_the_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The `replayed` write fails (twice: the record is tried again once), then so does
+    putting it back to dead: the record ends `failed`, the job ends, nothing waits."""
+    down = Downstream()
+    with open_runtime(tmp_path, {"t": down.recorder}, retry=RetryPolicy(max_attempts=1)) as rt:
+        kill(rt, 1, key="k")
+        down.healthy = True
+
+        def failing(*args: object, **kwargs: object) -> Future[object]:
+            future: Future[object] = Future()
+            future.set_exception(StorageError("disk gone"))
+            return future
+
+        monkeypatch.setattr(rt._store, "replayed", failing)
+        monkeypatch.setattr(rt._store, "replay_failed", failing)
+        report = rt.dead_letters.replay(timeout=20)
+    assert report.done and report.failed == 1
+    assert "could not put it back to dead" in caplog.text
+    assert len(down.delivered) == 2  # sent, and sent again after the first failed write

@@ -196,13 +196,19 @@ class ReplayWorker(Actor):
             state.ready.appendleft(active.message.line)
             return
         state.crashes.pop(dl_id, None)
-        self._hub.store.replay_failed(
-            dl_id,
-            reason_class="crash",
-            reason=f"the replay worker crashed on it ({describe(error)}), {crashes} times",
-            error_type=type(error).__name__,
-            failed_at=self._hub.config.clock(),
-        ).result()
+        try:
+            self._hub.store.replay_failed(
+                dl_id,
+                reason_class="crash",
+                reason=f"the replay worker crashed on it ({describe(error)}), {crashes} times",
+                error_type=type(error).__name__,
+                failed_at=self._hub.config.clock(),
+            ).result()
+        except Exception:
+            # The store refuses writes now: the record stays `replaying` under its lease,
+            # and lease recovery takes it again once that lapses. Its job and its key's
+            # line go on meanwhile (a raise here would leave them waiting for ever).
+            logger.exception("replay of %s: could not put it back to dead", dl_id)
         self._record_done(active.message, "failed")
 
     def on_receive(self, message: Any) -> None:
