@@ -52,6 +52,11 @@ class Database(Protocol):
         the relays alive now, with their numbers of partitions."""
         ...
 
+    def idle(self, me: str, waiting: bool) -> None:
+        """Say whether `me` waits for senders to NOTIFY (PostgreSQL; see
+        `Dialect.ddl`): senders notify while any relay waits."""
+        ...
+
     def renew(self, me: str, parts: Iterable[int], lease: float, now: float) -> set[int]:
         """Extend `me`'s leases of `parts`; those still `me`'s."""
         ...
@@ -187,6 +192,9 @@ class SqliteDatabase(_Common):
     def now(self) -> float:
         return time.time()
 
+    def idle(self, me: str, waiting: bool) -> None:
+        """(SQLite has no NOTIFY: its relays poll.)"""
+
     def renew(self, me: str, parts: Iterable[int], lease: float, now: float) -> set[int]:
         listed = _ints(parts)
         if not listed:
@@ -290,6 +298,23 @@ class PostgresDatabase(_Common):
     def now(self) -> float:
         return float(self._run("SELECT extract(epoch from clock_timestamp())")[0][0])
 
+    def idle(self, me: str, waiting: bool) -> None:
+        if waiting:
+            self._run(
+                f"INSERT INTO {self.d.idle} (relay) VALUES ({{me}}) ON CONFLICT DO NOTHING",
+                {"me": me},
+            )
+        else:
+            self._run(f"DELETE FROM {self.d.idle} WHERE relay = {{me}}", {"me": me})
+
+    def heartbeat(self, me: str, lease: float, now: float, partitions: int) -> dict[str, int]:
+        relays = super().heartbeat(me, lease, now, partitions)
+        # a relay that died waiting would have senders notify for nothing, for ever
+        self._run(
+            f"DELETE FROM {self.d.idle} WHERE relay NOT IN (SELECT relay FROM {self.d.relays})"
+        )
+        return relays
+
     def renew(self, me: str, parts: Iterable[int], lease: float, now: float) -> set[int]:
         wanted = [p for p in parts if p in self._locks]
         if not wanted:
@@ -339,6 +364,7 @@ class PostgresDatabase(_Common):
 
     def leave(self, me: str, parts: Iterable[int]) -> None:
         super().leave(me, parts)
+        self.idle(me, False)
         for part in list(self._locks):
             self._unlock(part)
 

@@ -117,6 +117,10 @@ class Dialect:
         return f"{self.table}_relays"
 
     @property
+    def idle(self) -> str:
+        return f"{self.table}_idle"
+
+    @property
     def channel(self) -> str:
         """The NOTIFY channel (PostgreSQL)."""
         return self.table
@@ -125,6 +129,12 @@ class Dialect:
         """The table, the lease tables and (PostgreSQL) the trigger that wakes relays
         at commit; every statement idempotent, and none takes a lock on a table that
         exists already (so running it at every start does not stall the senders).
+
+        The trigger notifies only while a relay waits for it (a row in `<table>_idle`):
+        a NOTIFY makes its transaction's commit wait for every other notifying commit,
+        so busy senders would queue behind each other; a busy relay reads without it.
+        It runs as its owner with the search path it was made with: senders need no
+        rights on the relays' tables, and a table's trigger reads its own schema's.
 
         No index besides the primary key: relays read in id order and delete by id,
         and each index would cost every sending transaction an update."""
@@ -153,9 +163,15 @@ CREATE TABLE IF NOT EXISTS {self.relays} (
     expires_at DOUBLE PRECISION NOT NULL,
     partitions INTEGER NOT NULL
 );
-CREATE OR REPLACE FUNCTION {t}_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE TABLE IF NOT EXISTS {self.idle} (
+    relay TEXT PRIMARY KEY
+);
+CREATE OR REPLACE FUNCTION {t}_notify() RETURNS trigger LANGUAGE plpgsql
+SECURITY DEFINER SET search_path FROM CURRENT AS $$
 BEGIN
-    PERFORM pg_notify('{self.channel}', '');
+    IF EXISTS (SELECT 1 FROM {self.idle}) THEN
+        PERFORM pg_notify('{self.channel}', '');
+    END IF;
     RETURN NULL;
 END $$;
 DO $$

@@ -11,7 +11,11 @@ table's NOTIFY. The loop, each turn:
 2. deletes the rows whose messages ended (delivered, duplicate or dead-lettered: the
    outcome is durable in the runtime's store before the receipt completes);
 3. takes more rows of its partitions in id order, as many as its window and the
-   runtime's pressure allow, and hands them to the senders of their keys' partitions.
+   runtime's pressure allow, and hands them to the senders of their keys' partitions;
+4. paces itself: while rows come it reads every `BRISK_POLL` seconds; after
+   `IDLE_AFTER` without one it waits (on PostgreSQL it says so in `<table>_idle`, and
+   senders' commits NOTIFY only while some relay waits), reading anyway every
+   `poll_interval`.
 
 Relayed messages are not written to the runtime's outbox: the row is their durable
 copy until it is deleted. So a relay that dies (its process, its machine, its disk)
@@ -64,7 +68,21 @@ BACKLOG_EVERY = 2.0
 BACKOFF_MAX = 5.0
 
 LOOK_BACK = 0.25
-"""Seconds of the cursor's way each turn looks back over for rows committed late."""
+"""Seconds of the cursor's way a look-back covers, for rows committed late."""
+
+BRISK_POLL = 0.005
+"""Seconds between two reads while rows keep coming: senders do not NOTIFY then."""
+
+BRISK_LOOK_BACK = 0.02
+"""Seconds between two look-backs while rows keep coming."""
+
+IDLE_AFTER = 0.2
+"""Seconds without a new row after which a relay stops reading and waits: for a NOTIFY
+(PostgreSQL; senders notify while a relay waits) or its next poll."""
+
+IDLE_GRACE = 0.25
+"""Seconds after a relay began to wait until it reads once more: a transaction that
+inserted before senders saw it wait, and committed after its last read, sent no NOTIFY."""
 
 WINDOW_BYTES = 32 << 20
 """Most payload bytes of one relay's rows in the runtime at once (besides its rows)."""
@@ -149,6 +167,12 @@ class Relay:
         self._poll_at = 0.0
         self._commits = False
         """A NOTIFY came since the last turn (set by the listener thread)."""
+        self._brisk = False
+        """Rows came within `IDLE_AFTER`: read every `BRISK_POLL`, without NOTIFY."""
+        self._idle: bool | None = None
+        """Whether the database says this relay waits for NOTIFY (None: not known)."""
+        self._seen_at = float("-inf")
+        self._look_at = 0.0
         self._cursor = 0
         self._passed: collections.deque[tuple[float, int]] = collections.deque()
         """(when, cursor) each time the cursor moved, for the look-back."""
@@ -226,6 +250,7 @@ class Relay:
                     self._db = self._connect()
                     self._held = set()  # claimed again (and, on PostgreSQL, locked again)
                     self._beat_at = 0.0
+                    self._idle = None
                 self._turn(self._db)
                 if self._error is not None:
                     logger.warning("relay of %s: the database is back", self._outbox.table)
@@ -264,7 +289,10 @@ class Relay:
 
     def _sleep(self) -> float:
         now = time.monotonic()
-        return max(0.0, min(self._beat_at, self._poll_at) - now, 0.001)
+        until = min(self._beat_at, self._poll_at)
+        if self._brisk:
+            until = min(until, now + BRISK_POLL)
+        return max(0.0, until - now, 0.001)
 
     def _turn(self, db: Database) -> None:
         now = time.monotonic()
@@ -274,6 +302,7 @@ class Relay:
             self._beat_at = now + self._settings.beat
             self._sweep()
         if self._stop.is_set() or self._paused or not self._leased():
+            self._brisk = False
             return
         if now >= self._backlog_at:
             self._waiting, self._oldest = db.backlog()
@@ -282,7 +311,26 @@ class Relay:
         commits, self._commits = self._commits, False
         if everything:
             self._poll_at = now + self._settings.poll_interval
-        self._take(db, everything=everything, commits=commits)
+        if self._brisk and now >= self._look_at:
+            commits = True  # no NOTIFY says a late commit came: look back now and then
+            self._look_at = now + BRISK_LOOK_BACK
+        if self._take(db, everything=everything, commits=commits):
+            self._seen_at = now
+        self._pace(db, now)
+
+    def _pace(self, db: Database, now: float) -> None:
+        """Read briskly while rows come; after `IDLE_AFTER` without any, wait for a
+        NOTIFY, which senders send only while a relay waits (see `Dialect.ddl`)."""
+        self._brisk = now - self._seen_at < IDLE_AFTER
+        if self._brisk and self._idle is not False:
+            db.idle(self.name, False)
+            self._idle = False
+        elif not self._brisk and self._idle is not True:
+            db.idle(self.name, True)
+            self._idle = True
+            # a sender that looked before this was said, and commits after the last
+            # read, sends no NOTIFY: read once more when such a commit is surely in
+            self._poll_at = min(self._poll_at, now + IDLE_GRACE)
 
     def _leased(self) -> bool:
         """Whether the leases are surely still this relay's: renewed less than 0.8 of
@@ -381,8 +429,9 @@ class Relay:
                 return 0
         return min(room, hard_bound(Priority.NORMAL, hub.config.pressure) - hub.tracker.pending)
 
-    def _take(self, db: Database, *, everything: bool, commits: bool) -> None:
-        """Take rows of the partitions it reads, in id order, as room allows.
+    def _take(self, db: Database, *, everything: bool, commits: bool) -> bool:
+        """Take rows of the partitions it reads, in id order, as room allows; whether it
+        found any new (or had no room: rows are coming faster than they end).
 
         New rows come from above a cursor. A transaction that commits after others with
         greater ids leaves its row below the cursor: a turn after `commits` (a NOTIFY)
@@ -395,10 +444,11 @@ class Relay:
             self._passed.clear()
         self._reading = reading
         if not reading:
-            return
+            return False
         parts = sorted(reading)
         partitions = self._outbox.partitions
         now = time.monotonic()
+        found = False
         low = 0 if everything else self._lagging(now) if commits else self._cursor
         if low < self._cursor:
             limit = len(self._taken) + self._settings.batch
@@ -406,21 +456,24 @@ class Relay:
             late = [i for i in ids if i not in self._taken][: max(0, self._room())]
             if late:
                 self._hand_in(fitting(db.rows(late), WINDOW_BYTES - self._bytes))
+                found = True
         while not self._stop.is_set() and not self._paused:
             room = self._room()
             if room <= 0:
-                return
+                return True
             limit = min(self._settings.batch, room)
             rows = db.take(parts, partitions, self._cursor, limit)
             fresh = [r for r in rows if r[0] not in self._taken]  # (after a reset)
             fits = fitting(fresh, WINDOW_BYTES - self._bytes)
             if fits:
                 self._hand_in(fits)
+                found = True
             if rows:
                 self._cursor = fits[-1][0] if len(fits) < len(fresh) else rows[-1][0]
                 self._passed.append((now, self._cursor))
             if len(fits) < len(fresh) or len(rows) < limit:
-                return  # (the rest waits for room)
+                return found or len(fits) < len(fresh)  # (the rest waits for room)
+        return found
 
     def _lagging(self, now: float) -> int:
         """Where the cursor was `LOOK_BACK` seconds ago (0 if it has not moved since
