@@ -7,15 +7,20 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import shlex
 import signal
 import sqlite3
 import subprocess
 import sys
+import types
 from pathlib import Path
+from typing import Any
 
 import psycopg
+import pytest
 
+from surelay.sql import SqlOutbox
 from tests.helpers import free_port
 from tests.test_recipes import SCRIPTS, program, start_uvicorn, wait_for
 from tests.transports.http_server import HttpServer
@@ -179,3 +184,37 @@ def test_standalone_relay_recipe_on_postgres(tmp_path: Path, pg_url: str) -> Non
         mine = [n for n in got if n % 4 == customer]
         assert mine == sorted(mine)
     assert shlex.split(SCRIPTS["relay.sh"].replace("\\\n", " "))[:2] == ["surelay", "relay"]
+
+
+def alembic_migration() -> str:
+    text = (Path(__file__).parents[2] / "docs" / "recipes.md").read_text()
+    found = re.search(r"Alembic \(PostgreSQL.*?```python\n(.*?)```", text, re.S)
+    assert found is not None, "the Alembic migration is gone from docs/recipes.md"
+    return found.group(1)
+
+
+def test_the_alembic_migration_makes_and_drops_every_table(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The documented upgrade and downgrade, run as written (`op.execute` on a real
+    connection to the database: Alembic itself passes the SQL through)."""
+    outbox = SqlOutbox(pg_url, table="jobs")
+    listed = "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+    functions = "SELECT count(*) FROM pg_proc WHERE proname = 'jobs_notify'"
+    with psycopg.connect(outbox.target, autocommit=True) as conn:
+        alembic = types.ModuleType("alembic")
+        alembic.op = types.SimpleNamespace(execute=conn.execute)  # type: ignore[attr-defined]
+        myapp = types.ModuleType("myapp.outbox")
+        myapp.outbox = outbox  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, "alembic", alembic)
+        monkeypatch.setitem(sys.modules, "myapp", types.ModuleType("myapp"))
+        monkeypatch.setitem(sys.modules, "myapp.outbox", myapp)
+        migration: dict[str, Any] = {}
+        exec(alembic_migration(), migration)  # the documented code, as written
+        migration["upgrade"]()
+        made = {r[0] for r in conn.execute(listed).fetchall()}
+        assert made == {"jobs", "jobs_leases", "jobs_relays", "jobs_idle"}
+        assert conn.execute(functions).fetchone() == (1,)
+        migration["downgrade"]()
+        assert conn.execute(listed).fetchall() == []
+        assert conn.execute(functions).fetchone() == (0,)

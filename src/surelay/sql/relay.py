@@ -173,6 +173,8 @@ class Relay:
         """Whether the database says this relay waits for NOTIFY (None: not known)."""
         self._seen_at = float("-inf")
         self._look_at = 0.0
+        self._gap_at = float("-inf")
+        """When a read last skipped an id: a row not committed yet, or not this relay's."""
         self._cursor = 0
         self._passed: collections.deque[tuple[float, int]] = collections.deque()
         """(when, cursor) each time the cursor moved, for the look-back."""
@@ -311,8 +313,10 @@ class Relay:
         commits, self._commits = self._commits, False
         if everything:
             self._poll_at = now + self._settings.poll_interval
-        if self._brisk and now >= self._look_at:
-            commits = True  # no NOTIFY says a late commit came: look back now and then
+        if self._brisk and now >= self._look_at and now - self._gap_at < LOOK_BACK:
+            # no NOTIFY says a late commit came: look back now and then, over ids that
+            # a read skipped (rows read without a gap leave nothing to come below them)
+            commits = True
             self._look_at = now + BRISK_LOOK_BACK
         if self._take(db, everything=everything, commits=commits):
             self._seen_at = now
@@ -469,6 +473,8 @@ class Relay:
                 self._hand_in(fits)
                 found = True
             if rows:
+                if rows[-1][0] - self._cursor != len(rows):
+                    self._gap_at = now
                 self._cursor = fits[-1][0] if len(fits) < len(fresh) else rows[-1][0]
                 self._passed.append((now, self._cursor))
             if len(fits) < len(fresh) or len(rows) < limit:
