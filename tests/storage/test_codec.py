@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import msgpack
 import pytest
 from hypothesis import given
@@ -156,3 +158,21 @@ def test_text_keys_are_bounded_and_distinct_from_hashes(value: str) -> None:
     key = text_key(value)
     assert len(key) <= 400 or (len(key) == 33 and key[0] == 0xFF)
     assert index_prefix(b"k", value) != index_prefix(b"k", None)
+
+
+def test_a_forked_child_draws_other_random_bits() -> None:
+    """Two processes making ids in one millisecond differ by the random part: a child
+    made by fork must not repeat its parent's draws."""
+    read, write = os.pipe()
+    at = new_id._last_ms / 1000  # the parent's last millisecond: it would count on
+    pid = os.fork()
+    if pid == 0:  # the child: its id for `at`, to the parent
+        os.write(write, new_id(at).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    theirs = os.read(read, 64).decode()
+    os.close(read)
+    mine = new_id(at)
+    assert theirs[:10] == mine[:10]  # the same millisecond
+    assert theirs != mine

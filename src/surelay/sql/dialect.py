@@ -133,8 +133,10 @@ class Dialect:
         The trigger notifies only while a relay waits for it (a row in `<table>_idle`):
         a NOTIFY makes its transaction's commit wait for every other notifying commit,
         so busy senders would queue behind each other; a busy relay reads without it.
-        It runs as its owner with the search path it was made with: senders need no
-        rights on the relays' tables, and a table's trigger reads its own schema's.
+        The trigger reads `<table>_idle` as senders find the table itself (by their
+        search path), and anyone may read it (relay names only), so senders need no
+        grant for it. (Not `SECURITY DEFINER ... SET search_path`: that makes every
+        sending transaction 1.2 times as long.)
 
         No index besides the primary key: relays read in id order and delete by id,
         and each index would cost every sending transaction an update."""
@@ -166,8 +168,8 @@ CREATE TABLE IF NOT EXISTS {self.relays} (
 CREATE TABLE IF NOT EXISTS {self.idle} (
     relay TEXT PRIMARY KEY
 );
-CREATE OR REPLACE FUNCTION {t}_notify() RETURNS trigger LANGUAGE plpgsql
-SECURITY DEFINER SET search_path FROM CURRENT AS $$
+GRANT SELECT ON {self.idle} TO PUBLIC;
+CREATE OR REPLACE FUNCTION {t}_notify() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF EXISTS (SELECT 1 FROM {self.idle}) THEN
         PERFORM pg_notify('{self.channel}', '');

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import struct
 import threading
 import time
@@ -82,8 +83,9 @@ _LOW_MASK = (1 << _LOW_BITS) - 1
 def _ulid_prefix(high: int) -> str:
     """The first 18 digits of the ULID whose top 88 bits are `high`."""
     # 18 digits = 90 bits: the 88 behind two zero bits, as the whole ULID's 26 digits
-    # are its 128 bits behind two zero bits.
-    return "".join(_CROCKFORD[(high >> shift) & 31] for shift in range(85, -1, -5))
+    # are its 128 bits behind two zero bits; nine 10-bit pairs.
+    pairs = _PAIRS
+    return "".join([pairs[(high >> shift) & 1023] for shift in range(80, -1, -10)])
 
 
 class _Ulid:
@@ -99,8 +101,17 @@ class _Ulid:
         self._lock = threading.Lock()
         self._last_ms = -1
         self._last_rand = 0
-        self._high = -1
-        self._prefix = ""
+        self._cached: tuple[int, str] = (-1, "")
+        """(top 88 bits, their digits): one attribute, so threads never see a mix."""
+        self._random = random.Random(os.urandom(32))
+
+    def reseed(self) -> None:
+        """In a forked child: ids of two processes differ by their random bits, so the
+        child draws anew rather than go on with its parent's millisecond and count (and
+        takes a new lock: another thread of the parent may have held it at the fork)."""
+        self._lock = threading.Lock()
+        self._random.seed(os.urandom(32))
+        self._last_ms = -1
 
     def __call__(self, at: float | None) -> str:
         return self.many(1, at)[0]
@@ -113,7 +124,7 @@ class _Ulid:
                 ms = self._last_ms
                 first = self._last_rand + 1
             else:
-                first = int.from_bytes(os.urandom(10), "big") >> 1  # room to increment
+                first = self._random.getrandbits(79)  # (80 bits, one spare to increment)
             self._last_ms, self._last_rand = ms, first + count - 1
         base = ms << 80
         pairs = _PAIRS
@@ -121,11 +132,13 @@ class _Ulid:
         for rand in range(first, first + count):
             value = base | rand
             high = value >> _LOW_BITS
-            if high != self._high:
-                self._prefix, self._high = _ulid_prefix(high), high
+            cached_high, prefix = self._cached
+            if high != cached_high:
+                prefix = _ulid_prefix(high)
+                self._cached = (high, prefix)
             low = value & _LOW_MASK
             out.append(
-                self._prefix
+                prefix
                 + pairs[low >> 30]
                 + pairs[(low >> 20) & 1023]
                 + pairs[(low >> 10) & 1023]
@@ -144,3 +157,4 @@ def time_prefix(at: float) -> str:
 new_id = _Ulid()
 """`new_id(at)`: a 26-character, time-ordered id for a record made at `at` (epoch s);
 `new_id.many(n, at)`: n of them, in order."""
+os.register_at_fork(after_in_child=new_id.reseed)
