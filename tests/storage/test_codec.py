@@ -164,6 +164,7 @@ def test_a_forked_child_draws_other_random_bits() -> None:
     """Two processes making ids in one millisecond differ by the random part: a child
     made by fork must not repeat its parent's draws."""
     read, write = os.pipe()
+    new_id(None)
     at = new_id._last_ms / 1000  # the parent's last millisecond: it would count on
     pid = os.fork()
     if pid == 0:  # the child: its id for `at`, to the parent
