@@ -9,6 +9,7 @@ the same store.
 from __future__ import annotations
 
 import asyncio
+import functools
 import shutil
 import signal
 import subprocess
@@ -140,6 +141,17 @@ def add_stream(servers: str | list[str], **config: Any) -> None:
     run(add)
 
 
+async def _patient(call: Callable[[], Awaitable[T]]) -> T:
+    """`call()`, again while JetStream says it is unavailable (a cluster that lost a
+    node elects new leaders), for 20 s at most."""
+    for _ in range(100):
+        try:
+            return await call()
+        except nats.js.errors.ServiceUnavailableError:
+            await asyncio.sleep(0.2)
+    return await call()
+
+
 def stream_messages(servers: str | list[str], stream: str) -> list[Any]:
     """Every message stored in `stream`, in order (read with direct gets)."""
 
@@ -147,11 +159,11 @@ def stream_messages(servers: str | list[str], stream: str) -> list[Any]:
         client = await connect(servers)
         try:
             js = client.jetstream()
-            info = await js.stream_info(stream)
+            info = await _patient(lambda: js.stream_info(stream))
             out = []
             for seq in range(info.state.first_seq, info.state.last_seq + 1):
                 try:
-                    out.append(await js.get_msg(stream, seq))
+                    out.append(await _patient(functools.partial(js.get_msg, stream, seq)))
                 except nats.js.errors.NotFoundError:
                     continue
             return out
