@@ -44,7 +44,7 @@ def test_sends_made_while_a_write_waits_go_in_one_write(
                 thread.start()
             # the first two sends are written (two groups at once; they wait for the
             # lock), the next leads the group every other send joins
-            wait_until(lambda: rt._gather.gathering == THREADS - 2)
+            wait_until(lambda: rt._in._gather.gathering == THREADS - 2)
         for thread in threads:
             thread.join(10)
         assert rt.flush(10)
@@ -143,10 +143,10 @@ def test_sends_waiting_in_a_group_when_close_begins_are_written_not_refused(
     senders = [threading.Thread(target=send, args=(n,)) for n in range(6)]
     for sender in senders:
         sender.start()
-    wait_until(lambda: rt._gather.gathering == 4)  # two written, four waiting in a group
+    wait_until(lambda: rt._in._gather.gathering == 4)  # two written, four waiting in a group
     closer = threading.Thread(target=rt.close, kwargs={"timeout": 10})
     closer.start()
-    wait_until(lambda: rt._gather.gathering == 0)  # close wrote the group out
+    wait_until(lambda: rt._in._gather.gathering == 0)  # close wrote the group out
     release.set()
     for thread in (*senders, holder, closer):
         thread.join(15)

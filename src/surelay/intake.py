@@ -34,9 +34,9 @@ from typing import TYPE_CHECKING, Any
 
 from surelay.envelope import Envelope, Priority, check_headers
 from surelay.errors import InvalidMessage
-from surelay.pressure import admission, hard_bound
+from surelay.ingress.admission import room
 from surelay.recovery import deliver
-from surelay.routing import partition_for
+from surelay.routing import route
 from surelay.sources.inbound import Inbound
 from surelay.storage.environment import Txn
 from surelay.storage.keys import new_id
@@ -105,17 +105,9 @@ class Intake:
 
     def room(self) -> int:
         """How many messages may be taken now (0: hold off)."""
-        hub = self._hub
-        policy = hub.config.pressure
-        state = hub.pressure
-        if state.level != "normal":
-            decision = admission(state.level, self.priority, state.ratio, policy)
-            if not decision.admit or decision.delay > 0:
-                return 0
         if len(self._outstanding) >= self.prefetch // 2:
-            self._outstanding = hub.tracker.still_pending(self._outstanding)
-        mine = self.prefetch - len(self._outstanding)
-        return max(0, min(mine, hard_bound(self.priority, policy) - hub.tracker.pending))
+            self._outstanding = self._hub.tracker.still_pending(self._outstanding)
+        return room(self._hub, self.priority, self.prefetch - len(self._outstanding))
 
     def take(self, batch: Sequence[Inbound]) -> Taken:
         """Sort a batch into duplicates and fresh messages, and start the durable write
@@ -130,23 +122,16 @@ class Intake:
             return taken
         ids = new_id.many(len(fresh), now)
         spans = self._start_spans(fresh, ids)
-        routed = []
-        accepted = []
+        envelopes: list[Envelope] = []
         dead = taken.dead
-        partitions = hub.config.partitions
         for message, message_id, span in zip(fresh, ids, spans or [None] * len(fresh), strict=True):
             envelope = self._envelope(message, message_id, span, now)
             if isinstance(envelope, DeadLetter):
                 dead.append(envelope)
-                continue
-            key = envelope.key
-            partition = (
-                partition_for(key, partitions)
-                if key is not None
-                else next(self._round_robin) % partitions
-            )
-            routed.append((envelope, partition))
-            accepted.append(message_id)
+            else:
+                envelopes.append(envelope)
+        routed = route(envelopes, _key_of, hub.config.partitions, self._round_robin)
+        accepted = [e.message_id for e in envelopes]
         hub.tracker.add(accepted, receipts=False)
         self._outstanding.extend(accepted)
         inbox_ids = [m.message_id for m in fresh]
@@ -305,3 +290,7 @@ class Intake:
             message.message_id,
             error,
         )
+
+
+def _key_of(envelope: Envelope) -> str | None:
+    return envelope.key

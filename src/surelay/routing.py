@@ -7,8 +7,12 @@ same actor (across restarts, processes and Python versions).
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
-__all__ = ["partition_for", "replay_partition"]
+__all__ = ["partition_for", "replay_partition", "route"]
+
+T = TypeVar("T")
 
 
 def partition_for(key: str, partitions: int) -> int:
@@ -21,3 +25,22 @@ def replay_partition(key: str | None, dead_letter_id: str, partitions: int) -> i
     """The replay worker of a record: by its key (one key's records go to one worker, in
     order), by its id when it has none."""
     return partition_for(key if key is not None else dead_letter_id, partitions)
+
+
+def route(
+    items: Iterable[T], key_of: Callable[[T], str | None], partitions: int, turn: Iterator[int]
+) -> list[tuple[T, int]]:
+    """Each item with its sender partition: its key's, or for an item without a key the
+    next of a round robin (`turn`, an endless counter kept by the caller)."""
+    by_key: dict[str, int] = {}  # a batch often repeats its keys
+    routed = []
+    for item in items:
+        key = key_of(item)
+        if key is None:
+            partition = next(turn) % partitions
+        else:
+            partition = by_key.get(key, -1)
+            if partition < 0:
+                partition = by_key[key] = partition_for(key, partitions)
+        routed.append((item, partition))
+    return routed

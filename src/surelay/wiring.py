@@ -20,6 +20,9 @@ writer are not actors: they belong to the runtime and outlive the tree's restart
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from types import MappingProxyType
+
 from surelay.actors.dead_letter import DeadLetterSink
 from surelay.actors.governor import PressureGovernor
 from surelay.actors.replay import ReplayCoordinator, ReplayState
@@ -29,11 +32,84 @@ from surelay.actors.sender import PartitionState, Sender
 from surelay.actors.slot_keeper import SlotKeeper
 from surelay.actors.status import Snapshot, StatusReporter
 from surelay.actors.sweeper import Sweeper
-from surelay.hub import Hub
+from surelay.actors.window import limits_for
+from surelay.backlog import RetryBacklog
+from surelay.config import RuntimeConfig
+from surelay.delivery import Engines
+from surelay.delivery.breakers import Breakers
+from surelay.hub import Counters, Hub, Transport
+from surelay.receipts import Tracker
 from surelay.recovery import Recovery
-from surelay.supervision import ChildSpec, Supervisor
+from surelay.storage.store import Store
+from surelay.supervision import ChildSpec, Supervisor, SupervisorRef
+from surelay.telemetry import Telemetry
 
-__all__ = ["tree"]
+__all__ = ["Tree", "start", "tree"]
+
+
+@dataclass(frozen=True, slots=True)
+class Tree:
+    """A runtime's parts once its supervision tree runs (see `start`)."""
+
+    hub: Hub
+    root: SupervisorRef
+    states: list[PartitionState]
+    replays: ReplayState
+    recovery: Recovery
+    sources: SupervisorRef
+    """The supervisor of the consumers `rt.consume` adds."""
+    snapshot: list[Snapshot]
+    """Where the runtime puts the function whose status the StatusReporter publishes."""
+
+
+def start(store: Store, config: RuntimeConfig, transports: dict[str, Transport]) -> Tree:
+    """Make what the actors share, start the tree and give the hub the refs of the
+    actors it names (a `Ref` outlives every incarnation of its actor). A failure stops
+    what was started (not the store: the caller opened it) and is raised."""
+    telemetry = Telemetry()  # observes the runtime's gauges once it exists
+    engines: Engines | None = None
+    try:
+        breakers = Breakers(config.breaker, transports)
+        engines = Engines(transports, config, breakers, telemetry)
+        hub = Hub(
+            store=store,
+            config=config,
+            transports=MappingProxyType(transports),
+            tracker=Tracker(),
+            counters=Counters(telemetry),
+            telemetry=telemetry,
+            breakers=breakers,
+            backlog=RetryBacklog(),
+            engines=engines,
+        )
+        limits = limits_for(config.partitions, config.pressure.capacity)
+        states = [PartitionState(i, limits) for i in range(config.partitions)]
+        replays = ReplayState()
+        recovery = Recovery(hub)
+        snapshot: list[Snapshot] = []
+        root = Supervisor.start(
+            tree(hub, states, replays, snapshot, recovery),
+            name="surelay",
+            intensity=10,
+            period=5.0,
+        )
+    except BaseException:
+        if engines is not None:
+            engines.stop(1.0)
+        telemetry.close()
+        raise
+    senders = root.child("senders")
+    replay = root.child("replay")
+    sources = root.child("sources")
+    assert isinstance(senders, SupervisorRef) and isinstance(replay, SupervisorRef)
+    assert isinstance(sources, SupervisorRef)
+    hub.governor = root.child("governor")
+    hub.scheduler = root.child("retry")
+    hub.sink = root.child("dead_letters")
+    hub.senders = tuple(senders.child(f"sender-{i}") for i in range(config.partitions))
+    hub.replay_coordinator = replay.child("coordinator")
+    replays.workers = tuple(replay.child(f"replay-{i}") for i in range(config.replay_partitions))
+    return Tree(hub, root, states, replays, recovery, sources, snapshot)
 
 
 def tree(

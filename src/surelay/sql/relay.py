@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from surelay.actors.dead_letter import Capture
 from surelay.envelope import Priority
-from surelay.pressure import admission, hard_bound
+from surelay.ingress.admission import room
 from surelay.recovery import deliver
 from surelay.sql.database import Database, connect, listen
 from surelay.sql.leases import share
@@ -421,17 +421,10 @@ class Relay:
         self._deleted += len(ended)
 
     def _room(self) -> int:
-        hub = self._hub
-        window = min(self._settings.window, hub.config.pressure.capacity // 2)
-        room = window - len(self._taken)
+        window = min(self._settings.window, self._hub.config.pressure.capacity // 2)
         if self._bytes >= WINDOW_BYTES:
             return 0
-        state = hub.pressure
-        if state.level != "normal":
-            decision = admission(state.level, Priority.NORMAL, state.ratio, hub.config.pressure)
-            if not decision.admit or decision.delay > 0:
-                return 0
-        return min(room, hard_bound(Priority.NORMAL, hub.config.pressure) - hub.tracker.pending)
+        return room(self._hub, Priority.NORMAL, window - len(self._taken))
 
     def _take(self, db: Database, *, everything: bool, commits: bool) -> bool:
         """Take rows of the partitions it reads, in id order, as room allows; whether it

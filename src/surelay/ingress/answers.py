@@ -1,0 +1,94 @@
+"""How the callers of a written group of sends are answered: threads by their
+`concurrent.futures.Future`, coroutines by their loop's future (set on that loop), and
+what a `Turn` of sends gathered for one write holds."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from surelay.ingress.checks import Checked
+from surelay.receipts import Receipt
+from surelay.telemetry import record_error
+
+__all__ = [
+    "Settle",
+    "Turn",
+    "answer_batch",
+    "answer_each",
+    "end_spans",
+    "resolve_empty",
+    "settle_each",
+]
+
+Settle = Callable[[list[Any], list[Receipt], BaseException | None], None]
+"""Answer the callers of a written group: their receipts, or the error for all."""
+
+
+def end_spans(spans: list[Any] | None, error: BaseException) -> None:
+    """End the send spans of messages that were not accepted, with the error."""
+    for span in spans or ():
+        if span is not None:
+            record_error(span, error)
+            span.end()
+
+
+def answer_batch(
+    future: asyncio.Future[list[Receipt]], receipts: list[Receipt], error: BaseException | None
+) -> None:
+    """Answer one coroutine's batch (on its loop), unless it stopped waiting."""
+    if future.done():
+        return
+    if error is None:
+        future.set_result(receipts)
+    else:
+        future.set_exception(error)
+
+
+def settle_each(answers: list[Any], receipts: list[Receipt], error: BaseException | None) -> None:
+    """`Settle` for futures of either kind, each given its receipt (or the error); on
+    the thread that ends the write for threads' futures, on their loop for coroutines'
+    (see `answer_each`). Those answered already (a caller that stopped waiting) are
+    left alone."""
+    for index, future in enumerate(answers):
+        if future.done():
+            continue
+        if error is None:
+            future.set_result(receipts[index])
+        else:
+            future.set_exception(error)
+
+
+answer_each = settle_each
+"""The coroutines of a turn, answered on their loop (`loop.call_soon_threadsafe`)."""
+
+
+def resolve_empty(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+@dataclass(slots=True)
+class Turn:
+    """Sends written to the outbox together: the `asend`s of one event-loop turn
+    (coroutines woken by one group commit send again in the same turn, so the loop pays
+    for one write, one future and one wake-up per turn rather than per message), or one
+    group of threads' `send`s. Each message's send span is started in its caller's call
+    (its trace context); ids are given in call order when the turn is written."""
+
+    checked: list[Checked] = field(default_factory=list)
+    spans: list[Any] | None = None
+    answers: list[Any] = field(default_factory=list)
+    """asyncio futures for `asend`s, `concurrent.futures.Future`s for threads' sends."""
+
+    def add(self, checked: Checked, span: Any, answer: Any) -> None:
+        """One more send: its checked arguments, its span (None without tracing; the
+        list of spans is made at the first one) and the future of its answer."""
+        if span is not None and self.spans is None:
+            self.spans = [None] * len(self.checked)
+        if self.spans is not None:
+            self.spans.append(span)
+        self.checked.append(checked)
+        self.answers.append(answer)

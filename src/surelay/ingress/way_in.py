@@ -1,0 +1,602 @@
+"""The one way in of `Runtime.send`, `send_batch`, their asyncio twins and
+`transaction()`: check, admit (pressure, per-key rates, the bound on messages in
+flight), route to a partition, write to the outbox, answer the caller, dispatch.
+
+Sends from many threads share outbox writes (`surelay.ingress.gather`), and so do the
+`asend`s of one event-loop turn (`Turn`): one group commit answers them all. A close
+closes the gate first (`begin_close`): sends already called are written, later ones
+are refused with `RuntimeClosed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pykka
+
+from surelay.actors.governor import Sample
+from surelay.envelope import Envelope, Priority
+from surelay.errors import InvalidMessage, Overloaded, RuntimeClosed, StorageError
+from surelay.ingress.admission import check_pressure, refuse
+from surelay.ingress.answers import (
+    Settle,
+    Turn,
+    answer_batch,
+    answer_each,
+    end_spans,
+    settle_each,
+)
+from surelay.ingress.checks import Checked, check_batch, check_one, envelopes
+from surelay.ingress.gather import Gather
+from surelay.pressure import hard_bound
+from surelay.ratelimit import KeyRates
+from surelay.receipts import OverLimit, Receipt
+from surelay.recovery import deliver
+from surelay.routing import route
+from surelay.storage.environment import Txn
+from surelay.storage.keys import new_id
+from surelay.storage.records import OutboxEntry, outbox_entry
+from surelay.storage.store import Store
+from surelay.telemetry import ATTR_KEY, ATTR_MESSAGE_ID, ATTR_TRANSPORT, SPAN_SEND
+
+if TYPE_CHECKING:
+    from surelay.hub import Hub
+
+__all__ = ["WayIn"]
+
+logger = logging.getLogger("surelay.runtime")
+
+
+@dataclass(slots=True)
+class Pending:
+    """Messages between `_start` and `_finish`: their receipts, and either their outbox
+    entries already made (a host transaction, BEST_EFFORT) or the future of the durable
+    write that makes them."""
+
+    envelopes: list[Envelope]
+    txn: Txn | None
+    spans: list[Any] | None
+    receipts: list[Receipt] = field(default_factory=list)
+    entries: list[OutboxEntry] = field(default_factory=list)
+    durable: Future[list[OutboxEntry]] | None = None
+
+
+class WayIn:
+    """The way in of one runtime (see the module docstring)."""
+
+    def __init__(self, store: Store, hub: Hub) -> None:
+        self._store = store
+        self._hub = hub
+        self._config = hub.config
+        self._lock = threading.Condition()
+        self._closing = False
+        self._closed = False
+        self._active = 0
+        self._round_robin = itertools.count()
+        self._txns: dict[int, list[OutboxEntry]] = {}
+        self._txn_threads: set[int] = set()
+        """Threads inside `transaction()`: a send there without `txn=` would wait for
+        the write lock that very thread holds."""
+        self._turns: dict[asyncio.AbstractEventLoop, Turn] = {}
+        self._turn_lock = threading.Lock()
+        """`asend`s of the current turn of each event loop sending (see `Turn`)."""
+        self._gather: Gather[tuple[Checked, Any, Future[Receipt]]] = Gather(self._write_threads)
+        """Threads' `send`s, one group per outbox write (see `surelay.ingress.gather`)."""
+        self.forked_from: int | None = None
+        """The parent's pid once this process was forked from the one that opened it."""
+        rate = self._config.pressure.rate_per_key
+        self._key_rates = None if rate is None else KeyRates(*rate)
+
+    # -- the gate ------------------------------------------------------------------------
+
+    @property
+    def closing(self) -> bool:
+        """Whether the runtime closes (or has closed): nothing more is accepted."""
+        return self._closing
+
+    def refuse_if_forked(self) -> None:
+        """`RuntimeClosed` in a process forked from the one that opened the runtime."""
+        if self.forked_from is not None:
+            raise RuntimeClosed(
+                f"this runtime was opened in process {self.forked_from} before a fork, and "
+                "its storage and threads do not survive one; open the runtime after the "
+                "fork, in each process (e.g. in the web framework's startup hook: a FastAPI "
+                "lifespan, gunicorn's post_fork, or at import time only without --preload)"
+            )
+
+    @contextlib.contextmanager
+    def open_gate(self, refused: str) -> Iterator[None]:
+        """Run the block while no close can begin; `RuntimeClosed` (saying `refused`)
+        once one has."""
+        self.refuse_if_forked()
+        with self._lock:
+            if self._closing:
+                raise RuntimeClosed(f"the runtime is closed (or closing); {refused}")
+            yield
+
+    def begin_close(self, deadline: float) -> bool:
+        """Close the gate: sends already called are written (their callers answered as
+        their writes end), later ones refused; wait until `deadline` for the sends under
+        way. False if another caller closes it already."""
+        with self._lock:
+            if self._closing:
+                return False
+            self.write_turns()
+            self._gather.flush()  # threads' sends already called are under way too
+            self._closing = True
+            # sends under way end first (their writes are durable either way)
+            self._lock.wait_for(lambda: not self._active, max(0.0, deadline - time.monotonic()))
+        return True
+
+    def wait_closed(self, timeout: float) -> None:
+        """Until the close another caller began has ended (bounded)."""
+        with self._lock:
+            self._lock.wait_for(lambda: self._closed, timeout)
+
+    def end_close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._lock.notify_all()
+
+    def _check(  # noqa: PLR0917  # send()'s arguments
+        self,
+        transport: object,
+        payload: object,
+        key: object,
+        idempotency_key: object,
+        priority: object,
+        headers: object,
+    ) -> Checked:
+        return check_one(
+            self._hub.transports,
+            self._config,
+            transport,
+            payload,
+            key,
+            idempotency_key,
+            priority,
+            headers,
+        )
+
+    # -- sending -------------------------------------------------------------------------
+
+    def send(
+        self,
+        transport: str,
+        payload: bytes,
+        *,
+        key: str | None = None,
+        idempotency_key: str | None = None,
+        priority: Priority = Priority.NORMAL,
+        headers: Mapping[str, str] | None = None,
+        txn: Txn | None = None,
+    ) -> Receipt:
+        """`Runtime.send`: one message, its receipt once durable (threads' sends share
+        writes); with `txn`, in that transaction."""
+        checked = self._check(transport, payload, key, idempotency_key, priority, headers)
+        if txn is not None or not self._hub.durable:
+            return self._accept([checked], txn)[0]
+        self.refuse_inside_transaction()
+        delay = self._admission([checked])
+        if delay > 0:
+            time.sleep(delay)  # the throttle: bounded, LOW only, while elevated
+        answer: Future[Receipt] = Future()
+        self._gather.join((checked, self._send_span(transport, key), answer))
+        return answer.result()
+
+    def send_batch(self, messages: Sequence[Mapping[str, Any]]) -> list[Receipt]:
+        """`Runtime.send_batch`: all or none, one durable write."""
+        checked, txn = check_batch(self._hub.transports, self._config, messages)
+        return self._accept(checked, txn) if checked else []
+
+    async def asend(
+        self,
+        transport: str,
+        payload: bytes,
+        *,
+        key: str | None = None,
+        idempotency_key: str | None = None,
+        priority: Priority = Priority.NORMAL,
+        headers: Mapping[str, str] | None = None,
+        txn: Txn | None = None,
+    ) -> Receipt:
+        """`Runtime.asend`: the sends of one loop turn share one write (`Turn`)."""
+        checked = self._check(transport, payload, key, idempotency_key, priority, headers)
+        if txn is not None:
+            return (await self._aaccept([checked], txn))[0]
+        self.refuse_inside_transaction()
+        delay = self._admission([checked])
+        if delay > 0:
+            await asyncio.sleep(delay)
+        loop = asyncio.get_running_loop()
+        span = self._send_span(transport, key)
+        answer: asyncio.Future[Receipt] = loop.create_future()
+        with self._turn_lock:  # close() may take the turn from another thread
+            turn = self._turns.get(loop)
+            if turn is None:
+                turn = self._turns[loop] = Turn()
+                loop.call_soon(self.write_turn, loop)
+            turn.add(checked, span, answer)
+        # cancelled here, the caller stops waiting; the message is accepted all the same
+        return await answer
+
+    def write_turn(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Write one turn's `asend`s (see `Turn`). A turn taken here just before a
+        `close()` began is refused by it (`RuntimeClosed`: nothing accepted)."""
+        with self._turn_lock:
+            turn = self._turns.pop(loop, None)
+        if turn is not None:
+            self._write_turn_now(loop, turn)
+
+    def write_turns(self) -> None:
+        """Write every loop's pending turn now (close() does, before it refuses sends:
+        an `asend` already called is a send under way)."""
+        with self._turn_lock:
+            turns = list(self._turns.items())
+            self._turns.clear()
+        for loop, turn in turns:
+            self._write_turn_now(loop, turn)
+
+    def _write_turn_now(self, loop: asyncio.AbstractEventLoop, turn: Turn) -> None:
+        """Write one event loop's turn; its callers are answered on their loop."""
+
+        def settle(
+            answers: list[Any], receipts: list[Receipt], error: BaseException | None
+        ) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(answer_each, answers, receipts, error)
+
+        self._write_gathered(turn, settle)
+
+    def _write_threads(self, group: list[tuple[Checked, Any, Future[Receipt]]]) -> list[Any]:
+        """Write one group of `send`s from threads (see `surelay.ingress.gather`). An
+        exception out of the writing itself (an interrupt) becomes the answer of every
+        caller not answered yet, then is raised on: no caller waits for ever."""
+        turn = Turn()
+        for checked, span, answer in group:
+            turn.add(checked, span, answer)
+        try:
+            return self._write_gathered(turn, settle_each)
+        except BaseException as error:
+            settle_each(turn.answers, [], error)
+            raise
+
+    def _write_gathered(self, turn: Turn, settle: Settle) -> list[Future[list[OutboxEntry]]]:
+        """Each run of consecutive calls of one priority is written as one group, in
+        call order (each priority has its own bound on messages in flight); the futures
+        of the writes started."""
+        count = len(turn.checked)
+        start = 0
+        written: list[Future[list[OutboxEntry]]] = []
+        while start < count:
+            priority = turn.checked[start][4]
+            end = start + 1
+            while end < count and turn.checked[end][4] is priority:
+                end += 1
+            if start == 0 and end == count:  # one priority: the usual case
+                run = (turn.checked, turn.spans, turn.answers)
+            else:
+                spans = None if turn.spans is None else turn.spans[start:end]
+                run = (turn.checked[start:end], spans, turn.answers[start:end])
+            durable = self._write_run(settle, priority, *run)
+            if durable is not None:
+                written.append(durable)
+            start = end
+        return written
+
+    def _write_run(
+        self,
+        settle: Settle,
+        priority: Priority,
+        checked: list[Checked],
+        spans: list[Any] | None,
+        answers: list[Any],
+    ) -> Future[list[OutboxEntry]] | None:
+        """Write what fits under the priority's bound on messages in flight; refuse the
+        rest (`Overloaded`), as separate sends would have been."""
+        bound = hard_bound(priority, self._config.pressure)
+        room = bound - self._hub.tracker.pending
+        if len(checked) <= room:
+            return self._write_group(settle, checked, spans, answers)
+        fits = max(0, room)
+        try:
+            refuse(
+                self._hub,
+                [transport for transport, _, _, _, _, _ in checked[fits:]],
+                (priority,),
+                reason="capacity",
+                after=self._hub.pressure.retry_after,
+                why=f"{self._hub.tracker.pending} messages are in flight, at the bound of {bound}",
+            )
+        except Overloaded as refused:
+            end_spans(None if spans is None else spans[fits:], refused)
+            settle(answers[fits:], [], refused)
+        if not fits:
+            return None
+        return self._write_group(
+            settle, checked[:fits], None if spans is None else spans[:fits], answers[:fits]
+        )
+
+    def _write_group(
+        self,
+        settle: Settle,
+        checked: list[Checked],
+        spans: list[Any] | None,
+        answers: list[Any],
+    ) -> Future[list[OutboxEntry]] | None:
+        try:
+            pending = self._start(checked, None, spans=spans)
+        except Exception as error:
+            settle(answers, [], error)
+            return None
+        durable = pending.durable
+        if durable is None:  # BEST_EFFORT: nothing to wait for
+            try:
+                settle(answers, self._finish(pending, pending.entries), None)
+            except Exception as error:
+                settle(answers, [], error)
+            return None
+
+        def ended(done: Future[list[OutboxEntry]]) -> None:  # on the writer thread
+            error = self._end_later(pending, done)
+            settle(answers, pending.receipts, error)
+
+        durable.add_done_callback(ended)
+        return durable
+
+    async def asend_batch(self, messages: Sequence[Mapping[str, Any]]) -> list[Receipt]:
+        """`send_batch` for a coroutine (see `asend`)."""
+        checked, txn = check_batch(self._hub.transports, self._config, messages)
+        return await self._aaccept(checked, txn) if checked else []
+
+    def refuse_inside_transaction(self, what: str = "send without txn=") -> None:
+        """A send without `txn=` (or a flush) by a thread inside `transaction()` would
+        wait for ever for the write lock its own transaction holds (and hold every writer
+        meanwhile)."""
+        if threading.get_ident() in self._txn_threads:
+            hint = (
+                "pass txn=txn to put the message in that transaction, or send after the block"
+                if what.startswith("send")
+                else "call it after the block"
+            )
+            raise RuntimeError(
+                f"{what} inside rt.transaction() on the same thread would wait for ever "
+                f"for the write lock that transaction holds: {hint}"
+            )
+
+    def _accept(self, checked: list[Checked], txn: Txn | None) -> list[Receipt]:
+        if txn is None:
+            self.refuse_inside_transaction()
+        delay = self._admission(checked)
+        if delay > 0:
+            time.sleep(delay)  # the throttle: bounded, LOW only, while elevated
+        pending = self._start(checked, txn)
+        try:
+            entries = pending.entries if pending.durable is None else pending.durable.result()
+        except BaseException as error:
+            self._abort(pending, error)
+            raise
+        return self._finish(pending, entries)
+
+    async def _aaccept(self, checked: list[Checked], txn: Txn | None) -> list[Receipt]:
+        """`_accept` without blocking the event loop. Once the write is submitted, what
+        follows it (dispatch, or forgetting a failed write) is done by the writer thread
+        as the write ends, whatever becomes of the caller's coroutine or its loop; the
+        coroutine only awaits the outcome, bridged into its loop (no thread per call)."""
+        if txn is None:
+            self.refuse_inside_transaction()
+        delay = self._admission(checked)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        pending = self._start(checked, txn)
+        durable = pending.durable
+        if durable is None:
+            return self._finish(pending, pending.entries)
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[list[Receipt]] = loop.create_future()
+
+        def ended(done: Future[list[OutboxEntry]]) -> None:  # on the writer thread
+            error = self._end_later(pending, done)
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(answer_batch, answer, pending.receipts, error)
+
+        durable.add_done_callback(ended)
+        # cancelled here, the caller stops waiting; the message is accepted all the same
+        return await answer
+
+    def _admission(self, checked: list[Checked]) -> float:
+        """Refuse a closed runtime or an overloaded one; the throttle delay to wait."""
+        self.refuse_if_forked()
+        if self._closing:
+            raise RuntimeClosed("the runtime is closed (or closing); nothing was accepted")
+        return check_pressure(self._hub, self._key_rates, checked)
+
+    def _start(
+        self,
+        checked: list[Checked],
+        txn: Txn | None,
+        *,
+        spans: list[Any] | None = None,
+    ) -> Pending:
+        """Make the envelopes and receipts and start the outbox write (see `Pending`).
+        The send spans are started here unless given (started by `asend` in its caller's
+        context; None for a message sent while tracing was off)."""
+        hub = self._hub
+        try:
+            with self._lock:
+                if self._closing:
+                    raise RuntimeClosed("the runtime is closed (or closing); nothing was accepted")
+                self._active += 1
+        except BaseException as error:
+            end_spans(spans, error)
+            raise
+        try:
+            now = self._config.clock()  # one reading, ids in acceptance order
+            ids = new_id.many(len(checked), now)
+            if spans is not None:
+                for span, message_id in zip(spans, ids, strict=True):
+                    if span is not None:
+                        span.set_attribute(ATTR_MESSAGE_ID, message_id)
+            elif hub.telemetry.tracing:
+                spans = self._start_send_spans(ids, checked)
+            pending = Pending(envelopes(checked, ids, now, spans), txn, spans)
+        except BaseException as error:
+            end_spans(spans, error)
+            self._leave()
+            raise
+        try:
+            self._admit(pending)
+        except BaseException as error:
+            self._abort(pending, error)
+            raise
+        return pending
+
+    def _finish(self, pending: Pending, entries: list[OutboxEntry]) -> list[Receipt]:
+        """The write is durable: count, dispatch, end the send spans. A runtime closed
+        meanwhile keeps the messages in its outbox for the next open."""
+        try:
+            self._hub.counters.add_each("accepted", [e.transport for e in pending.envelopes])
+            if pending.txn is not None:
+                self._txns[id(pending.txn)].extend(entries)
+            else:
+                try:
+                    deliver(self._hub.senders, entries)
+                except pykka.ActorDeadError:
+                    logger.info(
+                        "%d message(s) accepted while closing: sent at the next open", len(entries)
+                    )
+            return pending.receipts
+        finally:
+            if pending.spans is not None:
+                for span in pending.spans:
+                    if span is not None:
+                        span.end()
+            self._leave()
+
+    def _abort(self, pending: Pending, error: BaseException) -> None:
+        """The write failed: nothing was accepted."""
+        self._hub.tracker.forget(e.message_id for e in pending.envelopes)
+        end_spans(pending.spans, error)
+        self._leave()
+
+    def _end_later(self, pending: Pending, done: Future[list[OutboxEntry]]) -> BaseException | None:
+        """Finish or abort `pending` as its write ended; the write's error, if any."""
+        error: BaseException | None = (
+            StorageError("the outbox write was cancelled") if done.cancelled() else done.exception()
+        )
+        try:
+            if error is None:
+                self._finish(pending, done.result())
+            else:
+                self._abort(pending, error)
+        except Exception as failed:  # on the writer thread: say it, do not kill it
+            logger.exception("finishing an accepted message failed")
+            return failed
+        return error
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._active -= 1
+            if not self._active:
+                self._lock.notify_all()
+
+    def _admit(self, pending: Pending) -> None:
+        """Track the messages (bounded by pressure) and start their outbox write."""
+        hub = self._hub
+        envelopes, txn = pending.envelopes, pending.txn
+        routed = route(envelopes, _key_of, self._config.partitions, self._round_robin)
+        ids = [e.message_id for e in envelopes]
+        policy = self._config.pressure
+        priorities = {e.priority for e in envelopes}
+        limit = min(hard_bound(p, policy) for p in priorities)
+        try:
+            pending.receipts = hub.tracker.add(ids, limit=limit)
+        except OverLimit as full:
+            refuse(
+                self._hub,
+                [e.transport for e in envelopes],
+                priorities,
+                reason="capacity",
+                after=hub.pressure.retry_after,
+                why=f"{full.pending} messages are in flight, at the bound of {limit}",
+            )
+        tracked = hub.tracker.pending
+        if (
+            tracked >= policy.elevated_at * policy.capacity
+            or (hub.pressure.level != "normal" and tracked < policy.recover_at * policy.capacity)
+        ) and not hub.pressure.sample_asked:
+            hub.pressure.sample_asked = True  # a threshold crossed between two samples
+            if hub.governor is not None:
+                hub.governor.tell(Sample())
+        if txn is not None:
+            if id(txn) not in self._txns:
+                raise InvalidMessage("txn must be the transaction of rt.transaction(), still open")
+            now = self._config.clock()
+            pending.entries = self._store.outbox.enqueue_many(txn, routed, due_at=now)
+        elif hub.durable:
+            pending.durable = self._store.enqueue(routed)
+        else:
+            now = self._config.clock()
+            pending.entries = [outbox_entry(0, e, now, p) for e, p in routed]
+
+    def _send_span(self, transport: str, key: str | None) -> Any:
+        """A send's span, started in its caller's context (a child of the caller's
+        current span; its message id is set once given), or None without tracing."""
+        if not self._hub.telemetry.tracing:
+            return None
+        return self._hub.telemetry.tracer.start_span(
+            SPAN_SEND,
+            attributes={ATTR_TRANSPORT: transport, ATTR_KEY: key if key is not None else ""},
+        )
+
+    def _start_send_spans(self, ids: list[str], checked: list[Checked]) -> list[Any]:
+        tracer = self._hub.telemetry.tracer
+        return [
+            tracer.start_span(
+                SPAN_SEND,
+                attributes={
+                    ATTR_MESSAGE_ID: message_id,
+                    ATTR_TRANSPORT: transport,
+                    ATTR_KEY: key if key is not None else "",
+                },
+            )
+            for message_id, (transport, _, key, _, _, _) in zip(ids, checked, strict=True)
+        ]
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Txn]:
+        """`Runtime.transaction`: sends with its `txn` are dispatched once it commits,
+        forgotten if it aborts."""
+        self.refuse_if_forked()
+        with self._lock:
+            if self._closing:
+                raise RuntimeClosed("the runtime is closed (or closing)")
+        pending: list[OutboxEntry] = []
+        try:
+            with self._store.transaction() as txn:
+                self._txns[id(txn)] = pending
+                thread = threading.get_ident()
+                self._txn_threads.add(thread)
+                try:
+                    yield txn
+                finally:
+                    self._txn_threads.discard(thread)
+                    del self._txns[id(txn)]
+        except BaseException:
+            self._hub.tracker.forget(e.envelope.message_id for e in pending)
+            raise
+        if pending:
+            deliver(self._hub.senders, pending)
+
+
+def _key_of(envelope: Envelope) -> str | None:
+    return envelope.key
