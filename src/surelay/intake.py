@@ -44,13 +44,11 @@ from surelay.storage.records import DeadLetter, OutboxEntry
 from surelay.storage.space import entry_bytes
 from surelay.telemetry import (
     ATTR_KEY,
-    ATTR_MESSAGE_ID,
     ATTR_OUTCOME,
     ATTR_SOURCE_MESSAGE_ID,
-    ATTR_TRANSPORT,
     SPAN_RECEIVE,
     TRACEPARENT,
-    context_from,
+    message_span,
     record_error,
     trace_id_of,
     traceparent_of,
@@ -205,12 +203,14 @@ class Intake:
         if not telemetry.tracing:
             return None
         return [
-            telemetry.tracer.start_span(
+            message_span(
+                telemetry.tracer,
                 SPAN_RECEIVE,
-                context=context_from(message.headers),  # the producer's trace, if any
-                attributes={
-                    ATTR_MESSAGE_ID: message_id,
-                    ATTR_TRANSPORT: self.name,
+                message_id,
+                self.name,
+                None,
+                parent=message.headers,  # the producer's trace, if any
+                more={
                     ATTR_SOURCE_MESSAGE_ID: message.message_id,
                     **{f"surelay.source.{k}": v for k, v in message.origin.items()},
                 },

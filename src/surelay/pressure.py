@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 from surelay.config import PressurePolicy
 from surelay.envelope import Priority
@@ -40,6 +41,7 @@ __all__ = [
     "LEVELS",
     "THROTTLE_MAX",
     "Decision",
+    "Level",
     "PressureState",
     "admission",
     "hard_bound",
@@ -47,7 +49,9 @@ __all__ = [
     "retry_after",
 ]
 
-LEVELS = ("normal", "elevated", "critical")
+Level = Literal["normal", "elevated", "critical"]
+
+LEVELS: tuple[Level, ...] = get_args(Level)
 """In order; a level's index is the `surelay.pressure.level` gauge value."""
 
 HIGH_ALLOWANCE = 0.25
@@ -57,7 +61,7 @@ THROTTLE_MAX = 0.05
 """Seconds a LOW send waits at most while `elevated` (at `critical_at`; less below)."""
 
 
-def next_level(current: str, ratio: float, policy: PressurePolicy) -> str:
+def next_level(current: Level, ratio: float, policy: PressurePolicy) -> Level:
     """The level after observing `ratio` (in flight / capacity) while at `current`."""
     if ratio >= policy.critical_at:
         return "critical"
@@ -86,7 +90,7 @@ class Decision:
     reason: str = ""
 
 
-def admission(level: str, priority: Priority, ratio: float, policy: PressurePolicy) -> Decision:
+def admission(level: Level, priority: Priority, ratio: float, policy: PressurePolicy) -> Decision:
     """What to do with a send of `priority` at `level` (the capacity bounds are checked
     separately, at acceptance)."""
     if level == "critical" and priority in policy.shed:
@@ -126,7 +130,7 @@ def retry_after(
 class PressureState:
     """What the governor publishes (plain attributes: a read is one load, no lock)."""
 
-    level: str = "normal"
+    level: Level = "normal"
     ratio: float = 0.0
     retry_after: float = 1.0
     """Seconds a refused sender should wait: to `recover_at` at the measured drain."""

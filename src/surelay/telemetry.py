@@ -15,6 +15,7 @@ import functools
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context
@@ -28,6 +29,7 @@ from opentelemetry.trace import (
     Status,
     StatusCode,
     TraceFlags,
+    Tracer,
 )
 
 __all__ = [
@@ -55,6 +57,7 @@ __all__ = [
     "context_from",
     "links_from",
     "message_attributes",
+    "message_span",
     "record_error",
     "trace_id_of",
     "traceparent_of",
@@ -238,16 +241,43 @@ def _observer(name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
 
 
 def message_attributes(
-    message_id: str, transport: str, key: str | None, attempt: int, **more: str | int
-) -> dict[str, str | int]:
-    """The attributes every span about one message carries (and any `more`)."""
-    return {
+    message_id: str, transport: str, key: str | None, attempt: int | None = None, **more: Any
+) -> dict[str, Any]:
+    """The attributes every span about one message carries (the attempt if given, and
+    any `more`)."""
+    attributes: dict[str, Any] = {
         ATTR_MESSAGE_ID: message_id,
         ATTR_TRANSPORT: transport,
         ATTR_KEY: key if key is not None else "",
-        ATTR_ATTEMPT: attempt,
-        **more,
     }
+    if attempt is not None:
+        attributes[ATTR_ATTEMPT] = attempt
+    attributes.update(more)
+    return attributes
+
+
+def message_span(  # noqa: PLR0917  # a span's name, then its message's fields
+    tracer: Tracer,
+    name: str,
+    message_id: str,
+    transport: str,
+    key: str | None,
+    attempt: int | None = None,
+    *,
+    parent: Mapping[str, str] | None = None,
+    link: bool = False,
+    more: Mapping[str, Any] | None = None,
+) -> Span:
+    """A span about one message, started now, with `message_attributes`: a child of
+    the trace whose `traceparent` is in the headers `parent` (or, with `link`, a new
+    trace linked to it), or of the caller's current span without `parent`. Every span
+    surelay makes about a message is made here; `more` are further attributes."""
+    attributes = message_attributes(message_id, transport, key, attempt, **(more or {}))
+    if parent is None:
+        return tracer.start_span(name, attributes=attributes)
+    if link:
+        return tracer.start_span(name, links=links_from(parent), attributes=attributes)
+    return tracer.start_span(name, context=context_from(parent), attributes=attributes)
 
 
 def traceparent_of(span: Span) -> str | None:

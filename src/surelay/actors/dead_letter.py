@@ -16,15 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 from surelay.receipts import Outcome
 from surelay.storage.keys import new_id
-from surelay.storage.records import DeadLetter, OutboxEntry
+from surelay.storage.records import DeadLetter, OutboxEntry, ReasonClass
 from surelay.supervision import Actor, CrashReport
 from surelay.telemetry import (
     ATTR_DEAD_LETTER_ID,
     ATTR_OUTCOME,
     ATTR_REASON_CLASS,
     SPAN_DEAD_LETTER,
-    context_from,
-    message_attributes,
+    message_span,
     trace_id_of,
 )
 
@@ -41,7 +40,7 @@ class Capture:
     """Store `entry` as a dead letter. `attempts`: transport attempts made."""
 
     entry: OutboxEntry
-    reason_class: str
+    reason_class: ReasonClass
     reason: str
     error_type: str | None
     attempts: int
@@ -98,20 +97,19 @@ class DeadLetterSink(Actor):
         record = make_dead_letter(capture)
         envelope = capture.entry.envelope
         if hub.telemetry.tracing:
-            span = hub.telemetry.tracer.start_span(
+            span = message_span(
+                hub.telemetry.tracer,
                 SPAN_DEAD_LETTER,
-                context=context_from(envelope.headers),
-                attributes=message_attributes(
-                    envelope.message_id,
-                    envelope.transport,
-                    envelope.key,
-                    capture.attempts,
-                    **{
-                        ATTR_REASON_CLASS: capture.reason_class,
-                        ATTR_DEAD_LETTER_ID: record.id,
-                        ATTR_OUTCOME: "dead_lettered",
-                    },
-                ),
+                envelope.message_id,
+                envelope.transport,
+                envelope.key,
+                capture.attempts,
+                parent=envelope.headers,
+                more={
+                    ATTR_REASON_CLASS: capture.reason_class,
+                    ATTR_DEAD_LETTER_ID: record.id,
+                    ATTR_OUTCOME: "dead_lettered",
+                },
             )
             span.end()
         future = hub.store.dead_lettered(record)

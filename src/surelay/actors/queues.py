@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 
-from surelay.policy.priority import PATTERN as _PATTERN
+from surelay.policy.priority import Picker
 from surelay.storage.records import OutboxEntry
 
 __all__ = ["PartitionQueue", "line_of"]
@@ -36,7 +36,7 @@ class PartitionQueue:
     def __init__(self) -> None:
         self._lines: dict[str, deque[OutboxEntry]] = {}
         self._ready: tuple[deque[OutboxEntry], ...] = (deque(), deque(), deque())
-        self._turn = 0
+        self._picker = Picker()
         self._size = 0
 
     def add(self, entry: OutboxEntry) -> bool:
@@ -67,11 +67,7 @@ class PartitionQueue:
         ready = self._ready
         out: list[OutboxEntry] = []
         while len(out) < limit and (ready[0] or ready[1] or ready[2]):
-            rank = _PATTERN[self._turn % len(_PATTERN)]
-            self._turn += 1
-            if not ready[rank]:
-                rank = 0 if ready[0] else 1 if ready[1] else 2
-            out.append(ready[rank].popleft())
+            out.append(ready[self._picker.pick(ready)].popleft())
         return out
 
     def behind(self, head: OutboxEntry, limit: int) -> list[OutboxEntry]:

@@ -65,8 +65,7 @@ from surelay.telemetry import (
     ATTR_OUTCOME,
     SPAN_REPLAY,
     TRACEPARENT,
-    links_from,
-    message_attributes,
+    message_span,
     record_error,
     traceparent_of,
 )
@@ -299,16 +298,16 @@ class ReplayWorker(Actor):
         span = None
         headers = dict(record.headers)
         if hub.telemetry.tracing:
-            span = hub.telemetry.tracer.start_span(
+            span = message_span(
+                hub.telemetry.tracer,
                 SPAN_REPLAY,
-                links=links_from(record.headers),
-                attributes=message_attributes(
-                    record.message_id,
-                    record.transport,
-                    record.key,
-                    record.attempts + 1,
-                    **{ATTR_DEAD_LETTER_ID: record.id},
-                ),
+                record.message_id,
+                record.transport,
+                record.key,
+                record.attempts + 1,
+                parent=record.headers,
+                link=True,  # a new trace, linked to the message's first life
+                more={ATTR_DEAD_LETTER_ID: record.id},
             )
             traceparent = traceparent_of(span)
             if traceparent is not None:

@@ -54,14 +54,13 @@ from surelay.errors import TransientError
 from surelay.policy.verdict import Dead, Delivered, Hold, Retry, decide, describe
 from surelay.receipts import Outcome
 from surelay.storage.environment import Txn
-from surelay.storage.records import OutboxEntry
+from surelay.storage.records import OutboxEntry, ReasonClass
 from surelay.supervision import Actor, CrashReport
 from surelay.telemetry import (
     ATTR_OUTCOME,
     SPAN_DELIVER,
     SPAN_RETRY,
-    context_from,
-    message_attributes,
+    message_span,
     record_error,
 )
 
@@ -512,13 +511,15 @@ class Sender(Actor):
             )
         hub.counters.add("retried", envelope.transport)
         if hub.telemetry.tracing:
-            span = hub.telemetry.tracer.start_span(
+            span = message_span(
+                hub.telemetry.tracer,
                 SPAN_RETRY,
-                context=context_from(envelope.headers),
-                attributes={
-                    **message_attributes(message_id, envelope.transport, envelope.key, made + 1),
-                    "surelay.retry.delay": delay,
-                },
+                message_id,
+                envelope.transport,
+                envelope.key,
+                made + 1,
+                parent=envelope.headers,
+                more={"surelay.retry.delay": delay},
             )
             if error is not None:
                 record_error(span, error)
@@ -531,7 +532,7 @@ class Sender(Actor):
     def _dead(
         self,
         entry: OutboxEntry,
-        reason_class: str,
+        reason_class: ReasonClass,
         reason: str,
         error: BaseException | None,
         now: float,
@@ -634,16 +635,15 @@ def _duplicate_spans(hub: Hub, duplicates: list[OutboxEntry]) -> None:
     tracer = hub.telemetry.tracer
     for entry in duplicates:
         envelope = entry.envelope
-        tracer.start_span(
+        message_span(
+            tracer,
             SPAN_DELIVER,
-            context=context_from(envelope.headers),
-            attributes=message_attributes(
-                envelope.message_id,
-                envelope.transport,
-                envelope.key,
-                envelope.attempt,
-                **{ATTR_OUTCOME: "duplicate"},
-            ),
+            envelope.message_id,
+            envelope.transport,
+            envelope.key,
+            envelope.attempt,
+            parent=envelope.headers,
+            more={ATTR_OUTCOME: "duplicate"},
         ).end()
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import pykka
 
+from surelay.policy.verdict import Failure
 from surelay.storage.records import OutboxEntry
 
 __all__ = [
@@ -55,7 +56,7 @@ class Attempt:
     entry: OutboxEntry
     kind: str
     error: BaseException | None = None
-    failure: str | None = None
+    failure: Failure | None = None
     """For FAILED and TIMEOUT: `transient`, `permanent` or `invalid` (classified once)."""
     wait: float = 0.0
 

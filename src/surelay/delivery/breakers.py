@@ -7,7 +7,7 @@ import threading
 from collections.abc import Iterable
 
 from surelay.config import BreakerPolicy
-from surelay.policy.breaker import BreakerState, allow, at, record, retry_in, steady
+from surelay.policy.breaker import BreakerState, State, allow, at, record, retry_in, steady
 
 __all__ = ["Breakers"]
 
@@ -54,7 +54,7 @@ class Breakers:
             self._states[transport] = state
             return state.state
 
-    def states(self, now: float) -> dict[str, str]:
+    def states(self, now: float) -> dict[str, State]:
         """`closed`, `open` or `half_open` per transport, as of `now`."""
         with self._lock:
             return {t: at(s, self._policy, now).state for t, s in self._states.items()}

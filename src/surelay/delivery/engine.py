@@ -50,15 +50,14 @@ from surelay.delivery.lanes import Lanes
 from surelay.delivery.spec import TransportSpec
 from surelay.errors import PermanentError
 from surelay.policy.expiry import past_ttl
-from surelay.policy.verdict import classify
+from surelay.policy.verdict import Failure, classify
 from surelay.storage.records import OutboxEntry
 from surelay.telemetry import (
     ATTR_OUTCOME,
     ATTR_TRANSPORT,
     SPAN_DELIVER,
     Telemetry,
-    context_from,
-    message_attributes,
+    message_span,
     record_error,
 )
 
@@ -262,12 +261,14 @@ class Engine:
         if not self._tracing:
             return None, ticket, None
         envelope = entry.envelope
-        span = self._telemetry.tracer.start_span(
+        span = message_span(
+            self._telemetry.tracer,
             SPAN_DELIVER,
-            context=context_from(envelope.headers),
-            attributes=message_attributes(
-                envelope.message_id, self.name, envelope.key, envelope.attempt
-            ),
+            envelope.message_id,
+            self.name,
+            envelope.key,
+            envelope.attempt,
+            parent=envelope.headers,
         )
         return None, ticket, span
 
@@ -284,7 +285,7 @@ class Engine:
         """After a call (`started` from `time.perf_counter()`): the attempt, with the
         failure classified once, recorded in the breaker, the metric and the span."""
         self._telemetry.duration.record(time.perf_counter() - started, self._duration_attrs)
-        failure: str | None = None
+        failure: Failure | None = None
         if timed_out:
             kind, failure = TIMEOUT, "transient"
             error = TimeoutError(

@@ -10,7 +10,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 
 from surelay.delivery.attempt import Run, Sink
-from surelay.policy.priority import PATTERN
+from surelay.policy.priority import Picker
 
 __all__ = ["Lanes"]
 
@@ -24,11 +24,11 @@ class Lanes:
     """Three FIFO lanes (HIGH, NORMAL, LOW); `pop` follows the 6:3:1 pattern, falling
     through to the next lane that has work so no slot is left idle."""
 
-    __slots__ = ("_lanes", "_size", "_turn")
+    __slots__ = ("_lanes", "_picker", "_size")
 
     def __init__(self) -> None:
         self._lanes: tuple[deque[_Queued], ...] = (deque(), deque(), deque())
-        self._turn = 0
+        self._picker = Picker()
         self._size = 0
 
     def extend(self, items: Iterable[Item], *, expiring: bool = True) -> int:
@@ -64,10 +64,7 @@ class Lanes:
         if not self._size:
             raise IndexError("no call is waiting")
         lanes = self._lanes
-        rank = PATTERN[self._turn]
-        self._turn = (self._turn + 1) % len(PATTERN)
-        if not lanes[rank]:
-            rank = 0 if lanes[0] else 1 if lanes[1] else 2
+        rank = self._picker.pick(lanes)
         self._size -= 1
         run, sink, _ = lanes[rank].popleft()
         return run, sink

@@ -46,7 +46,7 @@ from surelay.storage.environment import Txn
 from surelay.storage.keys import new_id
 from surelay.storage.records import OutboxEntry, outbox_entry
 from surelay.storage.store import Store
-from surelay.telemetry import ATTR_KEY, ATTR_MESSAGE_ID, ATTR_TRANSPORT, SPAN_SEND
+from surelay.telemetry import ATTR_MESSAGE_ID, SPAN_SEND, message_span
 
 if TYPE_CHECKING:
     from surelay.hub import Hub
@@ -551,24 +551,15 @@ class WayIn:
     def _send_span(self, transport: str, key: str | None) -> Any:
         """A send's span, started in its caller's context (a child of the caller's
         current span; its message id is set once given), or None without tracing."""
-        if not self._hub.telemetry.tracing:
+        telemetry = self._hub.telemetry
+        if not telemetry.tracing:
             return None
-        return self._hub.telemetry.tracer.start_span(
-            SPAN_SEND,
-            attributes={ATTR_TRANSPORT: transport, ATTR_KEY: key if key is not None else ""},
-        )
+        return message_span(telemetry.tracer, SPAN_SEND, "", transport, key)
 
     def _start_send_spans(self, ids: list[str], checked: list[Checked]) -> list[Any]:
         tracer = self._hub.telemetry.tracer
         return [
-            tracer.start_span(
-                SPAN_SEND,
-                attributes={
-                    ATTR_MESSAGE_ID: message_id,
-                    ATTR_TRANSPORT: transport,
-                    ATTR_KEY: key if key is not None else "",
-                },
-            )
+            message_span(tracer, SPAN_SEND, message_id, transport, key)
             for message_id, (transport, _, key, _, _, _) in zip(ids, checked, strict=True)
         ]
 

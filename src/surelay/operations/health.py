@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pykka
 
-from surelay.policy.breaker import STATE_GAUGE
+from surelay.policy.breaker import STATE_GAUGE, State
 from surelay.pressure import LEVELS
 from surelay.supervision import SupervisorRef
 
@@ -48,7 +48,7 @@ class RuntimeStats:
     dead_letters: int
     """Dead letters with status `dead`."""
     pressure: str
-    breakers: Mapping[str, str]
+    breakers: Mapping[str, State]
     calls_in_flight: Mapping[str, int]
     """Transport calls running now, per transport (at most its concurrency)."""
     received: int = 0

@@ -22,18 +22,21 @@ normally (its message is retried or delivered) but neither re-opens nor closes a
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Literal
 
 from surelay.config import BreakerPolicy
 
-__all__ = ["STATE_GAUGE", "BreakerState", "allow", "at", "record", "retry_in", "steady"]
+__all__ = ["STATE_GAUGE", "BreakerState", "State", "allow", "at", "record", "retry_in", "steady"]
 
-STATE_GAUGE = {"closed": 0, "half_open": 1, "open": 2}
+State = Literal["closed", "half_open", "open"]
+
+STATE_GAUGE: dict[State, int] = {"closed": 0, "half_open": 1, "open": 2}
 """Values of the `surelay.breaker.state` gauge."""
 
 
 @dataclass(frozen=True, slots=True)
 class BreakerState:
-    state: str = "closed"
+    state: State = "closed"
     outcomes: tuple[bool, ...] = ()  # closed: the window, True for a failure
     failures: int = 0  # closed: failures in the window
     streak: int = 0  # closed: failures in a row at the end of the window

@@ -7,9 +7,11 @@ uses it to give out free call slots.
 
 from __future__ import annotations
 
+from collections.abc import Sequence, Sized
+
 from surelay.envelope import Priority
 
-__all__ = ["PATTERN", "WEIGHTS", "weighted_pattern"]
+__all__ = ["PATTERN", "WEIGHTS", "Picker", "weighted_pattern"]
 
 WEIGHTS = {Priority.HIGH: 6, Priority.NORMAL: 3, Priority.LOW: 1}
 
@@ -31,3 +33,23 @@ def weighted_pattern(weights: dict[Priority, int]) -> tuple[int, ...]:
 
 PATTERN = weighted_pattern(WEIGHTS)
 """One round of ranks (0 HIGH, 1 NORMAL, 2 LOW) in serving order."""
+
+
+class Picker:
+    """Which of three lanes (ranks 0 HIGH, 1 NORMAL, 2 LOW) to serve next: the lane
+    of the round's next turn (`PATTERN`), or the first lane with work when that one is
+    empty, so nothing waits while another lane could be served. Senders pick their
+    ready keys with one, engines their queued calls."""
+
+    __slots__ = ("_turn",)
+
+    def __init__(self) -> None:
+        self._turn = 0
+
+    def pick(self, lanes: Sequence[Sized]) -> int:
+        """The rank to serve now; `lanes` must not all be empty."""
+        rank = PATTERN[self._turn]
+        self._turn = (self._turn + 1) % len(PATTERN)
+        if not lanes[rank]:
+            rank = 0 if lanes[0] else 1 if lanes[1] else 2
+        return rank

@@ -19,16 +19,22 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from surelay.config import RetryPolicy
 from surelay.errors import InvalidMessage, PermanentError, TransientError
 from surelay.policy.retry import can_retry, honoured_retry_after, retry_delay
+from surelay.storage.records import ReasonClass
+
+Failure = Literal["transient", "permanent", "invalid"]
+"""What `classify` says of a failed call."""
 
 __all__ = [
     "CRASHES_TO_DEAD_LETTER",
     "VERDICTS",
     "Dead",
     "Delivered",
+    "Failure",
     "Hold",
     "Retry",
     "Verdict",
@@ -39,13 +45,13 @@ __all__ = [
 
 logger = logging.getLogger("surelay.delivery")
 
-VERDICTS = ("transient", "permanent", "invalid")
+VERDICTS: tuple[Failure, ...] = get_args(Failure)
 
 CRASHES_TO_DEAD_LETTER = 2
 """A message whose attempt crashes this many times is dead-lettered (`crash`)."""
 
 
-def classify(error: BaseException, classifier: Callable[[BaseException], object] | None) -> str:
+def classify(error: BaseException, classifier: Callable[[BaseException], object] | None) -> Failure:
     """`transient`, `permanent` or `invalid` for an exception a transport raised.
 
     surelay's own exceptions say what they are (`InvalidMessage`: the transport rejected
@@ -65,8 +71,9 @@ def classify(error: BaseException, classifier: Callable[[BaseException], object]
         except Exception:
             logger.exception("classify() of %r failed; treating as transient", classifier)
             return "transient"
-        if verdict in VERDICTS:
-            return str(verdict)
+        for known in VERDICTS:
+            if verdict == known:
+                return known
         logger.warning(
             "classify() returned %r, not one of %s; treating as transient", verdict, VERDICTS
         )
@@ -102,7 +109,7 @@ class Hold:
 class Dead:
     """Dead-letter the message."""
 
-    reason_class: str
+    reason_class: ReasonClass
     reason: str
 
 
@@ -114,7 +121,7 @@ _DELIVERED = Delivered()
 def decide(
     kind: str,
     *,
-    failure: str | None = None,
+    failure: Failure | None = None,
     reason: str = "",
     made: int = 1,
     policy: RetryPolicy | None = None,
@@ -139,13 +146,13 @@ def decide(
         return _DELIVERED
     if kind == "held":
         return Hold(wait)
-    spent = "exhausted"
+    spent: ReasonClass = "exhausted"
     if kind in ("crash", "lost"):
         if crashes >= CRASHES_TO_DEAD_LETTER:
             return Dead("crash", f"{reason}, {crashes} times")
         spent = "crash"
     elif kind == "failed" and failure != "transient":
-        return Dead(failure or "permanent", reason)
+        return Dead("invalid" if failure == "invalid" else "permanent", reason)
     policy = RetryPolicy() if policy is None else policy
     if not can_retry(policy, made):
         return Dead(spent, f"{made} attempt(s) failed; last: {reason}")

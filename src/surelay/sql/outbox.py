@@ -24,12 +24,10 @@ from surelay.sql.host import async_runner, runner
 from surelay.sql.rows import SEND_ARGS, Row, check_send, make_row
 from surelay.storage.keys import new_id
 from surelay.telemetry import (
-    ATTR_KEY,
-    ATTR_MESSAGE_ID,
-    ATTR_TRANSPORT,
     NAME,
     SPAN_SEND,
     TRACEPARENT,
+    message_span,
     record_error,
     traceparent_of,
 )
@@ -241,14 +239,8 @@ class SqlOutbox:
         ):
             given: Mapping[str, str] = headers
             if tracer is not None and spans is not None:
-                span = tracer.start_span(
-                    SPAN_SEND,
-                    attributes={
-                        ATTR_MESSAGE_ID: message_id,
-                        ATTR_TRANSPORT: transport,
-                        ATTR_KEY: key if key is not None else "",
-                        "db.system": self._kind,
-                    },
+                span = message_span(
+                    tracer, SPAN_SEND, message_id, transport, key, more={"db.system": self._kind}
                 )
                 spans.append(span)
                 traceparent = traceparent_of(span)

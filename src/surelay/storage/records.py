@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from surelay.envelope import Envelope, Priority
 
@@ -13,17 +13,20 @@ __all__ = [
     "DEAD_LETTER_STATUSES",
     "REASON_CLASSES",
     "DeadLetter",
+    "DeadLetterStatus",
     "DedupRecord",
     "OutboxEntry",
     "QuarantinedRecord",
+    "ReasonClass",
     "ReplayRequest",
     "outbox_entry",
 ]
 
-DEAD_LETTER_STATUSES = ("dead", "replaying", "replayed", "archived")
-REASON_CLASSES = ("exhausted", "permanent", "invalid", "expired", "crash")
-
 DeadLetterStatus = Literal["dead", "replaying", "replayed", "archived"]
+ReasonClass = Literal["exhausted", "permanent", "invalid", "expired", "crash"]
+
+DEAD_LETTER_STATUSES: tuple[DeadLetterStatus, ...] = get_args(DeadLetterStatus)
+REASON_CLASSES: tuple[ReasonClass, ...] = get_args(ReasonClass)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +76,7 @@ class DeadLetter:
     idempotency_key: str
     priority: Priority
     trace_id: str | None
-    reason_class: str
+    reason_class: ReasonClass
     reason: str
     error_type: str | None
     attempts: int
