@@ -81,9 +81,6 @@ class Hub:
     orphans: Orphans = field(default_factory=Orphans)
     """Entries in this slot's outbox for transports the runtime has not (yet)."""
     senders: tuple[Ref, ...] = ()
-    recovered: bool = False
-    """Set once the runtime has dispatched what its slot held at open (adoption waits
-    for it: an adopted entry could be scanned by that recovery too)."""
     scheduler: Ref | None = None
     sink: Ref | None = None
     replay_coordinator: Ref | None = None

@@ -61,6 +61,9 @@ class Recovery:
 
     def __init__(self, hub: Hub) -> None:
         self._hub = hub
+        self.recovered = False
+        """Set once this slot's outbox, as an earlier run left it, is in the senders
+        (adoption waits for it: an adopted entry could be scanned by that recovery too)."""
         self._moving = threading.Lock()
         """Held while adopting, and while a transport is being added, so an adoption
         never runs between a transport's addition and the senders' new look."""
@@ -82,7 +85,9 @@ class Recovery:
                 then()
             if transport is not None:
                 self._hub.orphans.clear(transport)
-            return self._recover()
+            held = self._recover()
+            self.recovered = True
+            return held
 
     def _recover(self) -> int:
         hub = self._hub

@@ -150,7 +150,6 @@ class Runtime:
         parts.snapshot.append(runtime._status)
         try:
             recovery.recover()
-            hub.recovered = True
         except BaseException:
             runtime.close(timeout=1.0)
             raise

@@ -30,8 +30,8 @@ from surelay.actors.replay_worker import ReplayWorker, WorkerState
 from surelay.actors.retry import RetryScheduler
 from surelay.actors.sender import PartitionState, Sender
 from surelay.actors.slot_keeper import SlotKeeper
-from surelay.actors.status import Snapshot, StatusReporter
-from surelay.actors.sweeper import Sweeper
+from surelay.actors.status import Snapshot, StatusEndpoint, StatusReporter
+from surelay.actors.sweeper import Sweeper, SweeperEndpoint
 from surelay.actors.window import limits_for
 from surelay.backlog import RetryBacklog
 from surelay.config import RuntimeConfig
@@ -120,6 +120,8 @@ def tree(
     recovery: Recovery,
 ) -> list[ChildSpec]:
     partitions = len(states)
+    store, config, clock = hub.store, hub.config, hub.config.clock
+    sweeper = SweeperEndpoint(store, clock, config.dedup_ttl, config.dead_letter_ttl)
     senders = [
         ChildSpec(f"sender-{i}", Sender, args=(hub, states[i]), shutdown=5.0)
         for i in range(partitions)
@@ -139,10 +141,10 @@ def tree(
         # after the senders (it hands them what it takes, and stops before them); its
         # children are added by rt.consume
         Supervisor.spec("sources", [], intensity=10, period=5.0),
-        ChildSpec("sweeper", Sweeper, args=(hub,)),
-        ChildSpec("status", StatusReporter, args=(hub, snapshot)),
+        ChildSpec("sweeper", Sweeper, args=(sweeper,)),
+        ChildSpec("status", StatusReporter, args=(StatusEndpoint(store, clock, snapshot),)),
         # after the senders: it hands them what it adopts (and stops before them)
-        ChildSpec("slots", SlotKeeper, args=(hub, recovery)),
+        ChildSpec("slots", SlotKeeper, args=(store, recovery)),
         # The same for a record that crashes its replay worker.
         Supervisor.spec(
             "replay",

@@ -20,8 +20,8 @@ from surelay.actors.alarm import AlarmOwner
 from surelay.storage.slots import SlotLock, slot_numbers
 
 if TYPE_CHECKING:
-    from surelay.hub import Hub
     from surelay.recovery import Recovery
+    from surelay.storage.store import Store
 
 __all__ = ["EVERY", "Look", "SlotKeeper"]
 
@@ -37,9 +37,9 @@ class Look:
 
 
 class SlotKeeper(AlarmOwner):
-    def __init__(self, hub: Hub, recovery: Recovery) -> None:
+    def __init__(self, store: Store, recovery: Recovery) -> None:
         super().__init__()
-        self._hub = hub
+        self._store = store
         self._recovery = recovery
 
     def on_start(self) -> None:
@@ -56,8 +56,8 @@ class SlotKeeper(AlarmOwner):
 
     def _look(self) -> dict[int, int]:
         """Adopt what can be adopted; {slot: messages adopted} for each slot tried."""
-        store = self._hub.store
-        if store.env.closed or not self._hub.recovered:  # closed, or still opening
+        store = self._store
+        if store.env.closed or not self._recovery.recovered:  # closed, or still opening
             return {}
         adopted = {}
         for slot in slot_numbers(store.path):

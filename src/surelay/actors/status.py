@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from surelay.actors.alarm import AlarmOwner
 
 if TYPE_CHECKING:
-    from surelay.hub import Hub
+    from surelay.storage.store import Store
 
 __all__ = ["HEARTBEAT", "PERIOD", "Publish", "Snapshot", "StatusReporter"]
 
@@ -34,11 +34,21 @@ class Publish:
     """Publish now (also sent by the alarm)."""
 
 
+@dataclass(frozen=True, slots=True)
+class StatusEndpoint:
+    """What the StatusReporter works with: the store it publishes to, the clock, and
+    where the runtime puts its snapshot function once it exists."""
+
+    store: Store
+    clock: Callable[[], float]
+    snapshot: list[Snapshot]
+
+
 class StatusReporter(AlarmOwner):
-    def __init__(self, hub: Hub, snapshot: list[Snapshot]) -> None:
+    def __init__(self, endpoint: StatusEndpoint) -> None:
         super().__init__()
-        self._hub = hub
-        self._snapshot = snapshot  # filled in by the runtime once it exists
+        self._at = endpoint
+        self._snapshot = endpoint.snapshot  # filled in by the runtime once it exists
         self._last: Mapping[str, Any] | None = None
         self._written_at = 0.0
 
@@ -64,11 +74,11 @@ class StatusReporter(AlarmOwner):
             return
         self._last = snapshot
         self._written_at = now
-        store = self._hub.store
+        store = self._at.store
         status = {
             **snapshot,
             "pid": os.getpid(),
             "slot": store.slot,
-            "at": self._hub.config.clock(),
+            "at": self._at.clock(),
         }
         store.write(lambda txn: store.status.put(txn, status)).result()

@@ -9,15 +9,16 @@ worked off over several sweeps without holding the writer.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from surelay.actors.alarm import AlarmOwner
 
 if TYPE_CHECKING:
-    from surelay.hub import Hub
+    from surelay.storage.store import Store
 
-__all__ = ["SWEEP_LIMIT", "Sweep", "Sweeper", "sweep_interval"]
+__all__ = ["SWEEP_LIMIT", "Sweep", "Sweeper", "SweeperEndpoint", "sweep_interval"]
 
 logger = logging.getLogger("surelay.actors")
 
@@ -36,15 +37,24 @@ class Sweep:
     """Sweep now (also sent by the alarm)."""
 
 
+@dataclass(frozen=True, slots=True)
+class SweeperEndpoint:
+    """What the Sweeper works with: the store it sweeps, the clock, the retention."""
+
+    store: Store
+    clock: Callable[[], float]
+    dedup_ttl: float
+    dead_letter_ttl: float | None
+
+
 class Sweeper(AlarmOwner):
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, endpoint: SweeperEndpoint) -> None:
         super().__init__()
-        self._hub = hub
-        config = hub.config
-        self._interval = sweep_interval(config.dedup_ttl, config.dead_letter_ttl)
+        self._at = endpoint
+        self._interval = sweep_interval(endpoint.dedup_ttl, endpoint.dead_letter_ttl)
 
     def on_start(self) -> None:
-        clock = self._hub.config.clock
+        clock = self._at.clock
         self.start_alarm(
             Sweep(), clock, name="surelay-sweeper", at=clock() + self._interval, poll=0.2
         )
@@ -52,15 +62,15 @@ class Sweeper(AlarmOwner):
     def on_receive(self, message: Any) -> Any:
         if not isinstance(message, Sweep):
             return None
-        hub = self._hub
-        now = hub.config.clock()
+        at = self._at
+        now = at.clock()
         removed = {
-            "dedup": hub.store.sweep_dedup(now=now, limit=SWEEP_LIMIT).result(),
-            "inbox": hub.store.sweep_inbox(now=now, limit=SWEEP_LIMIT).result(),
+            "dedup": at.store.sweep_dedup(now=now, limit=SWEEP_LIMIT).result(),
+            "inbox": at.store.sweep_inbox(now=now, limit=SWEEP_LIMIT).result(),
         }
-        if hub.config.dead_letter_ttl is not None:
-            removed["dead_letters"] = hub.store.sweep_dead_letters(
-                hub.config.dead_letter_ttl, now=now, limit=SWEEP_LIMIT
+        if at.dead_letter_ttl is not None:
+            removed["dead_letters"] = at.store.sweep_dead_letters(
+                at.dead_letter_ttl, now=now, limit=SWEEP_LIMIT
             ).result()
         if any(removed.values()):
             logger.info("retention sweep removed %s", removed)
