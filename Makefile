@@ -61,6 +61,7 @@ bench: $(DEV_STAMP) $(BENCH_STAMP)
 	$(BIN)/python benchmarks/backlog.py
 	$(BIN)/python benchmarks/replay.py
 	$(BIN)/python benchmarks/sql_outbox.py
+	$(BIN)/python benchmarks/ways.py
 
 clean:
 	rm -rf $(VENV) surelay-data .mypy_cache .pytest_cache .ruff_cache .hypothesis .coverage .coverage.*
