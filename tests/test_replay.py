@@ -361,7 +361,9 @@ def test_a_recovery_that_finds_the_replay_ended_sends_nothing(tmp_path: Path) ->
     with open_runtime(tmp_path, {"t": down.recorder}, retry=RetryPolicy(max_attempts=1)) as rt:
         a, b = kill(rt, 2, key="k")  # one key: one worker, which takes its mail in order
         wait_until(lambda: rt._replays.recovered_at_start)
-        worker = rt._replays.workers[replay_partition("k", a.id, len(rt._replays.workers))]
+        worker = rt._hub.peers.replay_workers[
+            replay_partition("k", a.id, len(rt._hub.peers.replay_workers))
+        ]
         worker.tell(Replay(None, a.id, renew=True))
         report = rt.dead_letters.replay([b.id])  # handled after the recovery
         record = rt.dead_letters.get(a.id)

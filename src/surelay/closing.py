@@ -118,11 +118,11 @@ class Closing:
 
     def _busy(self) -> bool:
         """True while a sender has work it can do now (not counting held messages)."""
-        for state, ref in zip(self._states, self._hub.senders, strict=True):
+        peers = self._hub.peers
+        for state, ref in zip(self._states, peers.senders, strict=True):
             if state.queue.ready_count or state.in_flight or state.results or ref.queued():
                 return True
-        sink = self._hub.sink
-        return sink is not None and sink.queued() > 0
+        return peers.dead_letters.queued() > 0
 
     def _settled(self) -> bool:
         """True once no transport call runs and every result has been settled."""

@@ -1,8 +1,8 @@
 """`Hub`: what the delivery actors share, and the runtime's `Counters`.
 
-One Hub per runtime, made before the supervision tree and handed to every actor spec.
-The actors' stable refs are filled in once the tree runs (a `Ref` outlives every
-incarnation, so they are set once), before the first message is dispatched.
+One Hub per runtime, made before the supervision tree and handed to the actors that
+still share it (the Sweeper, StatusReporter and SlotKeeper get endpoint records of their
+own). They find each other through `peers`, by name, once the tree runs.
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ from surelay.config import RuntimeConfig
 from surelay.delivery import Engines
 from surelay.delivery.breakers import Breakers
 from surelay.envelope import Envelope
+from surelay.peers import Peers
 from surelay.pressure import PressureState
 from surelay.receipts import Tracker
 from surelay.storage.store import Store
 from surelay.telemetry import COUNTERS, Telemetry
 
 if TYPE_CHECKING:
-    from surelay.supervision import Ref
+    pass
 
 __all__ = ["Counters", "Hub", "Transport"]
 
@@ -77,15 +78,12 @@ class Hub:
     breakers: Breakers
     backlog: RetryBacklog
     engines: Engines
+    peers: Peers
+    """The actors of the tree, found by name once it runs."""
     rng: random.Random = field(default_factory=random.Random)
     orphans: Orphans = field(default_factory=Orphans)
     """Entries in this slot's outbox for transports the runtime has not (yet)."""
-    senders: tuple[Ref, ...] = ()
-    scheduler: Ref | None = None
-    sink: Ref | None = None
-    replay_coordinator: Ref | None = None
     pressure: PressureState = field(default_factory=PressureState)
-    governor: Ref | None = None
 
     @property
     def durable(self) -> bool:

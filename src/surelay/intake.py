@@ -188,7 +188,7 @@ class Intake:
             hub.counters.add("dead_lettered", self.name, len(taken.dead))
         for span in taken.spans:
             span.end()
-        deliver(hub.senders, entries)
+        deliver(hub.peers.senders, entries)
 
     def abort(self, taken: Taken, error: BaseException) -> None:
         """The write failed: nothing was taken (the source delivers the messages again)."""

@@ -164,4 +164,4 @@ class Recovery:
         hub = self._hub
         for partition, seq in after.items():
             hub.tracker.hold(hold_name(partition))
-            hub.senders[partition].tell(Wake(seq))
+            hub.peers.senders[partition].tell(Wake(seq))

@@ -38,6 +38,7 @@ from surelay.config import RuntimeConfig
 from surelay.delivery import Engines
 from surelay.delivery.breakers import Breakers
 from surelay.hub import Counters, Hub, Transport
+from surelay.peers import Peers
 from surelay.receipts import Tracker
 from surelay.recovery import Recovery
 from surelay.storage.store import Store
@@ -63,8 +64,8 @@ class Tree:
 
 
 def start(store: Store, config: RuntimeConfig, transports: dict[str, Transport]) -> Tree:
-    """Make what the actors share, start the tree and give the hub the refs of the
-    actors it names (a `Ref` outlives every incarnation of its actor). A failure stops
+    """Make what the actors share, start the tree and let the parts find its actors by
+    name (`Peers.attach`). A failure stops
     what was started (not the store: the caller opened it) and is raised."""
     telemetry = Telemetry()  # observes the runtime's gauges once it exists
     engines: Engines | None = None
@@ -81,6 +82,7 @@ def start(store: Store, config: RuntimeConfig, transports: dict[str, Transport])
             breakers=breakers,
             backlog=RetryBacklog(),
             engines=engines,
+            peers=Peers(config.partitions, config.replay_partitions),
         )
         limits = limits_for(config.partitions, config.pressure.capacity)
         states = [PartitionState(i, limits) for i in range(config.partitions)]
@@ -98,17 +100,9 @@ def start(store: Store, config: RuntimeConfig, transports: dict[str, Transport])
             engines.stop(1.0)
         telemetry.close()
         raise
-    senders = root.child("senders")
-    replay = root.child("replay")
+    hub.peers.attach(root)
     sources = root.child("sources")
-    assert isinstance(senders, SupervisorRef) and isinstance(replay, SupervisorRef)
     assert isinstance(sources, SupervisorRef)
-    hub.governor = root.child("governor")
-    hub.scheduler = root.child("retry")
-    hub.sink = root.child("dead_letters")
-    hub.senders = tuple(senders.child(f"sender-{i}") for i in range(config.partitions))
-    hub.replay_coordinator = replay.child("coordinator")
-    replays.workers = tuple(replay.child(f"replay-{i}") for i in range(config.replay_partitions))
     return Tree(hub, root, states, replays, recovery, sources, snapshot)
 
 

@@ -263,7 +263,7 @@ def test_any_interleaving_of_spills_wakes_and_pauses_delivers_each_once_in_key_o
                 _, partition, after = op
                 assert isinstance(partition, int) and isinstance(after, int)
                 rt._hub.tracker.hold(hold_name(partition))
-                rt._hub.senders[partition].tell(Wake(after))
+                rt._hub.peers.senders[partition].tell(Wake(after))
         transport.running.set()
         assert rt.flush(30)
         assert rt.stats().duplicates == 0  # none taken in twice (dedup would hide it)
@@ -280,7 +280,7 @@ def test_a_wake_over_held_messages_takes_none_of_them_twice(tmp_path: Path) -> N
             sent[f"k{i % 7}"].append(rt.send("t", b"p", key=f"k{i % 7}").message_id)
         for partition in range(len(rt._states)):
             rt._hub.tracker.hold(hold_name(partition))
-            rt._hub.senders[partition].tell(Wake(0))  # everything held is skipped
+            rt._hub.peers.senders[partition].tell(Wake(0))  # everything held is skipped
         transport.running.set()
         assert rt.flush(30)
         assert rt.stats().duplicates == 0

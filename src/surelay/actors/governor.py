@@ -72,7 +72,7 @@ class PressureGovernor(AlarmOwner):
         depths = {
             "in_flight": in_flight,
             "retry_pending": len(hub.backlog),
-            "mailboxes": sum(ref.queued() for ref in hub.senders),
+            "mailboxes": sum(ref.queued() for ref in hub.peers.senders),
             "outbox_pending": self._outbox_pending(),
         }
         counters = hub.counters.snapshot()

@@ -44,7 +44,6 @@ from surelay.storage.slots import holders
 
 if TYPE_CHECKING:
     from surelay.hub import Hub
-    from surelay.supervision import Ref
 
 __all__ = [
     "FILTERS",
@@ -153,7 +152,6 @@ class ReplayState:
         self.jobs: dict[str, _Job] = {}
         self.held: set[str] = set()
         """Dead letter ids a worker of this runtime has leased."""
-        self.workers: tuple[Ref, ...] = ()
         self.recovered_at_start = False
         """Whether the sweep at open has handed out every record left `replaying`."""
 
@@ -232,7 +230,7 @@ class ReplayCoordinator(AlarmOwner):
             raise
         job.requested = len(selected) + refused
         job.counts["refused"] = refused
-        partitions = len(state.workers)
+        partitions = len(self._hub.peers.replay_workers)
         job.pending.extend(
             (replay_partition(key, dl_id, partitions), dl_id, key) for dl_id, key in selected
         )
@@ -271,7 +269,7 @@ class ReplayCoordinator(AlarmOwner):
 
     def _dispatch(self, job: _Job) -> float:
         """Hand out what the job's rate allows now; the seconds until more may go."""
-        workers = self._state.workers
+        workers = self._hub.peers.replay_workers
         while job.pending:
             if job.bucket is not None:
                 wait = job.bucket.take(time.monotonic())
@@ -314,7 +312,7 @@ class ReplayCoordinator(AlarmOwner):
     # -- the periodic look ---------------------------------------------------------------
 
     def _tick(self) -> None:
-        if not self._state.workers:  # the runtime is still wiring the tree
+        if not self._hub.peers.attached:  # the runtime is still wiring the tree
             if self._alarm is not None:
                 self._alarm.set(time.monotonic() + 0.01)
             return
@@ -442,7 +440,7 @@ class ReplayCoordinator(AlarmOwner):
                 if alone
                 else table.expired_leases(txn, now=now, limit=_RECOVERY_LIMIT)
             )
-        partitions = len(state.workers)
+        workers = hub.peers.replay_workers
         for record in stuck:
             with state.lock:
                 if record.id in state.held:
@@ -453,7 +451,7 @@ class ReplayCoordinator(AlarmOwner):
                 record.id,
                 record.lease_until,
             )
-            worker = state.workers[replay_partition(record.key, record.id, partitions)]
+            worker = workers[replay_partition(record.key, record.id, len(workers))]
             worker.tell(Replay(None, record.id, renew=alone, key=record.key))
         # only now: a record leased after this point was leased by this runtime
         state.recovered_at_start = True

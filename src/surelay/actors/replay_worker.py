@@ -343,7 +343,7 @@ class ReplayWorker(Actor):
             del state.lines[message.line]
         with self._shared.lock:
             self._shared.held.discard(message.dead_letter_id)
-        coordinator = self._hub.replay_coordinator
+        coordinator = self._hub.peers.replay_coordinator
         if coordinator is not None:
             coordinator.tell(Replayed(message.job, message.dead_letter_id, result))
 

@@ -56,7 +56,7 @@ class RetryScheduler(Actor):
         elif isinstance(message, _Tick):
             hub = self._hub
             for item in hub.backlog.pop_due(hub.config.clock()):
-                hub.senders[item.partition].tell(Due(item.entry))
+                hub.peers.senders[item.partition].tell(Due(item.entry))
         self._rearm()
 
     def _rearm(self) -> None:

@@ -306,9 +306,7 @@ class Sender(Actor):
             self._state.queue.ready(entry)
 
     def _schedule(self, entry: OutboxEntry, at: float) -> None:
-        scheduler = self._hub.scheduler
-        assert scheduler is not None
-        scheduler.tell(Schedule(self._state.partition, entry, at))
+        self._hub.peers.retry.tell(Schedule(self._state.partition, entry, at))
 
     # -- submitting ----------------------------------------------------------------------
 
@@ -551,8 +549,7 @@ class Sender(Actor):
             first_attempt_at=first,
             failed_at=now,
         )
-        assert hub.sink is not None
-        hub.sink.tell(capture)
+        hub.peers.dead_letters.tell(capture)
         self._ended(entry, now)
 
     @staticmethod

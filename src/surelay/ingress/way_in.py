@@ -469,7 +469,7 @@ class WayIn:
                 self._txns[id(pending.txn)].extend(entries)
             else:
                 try:
-                    deliver(self._hub.senders, entries)
+                    deliver(self._hub.peers.senders, entries)
                 except pykka.ActorDeadError:
                     logger.info(
                         "%d message(s) accepted while closing: sent at the next open", len(entries)
@@ -535,8 +535,8 @@ class WayIn:
             or (hub.pressure.level != "normal" and tracked < policy.recover_at * policy.capacity)
         ) and not hub.pressure.sample_asked:
             hub.pressure.sample_asked = True  # a threshold crossed between two samples
-            if hub.governor is not None:
-                hub.governor.tell(Sample())
+            if hub.peers.attached:
+                hub.peers.governor.tell(Sample())
         if txn is not None:
             if id(txn) not in self._txns:
                 raise InvalidMessage("txn must be the transaction of rt.transaction(), still open")
@@ -586,7 +586,7 @@ class WayIn:
             self._hub.tracker.forget(e.envelope.message_id for e in pending)
             raise
         if pending:
-            deliver(self._hub.senders, pending)
+            deliver(self._hub.peers.senders, pending)
 
 
 def _key_of(envelope: Envelope) -> str | None:

@@ -520,7 +520,7 @@ class Relay:
         if entries:
             hub.counters.add_each("relayed", [e.envelope.transport for e in entries])
             self._relayed += len(entries)
-            deliver(hub.senders, entries)
+            deliver(hub.peers.senders, entries)
         for entry, problem in invalid:
             logger.warning(
                 "relay of %s: row for message %r dead-lettered as invalid: %s",
@@ -529,8 +529,9 @@ class Relay:
                 problem,
             )
             reason = f"refused before delivery: {problem}"
-            assert hub.sink is not None
-            hub.sink.tell(Capture(entry, "invalid", reason, "InvalidMessage", 0, now, now))
+            hub.peers.dead_letters.tell(
+                Capture(entry, "invalid", reason, "InvalidMessage", 0, now, now)
+            )
 
     def _ends(self, message_ids: list[str]) -> None:
         """Messages ended (their outcome durable): their rows are to be deleted. On the
