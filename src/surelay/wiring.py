@@ -23,11 +23,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from surelay.actors.dead_letter import DeadLetterSink
-from surelay.actors.governor import PressureGovernor
+from surelay.actors.dead_letter import DeadLetterSink, SinkEndpoint
+from surelay.actors.governor import GovernorEndpoint, PressureGovernor
 from surelay.actors.replay import ReplayCoordinator, ReplayState
 from surelay.actors.replay_worker import ReplayWorker, WorkerState
-from surelay.actors.retry import RetryScheduler
+from surelay.actors.retry import RetryEndpoint, RetryScheduler
 from surelay.actors.sender import PartitionState, Sender
 from surelay.actors.slot_keeper import SlotKeeper
 from surelay.actors.status import Snapshot, StatusEndpoint, StatusReporter
@@ -116,6 +116,17 @@ def tree(
     partitions = len(states)
     store, config, clock = hub.store, hub.config, hub.config.clock
     sweeper = SweeperEndpoint(store, clock, config.dedup_ttl, config.dead_letter_ttl)
+    sink = SinkEndpoint(store, hub.tracker, hub.counters, hub.telemetry, set())
+    governor = GovernorEndpoint(
+        hub.pressure,
+        config.pressure,
+        hub.tracker,
+        hub.backlog,
+        hub.counters,
+        store if hub.durable else None,
+        hub.telemetry,
+        hub.peers,
+    )
     senders = [
         ChildSpec(f"sender-{i}", Sender, args=(hub, states[i]), shutdown=5.0)
         for i in range(partitions)
@@ -126,9 +137,9 @@ def tree(
     ]
     coordinator = ChildSpec("coordinator", ReplayCoordinator, args=(hub, replays))
     return [
-        ChildSpec("governor", PressureGovernor, args=(hub, hub.pressure)),
-        ChildSpec("retry", RetryScheduler, args=(hub,)),
-        ChildSpec("dead_letters", DeadLetterSink, args=(hub, set())),
+        ChildSpec("governor", PressureGovernor, args=(governor,)),
+        ChildSpec("retry", RetryScheduler, args=(RetryEndpoint(hub.backlog, clock, hub.peers),)),
+        ChildSpec("dead_letters", DeadLetterSink, args=(sink,)),
         # A poison message crashes its sender at most twice before it is dead-lettered,
         # so only a sender that cannot run at all should exhaust this.
         Supervisor.spec("senders", senders, intensity=max(20, 10 * partitions), period=1.0),

@@ -28,9 +28,12 @@ from surelay.telemetry import (
 )
 
 if TYPE_CHECKING:
-    from surelay.hub import Hub
+    from surelay.hub import Counters
+    from surelay.receipts import Tracker
+    from surelay.storage.store import Store
+    from surelay.telemetry import Telemetry
 
-__all__ = ["Capture", "DeadLetterSink", "make_dead_letter"]
+__all__ = ["Capture", "DeadLetterSink", "SinkEndpoint", "make_dead_letter"]
 
 logger = logging.getLogger("surelay.actors")
 
@@ -70,14 +73,27 @@ def make_dead_letter(capture: Capture) -> DeadLetter:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class SinkEndpoint:
+    """What the DeadLetterSink works with: the store it writes dead letters to, the
+    tracker whose messages it ends, the counters and the tracer; and the ids whose
+    capture crashed it once (made by the spec, so it outlives incarnations)."""
+
+    store: Store
+    tracker: Tracker
+    counters: Counters
+    telemetry: Telemetry
+    crashed: set[str]
+
+
 class DeadLetterSink(Actor):
     """Stores captures. A crash on one is retried once by the next incarnation; a
     capture that crashes it twice is left in the outbox (logged) for the next open."""
 
-    def __init__(self, hub: Hub, crashed: set[str]) -> None:
+    def __init__(self, endpoint: SinkEndpoint) -> None:
         super().__init__()
-        self._hub = hub
-        self._crashed = crashed  # given by the spec, so it outlives incarnations
+        self._at = endpoint
+        self._crashed = endpoint.crashed
 
     def on_restart(self, crash: CrashReport) -> None:
         if isinstance(crash.message, Capture):
@@ -93,12 +109,12 @@ class DeadLetterSink(Actor):
             self._capture(message)
 
     def _capture(self, capture: Capture) -> None:
-        hub = self._hub
+        at = self._at
         record = make_dead_letter(capture)
         envelope = capture.entry.envelope
-        if hub.telemetry.tracing:
+        if at.telemetry.tracing:
             span = message_span(
-                hub.telemetry.tracer,
+                at.telemetry.tracer,
                 SPAN_DEAD_LETTER,
                 envelope.message_id,
                 envelope.transport,
@@ -112,7 +128,7 @@ class DeadLetterSink(Actor):
                 },
             )
             span.end()
-        future = hub.store.dead_lettered(record)
+        future = at.store.dead_lettered(record)
 
         def stored(done: Future[DeadLetter]) -> None:
             error = done.exception()
@@ -123,9 +139,9 @@ class DeadLetterSink(Actor):
                     error,
                 )
                 if not capture.entry.seq:  # a relayed row: its table relays it again
-                    hub.tracker.forget((envelope.message_id,))
+                    at.tracker.forget((envelope.message_id,))
                 return
-            if hub.tracker.complete((envelope.message_id,), Outcome.DEAD_LETTERED):
-                hub.counters.add("dead_lettered", envelope.transport)
+            if at.tracker.complete((envelope.message_id,), Outcome.DEAD_LETTERED):
+                at.counters.add("dead_lettered", envelope.transport)
 
         future.add_done_callback(stored)

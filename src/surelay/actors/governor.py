@@ -21,9 +21,15 @@ from surelay.pressure import LEVELS, PressureState, next_level, retry_after
 from surelay.telemetry import ATTR_PRESSURE_LEVEL, SPAN_PRESSURE
 
 if TYPE_CHECKING:
-    from surelay.hub import Hub
+    from surelay.backlog import RetryBacklog
+    from surelay.config import PressurePolicy
+    from surelay.hub import Counters
+    from surelay.peers import Peers
+    from surelay.receipts import Tracker
+    from surelay.storage.store import Store
+    from surelay.telemetry import Telemetry
 
-__all__ = ["PERIOD", "PressureGovernor", "Sample"]
+__all__ = ["PERIOD", "GovernorEndpoint", "PressureGovernor", "Sample"]
 
 logger = logging.getLogger("surelay.actors")
 
@@ -41,11 +47,28 @@ class Sample:
     """Sample now (the alarm's message, and `send`'s request)."""
 
 
+@dataclass(frozen=True, slots=True)
+class GovernorEndpoint:
+    """What the governor samples and where it publishes: the pressure state it owns,
+    the policy, the depths it reads (messages in flight, retries held, the senders'
+    mailboxes, the outbox: `store` is None when messages are not kept there) and the
+    counters of ended messages."""
+
+    state: PressureState
+    policy: PressurePolicy
+    tracker: Tracker
+    backlog: RetryBacklog
+    counters: Counters
+    store: Store | None
+    telemetry: Telemetry
+    peers: Peers
+
+
 class PressureGovernor(AlarmOwner):
-    def __init__(self, hub: Hub, state: PressureState) -> None:
+    def __init__(self, endpoint: GovernorEndpoint) -> None:
         super().__init__()
-        self._hub = hub
-        self._state = state
+        self._at = endpoint
+        self._state = endpoint.state
         self._history: deque[tuple[float, int]] = deque()
         self._busy_since = 0.0
 
@@ -64,18 +87,18 @@ class PressureGovernor(AlarmOwner):
         return self._state.level
 
     def _sample(self, now: float) -> None:
-        hub = self._hub
+        at = self._at
         state = self._state
         state.sample_asked = False
-        policy = hub.config.pressure
-        in_flight = hub.tracker.pending
+        policy = at.policy
+        in_flight = at.tracker.pending
         depths = {
             "in_flight": in_flight,
-            "retry_pending": len(hub.backlog),
-            "mailboxes": sum(ref.queued() for ref in hub.peers.senders),
+            "retry_pending": len(at.backlog),
+            "mailboxes": sum(ref.queued() for ref in at.peers.senders),
             "outbox_pending": self._outbox_pending(),
         }
-        counters = hub.counters.snapshot()
+        counters = at.counters.snapshot()
         ended = sum(counters[name] for name in _ENDED)
         # The level is about the work in hand: what memory holds, or the backlog on disk
         # when that is larger (messages past the window wait there, not counted by the
@@ -113,8 +136,8 @@ class PressureGovernor(AlarmOwner):
         return (ended - first_ended) / (now - first_at)
 
     def _outbox_pending(self) -> int:
-        store = self._hub.store
-        if not self._hub.durable or store.env.closed:
+        store = self._at.store
+        if store is None or store.env.closed:
             return 0
         with store.read() as txn:
             return store.outbox.count(txn)
@@ -131,7 +154,7 @@ class PressureGovernor(AlarmOwner):
             ", ".join(f"{k} {v}" for k, v in depths.items()),
             state.drain,
         )
-        telemetry = self._hub.telemetry
+        telemetry = self._at.telemetry
         if telemetry.tracing:
             span = telemetry.tracer.start_span(
                 SPAN_PRESSURE,

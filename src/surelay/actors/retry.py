@@ -6,6 +6,7 @@ this actor is the thin shell that owns the alarm.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -14,9 +15,20 @@ from surelay.backlog import Due, Schedule
 from surelay.supervision import Actor, CrashReport
 
 if TYPE_CHECKING:
-    from surelay.hub import Hub
+    from surelay.backlog import RetryBacklog
+    from surelay.peers import Peers
 
-__all__ = ["RetryScheduler"]
+__all__ = ["RetryEndpoint", "RetryScheduler"]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryEndpoint:
+    """What the RetryScheduler works with: the heap it owns the alarm of (the runtime
+    keeps it, so a crash loses no entry), the clock, and the senders it hands back to."""
+
+    backlog: RetryBacklog
+    clock: Callable[[], float]
+    peers: Peers
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,15 +41,15 @@ class RetryScheduler(Actor):
     goes back to its partition's sender as `Due`. Due times are also persisted in the
     outbox (by the sender), so retries survive a restart of the whole process."""
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, endpoint: RetryEndpoint) -> None:
         super().__init__()
-        self._hub = hub
+        self._at = endpoint
         self._alarm: Alarm | None = None
 
     def on_start(self) -> None:
         ref = self.ref if self.ref is not None else self.actor_ref
-        self._alarm = Alarm(lambda: ref.tell(_Tick()), self._hub.config.clock, name="surelay-retry")
-        self._alarm.set(self._hub.backlog.next_at())
+        self._alarm = Alarm(lambda: ref.tell(_Tick()), self._at.clock, name="surelay-retry")
+        self._alarm.set(self._at.backlog.next_at())
 
     def on_stop(self) -> None:
         self._stop_alarm()
@@ -47,21 +59,21 @@ class RetryScheduler(Actor):
 
     def on_restart(self, crash: CrashReport) -> None:
         if isinstance(crash.message, Schedule):  # the one message the crash took
-            self._hub.backlog.push(crash.message)
+            self._at.backlog.push(crash.message)
             self._rearm()
 
     def on_receive(self, message: Any) -> None:
+        at = self._at
         if isinstance(message, Schedule):
-            self._hub.backlog.push(message)
+            at.backlog.push(message)
         elif isinstance(message, _Tick):
-            hub = self._hub
-            for item in hub.backlog.pop_due(hub.config.clock()):
-                hub.peers.senders[item.partition].tell(Due(item.entry))
+            for item in at.backlog.pop_due(at.clock()):
+                at.peers.senders[item.partition].tell(Due(item.entry))
         self._rearm()
 
     def _rearm(self) -> None:
         if self._alarm is not None:
-            self._alarm.set(self._hub.backlog.next_at())
+            self._alarm.set(self._at.backlog.next_at())
 
     def _stop_alarm(self) -> None:
         if self._alarm is not None:

@@ -1,0 +1,94 @@
+"""Actors built from their endpoint records alone, without a runtime: what each is
+given is all it needs (a real store, tracker and supervision tree; no Hub)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from surelay.actors.dead_letter import Capture, DeadLetterSink, SinkEndpoint
+from surelay.actors.retry import RetryEndpoint, RetryScheduler
+from surelay.backlog import Due, RetryBacklog, Schedule
+from surelay.envelope import Envelope
+from surelay.hub import Counters
+from surelay.peers import Peers
+from surelay.receipts import Outcome, Tracker
+from surelay.storage.records import outbox_entry
+from surelay.storage.store import Store
+from surelay.supervision import Actor, ChildSpec, Supervisor
+from surelay.telemetry import Telemetry
+
+WAIT = 10.0
+
+
+class Inbox(Actor):
+    """A stand-in sender: keeps what it is told."""
+
+    def __init__(self, got: list[Any], event: threading.Event) -> None:
+        super().__init__()
+        self._got = got
+        self._event = event
+
+    def on_receive(self, message: Any) -> None:
+        self._got.append(message)
+        self._event.set()
+
+
+def entry(message_id: str) -> Any:
+    envelope = Envelope(message_id, "t", b"x", key="k")
+    return outbox_entry(1, envelope, 0.0, 0)
+
+
+def test_the_retry_scheduler_hands_a_due_message_to_its_partitions_sender() -> None:
+    got: list[Any] = []
+    arrived = threading.Event()
+    peers = Peers(partitions=1, replay_partitions=1)
+    senders = Supervisor.spec("senders", [ChildSpec("sender-0", Inbox, args=(got, arrived))])
+    retry = ChildSpec(
+        "retry", RetryScheduler, args=(RetryEndpoint(RetryBacklog(), time.time, peers),)
+    )
+    root = Supervisor.start([senders, retry], name="t")
+    try:
+        peers.attach(root)
+        held = entry("m1")
+        peers.retry.tell(Schedule(0, held, time.time() + 0.05))
+        assert arrived.wait(WAIT)
+        assert got == [Due(held)]
+    finally:
+        root.stop(timeout=WAIT)
+
+
+def test_the_sink_stores_the_dead_letter_and_ends_the_message(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "d", claim=True)
+    tracker = Tracker()
+    telemetry = Telemetry()
+    counters = Counters(telemetry)
+    endpoint = SinkEndpoint(store, tracker, counters, telemetry, set())
+    root = Supervisor.start([ChildSpec("dead_letters", DeadLetterSink, args=(endpoint,))], name="t")
+    try:
+        (receipt,) = tracker.add(["m1"])
+        peers = Peers(partitions=1, replay_partitions=1)
+        peers.attach(root)
+        peers.dead_letters.tell(
+            Capture(entry("m1"), "permanent", "no", "PermanentError", 1, 1.0, 2.0)
+        )
+        assert receipt.wait(WAIT) is Outcome.DEAD_LETTERED
+        with store.read() as txn:
+            (letter,) = store.dead_letters.list(txn)
+        assert (letter.message_id, letter.reason_class) == ("m1", "permanent")
+        assert counters.snapshot()["dead_lettered"] == 1
+    finally:
+        root.stop(timeout=WAIT)
+        telemetry.close()
+        store.close()
+
+
+def test_a_peer_looked_up_before_the_tree_runs_says_so() -> None:
+    peers = Peers(partitions=1, replay_partitions=1)
+    assert not peers.attached
+    with pytest.raises(LookupError, match="not running"):
+        peers.governor  # noqa: B018  # the lookup is the point
