@@ -11,11 +11,14 @@ from typing import Any
 import pytest
 
 from surelay.actors.dead_letter import Capture, DeadLetterSink, SinkEndpoint
+from surelay.actors.governor import GovernorEndpoint, PressureGovernor, Sample
 from surelay.actors.retry import RetryEndpoint, RetryScheduler
 from surelay.backlog import Due, RetryBacklog, Schedule
+from surelay.config import PressurePolicy
 from surelay.envelope import Envelope
 from surelay.hub import Counters
 from surelay.peers import Peers
+from surelay.pressure import PressureState
 from surelay.receipts import Outcome, Tracker
 from surelay.storage.records import outbox_entry
 from surelay.storage.store import Store
@@ -92,3 +95,27 @@ def test_a_peer_looked_up_before_the_tree_runs_says_so() -> None:
     assert not peers.attached
     with pytest.raises(LookupError, match="not running"):
         peers.governor  # noqa: B018  # the lookup is the point
+
+
+def test_the_governor_samples_before_the_tree_runs(tmp_path: Path) -> None:
+    """Its first sample comes as it starts, before the senders can be looked up."""
+    telemetry = Telemetry()
+    endpoint = GovernorEndpoint(
+        PressureState(),
+        PressurePolicy(),
+        Tracker(),
+        RetryBacklog(),
+        Counters(telemetry),
+        None,
+        telemetry,
+        Peers(partitions=1, replay_partitions=1),  # never attached
+    )
+    root = Supervisor.start([ChildSpec("governor", PressureGovernor, args=(endpoint,))], name="t")
+    try:
+        governor = root.child("governor")
+        assert governor.ask(Sample(), timeout=WAIT) == "normal"
+        assert endpoint.state.depths["mailboxes"] == 0
+        assert root.which_children(timeout=WAIT)[0].restarts == 0
+    finally:
+        root.stop(timeout=WAIT)
+        telemetry.close()

@@ -95,7 +95,8 @@ class PressureGovernor(AlarmOwner):
         depths = {
             "in_flight": in_flight,
             "retry_pending": len(at.backlog),
-            "mailboxes": sum(ref.queued() for ref in at.peers.senders),
+            # (its first sample may come before the tree runs: no sender yet)
+            "mailboxes": sum(r.queued() for r in at.peers.senders) if at.peers.attached else 0,
             "outbox_pending": self._outbox_pending(),
         }
         counters = at.counters.snapshot()
