@@ -31,7 +31,8 @@ it, as in a host). Rows differ in size (`MESSAGES`) so that each takes some seco
   connection inside its transaction; an async task (`asyncio.sleep`), worker concurrency 64.
   PgQueuer and procrastinate run on PostgreSQL only ("n/a" on SQLite).
 
-Then surelay alone, each beside its bare baseline:
+Then surelay alone, each beside its bare baseline (relay throughput and latency first,
+on a quiet machine: each row above leaves its database busy for a while):
 - the cost inside the host's transaction: the same 16 threads committing the order row
   with `outbox.send` against without it (goal: at most 1.3 times as long); beside it,
   the same with a second plain INSERT (no surelay) instead of `outbox.send`: the cost
@@ -670,6 +671,15 @@ class Databases:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def quiet(measure: Callable[..., dict[str, Any]], *args: str) -> dict[str, Any]:
+    """`measure(*args)` once the machine's load average has come down (under 1.0, or
+    after 60 s), so a step is not measured in the wake of the one before."""
+    deadline = time.monotonic() + 60
+    while os.getloadavg()[0] >= 1.0 and time.monotonic() < deadline:
+        time.sleep(1)
+    return measure(*args)
+
+
 def mark(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
@@ -703,6 +713,11 @@ def main() -> int:
         return result
 
     try:
+        # first, on a quiet machine: the relay's own figures (each row below leaves a
+        # database busy with autovacuum and checkpoints for a while after it)
+        kinds = ("postgresql", "sqlite")
+        relays = {kind: quiet(measure, kind, "relay", str(n_relay)) for kind in kinds}
+        latencies = {kind: quiet(measure, kind, "latency", str(latency_s)) for kind in kinds}
         for kind in ("postgresql", "sqlite"):
             for delay in (0.0, DELAY):
                 label = "no-op" if not delay else f"{delay * 1000:.0f} ms"
@@ -713,13 +728,10 @@ def main() -> int:
                     n = options.messages or MESSAGES[system] // (5 if quick else 1)
                     result = measure(kind, "row", system, str(n), str(delay))
                     rows.append((system, kind, label, result))
-        kinds = ("postgresql", "sqlite")
         costs = {
             kind: measure(kind, "cost", str(n_cost))
             for kind in ("postgresql", "postgresql-durable", "sqlite")
         }
-        relays = {kind: measure(kind, "relay", str(n_relay)) for kind in kinds}
-        latencies = {kind: measure(kind, "latency", str(latency_s)) for kind in kinds}
     finally:
         databases.close()
     print(
