@@ -53,6 +53,8 @@ __all__ = [
     "ReplayCoordinator",
     "ReplayState",
     "Replayed",
+    "ReplayedMany",
+    "Replays",
     "StartReplay",
     "refusing",
 ]
@@ -71,6 +73,11 @@ FILTERS = ("reason_class", "key", "transport")
 """The filters a replay request may carry (as `rt.dead_letters.list` takes them)."""
 
 _RECOVERY_LIMIT = 1000
+
+LEASE_CHECK = 5.0
+"""Seconds (of the runtime's clock) between looks for leases that ran out. A lease lasts
+the longest ack timeout plus `LEASE_MARGIN` (30 s): a dead worker's records wait for
+that anyway, and a look every poll cost a busy replay most of its time."""
 
 
 # -- protocol ------------------------------------------------------------------------------
@@ -101,12 +108,26 @@ class Replay:
 
 
 @dataclass(frozen=True, slots=True)
+class Replays:
+    """To a worker: several `Replay`s at once, in order (one message, not one each)."""
+
+    items: tuple[Replay, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Replayed:
     """From a worker: how one record's replay ended (one of `RESULTS`)."""
 
     job: str | None
     dead_letter_id: str
     result: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayedMany:
+    """From a worker: the records that ended in one of its turns."""
+
+    items: tuple[Replayed, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +196,7 @@ class ReplayCoordinator(AlarmOwner):
         self._hub = hub
         self._state = state
         self._next_poll = 0.0
+        self._leases_at = 0.0
         self._deferred: set[str] = set()
         self._unoffered_since: dict[str, float] = {}
         """Pending requests naming a transport no live runtime offers: since when (the
@@ -189,7 +211,10 @@ class ReplayCoordinator(AlarmOwner):
         if isinstance(message, StartReplay):
             job = self._start(message.request_id)
             return 0 if job is None else job.requested
-        if isinstance(message, Replayed):
+        if isinstance(message, ReplayedMany):
+            for one in message.items:
+                self._replayed(one)
+        elif isinstance(message, Replayed):
             self._replayed(message)
         elif isinstance(message, _Tick):
             self._tick()
@@ -270,15 +295,19 @@ class ReplayCoordinator(AlarmOwner):
     def _dispatch(self, job: _Job) -> float:
         """Hand out what the job's rate allows now; the seconds until more may go."""
         workers = self._hub.peers.replay_workers
+        batches: dict[int, list[Replay]] = {}
+        wait = 0.0
         while job.pending:
             if job.bucket is not None:
                 wait = job.bucket.take(time.monotonic())
                 if wait:
-                    return wait
+                    break
             partition, dl_id, key = job.pending.popleft()
             job.outstanding += 1
-            workers[partition].tell(Replay(job.request.id, dl_id, key=key))
-        return 0.0
+            batches.setdefault(partition, []).append(Replay(job.request.id, dl_id, key=key))
+        for partition, batch in batches.items():  # one message per worker, in order
+            workers[partition].tell(Replays(tuple(batch)))
+        return wait
 
     def _replayed(self, message: Replayed) -> None:
         if message.job is None:
@@ -426,11 +455,16 @@ class ReplayCoordinator(AlarmOwner):
             )
 
     def _recover_leases(self) -> None:
-        """Replay again records left `replaying` by a worker that is gone."""
+        """Replay again records left `replaying` by a worker that is gone: at start,
+        then every `LEASE_CHECK` seconds (each look decodes every record being
+        replayed, so it must not come with every poll)."""
         hub = self._hub
         state = self._state
         now = hub.config.clock()
         at_start = not state.recovered_at_start
+        if not at_start and now < self._leases_at:
+            return
+        self._leases_at = now + LEASE_CHECK
         table = hub.store.dead_letters
         # Alone on the directory, no live runtime can hold a lease: take them all.
         alone = at_start and set(holders(hub.store.path)) <= {hub.store.slot}

@@ -20,9 +20,10 @@ this worker's records are in flight:
 A replay is one attempt, not a new retry cycle: an operator replaying a canary wants
 its verdict now, and a record that fails again is back in the dead-letter list at once.
 
-The worker never waits for a write: a lease and an outcome come back to it as messages
-(`_Leased`, `_Written`) when their write ends, so its leases and outcomes share commits
-with each other and with everything else the store writes. A record counts as active
+The worker never waits for a write: the leases and outcomes asked for in one turn come
+back to it as one message (`_Leased`, `_Written`) once their writes end, so they share
+commits with each other and with everything else the store writes. The coordinator
+hands records out and hears of their ends in batches too (`Replays`, `ReplayedMany`). A record counts as active
 (against `ACTIVE_MAX`) from its lease until its outcome is durable. A write that fails
 is a crash on that record (see below).
 
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -46,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry.trace import Span
 
-from surelay.actors.replay import Replay, Replayed, ReplayState
+from surelay.actors.replay import Replay, Replayed, ReplayedMany, Replays, ReplayState
 from surelay.config import RetryPolicy
 from surelay.delivery.attempt import CRASH, LOST, Attempt, ResultBox
 from surelay.envelope import Envelope
@@ -106,19 +108,18 @@ class _Settle:
 
 @dataclass(frozen=True, slots=True)
 class _Leased:
-    """To itself: the lease of `message`'s record was written (or failed)."""
+    """To itself: the leases asked for in one turn were written (or failed): each
+    record's `Replay` and the future of its lease."""
 
-    message: Replay
-    lease: Future[tuple[str, DeadLetter | None]]
+    items: tuple[tuple[Replay, Future[tuple[str, DeadLetter | None]]], ...]
 
 
 @dataclass(frozen=True, slots=True)
 class _Written:
-    """To itself: the outcome of the attempt `seq` was written (or failed)."""
+    """To itself: the outcomes settled in one turn were written (or failed): each
+    attempt's `seq`, the record's result and the future of its write."""
 
-    seq: int
-    result: str
-    write: Future[Any]
+    items: tuple[tuple[int, str, Future[Any]], ...]
 
 
 @dataclass(slots=True)
@@ -149,6 +150,8 @@ class WorkerState:
         """The record being leased or submitted (made ready again after a crash)."""
         self.leasing: set[str] = set()
         """Dead-letter ids whose lease is being written (they count as active)."""
+        self.arrived: deque[tuple[Replay, Future[tuple[str, DeadLetter | None]]]] = deque()
+        """Leases written, their records not submitted yet (kept across a crash)."""
         self.crashes: dict[str, int] = {}
 
 
@@ -159,6 +162,8 @@ class ReplayWorker(Actor):
         self._shared = shared
         self._state = state
         self._tell: Callable[[Any], None] = lambda _message: None
+        self._ended: list[Replayed] = []
+        """Records that ended in this turn, told to the coordinator at its end."""
 
     def on_start(self) -> None:
         ref = self.ref if self.ref is not None else self.actor_ref
@@ -175,6 +180,7 @@ class ReplayWorker(Actor):
             active = state.active.pop(blamed.entry.seq, None)
             if active is not None:
                 self._crashed(active, crash.error)
+        self._tell_ended()
         if self.ref is not None:
             self.ref.tell(_Settle())
 
@@ -211,20 +217,35 @@ class ReplayWorker(Actor):
         self._record_done(active.message, "failed")
 
     def on_receive(self, message: Any) -> None:
-        state = self._state
-        if isinstance(message, Replay):
-            line = state.lines.get(message.line)
-            if line is None:
-                state.lines[message.line] = deque((message,))
-                state.ready.append(message.line)
-            else:
-                line.append(message)
+        if isinstance(message, Replays):
+            for one in message.items:
+                self._queue(one)
+        elif isinstance(message, Replay):
+            self._queue(message)
         elif isinstance(message, _Leased):
-            self._leased(message)
+            self._state.arrived.extend(message.items)
         elif isinstance(message, _Written):
-            self._written(message)
+            for seq, result, write in message.items:
+                self._written(seq, result, write)
+        self._leased()
         self._settle_results()
         self._start_ready()
+        self._tell_ended()
+
+    def _queue(self, message: Replay) -> None:
+        state = self._state
+        line = state.lines.get(message.line)
+        if line is None:
+            state.lines[message.line] = deque((message,))
+            state.ready.append(message.line)
+        else:
+            line.append(message)
+
+    def _tell_ended(self) -> None:
+        """Tell the coordinator the records that ended in this turn, in one message."""
+        ended, self._ended = self._ended, []
+        if ended and self._hub.peers.attached:
+            self._hub.peers.replay_coordinator.tell(ReplayedMany(tuple(ended)))
 
     # -- starting ------------------------------------------------------------------------
 
@@ -233,49 +254,62 @@ class ReplayWorker(Actor):
         allows, without waiting: each comes back as a `_Leased`, and leases asked for
         together share a commit."""
         state = self._state
+        asked: list[tuple[Replay, Future[tuple[str, DeadLetter | None]]]] = []
+        hub = self._hub
+        now = hub.config.clock()
+        until = now + self._lease_seconds()
         while state.ready and len(state.active) + len(state.leasing) < ACTIVE_MAX:
             message = state.lines[state.ready.popleft()][0]
             state.starting = message
-            hub = self._hub
-            now = hub.config.clock()
             with self._shared.lock:
                 self._shared.held.add(message.dead_letter_id)
             lease = hub.store.lease_for_replay(
                 message.dead_letter_id,
                 now=now,
-                until=now + self._lease_seconds(),
+                until=until,
                 renew=message.renew,
                 recovering=message.job is None,
             )
             state.leasing.add(message.dead_letter_id)
             state.starting = None
-            lease.add_done_callback(self._back(_Leased, message))
+            asked.append((message, lease))
+        if asked:
+            self._when_written([lease for _, lease in asked], _Leased(tuple(asked)))
 
-    def _back(self, kind: Callable[..., Any], *fields: Any) -> Callable[[Future[Any]], None]:
-        """A write's done-callback: tells this worker `kind(*fields, the future)` (on
-        the writer's thread; the worker handles it in its own turn, restarted or not)."""
+    def _when_written(self, writes: list[Future[Any]], message: Any) -> None:
+        """Tell this worker `message` once every one of `writes` has ended (on the
+        writer's thread; the worker handles it in its own turn, restarted or not): the
+        writes of one turn share a commit, so they come back as one message."""
         tell = self._tell
+        left = [len(writes)]
+        lock = threading.Lock()
 
-        def back(done: Future[Any]) -> None:
+        def back(_done: Future[Any]) -> None:
+            with lock:
+                left[0] -= 1
+                if left[0]:
+                    return
             try:
-                tell(kind(*fields, done))
-            except Exception:  # the worker is gone (the runtime closed): the write stands
+                tell(message)
+            except Exception:  # the worker is gone (the runtime closed): the writes stand
                 logger.debug("replay worker gone before a write it made ended", exc_info=True)
 
-        return back
+        for write in writes:
+            write.add_done_callback(back)
 
-    def _leased(self, leased: _Leased) -> None:
-        """A lease was written: submit the record's attempt (a failed write crashes
-        the worker, which leases the record again)."""
+    def _leased(self) -> None:
+        """Leases were written: submit each record's attempt (a failed write crashes
+        the worker, which leases that record again; the rest wait in `arrived`)."""
         state = self._state
-        message = leased.message
-        state.leasing.discard(message.dead_letter_id)
-        state.starting = message
-        verdict, record = leased.lease.result()
-        result = self._start(message, verdict, record)
-        state.starting = None
-        if result is not None:
-            self._record_done(message, result)
+        while state.arrived:
+            message, lease = state.arrived.popleft()
+            state.leasing.discard(message.dead_letter_id)
+            state.starting = message
+            verdict, record = lease.result()
+            result = self._start(message, verdict, record)
+            state.starting = None
+            if result is not None:
+                self._record_done(message, result)
 
     def _start(self, message: Replay, verdict: str, record: DeadLetter | None) -> str | None:
         """Submit the attempt of a record (`verdict` of its lease); the result if none
@@ -343,40 +377,43 @@ class ReplayWorker(Actor):
             del state.lines[message.line]
         with self._shared.lock:
             self._shared.held.discard(message.dead_letter_id)
-        coordinator = self._hub.peers.replay_coordinator
-        if coordinator is not None:
-            coordinator.tell(Replayed(message.job, message.dead_letter_id, result))
+        self._ended.append(Replayed(message.job, message.dead_letter_id, result))
 
     # -- settling ------------------------------------------------------------------------
 
     def _settle_results(self) -> None:
         state = self._state
-        for attempt in state.results.settle():
-            active = state.active.get(attempt.entry.seq)
-            if active is not None and attempt.kind == LOST:  # as if it crashed the worker
-                del state.active[attempt.entry.seq]
-                self._crashed(active, attempt.error or RuntimeError("the call was lost"))
-            elif active is not None:
-                result, write = self._settle(active, attempt)  # a CRASH raises here
-                active.attempt = attempt
-                write.add_done_callback(self._back(_Written, attempt.entry.seq, result))
+        written: list[tuple[int, str, Future[Any]]] = []
+        try:
+            for attempt in state.results.settle():
+                active = state.active.get(attempt.entry.seq)
+                if active is not None and attempt.kind == LOST:  # as if it crashed the worker
+                    del state.active[attempt.entry.seq]
+                    self._crashed(active, attempt.error or RuntimeError("the call was lost"))
+                elif active is not None:
+                    result, write = self._settle(active, attempt)  # a CRASH raises here
+                    active.attempt = attempt
+                    written.append((attempt.entry.seq, result, write))
+        finally:  # (what was written before a crash still comes back)
+            if written:
+                self._when_written([w for _, _, w in written], _Written(tuple(written)))
 
-    def _written(self, written: _Written) -> None:
+    def _written(self, seq: int, result: str, write: Future[Any]) -> None:
         """The outcome of an attempt is durable: the record has ended. A failed write
         is treated as a crash on that record (replayed again, or back to `dead`)."""
         state = self._state
-        active = state.active.pop(written.seq, None)
+        active = state.active.pop(seq, None)
         if active is None:
             return
-        error = written.write.exception()
+        error = write.exception()
         if error is not None:
             self._crashed(active, error)
             return
-        if written.result == "replayed":
+        if result == "replayed":
             self._hub.counters.add("replayed", active.record.transport)
         assert active.attempt is not None
-        self._end_span(active.span, written.result, active.attempt)
-        self._record_done(active.message, written.result)
+        self._end_span(active.span, result, active.attempt)
+        self._record_done(active.message, result)
 
     def _settle(self, active: _Active, attempt: Attempt) -> tuple[str, Future[Any]]:
         """Write the verdict on a replay's one attempt (`decide`, with no retry left):
