@@ -23,9 +23,9 @@ its verdict now, and a record that fails again is back in the dead-letter list a
 The worker never waits for a write: the leases and outcomes asked for in one turn come
 back to it as one message (`_Leased`, `_Written`) once their writes end, so they share
 commits with each other and with everything else the store writes. The coordinator
-hands records out and hears of their ends in batches too (`Replays`, `ReplayedMany`). A record counts as active
-(against `ACTIVE_MAX`) from its lease until its outcome is durable. A write that fails
-is a crash on that record (see below).
+hands records out and hears of their ends in batches too (`Replays`, `ReplayedMany`).
+A record counts as active (against `ACTIVE_MAX`) from its lease until its outcome is
+durable. A write that fails is a crash on that record (see below).
 
 A crash (the transport raised a BaseException that is not an Exception) restarts the
 worker; the next incarnation replays that record again under its own lease (dedup
