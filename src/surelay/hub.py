@@ -1,8 +1,9 @@
 """`Hub`: what the delivery actors share, and the runtime's `Counters`.
 
-One Hub per runtime, made before the supervision tree and handed to the actors that
-still share it (the Sweeper, StatusReporter and SlotKeeper get endpoint records of their
-own). They find each other through `peers`, by name, once the tree runs.
+One Hub per runtime, made before the supervision tree and handed to the parts that
+still share it: the senders, the replay actors, the SQL relay, intake, recovery and the
+way in (the other actors get records of what they use, built in `surelay.wiring`).
+They find the tree's actors through `peers`, by name, once the tree runs.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import random
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from surelay.actors.window import Orphans
 from surelay.backlog import RetryBacklog
@@ -24,9 +25,6 @@ from surelay.pressure import PressureState
 from surelay.receipts import Tracker
 from surelay.storage.store import Store
 from surelay.telemetry import COUNTERS, Telemetry
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["Counters", "Hub", "Transport"]
 

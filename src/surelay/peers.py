@@ -2,7 +2,10 @@
 through the root supervisor once the tree runs, instead of refs patched in one by one.
 
 A `Ref` outlives every incarnation of its actor (see `surelay.supervision`), so each
-name is looked up once and kept. The names are the tree's (`surelay.wiring`).
+name is looked up once, all of them at `attach` (from the thread that started the
+tree): a lookup is an ask of a supervisor, and an actor asking its own supervisor while
+that supervisor waits for it (a restart, a stop) would wait for ever. The names are the
+tree's (`surelay.wiring`).
 """
 
 from __future__ import annotations
@@ -23,8 +26,11 @@ class Peers:
         self._root: SupervisorRef | None = None
 
     def attach(self, root: SupervisorRef) -> None:
-        """The tree runs: its root is where names are looked up (`wiring.start`)."""
+        """The tree runs: look every actor up now, through `root` (`wiring.start`)."""
         self._root = root
+        for name in ("governor", "retry", "dead_letters", "senders", "replay_coordinator"):
+            getattr(self, name)
+        self.replay_workers  # noqa: B018  # looked up now, not from an actor later
 
     @property
     def attached(self) -> bool:

@@ -99,7 +99,7 @@ class Runtime:
         self._relays = Relays(hub)
         self._config = hub.config
         self._in = WayIn(store, hub)
-        self._closing = Closing(
+        self._closer = Closing(
             hub,
             store,
             self._root,
@@ -107,7 +107,7 @@ class Runtime:
             consumers,
             self._relays,
             self._status,
-            self._closed,
+            self._ended,
         )
         self._replays = parts.replays
         self._dead_letters = DeadLetters(store, hub, parts.replays)
@@ -184,7 +184,7 @@ class Runtime:
             return
 
         try:
-            self._closing.drain(deadline)
+            self._closer.drain(deadline)
         except KeyboardInterrupt:  # interrupted again: stop waiting, stop the tree, go
             logger.warning(
                 "close interrupted: not waiting any longer; what was not delivered stays "
@@ -195,9 +195,9 @@ class Runtime:
                 self._root.stop(timeout=CLOSE_GRACE)
             raise
         finally:
-            self._closing.release(deadline)
+            self._closer.release(deadline)
 
-    def _closed(self) -> None:
+    def _ended(self) -> None:
         self._in.end_close()
         _OPEN.discard(self)
 
@@ -357,8 +357,10 @@ class Runtime:
         or `TypeError` for bad arguments (a `name` already taken among others),
         `RuntimeClosed` once closed.
         """
-        with self._in.open_gate("nothing was consumed"):
-            self._consumers.add(source, handler, name=name, key=key, priority=priority)
+        self._refuse_if_forked()
+        if self._in.closing:  # (not under the gate's lock: adding may wait for a recovery)
+            raise RuntimeClosed("the runtime is closed (or closing); nothing was consumed")
+        self._consumers.add(source, handler, name=name, key=key, priority=priority)
 
     def relay(
         self,

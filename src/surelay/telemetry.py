@@ -241,15 +241,17 @@ def _observer(name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
 
 
 def message_attributes(
-    message_id: str, transport: str, key: str | None, attempt: int | None = None, **more: Any
+    message_id: str | None,
+    transport: str,
+    key: str | None,
+    attempt: int | None = None,
+    **more: Any,
 ) -> dict[str, Any]:
-    """The attributes every span about one message carries (the attempt if given, and
-    any `more`)."""
-    attributes: dict[str, Any] = {
-        ATTR_MESSAGE_ID: message_id,
-        ATTR_TRANSPORT: transport,
-        ATTR_KEY: key if key is not None else "",
-    }
+    """The attributes every span about one message carries (its id once it has one,
+    the attempt if given, and any `more`)."""
+    attributes: dict[str, Any] = {ATTR_TRANSPORT: transport, ATTR_KEY: key or ""}
+    if message_id is not None:
+        attributes[ATTR_MESSAGE_ID] = message_id
     if attempt is not None:
         attributes[ATTR_ATTEMPT] = attempt
     attributes.update(more)
@@ -259,7 +261,7 @@ def message_attributes(
 def message_span(  # noqa: PLR0917  # a span's name, then its message's fields
     tracer: Tracer,
     name: str,
-    message_id: str,
+    message_id: str | None,
     transport: str,
     key: str | None,
     attempt: int | None = None,

@@ -65,8 +65,8 @@ class Tree:
 
 def start(store: Store, config: RuntimeConfig, transports: dict[str, Transport]) -> Tree:
     """Make what the actors share, start the tree and let the parts find its actors by
-    name (`Peers.attach`). A failure stops
-    what was started (not the store: the caller opened it) and is raised."""
+    name (`Peers.attach`). A failure stops what was started (not the store: the caller
+    opened it) and is raised."""
     telemetry = Telemetry()  # observes the runtime's gauges once it exists
     engines: Engines | None = None
     try:

@@ -22,7 +22,7 @@ from surelay.pressure import PressureState
 from surelay.receipts import Outcome, Tracker
 from surelay.storage.records import outbox_entry
 from surelay.storage.store import Store
-from surelay.supervision import Actor, ChildSpec, Supervisor
+from surelay.supervision import Actor, ChildSpec, Supervisor, SupervisorRef
 from surelay.telemetry import Telemetry
 
 WAIT = 10.0
@@ -41,6 +41,24 @@ class Inbox(Actor):
         self._event.set()
 
 
+def tree(*given: ChildSpec) -> SupervisorRef:
+    """A tree with the names `Peers` looks up: `given` children, stand-ins for the rest."""
+    named = {spec.id: spec for spec in given}
+
+    def stand_in(name: str) -> ChildSpec:
+        return named.pop(name, None) or ChildSpec(name, Inbox, args=([], threading.Event()))
+
+    specs = [
+        stand_in("governor"),
+        stand_in("retry"),
+        stand_in("dead_letters"),
+        Supervisor.spec("senders", [stand_in("sender-0")]),
+        Supervisor.spec("replay", [stand_in("replay-0"), stand_in("coordinator")]),
+    ]
+    assert not named, f"not a name Peers looks up: {sorted(named)}"
+    return Supervisor.start(specs, name="t")
+
+
 def entry(message_id: str) -> Any:
     envelope = Envelope(message_id, "t", b"x", key="k")
     return outbox_entry(1, envelope, 0.0, 0)
@@ -50,11 +68,11 @@ def test_the_retry_scheduler_hands_a_due_message_to_its_partitions_sender() -> N
     got: list[Any] = []
     arrived = threading.Event()
     peers = Peers(partitions=1, replay_partitions=1)
-    senders = Supervisor.spec("senders", [ChildSpec("sender-0", Inbox, args=(got, arrived))])
+    sender = ChildSpec("sender-0", Inbox, args=(got, arrived))
     retry = ChildSpec(
         "retry", RetryScheduler, args=(RetryEndpoint(RetryBacklog(), time.time, peers),)
     )
-    root = Supervisor.start([senders, retry], name="t")
+    root = tree(sender, retry)
     try:
         peers.attach(root)
         held = entry("m1")
@@ -71,7 +89,7 @@ def test_the_sink_stores_the_dead_letter_and_ends_the_message(tmp_path: Path) ->
     telemetry = Telemetry()
     counters = Counters(telemetry)
     endpoint = SinkEndpoint(store, tracker, counters, telemetry, set())
-    root = Supervisor.start([ChildSpec("dead_letters", DeadLetterSink, args=(endpoint,))], name="t")
+    root = tree(ChildSpec("dead_letters", DeadLetterSink, args=(endpoint,)))
     try:
         (receipt,) = tracker.add(["m1"])
         peers = Peers(partitions=1, replay_partitions=1)
@@ -119,3 +137,15 @@ def test_the_governor_samples_before_the_tree_runs(tmp_path: Path) -> None:
     finally:
         root.stop(timeout=WAIT)
         telemetry.close()
+
+
+def test_peers_are_looked_up_once_at_attach_not_from_an_actor_later() -> None:
+    """A lookup is an ask of a supervisor; one made later from an actor that its
+    supervisor waits for (a restart, a stop) would wait for ever."""
+    root = tree()
+    peers = Peers(partitions=1, replay_partitions=1)
+    peers.attach(root)
+    root.stop(timeout=WAIT)  # no supervisor answers any more: nothing may ask one now
+    assert len(peers.senders) == 1 and len(peers.replay_workers) == 1
+    assert peers.replay_coordinator is not None and peers.dead_letters is not None
+    assert peers.governor is not None and peers.retry is not None

@@ -101,3 +101,32 @@ def test_a_busy_relay_reads_rows_that_sent_no_notify(
         wait_until(lambda: recorder.payloads() == [b"first", b"later"], timeout=10)
         early.commit()
         wait_until(lambda: recorder.payloads() == [b"first", b"later", b"early"], timeout=10)
+
+
+def test_a_table_made_by_an_older_surelay_is_relayed_and_told_to_migrate(
+    pg_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its trigger notifies at every commit and it has no idle table: the relay works
+    as before (never saying it waits), and says to run the migration again."""
+    outbox = SqlOutbox(pg_url, partitions=4)
+    outbox.create_table()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"DROP TABLE {outbox.dialect.idle}")
+        conn.execute(
+            f"CREATE OR REPLACE FUNCTION {outbox.table}_notify() RETURNS trigger "
+            f"LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_notify('{outbox.dialect.channel}', ''); "
+            f"RETURN NULL; END $$"
+        )
+    recorder = Recorder()
+    with (
+        Runtime.open(tmp_path / "data", transports={"hooks": recorder}) as rt,
+        psycopg.connect(pg_url, autocommit=True) as conn,
+    ):
+        rt.relay(outbox, poll_interval=60.0)
+        wait_until(lambda: any(r["partitions"] for r in rt.health()["relays"].values()))
+        with conn.transaction():
+            outbox.send(conn, "hooks", b"old table")
+        wait_until(lambda: recorder.payloads() == [b"old table"], timeout=10)
+        (health,) = rt.health()["relays"].values()
+        assert health["last_error"] is None
+    assert "run outbox.create_table() or the migration again" in caplog.text

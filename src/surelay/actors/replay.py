@@ -214,8 +214,6 @@ class ReplayCoordinator(AlarmOwner):
         if isinstance(message, ReplayedMany):
             for one in message.items:
                 self._replayed(one)
-        elif isinstance(message, Replayed):
-            self._replayed(message)
         elif isinstance(message, _Tick):
             self._tick()
         return None

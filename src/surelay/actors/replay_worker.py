@@ -152,6 +152,9 @@ class WorkerState:
         """Dead-letter ids whose lease is being written (they count as active)."""
         self.arrived: deque[tuple[Replay, Future[tuple[str, DeadLetter | None]]]] = deque()
         """Leases written, their records not submitted yet (kept across a crash)."""
+        self.ended: list[Replayed] = []
+        """Records that ended and are not told to the coordinator yet: told at the end
+        of the turn, or by the next incarnation if the turn crashed."""
         self.crashes: dict[str, int] = {}
 
 
@@ -162,8 +165,6 @@ class ReplayWorker(Actor):
         self._shared = shared
         self._state = state
         self._tell: Callable[[Any], None] = lambda _message: None
-        self._ended: list[Replayed] = []
-        """Records that ended in this turn, told to the coordinator at its end."""
 
     def on_start(self) -> None:
         ref = self.ref if self.ref is not None else self.actor_ref
@@ -217,20 +218,22 @@ class ReplayWorker(Actor):
         self._record_done(active.message, "failed")
 
     def on_receive(self, message: Any) -> None:
-        if isinstance(message, Replays):
-            for one in message.items:
-                self._queue(one)
-        elif isinstance(message, Replay):
-            self._queue(message)
-        elif isinstance(message, _Leased):
-            self._state.arrived.extend(message.items)
-        elif isinstance(message, _Written):
-            for seq, result, write in message.items:
-                self._written(seq, result, write)
-        self._leased()
-        self._settle_results()
-        self._start_ready()
-        self._tell_ended()
+        try:
+            if isinstance(message, Replays):
+                for one in message.items:
+                    self._queue(one)
+            elif isinstance(message, Replay):
+                self._queue(message)
+            elif isinstance(message, _Leased):
+                self._state.arrived.extend(message.items)
+            elif isinstance(message, _Written):
+                for seq, result, write in message.items:
+                    self._written(seq, result, write)
+            self._leased()
+            self._settle_results()
+            self._start_ready()
+        finally:  # (a crash in this turn loses none of the ends it saw)
+            self._tell_ended()
 
     def _queue(self, message: Replay) -> None:
         state = self._state
@@ -243,7 +246,8 @@ class ReplayWorker(Actor):
 
     def _tell_ended(self) -> None:
         """Tell the coordinator the records that ended in this turn, in one message."""
-        ended, self._ended = self._ended, []
+        state = self._state
+        ended, state.ended = state.ended, []
         if ended and self._hub.peers.attached:
             self._hub.peers.replay_coordinator.tell(ReplayedMany(tuple(ended)))
 
@@ -258,23 +262,25 @@ class ReplayWorker(Actor):
         hub = self._hub
         now = hub.config.clock()
         until = now + self._lease_seconds()
-        while state.ready and len(state.active) + len(state.leasing) < ACTIVE_MAX:
-            message = state.lines[state.ready.popleft()][0]
-            state.starting = message
-            with self._shared.lock:
-                self._shared.held.add(message.dead_letter_id)
-            lease = hub.store.lease_for_replay(
-                message.dead_letter_id,
-                now=now,
-                until=until,
-                renew=message.renew,
-                recovering=message.job is None,
-            )
-            state.leasing.add(message.dead_letter_id)
-            state.starting = None
-            asked.append((message, lease))
-        if asked:
-            self._when_written([lease for _, lease in asked], _Leased(tuple(asked)))
+        try:
+            while state.ready and len(state.active) + len(state.leasing) < ACTIVE_MAX:
+                message = state.lines[state.ready.popleft()][0]
+                state.starting = message
+                with self._shared.lock:
+                    self._shared.held.add(message.dead_letter_id)
+                lease = hub.store.lease_for_replay(
+                    message.dead_letter_id,
+                    now=now,
+                    until=until,
+                    renew=message.renew,
+                    recovering=message.job is None,
+                )
+                state.leasing.add(message.dead_letter_id)
+                state.starting = None
+                asked.append((message, lease))
+        finally:  # (the leases asked for before a failure still come back)
+            if asked:
+                self._when_written([lease for _, lease in asked], _Leased(tuple(asked)))
 
     def _when_written(self, writes: list[Future[Any]], message: Any) -> None:
         """Tell this worker `message` once every one of `writes` has ended (on the
@@ -377,7 +383,7 @@ class ReplayWorker(Actor):
             del state.lines[message.line]
         with self._shared.lock:
             self._shared.held.discard(message.dead_letter_id)
-        self._ended.append(Replayed(message.job, message.dead_letter_id, result))
+        state.ended.append(Replayed(message.job, message.dead_letter_id, result))
 
     # -- settling ------------------------------------------------------------------------
 

@@ -554,7 +554,7 @@ class WayIn:
         telemetry = self._hub.telemetry
         if not telemetry.tracing:
             return None
-        return message_span(telemetry.tracer, SPAN_SEND, "", transport, key)
+        return message_span(telemetry.tracer, SPAN_SEND, None, transport, key)  # id: later
 
     def _start_send_spans(self, ids: list[str], checked: list[Checked]) -> list[Any]:
         tracer = self._hub.telemetry.tracer

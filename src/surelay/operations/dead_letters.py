@@ -197,7 +197,7 @@ class DeadLetters:
             if value is not None and not isinstance(value, str):
                 raise ValueError(f"{name} must be a str or None, got {value!r}")
         coordinator = self._hub.peers.replay_coordinator
-        if coordinator is None or not coordinator.is_alive():
+        if not coordinator.is_alive():
             raise RuntimeClosed("the runtime is closed; nothing was replayed")
         request = record_replay(  # this runtime carries it out: others leave it alone
             self._store,

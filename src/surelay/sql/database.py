@@ -9,6 +9,7 @@ on PostgreSQL (relays on several machines agree on it) and this machine's on SQL
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
@@ -16,6 +17,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from surelay.sql.dialect import Dialect, render
+
+logger = logging.getLogger("surelay.relay")
 
 __all__ = ["Database", "PostgresDatabase", "SqliteDatabase", "connect", "listen"]
 
@@ -289,6 +292,17 @@ class PostgresDatabase(_Common):
         if not found or found[0][0] is None:
             raise LookupError(f"no table {dialect.table!r}: run outbox.create_table() first")
         self._lock_key: str = found[0][0]
+        waits = self._run("SELECT to_regclass({table})", {"table": dialect.idle})
+        self._waits = bool(waits and waits[0][0] is not None)
+        """Whether `<table>_idle` exists: a table made by an older surelay has none,
+        and its trigger notifies at every commit (relays then need not say they wait)."""
+        if not self._waits:
+            logger.warning(
+                "table %s has no %s (made by an older surelay): run outbox.create_table() "
+                "or the migration again; until then every commit wakes the relays",
+                dialect.table,
+                dialect.idle,
+            )
 
     def _run(self, sql: str, params: dict[str, Any] | None = None) -> list[Any]:
 
@@ -299,6 +313,8 @@ class PostgresDatabase(_Common):
         return float(self._run("SELECT extract(epoch from clock_timestamp())")[0][0])
 
     def idle(self, me: str, waiting: bool) -> None:
+        if not self._waits:
+            return
         if waiting:
             self._run(
                 f"INSERT INTO {self.d.idle} (relay) VALUES ({{me}}) ON CONFLICT DO NOTHING",
@@ -309,6 +325,8 @@ class PostgresDatabase(_Common):
 
     def heartbeat(self, me: str, lease: float, now: float, partitions: int) -> dict[str, int]:
         relays = super().heartbeat(me, lease, now, partitions)
+        if not self._waits:
+            return relays
         # a relay that died waiting would have senders notify for nothing, for ever
         self._run(
             f"DELETE FROM {self.d.idle} WHERE relay NOT IN (SELECT relay FROM {self.d.relays})"

@@ -81,8 +81,9 @@ IDLE_AFTER = 0.2
 (PostgreSQL; senders notify while a relay waits) or its next poll."""
 
 IDLE_GRACE = 0.25
-"""Seconds after a relay began to wait until it reads once more: a transaction that
-inserted before senders saw it wait, and committed after its last read, sent no NOTIFY."""
+"""Seconds after a relay began to wait until it reads once more: a transaction whose
+INSERT did not see it wait (READ COMMITTED: inserted before; REPEATABLE READ: began
+before), and that committed after its last read, sent no NOTIFY."""
 
 WINDOW_BYTES = 32 << 20
 """Most payload bytes of one relay's rows in the runtime at once (besides its rows)."""
@@ -376,6 +377,8 @@ class Relay:
             self._disagreeing = None
             wanted = share(list(relays), partitions, me)
         self._wanted = wanted
+        if self._idle:  # (said again: another relay's heartbeat may have cleared it)
+            db.idle(me, True)
         held = db.renew(me, self._held, lease, now)
         self._renewed_at = asked
         lost = self._held - held

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import random
 import struct
 import threading
 import time
@@ -103,14 +102,12 @@ class _Ulid:
         self._last_rand = 0
         self._cached: tuple[int, str] = (-1, "")
         """(top 88 bits, their digits): one attribute, so threads never see a mix."""
-        self._random = random.Random(os.urandom(32))
 
     def reseed(self) -> None:
         """In a forked child: ids of two processes differ by their random bits, so the
         child draws anew rather than go on with its parent's millisecond and count (and
         takes a new lock: another thread of the parent may have held it at the fork)."""
         self._lock = threading.Lock()
-        self._random.seed(os.urandom(32))
         self._last_ms = -1
 
     def __call__(self, at: float | None) -> str:
@@ -124,7 +121,8 @@ class _Ulid:
                 ms = self._last_ms
                 first = self._last_rand + 1
             else:
-                first = self._random.getrandbits(79)  # (80 bits, one spare to increment)
+                # unpredictable (ids are the default idempotency keys), one spare bit
+                first = int.from_bytes(os.urandom(10), "big") >> 1
             self._last_ms, self._last_rand = ms, first + count - 1
         base = ms << 80
         pairs = _PAIRS
