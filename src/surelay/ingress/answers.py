@@ -17,7 +17,6 @@ __all__ = [
     "Settle",
     "Turn",
     "answer_batch",
-    "answer_each",
     "end_spans",
     "resolve_empty",
     "settle_each",
@@ -50,8 +49,8 @@ def answer_batch(
 def settle_each(answers: list[Any], receipts: list[Receipt], error: BaseException | None) -> None:
     """`Settle` for futures of either kind, each given its receipt (or the error); on
     the thread that ends the write for threads' futures, on their loop for coroutines'
-    (see `answer_each`). Those answered already (a caller that stopped waiting) are
-    left alone."""
+    (through `loop.call_soon_threadsafe`). Those answered already (a caller that
+    stopped waiting) are left alone."""
     for index, future in enumerate(answers):
         if future.done():
             continue
@@ -59,10 +58,6 @@ def settle_each(answers: list[Any], receipts: list[Receipt], error: BaseExceptio
             future.set_result(receipts[index])
         else:
             future.set_exception(error)
-
-
-answer_each = settle_each
-"""The coroutines of a turn, answered on their loop (`loop.call_soon_threadsafe`)."""
 
 
 def resolve_empty(future: asyncio.Future[None]) -> None:

@@ -31,7 +31,6 @@ from surelay.ingress.answers import (
     Settle,
     Turn,
     answer_batch,
-    answer_each,
     end_spans,
     settle_each,
 )
@@ -253,7 +252,7 @@ class WayIn:
             answers: list[Any], receipts: list[Receipt], error: BaseException | None
         ) -> None:
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-                loop.call_soon_threadsafe(answer_each, answers, receipts, error)
+                loop.call_soon_threadsafe(settle_each, answers, receipts, error)
 
         self._write_gathered(turn, settle)
 
