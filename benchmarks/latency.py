@@ -75,7 +75,7 @@ def through_surelay(
         tempfile.TemporaryDirectory() as path,
         Runtime.open(path, transports={"t": chosen}, config=config) as rt,
     ):
-        tracker = rt._hub.tracker  # the receipts' resolution, timed from outside
+        tracker = rt._parts.tracker  # the receipts' resolution, timed from outside
         complete = tracker.complete
 
         def timed_complete(ids: Any, outcome: Any) -> int:

@@ -341,7 +341,7 @@ def test_records_left_replaying_by_a_dead_runtime_are_replayed_at_open(tmp_path:
     down = Downstream()
     with open_runtime(tmp_path, {"t": down.recorder}, retry=RetryPolicy(max_attempts=1)) as rt:
         (letter,) = kill(rt, 1)
-        wait_until(lambda: rt._replays.recovered_at_start)  # else this runtime recovers it
+        wait_until(lambda: rt._parts.replays.recovered_at_start)  # else this runtime recovers it
         now = time.time()
         # what a runtime killed mid-replay leaves: the record leased far into the future
         verdict, _ = rt._store.lease_for_replay(letter.id, now=now, until=now + 3600).result()
@@ -360,9 +360,9 @@ def test_a_recovery_that_finds_the_replay_ended_sends_nothing(tmp_path: Path) ->
     down = Downstream()
     with open_runtime(tmp_path, {"t": down.recorder}, retry=RetryPolicy(max_attempts=1)) as rt:
         a, b = kill(rt, 2, key="k")  # one key: one worker, which takes its mail in order
-        wait_until(lambda: rt._replays.recovered_at_start)
-        worker = rt._hub.peers.replay_workers[
-            replay_partition("k", a.id, len(rt._hub.peers.replay_workers))
+        wait_until(lambda: rt._parts.replays.recovered_at_start)
+        worker = rt._parts.peers.replay_workers[
+            replay_partition("k", a.id, len(rt._parts.peers.replay_workers))
         ]
         worker.tell(Replay(None, a.id, renew=True))
         report = rt.dead_letters.replay([b.id])  # handled after the recovery
@@ -380,7 +380,7 @@ def test_expired_leases_are_picked_up_again(tmp_path: Path) -> None:
     ) as rt:
         (letter,) = kill(rt, 1)
         down.healthy = True
-        wait_until(lambda: rt._replays.recovered_at_start)
+        wait_until(lambda: rt._parts.replays.recovered_at_start)
         rt._store.lease_for_replay(letter.id, now=clock(), until=clock() + 100).result()
         clock.advance(50)
         threading.Event().wait(0.6)  # two polls: a live lease is left alone

@@ -163,7 +163,7 @@ def test_waiters_that_give_up_leave_nothing_behind(tmp_path: Path) -> None:
             with pytest.raises(TimeoutError):
                 async with asyncio.timeout(0):
                     await receipt
-        tracker = rt._hub.tracker
+        tracker = rt._parts.tracker
         assert tracker._empty_waiters == [] and not receipt._callbacks
         gate.open()
         assert await receipt is Outcome.DELIVERED

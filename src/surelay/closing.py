@@ -14,10 +14,13 @@ from typing import Any
 
 from surelay.actors.sender import PartitionState
 from surelay.consumers import Consumers
-from surelay.hub import Hub
+from surelay.delivery import Engines
+from surelay.peers import Peers
+from surelay.receipts import Tracker
 from surelay.sql.relay import Relays
 from surelay.storage.store import Store
 from surelay.supervision import SupervisorRef
+from surelay.telemetry import Telemetry
 
 __all__ = ["SLOW_CLOSE", "Closing"]
 
@@ -30,19 +33,26 @@ SLOW_CLOSE = 1.0
 class Closing:
     """The close of one runtime (see the module docstring)."""
 
-    def __init__(  # noqa: PLR0917  # the runtime's parts
+    def __init__(  # the runtime's parts
         self,
-        hub: Hub,
         store: Store,
+        *,
         root: SupervisorRef,
+        peers: Peers,
         states: list[PartitionState],
+        engines: Engines,
+        tracker: Tracker,
+        telemetry: Telemetry,
         consumers: Consumers,
         relays: Relays,
         status: Callable[[float], Mapping[str, Any]],
         ended: Callable[[], None],
     ) -> None:
-        self._hub = hub
         self._store = store
+        self._peers = peers
+        self._engines = engines
+        self._tracker = tracker
+        self._telemetry = telemetry
         self._root = root
         self._states = states
         self._consumers = consumers
@@ -62,12 +72,12 @@ class Closing:
                 if slow_at and time.monotonic() >= slow_at:
                     slow_at = 0.0
                     self._say_close_waits(deadline)
-                self._hub.tracker.wait_change(min(0.02, max(0.0, deadline - time.monotonic())))
+                self._tracker.wait_change(min(0.02, max(0.0, deadline - time.monotonic())))
             # from here no call starts (a retry coming due now stays in the outbox, its
             # attempt unspent), and the calls running end and are settled first
-            self._hub.engines.halt()
+            self._engines.halt()
             while not self._settled() and time.monotonic() < deadline:
-                self._hub.tracker.wait_change(min(0.02, max(0.0, deadline - time.monotonic())))
+                self._tracker.wait_change(min(0.02, max(0.0, deadline - time.monotonic())))
             self._log_abandoned()
             self._stop_relays(deadline)
             self._publish_final_status(max(0.2, min(0.5, deadline - time.monotonic())))
@@ -94,7 +104,7 @@ class Closing:
             "closing with %d message(s) not yet delivered: waiting up to %.3gs more for the "
             "calls under way (interrupt again to stop waiting); whatever is not delivered "
             "by then stays in the outbox for the next open",
-            self._hub.tracker.pending,
+            self._tracker.pending,
             max(0.0, deadline - time.monotonic()),
         )
 
@@ -102,8 +112,8 @@ class Closing:
         """Let go of the engines, the store and the directory, whatever fails."""
         steps: list[tuple[str, Callable[[], object]]] = [
             ("relays", lambda: self._relays.stop(deadline)),  # (stopped already, unless cut short)
-            ("engines", lambda: self._hub.engines.stop(max(0.2, deadline - time.monotonic()))),
-            ("telemetry", self._hub.telemetry.close),
+            ("engines", lambda: self._engines.stop(max(0.2, deadline - time.monotonic()))),
+            ("telemetry", self._telemetry.close),
             # the store gives the slot back once its last write is durable
             ("store", lambda: self._store.close(timeout=max(1.0, deadline - time.monotonic()))),
         ]
@@ -118,7 +128,7 @@ class Closing:
 
     def _busy(self) -> bool:
         """True while a sender has work it can do now (not counting held messages)."""
-        peers = self._hub.peers
+        peers = self._peers
         for state, ref in zip(self._states, peers.senders, strict=True):
             if state.queue.ready_count or state.in_flight or state.results or ref.queued():
                 return True
@@ -126,13 +136,13 @@ class Closing:
 
     def _settled(self) -> bool:
         """True once no transport call runs and every result has been settled."""
-        if any(self._hub.engines.in_flight().values()):
+        if any(self._engines.in_flight().values()):
             return False
         return all(not state.results for state in self._states)
 
     def _log_abandoned(self) -> None:
         """Say which calls close() leaves running (their messages stay in the outbox)."""
-        for name, engine in self._hub.engines.items():
+        for name, engine in self._engines.items():
             running = engine.running_ids()
             if running:
                 logger.warning(
@@ -146,7 +156,7 @@ class Closing:
     def _publish_final_status(self, timeout: float) -> None:
         """What `surelay stats` shows once this runtime is gone: its last counters."""
         try:
-            status = {**self._status(timeout), "pid": os.getpid(), "at": self._hub.config.clock()}
+            status = {**self._status(timeout), "pid": os.getpid(), "at": self._store.clock()}
             store = self._store
             store.write(lambda txn: store.status.put(txn, status)).result(timeout=timeout)
         except Exception:

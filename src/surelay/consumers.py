@@ -20,21 +20,27 @@ from surelay.intake import Intake
 from surelay.supervision import ChildSpec, SupervisorRef
 
 if TYPE_CHECKING:
-    from surelay.hub import Hub
+    from surelay.delivery import Engines
+    from surelay.delivery.breakers import Breakers
+    from surelay.ingress.endpoint import IngressEndpoint
     from surelay.recovery import Recovery
 
 __all__ = ["Consumers"]
 
 
 class Consumers:
-    def __init__(
+    def __init__(  # noqa: PLR0917  # what a consumer is made of
         self,
-        hub: Hub,
+        ingress: IngressEndpoint,
+        engines: Engines,
+        breakers: Breakers,
         transports: MutableMapping[str, Callable[..., Any]],
         recovery: Recovery,
         sources: SupervisorRef,
     ) -> None:
-        self._hub = hub
+        self._ingress = ingress
+        self._engines = engines
+        self._breakers = breakers
         self._transports = transports
         self._recovery = recovery
         self._sources = sources
@@ -60,9 +66,8 @@ class Consumers:
                 )
             if any(source is used for used in self._sources_used):
                 raise ValueError("this source is consumed already; make one per consumer")
-            hub = self._hub
-            hub.engines.add(name, handler)  # may refuse the handler: nothing added then
-            hub.breakers.add(name)
+            self._engines.add(name, handler)  # may refuse the handler: nothing added then
+            self._breakers.add(name)
             description = str(getattr(source, "description", type(source).__name__))
             state = self._states[name] = ConsumerState(name, description)
             self._sources_used.append(source)
@@ -71,7 +76,7 @@ class Consumers:
             self._recovery.recover(
                 transport=name, then=lambda: self._transports.__setitem__(name, handler)
             )
-        intake = Intake(hub, name, key, priority)
+        intake = Intake(self._ingress, name, key, priority)
         self._sources.start_child(
             ChildSpec(f"source-{name}", SourceConsumer, args=(source, intake, state))
         )

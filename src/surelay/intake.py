@@ -55,7 +55,7 @@ from surelay.telemetry import (
 )
 
 if TYPE_CHECKING:
-    from surelay.hub import Hub
+    from surelay.ingress.endpoint import IngressEndpoint
 
 __all__ = ["Intake", "Taken"]
 
@@ -87,15 +87,17 @@ class Taken:
 class Intake:
     """The way in for one consumer `name` (see the module docstring)."""
 
-    def __init__(self, hub: Hub, name: str, key: KeyFunction | None, priority: Priority) -> None:
-        self._hub = hub
+    def __init__(
+        self, endpoint: IngressEndpoint, name: str, key: KeyFunction | None, priority: Priority
+    ) -> None:
+        self._at = endpoint
         self.name = name
         self._key = key
         self.priority = priority
         self._round_robin = itertools.count()
         self._bad_key_logged = False
         self._invalid_logged = False
-        self.prefetch = max(PREFETCH_MIN, 4 * hub.config.concurrency_for(name))
+        self.prefetch = max(PREFETCH_MIN, 4 * endpoint.config.concurrency_for(name))
         self._outstanding: list[str] = []
         """Ids of this consumer's messages taken and perhaps not ended yet."""
         self._writing: set[str] = set()
@@ -104,16 +106,16 @@ class Intake:
     def room(self) -> int:
         """How many messages may be taken now (0: hold off)."""
         if len(self._outstanding) >= self.prefetch // 2:
-            self._outstanding = self._hub.tracker.still_pending(self._outstanding)
-        return room(self._hub, self.priority, self.prefetch - len(self._outstanding))
+            self._outstanding = self._at.tracker.still_pending(self._outstanding)
+        return room(self._at.gate, self.priority, self.prefetch - len(self._outstanding))
 
     def take(self, batch: Sequence[Inbound]) -> Taken:
         """Sort a batch into duplicates and fresh messages, and start the durable write
         of the fresh ones (outbox entries, dead letters of the invalid ones and inbox
         records in one transaction)."""
-        hub = self._hub
-        store = hub.store
-        now = hub.config.clock()
+        at = self._at
+        store = at.store
+        now = at.config.clock()
         taken = self._sort(batch, now)
         fresh = taken.fresh
         if not fresh:
@@ -128,14 +130,14 @@ class Intake:
                 dead.append(envelope)
             else:
                 envelopes.append(envelope)
-        routed = route(envelopes, _key_of, hub.config.partitions, self._round_robin)
+        routed = route(envelopes, _key_of, at.config.partitions, self._round_robin)
         accepted = [e.message_id for e in envelopes]
-        hub.tracker.add(accepted, receipts=False)
+        at.tracker.add(accepted, receipts=False)
         self._outstanding.extend(accepted)
         inbox_ids = [m.message_id for m in fresh]
         self._writing.update(inbox_ids)
         taken.inbox_ids = inbox_ids
-        expires_at = now + hub.config.dedup_ttl
+        expires_at = now + at.config.dedup_ttl
 
         def write(txn: Txn) -> list[OutboxEntry]:
             entries = store.outbox.enqueue_many(txn, routed, due_at=now) if routed else []
@@ -160,8 +162,8 @@ class Intake:
 
     def _sort(self, batch: Sequence[Inbound], now: float) -> Taken:
         """The batch's duplicates (the inbox holds them) and fresh messages."""
-        hub = self._hub
-        store = hub.store
+        at = self._at
+        store = at.store
         with store.read() as txn:
             seen = store.inbox.seen(txn, self.name, {m.message_id for m in batch}, now=now)
         duplicates: list[Inbound] = []
@@ -176,30 +178,30 @@ class Intake:
                 pending.add(message.message_id)  # twice in one batch: once
                 fresh.append(message)
         if duplicates:
-            hub.counters.add("duplicates", self.name, len(duplicates))
+            at.counters.add("duplicates", self.name, len(duplicates))
         return Taken(duplicates, fresh)
 
     def finish(self, taken: Taken, entries: list[OutboxEntry]) -> None:
         """The write is durable: count the messages and hand them to their senders."""
-        hub = self._hub
+        at = self._at
         self._writing.difference_update(taken.inbox_ids)
-        hub.counters.add("received", self.name, len(entries) + len(taken.dead))
+        at.counters.add("received", self.name, len(entries) + len(taken.dead))
         if taken.dead:
-            hub.counters.add("dead_lettered", self.name, len(taken.dead))
+            at.counters.add("dead_lettered", self.name, len(taken.dead))
         for span in taken.spans:
             span.end()
-        deliver(hub.peers.senders, entries)
+        deliver(at.peers.senders, entries)
 
     def abort(self, taken: Taken, error: BaseException) -> None:
         """The write failed: nothing was taken (the source delivers the messages again)."""
         self._writing.difference_update(taken.inbox_ids)
-        self._hub.tracker.forget(taken.ids)
+        self._at.tracker.forget(taken.ids)
         for span in taken.spans:
             record_error(span, error)
             span.end()
 
     def _start_spans(self, fresh: list[Inbound], ids: list[str]) -> list[Any] | None:
-        telemetry = self._hub.telemetry
+        telemetry = self._at.telemetry
         if not telemetry.tracing:
             return None
         return [

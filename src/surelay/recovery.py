@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING
 
 from surelay.actors.window import Deliver, Wake, hold_name
@@ -22,7 +22,10 @@ from surelay.routing import partition_for
 from surelay.storage.records import OutboxEntry
 
 if TYPE_CHECKING:
-    from surelay.hub import Hub
+    from surelay.actors.window import Orphans
+    from surelay.peers import Peers
+    from surelay.receipts import Tracker
+    from surelay.storage.store import Store
     from surelay.supervision import Ref
 
 __all__ = ["CHUNK", "Recovery", "deliver", "route"]
@@ -59,8 +62,23 @@ def route(partitions: int) -> Callable[[OutboxEntry], int]:
 class Recovery:
     """Routes recovered and adopted entries and wakes the senders to stream them."""
 
-    def __init__(self, hub: Hub) -> None:
-        self._hub = hub
+    def __init__(  # what recovery touches
+        self,
+        store: Store,
+        *,
+        partitions: int,
+        transports: Collection[str],
+        tracker: Tracker,
+        orphans: Orphans,
+        peers: Peers,
+    ) -> None:
+        self._store = store
+        self._partitions = partitions
+        self._transports = transports
+        """The runtime's transport names (a live view: `rt.consume` adds to them)."""
+        self._tracker = tracker
+        self._orphans = orphans
+        self._peers = peers
         self.recovered = False
         """Set once this slot's outbox, as an earlier run left it, is in the senders
         (adoption waits for it: an adopted entry could be scanned by that recovery too)."""
@@ -71,7 +89,7 @@ class Recovery:
     @property
     def orphans(self) -> dict[str, int]:
         """Entries left in the outbox for transports this runtime was not given."""
-        return self._hub.orphans.snapshot()
+        return self._orphans.snapshot()
 
     def recover(
         self, transport: str | None = None, then: Callable[[], object] | None = None
@@ -84,15 +102,14 @@ class Recovery:
             if then is not None:
                 then()
             if transport is not None:
-                self._hub.orphans.clear(transport)
+                self._orphans.clear(transport)
             held = self._recover()
             self.recovered = True
             return held
 
     def _recover(self) -> int:
-        hub = self._hub
-        store = hub.store
-        partitions = hub.config.partitions
+        store = self._store
+        partitions = self._partitions
         with store.read() as txn:
             held = store.outbox.slot_size(txn)
             routed_for = store.outbox.routed_for(txn)
@@ -114,7 +131,7 @@ class Recovery:
         return held
 
     def _reroute(self, partition: Callable[[OutboxEntry], int]) -> int:
-        store = self._hub.store
+        store = self._store
         moved = 0
         start: bytes | None = None
         while True:
@@ -132,9 +149,8 @@ class Recovery:
             return self._adopt(slot)
 
     def _adopt(self, slot: int) -> int:
-        hub = self._hub
-        store = hub.store
-        partition = route(hub.config.partitions)
+        store = self._store
+        partition = route(self._partitions)
         moved = 0
         start: bytes | None = None
         while True:
@@ -142,7 +158,7 @@ class Recovery:
                 slot,
                 route=partition,
                 limit=CHUNK,
-                accept=hub.transports.__contains__,
+                accept=self._transports.__contains__,
                 start=start,
             ).result()
             moved += sum(count for count, _ in moves.values())
@@ -161,7 +177,6 @@ class Recovery:
     def _wake(self, after: dict[int, int]) -> None:
         """Tell these partitions' senders to stream their ranges from `after[p]`; the
         tracker is held first, so a `flush()` from now on waits for what they find."""
-        hub = self._hub
         for partition, seq in after.items():
-            hub.tracker.hold(hold_name(partition))
-            hub.peers.senders[partition].tell(Wake(seq))
+            self._tracker.hold(hold_name(partition))
+            self._peers.senders[partition].tell(Wake(seq))

@@ -24,7 +24,6 @@ from typing import Any
 
 from surelay.closing import Closing
 from surelay.config import RuntimeConfig
-from surelay.consumers import Consumers
 from surelay.envelope import (
     Envelope,
     Priority,
@@ -32,18 +31,17 @@ from surelay.envelope import (
 from surelay.errors import (
     RuntimeClosed,
 )
-from surelay.hub import Transport
 from surelay.ingress.answers import resolve_empty
 from surelay.ingress.checks import check_per_transport, check_timeout, check_transports
-from surelay.ingress.way_in import WayIn
 from surelay.operations.dead_letters import DeadLetters
 from surelay.operations.health import RuntimeStats, gauges, health, stats, status
 from surelay.receipts import Receipt
 from surelay.sql.outbox import SqlOutbox
-from surelay.sql.relay import Relays, RelaySettings
+from surelay.sql.relay import RelaySettings
 from surelay.storage.environment import Txn
 from surelay.storage.store import Store
 from surelay.supervision import SupervisorRef
+from surelay.transports.protocol import Transport
 from surelay.wiring import Tree, start
 
 __all__ = ["Runtime", "RuntimeStats"]
@@ -89,28 +87,25 @@ class Runtime:
     """An open runtime on a data directory. Open with `Runtime.open`; use as a context
     manager or call `close()`."""
 
-    def __init__(self, store: Store, parts: Tree, consumers: Consumers):
+    def __init__(self, store: Store, config: RuntimeConfig, parts: Tree):
         self._store = store
-        self._hub = hub = parts.hub
+        self._config = config
+        self._parts = parts
         self._root = parts.root
-        self._states = parts.states
-        self._recovery = parts.recovery
-        self._consumers = consumers
-        self._relays = Relays(hub)
-        self._config = hub.config
-        self._in = WayIn(store, hub)
+        self._in = parts.way_in
         self._closer = Closing(
-            hub,
             store,
-            self._root,
-            self._states,
-            consumers,
-            self._relays,
-            self._status,
-            self._ended,
+            root=parts.root,
+            peers=parts.peers,
+            states=parts.states,
+            engines=parts.engines,
+            tracker=parts.tracker,
+            telemetry=parts.telemetry,
+            consumers=parts.consumers,
+            relays=parts.relays,
+            status=self._status,
+            ended=self._ended,
         )
-        self._replays = parts.replays
-        self._dead_letters = DeadLetters(store, hub, parts.replays)
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -144,9 +139,9 @@ class Runtime:
         except BaseException:
             store.close()
             raise
-        hub, recovery = parts.hub, parts.recovery
-        runtime = cls(store, parts, Consumers(hub, table, recovery, parts.sources))
-        hub.telemetry.gauges = runtime._gauges
+        recovery = parts.recovery
+        runtime = cls(store, config, parts)
+        parts.telemetry.gauges = runtime._gauges
         parts.snapshot.append(runtime._status)
         try:
             recovery.recover()
@@ -190,7 +185,7 @@ class Runtime:
                 "close interrupted: not waiting any longer; what was not delivered stays "
                 "in the outbox for the next open"
             )
-            self._hub.engines.halt()
+            self._parts.engines.halt()
             with contextlib.suppress(Exception):
                 self._root.stop(timeout=CLOSE_GRACE)
             raise
@@ -297,7 +292,7 @@ class Runtime:
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
                 loop.call_soon_threadsafe(resolve_empty, empty)
 
-        forget = self._hub.tracker.when_empty(done)
+        forget = self._parts.tracker.when_empty(done)
         try:
             async with asyncio.timeout(timeout):
                 await empty
@@ -360,7 +355,7 @@ class Runtime:
         self._refuse_if_forked()
         if self._in.closing:  # (not under the gate's lock: adding may wait for a recovery)
             raise RuntimeClosed("the runtime is closed (or closing); nothing was consumed")
-        self._consumers.add(source, handler, name=name, key=key, priority=priority)
+        self._parts.consumers.add(source, handler, name=name, key=key, priority=priority)
 
     def relay(
         self,
@@ -393,7 +388,7 @@ class Runtime:
             raise TypeError(f"outbox must be a surelay.sql.SqlOutbox, got {outbox!r}")
         settings = RelaySettings(batch, poll_interval, lease)
         with self._in.open_gate("nothing is relayed"):
-            self._relays.add(outbox, settings)
+            self._parts.relays.add(outbox, settings)
 
     def table(self, name: str) -> Any:
         """The handle of the host's own named database `name`, for `txn.get/put(...,
@@ -416,11 +411,11 @@ class Runtime:
         check_timeout(timeout)
         self._in.refuse_inside_transaction("flush()")
         self._in.write_turns()  # asends already called count as accepted here
-        return self._hub.tracker.wait_empty(timeout)
+        return self._parts.tracker.wait_empty(timeout)
 
     def stats(self) -> RuntimeStats:
         self._refuse_if_forked()
-        return stats(self._hub, self._store)
+        return stats(self._parts.readings)
 
     def health(self) -> Mapping[str, Any]:
         """`{"ok": bool, "actors": ..., "storage": ..., "breakers": ...}`: `ok` is False
@@ -435,11 +430,10 @@ class Runtime:
     def _health(self, timeout: float) -> Mapping[str, Any]:
         return health(
             root=self._root,
-            store=self._store,
-            hub=self._hub,
-            relays=self._relays,
-            consumers=self._consumers,
-            recovery=self._recovery,
+            readings=self._parts.readings,
+            relays=self._parts.relays,
+            consumers=self._parts.consumers,
+            recovery=self._parts.recovery,
             closing=self._in.closing,
             timeout=timeout,
         )
@@ -454,7 +448,7 @@ class Runtime:
     def dead_letters(self) -> DeadLetters:
         """Operations on dead letters: list, get, replay, archive, purge."""
         self._refuse_if_forked()
-        return self._dead_letters
+        return self._parts.dead_letters
 
     @property
     def config(self) -> RuntimeConfig:
@@ -472,7 +466,7 @@ class Runtime:
 
     def _status(self, timeout: float = 1.0) -> Mapping[str, Any]:
         """What the StatusReporter publishes for `surelay stats` in other processes."""
-        return status(self.stats(), self._health(timeout), self._hub.transports)
+        return status(self.stats(), self._health(timeout), self._parts.transports)
 
     def _gauges(self) -> Mapping[str, float | Mapping[str, float]]:
         return {} if self._store.env.closed else gauges(self.stats())

@@ -20,141 +20,182 @@ writer are not actors: they belong to the runtime and outlive the tree's restart
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
 from surelay.actors.dead_letter import DeadLetterSink, SinkEndpoint
 from surelay.actors.governor import GovernorEndpoint, PressureGovernor
-from surelay.actors.replay import ReplayCoordinator, ReplayState
-from surelay.actors.replay_worker import ReplayWorker, WorkerState
+from surelay.actors.replay import CoordinatorEndpoint, ReplayCoordinator, ReplayState
+from surelay.actors.replay_worker import ReplayWorker, WorkerEndpoint, WorkerState
 from surelay.actors.retry import RetryEndpoint, RetryScheduler
-from surelay.actors.sender import PartitionState, Sender
+from surelay.actors.sender import PartitionState, Sender, SenderEndpoint
 from surelay.actors.slot_keeper import SlotKeeper
 from surelay.actors.status import Snapshot, StatusEndpoint, StatusReporter
 from surelay.actors.sweeper import Sweeper, SweeperEndpoint
-from surelay.actors.window import limits_for
+from surelay.actors.window import Orphans, limits_for
 from surelay.backlog import RetryBacklog
 from surelay.config import RuntimeConfig
+from surelay.consumers import Consumers
+from surelay.counters import Counters
 from surelay.delivery import Engines
 from surelay.delivery.breakers import Breakers
-from surelay.hub import Counters, Hub, Transport
+from surelay.ingress.admission import Gate
+from surelay.ingress.endpoint import IngressEndpoint
+from surelay.ingress.way_in import WayIn
+from surelay.operations.dead_letters import DeadLetters
+from surelay.operations.health import Readings
 from surelay.peers import Peers
+from surelay.pressure import PressureState
 from surelay.receipts import Tracker
 from surelay.recovery import Recovery
+from surelay.sql.relay import Relays
 from surelay.storage.store import Store
 from surelay.supervision import ChildSpec, Supervisor, SupervisorRef
 from surelay.telemetry import Telemetry
+from surelay.transports.protocol import Transport
 
-__all__ = ["Tree", "start", "tree"]
+__all__ = ["Tree", "start"]
 
 
 @dataclass(frozen=True, slots=True)
 class Tree:
     """A runtime's parts once its supervision tree runs (see `start`)."""
 
-    hub: Hub
     root: SupervisorRef
+    peers: Peers
     states: list[PartitionState]
     replays: ReplayState
     recovery: Recovery
-    sources: SupervisorRef
-    """The supervisor of the consumers `rt.consume` adds."""
+    way_in: WayIn
+    consumers: Consumers
+    relays: Relays
+    dead_letters: DeadLetters
+    readings: Readings
+    engines: Engines
+    tracker: Tracker
+    telemetry: Telemetry
+    transports: Mapping[str, Transport]
+    """The runtime's transports by name (a live view: `rt.consume` adds to them)."""
     snapshot: list[Snapshot]
     """Where the runtime puts the function whose status the StatusReporter publishes."""
 
 
 def start(store: Store, config: RuntimeConfig, transports: dict[str, Transport]) -> Tree:
-    """Make what the actors share, start the tree and let the parts find its actors by
-    name (`Peers.attach`). A failure stops what was started (not the store: the caller
+    """Make the parts the actors share, give each actor (and each way in) a record of
+    what it uses, start the tree and let them find its actors by name
+    (`Peers.attach`). A failure stops what was started (not the store: the caller
     opened it) and is raised."""
     telemetry = Telemetry()  # observes the runtime's gauges once it exists
     engines: Engines | None = None
     try:
         breakers = Breakers(config.breaker, transports)
         engines = Engines(transports, config, breakers, telemetry)
-        hub = Hub(
-            store=store,
-            config=config,
-            transports=MappingProxyType(transports),
-            tracker=Tracker(),
-            counters=Counters(telemetry),
-            telemetry=telemetry,
-            breakers=breakers,
-            backlog=RetryBacklog(),
-            engines=engines,
-            peers=Peers(config.partitions, config.replay_partitions),
-        )
+        names = MappingProxyType(transports)
+        tracker = Tracker()
+        counters = Counters(telemetry)
+        backlog = RetryBacklog()
+        pressure = PressureState()
+        orphans = Orphans()
+        peers = Peers(config.partitions, config.replay_partitions)
+        durable = config.guarantee.value == "at_least_once"
+        clock = config.clock
         limits = limits_for(config.partitions, config.pressure.capacity)
         states = [PartitionState(i, limits) for i in range(config.partitions)]
         replays = ReplayState()
-        recovery = Recovery(hub)
-        snapshot: list[Snapshot] = []
-        root = Supervisor.start(
-            tree(hub, states, replays, snapshot, recovery),
-            name="surelay",
-            intensity=10,
-            period=5.0,
+        recovery = Recovery(
+            store,
+            partitions=config.partitions,
+            transports=names,
+            tracker=tracker,
+            orphans=orphans,
+            peers=peers,
         )
+        snapshot: list[Snapshot] = []
+        sender = SenderEndpoint(
+            config, store, names, engines, tracker, counters, telemetry, orphans, peers
+        )
+        senders = [
+            ChildSpec(f"sender-{i}", Sender, args=(sender, states[i]), shutdown=5.0)
+            for i in range(config.partitions)
+        ]
+        worker = WorkerEndpoint(
+            store, clock, config.dedup_ttl, names, engines, counters, telemetry, peers
+        )
+        workers = [
+            ChildSpec(
+                f"replay-{i}", ReplayWorker, args=(worker, replays, WorkerState(i)), shutdown=5.0
+            )
+            for i in range(config.replay_partitions)
+        ]
+        coordinator = CoordinatorEndpoint(store, clock, names, peers)
+        governor = GovernorEndpoint(
+            pressure,
+            config.pressure,
+            tracker,
+            backlog,
+            counters,
+            store if durable else None,
+            telemetry,
+            peers,
+        )
+        sweeper = SweeperEndpoint(store, clock, config.dedup_ttl, config.dead_letter_ttl)
+        specs = [
+            ChildSpec("governor", PressureGovernor, args=(governor,)),
+            ChildSpec("retry", RetryScheduler, args=(RetryEndpoint(backlog, clock, peers),)),
+            ChildSpec(
+                "dead_letters",
+                DeadLetterSink,
+                args=(SinkEndpoint(store, tracker, counters, telemetry, set()),),
+            ),
+            # A poison message crashes its sender at most twice before it is
+            # dead-lettered, so only a sender that cannot run at all should exhaust this.
+            Supervisor.spec(
+                "senders", senders, intensity=max(20, 10 * config.partitions), period=1.0
+            ),
+            # after the senders (it hands them what it takes, and stops before them); its
+            # children are added by rt.consume
+            Supervisor.spec("sources", [], intensity=10, period=5.0),
+            ChildSpec("sweeper", Sweeper, args=(sweeper,)),
+            ChildSpec("status", StatusReporter, args=(StatusEndpoint(store, clock, snapshot),)),
+            # after the senders: it hands them what it adopts (and stops before them)
+            ChildSpec("slots", SlotKeeper, args=(store, recovery)),
+            # The same for a record that crashes its replay worker.
+            Supervisor.spec(
+                "replay",
+                [
+                    *workers,
+                    ChildSpec("coordinator", ReplayCoordinator, args=(coordinator, replays)),
+                ],
+                intensity=max(20, 10 * len(workers)),
+                period=1.0,
+            ),
+        ]
+        root = Supervisor.start(specs, name="surelay", intensity=10, period=5.0)
     except BaseException:
         if engines is not None:
             engines.stop(1.0)
         telemetry.close()
         raise
-    hub.peers.attach(root)
+    peers.attach(root)
     sources = root.child("sources")
     assert isinstance(sources, SupervisorRef)
-    return Tree(hub, root, states, replays, recovery, sources, snapshot)
-
-
-def tree(
-    hub: Hub,
-    states: list[PartitionState],
-    replays: ReplayState,
-    snapshot: list[Snapshot],
-    recovery: Recovery,
-) -> list[ChildSpec]:
-    partitions = len(states)
-    store, config, clock = hub.store, hub.config, hub.config.clock
-    sweeper = SweeperEndpoint(store, clock, config.dedup_ttl, config.dead_letter_ttl)
-    sink = SinkEndpoint(store, hub.tracker, hub.counters, hub.telemetry, set())
-    governor = GovernorEndpoint(
-        hub.pressure,
-        config.pressure,
-        hub.tracker,
-        hub.backlog,
-        hub.counters,
-        store if hub.durable else None,
-        hub.telemetry,
-        hub.peers,
+    gate = Gate(pressure, config.pressure, tracker, counters, clock)
+    ingress = IngressEndpoint(config, store, names, tracker, counters, telemetry, gate, peers)
+    return Tree(
+        root=root,
+        peers=peers,
+        states=states,
+        replays=replays,
+        recovery=recovery,
+        way_in=WayIn(ingress),
+        consumers=Consumers(ingress, engines, breakers, transports, recovery, sources),
+        relays=Relays(ingress),
+        dead_letters=DeadLetters(store, peers, replays),
+        readings=Readings(store, counters, tracker, backlog, pressure, breakers, engines),
+        engines=engines,
+        tracker=tracker,
+        telemetry=telemetry,
+        transports=names,
+        snapshot=snapshot,
     )
-    senders = [
-        ChildSpec(f"sender-{i}", Sender, args=(hub, states[i]), shutdown=5.0)
-        for i in range(partitions)
-    ]
-    workers = [
-        ChildSpec(f"replay-{i}", ReplayWorker, args=(hub, replays, WorkerState(i)), shutdown=5.0)
-        for i in range(hub.config.replay_partitions)
-    ]
-    coordinator = ChildSpec("coordinator", ReplayCoordinator, args=(hub, replays))
-    return [
-        ChildSpec("governor", PressureGovernor, args=(governor,)),
-        ChildSpec("retry", RetryScheduler, args=(RetryEndpoint(hub.backlog, clock, hub.peers),)),
-        ChildSpec("dead_letters", DeadLetterSink, args=(sink,)),
-        # A poison message crashes its sender at most twice before it is dead-lettered,
-        # so only a sender that cannot run at all should exhaust this.
-        Supervisor.spec("senders", senders, intensity=max(20, 10 * partitions), period=1.0),
-        # after the senders (it hands them what it takes, and stops before them); its
-        # children are added by rt.consume
-        Supervisor.spec("sources", [], intensity=10, period=5.0),
-        ChildSpec("sweeper", Sweeper, args=(sweeper,)),
-        ChildSpec("status", StatusReporter, args=(StatusEndpoint(store, clock, snapshot),)),
-        # after the senders: it hands them what it adopts (and stops before them)
-        ChildSpec("slots", SlotKeeper, args=(store, recovery)),
-        # The same for a record that crashes its replay worker.
-        Supervisor.spec(
-            "replay",
-            [*workers, coordinator],
-            intensity=max(20, 10 * len(workers)),
-            period=1.0,
-        ),
-    ]

@@ -15,48 +15,18 @@ from surelay.actors.governor import GovernorEndpoint, PressureGovernor, Sample
 from surelay.actors.retry import RetryEndpoint, RetryScheduler
 from surelay.backlog import Due, RetryBacklog, Schedule
 from surelay.config import PressurePolicy
+from surelay.counters import Counters
 from surelay.envelope import Envelope
-from surelay.hub import Counters
 from surelay.peers import Peers
 from surelay.pressure import PressureState
 from surelay.receipts import Outcome, Tracker
 from surelay.storage.records import outbox_entry
 from surelay.storage.store import Store
-from surelay.supervision import Actor, ChildSpec, Supervisor, SupervisorRef
+from surelay.supervision import ChildSpec, Supervisor
 from surelay.telemetry import Telemetry
+from tests.actors.stand_ins import Inbox, tree
 
 WAIT = 10.0
-
-
-class Inbox(Actor):
-    """A stand-in sender: keeps what it is told."""
-
-    def __init__(self, got: list[Any], event: threading.Event) -> None:
-        super().__init__()
-        self._got = got
-        self._event = event
-
-    def on_receive(self, message: Any) -> None:
-        self._got.append(message)
-        self._event.set()
-
-
-def tree(*given: ChildSpec) -> SupervisorRef:
-    """A tree with the names `Peers` looks up: `given` children, stand-ins for the rest."""
-    named = {spec.id: spec for spec in given}
-
-    def stand_in(name: str) -> ChildSpec:
-        return named.pop(name, None) or ChildSpec(name, Inbox, args=([], threading.Event()))
-
-    specs = [
-        stand_in("governor"),
-        stand_in("retry"),
-        stand_in("dead_letters"),
-        Supervisor.spec("senders", [stand_in("sender-0")]),
-        Supervisor.spec("replay", [stand_in("replay-0"), stand_in("coordinator")]),
-    ]
-    assert not named, f"not a name Peers looks up: {sorted(named)}"
-    return Supervisor.start(specs, name="t")
 
 
 def entry(message_id: str) -> Any:

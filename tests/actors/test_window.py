@@ -50,7 +50,7 @@ class Gated:
     def __call__(self, envelope: Envelope) -> None:
         if not self.gate.wait(30):
             raise TransientError("gate closed")
-        held = max((len(s.queue) for s in self._runtime[0]._states), default=0)
+        held = max((len(s.queue) for s in self._runtime[0]._parts.states), default=0)
         with self._lock:
             self.most_held = max(self.most_held, held)
             self.delivered.append(envelope)
@@ -80,8 +80,8 @@ def test_a_live_backlog_past_the_window_stays_on_disk_and_drains_in_order(
             sent[key].append(receipt.message_id)
             receipts.append(receipt)
         # every send is accepted (durable), but each partition holds at most its share
-        assert all(len(state.queue) <= SHARE for state in rt._states)
-        assert any(state.window.spilled for state in rt._states)
+        assert all(len(state.queue) <= SHARE for state in rt._parts.states)
+        assert any(state.window.spilled for state in rt._parts.states)
         assert not rt.flush(0.05)
         transport.gate.set()
         assert rt.flush(30)
@@ -89,7 +89,7 @@ def test_a_live_backlog_past_the_window_stays_on_disk_and_drains_in_order(
         assert len(transport.delivered) == 1000  # each once
         per_key_in_order(transport.delivered, dict(sent))
         assert transport.most_held <= SHARE
-        assert not any(state.window.spilled for state in rt._states)
+        assert not any(state.window.spilled for state in rt._parts.states)
         with rt._store.read() as txn:
             assert rt._store.outbox.count(txn) == 0
 
@@ -196,7 +196,7 @@ def test_orphans_are_counted_once_left_on_disk_and_delivered_by_a_runtime_that_h
         holder.append(rt)
         assert rt.flush(30)  # the scans passed them all
         assert rt.health()["orphaned"] == {"late": 200}
-        rt._recovery.recover()  # a second look counts nothing twice
+        rt._parts.recovery.recover()  # a second look counts nothing twice
         assert rt.flush(30)
         assert rt.health()["orphaned"] == {"late": 200}
     got: list[str] = []
@@ -262,8 +262,8 @@ def test_any_interleaving_of_spills_wakes_and_pauses_delivers_each_once_in_key_o
             else:
                 _, partition, after = op
                 assert isinstance(partition, int) and isinstance(after, int)
-                rt._hub.tracker.hold(hold_name(partition))
-                rt._hub.peers.senders[partition].tell(Wake(after))
+                rt._parts.tracker.hold(hold_name(partition))
+                rt._parts.peers.senders[partition].tell(Wake(after))
         transport.running.set()
         assert rt.flush(30)
         assert rt.stats().duplicates == 0  # none taken in twice (dedup would hide it)
@@ -278,9 +278,9 @@ def test_a_wake_over_held_messages_takes_none_of_them_twice(tmp_path: Path) -> N
     with Runtime.open(tmp_path / "d", transports={"t": transport}) as rt:
         for i in range(400):
             sent[f"k{i % 7}"].append(rt.send("t", b"p", key=f"k{i % 7}").message_id)
-        for partition in range(len(rt._states)):
-            rt._hub.tracker.hold(hold_name(partition))
-            rt._hub.peers.senders[partition].tell(Wake(0))  # everything held is skipped
+        for partition in range(len(rt._parts.states)):
+            rt._parts.tracker.hold(hold_name(partition))
+            rt._parts.peers.senders[partition].tell(Wake(0))  # everything held is skipped
         transport.running.set()
         assert rt.flush(30)
         assert rt.stats().duplicates == 0

@@ -62,7 +62,7 @@ def test_a_row_whose_message_the_runtime_dropped_is_relayed_again(
     with Runtime.open(tmp_path / "data", transports={"hooks": recorder}) as rt:
         rt.relay(outbox, poll_interval=0.05)
         assert gate.entered.wait(10)
-        rt._hub.tracker.forget([message_id])  # as a failed record does
+        rt._parts.tracker.forget([message_id])  # as a failed record does
         gate.open()
         wait_until(lambda: conn.execute("SELECT count(*) FROM surelay_outbox").fetchone() == (0,))
         assert [e.message_id for e in recorder.attempts][:1] == [message_id]

@@ -28,7 +28,7 @@ from surelay.telemetry import (
 )
 
 if TYPE_CHECKING:
-    from surelay.hub import Counters
+    from surelay.counters import Counters
     from surelay.receipts import Tracker
     from surelay.storage.store import Store
     from surelay.telemetry import Telemetry

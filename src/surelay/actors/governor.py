@@ -23,7 +23,7 @@ from surelay.telemetry import ATTR_PRESSURE_LEVEL, SPAN_PRESSURE
 if TYPE_CHECKING:
     from surelay.backlog import RetryBacklog
     from surelay.config import PressurePolicy
-    from surelay.hub import Counters
+    from surelay.counters import Counters
     from surelay.peers import Peers
     from surelay.receipts import Tracker
     from surelay.storage.store import Store

@@ -29,7 +29,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence, Set
+from collections.abc import Callable, Mapping, Sequence, Set
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -43,7 +43,9 @@ from surelay.storage.records import ReplayRequest
 from surelay.storage.slots import holders
 
 if TYPE_CHECKING:
-    from surelay.hub import Hub
+    from surelay.peers import Peers
+    from surelay.storage.store import Store
+    from surelay.transports.protocol import Transport
 
 __all__ = [
     "FILTERS",
@@ -190,10 +192,22 @@ class ReplayState:
 # -- the coordinator -----------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class CoordinatorEndpoint:
+    """What the coordinator is given (built by `surelay.wiring`): the store, the clock,
+    the runtime's transports by name (a request naming one it lacks is refused) and
+    the replay workers (through `peers`)."""
+
+    store: Store
+    clock: Callable[[], float]
+    transports: Mapping[str, Transport]
+    peers: Peers
+
+
 class ReplayCoordinator(AlarmOwner):
-    def __init__(self, hub: Hub, state: ReplayState) -> None:
+    def __init__(self, endpoint: CoordinatorEndpoint, state: ReplayState) -> None:
         super().__init__()
-        self._hub = hub
+        self._at = endpoint
         self._state = state
         self._next_poll = 0.0
         self._leases_at = 0.0
@@ -228,7 +242,7 @@ class ReplayCoordinator(AlarmOwner):
             job = state.jobs.get(request_id)
         if job is not None:
             return job  # already started (the API's ask and a poll may both name it)
-        store = self._hub.store
+        store = self._at.store
         with store.read() as txn:
             found = store.replay_requests.get(txn, request_id)
         if found is None:
@@ -253,7 +267,7 @@ class ReplayCoordinator(AlarmOwner):
             raise
         job.requested = len(selected) + refused
         job.counts["refused"] = refused
-        partitions = len(self._hub.peers.replay_workers)
+        partitions = len(self._at.peers.replay_workers)
         job.pending.extend(
             (replay_partition(key, dl_id, partitions), dl_id, key) for dl_id, key in selected
         )
@@ -273,7 +287,7 @@ class ReplayCoordinator(AlarmOwner):
     def _select(self, request: ReplayRequest) -> tuple[list[tuple[str, str | None]], int]:
         """(id, key) of the records to replay in failure order, and how many ids named
         no record at all (refused)."""
-        store = self._hub.store
+        store = self._at.store
         table = store.dead_letters
         selected: list[tuple[str, str | None]] = []
         refused = 0
@@ -292,7 +306,7 @@ class ReplayCoordinator(AlarmOwner):
 
     def _dispatch(self, job: _Job) -> float:
         """Hand out what the job's rate allows now; the seconds until more may go."""
-        workers = self._hub.peers.replay_workers
+        workers = self._at.peers.replay_workers
         batches: dict[int, list[Replay]] = {}
         wait = 0.0
         while job.pending:
@@ -339,7 +353,7 @@ class ReplayCoordinator(AlarmOwner):
     # -- the periodic look ---------------------------------------------------------------
 
     def _tick(self) -> None:
-        if not self._hub.peers.attached:  # the runtime is still wiring the tree
+        if not self._at.peers.attached:  # the runtime is still wiring the tree
             if self._alarm is not None:
                 self._alarm.set(time.monotonic() + 0.01)
             return
@@ -361,7 +375,7 @@ class ReplayCoordinator(AlarmOwner):
             self._alarm.set(deadline)
 
     def _poll(self) -> None:
-        store = self._hub.store
+        store = self._at.store
         with store.read() as txn:
             requests = store.replay_requests.list(txn, limit=MAX_LIMIT)
         slot = store.slot
@@ -401,16 +415,16 @@ class ReplayCoordinator(AlarmOwner):
         `OFFER_GRACE`), else the transports whose records it refuses (empty: this
         runtime has every one it needs)."""
         needed = self._needed(request)
-        lacking = needed - set(self._hub.transports)
+        lacking = needed - set(self._at.transports)
         if not lacking:
             self._unoffered_since.pop(request.id, None)
             return frozenset()
-        store = self._hub.store
+        store = self._at.store
         others = holders(store.path)
         others.pop(store.slot, None)
         with store.read() as txn:
             offers = store.status.offers(txn, others)
-        now = self._hub.config.clock()
+        now = self._at.clock()
         if any(needed <= offer for offer in offers):
             self._unoffered_since.pop(request.id, None)
             waited = 0.0
@@ -433,7 +447,7 @@ class ReplayCoordinator(AlarmOwner):
     def _needed(self, request: ReplayRequest) -> set[str]:
         """The transports of the records `request` names (as far as it names them: a
         request by filter without a transport needs whatever this runtime has)."""
-        store = self._hub.store
+        store = self._at.store
         with store.read() as txn:
             if request.ids is not None:
                 records = (store.dead_letters.get(txn, i) for i in request.ids)
@@ -456,23 +470,23 @@ class ReplayCoordinator(AlarmOwner):
         """Replay again records left `replaying` by a worker that is gone: at start,
         then every `LEASE_CHECK` seconds (each look decodes every record being
         replayed, so it must not come with every poll)."""
-        hub = self._hub
+        at = self._at
         state = self._state
-        now = hub.config.clock()
+        now = at.clock()
         at_start = not state.recovered_at_start
         if not at_start and now < self._leases_at:
             return
         self._leases_at = now + LEASE_CHECK
-        table = hub.store.dead_letters
+        table = at.store.dead_letters
         # Alone on the directory, no live runtime can hold a lease: take them all.
-        alone = at_start and set(holders(hub.store.path)) <= {hub.store.slot}
-        with hub.store.read() as txn:
+        alone = at_start and set(holders(at.store.path)) <= {at.store.slot}
+        with at.store.read() as txn:
             stuck = (
                 table.list(txn, status="replaying", limit=_RECOVERY_LIMIT)
                 if alone
                 else table.expired_leases(txn, now=now, limit=_RECOVERY_LIMIT)
             )
-        workers = hub.peers.replay_workers
+        workers = at.peers.replay_workers
         for record in stuck:
             with state.lock:
                 if record.id in state.held:
@@ -496,8 +510,8 @@ class ReplayCoordinator(AlarmOwner):
                 self._state.jobs.pop(job.request.id, None)
 
     def _save(self, request: ReplayRequest) -> None:
-        store = self._hub.store
-        saved = replace(request, updated_at=self._hub.config.clock())
+        store = self._at.store
+        saved = replace(request, updated_at=self._at.clock())
         job = self._state.jobs.get(request.id)
         if job is not None:
             job.request = saved

@@ -40,7 +40,7 @@ import itertools
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from types import MappingProxyType
@@ -73,9 +73,14 @@ from surelay.telemetry import (
 )
 
 if TYPE_CHECKING:
-    from surelay.hub import Hub
+    from surelay.counters import Counters
+    from surelay.delivery import Engines
+    from surelay.peers import Peers
+    from surelay.storage.store import Store
+    from surelay.telemetry import Telemetry
+    from surelay.transports.protocol import Transport
 
-__all__ = ["ACTIVE_MAX", "LEASE_MARGIN", "ReplayWorker", "WorkerState"]
+__all__ = ["ACTIVE_MAX", "LEASE_MARGIN", "ReplayWorker", "WorkerEndpoint", "WorkerState"]
 
 logger = logging.getLogger("surelay.actors")
 
@@ -158,10 +163,27 @@ class WorkerState:
         self.crashes: dict[str, int] = {}
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerEndpoint:
+    """What every replay worker is given (built by `surelay.wiring`): the store, the
+    clock, how long a replayed message's dedup record is kept, the runtime's transports
+    by name and their engines, the counters, the telemetry and the coordinator (through
+    `peers`)."""
+
+    store: Store
+    clock: Callable[[], float]
+    dedup_ttl: float
+    transports: Mapping[str, Transport]
+    engines: Engines
+    counters: Counters
+    telemetry: Telemetry
+    peers: Peers
+
+
 class ReplayWorker(Actor):
-    def __init__(self, hub: Hub, shared: ReplayState, state: WorkerState) -> None:
+    def __init__(self, endpoint: WorkerEndpoint, shared: ReplayState, state: WorkerState) -> None:
         super().__init__()
-        self._hub = hub
+        self._at = endpoint
         self._shared = shared
         self._state = state
         self._tell: Callable[[Any], None] = lambda _message: None
@@ -203,12 +225,12 @@ class ReplayWorker(Actor):
             return
         state.crashes.pop(dl_id, None)
         try:
-            self._hub.store.replay_failed(
+            self._at.store.replay_failed(
                 dl_id,
                 reason_class="crash",
                 reason=f"the replay worker crashed on it ({describe(error)}), {crashes} times",
                 error_type=type(error).__name__,
-                failed_at=self._hub.config.clock(),
+                failed_at=self._at.clock(),
             ).result()
         except Exception:
             # The store refuses writes now: the record stays `replaying` under its lease,
@@ -248,8 +270,8 @@ class ReplayWorker(Actor):
         """Tell the coordinator the records that ended in this turn, in one message."""
         state = self._state
         ended, state.ended = state.ended, []
-        if ended and self._hub.peers.attached:
-            self._hub.peers.replay_coordinator.tell(ReplayedMany(tuple(ended)))
+        if ended and self._at.peers.attached:
+            self._at.peers.replay_coordinator.tell(ReplayedMany(tuple(ended)))
 
     # -- starting ------------------------------------------------------------------------
 
@@ -259,8 +281,8 @@ class ReplayWorker(Actor):
         together share a commit."""
         state = self._state
         asked: list[tuple[Replay, Future[tuple[str, DeadLetter | None]]]] = []
-        hub = self._hub
-        now = hub.config.clock()
+        at = self._at
+        now = at.clock()
         until = now + self._lease_seconds()
         try:
             while state.ready and len(state.active) + len(state.leasing) < ACTIVE_MAX:
@@ -268,7 +290,7 @@ class ReplayWorker(Actor):
                 state.starting = message
                 with self._shared.lock:
                     self._shared.held.add(message.dead_letter_id)
-                lease = hub.store.lease_for_replay(
+                lease = at.store.lease_for_replay(
                     message.dead_letter_id,
                     now=now,
                     until=until,
@@ -320,15 +342,15 @@ class ReplayWorker(Actor):
     def _start(self, message: Replay, verdict: str, record: DeadLetter | None) -> str | None:
         """Submit the attempt of a record (`verdict` of its lease); the result if none
         is made."""
-        hub = self._hub
+        at = self._at
         dead_letter_id = message.dead_letter_id
-        now = hub.config.clock()
+        now = at.clock()
         if verdict != "leased":
             logger.info("replay of %s: not sent (%s)", dead_letter_id, verdict)
             return _NOT_SENT[verdict]
         assert record is not None
-        if record.transport not in hub.transports:
-            hub.store.release_lease(dead_letter_id).result()
+        if record.transport not in at.transports:
+            at.store.release_lease(dead_letter_id).result()
             logger.warning(
                 "replay of %s refused: this runtime has no transport %r",
                 dead_letter_id,
@@ -337,9 +359,9 @@ class ReplayWorker(Actor):
             return "refused"
         span = None
         headers = dict(record.headers)
-        if hub.telemetry.tracing:
+        if at.telemetry.tracing:
             span = message_span(
-                hub.telemetry.tracer,
+                at.telemetry.tracer,
                 SPAN_REPLAY,
                 record.message_id,
                 record.transport,
@@ -367,7 +389,7 @@ class ReplayWorker(Actor):
         entry = OutboxEntry(next(state.serial), envelope, now, state.partition)
         state.active[entry.seq] = _Active(message, record, span)
         # a replay is sent whatever its age: no message_ttl applies to it
-        hub.engines[record.transport].submit([((entry,), state.results.put)], expiring=False)
+        at.engines[record.transport].submit([((entry,), state.results.put)], expiring=False)
         return None
 
     def _record_done(self, message: Replay, result: str) -> None:
@@ -416,7 +438,7 @@ class ReplayWorker(Actor):
             self._crashed(active, error)
             return
         if result == "replayed":
-            self._hub.counters.add("replayed", active.record.transport)
+            self._at.counters.add("replayed", active.record.transport)
         assert active.attempt is not None
         self._end_span(active.span, result, active.attempt)
         self._record_done(active.message, result)
@@ -424,25 +446,25 @@ class ReplayWorker(Actor):
     def _settle(self, active: _Active, attempt: Attempt) -> tuple[str, Future[Any]]:
         """Write the verdict on a replay's one attempt (`decide`, with no retry left):
         the record's result and the write, not waited for."""
-        hub = self._hub
+        at = self._at
         record = active.record
-        now = hub.config.clock()
+        now = at.clock()
         if attempt.kind == CRASH:
             assert attempt.error is not None
             raise attempt.error  # on_restart replays it again, or dead-letters it
         error = attempt.error if attempt.error is not None else TimeoutError(attempt.kind)
         verdict = decide(attempt.kind, failure=attempt.failure, wait=attempt.wait, policy=ONE)
         if isinstance(verdict, Delivered):
-            return "replayed", hub.store.replayed(
-                record.id, delivered_at=now, expires_at=now + hub.config.dedup_ttl
+            return "replayed", at.store.replayed(
+                record.id, delivered_at=now, expires_at=now + at.dedup_ttl
             )
         if isinstance(verdict, Hold):
             logger.warning(
                 "replay of %s not sent: the breaker of %r is open", record.id, record.transport
             )
-            return "failed", hub.store.release_lease(record.id)
+            return "failed", at.store.release_lease(record.id)
         assert isinstance(verdict, Dead)
-        return "failed", hub.store.replay_failed(
+        return "failed", at.store.replay_failed(
             record.id,
             reason_class=verdict.reason_class,
             reason=f"replay attempt failed: {describe(error)}",
@@ -461,6 +483,6 @@ class ReplayWorker(Actor):
         span.end()
 
     def _lease_seconds(self) -> float:
-        hub = self._hub
-        longest = max((hub.ack_timeout(name) for name in hub.transports), default=0.0)
+        at = self._at
+        longest = max((at.engines[name].ack_timeout for name in at.transports), default=0.0)
         return longest + LEASE_MARGIN

@@ -31,7 +31,8 @@ second crash dead-lettered with reason `crash`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -65,9 +66,25 @@ from surelay.telemetry import (
 )
 
 if TYPE_CHECKING:
-    from surelay.hub import Hub
+    from surelay.actors.window import Orphans
+    from surelay.config import RuntimeConfig
+    from surelay.counters import Counters
+    from surelay.delivery import Engines
+    from surelay.peers import Peers
+    from surelay.receipts import Tracker
+    from surelay.storage.store import Store
+    from surelay.telemetry import Telemetry
+    from surelay.transports.protocol import Transport
 
-__all__ = ["RUN_MAX", "SUBMIT_MAX", "Deliver", "PartitionState", "Sender", "Settle"]
+__all__ = [
+    "RUN_MAX",
+    "SUBMIT_MAX",
+    "Deliver",
+    "PartitionState",
+    "Sender",
+    "SenderEndpoint",
+    "Settle",
+]
 
 logger = logging.getLogger("surelay.actors")
 
@@ -106,6 +123,31 @@ class _Round:
     parked: list[OutboxEntry] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class SenderEndpoint:
+    """What every sender is given (built by `surelay.wiring`): the config (its clock,
+    TTLs and retry policies), the store, the runtime's transports by name (a live view:
+    `rt.consume` adds to it) and their engines, the receipts tracker and counters, the
+    telemetry, the count of entries for transports it lacks, the retry scheduler and
+    dead-letter sink (through `peers`) and the jitter's random source."""
+
+    config: RuntimeConfig
+    store: Store
+    transports: Mapping[str, Transport]
+    engines: Engines
+    tracker: Tracker
+    counters: Counters
+    telemetry: Telemetry
+    orphans: Orphans
+    peers: Peers
+    rng: random.Random = field(default_factory=random.Random)
+
+    @property
+    def durable(self) -> bool:
+        """Whether accepted messages are in the outbox (AT_LEAST_ONCE)."""
+        return self.config.guarantee.value == "at_least_once"
+
+
 class PartitionState:
     """What one partition's sender knows; owned by the runtime so a crash keeps it."""
 
@@ -132,9 +174,9 @@ class PartitionState:
 
 
 class Sender(Actor):
-    def __init__(self, hub: Hub, state: PartitionState) -> None:
+    def __init__(self, endpoint: SenderEndpoint, state: PartitionState) -> None:
         super().__init__()
-        self._hub = hub
+        self._at = endpoint
         self._state = state
 
     # -- life cycle ----------------------------------------------------------------------
@@ -147,7 +189,7 @@ class Sender(Actor):
         """Settle what the crashed incarnation was settling: the blamed attempt is
         retried or dead-lettered; the rest wait for this incarnation."""
         state = self._state
-        now = self._hub.config.clock()
+        now = self._at.config.clock()
         for entry in state.taking:
             state.in_flight.pop(entry.envelope.message_id, None)
             if state.queue.is_head(entry):
@@ -195,12 +237,12 @@ class Sender(Actor):
         (see `surelay.actors.window` for why each rule keeps nothing from being lost)."""
         state = self._state
         window = state.window
-        if not self._hub.durable or not entries[0].seq:  # not on disk: memory is their only
+        if not self._at.durable or not entries[0].seq:  # not on disk: memory is their only
             self._take_in(entries, remember=False)  # queue (BEST_EFFORT, or relayed rows)
             return
         taken: list[OutboxEntry] = []
         left: list[str] = []
-        pending = set(self._hub.tracker.still_pending(e.envelope.message_id for e in entries))
+        pending = set(self._at.tracker.still_pending(e.envelope.message_id for e in entries))
         for entry in entries:
             seq = entry.seq
             message_id = entry.envelope.message_id
@@ -216,7 +258,7 @@ class Sender(Actor):
             taken.append(entry)
         self._take_in(taken, remember=True)
         if left:  # on disk only now: memory (and pressure) no longer count them
-            self._hub.tracker.spill(left)
+            self._at.tracker.spill(left)
 
     def _take_in(
         self, entries: list[OutboxEntry] | tuple[OutboxEntry, ...], *, remember: bool
@@ -225,7 +267,7 @@ class Sender(Actor):
         state = self._state
         window = state.window
         queue = state.queue
-        now = self._hub.config.clock()
+        now = self._at.config.clock()
         for entry in entries:
             if remember:
                 window.known.add(entry.envelope.message_id)
@@ -237,7 +279,7 @@ class Sender(Actor):
 
     def _spill(self, after: int) -> None:
         state = self._state
-        self._hub.tracker.hold(hold_name(state.partition))  # flush() waits for the disk
+        self._at.tracker.hold(hold_name(state.partition))  # flush() waits for the disk
         state.window.spill(after)
 
     def _wake(self, after: int) -> None:
@@ -246,10 +288,10 @@ class Sender(Actor):
     def _refill(self) -> None:
         """Read the next entries of the partition's range into the window (one bounded
         step; another is queued behind newer mail while there is room and more)."""
-        hub = self._hub
+        at = self._at
         state = self._state
         window = state.window
-        store = hub.store
+        store = at.store
         room = window.limits.messages - len(state.queue)
         room_bytes = window.limits.bytes - window.bytes
         with store.read() as txn:
@@ -258,7 +300,7 @@ class Sender(Actor):
             )
         taken: list[OutboxEntry] = []
         orphans: dict[str, int] = {}
-        transports = hub.transports
+        transports = at.transports
         for seq, raw in rows:
             if room <= 0 or (room_bytes <= 0 and (taken or state.queue)):
                 ended = False
@@ -277,13 +319,13 @@ class Sender(Actor):
             room_bytes -= len(entry.envelope.payload)
         window.orphans_upto = max(window.orphans_upto, window.cursor)
         if orphans:
-            hub.orphans.add(orphans)
+            at.orphans.add(orphans)
         if taken:
-            hub.tracker.add((e.envelope.message_id for e in taken), receipts=False)
+            at.tracker.add((e.envelope.message_id for e in taken), receipts=False)
             self._take_in(taken, remember=True)
         if ended:
             window.caught_up()
-            hub.tracker.release(hold_name(state.partition))
+            at.tracker.release(hold_name(state.partition))
         elif window.wants_more(len(state.queue)) and not state.refill_queued:
             state.refill_queued = True
             if self.ref is not None:
@@ -294,7 +336,7 @@ class Sender(Actor):
         the next scan's read begins), once it has grown well past what is held."""
         window = self._state.window
         if len(window.known) > 2 * len(self._state.queue) + 1024:
-            pending = self._hub.tracker.is_pending
+            pending = self._at.tracker.is_pending
             window.known = {m for m in window.known if pending(m)}
 
     def _head(self, entry: OutboxEntry, now: float) -> None:
@@ -305,8 +347,8 @@ class Sender(Actor):
         else:
             self._state.queue.ready(entry)
 
-    def _schedule(self, entry: OutboxEntry, at: float) -> None:
-        self._hub.peers.retry.tell(Schedule(self._state.partition, entry, at))
+    def _schedule(self, entry: OutboxEntry, due: float) -> None:
+        self._at.peers.retry.tell(Schedule(self._state.partition, entry, due))
 
     # -- submitting ----------------------------------------------------------------------
 
@@ -318,18 +360,18 @@ class Sender(Actor):
         has a call in flight is parked until that call ends. A run stops before the
         first message behind its head that is not due, not for the head's transport,
         expired, a duplicate or parked: that one waits until it is the head."""
-        hub = self._hub
+        at = self._at
         state = self._state
         queue = state.queue
         state.taking = heads
-        now = hub.config.clock()
+        now = at.config.clock()
         share = max(1, min(RUN_MAX, SUBMIT_MAX // len(heads)))
         runs = [[head, *queue.behind(head, share - 1)] if share > 1 else [head] for head in heads]
         # copied before the read: a delivery whose record commits after the read began
         # is still in this copy (the writer clears `delivering` once it has committed)
         delivered = set(state.delivering)
-        with hub.store.read() as txn:
-            delivered |= hub.store.dedup.seen(
+        with at.store.read() as txn:
+            delivered |= at.store.dedup.seen(
                 txn, [e.envelope.idempotency_key for run in runs for e in run], now=now
             )
         round_ = _Round(now, delivered)
@@ -348,7 +390,7 @@ class Sender(Actor):
         for head in round_.parked:
             state.parked.setdefault(head.envelope.idempotency_key, []).append(head)
         state.taking = []
-        engines = hub.engines
+        engines = at.engines
         for transport, items in by_transport.items():
             engines[transport].submit(items)
         if round_.duplicates:
@@ -359,7 +401,7 @@ class Sender(Actor):
         dead-lettered here, a duplicate or parked head added to the round's list."""
         state = self._state
         now = round_.now
-        ttl = self._hub.config.message_ttl
+        ttl = self._at.config.message_ttl
         transport = run[0].envelope.transport
         live: list[OutboxEntry] = []
         for entry in run:
@@ -392,7 +434,7 @@ class Sender(Actor):
         box = self._state.results
         if not box:
             return
-        now = self._hub.config.clock()
+        now = self._at.config.clock()
         delivered: list[OutboxEntry] = []
         try:
             for attempt in box.settle():
@@ -410,7 +452,7 @@ class Sender(Actor):
     ) -> None:
         """Apply the verdict on `attempt`. A CRASH attempt raises its error unless
         `reason` says the crash is being settled (by `on_restart`)."""
-        hub = self._hub
+        at = self._at
         state = self._state
         entry = attempt.entry
         envelope = entry.envelope
@@ -441,17 +483,17 @@ class Sender(Actor):
                 reason = f"the call was lost ({describe(error or Exception())})"
         elif error is not None:
             reason = describe(error)
-        ttl = hub.config.message_ttl
+        ttl = at.config.message_ttl
         verdict = decide(
             kind,
             failure=attempt.failure,
             reason=reason or "",
             made=envelope.attempt,
-            policy=hub.config.retry_for(envelope.transport),
+            policy=at.config.retry_for(envelope.transport),
             crashes=crashes,
             wait=attempt.wait,
             retry_after=error.retry_after if isinstance(error, TransientError) else None,
-            rng=hub.rng,
+            rng=at.rng,
             previous_delay=state.last_delay.get(message_id),
             ttl_left=None if ttl is None else ttl - (now - envelope.created_at),
         )
@@ -493,7 +535,7 @@ class Sender(Actor):
     def _retry(
         self, entry: OutboxEntry, delay: float, error: BaseException | None, now: float
     ) -> None:
-        hub = self._hub
+        at = self._at
         state = self._state
         envelope = entry.envelope
         message_id = envelope.message_id
@@ -503,14 +545,14 @@ class Sender(Actor):
         following = replace(entry, envelope=replace(envelope, attempt=made + 1), due_at=due)
         state.in_flight.pop(message_id, None)
         state.queue.hold(following)
-        if hub.durable and entry.seq:  # (a relayed row's copy is its row: nothing here)
-            hub.store.reschedule(message_id, attempt=made + 1, due_at=due).add_done_callback(
+        if at.durable and entry.seq:  # (a relayed row's copy is its row: nothing here)
+            at.store.reschedule(message_id, attempt=made + 1, due_at=due).add_done_callback(
                 _log_failure("could not persist the retry of", message_id)
             )
-        hub.counters.add("retried", envelope.transport)
-        if hub.telemetry.tracing:
+        at.counters.add("retried", envelope.transport)
+        if at.telemetry.tracing:
             span = message_span(
-                hub.telemetry.tracer,
+                at.telemetry.tracer,
                 SPAN_RETRY,
                 message_id,
                 envelope.transport,
@@ -537,7 +579,7 @@ class Sender(Actor):
         *,
         attempts: int | None = None,
     ) -> None:
-        hub = self._hub
+        at = self._at
         envelope = entry.envelope
         first = self._state.first_attempt.get(envelope.message_id, envelope.created_at)
         capture = Capture(
@@ -549,7 +591,7 @@ class Sender(Actor):
             first_attempt_at=first,
             failed_at=now,
         )
-        hub.peers.dead_letters.tell(capture)
+        at.peers.dead_letters.tell(capture)
         self._ended(entry, now)
 
     @staticmethod
@@ -561,7 +603,7 @@ class Sender(Actor):
     def _record_delivered(self, delivered: list[OutboxEntry], now: float) -> None:
         if not delivered:
             return
-        hub = self._hub
+        at = self._at
         state = self._state
         # what the write and its callback keep holds no payload: a store slow to commit
         # must not keep delivered messages in memory, outside the window
@@ -570,9 +612,9 @@ class Sender(Actor):
         relayed = [e.envelope.message_id for e in delivered if not e.seq]
         transports = [e.envelope.transport for e in delivered]
         state.delivering.update(keys)
-        expires = now + hub.config.dedup_ttl
-        dedup = hub.store.dedup
-        outbox = hub.store.outbox
+        expires = now + at.config.dedup_ttl
+        dedup = at.store.dedup
+        outbox = at.store.outbox
         places = outbox.places(self._on_disk(delivered))
 
         def op(txn: Txn) -> None:
@@ -590,26 +632,26 @@ class Sender(Actor):
                     future.exception(),
                 )
                 if relayed:  # not in the outbox: their rows are relayed again instead
-                    hub.tracker.forget(relayed)
+                    at.tracker.forget(relayed)
                 return
-            hub.counters.add_each("delivered", transports)  # counted before anyone is told
-            hub.tracker.complete(ids, Outcome.DELIVERED)
+            at.counters.add_each("delivered", transports)  # counted before anyone is told
+            at.tracker.complete(ids, Outcome.DELIVERED)
 
-        hub.store.write(op).add_done_callback(done)
+        at.store.write(op).add_done_callback(done)
 
     def _record_duplicates(self, duplicates: list[OutboxEntry], now: float) -> None:
-        hub = self._hub
+        at = self._at
         ids = [e.envelope.message_id for e in duplicates]
         transports = [e.envelope.transport for e in duplicates]
         for entry in duplicates:
             self._ended(entry, now)
-        if hub.telemetry.tracing:
-            _duplicate_spans(hub, duplicates)
-        outbox = hub.store.outbox
+        if at.telemetry.tracing:
+            _duplicate_spans(at, duplicates)
+        outbox = at.store.outbox
 
         def ended() -> None:
-            hub.counters.add_each("duplicates", transports)
-            hub.tracker.complete(ids, Outcome.DUPLICATE)
+            at.counters.add_each("duplicates", transports)
+            at.tracker.complete(ids, Outcome.DUPLICATE)
 
         places = outbox.places(self._on_disk(duplicates))
         if not places:  # nothing of them on disk (BEST_EFFORT): nothing to write
@@ -623,13 +665,13 @@ class Sender(Actor):
             if future.exception() is None:
                 ended()
 
-        hub.store.write(op).add_done_callback(done)
+        at.store.write(op).add_done_callback(done)
 
 
-def _duplicate_spans(hub: Hub, duplicates: list[OutboxEntry]) -> None:
+def _duplicate_spans(at: SenderEndpoint, duplicates: list[OutboxEntry]) -> None:
     """A `surelay.deliver` span with outcome `duplicate` per message that ended without
     a call, so a trace shows why its transport was never called."""
-    tracer = hub.telemetry.tracer
+    tracer = at.telemetry.tracer
     for entry in duplicates:
         envelope = entry.envelope
         message_span(

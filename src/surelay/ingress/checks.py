@@ -15,7 +15,7 @@ from surelay.storage.environment import Txn
 from surelay.telemetry import TRACEPARENT, traceparent_of
 
 if TYPE_CHECKING:
-    from surelay.hub import Transport
+    from surelay.transports.protocol import Transport
 
 __all__ = [
     "Checked",

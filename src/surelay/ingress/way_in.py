@@ -44,11 +44,10 @@ from surelay.routing import route
 from surelay.storage.environment import Txn
 from surelay.storage.keys import new_id
 from surelay.storage.records import OutboxEntry, outbox_entry
-from surelay.storage.store import Store
 from surelay.telemetry import ATTR_MESSAGE_ID, SPAN_SEND, message_span
 
 if TYPE_CHECKING:
-    from surelay.hub import Hub
+    from surelay.ingress.endpoint import IngressEndpoint
 
 __all__ = ["WayIn"]
 
@@ -72,10 +71,10 @@ class Pending:
 class WayIn:
     """The way in of one runtime (see the module docstring)."""
 
-    def __init__(self, store: Store, hub: Hub) -> None:
-        self._store = store
-        self._hub = hub
-        self._config = hub.config
+    def __init__(self, endpoint: IngressEndpoint) -> None:
+        self._store = endpoint.store
+        self._at = endpoint
+        self._config = endpoint.config
         self._lock = threading.Condition()
         self._closing = False
         self._closed = False
@@ -156,7 +155,7 @@ class WayIn:
         headers: object,
     ) -> Checked:
         return check_one(
-            self._hub.transports,
+            self._at.transports,
             self._config,
             transport,
             payload,
@@ -182,7 +181,7 @@ class WayIn:
         """`Runtime.send`: one message, its receipt once durable (threads' sends share
         writes); with `txn`, in that transaction."""
         checked = self._check(transport, payload, key, idempotency_key, priority, headers)
-        if txn is not None or not self._hub.durable:
+        if txn is not None or not self._at.durable:
             return self._accept([checked], txn)[0]
         self.refuse_inside_transaction()
         delay = self._admission([checked])
@@ -194,7 +193,7 @@ class WayIn:
 
     def send_batch(self, messages: Sequence[Mapping[str, Any]]) -> list[Receipt]:
         """`Runtime.send_batch`: all or none, one durable write."""
-        checked, txn = check_batch(self._hub.transports, self._config, messages)
+        checked, txn = check_batch(self._at.transports, self._config, messages)
         return self._accept(checked, txn) if checked else []
 
     async def asend(
@@ -303,18 +302,18 @@ class WayIn:
         """Write what fits under the priority's bound on messages in flight; refuse the
         rest (`Overloaded`), as separate sends would have been."""
         bound = hard_bound(priority, self._config.pressure)
-        room = bound - self._hub.tracker.pending
+        room = bound - self._at.tracker.pending
         if len(checked) <= room:
             return self._write_group(settle, checked, spans, answers)
         fits = max(0, room)
         try:
             refuse(
-                self._hub,
+                self._at.gate,
                 [transport for transport, _, _, _, _, _ in checked[fits:]],
                 (priority,),
                 reason="capacity",
-                after=self._hub.pressure.retry_after,
-                why=f"{self._hub.tracker.pending} messages are in flight, at the bound of {bound}",
+                after=self._at.gate.pressure.retry_after,
+                why=f"{self._at.tracker.pending} messages are in flight, at the bound of {bound}",
             )
         except Overloaded as refused:
             end_spans(None if spans is None else spans[fits:], refused)
@@ -354,7 +353,7 @@ class WayIn:
 
     async def asend_batch(self, messages: Sequence[Mapping[str, Any]]) -> list[Receipt]:
         """`send_batch` for a coroutine (see `asend`)."""
-        checked, txn = check_batch(self._hub.transports, self._config, messages)
+        checked, txn = check_batch(self._at.transports, self._config, messages)
         return await self._aaccept(checked, txn) if checked else []
 
     def refuse_inside_transaction(self, what: str = "send without txn=") -> None:
@@ -417,7 +416,7 @@ class WayIn:
         self.refuse_if_forked()
         if self._closing:
             raise RuntimeClosed("the runtime is closed (or closing); nothing was accepted")
-        return check_pressure(self._hub, self._key_rates, checked)
+        return check_pressure(self._at.gate, self._key_rates, checked)
 
     def _start(
         self,
@@ -429,7 +428,7 @@ class WayIn:
         """Make the envelopes and receipts and start the outbox write (see `Pending`).
         The send spans are started here unless given (started by `asend` in its caller's
         context; None for a message sent while tracing was off)."""
-        hub = self._hub
+        at = self._at
         try:
             with self._lock:
                 if self._closing:
@@ -445,7 +444,7 @@ class WayIn:
                 for span, message_id in zip(spans, ids, strict=True):
                     if span is not None:
                         span.set_attribute(ATTR_MESSAGE_ID, message_id)
-            elif hub.telemetry.tracing:
+            elif at.telemetry.tracing:
                 spans = self._start_send_spans(ids, checked)
             pending = Pending(envelopes(checked, ids, now, spans), txn, spans)
         except BaseException as error:
@@ -463,12 +462,12 @@ class WayIn:
         """The write is durable: count, dispatch, end the send spans. A runtime closed
         meanwhile keeps the messages in its outbox for the next open."""
         try:
-            self._hub.counters.add_each("accepted", [e.transport for e in pending.envelopes])
+            self._at.counters.add_each("accepted", [e.transport for e in pending.envelopes])
             if pending.txn is not None:
                 self._txns[id(pending.txn)].extend(entries)
             else:
                 try:
-                    deliver(self._hub.peers.senders, entries)
+                    deliver(self._at.peers.senders, entries)
                 except pykka.ActorDeadError:
                     logger.info(
                         "%d message(s) accepted while closing: sent at the next open", len(entries)
@@ -483,7 +482,7 @@ class WayIn:
 
     def _abort(self, pending: Pending, error: BaseException) -> None:
         """The write failed: nothing was accepted."""
-        self._hub.tracker.forget(e.message_id for e in pending.envelopes)
+        self._at.tracker.forget(e.message_id for e in pending.envelopes)
         end_spans(pending.spans, error)
         self._leave()
 
@@ -510,7 +509,7 @@ class WayIn:
 
     def _admit(self, pending: Pending) -> None:
         """Track the messages (bounded by pressure) and start their outbox write."""
-        hub = self._hub
+        at = self._at
         envelopes, txn = pending.envelopes, pending.txn
         routed = route(envelopes, _key_of, self._config.partitions, self._round_robin)
         ids = [e.message_id for e in envelopes]
@@ -518,30 +517,32 @@ class WayIn:
         priorities = {e.priority for e in envelopes}
         limit = min(hard_bound(p, policy) for p in priorities)
         try:
-            pending.receipts = hub.tracker.add(ids, limit=limit)
+            pending.receipts = at.tracker.add(ids, limit=limit)
         except OverLimit as full:
             refuse(
-                self._hub,
+                self._at.gate,
                 [e.transport for e in envelopes],
                 priorities,
                 reason="capacity",
-                after=hub.pressure.retry_after,
+                after=at.gate.pressure.retry_after,
                 why=f"{full.pending} messages are in flight, at the bound of {limit}",
             )
-        tracked = hub.tracker.pending
+        tracked = at.tracker.pending
         if (
             tracked >= policy.elevated_at * policy.capacity
-            or (hub.pressure.level != "normal" and tracked < policy.recover_at * policy.capacity)
-        ) and not hub.pressure.sample_asked:
-            hub.pressure.sample_asked = True  # a threshold crossed between two samples
-            if hub.peers.attached:
-                hub.peers.governor.tell(Sample())
+            or (
+                at.gate.pressure.level != "normal" and tracked < policy.recover_at * policy.capacity
+            )
+        ) and not at.gate.pressure.sample_asked:
+            at.gate.pressure.sample_asked = True  # a threshold crossed between two samples
+            if at.peers.attached:
+                at.peers.governor.tell(Sample())
         if txn is not None:
             if id(txn) not in self._txns:
                 raise InvalidMessage("txn must be the transaction of rt.transaction(), still open")
             now = self._config.clock()
             pending.entries = self._store.outbox.enqueue_many(txn, routed, due_at=now)
-        elif hub.durable:
+        elif at.durable:
             pending.durable = self._store.enqueue(routed)
         else:
             now = self._config.clock()
@@ -550,13 +551,13 @@ class WayIn:
     def _send_span(self, transport: str, key: str | None) -> Any:
         """A send's span, started in its caller's context (a child of the caller's
         current span; its message id is set once given), or None without tracing."""
-        telemetry = self._hub.telemetry
+        telemetry = self._at.telemetry
         if not telemetry.tracing:
             return None
         return message_span(telemetry.tracer, SPAN_SEND, None, transport, key)  # id: later
 
     def _start_send_spans(self, ids: list[str], checked: list[Checked]) -> list[Any]:
-        tracer = self._hub.telemetry.tracer
+        tracer = self._at.telemetry.tracer
         return [
             message_span(tracer, SPAN_SEND, message_id, transport, key)
             for message_id, (transport, _, key, _, _, _) in zip(ids, checked, strict=True)
@@ -582,10 +583,10 @@ class WayIn:
                     self._txn_threads.discard(thread)
                     del self._txns[id(txn)]
         except BaseException:
-            self._hub.tracker.forget(e.envelope.message_id for e in pending)
+            self._at.tracker.forget(e.envelope.message_id for e in pending)
             raise
         if pending:
-            deliver(self._hub.peers.senders, pending)
+            deliver(self._at.peers.senders, pending)
 
 
 def _key_of(envelope: Envelope) -> str | None:

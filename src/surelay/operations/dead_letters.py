@@ -34,7 +34,7 @@ from surelay.storage.replay_requests import request_filters
 from surelay.storage.store import Store
 
 if TYPE_CHECKING:
-    from surelay.hub import Hub
+    from surelay.peers import Peers
 
 __all__ = ["DeadLetters", "archive", "cancel_replay", "purge", "record_replay"]
 
@@ -126,9 +126,9 @@ class DeadLetters:
     """`rt.dead_letters`: the operations on the runtime's own store (see the module
     docstring); a closed runtime refuses them (`RuntimeClosed`)."""
 
-    def __init__(self, store: Store, hub: Hub, replays: ReplayState) -> None:
+    def __init__(self, store: Store, peers: Peers, replays: ReplayState) -> None:
         self._store = store
-        self._hub = hub
+        self._peers = peers
         self._replays = replays
 
     def list(
@@ -196,7 +196,7 @@ class DeadLetters:
         for name, value in (("key", key), ("transport", transport)):
             if value is not None and not isinstance(value, str):
                 raise ValueError(f"{name} must be a str or None, got {value!r}")
-        coordinator = self._hub.peers.replay_coordinator
+        coordinator = self._peers.replay_coordinator
         if not coordinator.is_alive():
             raise RuntimeClosed("the runtime is closed; nothing was replayed")
         request = record_replay(  # this runtime carries it out: others leave it alone
@@ -204,7 +204,7 @@ class DeadLetters:
             ids=selected,
             filters=request_filters(reason_class, key, transport),
             rate=rate,
-            now=self._hub.config.clock(),
+            now=self._store.clock(),
             owner=self._store.slot,
         )
         requested = coordinator.ask(StartReplay(request.id), timeout=timeout)
@@ -235,15 +235,13 @@ class DeadLetters:
         if older_than is not None and not older_than >= 0:
             raise ValueError(f"older_than must be seconds >= 0 or None, got {older_than!r}")
         self._refuse_if_closed()
-        return purge(
-            self._store, status=status, older_than=older_than, now=self._hub.config.clock()
-        )
+        return purge(self._store, status=status, older_than=older_than, now=self._store.clock())
 
     def cancel(self, request_id: str) -> ReplayRequest:
         """Cancel a pending replay request (one recorded by `surelay dlq replay` that no
         runtime has taken yet); see `cancel_replay`."""
         self._refuse_if_closed()
-        return cancel_replay(self._store, request_id, now=self._hub.config.clock())
+        return cancel_replay(self._store, request_id, now=self._store.clock())
 
     def _refuse_if_closed(self) -> None:
         if self._store.env.closed:

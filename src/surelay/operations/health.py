@@ -20,13 +20,32 @@ from surelay.pressure import LEVELS
 from surelay.supervision import SupervisorRef
 
 if TYPE_CHECKING:
+    from surelay.backlog import RetryBacklog
     from surelay.consumers import Consumers
-    from surelay.hub import Hub
+    from surelay.counters import Counters
+    from surelay.delivery import Engines
+    from surelay.delivery.breakers import Breakers
+    from surelay.pressure import PressureState
+    from surelay.receipts import Tracker
     from surelay.recovery import Recovery
     from surelay.sql.relay import Relays
     from surelay.storage.store import Store
 
-__all__ = ["RuntimeStats", "actor_health", "gauges", "health", "stats", "status"]
+__all__ = ["Readings", "RuntimeStats", "actor_health", "gauges", "health", "stats", "status"]
+
+
+@dataclass(frozen=True, slots=True)
+class Readings:
+    """What `stats()` and `health()` read (built by `surelay.wiring`); never changed
+    here."""
+
+    store: Store
+    counters: Counters
+    tracker: Tracker
+    backlog: RetryBacklog
+    pressure: PressureState
+    breakers: Breakers
+    engines: Engines
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,28 +80,28 @@ class RuntimeStats:
     their results are ignored. See `health()["engines"]` for which transport."""
 
 
-def stats(hub: Hub, store: Store) -> RuntimeStats:
+def stats(readings: Readings) -> RuntimeStats:
     """The runtime's counters since open and its gauges now."""
-    counters = hub.counters.snapshot()
+    store = readings.store
+    counters = readings.counters.snapshot()
     store_stats = store.stats() if not store.env.closed else None
     return RuntimeStats(
         **counters,
-        in_flight=hub.tracker.pending,
+        in_flight=readings.tracker.pending,
         outbox_pending=store_stats.outbox_pending if store_stats else 0,
-        retry_pending=len(hub.backlog),
+        retry_pending=len(readings.backlog),
         dead_letters=store_stats.dead_letters.get("dead", 0) if store_stats else 0,
-        pressure=hub.pressure.level,
-        breakers=MappingProxyType(hub.breakers.states(hub.config.clock())),
-        calls_in_flight=MappingProxyType(hub.engines.in_flight()),
-        abandoned=hub.engines.abandoned(),
+        pressure=readings.pressure.level,
+        breakers=MappingProxyType(readings.breakers.states(store.clock())),
+        calls_in_flight=MappingProxyType(readings.engines.in_flight()),
+        abandoned=readings.engines.abandoned(),
     )
 
 
 def health(  # the runtime's parts
     *,
     root: SupervisorRef,
-    store: Store,
-    hub: Hub,
+    readings: Readings,
     relays: Relays,
     consumers: Consumers,
     recovery: Recovery,
@@ -91,6 +110,7 @@ def health(  # the runtime's parts
 ) -> Mapping[str, Any]:
     """`Runtime.health()`: the supervision tree's answers waited for `timeout` at most."""
     deadline = time.monotonic() + timeout
+    store = readings.store
     actors = actor_health(root, "", deadline) if root.is_alive() else {}
     storage: dict[str, Any]
     if store.env.closed:
@@ -108,7 +128,7 @@ def health(  # the runtime's parts
         }
     breakers = {
         name: {"ok": state != "open", "state": state}
-        for name, state in hub.breakers.states(hub.config.clock()).items()
+        for name, state in readings.breakers.states(store.clock()).items()
     }
     ok = (
         root.is_alive()
@@ -116,7 +136,7 @@ def health(  # the runtime's parts
         and storage["ok"]
         and all(b["ok"] for b in breakers.values())
     )
-    engines = hub.engines.health()
+    engines = readings.engines.health()
     relayed = relays.health()
     ok = ok and all(e["ok"] for e in engines.values()) and all(r["ok"] for r in relayed.values())
     return {

@@ -55,7 +55,7 @@ from surelay.sql.taking import bucket_of, entry_of, fitting
 from surelay.storage.records import OutboxEntry
 
 if TYPE_CHECKING:
-    from surelay.hub import Hub
+    from surelay.ingress.endpoint import IngressEndpoint
     from surelay.sql.outbox import SqlOutbox
 
 __all__ = ["Relay", "RelaySettings"]
@@ -136,15 +136,16 @@ def relay_id() -> str:
 
 
 class Relay:
-    """Relays one `SqlOutbox` into the runtime of `hub` (see the module docstring)."""
+    """Relays one `SqlOutbox` into a runtime through its way in (see the module
+    docstring)."""
 
     def __init__(
         self,
-        hub: Hub,
+        endpoint: IngressEndpoint,
         outbox: SqlOutbox,
         settings: RelaySettings,
     ) -> None:
-        self._hub = hub
+        self._at = endpoint
         self._outbox = outbox
         self._settings = settings
         self.name = relay_id()
@@ -201,7 +202,7 @@ class Relay:
         return connect(self._outbox.dialect, self._outbox.target, self._settings.lease)
 
     def start(self) -> None:
-        self._unlisten = self._hub.tracker.listen(self._ends)
+        self._unlisten = self._at.tracker.listen(self._ends)
         self._thread.start()
         if self._outbox.kind == "postgresql":
             self._listener = threading.Thread(
@@ -347,7 +348,7 @@ class Relay:
     def _sweep(self) -> None:
         """Rows whose message the runtime no longer tracks without having ended it (its
         outcome could not be recorded): taken again by a later read, not stuck."""
-        pending = self._hub.tracker.is_pending
+        pending = self._at.tracker.is_pending
         with self._lock:
             gone = [m for m in self._rows if not pending(m)]
             if not gone:
@@ -424,10 +425,10 @@ class Relay:
         self._deleted += len(ended)
 
     def _room(self) -> int:
-        window = min(self._settings.window, self._hub.config.pressure.capacity // 2)
+        window = min(self._settings.window, self._at.config.pressure.capacity // 2)
         if self._bytes >= WINDOW_BYTES:
             return 0
-        return room(self._hub, Priority.NORMAL, window - len(self._taken))
+        return room(self._at.gate, Priority.NORMAL, window - len(self._taken))
 
     def _take(self, db: Database, *, everything: bool, commits: bool) -> bool:
         """Take rows of the partitions it reads, in id order, as room allows; whether it
@@ -494,15 +495,15 @@ class Relay:
         """Rows into the runtime: each checked alone (anything may be in a table), a
         usable one to the sender of its key's partition, an unusable one to the dead
         letters as `invalid`; either way it is deleted once that outcome is durable."""
-        hub = self._hub
-        now = hub.config.clock()
+        at = self._at
+        now = at.config.clock()
         entries: list[OutboxEntry] = []
         invalid: list[tuple[OutboxEntry, str]] = []
         taken: dict[int, tuple[int, int]] = {}
         row_of: dict[str, int] = {}
         for row in rows:
             row_id = row[0]
-            entry, problem = entry_of(row, hub.transports, hub.config, now)
+            entry, problem = entry_of(row, at.transports, at.config, now)
             message_id = entry.envelope.message_id
             if message_id in row_of or message_id in self._rows:
                 continue  # the same id twice: this row waits until the other has ended
@@ -519,11 +520,11 @@ class Relay:
             self._rows.update(row_of)
         self._taken.update(taken)
         self._bytes += sum(size for _, size in taken.values())
-        hub.tracker.add(row_of, receipts=False)
+        at.tracker.add(row_of, receipts=False)
         if entries:
-            hub.counters.add_each("relayed", [e.envelope.transport for e in entries])
+            at.counters.add_each("relayed", [e.envelope.transport for e in entries])
             self._relayed += len(entries)
-            deliver(hub.peers.senders, entries)
+            deliver(at.peers.senders, entries)
         for entry, problem in invalid:
             logger.warning(
                 "relay of %s: row for message %r dead-lettered as invalid: %s",
@@ -532,7 +533,7 @@ class Relay:
                 problem,
             )
             reason = f"refused before delivery: {problem}"
-            hub.peers.dead_letters.tell(
+            at.peers.dead_letters.tell(
                 Capture(entry, "invalid", reason, "InvalidMessage", 0, now, now)
             )
 
@@ -597,8 +598,8 @@ class Relay:
 class Relays:
     """The relays of one runtime, one per table (what `rt.relay` starts)."""
 
-    def __init__(self, hub: Hub) -> None:
-        self._hub = hub
+    def __init__(self, endpoint: IngressEndpoint) -> None:
+        self._at = endpoint
         self._relays: dict[tuple[str, str], Relay] = {}
         self._lock = threading.Lock()
 
@@ -608,7 +609,7 @@ class Relays:
         with self._lock:
             if where in self._relays:
                 raise ValueError(f"this runtime relays {outbox!r} already")
-            relay = self._relays[where] = Relay(self._hub, outbox, settings)
+            relay = self._relays[where] = Relay(self._at, outbox, settings)
         relay.start()
         return relay
 
