@@ -1,6 +1,7 @@
-"""Threads sending at once: their sends share outbox writes (one group per write, see
-`surelay.ingress.gather`), each returns once its message is durable and handed to its
-sender, and each thread's sends keep their order."""
+"""Threads sending at once: their sends share outbox writes (every send made before the
+writer runs the open group's operation is in it, see `surelay.storage.joining`), each
+returns once its message is durable and handed to its sender, and each thread's sends
+keep their order."""
 
 from __future__ import annotations
 
@@ -31,25 +32,24 @@ def test_sends_made_while_a_write_waits_go_in_one_write(
                 receipts.append(receipt)
 
         writes: list[int] = []
-        enqueue = rt._store.enqueue
+        enqueue_many = rt._store.outbox.enqueue_many
 
         def counted(*args: Any, **kwargs: Any) -> Any:
-            writes.append(len(args[0]))  # the outbox entries of one write
-            return enqueue(*args, **kwargs)
+            writes.append(len(args[1]))  # the outbox entries of one write
+            return enqueue_many(*args, **kwargs)
 
-        monkeypatch.setattr(rt._store, "enqueue", counted)
+        monkeypatch.setattr(rt._store.outbox, "enqueue_many", counted)
         threads = [threading.Thread(target=send, args=(n,)) for n in range(THREADS)]
-        with rt.transaction():  # holds the write lock: the first send's write waits
+        with rt.transaction():  # holds the write lock: the writer cannot begin
             for thread in threads:
                 thread.start()
-            # the first two sends are written (two groups at once; they wait for the
-            # lock), the next leads the group every other send joins
-            wait_until(lambda: rt._in._gather.gathering == THREADS - 2)
+            # the first send opened a group and every other one joined it
+            wait_until(lambda: rt._in._joining.gathering == THREADS)
         for thread in threads:
             thread.join(10)
         assert rt.flush(10)
     assert len({r.message_id for r in receipts}) == THREADS
-    assert writes == [1, 1, THREADS - 2]  # two groups written at once, then the rest
+    assert writes == [THREADS]  # one write for all of them
     assert sorted(sink.payloads()) == sorted(b"%d" % n for n in range(THREADS))
 
 
@@ -143,10 +143,10 @@ def test_sends_waiting_in_a_group_when_close_begins_are_written_not_refused(
     senders = [threading.Thread(target=send, args=(n,)) for n in range(6)]
     for sender in senders:
         sender.start()
-    wait_until(lambda: rt._in._gather.gathering == 4)  # two written, four waiting in a group
+    wait_until(lambda: rt._in._joining.gathering == 6)  # one group, waiting for the writer
     closer = threading.Thread(target=rt.close, kwargs={"timeout": 10})
     closer.start()
-    wait_until(lambda: rt._in._gather.gathering == 0)  # close wrote the group out
+    wait_until(lambda: rt._in.closing)  # sends from here on are refused; these are under way
     release.set()
     for thread in (*senders, holder, closer):
         thread.join(15)

@@ -227,7 +227,7 @@ class Runtime:
         same thread; nothing is accepted when it raises, except when an interrupt
         (`KeyboardInterrupt`) reaches it while it waits for the write: the message is
         then accepted and delivered all the same. Sends from many threads at once share
-        outbox writes (see `surelay.ingress.gather`).
+        outbox writes (see `surelay.storage.joining`).
         """
         return self._in.send(
             transport,

@@ -2,7 +2,7 @@
 `transaction()`: check, admit (pressure, per-key rates, the bound on messages in
 flight), route to a partition, write to the outbox, answer the caller, dispatch.
 
-Sends from many threads share outbox writes (`surelay.ingress.gather`), and so do the
+Sends from many threads share outbox writes (`Store.enqueue_joined`), and so do the
 `asend`s of one event-loop turn (`Turn`): one group commit answers them all. A close
 closes the gate first (`begin_close`): sends already called are written, later ones
 are refused with `RuntimeClosed`.
@@ -35,13 +35,13 @@ from surelay.ingress.answers import (
     settle_each,
 )
 from surelay.ingress.checks import Checked, check_batch, check_one, envelopes
-from surelay.ingress.gather import Gather
 from surelay.pressure import hard_bound
 from surelay.ratelimit import KeyRates
 from surelay.receipts import OverLimit, Receipt
 from surelay.recovery import deliver
 from surelay.routing import route
 from surelay.storage.environment import Txn
+from surelay.storage.joining import Joining
 from surelay.storage.keys import new_id
 from surelay.storage.records import OutboxEntry, outbox_entry
 from surelay.telemetry import ATTR_MESSAGE_ID, SPAN_SEND, message_span
@@ -57,15 +57,17 @@ logger = logging.getLogger("surelay.runtime")
 @dataclass(slots=True)
 class Pending:
     """Messages between `_start` and `_finish`: their receipts, and either their outbox
-    entries already made (a host transaction, BEST_EFFORT) or the future of the durable
-    write that makes them."""
+    entries already made (a host transaction, BEST_EFFORT) or `durable`, answered once
+    the write that makes them has ended and they are finished (or aborted): their
+    receipts, or the write's error."""
 
     envelopes: list[Envelope]
     txn: Txn | None
     spans: list[Any] | None
     receipts: list[Receipt] = field(default_factory=list)
     entries: list[OutboxEntry] = field(default_factory=list)
-    durable: Future[list[OutboxEntry]] | None = None
+    routed: list[tuple[Envelope, int]] = field(default_factory=list)
+    durable: Future[list[Receipt]] | None = None
 
 
 class WayIn:
@@ -87,8 +89,11 @@ class WayIn:
         self._turns: dict[asyncio.AbstractEventLoop, Turn] = {}
         self._turn_lock = threading.Lock()
         """`asend`s of the current turn of each event loop sending (see `Turn`)."""
-        self._gather: Gather[tuple[Checked, Any, Future[Receipt]]] = Gather(self._write_threads)
-        """Threads' `send`s, one group per outbox write (see `surelay.ingress.gather`)."""
+        self._joining: Joining[Pending, list[OutboxEntry]] = Joining(
+            self._store.write, self._write_joined, self._written
+        )
+        """The durable writes of every caller, one operation per commit (see
+        `surelay.storage.joining`)."""
         self.forked_from: int | None = None
         """The parent's pid once this process was forked from the one that opened it."""
         rate = self._config.pressure.rate_per_key
@@ -129,7 +134,6 @@ class WayIn:
             if self._closing:
                 return False
             self.write_turns()
-            self._gather.flush()  # threads' sends already called are under way too
             self._closing = True
             # sends under way end first (their writes are durable either way)
             self._lock.wait_for(lambda: not self._active, max(0.0, deadline - time.monotonic()))
@@ -178,18 +182,10 @@ class WayIn:
         headers: Mapping[str, str] | None = None,
         txn: Txn | None = None,
     ) -> Receipt:
-        """`Runtime.send`: one message, its receipt once durable (threads' sends share
-        writes); with `txn`, in that transaction."""
+        """`Runtime.send`: one message, its receipt once durable (the sends of many
+        threads share writes: `Store.enqueue_joined`); with `txn`, in that transaction."""
         checked = self._check(transport, payload, key, idempotency_key, priority, headers)
-        if txn is not None or not self._at.durable:
-            return self._accept([checked], txn)[0]
-        self.refuse_inside_transaction()
-        delay = self._admission([checked])
-        if delay > 0:
-            time.sleep(delay)  # the throttle: bounded, LOW only, while elevated
-        answer: Future[Receipt] = Future()
-        self._gather.join((checked, self._send_span(transport, key), answer))
-        return answer.result()
+        return self._accept([checked], txn)[0]
 
     def send_batch(self, messages: Sequence[Mapping[str, Any]]) -> list[Receipt]:
         """`Runtime.send_batch`: all or none, one durable write."""
@@ -255,26 +251,11 @@ class WayIn:
 
         self._write_gathered(turn, settle)
 
-    def _write_threads(self, group: list[tuple[Checked, Any, Future[Receipt]]]) -> list[Any]:
-        """Write one group of `send`s from threads (see `surelay.ingress.gather`). An
-        exception out of the writing itself (an interrupt) becomes the answer of every
-        caller not answered yet, then is raised on: no caller waits for ever."""
-        turn = Turn()
-        for checked, span, answer in group:
-            turn.add(checked, span, answer)
-        try:
-            return self._write_gathered(turn, settle_each)
-        except BaseException as error:
-            settle_each(turn.answers, [], error)
-            raise
-
-    def _write_gathered(self, turn: Turn, settle: Settle) -> list[Future[list[OutboxEntry]]]:
+    def _write_gathered(self, turn: Turn, settle: Settle) -> None:
         """Each run of consecutive calls of one priority is written as one group, in
-        call order (each priority has its own bound on messages in flight); the futures
-        of the writes started."""
+        call order (each priority has its own bound on messages in flight)."""
         count = len(turn.checked)
         start = 0
-        written: list[Future[list[OutboxEntry]]] = []
         while start < count:
             priority = turn.checked[start][4]
             end = start + 1
@@ -285,11 +266,8 @@ class WayIn:
             else:
                 spans = None if turn.spans is None else turn.spans[start:end]
                 run = (turn.checked[start:end], spans, turn.answers[start:end])
-            durable = self._write_run(settle, priority, *run)
-            if durable is not None:
-                written.append(durable)
+            self._write_run(settle, priority, *run)
             start = end
-        return written
 
     def _write_run(
         self,
@@ -298,13 +276,14 @@ class WayIn:
         checked: list[Checked],
         spans: list[Any] | None,
         answers: list[Any],
-    ) -> Future[list[OutboxEntry]] | None:
+    ) -> None:
         """Write what fits under the priority's bound on messages in flight; refuse the
         rest (`Overloaded`), as separate sends would have been."""
         bound = hard_bound(priority, self._config.pressure)
         room = bound - self._at.tracker.pending
         if len(checked) <= room:
-            return self._write_group(settle, checked, spans, answers)
+            self._write_group(settle, checked, spans, answers)
+            return
         fits = max(0, room)
         try:
             refuse(
@@ -318,11 +297,10 @@ class WayIn:
         except Overloaded as refused:
             end_spans(None if spans is None else spans[fits:], refused)
             settle(answers[fits:], [], refused)
-        if not fits:
-            return None
-        return self._write_group(
-            settle, checked[:fits], None if spans is None else spans[:fits], answers[:fits]
-        )
+        if fits:
+            self._write_group(
+                settle, checked[:fits], None if spans is None else spans[:fits], answers[:fits]
+            )
 
     def _write_group(
         self,
@@ -330,26 +308,25 @@ class WayIn:
         checked: list[Checked],
         spans: list[Any] | None,
         answers: list[Any],
-    ) -> Future[list[OutboxEntry]] | None:
+    ) -> None:
         try:
             pending = self._start(checked, None, spans=spans)
         except Exception as error:
             settle(answers, [], error)
-            return None
+            return
         durable = pending.durable
         if durable is None:  # BEST_EFFORT: nothing to wait for
             try:
                 settle(answers, self._finish(pending, pending.entries), None)
             except Exception as error:
                 settle(answers, [], error)
-            return None
+            return
 
-        def ended(done: Future[list[OutboxEntry]]) -> None:  # on the writer thread
-            error = self._end_later(pending, done)
-            settle(answers, pending.receipts, error)
+        def ended(done: Future[list[Receipt]]) -> None:  # on the writer thread
+            error = done.exception()
+            settle(answers, [] if error is not None else done.result(), error)
 
         durable.add_done_callback(ended)
-        return durable
 
     async def asend_batch(self, messages: Sequence[Mapping[str, Any]]) -> list[Receipt]:
         """`send_batch` for a coroutine (see `asend`)."""
@@ -378,12 +355,10 @@ class WayIn:
         if delay > 0:
             time.sleep(delay)  # the throttle: bounded, LOW only, while elevated
         pending = self._start(checked, txn)
-        try:
-            entries = pending.entries if pending.durable is None else pending.durable.result()
-        except BaseException as error:
-            self._abort(pending, error)
-            raise
-        return self._finish(pending, entries)
+        if pending.durable is None:
+            return self._finish(pending, pending.entries)
+        # (interrupted while it waits, the send is under way all the same)
+        return pending.durable.result()
 
     async def _aaccept(self, checked: list[Checked], txn: Txn | None) -> list[Receipt]:
         """`_accept` without blocking the event loop. Once the write is submitted, what
@@ -402,10 +377,11 @@ class WayIn:
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[list[Receipt]] = loop.create_future()
 
-        def ended(done: Future[list[OutboxEntry]]) -> None:  # on the writer thread
-            error = self._end_later(pending, done)
+        def ended(done: Future[list[Receipt]]) -> None:  # on the writer thread
+            error = done.exception()
+            receipts = [] if error is not None else done.result()
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-                loop.call_soon_threadsafe(answer_batch, answer, pending.receipts, error)
+                loop.call_soon_threadsafe(answer_batch, answer, receipts, error)
 
         durable.add_done_callback(ended)
         # cancelled here, the caller stops waiting; the message is accepted all the same
@@ -458,13 +434,20 @@ class WayIn:
             raise
         return pending
 
-    def _finish(self, pending: Pending, entries: list[OutboxEntry]) -> list[Receipt]:
+    def _finish(
+        self,
+        pending: Pending,
+        entries: list[OutboxEntry],
+        dispatch: list[OutboxEntry] | None = None,
+    ) -> list[Receipt]:
         """The write is durable: count, dispatch, end the send spans. A runtime closed
         meanwhile keeps the messages in its outbox for the next open."""
         try:
             self._at.counters.add_each("accepted", [e.transport for e in pending.envelopes])
             if pending.txn is not None:
                 self._txns[id(pending.txn)].extend(entries)
+            elif dispatch is not None:  # the caller dispatches them with others
+                dispatch.extend(entries)
             else:
                 try:
                     deliver(self._at.peers.senders, entries)
@@ -486,20 +469,48 @@ class WayIn:
         end_spans(pending.spans, error)
         self._leave()
 
-    def _end_later(self, pending: Pending, done: Future[list[OutboxEntry]]) -> BaseException | None:
-        """Finish or abort `pending` as its write ended; the write's error, if any."""
-        error: BaseException | None = (
-            StorageError("the outbox write was cancelled") if done.cancelled() else done.exception()
-        )
+    def _write_joined(self, txn: Txn, group: list[Pending]) -> list[OutboxEntry]:
+        """The durable write of the sends of a group (`Joining`), in one transaction."""
+        routed = [pair for pending in group for pair in pending.routed]
+        return self._store.outbox.enqueue_many(txn, routed, due_at=self._config.clock())
+
+    def _written(
+        self, group: list[Pending], entries: list[OutboxEntry] | None, error: BaseException | None
+    ) -> None:
+        """The write of a group ended (on the writer thread): finish each send (or
+        abort it: nothing accepted), dispatch all their entries at once, then answer
+        their callers."""
+        with self._lock:
+            self._active += 1  # a close waits for the dispatch below too
+        outcomes: list[BaseException | None] = []
         try:
-            if error is None:
-                self._finish(pending, done.result())
-            else:
-                self._abort(pending, error)
-        except Exception as failed:  # on the writer thread: say it, do not kill it
-            logger.exception("finishing an accepted message failed")
-            return failed
-        return error
+            dispatch: list[OutboxEntry] = []
+            start = 0
+            for pending in group:
+                outcome = error
+                try:
+                    if entries is None:
+                        self._abort(pending, error or StorageError("the outbox write failed"))
+                    else:
+                        end = start + len(pending.envelopes)
+                        self._finish(pending, entries[start:end], dispatch)
+                        start = end
+                except Exception as failed:  # on the writer thread: say it, do not kill it
+                    logger.exception("finishing an accepted message failed")
+                    outcome = failed
+                outcomes.append(outcome)
+            if dispatch:
+                deliver(self._at.peers.senders, dispatch)
+        except pykka.ActorDeadError:
+            logger.info("messages accepted while closing: sent at the next open")
+        finally:
+            self._leave()
+            for pending, outcome in zip(group, outcomes, strict=False):
+                assert pending.durable is not None
+                if outcome is None:
+                    pending.durable.set_result(pending.receipts)
+                else:
+                    pending.durable.set_exception(outcome)
 
     def _leave(self) -> None:
         with self._lock:
@@ -543,7 +554,9 @@ class WayIn:
             now = self._config.clock()
             pending.entries = self._store.outbox.enqueue_many(txn, routed, due_at=now)
         elif at.durable:
-            pending.durable = self._store.enqueue(routed)
+            pending.routed = routed
+            pending.durable = Future()
+            self._joining.join(pending)
         else:
             now = self._config.clock()
             pending.entries = [outbox_entry(0, e, now, p) for e, p in routed]
