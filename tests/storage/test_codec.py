@@ -177,3 +177,11 @@ def test_a_forked_child_draws_other_random_bits() -> None:
     mine = new_id(at)
     assert theirs[:10] == mine[:10]  # the same millisecond
     assert theirs != mine
+
+
+@given(dead_letters)
+def test_the_dead_letter_fast_paths_agree_with_the_generic_codec(record: DeadLetter) -> None:
+    raw = encode(record)
+    assert raw == encode_generic(record)
+    items = codec._unpack(raw, "DeadLetter", len(codec._WIRE[DeadLetter]) + 1)
+    assert decode(DeadLetter, raw) == record == codec._build(DeadLetter, items[1:])

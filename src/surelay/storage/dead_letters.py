@@ -166,10 +166,21 @@ class DeadLetterTable:
         self._write(txn, None, record)
         return record
 
-    def transition(self, txn: Txn, dead_letter_id: str, to: str, **changes: Any) -> DeadLetter:
+    def transition(
+        self,
+        txn: Txn,
+        dead_letter_id: str,
+        to: str,
+        *,
+        record: DeadLetter | None = None,
+        **changes: Any,
+    ) -> DeadLetter:
         """Move a record to status `to` (with other field changes), or raise
-        `ValueError` if the status machine forbids it, `KeyError` if it is missing."""
-        record = self.get(txn, dead_letter_id)
+        `ValueError` if the status machine forbids it, `KeyError` if it is missing.
+        `record`: the record as the caller read it in this same transaction (not read
+        again)."""
+        if record is None:
+            record = self.get(txn, dead_letter_id)
         if record is None:
             raise KeyError(f"no dead letter {dead_letter_id!r}")
         if to not in TRANSITIONS[record.status]:
@@ -184,12 +195,20 @@ class DeadLetterTable:
         return updated
 
     def lease(
-        self, txn: Txn, dead_letter_id: str, *, now: float, until: float, renew: bool = False
+        self,
+        txn: Txn,
+        dead_letter_id: str,
+        *,
+        now: float,
+        until: float,
+        renew: bool = False,
+        record: DeadLetter | None = None,
     ) -> DeadLetter | None:
         """Take a record for replay until `until`: a `dead` one, or a `replaying` one
         whose lease expired (its worker died), or, with `renew`, one the caller knows it
-        holds already. None if it cannot be taken."""
-        record = self.get(txn, dead_letter_id)
+        holds already. None if it cannot be taken. `record`: as `transition`."""
+        if record is None:
+            record = self.get(txn, dead_letter_id)
         if record is None:
             return None
         if record.status == "replaying" and (renew or (record.lease_until or 0.0) <= now):
@@ -198,7 +217,7 @@ class DeadLetterTable:
             return updated
         if record.status != "dead":
             return None
-        return self.transition(txn, dead_letter_id, "replaying", lease_until=until)
+        return self.transition(txn, dead_letter_id, "replaying", record=record, lease_until=until)
 
     def expired_leases(
         self, txn: Txn, *, now: float, limit: int = 1000
@@ -267,18 +286,25 @@ class DeadLetterTable:
         return len(doomed)
 
     def _write(self, txn: Txn, old: DeadLetter | None, new: DeadLetter | None) -> None:
-        """Replace `old` by `new` (either may be None), keeping indexes and counts."""
+        """Replace `old` by `new` (either may be None), keeping indexes and counts
+        (an index entry or count that does not change is not touched)."""
         if old is not None:
             for name, tag in _TAGS:
-                txn.delete(index_key(tag, getattr(old, name), old.id), db=self._idx)
-            self._bump(txn, old.status, -1)
+                value = getattr(old, name)
+                if new is None or getattr(new, name) != value:
+                    txn.delete(index_key(tag, value, old.id), db=self._idx)
+            if new is None or new.status != old.status:
+                self._bump(txn, old.status, -1)
             if new is None:
                 txn.delete(old.id.encode("utf-8"), db=self._db)
         if new is not None:
             txn.put(new.id.encode("utf-8"), encode(new), db=self._db)
             for name, tag in _TAGS:
-                txn.put(index_key(tag, getattr(new, name), new.id), b"", db=self._idx)
-            self._bump(txn, new.status, +1)
+                value = getattr(new, name)
+                if old is None or getattr(old, name) != value:
+                    txn.put(index_key(tag, value, new.id), b"", db=self._idx)
+            if old is None or old.status != new.status:
+                self._bump(txn, new.status, +1)
 
     def _bump(self, txn: Txn, status: str, delta: int) -> None:
         key = b"dl_count:" + status.encode()

@@ -302,7 +302,11 @@ class Store:
                 txn, record.idempotency_key, delivered_at=delivered_at, expires_at=expires_at
             )
             return self.dead_letters.transition(
-                txn, dead_letter_id, "replayed", replay_count=record.replay_count + 1
+                txn,
+                dead_letter_id,
+                "replayed",
+                record=record,
+                replay_count=record.replay_count + 1,
             )
 
         return self.write(op)
@@ -337,11 +341,13 @@ class Store:
                 return "dead", record
             if record.status == "replaying" and not renew and (record.lease_until or 0.0) > now:
                 return "held", record
-            leased = table.lease(txn, dead_letter_id, now=now, until=until, renew=renew)
+            leased = table.lease(
+                txn, dead_letter_id, now=now, until=until, renew=renew, record=record
+            )
             if leased is None:
                 return "held", record
             if self.dedup.get(txn, leased.idempotency_key, now=now) is not None:
-                return "duplicate", table.transition(txn, dead_letter_id, "replayed")
+                return "duplicate", table.transition(txn, dead_letter_id, "replayed", record=leased)
             return "leased", leased
 
         return self.write(op)
@@ -355,7 +361,12 @@ class Store:
             if record is None:
                 raise KeyError(f"no dead letter {dead_letter_id!r}")
             return self.dead_letters.transition(
-                txn, dead_letter_id, "dead", replay_count=record.replay_count + 1, **changes
+                txn,
+                dead_letter_id,
+                "dead",
+                record=record,
+                replay_count=record.replay_count + 1,
+                **changes,
             )
 
         return self.write(op)
@@ -367,7 +378,7 @@ class Store:
             record = self.dead_letters.get(txn, dead_letter_id)
             if record is None or record.status != "replaying":
                 return record
-            return self.dead_letters.transition(txn, dead_letter_id, "dead")
+            return self.dead_letters.transition(txn, dead_letter_id, "dead", record=record)
 
         return self.write(op)
 
