@@ -32,7 +32,7 @@ from surelay.ingress.answers import (
     Turn,
     answer_batch,
     end_spans,
-    settle_each,
+    settle_on_loop,
 )
 from surelay.ingress.checks import Checked, check_batch, check_one, envelopes
 from surelay.pressure import hard_bound
@@ -247,7 +247,7 @@ class WayIn:
             answers: list[Any], receipts: list[Receipt], error: BaseException | None
         ) -> None:
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-                loop.call_soon_threadsafe(settle_each, answers, receipts, error)
+                loop.call_soon_threadsafe(settle_on_loop, loop, answers, receipts, error)
 
         self._write_gathered(turn, settle)
 
