@@ -21,7 +21,7 @@ from surelay import (
     RuntimeClosed,
     TransientError,
 )
-from surelay.actors.replay import OFFER_GRACE, POLL, Replay
+from surelay.actors.replay import OFFER_GRACE, POLL, Replay, ReplayCoordinator
 from surelay.errors import StorageError
 from surelay.routing import replay_partition
 from surelay.sources import JetStreamSource
@@ -547,3 +547,30 @@ def test_an_outcome_that_cannot_be_written_ends_its_record_not_the_job(
     assert report.done and report.failed == 1
     assert "could not put it back to dead" in caplog.text
     assert len(down.delivered) == 2  # sent, and sent again after the first failed write
+
+
+def test_a_coordinator_crash_while_finishing_a_replay_still_finishes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    down = Downstream()
+    save = ReplayCoordinator._save
+    failed: list[str] = []
+
+    def save_failing_once(self: ReplayCoordinator, request: ReplayRequest) -> None:
+        if request.status == "done" and not failed:
+            failed.append(request.id)
+            raise StorageError("the disk said no, once")  # crashes the coordinator
+        save(self, request)
+
+    with open_runtime(tmp_path, {"t": down.recorder}, retry=RetryPolicy(max_attempts=1)) as rt:
+        kill(rt, 3, key="k")
+        down.healthy = True
+        monkeypatch.setattr(ReplayCoordinator, "_save", save_failing_once)
+        started = rt.dead_letters.replay(wait=False)
+        job = rt._parts.replays.jobs[started.request_id]
+        # the tick finishes it again; before, its caller waited until its timeout
+        report = job.finished.result(timeout=20 * POLL)
+        children = rt.supervisor.child("replay").which_children()  # type: ignore[attr-defined]
+    assert failed  # its first finish crashed it
+    assert (report.replayed, report.pending) == (3, 0)
+    assert [c.restarts for c in children if c.id == "coordinator"] == [1]

@@ -226,8 +226,11 @@ class ReplayCoordinator(AlarmOwner):
             job = self._start(message.request_id)
             return 0 if job is None else job.requested
         if isinstance(message, ReplayedMany):
-            for one in message.items:
-                self._replayed(one)
+            # every end is counted before any job is finished (a write that may fail):
+            # a crash there loses no count, and the tick finishes the job again
+            ended = {id(job): job for one in message.items if (job := self._replayed(one))}
+            for job in ended.values():
+                self._finish_if_done(job)
         elif isinstance(message, _Tick):
             self._tick()
         return None
@@ -321,17 +324,18 @@ class ReplayCoordinator(AlarmOwner):
             workers[partition].tell(Replays(tuple(batch)))
         return wait
 
-    def _replayed(self, message: Replayed) -> None:
+    def _replayed(self, message: Replayed) -> _Job | None:
+        """Count a record's end in its job; the job, if it has one."""
         if message.job is None:
             logger.info("recovered replay of %s: %s", message.dead_letter_id, message.result)
-            return
+            return None
         with self._state.lock:
             job = self._state.jobs.get(message.job)
             if job is None:
-                return
+                return None
             job.counts[message.result] += 1
             job.outstanding -= 1
-        self._finish_if_done(job)
+        return job
 
     def _finish_if_done(self, job: _Job) -> None:
         if job.pending or job.outstanding or job.finished.done():
@@ -371,6 +375,8 @@ class ReplayCoordinator(AlarmOwner):
                     deadline = min(deadline, time.monotonic() + wait)
             elif job.finished.done() and job.outstanding == 0:
                 self._forget_later(job)
+            else:
+                self._finish_if_done(job)  # (again, after a crash while finishing it)
         if self._alarm is not None:
             self._alarm.set(deadline)
 
