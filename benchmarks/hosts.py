@@ -4,10 +4,10 @@ Run: .venv/bin/python benchmarks/hosts.py [--messages N]
 
 `asend`s made in one turn of the event loop share one outbox write (coroutines woken by
 one group commit send again in the same turn), so the coroutines can pass the storage
-layer's one-write-per-message figure below. Threads' `send`s made while earlier writes
-commit are gathered into one write too (`surelay.ingress.gather`), but each thread has
-one message in flight at most, so 16 threads give groups of at most 16, and each
-delivery's record is a second write to the same store.
+layer's one-write-per-message figure below. Threads' `send`s made while the writer is
+busy join one write operation too (`surelay.storage.joining`), but each thread has one
+message in flight at most, so 16 threads give groups of at most 16, and each delivery's
+record is a second write to the same store.
 
 - 200 coroutines on one event loop, each `await rt.asend(...)` in a loop (AT_LEAST_ONCE,
   a no-op transport): msg/s, and the event loop's lag meanwhile (a 1 ms ticker: how late

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from surelay import (
     RuntimeClosed,
     TransientError,
 )
-from surelay.actors.replay import OFFER_GRACE, POLL, Replay, ReplayCoordinator
+from surelay.actors.replay import OFFER_GRACE, POLL, Replay, ReplayCoordinator, _Job
 from surelay.errors import StorageError
 from surelay.routing import replay_partition
 from surelay.sources import JetStreamSource
@@ -553,24 +554,46 @@ def test_a_coordinator_crash_while_finishing_a_replay_still_finishes_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     down = Downstream()
-    save = ReplayCoordinator._save
+    report_of = _Job.report
     failed: list[str] = []
 
-    def save_failing_once(self: ReplayCoordinator, request: ReplayRequest) -> None:
-        if request.status == "done" and not failed:
-            failed.append(request.id)
-            raise StorageError("the disk said no, once")  # crashes the coordinator
-        save(self, request)
+    def report_failing_once(self: _Job) -> ReplayReport:
+        finishing = sys._getframe(1).f_code.co_name == "_finish_if_done"
+        if finishing and not failed:
+            failed.append(self.request.id)
+            raise RuntimeError("a bug, once")  # crashes the coordinator as it finishes
+        return report_of(self)
 
     with open_runtime(tmp_path, {"t": down.recorder}, retry=RetryPolicy(max_attempts=1)) as rt:
         kill(rt, 3, key="k")
         down.healthy = True
-        monkeypatch.setattr(ReplayCoordinator, "_save", save_failing_once)
+        monkeypatch.setattr(_Job, "report", report_failing_once)
         started = rt.dead_letters.replay(wait=False)
         job = rt._parts.replays.jobs[started.request_id]
         # the tick finishes it again; before, its caller waited until its timeout
-        report = job.finished.result(timeout=20 * POLL)
+        report = job.finished.result(timeout=30)
         children = rt.supervisor.child("replay").which_children()  # type: ignore[attr-defined]
     assert failed  # its first finish crashed it
     assert (report.replayed, report.pending) == (3, 0)
     assert [c.restarts for c in children if c.id == "coordinator"] == [1]
+
+
+def test_a_replay_whose_done_cannot_be_saved_still_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    down = Downstream()
+    save = ReplayCoordinator._save
+
+    def save_refused_when_done(self: ReplayCoordinator, request: ReplayRequest) -> None:
+        if request.status == "done":
+            raise StorageError("read-only filesystem")
+        save(self, request)
+
+    with open_runtime(tmp_path, {"t": down.recorder}, retry=RetryPolicy(max_attempts=1)) as rt:
+        kill(rt, 2, key="k")
+        down.healthy = True
+        monkeypatch.setattr(ReplayCoordinator, "_save", save_refused_when_done)
+        report = rt.dead_letters.replay(timeout=30)
+        children = rt.supervisor.child("replay").which_children()  # type: ignore[attr-defined]
+    assert (report.replayed, report.pending) == (2, 0)
+    assert [c.restarts for c in children if c.id == "coordinator"] == [0]  # logged, not crashed

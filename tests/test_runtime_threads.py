@@ -155,3 +155,43 @@ def test_sends_waiting_in_a_group_when_close_begins_are_written_not_refused(
     with open_runtime(tmp_path, {"t": sink}) as again:
         assert again.flush(10)
     assert sorted(sink.payloads()) == sorted(b"%d" % n for n in range(6))
+
+
+def test_a_send_that_cannot_be_written_fails_alone_not_its_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sends that joined one write are written again one by one when it fails: the one
+    that cannot be written fails, the others are accepted (as they would have been
+    alone), and nothing is left counted as under way."""
+    sink = Recorder()
+    with open_runtime(tmp_path, {"t": sink}) as rt:
+        enqueue_many = rt._store.outbox.enqueue_many
+
+        def refusing(txn: Any, routed: Any, **kwargs: Any) -> Any:
+            if any(envelope.payload == b"poison" for envelope, _ in routed):
+                raise ValueError("this one cannot be written")
+            return enqueue_many(txn, routed, **kwargs)
+
+        monkeypatch.setattr(rt._store.outbox, "enqueue_many", refusing)
+        outcomes: dict[bytes, object] = {}
+
+        def send(payload: bytes) -> None:
+            try:
+                outcomes[payload] = rt.send("t", payload, key=payload.decode())
+            except ValueError as refused:
+                outcomes[payload] = refused
+
+        threads = [threading.Thread(target=send, args=(p,)) for p in (b"a", b"poison", b"b")]
+        with rt.transaction():  # the three join one write, held until the block ends
+            for thread in threads:
+                thread.start()
+            wait_until(lambda: rt._in._joining.gathering == 3)
+        for thread in threads:
+            thread.join(10)
+        assert isinstance(outcomes[b"poison"], ValueError)
+        assert isinstance(outcomes[b"a"], Receipt) and isinstance(outcomes[b"b"], Receipt)
+        assert rt.flush(10)
+        assert rt.stats().in_flight == 0  # the refused one is not tracked
+        assert rt._in._active == 0  # a close would not wait for it
+        assert rt.send("t", b"c").wait(10) is not None  # the way in goes on
+    assert sorted(sink.payloads()) == [b"a", b"b", b"c"]

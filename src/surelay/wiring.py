@@ -177,25 +177,31 @@ def start(store: Store, config: RuntimeConfig, transports: dict[str, Transport])
             engines.stop(1.0)
         telemetry.close()
         raise
-    peers.attach(root)
-    sources = root.child("sources")
-    assert isinstance(sources, SupervisorRef)
-    gate = Gate(pressure, config.pressure, tracker, counters, clock)
-    ingress = IngressEndpoint(config, store, names, tracker, counters, telemetry, gate, peers)
-    return Tree(
-        root=root,
-        peers=peers,
-        states=states,
-        replays=replays,
-        recovery=recovery,
-        way_in=WayIn(ingress),
-        consumers=Consumers(ingress, engines, breakers, transports, recovery, sources),
-        relays=Relays(ingress),
-        dead_letters=DeadLetters(store, peers, replays),
-        readings=Readings(store, counters, tracker, backlog, pressure, breakers, engines),
-        engines=engines,
-        tracker=tracker,
-        telemetry=telemetry,
-        transports=names,
-        snapshot=snapshot,
-    )
+    try:
+        peers.attach(root)
+        sources = root.child("sources")
+        assert isinstance(sources, SupervisorRef)
+        gate = Gate(pressure, config.pressure, tracker, counters, clock)
+        ingress = IngressEndpoint(config, store, names, tracker, counters, telemetry, gate, peers)
+        return Tree(
+            root=root,
+            peers=peers,
+            states=states,
+            replays=replays,
+            recovery=recovery,
+            way_in=WayIn(ingress),
+            consumers=Consumers(ingress, engines, breakers, transports, recovery, sources),
+            relays=Relays(ingress),
+            dead_letters=DeadLetters(store, peers, replays),
+            readings=Readings(store, counters, tracker, backlog, pressure, breakers, engines),
+            engines=engines,
+            tracker=tracker,
+            telemetry=telemetry,
+            transports=names,
+            snapshot=snapshot,
+        )
+    except BaseException:
+        root.stop(timeout=5.0)
+        engines.stop(1.0)
+        telemetry.close()
+        raise

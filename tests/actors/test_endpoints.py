@@ -1,5 +1,5 @@
 """Actors built from their endpoint records alone, without a runtime: what each is
-given is all it needs (a real store, tracker and supervision tree; no Hub)."""
+given is all it needs (a real store, tracker and supervision tree; no runtime)."""
 
 from __future__ import annotations
 

@@ -4,10 +4,9 @@ that answers hundreds never holds their loop for long; every caller answered onc
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import Future
 from typing import Any
 
-from surelay.ingress.answers import WAKE_MAX, settle_each, settle_on_loop
+from surelay.ingress.answers import WAKE_MAX, settle_on_loop
 from surelay.receipts import Tracker
 
 
@@ -42,10 +41,3 @@ def test_an_error_answers_every_caller_with_it() -> None:
 
     errors = asyncio.run(main())
     assert all(isinstance(e, OSError) for e in errors)
-
-
-def test_threads_futures_are_answered_all_at_once() -> None:
-    answers: list[Future[Any]] = [Future() for _ in range(3)]
-    receipts = Tracker().add(["a", "b", "c"])
-    settle_each(answers, receipts, None)
-    assert [a.result(0).message_id for a in answers] == ["a", "b", "c"]

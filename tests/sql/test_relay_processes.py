@@ -80,16 +80,30 @@ def order_violations(deliveries: list[tuple[str, int, str, float]]) -> list[str]
     return problems
 
 
-def overlaps(deliveries: list[tuple[str, int, str, float]]) -> list[str]:
+def overlaps(
+    deliveries: list[tuple[str, int, str, float]], dead: str = "", died_at: float = 0.0
+) -> list[str]:
     """Keys whose messages went through a relay again after another relay had delivered
     some: a key passes through one relay at a time, handed over once (a partition is
-    given back only when none of its rows is under way there)."""
-    runs: dict[str, list[str]] = {}
-    for key, _, relay, _ in deliveries:
+    given back only when none of its rows is under way there). A key may come back to
+    a relay from `dead`, once it died (`died_at`): its partitions are taken over by the
+    live relays, the one it had taken them from among them."""
+    runs: dict[str, list[tuple[str, float]]] = {}
+    for key, _, relay, at in deliveries:
         relays = runs.setdefault(key, [])
-        if not relays or relays[-1] != relay:
-            relays.append(relay)
-    return [f"{key}: {' -> '.join(r)}" for key, r in runs.items() if len(set(r)) < len(r)]
+        if not relays or relays[-1][0] != relay:
+            relays.append((relay, at))
+    problems = []
+    for key, run in runs.items():
+        seen: set[str] = set()
+        for index, (relay, at) in enumerate(run):
+            back = relay in seen
+            from_dead = index > 0 and run[index - 1][0] == dead and at >= died_at
+            if back and not from_dead:
+                problems.append(f"{key}: {' -> '.join(r for r, _ in run)}")
+                break
+            seen.add(relay)
+    return problems
 
 
 @pytest.fixture
@@ -317,5 +331,5 @@ def test_relays_join_and_die_under_load_every_row_in_order(
     assert leases_at <= LEASE + 2
     assert delivered_at <= LEASE + 2
     assert order_violations(deliveries) == []
-    assert overlaps(deliveries) == []
+    assert overlaps(deliveries, dead="a", died_at=killed_at) == []
     assert {relay for _, _, relay, _ in deliveries} == {"a", "b", "c"}

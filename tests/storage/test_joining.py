@@ -168,3 +168,24 @@ def test_every_item_of_every_thread_is_ended_once_in_its_threads_order(
         for t in range(threads):
             mine = [item for item in order if item.startswith(f"{t}-")]
             assert mine == [f"{t}-{i}" for i in range(each)]
+
+
+def test_a_group_ended_without_being_run_is_closed_and_the_next_item_written() -> None:
+    """The writer may fail an operation without running it (a store failing as a
+    transaction begins, a close): the group must not stay open to take later items."""
+    ends = Ends()
+    submitted: list[Future[Any]] = []
+
+    def submit(_op: Callable[[Any], Any]) -> Future[Any]:
+        future: Future[Any] = Future()
+        submitted.append(future)
+        return future
+
+    joining: Joining[str, int] = Joining(submit, lambda _txn, items: len(items), ends)
+    joining.join("a")
+    submitted[0].set_exception(StorageError("the store failed as the write began"))
+    assert ends.groups == [(["a"], None, submitted[0].exception())]
+    joining.join("b")
+    assert len(submitted) == 2  # a group of its own, with an operation of its own
+    submitted[1].cancel()
+    assert ends.groups[1][0] == ["b"] and isinstance(ends.groups[1][2], StorageError)

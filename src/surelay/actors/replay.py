@@ -350,7 +350,10 @@ class ReplayCoordinator(AlarmOwner):
                 f"directory offered them for {OFFER_GRACE:g}s",
             )
         job.ended = time.monotonic()
-        self._save(replace(job.request, progress=report.progress()))
+        try:
+            self._save(replace(job.request, progress=report.progress()))
+        except Exception:  # (as a save that fails later is): logged, the job still ends
+            logger.exception("replay %s: could not save that it is done", job.request.id)
         logger.info("replay %s done: %s", job.request.id, report)
         job.finished.set_result(report)
 

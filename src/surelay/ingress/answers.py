@@ -1,6 +1,6 @@
-"""How the callers of a written group of sends are answered: threads by their
-`concurrent.futures.Future`, coroutines by their loop's future (set on that loop), and
-what a `Turn` of sends gathered for one write holds."""
+"""How coroutines that sent are answered once their write has ended (on their loop, a
+few per turn), and what a `Turn` of their sends holds. (A thread's send waits for its
+own future: `surelay.ingress.way_in`.)"""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ __all__ = [
     "answer_batch",
     "end_spans",
     "resolve_empty",
-    "settle_each",
     "settle_on_loop",
 ]
 
@@ -52,11 +51,9 @@ def answer_batch(
         future.set_exception(error)
 
 
-def settle_each(answers: list[Any], receipts: list[Receipt], error: BaseException | None) -> None:
-    """`Settle` for futures of either kind, each given its receipt (or the error); on
-    the thread that ends the write for threads' futures, on their loop for coroutines'
-    (through `loop.call_soon_threadsafe`). Those answered already (a caller that
-    stopped waiting) are left alone."""
+def _settle(answers: list[Any], receipts: list[Receipt], error: BaseException | None) -> None:
+    """Give each future its receipt (or all the error); those answered already (a
+    caller that stopped waiting) are left alone."""
     for index, future in enumerate(answers):
         if future.done():
             continue
@@ -73,13 +70,14 @@ def settle_on_loop(
     error: BaseException | None,
     start: int = 0,
 ) -> None:
-    """`settle_each` for coroutines, on their loop: `WAKE_MAX` of them per turn, the
-    rest in the turns after (the loop's other work runs in between)."""
+    """Answer coroutines' futures on their loop (called through
+    `loop.call_soon_threadsafe`): `WAKE_MAX` of them per turn, the rest in the turns
+    after (the loop's other work runs in between)."""
     end = start + WAKE_MAX
     if error is None:
-        settle_each(answers[start:end], receipts[start:end], None)
+        _settle(answers[start:end], receipts[start:end], None)
     else:
-        settle_each(answers[start:end], [], error)
+        _settle(answers[start:end], [], error)
     if end < len(answers):
         loop.call_soon(settle_on_loop, loop, answers, receipts, error, end)
 
@@ -91,16 +89,16 @@ def resolve_empty(future: asyncio.Future[None]) -> None:
 
 @dataclass(slots=True)
 class Turn:
-    """Sends written to the outbox together: the `asend`s of one event-loop turn
-    (coroutines woken by one group commit send again in the same turn, so the loop pays
-    for one write, one future and one wake-up per turn rather than per message), or one
-    group of threads' `send`s. Each message's send span is started in its caller's call
-    (its trace context); ids are given in call order when the turn is written."""
+    """The `asend`s of one event-loop turn, written to the outbox together (coroutines
+    woken together send again in the same turn, so the loop pays for one write and one
+    wake-up per turn rather than per message). Each message's send span is started in
+    its caller's call (its trace context); ids are given in call order when the turn is
+    written."""
 
     checked: list[Checked] = field(default_factory=list)
     spans: list[Any] | None = None
     answers: list[Any] = field(default_factory=list)
-    """asyncio futures for `asend`s, `concurrent.futures.Future`s for threads' sends."""
+    """The `asend`s' asyncio futures."""
 
     def add(self, checked: Checked, span: Any, answer: Any) -> None:
         """One more send: its checked arguments, its span (None without tracing; the

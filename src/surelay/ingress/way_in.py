@@ -2,7 +2,7 @@
 `transaction()`: check, admit (pressure, per-key rates, the bound on messages in
 flight), route to a partition, write to the outbox, answer the caller, dispatch.
 
-Sends from many threads share outbox writes (`Store.enqueue_joined`), and so do the
+Sends from many threads share outbox writes (`surelay.storage.joining`), and so do the
 `asend`s of one event-loop turn (`Turn`): one group commit answers them all. A close
 closes the gate first (`begin_close`): sends already called are written, later ones
 are refused with `RuntimeClosed`.
@@ -183,7 +183,7 @@ class WayIn:
         txn: Txn | None = None,
     ) -> Receipt:
         """`Runtime.send`: one message, its receipt once durable (the sends of many
-        threads share writes: `Store.enqueue_joined`); with `txn`, in that transaction."""
+        threads share writes: `surelay.storage.joining`); with `txn`, in that transaction."""
         checked = self._check(transport, payload, key, idempotency_key, priority, headers)
         return self._accept([checked], txn)[0]
 
@@ -249,9 +249,9 @@ class WayIn:
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
                 loop.call_soon_threadsafe(settle_on_loop, loop, answers, receipts, error)
 
-        self._write_gathered(turn, settle)
+        self._write_turn_runs(turn, settle)
 
-    def _write_gathered(self, turn: Turn, settle: Settle) -> None:
+    def _write_turn_runs(self, turn: Turn, settle: Settle) -> None:
         """Each run of consecutive calls of one priority is written as one group, in
         call order (each priority has its own bound on messages in flight)."""
         count = len(turn.checked)
@@ -322,7 +322,7 @@ class WayIn:
                 settle(answers, [], error)
             return
 
-        def ended(done: Future[list[Receipt]]) -> None:  # on the writer thread
+        def ended(done: Future[list[Receipt]]) -> None:  # (where the write ended: see Joining)
             error = done.exception()
             settle(answers, [] if error is not None else done.result(), error)
 
@@ -377,7 +377,7 @@ class WayIn:
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[list[Receipt]] = loop.create_future()
 
-        def ended(done: Future[list[Receipt]]) -> None:  # on the writer thread
+        def ended(done: Future[list[Receipt]]) -> None:  # (where the write ended: see Joining)
             error = done.exception()
             receipts = [] if error is not None else done.result()
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
@@ -477,9 +477,15 @@ class WayIn:
     def _written(
         self, group: list[Pending], entries: list[OutboxEntry] | None, error: BaseException | None
     ) -> None:
-        """The write of a group ended (on the writer thread): finish each send (or
-        abort it: nothing accepted), dispatch all their entries at once, then answer
-        their callers."""
+        """The write of a group ended (see `Joining` for on which thread): finish each
+        send (or abort it: nothing accepted), dispatch all their entries at once, then
+        answer their callers. A group of several sends that failed is written again one
+        send at a time, so one send that cannot be written (a batch too large for the
+        space left) fails alone, as it would have without the others."""
+        if entries is None and len(group) > 1 and isinstance(error, Exception):
+            for pending in group:
+                self._write_alone(pending)
+            return
         with self._lock:
             self._active += 1  # a close waits for the dispatch below too
         outcomes: list[BaseException | None] = []
@@ -495,7 +501,7 @@ class WayIn:
                         end = start + len(pending.envelopes)
                         self._finish(pending, entries[start:end], dispatch)
                         start = end
-                except Exception as failed:  # on the writer thread: say it, do not kill it
+                except Exception as failed:  # (perhaps the writer thread): say it, go on
                     logger.exception("finishing an accepted message failed")
                     outcome = failed
                 outcomes.append(outcome)
@@ -505,12 +511,32 @@ class WayIn:
             logger.info("messages accepted while closing: sent at the next open")
         finally:
             self._leave()
-            for pending, outcome in zip(group, outcomes, strict=False):
+            cut = StorageError("interrupted while its write ended; see the log")
+            for index, pending in enumerate(group):
                 assert pending.durable is not None
+                outcome = outcomes[index] if index < len(outcomes) else cut
                 if outcome is None:
                     pending.durable.set_result(pending.receipts)
                 else:
                     pending.durable.set_exception(outcome)
+
+    def _write_alone(self, pending: Pending) -> None:
+        """Write one send of a failed group by itself (see `_written`)."""
+        try:
+            done = self._store.write(lambda txn: self._write_joined(txn, [pending]))
+        except Exception as refused:
+            self._written([pending], None, refused)
+            return
+
+        def ended(written: Future[list[OutboxEntry]]) -> None:
+            if written.cancelled():
+                self._written([pending], None, StorageError("the outbox write was cancelled"))
+            elif (failed := written.exception()) is not None:
+                self._written([pending], None, failed)
+            else:
+                self._written([pending], written.result(), None)
+
+        done.add_done_callback(ended)
 
     def _leave(self) -> None:
         with self._lock:

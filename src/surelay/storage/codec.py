@@ -29,6 +29,7 @@ __all__ = [
     "decode_dedup",
     "decode_or_report",
     "encode",
+    "encode_dead_letter",
     "encode_dedup",
     "encode_generic",
     "encode_outbox",

@@ -17,6 +17,7 @@ commit, or fail, together.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -27,6 +28,8 @@ from surelay.storage.environment import Txn
 
 __all__ = ["Joining"]
 
+logger = logging.getLogger("surelay.storage")
+
 I = TypeVar("I")  # noqa: E741  # an item written
 R = TypeVar("R")  # what writing a group gives back
 
@@ -36,8 +39,9 @@ Submit = Callable[[Callable[[Txn], Any]], "Future[Any]"]
 class Joining(Generic[I, R]):
     """Items `join`ed from any thread, written as a group by `run(txn, items)` in one
     operation given to `submit`; `ended(items, result, error)` is called once per group
-    when its write has ended (durable, or failed with `error`), on the writer thread
-    (on the joining thread if the store refused the operation at once)."""
+    when its write has ended (durable, or failed with `error`): on the thread that
+    completes the operation's future (the writer's), or on the joining thread if the
+    store refused the operation at once or it ended before `join` returned."""
 
     def __init__(
         self,
@@ -65,13 +69,14 @@ class Joining(Generic[I, R]):
                 group.append(item)
                 return
             group = self._open = [item]
+        done: Future[R] | None = None
         try:
             done = self._submit(lambda txn: self._write(group, txn))
         except Exception as error:  # the store is closed: nothing of the group written
-            self._close(group)
-            self._ended(group, None, error)
-            return
-        done.add_done_callback(lambda written: self._answer(group, written))
+            self._answer(group, None, error)
+        finally:  # (an interrupt after the submit still leaves the group to its end)
+            if done is not None:
+                done.add_done_callback(lambda written: self._answer(group, None, None, written))
 
     def _close(self, group: list[I]) -> None:
         with self._lock:
@@ -82,10 +87,23 @@ class Joining(Generic[I, R]):
         self._close(group)  # (no item joins it from here on: the same items every run)
         return self._run(txn, group)
 
-    def _answer(self, group: list[I], written: Future[R]) -> None:
-        if written.cancelled():
-            self._ended(group, None, StorageError("the outbox write was cancelled"))
-        elif (error := written.exception()) is not None:
-            self._ended(group, None, error)
-        else:
-            self._ended(group, written.result(), None)
+    def _answer(
+        self,
+        group: list[I],
+        result: R | None,
+        error: BaseException | None,
+        written: Future[R] | None = None,
+    ) -> None:
+        # Closed here too: the writer may end an operation without running it (a store
+        # that fails as a transaction begins, a close), and a group left open would take
+        # every later item with no operation to write it.
+        self._close(group)
+        if written is not None:
+            if written.cancelled():
+                error = StorageError("the outbox write was cancelled")
+            elif (error := written.exception()) is None:
+                result = written.result()
+        try:
+            self._ended(group, result, error)
+        except Exception:  # `ended` answers its callers itself; a bug there is logged
+            logger.exception("ending a joined write failed")
