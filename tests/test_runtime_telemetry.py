@@ -207,6 +207,34 @@ def test_a_replay_is_its_own_span_linked_to_the_original_trace(tmp_path: Path) -
     assert [(p.attributes, p.value) for p in replayed_points] == [({"surelay.transport": "t"}, 1)]
 
 
+def test_a_replay_still_under_way_at_close_ends_its_span_as_stopped(tmp_path: Path) -> None:
+    release = threading.Event()
+    calls = threading.Event()
+    healthy = False
+
+    def downstream(envelope: Envelope) -> None:
+        if not healthy:
+            raise PermanentError("rejected")
+        calls.set()
+        release.wait(10)
+
+    rt = open_runtime(
+        tmp_path, {"t": Recorder(downstream)}, retry=RetryPolicy(max_attempts=1), ack_timeout=1.0
+    )
+    try:
+        assert rt.send("t", b"x", key="k").wait(5) is Outcome.DEAD_LETTERED
+        healthy = True
+        rt.dead_letters.replay(wait=False)
+        assert calls.wait(10)  # the replay's call is under way
+        rt.close(timeout=0.2)
+    finally:
+        release.set()
+        rt.close()
+    (replay,) = spans("surelay.replay")
+    assert replay.attributes is not None
+    assert replay.attributes["surelay.outcome"] == "stopped"
+
+
 def test_pressure_transitions_are_spans_and_refusals_are_counted(tmp_path: Path) -> None:
     release = threading.Event()
     policy = PressurePolicy(capacity=4, elevated_at=0.5, critical_at=0.75, recover_at=0.25)

@@ -127,6 +127,17 @@ class _Written:
     items: tuple[tuple[int, str, Future[Any]], ...]
 
 
+@dataclass(frozen=True, slots=True)
+class _PutBack:
+    """To itself: a record that will not be sent (it crashed the worker twice, or its
+    transport is not this runtime's) was put back to `dead`, and ends with `result`
+    (if the write failed, its lease lapses and lease recovery takes it again)."""
+
+    message: Replay
+    write: Future[Any]
+    result: str
+
+
 @dataclass(slots=True)
 class _Active:
     """A record leased and submitted, waiting for its attempt."""
@@ -207,6 +218,15 @@ class ReplayWorker(Actor):
         if self.ref is not None:
             self.ref.tell(_Settle())
 
+    def on_stop(self) -> None:
+        """The runtime closes: the records still under way end here for this run (their
+        leases lapse, and the next open replays them); their spans say so."""
+        for active in self._state.active.values():
+            if active.span is not None:
+                active.span.set_attribute(ATTR_OUTCOME, "stopped")
+                active.span.end()
+                active.span = None
+
     def _crashed(self, active: _Active, error: BaseException) -> None:
         """The worker crashed on `active`'s attempt: replay it again first (a renewed
         lease), or on its second crash put it back to `dead` as `crash`."""
@@ -224,20 +244,19 @@ class ReplayWorker(Actor):
             state.ready.appendleft(active.message.line)
             return
         state.crashes.pop(dl_id, None)
+        # not waited for: the record ends once the write has (`_PutBack`)
         try:
-            self._at.store.replay_failed(
+            write = self._at.store.replay_failed(
                 dl_id,
                 reason_class="crash",
                 reason=f"the replay worker crashed on it ({describe(error)}), {crashes} times",
                 error_type=type(error).__name__,
                 failed_at=self._at.clock(),
-            ).result()
-        except Exception:
-            # The store refuses writes now: the record stays `replaying` under its lease,
-            # and lease recovery takes it again once that lapses. Its job and its key's
-            # line go on meanwhile (a raise here would leave them waiting for ever).
-            logger.exception("replay of %s: could not put it back to dead", dl_id)
-        self._record_done(active.message, "failed")
+            )
+        except Exception as refused:  # the store refuses writes now
+            write = Future()
+            write.set_exception(refused)
+        self._when_written([write], _PutBack(active.message, write, "failed"))
 
     def on_receive(self, message: Any) -> None:
         try:
@@ -251,6 +270,16 @@ class ReplayWorker(Actor):
             elif isinstance(message, _Written):
                 for seq, result, write in message.items:
                     self._written(seq, result, write)
+            elif isinstance(message, _PutBack):
+                if message.write.exception() is not None:
+                    # it stays `replaying` under its lease; lease recovery takes it again
+                    # once that lapses. Its job and its key's line go on meanwhile.
+                    logger.error(
+                        "replay of %s: could not put it back to dead: %s",
+                        message.message.dead_letter_id,
+                        message.write.exception(),
+                    )
+                self._record_done(message.message, message.result)
             self._leased()
             self._settle_results()
             self._start_ready()
@@ -350,13 +379,14 @@ class ReplayWorker(Actor):
             return _NOT_SENT[verdict]
         assert record is not None
         if record.transport not in at.transports:
-            at.store.release_lease(dead_letter_id).result()
             logger.warning(
                 "replay of %s refused: this runtime has no transport %r",
                 dead_letter_id,
                 record.transport,
             )
-            return "refused"
+            release = at.store.release_lease(dead_letter_id)
+            self._when_written([release], _PutBack(message, release, "refused"))
+            return None  # it ends once back to dead
         span = None
         headers = dict(record.headers)
         if at.telemetry.tracing:
