@@ -65,7 +65,7 @@ def test_a_submission_racing_the_loops_death_runs_on_the_next_loop() -> None:
     loop.start()
     holder[0].submit([((entry(1, "k", b"kill"),), sink)])
     attempts = sink.wait(2)
-    assert sorted((a.entry.seq, a.kind) for a in attempts) == [(1, LOST), (2, OK)]
+    assert sorted((a.call.seq, a.kind) for a in attempts) == [(1, LOST), (2, OK)]
     assert loop.restarts == 1 and holder[0].in_flight == 0
     loop.stop(2)
 
@@ -87,7 +87,7 @@ def test_a_failure_around_a_call_is_reported_lost_and_frees_the_slot() -> None:
     pool = engine(transport, loop)
     loop.start()
     pool.submit([((entry(1, "k"), entry(2, "k")), flaky_sink)])
-    assert [(a.entry.seq, a.kind) for a in sink.wait(2)] == [(1, LOST), (2, SKIPPED)]
+    assert [(a.call.seq, a.kind) for a in sink.wait(2)] == [(1, LOST), (2, SKIPPED)]
     deadline = time.monotonic() + 5
     while pool.in_flight:
         assert time.monotonic() < deadline

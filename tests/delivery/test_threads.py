@@ -3,6 +3,7 @@ the bound on abandoned threads, stopping."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -156,8 +157,8 @@ def test_a_call_past_its_ack_timeout_is_abandoned_and_its_slot_reused() -> None:
     pool = engine(transport, limit=1, ack_timeout=0.1)
     pool.submit([((entry(1), entry(2)), sink), ((entry(3),), sink)])
     # (the runs are separate: 3's result may come before the cut-off run's)
-    attempts = sorted(sink.wait(3), key=lambda a: a.entry.seq)
-    assert [(a.entry.seq, a.kind) for a in attempts] == [(1, TIMEOUT), (2, SKIPPED), (3, OK)]
+    attempts = sorted(sink.wait(3), key=lambda a: a.call.seq)
+    assert [(a.call.seq, a.kind) for a in attempts] == [(1, TIMEOUT), (2, SKIPPED), (3, OK)]
     assert attempts[0].failure == "transient"
     assert pool.health()["abandoned"] == 1
     release.set()
@@ -203,7 +204,7 @@ def test_a_thread_that_fails_around_a_call_reports_it_lost_and_goes_on() -> None
     pool = engine(lambda _e: None, limit=1)
     pool.submit([((entry(1), entry(2)), flaky_sink), ((entry(3),), flaky_sink)])
     attempts = sink.wait(3)
-    assert [(a.entry.seq, a.kind) for a in attempts] == [(1, LOST), (2, SKIPPED), (3, OK)]
+    assert [(a.call.seq, a.kind) for a in attempts] == [(1, LOST), (2, SKIPPED), (3, OK)]
     assert pool.in_flight == 0
     pool.stop(1)
 
@@ -260,7 +261,7 @@ def test_a_result_box_tells_its_actor_once_per_burst() -> None:
     for i in range(5):
         box.put(Attempt(entry(i), OK))
     assert told == [1]
-    assert [a.entry.seq for a in box.settle()] == [0, 1, 2, 3, 4]
+    assert [a.call.seq for a in box.settle()] == [0, 1, 2, 3, 4]
     assert not box
     box.put(Attempt(entry(9), OK))
     assert told == [1, 1]
@@ -275,14 +276,14 @@ def test_a_result_box_keeps_what_a_crash_interrupted() -> None:
     settled = []
     with pytest.raises(RuntimeError):
         for attempt in box.settle():
-            if attempt.entry.seq == 2:
+            if attempt.call.seq == 2:
                 raise RuntimeError("the actor crashes")
-            settled.append(attempt.entry.seq)
+            settled.append(attempt.call.seq)
     box.put(Attempt(entry(4), OK))
     blamed = box.blamed()
-    assert settled == [0, 1] and blamed is not None and blamed.entry.seq == 2
+    assert settled == [0, 1] and blamed is not None and blamed.call.seq == 2
     assert box.blamed() is None
-    assert [a.entry.seq for a in box.settle()] == [3, 4]
+    assert [a.call.seq for a in box.settle()] == [3, 4]
 
 
 class Exploding(Breakers):
@@ -310,7 +311,7 @@ def test_a_failure_before_a_runs_first_call_reports_that_message_lost() -> None:
     breakers.boom = True
     pool.submit([((entry(4, "y"), entry(5, "y")), sink)])
     attempts = sink.wait(5)
-    assert [(a.entry.seq, a.kind) for a in attempts[3:]] == [(4, LOST), (5, SKIPPED)]
+    assert [(a.call.seq, a.kind) for a in attempts[3:]] == [(4, LOST), (5, SKIPPED)]
     assert pool.in_flight == 0
     pool.stop(1)
 
@@ -330,7 +331,7 @@ def test_the_deadline_watcher_survives_a_failure_to_report() -> None:
     pool.submit([((entry(1),), flaky_sink)])
     assert sink.wait(1)[0].kind == LOST  # its timeout could not be told: reported lost
     pool.submit([((entry(2),), flaky_sink)])
-    assert [(a.entry.seq, a.kind) for a in sink.wait(2)] == [(1, LOST), (2, TIMEOUT)]
+    assert [(a.call.seq, a.kind) for a in sink.wait(2)] == [(1, LOST), (2, TIMEOUT)]
     release.set()
     pool.stop(1)
 
@@ -365,6 +366,27 @@ def test_halt_lets_running_calls_end_and_starts_nothing_more() -> None:
     pool.submit([((entry(4, "j"),), sink)])
     gate.set()
     attempts = sink.wait(3)
-    assert [(a.entry.seq, a.kind) for a in attempts] == [(1, OK), (2, SKIPPED), (3, SKIPPED)]
+    assert [(a.call.seq, a.kind) for a in attempts] == [(1, OK), (2, SKIPPED), (3, SKIPPED)]
     assert calls == [b"1"] and pool.in_flight == 0
+    pool.stop(1)
+
+
+def test_a_call_is_anything_with_an_envelope_and_comes_back_as_given() -> None:
+    """The engine's unit is a call: an actor submits its own record of a message (here
+    not an outbox entry) and gets that very object back in the attempt."""
+
+    @dataclasses.dataclass(frozen=True)
+    class Ticket:
+        envelope: Envelope
+        mine: str
+
+    got: list[Envelope] = []
+    sink = Collect()
+    pool = engine(got.append, limit=1)
+    tickets = (Ticket(Envelope("a", "t", b"1"), "first"), Ticket(Envelope("b", "t", b"2"), "2nd"))
+    pool.submit([(tickets, sink)])
+    attempts = sink.wait(2)
+    assert [a.call for a in attempts] == list(tickets)  # the same objects, in order
+    assert all(a.call is t for a, t in zip(attempts, tickets, strict=True))
+    assert [e.message_id for e in got] == ["a", "b"]
     pool.stop(1)

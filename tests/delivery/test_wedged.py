@@ -66,7 +66,7 @@ def test_a_wedged_pool_says_so_once_and_hands_back_expired_runs(
             assert sink.attempts[0].kind == TIMEOUT
             clock.advance(61)  # 3 and 4 wait past the ttl
             sink.wait(3)
-            assert (sink.attempts[2].entry.seq, sink.attempts[2].kind) == (3, SKIPPED)
+            assert (sink.attempts[2].call.seq, sink.attempts[2].kind) == (3, SKIPPED)
             assert pool.waiting == 1  # the replay's run stays
             assert len(wedge_warnings(caplog)) == 1  # once, however long it lasts
             release.set()

@@ -60,7 +60,7 @@ from surelay.policy.verdict import (
     decide,
     describe,
 )
-from surelay.storage.records import DeadLetter, OutboxEntry
+from surelay.storage.records import DeadLetter
 from surelay.supervision import Actor, CrashReport
 from surelay.telemetry import (
     ATTR_DEAD_LETTER_ID,
@@ -125,6 +125,21 @@ class _Written:
     attempt's `seq`, the record's result and the future of its write."""
 
     items: tuple[tuple[int, str, Future[Any]], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _ReplayCall:
+    """What the worker hands an engine: the replay's envelope, and its number among
+    this worker's calls (how its attempt finds its record)."""
+
+    envelope: Envelope
+    seq: int
+
+
+def _seq(attempt: Attempt) -> int:
+    call = attempt.call
+    assert isinstance(call, _ReplayCall), call
+    return call.seq
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +226,7 @@ class ReplayWorker(Actor):
             state.starting = None
         blamed = state.results.blamed()
         if blamed is not None:
-            active = state.active.pop(blamed.entry.seq, None)
+            active = state.active.pop(_seq(blamed), None)
             if active is not None:
                 self._crashed(active, crash.error)
         self._tell_ended()
@@ -373,7 +388,6 @@ class ReplayWorker(Actor):
         is made."""
         at = self._at
         dead_letter_id = message.dead_letter_id
-        now = at.clock()
         if verdict != "leased":
             logger.info("replay of %s: not sent (%s)", dead_letter_id, verdict)
             return _NOT_SENT[verdict]
@@ -416,10 +430,10 @@ class ReplayWorker(Actor):
             created_at=record.first_attempt_at,
         )
         state = self._state
-        entry = OutboxEntry(next(state.serial), envelope, now, state.partition)
-        state.active[entry.seq] = _Active(message, record, span)
+        call = _ReplayCall(envelope, next(state.serial))
+        state.active[call.seq] = _Active(message, record, span)
         # a replay is sent whatever its age: no message_ttl applies to it
-        at.engines[record.transport].submit([((entry,), state.results.put)], expiring=False)
+        at.engines[record.transport].submit([((call,), state.results.put)], expiring=False)
         return None
 
     def _record_done(self, message: Replay, result: str) -> None:
@@ -444,14 +458,15 @@ class ReplayWorker(Actor):
         written: list[tuple[int, str, Future[Any]]] = []
         try:
             for attempt in state.results.settle():
-                active = state.active.get(attempt.entry.seq)
+                seq = _seq(attempt)
+                active = state.active.get(seq)
                 if active is not None and attempt.kind == LOST:  # as if it crashed the worker
-                    del state.active[attempt.entry.seq]
+                    del state.active[seq]
                     self._crashed(active, attempt.error or RuntimeError("the call was lost"))
                 elif active is not None:
                     result, write = self._settle(active, attempt)  # a CRASH raises here
                     active.attempt = attempt
-                    written.append((attempt.entry.seq, result, write))
+                    written.append((seq, result, write))
         finally:  # (what was written before a crash still comes back)
             if written:
                 self._when_written([w for _, _, w in written], _Written(tuple(written)))

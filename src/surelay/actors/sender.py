@@ -454,11 +454,12 @@ class Sender(Actor):
         `reason` says the crash is being settled (by `on_restart`)."""
         at = self._at
         state = self._state
-        entry = attempt.entry
-        envelope = entry.envelope
-        message_id = envelope.message_id
-        if state.in_flight.get(message_id) is not entry:
+        call = attempt.call  # (the outbox entry this sender submitted)
+        message_id = call.envelope.message_id
+        entry = state.in_flight.get(message_id)
+        if entry is None or entry is not call:
             return  # not this partition's call any more (settled already)
+        envelope = entry.envelope
         kind = attempt.kind
         if kind == OK:  # the common case, decided without the verdict's arguments
             self._call_ended(envelope.idempotency_key, now)

@@ -1,4 +1,5 @@
-"""What an engine hands back for each call (`Attempt`), and where it leaves them
+"""What an engine runs (`Call`: anything with the `Envelope` to deliver), what it hands
+back for each call (`Attempt`, carrying the call it was given), and where it leaves them
 (`ResultBox`) for the actor that asked."""
 
 from __future__ import annotations
@@ -8,11 +9,12 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import pykka
 
+from surelay.envelope import Envelope
 from surelay.policy.verdict import Failure
-from surelay.storage.records import OutboxEntry
 
 __all__ = [
     "CRASH",
@@ -23,6 +25,7 @@ __all__ = [
     "SKIPPED",
     "TIMEOUT",
     "Attempt",
+    "Call",
     "ResultBox",
     "Run",
     "Sink",
@@ -49,11 +52,20 @@ SKIPPED = "skipped"
 in order."""
 
 
+class Call(Protocol):
+    """One message for an engine to deliver: its envelope. The actor's own record of it
+    (a Sender's outbox entry, a ReplayWorker's replay) is what it submits, and comes
+    back as `Attempt.call`; the engine reads nothing else of it."""
+
+    @property
+    def envelope(self) -> Envelope: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Attempt:
     """How one call of one message ended."""
 
-    entry: OutboxEntry
+    call: Call
     kind: str
     error: BaseException | None = None
     failure: Failure | None = None
@@ -64,7 +76,7 @@ class Attempt:
 Sink = Callable[[Attempt], None]
 """Where an engine leaves an attempt; called on the engine's thread."""
 
-Run = tuple[OutboxEntry, ...]
+Run = tuple[Call, ...]
 """Messages of one key, called one after another in one slot: the run stops at the first
 that is not delivered, and the rest come back SKIPPED. A run spares the actor a round
 trip per message of a busy key; it is still one call in flight per key."""
@@ -97,7 +109,9 @@ class ResultBox:
             try:
                 notify()
             except pykka.ActorDeadError:  # the runtime closed; the outbox still has it
-                logger.debug("result of %s after its actor stopped", attempt.entry)
+                logger.debug(
+                    "result of %s after its actor stopped", attempt.call.envelope.message_id
+                )
 
     def take(self) -> list[Attempt]:
         """Every attempt put since the last look, oldest first."""

@@ -42,6 +42,7 @@ from surelay.delivery.attempt import (
     SKIPPED,
     TIMEOUT,
     Attempt,
+    Call,
     Run,
     Sink,
 )
@@ -51,7 +52,6 @@ from surelay.delivery.spec import TransportSpec
 from surelay.errors import PermanentError
 from surelay.policy.expiry import past_ttl
 from surelay.policy.verdict import Failure, classify
-from surelay.storage.records import OutboxEntry
 from surelay.telemetry import (
     ATTR_OUTCOME,
     ATTR_TRANSPORT,
@@ -234,8 +234,8 @@ class Engine:
     @staticmethod
     def skip(run: Run, start: int, sink: Sink) -> None:
         """Report the messages of `run` from `start` on as not called."""
-        for entry in run[start:]:
-            sink(Attempt(entry, SKIPPED))
+        for call in run[start:]:
+            sink(Attempt(call, SKIPPED))
 
     def lost(
         self, run: Run, index: int, sink: Sink, error: BaseException, ticket: float | None
@@ -252,15 +252,15 @@ class Engine:
         except BaseException:
             logger.exception("could not report a lost call; the outbox keeps its message")
 
-    def begin(self, entry: OutboxEntry) -> tuple[Attempt | None, float | None, Span | None]:
+    def begin(self, call: Call) -> tuple[Attempt | None, float | None, Span | None]:
         """Before a call: a HELD attempt if the breaker refuses it (no call then), else
         the breaker's ticket and the `surelay.deliver` span (None without tracing)."""
         wait, ticket = self._breakers.allow(self.name, self._clock())
         if wait:
-            return Attempt(entry, HELD, wait=wait), None, None
+            return Attempt(call, HELD, wait=wait), None, None
         if not self._tracing:
             return None, ticket, None
-        envelope = entry.envelope
+        envelope = call.envelope
         span = message_span(
             self._telemetry.tracer,
             SPAN_DELIVER,
@@ -274,7 +274,7 @@ class Engine:
 
     def end(
         self,
-        entry: OutboxEntry,
+        call: Call,
         ticket: float | None,
         span: Span | None,
         started: float,
@@ -306,4 +306,4 @@ class Engine:
             if error is not None:
                 record_error(span, error)
             span.end()
-        return Attempt(entry, kind, error, failure)
+        return Attempt(call, kind, error, failure)

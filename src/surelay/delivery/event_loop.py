@@ -31,10 +31,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from surelay.delivery.attempt import OK, Attempt, Run, Sink
+from surelay.delivery.attempt import OK, Attempt, Call, Run, Sink
 from surelay.delivery.engine import WEDGED_POLL, Engine, calling
 from surelay.delivery.spec import is_coroutine_transport
-from surelay.storage.records import OutboxEntry
 
 __all__ = ["EventLoop", "LoopEngine", "is_coroutine_transport"]
 
@@ -238,12 +237,12 @@ class LoopEngine(Engine):
         assert task is not None
         run, sink = running.run, running.sink
         try:
-            for index, entry in enumerate(run):
+            for index, call in enumerate(run):
                 running.index, running.ticket = index, None
                 if index and self._stopping:  # halted: the rest of the run is not started
                     self.skip(run, index, sink)
                     break
-                attempt = await self._call(task, entry, running)
+                attempt = await self._call(task, call, running)
                 if task not in self._tasks:
                     return  # reported LOST already
                 sink(attempt)
@@ -281,10 +280,8 @@ class LoopEngine(Engine):
         if more:
             asyncio.get_running_loop().call_soon(self.pump)
 
-    async def _call(
-        self, task: asyncio.Task[None], entry: OutboxEntry, running: _Running
-    ) -> Attempt:
-        held, ticket, span = self.begin(entry)
+    async def _call(self, task: asyncio.Task[None], call: Call, running: _Running) -> Attempt:
+        held, ticket, span = self.begin(call)
         if held is not None:
             return held
         running.ticket = ticket
@@ -294,7 +291,7 @@ class LoopEngine(Engine):
         self._track(running, task)
         try:
             with calling(span):
-                await self.transport(entry.envelope)
+                await self.transport(call.envelope)
         except asyncio.CancelledError as cancelled:
             if running.timed_out:
                 expired = True
@@ -311,7 +308,7 @@ class LoopEngine(Engine):
         if not running.timed_out and time.perf_counter() - started > self.ack_timeout:
             self._outlived_deadline(started)
         # a transport that swallowed the cancel and returned has delivered after all
-        return self.end(entry, ticket, span, started, error, timed_out=expired)
+        return self.end(call, ticket, span, started, error, timed_out=expired)
 
     def _outlived_deadline(self, started: float) -> None:
         """A call outlived its ack timeout without being cancelled: the deadline could

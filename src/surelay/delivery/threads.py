@@ -209,12 +209,12 @@ class ThreadEngine(Engine):
         """Call `run`'s messages in order until one is not delivered; False if this
         thread was abandoned meanwhile (it must end)."""
         lock = self._lock  # the condition's own lock: entered in C, no Python frame
-        for index, entry in enumerate(run):
+        for index, call in enumerate(run):
             worker.index, worker.ticket = index, None
             if index and self._stopping:  # halted: the rest of the run is not started
                 self.skip(run, index, sink)
                 return True
-            held, ticket, span = self.begin(entry)
+            held, ticket, span = self.begin(call)
             if held is not None:
                 sink(held)
                 self.skip(run, index + 1, sink)
@@ -226,7 +226,7 @@ class ThreadEngine(Engine):
             error: BaseException | None = None
             try:
                 with calling(span):
-                    returned = self.transport(entry.envelope)
+                    returned = self.transport(call.envelope)
                 if inspect.isawaitable(returned):
                     if inspect.iscoroutine(returned):
                         returned.close()  # never run: say so instead of warning later
@@ -242,7 +242,7 @@ class ThreadEngine(Engine):
                 self._recent.append(took)
                 if worker.timed_out:  # reported by the watcher, with the rest skipped
                     return True
-            attempt = self.end(entry, ticket, span, started, error)
+            attempt = self.end(call, ticket, span, started, error)
             sink(attempt)
             if attempt.kind != OK:
                 self.skip(run, index + 1, sink)
@@ -323,17 +323,17 @@ class ThreadEngine(Engine):
     ) -> None:
         """Report a call past its deadline TIMEOUT and the rest of its run SKIPPED (a
         failure to report is logged: the watcher must live on)."""
-        entry = run[index]
+        call = run[index]
         logger.warning(
             "transport %r did not answer for message %s within ack_timeout=%ss; "
             "the call is abandoned and the message retried",
             self.name,
-            entry.envelope.message_id,
+            call.envelope.message_id,
             self.ack_timeout,
         )
         try:
             perf_started = time.perf_counter() - (time.monotonic() - started)
-            sink(self.end(entry, ticket, span, perf_started, None, timed_out=True))
+            sink(self.end(call, ticket, span, perf_started, None, timed_out=True))
             self.skip(run, index + 1, sink)
         except BaseException as error:
             self.lost(run, index, sink, error, None)
