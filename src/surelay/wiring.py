@@ -201,7 +201,16 @@ def start(store: Store, config: RuntimeConfig, transports: dict[str, Transport])
             snapshot=snapshot,
         )
     except BaseException:
-        root.stop(timeout=5.0)
-        engines.stop(1.0)
-        telemetry.close()
+        _stop(root, engines, telemetry)
         raise
+
+
+def _stop(root: SupervisorRef, engines: Engines, telemetry: Telemetry) -> None:
+    """Undo a start that failed once the tree ran, each part whatever the others do."""
+    try:
+        root.stop(timeout=5.0)
+    finally:
+        try:
+            engines.stop(1.0)
+        finally:
+            telemetry.close()

@@ -25,7 +25,8 @@ back to it as one message (`_Leased`, `_Written`) once their writes end, so they
 commits with each other and with everything else the store writes. The coordinator
 hands records out and hears of their ends in batches too (`Replays`, `ReplayedMany`).
 A record counts as active (against `ACTIVE_MAX`) from its lease until its outcome is
-durable. A write that fails is a crash on that record (see below).
+durable (one that is not sent, from its lease until it is back to `dead`, outside that
+count). A write that fails is a crash on that record (see below).
 
 A crash (the transport raised a BaseException that is not an Exception) restarts the
 worker; the next incarnation replays that record again under its own lease (dedup
@@ -162,6 +163,8 @@ class _Active:
     span: Span | None
     attempt: Attempt | None = None
     """Its attempt, once back (its outcome is being written)."""
+    result: str | None = None
+    """The outcome being written, once the attempt is back."""
 
 
 class WorkerState:
@@ -174,7 +177,7 @@ class WorkerState:
         self.ready: deque[str] = deque()
         """Lines whose head may start."""
         self.active: dict[int, _Active] = {}
-        """By the `seq` of the attempt's entry, a number this worker gives each call."""
+        """By the `seq` of its call (`_ReplayCall`), a number this worker gives each."""
         self.serial = itertools.count(1)
         self.results = ResultBox()
         self.starting: Replay | None = None
@@ -234,13 +237,19 @@ class ReplayWorker(Actor):
             self.ref.tell(_Settle())
 
     def on_stop(self) -> None:
-        """The runtime closes: the records still under way end here for this run (their
-        leases lapse, and the next open replays them); their spans say so."""
+        """The runtime closes (its engines are halted; a worker stopped to be restarted
+        keeps its records going): the records still under way end here for this run,
+        and their spans say so: with the outcome being written, or `stopped` for a call
+        that did not come back (its lease lapses, and the next open replays it)."""
+        if not self._at.engines.halted:
+            return
         for active in self._state.active.values():
-            if active.span is not None:
+            if active.attempt is not None and active.result is not None:
+                self._end_span(active.span, active.result, active.attempt)
+            elif active.span is not None:
                 active.span.set_attribute(ATTR_OUTCOME, "stopped")
                 active.span.end()
-                active.span = None
+            active.span = None
 
     def _crashed(self, active: _Active, error: BaseException) -> None:
         """The worker crashed on `active`'s attempt: replay it again first (a renewed
@@ -398,7 +407,11 @@ class ReplayWorker(Actor):
                 dead_letter_id,
                 record.transport,
             )
-            release = at.store.release_lease(dead_letter_id)
+            try:
+                release = at.store.release_lease(dead_letter_id)
+            except Exception as refused:  # the store refuses writes now: its lease lapses
+                release = Future()
+                release.set_exception(refused)
             self._when_written([release], _PutBack(message, release, "refused"))
             return None  # it ends once back to dead
         span = None
@@ -466,6 +479,7 @@ class ReplayWorker(Actor):
                 elif active is not None:
                     result, write = self._settle(active, attempt)  # a CRASH raises here
                     active.attempt = attempt
+                    active.result = result
                     written.append((seq, result, write))
         finally:  # (what was written before a crash still comes back)
             if written:

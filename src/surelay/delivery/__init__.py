@@ -34,6 +34,8 @@ class Engines(Mapping[str, Engine]):
         breakers: Breakers,
         telemetry: Telemetry,
     ) -> None:
+        self.halted = False
+        """Set by `halt` (a closing runtime): no call starts any more."""
         self.loop: EventLoop | None = None
         self._engines: dict[str, Engine] = {}
         self._config = config
@@ -95,6 +97,7 @@ class Engines(Mapping[str, Engine]):
 
     def halt(self) -> None:
         """Start no more calls anywhere; calls running now end and are reported."""
+        self.halted = True
         for engine in list(self._engines.values()):
             engine.halt()
 

@@ -478,10 +478,12 @@ class WayIn:
         self, group: list[Pending], entries: list[OutboxEntry] | None, error: BaseException | None
     ) -> None:
         """The write of a group ended (see `Joining` for on which thread): finish each
-        send (or abort it: nothing accepted), dispatch all their entries at once, then
-        answer their callers. A group of several sends that failed is written again one
-        send at a time, so one send that cannot be written (a batch too large for the
-        space left) fails alone, as it would have without the others."""
+        of its writes (or abort it: nothing accepted), dispatch all their entries at
+        once, then answer their callers. A group of several writes that failed is
+        written again one write at a time (behind the group that opened meanwhile: they
+        are accepted in that order), so one that cannot be written (a send, a batch or
+        a turn's run too large for the space left) fails alone, as it would have without
+        the others; the sends of one write (a batch, a turn's run) fail together."""
         if entries is None and len(group) > 1 and isinstance(error, Exception):
             for pending in group:
                 self._write_alone(pending)
@@ -499,8 +501,8 @@ class WayIn:
                         self._abort(pending, error or StorageError("the outbox write failed"))
                     else:
                         end = start + len(pending.envelopes)
-                        self._finish(pending, entries[start:end], dispatch)
-                        start = end
+                        mine, start = entries[start:end], end
+                        self._finish(pending, mine, dispatch)
                 except Exception as failed:  # (perhaps the writer thread): say it, go on
                     logger.exception("finishing an accepted message failed")
                     outcome = failed
@@ -512,6 +514,8 @@ class WayIn:
         finally:
             self._leave()
             cut = StorageError("interrupted while its write ended; see the log")
+            for pending in group[len(outcomes) + 1 :]:  # (not reached: nothing accepted)
+                self._abort(pending, cut)
             for index, pending in enumerate(group):
                 assert pending.durable is not None
                 outcome = outcomes[index] if index < len(outcomes) else cut

@@ -1,5 +1,5 @@
-"""`Joining`: the writes of many callers made one writer operation, closed only when
-the writer runs it.
+"""`Joining`: the writes of many callers made one writer operation, closed when the
+writer runs it (or ends it without running it).
 
 A thread's `send` writes one message. Sixteen threads sending at once would be sixteen
 operations in one commit, each answered on its own; a leader thread gathering them
@@ -8,7 +8,7 @@ Here the first call while no group is open submits one operation, and every call
 the writer runs that operation joins it: the group closes when the writer takes it. So
 a commit holds every write that came while the previous one was being made durable, no
 caller waits for another thread to be scheduled, and what follows the write is done
-once per group (`ended`, on the writer thread) rather than once per caller.
+once per group (`ended`) rather than once per caller.
 
 The operation may run more than once (see `surelay.storage.writer`): it closes its
 group on its first run and writes the same items on every run. The items of one group
@@ -74,7 +74,7 @@ class Joining(Generic[I, R]):
             done = self._submit(lambda txn: self._write(group, txn))
         except Exception as error:  # the store is closed: nothing of the group written
             self._answer(group, None, error)
-        finally:  # (an interrupt after the submit still leaves the group to its end)
+        finally:  # (an interrupt once `done` is set still leaves the group to its end)
             if done is not None:
                 done.add_done_callback(lambda written: self._answer(group, None, None, written))
 
