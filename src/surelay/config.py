@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Literal, get_args
 
 from surelay.envelope import Priority
 
@@ -24,7 +25,8 @@ __all__ = [
     "RuntimeConfig",
 ]
 
-JITTERS = ("none", "full", "equal", "decorrelated")
+Jitter = Literal["none", "full", "equal", "decorrelated"]
+JITTERS: tuple[Jitter, ...] = get_args(Jitter)
 
 
 class Guarantee(enum.Enum):
@@ -65,7 +67,7 @@ class RetryPolicy:
     base_delay: float = 5.0
     max_delay: float = 300.0
     multiplier: float = 2.0
-    jitter: str = "full"
+    jitter: Jitter = "full"
     immediate_retries: int = 0
     max_retry_after: float = 3600.0
 

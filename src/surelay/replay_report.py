@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal, get_args
 
-__all__ = ["RESULTS", "ReplayReport"]
+__all__ = ["RESULTS", "ReplayReport", "ReplayResult"]
 
-RESULTS = ("replayed", "skipped_duplicate", "failed", "refused")
+ReplayResult = Literal["replayed", "skipped_duplicate", "failed", "refused"]
 """How one record's replay can end (the report's counters)."""
+RESULTS: tuple[ReplayResult, ...] = get_args(ReplayResult)
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from surelay.actors.alarm import AlarmOwner
 from surelay.ratelimit import TokenBucket
-from surelay.replay_report import RESULTS, ReplayReport
+from surelay.replay_report import RESULTS, ReplayReport, ReplayResult
 from surelay.routing import replay_partition
 from surelay.storage.dead_letters import MAX_LIMIT
 from surelay.storage.records import ReplayRequest
@@ -122,7 +122,7 @@ class Replayed:
 
     job: str | None
     dead_letter_id: str
-    result: str
+    result: ReplayResult
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,7 +61,9 @@ from surelay.policy.verdict import (
     decide,
     describe,
 )
+from surelay.replay_report import ReplayResult
 from surelay.storage.records import DeadLetter
+from surelay.storage.store import LeaseVerdict
 from surelay.supervision import Actor, CrashReport
 from surelay.telemetry import (
     ATTR_DEAD_LETTER_ID,
@@ -97,7 +99,7 @@ calls; this bounds leases taken ahead of a free call slot)."""
 ONE = RetryPolicy(max_attempts=1)
 """A replay is one attempt: a transient failure ends it as `exhausted`."""
 
-_NOT_SENT = {
+_NOT_SENT: dict[LeaseVerdict, ReplayResult] = {
     "duplicate": "skipped_duplicate",
     "replayed": "skipped_duplicate",
     "archived": "refused",
@@ -117,7 +119,7 @@ class _Leased:
     """To itself: the leases asked for in one turn were written (or failed): each
     record's `Replay` and the future of its lease."""
 
-    items: tuple[tuple[Replay, Future[tuple[str, DeadLetter | None]]], ...]
+    items: tuple[tuple[Replay, Future[tuple[LeaseVerdict, DeadLetter | None]]], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +127,7 @@ class _Written:
     """To itself: the outcomes settled in one turn were written (or failed): each
     attempt's `seq`, the record's result and the future of its write."""
 
-    items: tuple[tuple[int, str, Future[Any]], ...]
+    items: tuple[tuple[int, ReplayResult, Future[Any]], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +153,7 @@ class _PutBack:
 
     message: Replay
     write: Future[Any]
-    result: str
+    result: ReplayResult
 
 
 @dataclass(slots=True)
@@ -163,7 +165,7 @@ class _Active:
     span: Span | None
     attempt: Attempt | None = None
     """Its attempt, once back (its outcome is being written)."""
-    result: str | None = None
+    result: ReplayResult | None = None
     """The outcome being written, once the attempt is back."""
 
 
@@ -184,7 +186,7 @@ class WorkerState:
         """The record being leased or submitted (made ready again after a crash)."""
         self.leasing: set[str] = set()
         """Dead-letter ids whose lease is being written (they count as active)."""
-        self.arrived: deque[tuple[Replay, Future[tuple[str, DeadLetter | None]]]] = deque()
+        self.arrived: deque[tuple[Replay, Future[tuple[LeaseVerdict, DeadLetter | None]]]] = deque()
         """Leases written, their records not submitted yet (kept across a crash)."""
         self.ended: list[Replayed] = []
         """Records that ended and are not told to the coordinator yet: told at the end
@@ -333,7 +335,7 @@ class ReplayWorker(Actor):
         allows, without waiting: each comes back as a `_Leased`, and leases asked for
         together share a commit."""
         state = self._state
-        asked: list[tuple[Replay, Future[tuple[str, DeadLetter | None]]]] = []
+        asked: list[tuple[Replay, Future[tuple[LeaseVerdict, DeadLetter | None]]]] = []
         at = self._at
         now = at.clock()
         until = now + self._lease_seconds()
@@ -392,7 +394,9 @@ class ReplayWorker(Actor):
             if result is not None:
                 self._record_done(message, result)
 
-    def _start(self, message: Replay, verdict: str, record: DeadLetter | None) -> str | None:
+    def _start(
+        self, message: Replay, verdict: LeaseVerdict, record: DeadLetter | None
+    ) -> ReplayResult | None:
         """Submit the attempt of a record (`verdict` of its lease); the result if none
         is made."""
         at = self._at
@@ -449,7 +453,7 @@ class ReplayWorker(Actor):
         at.engines[record.transport].submit([((call,), state.results.put)], expiring=False)
         return None
 
-    def _record_done(self, message: Replay, result: str) -> None:
+    def _record_done(self, message: Replay, result: ReplayResult) -> None:
         """`message`'s record ended with `result`: tell the coordinator, start the next
         record of its key."""
         state = self._state
@@ -468,7 +472,7 @@ class ReplayWorker(Actor):
 
     def _settle_results(self) -> None:
         state = self._state
-        written: list[tuple[int, str, Future[Any]]] = []
+        written: list[tuple[int, ReplayResult, Future[Any]]] = []
         try:
             for attempt in state.results.settle():
                 seq = _seq(attempt)
@@ -485,7 +489,7 @@ class ReplayWorker(Actor):
             if written:
                 self._when_written([w for _, _, w in written], _Written(tuple(written)))
 
-    def _written(self, seq: int, result: str, write: Future[Any]) -> None:
+    def _written(self, seq: int, result: ReplayResult, write: Future[Any]) -> None:
         """The outcome of an attempt is durable: the record has ended. A failed write
         is treated as a crash on that record (replayed again, or back to `dead`)."""
         state = self._state
@@ -502,7 +506,7 @@ class ReplayWorker(Actor):
         self._end_span(active.span, result, active.attempt)
         self._record_done(active.message, result)
 
-    def _settle(self, active: _Active, attempt: Attempt) -> tuple[str, Future[Any]]:
+    def _settle(self, active: _Active, attempt: Attempt) -> tuple[ReplayResult, Future[Any]]:
         """Write the verdict on a replay's one attempt (`decide`, with no retry left):
         the record's result and the write, not waited for."""
         at = self._at
@@ -533,7 +537,7 @@ class ReplayWorker(Actor):
         )
 
     @staticmethod
-    def _end_span(span: Span | None, result: str, attempt: Attempt) -> None:
+    def _end_span(span: Span | None, result: ReplayResult, attempt: Attempt) -> None:
         if span is None:
             return
         span.set_attribute(ATTR_OUTCOME, result)

@@ -9,12 +9,12 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 import pykka
 
 from surelay.envelope import Envelope
-from surelay.policy.verdict import Failure
+from surelay.policy.verdict import Failure, Kind
 
 __all__ = [
     "CRASH",
@@ -26,6 +26,7 @@ __all__ = [
     "TIMEOUT",
     "Attempt",
     "Call",
+    "Kind",
     "ResultBox",
     "Run",
     "Sink",
@@ -33,21 +34,21 @@ __all__ = [
 
 logger = logging.getLogger("surelay.delivery")
 
-OK = "ok"
+OK: Final = "ok"
 """The transport returned."""
-FAILED = "failed"
+FAILED: Final = "failed"
 """The transport raised an `Exception` (`Attempt.failure` says which kind)."""
-HELD = "held"
+HELD: Final = "held"
 """The breaker refused the call; nothing was called (`Attempt.wait`: look again then)."""
-TIMEOUT = "timeout"
+TIMEOUT: Final = "timeout"
 """The call outlived its ack timeout: a coroutine was cancelled, a thread abandoned."""
-CRASH = "crash"
+CRASH: Final = "crash"
 """The transport raised a `BaseException` that is not an `Exception`: the actor that
 settles it crashes, as the call would have crashed it had it run there."""
-LOST = "lost"
+LOST: Final = "lost"
 """The call's result is unknown (the event loop died under it, or its thread failed
 around it): retried as a crash, without crashing the actor that settles it."""
-SKIPPED = "skipped"
+SKIPPED: Final = "skipped"
 """Not called: an earlier message of its run was not delivered, and a key's messages go
 in order."""
 
@@ -66,7 +67,7 @@ class Attempt:
     """How one call of one message ended."""
 
     call: Call
-    kind: str
+    kind: Kind
     error: BaseException | None = None
     failure: Failure | None = None
     """For FAILED and TIMEOUT: `transient`, `permanent` or `invalid` (classified once)."""

@@ -43,6 +43,7 @@ from surelay.delivery.attempt import (
     TIMEOUT,
     Attempt,
     Call,
+    Kind,
     Run,
     Sink,
 )
@@ -286,6 +287,7 @@ class Engine:
         failure classified once, recorded in the breaker, the metric and the span."""
         self._telemetry.duration.record(time.perf_counter() - started, self._duration_attrs)
         failure: Failure | None = None
+        kind: Kind
         if timed_out:
             kind, failure = TIMEOUT, "transient"
             error = TimeoutError(

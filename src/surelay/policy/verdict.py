@@ -26,6 +26,9 @@ from surelay.errors import InvalidMessage, PermanentError, TransientError
 from surelay.policy.retry import can_retry, honoured_retry_after, retry_delay
 from surelay.storage.records import ReasonClass
 
+Kind = Literal["ok", "failed", "held", "timeout", "crash", "lost", "skipped"]
+"""How a call ended (`surelay.delivery.attempt` names each)."""
+
 Failure = Literal["transient", "permanent", "invalid"]
 """What `classify` says of a failed call."""
 
@@ -36,6 +39,7 @@ __all__ = [
     "Delivered",
     "Failure",
     "Hold",
+    "Kind",
     "Retry",
     "Verdict",
     "classify",
@@ -119,7 +123,7 @@ _DELIVERED = Delivered()
 
 
 def decide(
-    kind: str,
+    kind: Kind,
     *,
     failure: Failure | None = None,
     reason: str = "",

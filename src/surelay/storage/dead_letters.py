@@ -20,12 +20,17 @@ from typing import Any
 from surelay.storage.codec import Report, decode_or_report, encode
 from surelay.storage.environment import Environment, Txn, keys_with_prefix
 from surelay.storage.keys import from_u64, index_key, index_prefix, u64
-from surelay.storage.records import DEAD_LETTER_STATUSES, REASON_CLASSES, DeadLetter
+from surelay.storage.records import (
+    DEAD_LETTER_STATUSES,
+    REASON_CLASSES,
+    DeadLetter,
+    DeadLetterStatus,
+)
 
 __all__ = ["TRANSITIONS", "DeadLetterTable"]
 
 
-TRANSITIONS: dict[str, frozenset[str]] = {
+TRANSITIONS: dict[DeadLetterStatus, frozenset[DeadLetterStatus]] = {
     "dead": frozenset({"replaying", "archived"}),
     "replaying": frozenset({"replayed", "dead"}),
     "replayed": frozenset({"archived"}),
@@ -170,7 +175,7 @@ class DeadLetterTable:
         self,
         txn: Txn,
         dead_letter_id: str,
-        to: str,
+        to: DeadLetterStatus,
         *,
         record: DeadLetter | None = None,
         **changes: Any,

@@ -12,6 +12,7 @@ from surelay.envelope import Envelope, Priority
 __all__ = [
     "DEAD_LETTER_STATUSES",
     "REASON_CLASSES",
+    "REQUEST_STATUSES",
     "DeadLetter",
     "DeadLetterStatus",
     "DedupRecord",
@@ -19,13 +20,16 @@ __all__ = [
     "QuarantinedRecord",
     "ReasonClass",
     "ReplayRequest",
+    "RequestStatus",
     "outbox_entry",
 ]
 
 DeadLetterStatus = Literal["dead", "replaying", "replayed", "archived"]
 ReasonClass = Literal["exhausted", "permanent", "invalid", "expired", "crash"]
 
+RequestStatus = Literal["pending", "running", "done", "failed", "cancelled"]
 DEAD_LETTER_STATUSES: tuple[DeadLetterStatus, ...] = get_args(DeadLetterStatus)
+REQUEST_STATUSES: tuple[RequestStatus, ...] = get_args(RequestStatus)
 REASON_CLASSES: tuple[ReasonClass, ...] = get_args(ReasonClass)
 
 
@@ -82,7 +86,7 @@ class DeadLetter:
     attempts: int
     first_attempt_at: float
     failed_at: float
-    status: str = "dead"
+    status: DeadLetterStatus = "dead"
     replay_count: int = 0
     lease_until: float | None = None
 
@@ -122,7 +126,7 @@ class ReplayRequest:
     ids: tuple[str, ...] | None = None
     filters: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     rate: float | None = None
-    status: str = "pending"
+    status: RequestStatus = "pending"
     progress: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     updated_at: float = 0.0
     error: str | None = None

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import lmdb
 
@@ -34,9 +34,12 @@ from surelay.storage.slots import SlotLock
 from surelay.storage.status import RuntimeStatus
 from surelay.storage.writer import GroupCommitWriter
 
-__all__ = ["Store", "StoreStats"]
+__all__ = ["LeaseVerdict", "Store", "StoreStats"]
 
 T = TypeVar("T")
+
+LeaseVerdict = Literal["leased", "duplicate", "replayed", "archived", "held", "dead", "missing"]
+"""What taking a dead letter for replay found (`Store.lease_for_replay`)."""
 
 _OPEN: set[Path] = set()
 _OPEN_LOCK = threading.Lock()
@@ -319,7 +322,7 @@ class Store:
         until: float,
         renew: bool = False,
         recovering: bool = False,
-    ) -> Future[tuple[str, DeadLetter | None]]:
+    ) -> Future[tuple[LeaseVerdict, DeadLetter | None]]:
         """Take a dead letter for replay, guarded by dedup, in one transaction.
 
         The verdict is `leased` (now `replaying` until `until`: send it), `duplicate`
@@ -330,7 +333,7 @@ class Store:
         ended since the caller saw it gets the verdict `dead` and is left to operators.
         """
 
-        def op(txn: Txn) -> tuple[str, DeadLetter | None]:
+        def op(txn: Txn) -> tuple[LeaseVerdict, DeadLetter | None]:
             table = self.dead_letters
             record = table.get(txn, dead_letter_id)
             if record is None:
