@@ -49,10 +49,11 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry.trace import Span
 
+from surelay.actors.queues import Lines
 from surelay.actors.replay import Replay, Replayed, ReplayedMany, Replays, ReplayState
 from surelay.config import RetryPolicy
 from surelay.delivery.attempt import CRASH, LOST, Attempt, ResultBox
-from surelay.envelope import Envelope
+from surelay.envelope import Envelope, Priority
 from surelay.policy.verdict import (
     CRASHES_TO_DEAD_LETTER,
     Dead,
@@ -169,15 +170,26 @@ class _Active:
     """The outcome being written, once the attempt is back."""
 
 
+def _line(message: Replay) -> str:
+    return message.line
+
+
+def _same_rank(_message: Replay) -> int:
+    return Priority.NORMAL.rank  # records of one partition are replayed as they come
+
+
+def _dead_letter_id(message: Replay) -> str:
+    return message.dead_letter_id
+
+
 class WorkerState:
     """What one worker knows across its incarnations."""
 
     def __init__(self, partition: int) -> None:
         self.partition = partition
-        self.lines: dict[str, deque[Replay]] = {}
-        """Records waiting per key, the head first (the head may be active)."""
-        self.ready: deque[str] = deque()
-        """Lines whose head may start."""
+        self.lines: Lines[Replay] = Lines(_line, _same_rank, _dead_letter_id)
+        """Records waiting per key, the head first (the head may be active); a ready
+        head may start."""
         self.active: dict[int, _Active] = {}
         """By the `seq` of its call (`_ReplayCall`), a number this worker gives each."""
         self.serial = itertools.count(1)
@@ -227,7 +239,7 @@ class ReplayWorker(Actor):
     def on_restart(self, crash: CrashReport) -> None:
         state = self._state
         if state.starting is not None:
-            state.ready.appendleft(state.starting.line)
+            state.lines.ready(state.starting)  # (taken, its lease not yet asked for)
             state.starting = None
         blamed = state.results.blamed()
         if blamed is not None:
@@ -265,9 +277,7 @@ class ReplayWorker(Actor):
             active.span.end()
         if crashes < CRASHES_TO_DEAD_LETTER:
             logger.warning("replay worker crashed on %s; replaying it again", dl_id)
-            lines = state.lines[active.message.line]
-            lines[0] = replace(active.message, renew=True)
-            state.ready.appendleft(active.message.line)
+            state.lines.ready(replace(active.message, renew=True))
             return
         state.crashes.pop(dl_id, None)
         # not waited for: the record ends once the write has (`_PutBack`)
@@ -313,13 +323,9 @@ class ReplayWorker(Actor):
             self._tell_ended()
 
     def _queue(self, message: Replay) -> None:
-        state = self._state
-        line = state.lines.get(message.line)
-        if line is None:
-            state.lines[message.line] = deque((message,))
-            state.ready.append(message.line)
-        else:
-            line.append(message)
+        lines = self._state.lines
+        if lines.add(message):
+            lines.ready(message)
 
     def _tell_ended(self) -> None:
         """Tell the coordinator the records that ended in this turn, in one message."""
@@ -340,8 +346,8 @@ class ReplayWorker(Actor):
         now = at.clock()
         until = now + self._lease_seconds()
         try:
-            while state.ready and len(state.active) + len(state.leasing) < ACTIVE_MAX:
-                message = state.lines[state.ready.popleft()][0]
+            while state.lines.ready_count and len(state.active) + len(state.leasing) < ACTIVE_MAX:
+                (message,) = state.lines.take(1)
                 state.starting = message
                 with self._shared.lock:
                     self._shared.held.add(message.dead_letter_id)
@@ -458,12 +464,9 @@ class ReplayWorker(Actor):
         record of its key."""
         state = self._state
         state.crashes.pop(message.dead_letter_id, None)
-        line = state.lines[message.line]
-        line.popleft()
-        if line:
-            state.ready.append(message.line)
-        else:
-            del state.lines[message.line]
+        following = state.lines.finish(message)
+        if following is not None:
+            state.lines.ready(following)
         with self._shared.lock:
             self._shared.held.discard(message.dead_letter_id)
         state.ended.append(Replayed(message.job, message.dead_letter_id, result))
