@@ -32,10 +32,10 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from surelay.actors.window import deliver
 from surelay.envelope import Envelope, Priority, check_headers
 from surelay.errors import InvalidMessage
 from surelay.ingress.admission import room
-from surelay.recovery import deliver
 from surelay.routing import route
 from surelay.sources.inbound import Inbound
 from surelay.storage.environment import Txn

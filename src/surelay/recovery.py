@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
 
-from surelay.actors.window import Deliver, Wake, hold_name
+from surelay.actors.window import Wake, hold_name
 from surelay.routing import partition_for
 from surelay.storage.records import OutboxEntry
 
@@ -26,26 +26,13 @@ if TYPE_CHECKING:
     from surelay.peers import Peers
     from surelay.receipts import Tracker
     from surelay.storage.store import Store
-    from surelay.supervision import Ref
 
-__all__ = ["CHUNK", "Recovery", "deliver", "route"]
+__all__ = ["CHUNK", "Recovery", "route"]
 
 logger = logging.getLogger("surelay.runtime")
 
 CHUNK = 1000
 """Entries moved per transaction (at most about 8 MiB of them)."""
-
-
-def deliver(senders: Sequence[Ref], entries: Sequence[OutboxEntry]) -> None:
-    """Hand newly accepted entries to the senders of their partitions."""
-    if len(entries) == 1:
-        senders[entries[0].partition].tell(Deliver((entries[0],)))
-        return
-    by_partition: dict[int, list[OutboxEntry]] = {}
-    for entry in entries:
-        by_partition.setdefault(entry.partition, []).append(entry)
-    for partition, group in by_partition.items():
-        senders[partition].tell(Deliver(tuple(group)))
 
 
 def route(partitions: int) -> Callable[[OutboxEntry], int]:

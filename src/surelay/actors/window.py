@@ -36,7 +36,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from surelay.storage.records import OutboxEntry
+    from surelay.supervision import Ref
 
 __all__ = [
     "LOOK_MAX",
@@ -47,6 +50,7 @@ __all__ = [
     "Orphans",
     "Wake",
     "Window",
+    "deliver",
     "hold_name",
     "limits_for",
 ]
@@ -70,6 +74,18 @@ class Deliver:
     """To a sender: new messages for its partition, in acceptance order."""
 
     entries: tuple[OutboxEntry, ...]
+
+
+def deliver(senders: Sequence[Ref], entries: Sequence[OutboxEntry]) -> None:
+    """Hand newly accepted entries to the senders of their partitions."""
+    if len(entries) == 1:
+        senders[entries[0].partition].tell(Deliver((entries[0],)))
+        return
+    by_partition: dict[int, list[OutboxEntry]] = {}
+    for entry in entries:
+        by_partition.setdefault(entry.partition, []).append(entry)
+    for partition, group in by_partition.items():
+        senders[partition].tell(Deliver(tuple(group)))
 
 
 @dataclass(frozen=True, slots=True)

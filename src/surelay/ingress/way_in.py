@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import pykka
 
 from surelay.actors.governor import Sample
+from surelay.actors.window import deliver
 from surelay.envelope import Envelope, Priority
 from surelay.errors import InvalidMessage, Overloaded, RuntimeClosed, StorageError
 from surelay.ingress.admission import check_pressure, refuse
@@ -38,7 +39,6 @@ from surelay.ingress.checks import Checked, check_batch, check_one, envelopes
 from surelay.pressure import hard_bound
 from surelay.ratelimit import KeyRates
 from surelay.receipts import OverLimit, Receipt
-from surelay.recovery import deliver
 from surelay.routing import route
 from surelay.storage.environment import Txn
 from surelay.storage.joining import Joining

@@ -46,9 +46,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from surelay.actors.dead_letter import Capture
+from surelay.actors.window import deliver
 from surelay.envelope import Priority
 from surelay.ingress.admission import room
-from surelay.recovery import deliver
 from surelay.sql.database import Database, connect, listen
 from surelay.sql.leases import share
 from surelay.sql.taking import bucket_of, entry_of, fitting
