@@ -18,7 +18,7 @@ from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
 
 from surelay.actors.window import Wake, hold_name
-from surelay.routing import partition_for
+from surelay.routing import home
 from surelay.storage.records import OutboxEntry
 
 if TYPE_CHECKING:
@@ -40,8 +40,7 @@ def route(partitions: int) -> Callable[[OutboxEntry], int]:
     key's, or (no key: no order to keep) its old one folded into range."""
 
     def partition(entry: OutboxEntry) -> int:
-        key = entry.envelope.key
-        return partition_for(key, partitions) if key is not None else entry.partition % partitions
+        return home(entry.envelope.key, partitions, entry.partition)
 
     return partition
 

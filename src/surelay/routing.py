@@ -10,7 +10,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
-__all__ = ["partition_for", "replay_partition", "route"]
+__all__ = ["home", "partition_for", "replay_partition", "route"]
 
 T = TypeVar("T")
 
@@ -19,6 +19,13 @@ def partition_for(key: str, partitions: int) -> int:
     """The partition of `key`: CRC-32 of its UTF-8, modulo `partitions`. Stable across
     processes and Python versions (unlike the salted built-in `hash`)."""
     return zlib.crc32(key.encode("utf-8")) % partitions
+
+
+def home(key: str | None, partitions: int, otherwise: int) -> int:
+    """The sender partition of a message: its key's; without a key (no order to keep),
+    `otherwise` folded into range (a round robin's turn, the partition it had, the
+    bucket of the row it came from)."""
+    return partition_for(key, partitions) if key is not None else otherwise % partitions
 
 
 def replay_partition(key: str | None, dead_letter_id: str, partitions: int) -> int:
@@ -37,7 +44,7 @@ def route(
     for item in items:
         key = key_of(item)
         if key is None:
-            partition = next(turn) % partitions
+            partition = home(None, partitions, next(turn))
         else:
             partition = by_key.get(key, -1)
             if partition < 0:

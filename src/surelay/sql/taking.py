@@ -12,7 +12,7 @@ from typing import Any
 
 from surelay.config import RuntimeConfig
 from surelay.errors import InvalidMessage
-from surelay.routing import partition_for
+from surelay.routing import home
 from surelay.sql.rows import envelope_of, headers_of
 from surelay.storage.records import OutboxEntry, outbox_entry
 
@@ -73,5 +73,5 @@ def entry_of(
     rank = priority if isinstance(priority, int) else 1
     envelope = envelope_of(message_id, transport, data, key, idem, rank, headers, created_at)
     partitions = config.partitions
-    partition = partition_for(key, partitions) if key is not None else bucket_of(part) % partitions
+    partition = home(key, partitions, bucket_of(part))
     return outbox_entry(0, envelope, now, partition), "; ".join(problems) or None
