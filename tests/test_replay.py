@@ -22,8 +22,9 @@ from surelay import (
     RuntimeClosed,
     TransientError,
 )
-from surelay.actors.replay import OFFER_GRACE, POLL, Replay, ReplayCoordinator, _Job
+from surelay.actors.replay import OFFER_GRACE, POLL, ReplayCoordinator
 from surelay.errors import StorageError
+from surelay.replay_jobs import Job, Replay
 from surelay.routing import replay_partition
 from surelay.sources import JetStreamSource
 from surelay.storage.keys import new_id
@@ -554,10 +555,10 @@ def test_a_coordinator_crash_while_finishing_a_replay_still_finishes_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     down = Downstream()
-    report_of = _Job.report
+    report_of = Job.report
     failed: list[str] = []
 
-    def report_failing_once(self: _Job) -> ReplayReport:
+    def report_failing_once(self: Job) -> ReplayReport:
         finishing = sys._getframe(1).f_code.co_name == "_finish_if_done"
         if finishing and not failed:
             failed.append(self.request.id)
@@ -567,7 +568,7 @@ def test_a_coordinator_crash_while_finishing_a_replay_still_finishes_it(
     with open_runtime(tmp_path, {"t": down.recorder}, retry=RetryPolicy(max_attempts=1)) as rt:
         kill(rt, 3, key="k")
         down.healthy = True
-        monkeypatch.setattr(_Job, "report", report_failing_once)
+        monkeypatch.setattr(Job, "report", report_failing_once)
         started = rt.dead_letters.replay(wait=False)
         job = rt._parts.replays.jobs[started.request_id]
         # the tick finishes it again; before, its caller waited until its timeout

@@ -26,7 +26,7 @@ from types import MappingProxyType
 
 from surelay.actors.dead_letter import DeadLetterSink, SinkEndpoint
 from surelay.actors.governor import GovernorEndpoint, PressureGovernor
-from surelay.actors.replay import CoordinatorEndpoint, ReplayCoordinator, ReplayState
+from surelay.actors.replay import CoordinatorEndpoint, ReplayCoordinator
 from surelay.actors.replay_worker import ReplayWorker, WorkerEndpoint, WorkerState
 from surelay.actors.retry import RetryEndpoint, RetryScheduler
 from surelay.actors.sender import PartitionState, Sender, SenderEndpoint
@@ -49,6 +49,7 @@ from surelay.peers import Peers
 from surelay.pressure import PressureState
 from surelay.receipts import Tracker
 from surelay.recovery import Recovery
+from surelay.replay_jobs import ReplayState
 from surelay.sql.relay import Relays
 from surelay.storage.store import Store
 from surelay.supervision import ChildSpec, Supervisor, SupervisorRef

@@ -1,4 +1,5 @@
-"""Replay of dead letters: the protocol, the shared state and the ReplayCoordinator.
+"""Replay of dead letters: the ReplayCoordinator (its protocol and the jobs it shares
+with the workers and the API are in `surelay.replay_jobs`).
 
 A replay is a stored `ReplayRequest` (made by `rt.dead_letters.replay` or by
 `surelay dlq replay` in another process). The coordinator turns a request into a job:
@@ -26,9 +27,7 @@ Jobs live in a `ReplayState` the runtime owns, so a coordinator crash loses none
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence, Set
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
@@ -36,10 +35,19 @@ from typing import TYPE_CHECKING, Any
 
 from surelay.actors.alarm import AlarmOwner
 from surelay.ratelimit import TokenBucket
-from surelay.replay_report import RESULTS, ReplayReport, ReplayResult
+from surelay.replay_jobs import (
+    Job,
+    Replay,
+    Replayed,
+    ReplayedMany,
+    Replays,
+    ReplayState,
+    StartReplay,
+)
 from surelay.routing import replay_partition
 from surelay.storage.dead_letters import MAX_LIMIT
 from surelay.storage.records import ReplayRequest
+from surelay.storage.replay_requests import FILTERS
 from surelay.storage.slots import holders
 
 if TYPE_CHECKING:
@@ -48,16 +56,9 @@ if TYPE_CHECKING:
     from surelay.transports.protocol import Transport
 
 __all__ = [
-    "FILTERS",
     "OFFER_GRACE",
     "POLL",
-    "Replay",
     "ReplayCoordinator",
-    "ReplayState",
-    "Replayed",
-    "ReplayedMany",
-    "Replays",
-    "StartReplay",
     "refusing",
 ]
 
@@ -71,9 +72,6 @@ OFFER_GRACE = 30.0
 runtime still starting, a consumer registered after open) before its records for that
 transport are refused."""
 
-FILTERS = ("reason_class", "key", "transport")
-"""The filters a replay request may carry (as `rt.dead_letters.list` takes them)."""
-
 _RECOVERY_LIMIT = 1000
 
 LEASE_CHECK = 5.0
@@ -82,111 +80,9 @@ the longest ack timeout plus `LEASE_MARGIN` (30 s): a dead worker's records wait
 that anyway, and a look every poll cost a busy replay most of its time."""
 
 
-# -- protocol ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class StartReplay:
-    """Ask: carry out stored request `request_id`; answers how many records it selected."""
-
-    request_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class Replay:
-    """To a worker: replay one record for job `job` (None: a lease recovery, which
-    takes the record only if it is still `replaying`). `key` is the record's key: one
-    key's records are replayed one at a time, in the order they reach the worker."""
-
-    job: str | None
-    dead_letter_id: str
-    renew: bool = False
-    key: str | None = None
-
-    @property
-    def line(self) -> str:
-        """The ordering line: the key, or (no key) the record itself."""
-        return "k" + self.key if self.key is not None else "d" + self.dead_letter_id
-
-
-@dataclass(frozen=True, slots=True)
-class Replays:
-    """To a worker: several `Replay`s at once, in order (one message, not one each)."""
-
-    items: tuple[Replay, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Replayed:
-    """From a worker: how one record's replay ended (one of `RESULTS`)."""
-
-    job: str | None
-    dead_letter_id: str
-    result: ReplayResult
-
-
-@dataclass(frozen=True, slots=True)
-class ReplayedMany:
-    """From a worker: the records that ended in one of its turns."""
-
-    items: tuple[Replayed, ...]
-
-
 @dataclass(frozen=True, slots=True)
 class _Tick:
     """From the alarm: pace rated jobs, poll the store."""
-
-
-# -- state ---------------------------------------------------------------------------------
-
-
-class _Job:
-    """One request being carried out."""
-
-    def __init__(self, request: ReplayRequest, bucket: TokenBucket | None) -> None:
-        self.request = request
-        self.requested = 0
-        self.pending: deque[tuple[int, str, str | None]] = deque()
-        self.outstanding = 0
-        self.counts = dict.fromkeys(RESULTS, 0)
-        self.bucket = bucket
-        self.finished: Future[ReplayReport] = Future()
-        self.saved: dict[str, int] | None = None
-        self.ended: float | None = None
-        """`time.monotonic()` when it finished."""
-        self.unoffered: frozenset[str] = frozenset()
-        """Transports no live runtime offered: its records for them are refused."""
-
-    def report(self) -> ReplayReport:
-        done = sum(self.counts.values())
-        return ReplayReport(
-            requested=self.requested,
-            pending=self.requested - done,
-            request_id=self.request.id,
-            **self.counts,
-        )
-
-
-class ReplayState:
-    """What the replay actors share; owned by the runtime so crashes keep it."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.jobs: dict[str, _Job] = {}
-        self.held: set[str] = set()
-        """Dead letter ids a worker of this runtime has leased."""
-        self.recovered_at_start = False
-        """Whether the sweep at open has handed out every record left `replaying`."""
-
-    def report(self, request_id: str) -> ReplayReport | None:
-        with self.lock:
-            job = self.jobs.get(request_id)
-            return None if job is None else job.report()
-
-    def finished(self, request_id: str) -> Future[ReplayReport] | None:
-        with self.lock:
-            job = self.jobs.get(request_id)
-            return None if job is None else job.finished
 
 
 # -- the coordinator -----------------------------------------------------------------------
@@ -237,7 +133,7 @@ class ReplayCoordinator(AlarmOwner):
 
     # -- jobs ----------------------------------------------------------------------------
 
-    def _start(self, request_id: str, unoffered: frozenset[str] = frozenset()) -> _Job | None:
+    def _start(self, request_id: str, unoffered: frozenset[str] = frozenset()) -> Job | None:
         """Select the request's records and hand them out (paced if it has a rate);
         `unoffered`: transports no live runtime offers (their records are refused)."""
         state = self._state
@@ -260,7 +156,7 @@ class ReplayCoordinator(AlarmOwner):
             return None  # ended meanwhile, or another runtime carries it out
         rate = request.rate
         bucket = None if rate is None else TokenBucket(rate, max(1.0, rate / 20), time.monotonic())
-        job = _Job(replace(request, status="running"), bucket)
+        job = Job(replace(request, status="running"), bucket)
         job.unoffered = unoffered
         try:
             selected, refused = self._select(request)
@@ -307,7 +203,7 @@ class ReplayCoordinator(AlarmOwner):
             selected.extend((r.id, r.key) for r in table.matching(txn, **filters))
             return selected, refused
 
-    def _dispatch(self, job: _Job) -> float:
+    def _dispatch(self, job: Job) -> float:
         """Hand out what the job's rate allows now; the seconds until more may go."""
         workers = self._at.peers.replay_workers
         batches: dict[int, list[Replay]] = {}
@@ -324,7 +220,7 @@ class ReplayCoordinator(AlarmOwner):
             workers[partition].tell(Replays(tuple(batch)))
         return wait
 
-    def _replayed(self, message: Replayed) -> _Job | None:
+    def _replayed(self, message: Replayed) -> Job | None:
         """Count a record's end in its job; the job, if it has one."""
         if message.job is None:
             logger.info("recovered replay of %s: %s", message.dead_letter_id, message.result)
@@ -337,7 +233,7 @@ class ReplayCoordinator(AlarmOwner):
             job.outstanding -= 1
         return job
 
-    def _finish_if_done(self, job: _Job) -> None:
+    def _finish_if_done(self, job: Job) -> None:
         if job.pending or job.outstanding or job.finished.done():
             return
         report = job.report()
@@ -511,7 +407,7 @@ class ReplayCoordinator(AlarmOwner):
         # only now: a record leased after this point was leased by this runtime
         state.recovered_at_start = True
 
-    def _forget_later(self, job: _Job) -> None:
+    def _forget_later(self, job: Job) -> None:
         """Drop a finished job from memory a while after it ended (its waiters have
         their report; the stored request keeps it for the CLI)."""
         if job.ended is not None and time.monotonic() - job.ended > 60.0:

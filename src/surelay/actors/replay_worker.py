@@ -50,7 +50,6 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry.trace import Span
 
 from surelay.actors.queues import Lines
-from surelay.actors.replay import Replay, Replayed, ReplayedMany, Replays, ReplayState
 from surelay.config import RetryPolicy
 from surelay.delivery.attempt import CRASH, LOST, Attempt, ResultBox
 from surelay.envelope import Envelope, Priority
@@ -62,6 +61,7 @@ from surelay.policy.verdict import (
     decide,
     describe,
 )
+from surelay.replay_jobs import Replay, Replayed, ReplayedMany, Replays, ReplayState
 from surelay.replay_report import ReplayResult
 from surelay.storage.records import DeadLetter
 from surelay.storage.store import LeaseVerdict

@@ -18,8 +18,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from surelay.actors.replay import ReplayState, StartReplay
 from surelay.errors import RuntimeClosed
+from surelay.replay_jobs import ReplayState, StartReplay
 from surelay.replay_report import ReplayReport
 from surelay.storage.dead_letters import MAX_LIMIT
 from surelay.storage.environment import Txn

@@ -12,7 +12,7 @@ from surelay.storage.environment import Environment, Txn
 from surelay.storage.records import ReplayRequest
 from surelay.storage.space import entry_bytes
 
-__all__ = ["ReplayRequests", "request_filters"]
+__all__ = ["FILTERS", "ReplayRequests", "request_filters"]
 
 
 class ReplayRequests:
@@ -69,9 +69,13 @@ class ReplayRequests:
         return decode_or_report(ReplayRequest, "replay", key, raw, self._report)
 
 
+FILTERS = ("reason_class", "key", "transport")
+"""The filters a replay request may carry (as `rt.dead_letters.list` takes them)."""
+
+
 def request_filters(
     reason_class: str | None, key: str | None, transport: str | None
 ) -> Mapping[str, str]:
     """The filters given, as a request stores them."""
-    given = {"reason_class": reason_class, "key": key, "transport": transport}
+    given = dict(zip(FILTERS, (reason_class, key, transport), strict=True))
     return {name: value for name, value in given.items() if value is not None}
