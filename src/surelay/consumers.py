@@ -2,7 +2,7 @@
 
 Each consumer's handler becomes a transport of the runtime named after the consumer
 (its own engine, breaker, retries, dead letters and replay), and a `SourceConsumer`
-child of the "sources" supervisor pulls its source into the outbox (`surelay.intake`).
+child of the "sources" supervisor pulls its source into the outbox (`surelay.ingress.intake`).
 Messages of that transport left in this runtime's outbox by an earlier run are
 dispatched as soon as it is added (until then there was no handler for them).
 """
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from surelay.actors.consumer import ConsumerState, Pause, SourceConsumer
 from surelay.envelope import Envelope, Priority
-from surelay.intake import Intake
+from surelay.ingress.intake import Intake
 from surelay.supervision import ChildSpec, SupervisorRef
 
 if TYPE_CHECKING:

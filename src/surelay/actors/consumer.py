@@ -4,7 +4,7 @@ The actor is a shell: it owns a thread running an event loop of its own (sources
 asyncio clients, as nats-py is), started with the actor and stopped with it. On that
 loop the pull runs: while `Intake.room()` admits, fetch a batch, sort it through the
 inbox, write the fresh messages durably, then acknowledge the batch to the source and
-hand the messages to their senders (`surelay.intake`).
+hand the messages to their senders (`surelay.ingress.intake`).
 
 A source that cannot be reached or opened (a broker down, a stream missing) is tried
 again with a growing pause (up to `MAX_PAUSE`); its state and last error show in
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from surelay.supervision import Actor
 
 if TYPE_CHECKING:
-    from surelay.intake import Intake, Taken
+    from surelay.ingress.intake import Intake, Taken
     from surelay.sources.inbound import Inbound, Source
 
 __all__ = ["BATCH", "ConsumerState", "Pause", "SourceConsumer"]
