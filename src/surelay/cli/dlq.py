@@ -35,7 +35,7 @@ from surelay.cli.common import (
 )
 from surelay.cli.escape import printable, text
 from surelay.operations.dead_letters import archive as archive_records
-from surelay.operations.dead_letters import cancel_replay, record_replay
+from surelay.operations.dead_letters import cancel_replay, purged_by, record_replay
 from surelay.operations.dead_letters import purge as purge_records
 from surelay.replay_report import ReplayReport
 from surelay.storage.dead_letters import MAX_LIMIT
@@ -549,7 +549,7 @@ def purge(
 ) -> None:
     with open_store(path) as store:
         now = time.time()
-        doomed = _doomed(store, status, older_than, now)
+        doomed = purged_by(store, status=status, older_than=older_than, now=now)
         what = _described(len(doomed), status, older_than)
         if dry_run:
             _print_doomed(doomed, what, as_json=as_json)
@@ -566,13 +566,6 @@ def purge(
 
 _SAMPLE = 10
 """Records a dry run or a confirmation names (the count covers them all)."""
-
-
-def _doomed(store: Store, status: str, older_than: float | None, now: float) -> list[DeadLetter]:
-    """The records a purge with these options deletes now, oldest first."""
-    cutoff = now - (older_than or 0.0)
-    with store.read() as txn:
-        return [r for r in store.dead_letters.matching(txn, status=status) if r.failed_at < cutoff]
 
 
 def _described(count: int, status: str, older_than: float | None) -> str:

@@ -34,7 +34,14 @@ from surelay.console.queries import (
     replay_history,
 )
 from surelay.errors import StorageError
-from surelay.operations.dead_letters import archive, cancel_replay, purge, record_replay
+from surelay.operations.dead_letters import (
+    TAKES,
+    archive,
+    cancel_replay,
+    purge,
+    purged_by,
+    record_replay,
+)
 from surelay.replay_report import ReplayReport
 from surelay.storage.dead_letters import MAX_LIMIT
 from surelay.storage.records import DEAD_LETTER_STATUSES, REASON_CLASSES
@@ -553,11 +560,9 @@ def _touched(
             with store.read() as txn:
                 count = store.dead_letters.count(txn, status)
             return {"count": count, "sample": [], "missing": []}
-        cutoff = time.time() - older_than
-        old = [r for r in _matching(store, Filters(status=status)) if r.failed_at < cutoff]
+        old = purged_by(store, status=status, older_than=older_than, now=time.time())
         return {"count": len(old), "sample": old[:10], "missing": []}
-    # what each action takes: a replay, dead records; an archive, dead and replayed ones
-    takes = ("dead",) if action == "replay" else ("dead", "replayed")
+    takes = TAKES[action]
     if ids:
         with store.read() as txn:
             found = [store.dead_letters.get(txn, i) for i in ids]

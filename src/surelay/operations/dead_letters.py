@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from surelay.errors import RuntimeClosed
@@ -28,6 +29,7 @@ from surelay.storage.records import (
     DEAD_LETTER_STATUSES,
     REASON_CLASSES,
     DeadLetter,
+    DeadLetterStatus,
     ReplayRequest,
 )
 from surelay.storage.replay_requests import request_filters
@@ -36,7 +38,15 @@ from surelay.storage.store import Store
 if TYPE_CHECKING:
     from surelay.peers import Peers
 
-__all__ = ["DeadLetters", "archive", "cancel_replay", "purge", "record_replay"]
+__all__ = [
+    "TAKES",
+    "DeadLetters",
+    "archive",
+    "cancel_replay",
+    "purge",
+    "purged_by",
+    "record_replay",
+]
 
 
 def record_replay(
@@ -81,6 +91,22 @@ def archive(
         return table.archive(txn, chosen)
 
     return store.write(op).result()
+
+
+TAKES: Mapping[str, tuple[DeadLetterStatus, ...]] = MappingProxyType(
+    {"replay": ("dead",), "archive": ("dead", "replayed")}
+)
+"""The statuses of the records each action takes (the others are left alone)."""
+
+
+def purged_by(
+    store: Store, *, status: str, older_than: float | None, now: float
+) -> list[DeadLetter]:
+    """The records `purge` with these options would delete now, oldest first (what a
+    dry run or a confirmation shows)."""
+    cutoff = now - (older_than or 0.0)
+    with store.read() as txn:
+        return [r for r in store.dead_letters.matching(txn, status=status) if r.failed_at < cutoff]
 
 
 def purge(store: Store, *, status: str, older_than: float | None, now: float) -> int:
