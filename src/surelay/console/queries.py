@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from surelay.storage.dead_letters import matches
 from surelay.storage.environment import keys_with_prefix
 from surelay.storage.keys import index_prefix, time_prefix
 from surelay.storage.records import DEAD_LETTER_STATUSES, REASON_CLASSES, DeadLetter
@@ -182,7 +183,7 @@ def replay_history(store: Store, record: DeadLetter) -> list[dict[str, Any]]:
             how = "by id"
         else:
             wanted = dict(request.filters)
-            if any(getattr(record, name) != value for name, value in wanted.items()):
+            if not matches(record, wanted):
                 continue
             how = "by filter " + (", ".join(f"{k}={v}" for k, v in wanted.items()) or "(all)")
         out.append({"request": request, "how": how})

@@ -13,7 +13,7 @@ replayed records may be archived. Every change is one write, indexes included.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -27,7 +27,7 @@ from surelay.storage.records import (
     DeadLetterStatus,
 )
 
-__all__ = ["TRANSITIONS", "DeadLetterTable"]
+__all__ = ["TRANSITIONS", "DeadLetterTable", "matches"]
 
 
 TRANSITIONS: dict[DeadLetterStatus, frozenset[DeadLetterStatus]] = {
@@ -95,7 +95,7 @@ class DeadLetterTable:
                 if not index_entry.startswith(prefix):
                     break
                 record = self.get(txn, index_entry[len(prefix) :].decode("ascii"))
-                if record is not None and _matches(record, wanted):
+                if record is not None and matches(record, wanted):
                     out.append(record)
                     if len(out) >= limit:
                         break
@@ -318,5 +318,6 @@ class DeadLetterTable:
         txn.put(key, u64(max(0, current + delta)), db=self._meta)
 
 
-def _matches(record: DeadLetter, wanted: dict[str, str | None]) -> bool:
+def matches(record: DeadLetter, wanted: Mapping[str, str | None]) -> bool:
+    """Whether `record` has every field value of `wanted` (a None value: any)."""
     return all(value is None or getattr(record, name) == value for name, value in wanted.items())
