@@ -34,7 +34,7 @@ from surelay.errors import (
 from surelay.ingress.answers import resolve_empty
 from surelay.ingress.checks import check_per_transport, check_timeout, check_transports
 from surelay.operations.dead_letters import DeadLetters
-from surelay.operations.health import RuntimeStats, gauges, health, stats, status
+from surelay.operations.health import RuntimeStats, stats
 from surelay.receipts import Receipt
 from surelay.sql.outbox import SqlOutbox
 from surelay.sql.relay import RelaySettings
@@ -103,7 +103,7 @@ class Runtime:
             telemetry=parts.telemetry,
             consumers=parts.consumers,
             relays=parts.relays,
-            status=self._status,
+            status=parts.vitals.status,
             ended=self._ended,
         )
 
@@ -141,8 +141,6 @@ class Runtime:
             raise
         recovery = parts.recovery
         runtime = cls(store, config, parts)
-        parts.telemetry.gauges = runtime._gauges
-        parts.snapshot.append(runtime._status)
         try:
             recovery.recover()
         except BaseException:
@@ -425,18 +423,7 @@ class Runtime:
         Bounded: a supervisor that does not answer within `HEALTH_TIMEOUT` shows as
         `unresponsive`."""
         self._refuse_if_forked()
-        return self._health(HEALTH_TIMEOUT)
-
-    def _health(self, timeout: float) -> Mapping[str, Any]:
-        return health(
-            root=self._root,
-            readings=self._parts.readings,
-            relays=self._parts.relays,
-            consumers=self._parts.consumers,
-            recovery=self._parts.recovery,
-            closing=self._in.closing,
-            timeout=timeout,
-        )
+        return self._parts.vitals.health(HEALTH_TIMEOUT)
 
     @property
     def supervisor(self) -> SupervisorRef:
@@ -463,10 +450,3 @@ class Runtime:
         """The slot of the data directory this runtime holds (0 when it is alone on it):
         its part of the outbox; see "Several processes" in docs/architecture.md."""
         return self._store.slot
-
-    def _status(self, timeout: float = 1.0) -> Mapping[str, Any]:
-        """What the StatusReporter publishes for `surelay stats` in other processes."""
-        return status(self.stats(), self._health(timeout), self._parts.transports)
-
-    def _gauges(self) -> Mapping[str, float | Mapping[str, float]]:
-        return {} if self._store.env.closed else gauges(self.stats())

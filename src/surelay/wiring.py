@@ -44,7 +44,7 @@ from surelay.ingress.admission import Gate
 from surelay.ingress.endpoint import IngressEndpoint
 from surelay.ingress.way_in import WayIn
 from surelay.operations.dead_letters import DeadLetters
-from surelay.operations.health import Readings
+from surelay.operations.health import Readings, Vitals
 from surelay.peers import Peers
 from surelay.pressure import PressureState
 from surelay.receipts import Tracker
@@ -73,13 +73,12 @@ class Tree:
     relays: Relays
     dead_letters: DeadLetters
     readings: Readings
+    vitals: Vitals
     engines: Engines
     tracker: Tracker
     telemetry: Telemetry
     transports: Mapping[str, Transport]
     """The runtime's transports by name (a live view: `rt.consume` adds to them)."""
-    snapshot: list[Snapshot]
-    """Where the runtime puts the function whose status the StatusReporter publishes."""
 
 
 def start(store: Store, config: RuntimeConfig, transports: dict[str, Transport]) -> Tree:
@@ -184,22 +183,29 @@ def start(store: Store, config: RuntimeConfig, transports: dict[str, Transport])
         assert isinstance(sources, SupervisorRef)
         gate = Gate(pressure, config.pressure, tracker, counters, clock)
         ingress = IngressEndpoint(config, store, names, tracker, counters, telemetry, gate, peers)
+        way_in = WayIn(ingress)
+        consumers = Consumers(ingress, engines, breakers, transports, recovery, sources)
+        relays = Relays(ingress)
+        readings = Readings(store, counters, tracker, backlog, pressure, breakers, engines)
+        vitals = Vitals(root, readings, relays, consumers, recovery, lambda: way_in.closing, names)
+        telemetry.gauges = vitals.gauges  # observed from now on
+        snapshot.append(vitals.status)  # published from now on
         return Tree(
             root=root,
             peers=peers,
             states=states,
             replays=replays,
             recovery=recovery,
-            way_in=WayIn(ingress),
-            consumers=Consumers(ingress, engines, breakers, transports, recovery, sources),
-            relays=Relays(ingress),
+            way_in=way_in,
+            consumers=consumers,
+            relays=relays,
             dead_letters=DeadLetters(store, peers, replays),
-            readings=Readings(store, counters, tracker, backlog, pressure, breakers, engines),
+            readings=readings,
+            vitals=vitals,
             engines=engines,
             tracker=tracker,
             telemetry=telemetry,
             transports=names,
-            snapshot=snapshot,
         )
     except BaseException:
         _stop(root, engines, telemetry)

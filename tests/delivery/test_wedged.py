@@ -147,7 +147,7 @@ def test_a_hung_plain_callable_is_visible_and_expired_messages_still_end(
             assert "'hung'" in health["engines"]["hung"]["problem"]
             assert health["breakers"]["hung"]["state"] == "closed"  # it is not the breaker
             assert rt.stats().abandoned == 4
-            assert rt._status()["wedged"] == ["hung"]  # what `surelay stats` shows
+            assert rt._parts.vitals.status()["wedged"] == ["hung"]  # what `surelay stats` shows
             assert len(wedge_warnings(caplog)) == 1
 
             clock.advance(301)  # every message is now past its ttl

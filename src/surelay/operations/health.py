@@ -8,7 +8,7 @@ Plain functions of the runtime's parts: nothing here holds state or changes any.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -31,7 +31,16 @@ if TYPE_CHECKING:
     from surelay.sql.relay import Relays
     from surelay.storage.store import Store
 
-__all__ = ["Readings", "RuntimeStats", "actor_health", "gauges", "health", "stats", "status"]
+__all__ = [
+    "Readings",
+    "RuntimeStats",
+    "Vitals",
+    "actor_health",
+    "gauges",
+    "health",
+    "stats",
+    "status",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,3 +206,38 @@ def actor_health(
         if isinstance(info.ref, SupervisorRef) and info.status == "running":
             out.update(actor_health(info.ref, name + "/", deadline))
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class Vitals:
+    """What a running runtime says of itself, from its parts (built by
+    `surelay.wiring` once the tree runs): `health()`, the status the StatusReporter
+    publishes, the gauges exported to OpenTelemetry."""
+
+    root: SupervisorRef
+    readings: Readings
+    relays: Relays
+    consumers: Consumers
+    recovery: Recovery
+    closing: Callable[[], bool]
+    """Whether the runtime closes (its way in is shut)."""
+    transports: Mapping[str, object]
+
+    def health(self, timeout: float) -> Mapping[str, Any]:
+        """`Runtime.health()`, waiting `timeout` at most for the tree's answers."""
+        return health(
+            root=self.root,
+            readings=self.readings,
+            relays=self.relays,
+            consumers=self.consumers,
+            recovery=self.recovery,
+            closing=self.closing(),
+            timeout=timeout,
+        )
+
+    def status(self, timeout: float = 1.0) -> Mapping[str, Any]:
+        """What the StatusReporter publishes for `surelay stats` in other processes."""
+        return status(stats(self.readings), self.health(timeout), self.transports)
+
+    def gauges(self) -> Mapping[str, float | Mapping[str, float]]:
+        return {} if self.readings.store.env.closed else gauges(stats(self.readings))
