@@ -169,7 +169,8 @@ class RuntimeConfig:
     and retries it (`ack_timeout_per_transport`, then a transport's own `ack_timeout`
     attribute, override it). `concurrency` calls of one transport may be in flight at
     once (`concurrency_per_transport` overrides it per transport); a key never has more
-    than one.
+    than one. `retry_per_type` and `ack_timeout_per_type` set the retry policy and the
+    ack timeout of messages sent with that `type`, before the per-transport settings.
     """
 
     guarantee: Guarantee = Guarantee.AT_LEAST_ONCE
@@ -196,6 +197,8 @@ class RuntimeConfig:
     concurrency_per_transport: Mapping[str, int] = field(
         default_factory=lambda: MappingProxyType({})
     )
+    retry_per_type: Mapping[str, RetryPolicy] = field(default_factory=lambda: MappingProxyType({}))
+    ack_timeout_per_type: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self) -> None:
         if not isinstance(self.guarantee, Guarantee):
@@ -215,6 +218,15 @@ class RuntimeConfig:
                     f"RuntimeConfig.retry_per_transport[{transport!r}] must be a RetryPolicy"
                 )
         object.__setattr__(self, "retry_per_transport", MappingProxyType(per))
+        per_type = dict(self.retry_per_type)
+        for kind, policy in per_type.items():
+            if not isinstance(kind, str) or not kind:
+                raise ValueError(
+                    f"RuntimeConfig.retry_per_type keys must be type names, got {kind!r}"
+                )
+            if not isinstance(policy, RetryPolicy):
+                raise ValueError(f"RuntimeConfig.retry_per_type[{kind!r}] must be a RetryPolicy")
+        object.__setattr__(self, "retry_per_type", MappingProxyType(per_type))
         if not isinstance(self.pressure, PressurePolicy):
             raise ValueError("RuntimeConfig.pressure must be a PressurePolicy")
         _positive("RuntimeConfig.dedup_ttl", self.dedup_ttl)
@@ -230,6 +242,14 @@ class RuntimeConfig:
         for transport, seconds in acks.items():
             _positive(f"RuntimeConfig.ack_timeout_per_transport[{transport!r}]", seconds)
         object.__setattr__(self, "ack_timeout_per_transport", MappingProxyType(acks))
+        type_acks = dict(self.ack_timeout_per_type)
+        for kind, seconds in type_acks.items():
+            if not isinstance(kind, str) or not kind:
+                raise ValueError(
+                    f"RuntimeConfig.ack_timeout_per_type keys must be type names, got {kind!r}"
+                )
+            _positive(f"RuntimeConfig.ack_timeout_per_type[{kind!r}]", seconds)
+        object.__setattr__(self, "ack_timeout_per_type", MappingProxyType(type_acks))
         _count("RuntimeConfig.concurrency", self.concurrency, 1)
         limits = dict(self.concurrency_per_transport)
         for transport, limit in limits.items():
@@ -242,6 +262,11 @@ class RuntimeConfig:
         """How many calls of `transport` may be in flight at once."""
         return self.concurrency_per_transport.get(transport, self.concurrency)
 
-    def retry_for(self, transport: str) -> RetryPolicy:
-        """The retry policy of `transport` (its own, or the default)."""
+    def retry_for(self, transport: str, type_: str | None = None) -> RetryPolicy:
+        """The retry policy of a message of type `type_` for `transport`: its type's,
+        else its transport's, else the default."""
+        if type_ is not None:
+            policy = self.retry_per_type.get(type_)
+            if policy is not None:
+                return policy
         return self.retry_per_transport.get(transport, self.retry)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import enum
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from types import MappingProxyType
 
 from surelay.errors import InvalidMessage
@@ -17,6 +19,7 @@ __all__ = [
     "check_payload",
     "check_send",
     "check_text",
+    "check_timing",
     "checked_envelope",
     "header_problem",
     "is_framing_header",
@@ -45,7 +48,8 @@ class Envelope:
 
     `attempt` is 1-based: the transport's n-th try at this message. `idempotency_key`
     defaults to `message_id`, so the receiving side can deduplicate too. `created_at` is
-    the acceptance time in epoch seconds.
+    the acceptance time in epoch seconds; `type` the message type given to `send`
+    (None if none was).
     """
 
     message_id: str
@@ -57,6 +61,8 @@ class Envelope:
     headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     attempt: int = 1
     created_at: float = 0.0
+    type: str | None = None
+    """The message type named at `send` (selects per-type policies), or None."""
 
     def __post_init__(self) -> None:
         if not self.idempotency_key:
@@ -76,6 +82,7 @@ _new = object.__new__
     _set_headers,
     _set_attempt,
     _set_created_at,
+    _set_type,
 ) = (Envelope.__dict__[name].__set__ for name in Envelope.__match_args__)
 
 
@@ -89,6 +96,7 @@ def checked_envelope(  # noqa: PLR0917  # Envelope's fields, in order
     headers: MappingProxyType[str, str],
     attempt: int,
     created_at: float,
+    type_: str | None = None,
 ) -> Envelope:
     """`Envelope(...)` for values already checked, with `idempotency_key` filled in and
     `headers` already a `MappingProxyType`: the same object for half the cost, because
@@ -104,6 +112,7 @@ def checked_envelope(  # noqa: PLR0917  # Envelope's fields, in order
     _set_headers(e, headers)
     _set_attempt(e, attempt)
     _set_created_at(e, created_at)
+    _set_type(e, type_)
     return e
 
 
@@ -251,3 +260,52 @@ def check_send(  # noqa: PLR0917  # send()'s arguments, checked in one place
     if not isinstance(priority, Priority):
         raise InvalidMessage(f"priority must be a surelay.Priority, got {priority!r}")
     return transport, data, checked_key, checked_idempotency, priority, check_headers(headers)
+
+
+MAX_TYPE_CHARS = 256
+"""Longest message `type` accepted (characters)."""
+
+MAX_DELAY = 10 * 366 * 86_400.0
+"""Furthest ahead a message may be scheduled (about ten years, in seconds): a due time
+past it is a unit mistake (milliseconds for seconds), not a plan."""
+
+
+def check_timing(
+    delay: object, not_before: object, type_: object, *, now: float
+) -> tuple[float | None, str | None]:
+    """A send's `delay` (seconds from `now`) or `not_before` (epoch seconds, or an aware
+    `datetime`), as its due time in epoch seconds (None: due at once; a time already
+    past is due at once), and its `type` (a non-empty str, or None). Both `delay` and
+    `not_before` at once is refused: which one was meant cannot be told."""
+    checked_type = None if type_ is None else check_text("type", type_, optional=False)
+    if checked_type is not None and len(checked_type) > MAX_TYPE_CHARS:
+        raise InvalidMessage(f"type is {len(checked_type)} characters, over {MAX_TYPE_CHARS}")
+    if delay is None and not_before is None:
+        return None, checked_type
+    if delay is not None and not_before is not None:
+        raise InvalidMessage("give delay or not_before, not both")
+    if delay is not None:
+        seconds = _seconds("delay", delay)
+        if seconds < 0:
+            raise InvalidMessage(f"delay must be seconds >= 0, got {delay!r}")
+        due = now + seconds
+    elif isinstance(not_before, datetime):
+        if not_before.tzinfo is None or not_before.utcoffset() is None:
+            raise InvalidMessage(
+                f"not_before must be an aware datetime (with a tzinfo), got {not_before!r}"
+            )
+        due = not_before.timestamp()
+    else:
+        due = _seconds("not_before", not_before)
+    if due - now > MAX_DELAY:
+        raise InvalidMessage(
+            f"the due time is {due - now:.0f}s ahead, over {MAX_DELAY:.0f}s "
+            "(delay and not_before are seconds, not milliseconds)"
+        )
+    return (due if due > now else None), checked_type
+
+
+def _seconds(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidMessage(f"{name} must be a finite number of seconds, got {value!r}")
+    return float(value)

@@ -28,7 +28,7 @@ class Peers:
     def attach(self, root: SupervisorRef) -> None:
         """The tree runs: look every actor up now, through `root` (`wiring.start`)."""
         self._root = root
-        for name in ("governor", "retry", "dead_letters", "senders", "replay_coordinator"):
+        for name in ("governor", "retry", "timer", "dead_letters", "senders", "replay_coordinator"):
             getattr(self, name)
         self.replay_workers  # noqa: B018  # looked up now, not from an actor later
 
@@ -53,6 +53,10 @@ class Peers:
     @functools.cached_property
     def retry(self) -> Ref:
         return self._child("retry")
+
+    @functools.cached_property
+    def timer(self) -> Ref:
+        return self._child("timer")
 
     @functools.cached_property
     def dead_letters(self) -> Ref:

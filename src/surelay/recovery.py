@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
 
+from surelay.actors.timer import Check
 from surelay.actors.window import Wake, hold_name
 from surelay.routing import home
 from surelay.storage.records import OutboxEntry
@@ -151,6 +152,7 @@ class Recovery:
             self._wake({p: lowest - 1 for p, (_, lowest) in moves.items()})
             if start is None:
                 break
+        moved += self._adopt_scheduled(slot)
         if moved:
             logger.warning(
                 "adopted %d message(s) from slot %d of %s, whose runtime is gone",
@@ -158,6 +160,24 @@ class Recovery:
                 slot,
                 store.path,
             )
+        return moved
+
+    def _adopt_scheduled(self, slot: int) -> int:
+        """Move `slot`'s scheduled messages here, due times kept; the timer looks again."""
+        store = self._store
+        moved = 0
+        start: bytes | None = None
+        while True:
+            count, start = store.write(
+                lambda txn, start=start: store.scheduled.adopt(
+                    txn, slot, limit=CHUNK, accept=self._transports.__contains__, start=start
+                )
+            ).result()
+            moved += count
+            if start is None:
+                break
+        if moved:
+            self._peers.timer.tell(Check())
         return moved
 
     def _wake(self, after: dict[int, int]) -> None:

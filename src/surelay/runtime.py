@@ -20,6 +20,7 @@ import os
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from surelay.closing import Closing
@@ -215,6 +216,9 @@ class Runtime:
         priority: Priority = Priority.NORMAL,
         headers: Mapping[str, str] | None = None,
         txn: Txn | None = None,
+        delay: float | None = None,
+        not_before: float | datetime | None = None,
+        type: str | None = None,  # (shadows the builtin: the contract names it)
     ) -> Receipt:
         """Accept one message for `transport` and return its receipt.
 
@@ -226,6 +230,14 @@ class Runtime:
         (`KeyboardInterrupt`) reaches it while it waits for the write: the message is
         then accepted and delivered all the same. Sends from many threads at once share
         outbox writes (see `surelay.storage.joining`).
+
+        `delay` (seconds) or `not_before` (epoch seconds, or an aware `datetime`) makes
+        the message due later: the due time is durable (it survives a kill, a restart
+        and the adoption of this runtime's slot) and fires once. A key's messages are
+        delivered in acceptance order, so a delayed message holds back the messages of
+        its key accepted after it, never those before. `type` names the message type:
+        it is kept in the envelope and any dead letter, and selects
+        `RuntimeConfig.retry_per_type` and `ack_timeout_per_type`.
         """
         return self._in.send(
             transport,
@@ -235,6 +247,9 @@ class Runtime:
             priority=priority,
             headers=headers,
             txn=txn,
+            delay=delay,
+            not_before=not_before,
+            type=type,
         )
 
     def send_batch(self, messages: Sequence[Mapping[str, Any]]) -> list[Receipt]:
@@ -257,6 +272,9 @@ class Runtime:
         priority: Priority = Priority.NORMAL,
         headers: Mapping[str, str] | None = None,
         txn: Txn | None = None,
+        delay: float | None = None,
+        not_before: float | datetime | None = None,
+        type: str | None = None,  # (shadows the builtin: the contract names it)
     ) -> Receipt:
         """`send` for a coroutine: returns once the message is durable, never blocking
         the event loop (coroutines sending at once share one fsync, as threads do). The
@@ -271,6 +289,9 @@ class Runtime:
             priority=priority,
             headers=headers,
             txn=txn,
+            delay=delay,
+            not_before=not_before,
+            type=type,
         )
 
     async def asend_batch(self, messages: Sequence[Mapping[str, Any]]) -> list[Receipt]:

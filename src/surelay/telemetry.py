@@ -108,6 +108,7 @@ COUNTERS = (
 
 GAUGES = (
     "surelay.outbox.pending",
+    "surelay.scheduled",
     "surelay.retry.pending",
     "surelay.dead_letters",
     "surelay.pressure.level",

@@ -6,6 +6,7 @@ root Supervisor "surelay" (one_for_one)
 ├── retry          RetryScheduler: timer heap of held messages
 ├── dead_letters   DeadLetterSink: stores terminal failures
 ├── senders        Supervisor: Sender "sender-<i>" per partition
+├── timer          Timer: moves scheduled messages into the outbox when due
 ├── sources        Supervisor: SourceConsumer "source-<name>" per `rt.consume`
 ├── sweeper        Sweeper: dedup and dead-letter retention
 ├── status         StatusReporter: publishes stats() to the store for `surelay stats`
@@ -33,6 +34,7 @@ from surelay.actors.sender import PartitionState, Sender, SenderEndpoint
 from surelay.actors.slot_keeper import SlotKeeper
 from surelay.actors.status import Snapshot, StatusEndpoint, StatusReporter
 from surelay.actors.sweeper import Sweeper, SweeperEndpoint
+from surelay.actors.timer import Timer, TimerEndpoint
 from surelay.actors.window import Orphans, limits_for
 from surelay.backlog import RetryBacklog
 from surelay.config import RuntimeConfig
@@ -48,7 +50,7 @@ from surelay.operations.health import Readings, Vitals
 from surelay.peers import Peers
 from surelay.pressure import PressureState
 from surelay.receipts import Tracker
-from surelay.recovery import Recovery
+from surelay.recovery import Recovery, route
 from surelay.replay_jobs import ReplayState
 from surelay.sql.relay import Relays
 from surelay.storage.store import Store
@@ -152,6 +154,12 @@ def start(store: Store, config: RuntimeConfig, transports: dict[str, Transport])
             # dead-lettered, so only a sender that cannot run at all should exhaust this.
             Supervisor.spec(
                 "senders", senders, intensity=max(20, 10 * config.partitions), period=1.0
+            ),
+            # after the senders: it hands them what comes due (and stops before them)
+            ChildSpec(
+                "timer",
+                Timer,
+                args=(TimerEndpoint(store, clock, route(config.partitions), tracker, peers),),
             ),
             # after the senders (it hands them what it takes, and stops before them); its
             # children are added by rt.consume

@@ -26,6 +26,7 @@ envelopes = st.builds(
     headers=headers,
     attempt=st.integers(1, 1000),
     created_at=times,
+    type=st.none() | text,
 )
 
 
@@ -71,6 +72,7 @@ dead_letters = st.builds(
     status=st.sampled_from(["dead", "replaying", "replayed", "archived"]),
     replay_count=st.integers(0, 50),
     lease_until=st.none() | times,
+    type=st.none() | text,
 )
 
 

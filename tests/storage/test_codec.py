@@ -15,7 +15,7 @@ from surelay.storage.codec import decode, decode_dedup, encode, encode_dedup, en
 from surelay.storage.keys import _Ulid, index_prefix, micros, new_id, text_key
 from surelay.storage.records import DeadLetter, outbox_entry
 
-from .builders import dead_letters, envelopes, times
+from .builders import dead_letter, dead_letters, envelopes, times
 
 
 @given(
@@ -23,10 +23,25 @@ from .builders import dead_letters, envelopes, times
     envelope=envelopes,
     due=times,
     partition=st.integers(0, 65535),
+    last_error=st.none() | st.text(max_size=50),
 )
-def test_outbox_entry_round_trip(seq: int, envelope: object, due: float, partition: int) -> None:
-    entry = OutboxEntry(seq, envelope, due, partition)  # type: ignore[arg-type]
+def test_outbox_entry_round_trip(
+    seq: int, envelope: object, due: float, partition: int, last_error: str | None
+) -> None:
+    entry = OutboxEntry(seq, envelope, due, partition, last_error)  # type: ignore[arg-type]
     assert decode(OutboxEntry, encode(entry)) == entry
+
+
+def test_records_written_before_type_and_last_error_still_decode() -> None:
+    envelope = ["m1", "sms", b"hi", "k", "m1", "normal", {}, 2, 1.5]  # (no type)
+    entry = decode(OutboxEntry, msgpack.packb([1, 7, envelope, 3.0, 2], use_bin_type=True))
+    assert entry == OutboxEntry(
+        7, Envelope("m1", "sms", b"hi", "k", attempt=2, created_at=1.5), 3.0, 2
+    )
+    assert entry.envelope.type is None and entry.last_error is None
+    record = dead_letter()
+    old = msgpack.unpackb(encode(record), raw=False)[:-1]  # (no type)
+    assert decode(DeadLetter, msgpack.packb(old, use_bin_type=True)) == record
 
 
 @given(st.integers(1, 2**63), envelopes, times, st.integers(0, 65535))
@@ -95,7 +110,7 @@ def test_dedup_value_round_trip(delivered_at: float, expires_at: float) -> None:
         (b"\xc1", "not msgpack"),
         (msgpack.packb({"v": 1}), "versioned array"),
         (msgpack.packb([99, 1, 2]), "unknown record version 99"),
-        (msgpack.packb([1, 2]), "expected 19 fields"),
+        (msgpack.packb([1, 2]), "expected 20 fields"),
     ],
 )
 def test_bad_bytes_raise_decode_error(raw: bytes, why: str) -> None:

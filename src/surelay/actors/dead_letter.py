@@ -70,6 +70,7 @@ def make_dead_letter(capture: Capture) -> DeadLetter:
         attempts=capture.attempts,
         first_attempt_at=capture.first_attempt_at,
         failed_at=capture.failed_at,
+        type=envelope.type,
     )
 
 

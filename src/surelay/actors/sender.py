@@ -94,6 +94,9 @@ SUBMIT_MAX = 1024
 RUN_MAX = 64
 """Most messages of one key submitted as one run."""
 
+LAST_ERROR_CHARS = 1000
+"""Most characters of a failed attempt's error kept with its message (`rt.status`)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Settle:
@@ -490,7 +493,7 @@ class Sender(Actor):
             failure=attempt.failure,
             reason=reason or "",
             made=envelope.attempt,
-            policy=at.config.retry_for(envelope.transport),
+            policy=at.config.retry_for(envelope.transport, envelope.type),
             crashes=crashes,
             wait=attempt.wait,
             retry_after=error.retry_after if isinstance(error, TransientError) else None,
@@ -543,13 +546,16 @@ class Sender(Actor):
         made = envelope.attempt
         state.last_delay[message_id] = delay
         due = now + delay
-        following = replace(entry, envelope=replace(envelope, attempt=made + 1), due_at=due)
+        why = None if error is None else describe(error)[:LAST_ERROR_CHARS]
+        following = replace(
+            entry, envelope=replace(envelope, attempt=made + 1), due_at=due, last_error=why
+        )
         state.in_flight.pop(message_id, None)
         state.queue.hold(following)
         if at.durable and entry.seq:  # (a relayed row's copy is its row: nothing here)
-            at.store.reschedule(message_id, attempt=made + 1, due_at=due).add_done_callback(
-                _log_failure("could not persist the retry of", message_id)
-            )
+            at.store.reschedule(
+                message_id, attempt=made + 1, due_at=due, last_error=why
+            ).add_done_callback(_log_failure("could not persist the retry of", message_id))
         at.counters.add("retried", envelope.transport)
         if at.telemetry.tracing:
             span = message_span(

@@ -64,7 +64,7 @@ class SlotKeeper(AlarmOwner):
             if slot == store.slot:
                 continue
             with store.read() as txn:
-                if not store.outbox.holds(txn, slot):
+                if not store.outbox.holds(txn, slot) and not store.scheduled.holds(txn, slot):
                     continue  # nothing to adopt: leave its lock alone for whoever opens
             lock = SlotLock.try_take(store.path, slot)
             if lock is None:

@@ -43,6 +43,7 @@ def stats(path: Path, as_json: bool) -> None:
         "runtime": {"running": first is not None, "pid": first["pid"] if first else None},
         "runtimes": runtimes,
         "outbox_pending": store_stats.outbox_pending,
+        "scheduled": store_stats.scheduled,
         "dead_letters": store_stats.dead_letters,
         "dead_by_reason": by_reason,
         "dedup_records": store_stats.dedup_records,
@@ -76,6 +77,7 @@ def _print(data: dict[str, Any]) -> None:
         ", ".join(f"slot {r['slot']} (pid {r['pid']})" for r in running) or "none running",
     )
     table.add_row("outbox pending", str(data["outbox_pending"]))
+    table.add_row("scheduled", str(data["scheduled"]))
     dead = data["dead_letters"]
     table.add_row("dead letters", ", ".join(f"{k} {v}" for k, v in dead.items()))
     reasons = ", ".join(f"{k} {v}" for k, v in data["dead_by_reason"].items() if v) or "-"

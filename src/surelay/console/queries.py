@@ -113,6 +113,7 @@ def overview(store: Store) -> dict[str, Any]:
         )
     return {
         "outbox_pending": stats.outbox_pending,
+        "scheduled": stats.scheduled,
         "dead_letters": stats.dead_letters,
         "by_reason": {r: by_reason.get(r, 0) for r in REASON_CLASSES},
         "by_transport": by_transport(store),

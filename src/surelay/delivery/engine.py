@@ -50,6 +50,7 @@ from surelay.delivery.attempt import (
 from surelay.delivery.breakers import Breakers
 from surelay.delivery.lanes import Lanes
 from surelay.delivery.spec import TransportSpec
+from surelay.envelope import Envelope
 from surelay.errors import PermanentError
 from surelay.policy.expiry import past_ttl
 from surelay.policy.verdict import Failure, classify
@@ -110,6 +111,7 @@ class Engine:
         self.transport = spec.call
         self.limit = spec.concurrency
         self.ack_timeout = spec.ack_timeout
+        self._per_type = spec.ack_timeout_per_type
         self.message_ttl = message_ttl
         self.wedged = False
         """Every slot is held by a call past its ack timeout (see the module docstring);
@@ -252,6 +254,13 @@ class Engine:
             self.skip(run, index + 1, sink)
         except BaseException:
             logger.exception("could not report a lost call; the outbox keeps its message")
+
+    def timeout_of(self, envelope: Envelope) -> float:
+        """The ack timeout of a call of `envelope`: its type's, else the transport's."""
+        kind = envelope.type
+        if kind is None or not self._per_type:
+            return self.ack_timeout
+        return self._per_type.get(kind, self.ack_timeout)
 
     def begin(self, call: Call) -> tuple[Attempt | None, float | None, Span | None]:
         """Before a call: a HELD attempt if the breaker refuses it (no call then), else

@@ -288,7 +288,8 @@ class LoopEngine(Engine):
         started = time.perf_counter()
         error: BaseException | None = None
         expired = False  # the deadline's cancel came out of the transport
-        self._track(running, task)
+        timeout = self.timeout_of(call.envelope)
+        self._track(running, task, timeout)
         try:
             with calling(span):
                 await self.transport(call.envelope)
@@ -305,7 +306,7 @@ class LoopEngine(Engine):
             self._calls.pop(running.serial, None)
             if running.timed_out:
                 task.uncancel()  # the deadline's cancel, answered here
-        if not running.timed_out and time.perf_counter() - started > self.ack_timeout:
+        if not running.timed_out and time.perf_counter() - started > timeout:
             self._outlived_deadline(started)
         # a transport that swallowed the cancel and returned has delivered after all
         return self.end(call, ticket, span, started, error, timed_out=expired)
@@ -333,36 +334,45 @@ class LoopEngine(Engine):
                 self.ack_timeout,
             )
 
-    def _track(self, running: _Running, task: asyncio.Task[None]) -> None:
+    def _track(self, running: _Running, task: asyncio.Task[None], timeout: float) -> None:
         """Register the call `running` starts now for its ack timeout: one timer per
         engine, at the deadline of the oldest call, rather than one per call."""
         loop = asyncio.get_running_loop()
         running.serial = next(self._serials)
-        running.deadline = loop.time() + self.ack_timeout
+        running.deadline = loop.time() + timeout
         running.task = task
         running.timed_out = False
         self._calls[running.serial] = running
-        if self._sweeper is None:
+        sweeper = self._sweeper
+        if sweeper is None or running.deadline < sweeper.when():  # (a type's shorter one)
+            if sweeper is not None:
+                sweeper.cancel()
             self._sweeper = loop.call_at(running.deadline, self._sweep)
 
     def _sweep(self) -> None:
         """Cancel the calls past their deadline (their coroutines see CancelledError);
-        look again at the next deadline. Calls start in deadline order (one ack timeout
-        per engine), so the oldest call is the first to come due."""
+        look again at the next deadline. Without per-type ack timeouts calls start in
+        deadline order, so the oldest calls are the first to come due."""
         loop = asyncio.get_running_loop()
         self._sweeper = None
         calls = self._calls
-        while calls:
-            oldest = next(iter(calls.values()))
-            if oldest.deadline > loop.time():
-                self._sweeper = loop.call_at(oldest.deadline, self._sweep)
-                return
-            calls.popitem(last=False)
-            oldest.timed_out = True
-            assert oldest.task is not None
-            oldest.task.cancel()
+        now = loop.time()
+        if self._per_type:  # deadlines out of start order: look at every call
+            expired = [serial for serial, running in calls.items() if running.deadline <= now]
+        else:
+            expired = list(itertools.takewhile(lambda s: calls[s].deadline <= now, calls))
+        for serial in expired:
+            running = calls.pop(serial)
+            running.timed_out = True
+            assert running.task is not None
+            running.task.cancel()
             if self._wedge_watch is None:  # a call that ignores the cancel keeps its slot
                 self._wedge_watch = loop.call_later(WEDGED_POLL, self._watch_wedge)
+        if calls:
+            following = min(r.deadline for r in calls.values()) if self._per_type else None
+            if following is None:
+                following = next(iter(calls.values())).deadline
+            self._sweeper = loop.call_at(following, self._sweep)
 
     def _watch_wedge(self) -> None:
         """A while after a cancel: is every slot still held by a cancelled call? While

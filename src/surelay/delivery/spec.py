@@ -9,8 +9,8 @@ being silently ignored or failing at its first call.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from surelay.config import RuntimeConfig
@@ -40,6 +40,8 @@ class TransportSpec:
     """Most calls in flight at once."""
     ack_timeout: float
     """Seconds a call may take before it is cut off and retried."""
+    ack_timeout_per_type: Mapping[str, float] = field(default_factory=dict)
+    """`ack_timeout` of the messages of these types (`RuntimeConfig.ack_timeout_per_type`)."""
     classify: Classifier | None = None
     prepare: Callable[[int], object] | None = None
     aclose: Callable[[], Awaitable[object]] | None = None
@@ -86,6 +88,7 @@ def resolve(name: str, transport: object, config: RuntimeConfig) -> TransportSpe
         coroutine=coroutine,
         concurrency=config.concurrency_for(name),
         ack_timeout=ack_timeout,
+        ack_timeout_per_type=config.ack_timeout_per_type,
         classify=_member(name, transport, "classify"),
         prepare=_member(name, transport, "prepare"),
         aclose=aclose,

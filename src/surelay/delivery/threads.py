@@ -56,13 +56,24 @@ never returns to say it is slow. Well past the waits for the GIL a busy process 
 class _Worker:
     """One pool thread and the run it is on (guarded by the engine's lock)."""
 
-    __slots__ = ("abandoned", "index", "run", "sink", "span", "started", "ticket", "timed_out")
+    __slots__ = (
+        "abandoned",
+        "deadline",
+        "index",
+        "run",
+        "sink",
+        "span",
+        "started",
+        "ticket",
+        "timed_out",
+    )
 
     def __init__(self) -> None:
         self.run: Run | None = None
         self.index = 0  # the message of `run` being called
         self.sink: Sink | None = None
         self.started = math.inf  # time.monotonic() at the call's start; inf between calls
+        self.deadline = math.inf  # when the call is cut off (its ack timeout after `started`)
         self.ticket: float | None = None
         self.span: Span | None = None
         self.timed_out = False
@@ -219,9 +230,13 @@ class ThreadEngine(Engine):
                 sink(held)
                 self.skip(run, index + 1, sink)
                 return True
+            timeout = self.timeout_of(call.envelope)
             with lock:
                 worker.ticket, worker.span = ticket, span
                 worker.started = time.monotonic()
+                worker.deadline = worker.started + timeout
+            if timeout < self.ack_timeout:  # (a type's shorter timeout: the watcher
+                self._wake_watcher.set()  # sleeps up to the engine's, so it looks again)
             started = time.perf_counter()
             error: BaseException | None = None
             try:
@@ -238,7 +253,7 @@ class ThreadEngine(Engine):
                 if worker.abandoned:
                     self._abandoned -= 1
                     return False
-                worker.started = math.inf
+                worker.started = worker.deadline = math.inf
                 self._recent.append(took)
                 if worker.timed_out:  # reported by the watcher, with the rest skipped
                     return True
@@ -265,8 +280,9 @@ class ThreadEngine(Engine):
 
     def _watch(self) -> None:
         """Time out calls past their deadline; sleep until the earliest one. A call that
-        starts later has a later deadline (one ack timeout per engine), so sleeping until
-        the earliest running call's deadline, or one ack timeout, misses none. While
+        starts later has a later deadline, unless its type has a shorter ack timeout
+        (then it wakes this watch), so sleeping until the earliest running call's
+        deadline, or one ack timeout, misses none. While
         calls wait for a thread, also grow the pool once a running call proves slow (a
         call that hangs never returns to say so itself)."""
         while not self._closed:
@@ -279,7 +295,7 @@ class ThreadEngine(Engine):
                 for worker in list(self._workers):
                     if worker.run is None or worker.timed_out:
                         continue
-                    deadline = worker.started + self.ack_timeout
+                    deadline = worker.deadline
                     if deadline > now:
                         earliest = min(earliest, deadline)
                         continue
@@ -329,7 +345,7 @@ class ThreadEngine(Engine):
             "the call is abandoned and the message retried",
             self.name,
             call.envelope.message_id,
-            self.ack_timeout,
+            self.timeout_of(call.envelope),
         )
         try:
             perf_started = time.perf_counter() - (time.monotonic() - started)

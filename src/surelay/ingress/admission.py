@@ -60,13 +60,13 @@ def check_pressure(gate: Gate, rates: KeyRates | None, checked: list[Checked]) -
         return 0.0  # every priority is admitted at once
     policy = gate.policy
     delay = 0.0
-    priorities = {priority for _, _, _, _, priority, _ in checked}
+    priorities = {priority for _, _, _, _, priority, *_ in checked}
     for priority in priorities:
         decision = admission(level, priority, state.ratio, policy)
         if not decision.admit:
             refuse(
                 gate,
-                [transport for transport, _, _, _, _, _ in checked],
+                [transport for transport, *_ in checked],
                 priorities,
                 reason=decision.reason,
                 after=state.retry_after,
@@ -74,7 +74,7 @@ def check_pressure(gate: Gate, rates: KeyRates | None, checked: list[Checked]) -
             )
         delay = max(delay, decision.delay)
     if rates is not None:
-        keys = [key for _, _, key, _, _, _ in checked if key is not None]
+        keys = [key for _, _, key, *_ in checked if key is not None]
         wait = rates.take(keys, gate.clock()) if keys else 0.0
         if wait == float("inf"):
             raise InvalidMessage(
@@ -84,7 +84,7 @@ def check_pressure(gate: Gate, rates: KeyRates | None, checked: list[Checked]) -
         if wait > 0:
             refuse(
                 gate,
-                [transport for transport, _, _, _, _, _ in checked],
+                [transport for transport, *_ in checked],
                 priorities,
                 reason="rate_per_key",
                 after=wait,

@@ -9,7 +9,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from surelay.config import RuntimeConfig
-from surelay.envelope import Envelope, Priority, check_send, checked_envelope
+from surelay.envelope import Envelope, Priority, check_send, check_timing, checked_envelope
 from surelay.errors import InvalidMessage, UnknownTransport
 from surelay.storage.environment import Txn
 from surelay.telemetry import TRACEPARENT, traceparent_of
@@ -28,12 +28,32 @@ __all__ = [
 ]
 
 SEND_ARGS = frozenset(
-    {"transport", "payload", "key", "idempotency_key", "priority", "headers", "txn"}
+    {
+        "transport",
+        "payload",
+        "key",
+        "idempotency_key",
+        "priority",
+        "headers",
+        "txn",
+        "delay",
+        "not_before",
+        "type",
+    }
 )
 
-Checked = tuple[str, bytes, str | None, str | None, Priority, MappingProxyType[str, str]]
+Checked = tuple[
+    str,
+    bytes,
+    str | None,
+    str | None,
+    Priority,
+    MappingProxyType[str, str],
+    float | None,
+    str | None,
+]
 """send()'s arguments, checked: transport, payload, key, idempotency key, priority,
-headers."""
+headers, due time (epoch seconds; None: due now) and message type."""
 
 
 def check_one(  # noqa: PLR0917  # send()'s arguments, checked in one place
@@ -45,12 +65,15 @@ def check_one(  # noqa: PLR0917  # send()'s arguments, checked in one place
     idempotency_key: object,
     priority: object,
     headers: object,
+    delay: object = None,
+    not_before: object = None,
+    type_: object = None,
 ) -> Checked:
     """One send's arguments, for a runtime with `transports` and `config`."""
     if not isinstance(transport, str) or transport not in transports:
         known = ", ".join(sorted(transports)) or "none"
         raise UnknownTransport(f"unknown transport {transport!r}; this runtime has: {known}")
-    return check_send(
+    sent = check_send(
         transport,
         payload,
         key,
@@ -59,6 +82,17 @@ def check_one(  # noqa: PLR0917  # send()'s arguments, checked in one place
         headers,
         max_payload_bytes=config.max_payload_bytes,
     )
+    if delay is None and not_before is None and type_ is None:
+        return (*sent, None, None)
+    now = config.clock()
+    due, kind = check_timing(delay, not_before, type_, now=now)
+    ttl = config.message_ttl
+    if due is not None and ttl is not None and due - now >= ttl:
+        raise InvalidMessage(
+            f"the message is due in {due - now:.3f}s, past message_ttl={ttl}s: it would "
+            "expire before its first attempt"
+        )
+    return (*sent, due, kind)
 
 
 def check_batch(
@@ -113,6 +147,9 @@ def _from_mapping(
         message.get("idempotency_key"),
         message.get("priority", Priority.NORMAL),
         message.get("headers"),
+        message.get("delay"),
+        message.get("not_before"),
+        message.get("type"),
     )
     return checked, message.get("txn")
 
@@ -124,13 +161,15 @@ def envelopes(
     its send span's `traceparent` (built once: a copy per message would cost more)."""
     if spans is None:
         return [
-            checked_envelope(m, transport, data, key, idempotency or m, priority, headers, 1, now)
-            for m, (transport, data, key, idempotency, priority, headers) in zip(
+            checked_envelope(
+                m, transport, data, key, idempotency or m, priority, headers, 1, now, kind
+            )
+            for m, (transport, data, key, idempotency, priority, headers, _, kind) in zip(
                 ids, checked, strict=True
             )
         ]
     made = []
-    for m, span, (transport, data, key, idempotency, priority, given) in zip(
+    for m, span, (transport, data, key, idempotency, priority, given, _, kind) in zip(
         ids, spans, checked, strict=True
     ):
         traceparent = None if span is None else traceparent_of(span)
@@ -138,7 +177,9 @@ def envelopes(
             given if traceparent is None else MappingProxyType({**given, TRACEPARENT: traceparent})
         )
         made.append(
-            checked_envelope(m, transport, data, key, idempotency or m, priority, headers, 1, now)
+            checked_envelope(
+                m, transport, data, key, idempotency or m, priority, headers, 1, now, kind
+            )
         )
     return made
 

@@ -19,11 +19,13 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import pykka
 
 from surelay.actors.governor import Sample
+from surelay.actors.timer import Check
 from surelay.actors.window import deliver
 from surelay.envelope import Envelope, Priority
 from surelay.errors import InvalidMessage, Overloaded, RuntimeClosed, StorageError
@@ -64,10 +66,25 @@ class Pending:
     envelopes: list[Envelope]
     txn: Txn | None
     spans: list[Any] | None
+    dues: list[float | None] | None = None
+    """Each message's due time (None: due at once), or None if none is delayed."""
     receipts: list[Receipt] = field(default_factory=list)
     entries: list[OutboxEntry] = field(default_factory=list)
     routed: list[tuple[Envelope, int]] = field(default_factory=list)
     durable: Future[list[Receipt]] | None = None
+
+
+Accepted = tuple[list[OutboxEntry], list[OutboxEntry]]
+"""What a durable write accepted: every message's entry in acceptance order, and those
+of them scheduled for later (`surelay.storage.scheduled`)."""
+
+
+@dataclass(slots=True)
+class _TxnSends:
+    """What the sends of one open `transaction()` wrote: dispatched once it commits."""
+
+    entries: list[OutboxEntry] = field(default_factory=list)
+    later: list[OutboxEntry] = field(default_factory=list)
 
 
 class WayIn:
@@ -82,14 +99,14 @@ class WayIn:
         self._closed = False
         self._active = 0
         self._round_robin = itertools.count()
-        self._txns: dict[int, list[OutboxEntry]] = {}
+        self._txns: dict[int, _TxnSends] = {}
         self._txn_threads: set[int] = set()
         """Threads inside `transaction()`: a send there without `txn=` would wait for
         the write lock that very thread holds."""
         self._turns: dict[asyncio.AbstractEventLoop, Turn] = {}
         self._turn_lock = threading.Lock()
         """`asend`s of the current turn of each event loop sending (see `Turn`)."""
-        self._joining: Joining[Pending, list[OutboxEntry]] = Joining(
+        self._joining: Joining[Pending, Accepted] = Joining(
             self._store.write, self._write_joined, self._written
         )
         """The durable writes of every caller, one operation per commit (see
@@ -149,26 +166,6 @@ class WayIn:
             self._closed = True
             self._lock.notify_all()
 
-    def _check(  # noqa: PLR0917  # send()'s arguments
-        self,
-        transport: object,
-        payload: object,
-        key: object,
-        idempotency_key: object,
-        priority: object,
-        headers: object,
-    ) -> Checked:
-        return check_one(
-            self._at.transports,
-            self._config,
-            transport,
-            payload,
-            key,
-            idempotency_key,
-            priority,
-            headers,
-        )
-
     # -- sending -------------------------------------------------------------------------
 
     def send(
@@ -181,10 +178,25 @@ class WayIn:
         priority: Priority = Priority.NORMAL,
         headers: Mapping[str, str] | None = None,
         txn: Txn | None = None,
+        delay: float | None = None,
+        not_before: float | datetime | None = None,
+        type: str | None = None,  # (shadows the builtin: the contract names it)
     ) -> Receipt:
         """`Runtime.send`: one message, its receipt once durable (the sends of many
         threads share writes: `surelay.storage.joining`); with `txn`, in that transaction."""
-        checked = self._check(transport, payload, key, idempotency_key, priority, headers)
+        checked = check_one(
+            self._at.transports,
+            self._config,
+            transport,
+            payload,
+            key,
+            idempotency_key,
+            priority,
+            headers,
+            delay,
+            not_before,
+            type,
+        )
         return self._accept([checked], txn)[0]
 
     def send_batch(self, messages: Sequence[Mapping[str, Any]]) -> list[Receipt]:
@@ -202,9 +214,24 @@ class WayIn:
         priority: Priority = Priority.NORMAL,
         headers: Mapping[str, str] | None = None,
         txn: Txn | None = None,
+        delay: float | None = None,
+        not_before: float | datetime | None = None,
+        type: str | None = None,  # (shadows the builtin: the contract names it)
     ) -> Receipt:
         """`Runtime.asend`: the sends of one loop turn share one write (`Turn`)."""
-        checked = self._check(transport, payload, key, idempotency_key, priority, headers)
+        checked = check_one(
+            self._at.transports,
+            self._config,
+            transport,
+            payload,
+            key,
+            idempotency_key,
+            priority,
+            headers,
+            delay,
+            not_before,
+            type,
+        )
         if txn is not None:
             return (await self._aaccept([checked], txn))[0]
         self.refuse_inside_transaction()
@@ -288,7 +315,7 @@ class WayIn:
         try:
             refuse(
                 self._at.gate,
-                [transport for transport, _, _, _, _, _ in checked[fits:]],
+                [transport for transport, *_ in checked[fits:]],
                 (priority,),
                 reason="capacity",
                 after=self._at.gate.pressure.retry_after,
@@ -422,7 +449,13 @@ class WayIn:
                         span.set_attribute(ATTR_MESSAGE_ID, message_id)
             elif at.telemetry.tracing:
                 spans = self._start_send_spans(ids, checked)
-            pending = Pending(envelopes(checked, ids, now, spans), txn, spans)
+            dues = [c[6] for c in checked]
+            pending = Pending(
+                envelopes(checked, ids, now, spans),
+                txn,
+                spans,
+                dues if any(due is not None for due in dues) else None,
+            )
         except BaseException as error:
             end_spans(spans, error)
             self._leave()
@@ -439,13 +472,17 @@ class WayIn:
         pending: Pending,
         entries: list[OutboxEntry],
         dispatch: list[OutboxEntry] | None = None,
+        later: frozenset[str] = frozenset(),
     ) -> list[Receipt]:
-        """The write is durable: count, dispatch, end the send spans. A runtime closed
-        meanwhile keeps the messages in its outbox for the next open."""
+        """The write is durable: count, dispatch (all but the `later` ones, scheduled:
+        the timer's), end the send spans. A runtime closed meanwhile keeps the messages
+        in its outbox for the next open."""
         try:
             self._at.counters.add_each("accepted", [e.transport for e in pending.envelopes])
+            if later:
+                entries = [e for e in entries if e.envelope.message_id not in later]
             if pending.txn is not None:
-                self._txns[id(pending.txn)].extend(entries)
+                self._txns[id(pending.txn)].entries.extend(entries)
             elif dispatch is not None:  # the caller dispatches them with others
                 dispatch.extend(entries)
             else:
@@ -469,13 +506,30 @@ class WayIn:
         end_spans(pending.spans, error)
         self._leave()
 
-    def _write_joined(self, txn: Txn, group: list[Pending]) -> list[OutboxEntry]:
+    def _write_joined(self, txn: Txn, group: list[Pending]) -> Accepted:
         """The durable write of the sends of a group (`Joining`), in one transaction."""
         routed = [pair for pending in group for pair in pending.routed]
-        return self._store.outbox.enqueue_many(txn, routed, due_at=self._config.clock())
+        dues: list[float | None] | None = None
+        if any(pending.dues is not None for pending in group):
+            dues = []
+            for pending in group:
+                dues.extend(pending.dues or [None] * len(pending.routed))
+        return self._accept_into(txn, routed, dues)
+
+    def _accept_into(
+        self, txn: Txn, routed: list[tuple[Envelope, int]], dues: list[float | None] | None
+    ) -> Accepted:
+        """Write messages to the outbox, or as scheduled (`surelay.storage.scheduled`);
+        their entries in acceptance order, and those scheduled."""
+        now = self._config.clock()
+        entries, later = self._store.scheduled.accept(txn, routed, dues, now=now)
+        if not later:
+            return entries, later
+        by_id = {e.envelope.message_id: e for e in (*entries, *later)}
+        return [by_id[envelope.message_id] for envelope, _ in routed], later
 
     def _written(
-        self, group: list[Pending], entries: list[OutboxEntry] | None, error: BaseException | None
+        self, group: list[Pending], accepted: Accepted | None, error: BaseException | None
     ) -> None:
         """The write of a group ended (see `Joining` for on which thread): finish each
         of its writes (or abort it: nothing accepted), dispatch all their entries at
@@ -484,10 +538,12 @@ class WayIn:
         are accepted in that order), so one that cannot be written (a send, a batch or
         a turn's run too large for the space left) fails alone, as it would have without
         the others; the sends of one write (a batch, a turn's run) fail together."""
-        if entries is None and len(group) > 1 and isinstance(error, Exception):
+        if accepted is None and len(group) > 1 and isinstance(error, Exception):
             for pending in group:
                 self._write_alone(pending)
             return
+        entries, scheduled = (None, []) if accepted is None else accepted
+        later = frozenset(e.envelope.message_id for e in scheduled)
         with self._lock:
             self._active += 1  # a close waits for the dispatch below too
         outcomes: list[BaseException | None] = []
@@ -502,13 +558,15 @@ class WayIn:
                     else:
                         end = start + len(pending.envelopes)
                         mine, start = entries[start:end], end
-                        self._finish(pending, mine, dispatch)
+                        self._finish(pending, mine, dispatch, later)
                 except Exception as failed:  # (perhaps the writer thread): say it, go on
                     logger.exception("finishing an accepted message failed")
                     outcome = failed
                 outcomes.append(outcome)
             if dispatch:
                 deliver(self._at.peers.senders, dispatch)
+            if scheduled:
+                self._scheduled(scheduled)
         except pykka.ActorDeadError:
             logger.info("messages accepted while closing: sent at the next open")
         finally:
@@ -532,7 +590,7 @@ class WayIn:
             self._written([pending], None, refused)
             return
 
-        def ended(written: Future[list[OutboxEntry]]) -> None:
+        def ended(written: Future[Accepted]) -> None:
             if written.cancelled():
                 self._written([pending], None, StorageError("the outbox write was cancelled"))
             elif (failed := written.exception()) is not None:
@@ -579,17 +637,25 @@ class WayIn:
             if at.peers.attached:
                 at.peers.governor.tell(Sample())
         if txn is not None:
-            if id(txn) not in self._txns:
+            sends = self._txns.get(id(txn))
+            if sends is None:
                 raise InvalidMessage("txn must be the transaction of rt.transaction(), still open")
             now = self._config.clock()
-            pending.entries = self._store.outbox.enqueue_many(txn, routed, due_at=now)
+            pending.entries, later = self._store.scheduled.accept(
+                txn, routed, pending.dues, now=now
+            )
+            sends.later.extend(later)
         elif at.durable:
             pending.routed = routed
             pending.durable = Future()
             self._joining.join(pending)
-        else:
+        else:  # in memory only: a delayed one is held by its sender until due
             now = self._config.clock()
-            pending.entries = [outbox_entry(0, e, now, p) for e, p in routed]
+            dues = pending.dues or [None] * len(routed)
+            pending.entries = [
+                outbox_entry(0, e, now if due is None else due, p)
+                for (e, p), due in zip(routed, dues, strict=True)
+            ]
 
     def _send_span(self, transport: str, key: str | None) -> Any:
         """A send's span, started in its caller's context (a child of the caller's
@@ -603,7 +669,7 @@ class WayIn:
         tracer = self._at.telemetry.tracer
         return [
             message_span(tracer, SPAN_SEND, message_id, transport, key)
-            for message_id, (transport, _, key, _, _, _) in zip(ids, checked, strict=True)
+            for message_id, (transport, _, key, *_) in zip(ids, checked, strict=True)
         ]
 
     @contextlib.contextmanager
@@ -614,10 +680,10 @@ class WayIn:
         with self._lock:
             if self._closing:
                 raise RuntimeClosed("the runtime is closed (or closing)")
-        pending: list[OutboxEntry] = []
+        sends = _TxnSends()
         try:
             with self._store.transaction() as txn:
-                self._txns[id(txn)] = pending
+                self._txns[id(txn)] = sends
                 thread = threading.get_ident()
                 self._txn_threads.add(thread)
                 try:
@@ -626,10 +692,18 @@ class WayIn:
                     self._txn_threads.discard(thread)
                     del self._txns[id(txn)]
         except BaseException:
-            self._at.tracker.forget(e.envelope.message_id for e in pending)
+            self._at.tracker.forget(e.envelope.message_id for e in (*sends.entries, *sends.later))
             raise
-        if pending:
-            deliver(self._at.peers.senders, pending)
+        if sends.entries:
+            deliver(self._at.peers.senders, sends.entries)
+        if sends.later:
+            self._scheduled(sends.later)
+
+    def _scheduled(self, later: list[OutboxEntry]) -> None:
+        """Messages were scheduled (durably): they wait on disk, so memory (and pressure)
+        no longer count them, and the timer learns of the earliest."""
+        self._at.tracker.spill(e.envelope.message_id for e in later)
+        self._at.peers.timer.tell(Check(min(e.due_at for e in later)))
 
 
 def _key_of(envelope: Envelope) -> str | None:

@@ -83,6 +83,8 @@ class RuntimeStats:
     """Inbound messages taken from sources (`consume`) since open."""
     relayed: int = 0
     """Rows taken from SQL outbox tables (`relay`) since open."""
+    scheduled: int = 0
+    """Messages sent with a delay whose time has not come (on disk, every slot's)."""
     abandoned: int = 0
     """Transport calls given up at their ack timeout that are still running now (a
     plain callable's thread cannot be stopped; a coroutine that ignores its cancel);
@@ -98,6 +100,7 @@ def stats(readings: Readings) -> RuntimeStats:
         **counters,
         in_flight=readings.tracker.pending,
         outbox_pending=store_stats.outbox_pending if store_stats else 0,
+        scheduled=store_stats.scheduled if store_stats else 0,
         retry_pending=len(readings.backlog),
         dead_letters=store_stats.dead_letters.get("dead", 0) if store_stats else 0,
         pressure=readings.pressure.level,
@@ -180,6 +183,7 @@ def gauges(now: RuntimeStats) -> Mapping[str, float | Mapping[str, float]]:
     """The runtime's gauges for OpenTelemetry."""
     return {
         "surelay.outbox.pending": now.outbox_pending,
+        "surelay.scheduled": now.scheduled,
         "surelay.retry.pending": now.retry_pending,
         "surelay.dead_letters": now.dead_letters,
         "surelay.pressure.level": LEVELS.index(now.pressure),

@@ -39,6 +39,7 @@ __all__ = ["Examination", "Salvaged", "TableCheck", "examine", "salvage"]
 
 _DECODERS: dict[str, Callable[[bytes], Any]] = {
     "outbox": lambda raw: decode(OutboxEntry, raw),
+    "scheduled": lambda raw: decode(OutboxEntry, raw),
     "dead": lambda raw: decode(DeadLetter, raw),
     "dedup": decode_dedup,
     "inbox": decode_dedup,

@@ -88,8 +88,9 @@ _WIRE: dict[type[Any], tuple[str, ...]] = {
         "headers",
         "attempt",
         "created_at",
+        "type",
     ),
-    OutboxEntry: ("seq", "envelope", "due_at", "partition"),
+    OutboxEntry: ("seq", "envelope", "due_at", "partition", "last_error"),
     DeadLetter: (
         "id",
         "message_id",
@@ -109,6 +110,7 @@ _WIRE: dict[type[Any], tuple[str, ...]] = {
         "status",
         "replay_count",
         "lease_until",
+        "type",
     ),
     ReplayRequest: (
         "id",
@@ -125,7 +127,12 @@ _WIRE: dict[type[Any], tuple[str, ...]] = {
     QuarantinedRecord: ("table", "key", "raw", "error", "at"),
 }
 
-_FEWEST: dict[type[Any], int] = {ReplayRequest: 9}
+_FEWEST: dict[type[Any], int] = {
+    ReplayRequest: 9,
+    Envelope: 9,
+    OutboxEntry: 4,
+    DeadLetter: 18,
+}
 """Records written before trailing fields were added have only this many; the missing
 fields take their defaults. (Adding a field at the end with a default is how a record
 grows without a new version.)"""
@@ -214,17 +221,20 @@ def encode_outbox(entry: OutboxEntry) -> bytes:
         dict(e.headers) if e.headers else {},
         e.attempt,
         e.created_at,
+        e.type,
     ]
-    return _pack([V1, entry.seq, envelope, entry.due_at, entry.partition])
+    return _pack([V1, entry.seq, envelope, entry.due_at, entry.partition, entry.last_error])
 
 
 def _decode_outbox(items: list[Any]) -> OutboxEntry:
-    _, seq, envelope, due_at, partition = items
-    if not isinstance(envelope, list) or len(envelope) != len(_WIRE[Envelope]):
+    seq, envelope, due_at, partition = items[1:5]
+    last_error = items[5] if len(items) > 5 else None
+    if not isinstance(envelope, list) or not 9 <= len(envelope) <= len(_WIRE[Envelope]):
         raise DecodeError(f"Envelope: expected {len(_WIRE[Envelope])} fields")
     message_id, transport, payload, key, idempotency_key, priority, headers, attempt, created = (
-        envelope
+        envelope[:9]
     )
+    kind = envelope[9] if len(envelope) > 9 else None
     return OutboxEntry(
         seq,
         Envelope(
@@ -237,9 +247,11 @@ def _decode_outbox(items: list[Any]) -> OutboxEntry:
             headers,
             attempt,
             created,
+            kind,
         ),
         due_at,
         partition,
+        last_error,
     )
 
 
@@ -266,6 +278,7 @@ def encode_dead_letter(r: DeadLetter) -> bytes:
             r.status,
             r.replay_count,
             r.lease_until,
+            r.type,
         ]
     )
 
@@ -291,7 +304,7 @@ def _decode_dead_letter(items: list[Any]) -> DeadLetter:
         status,
         replay_count,
         lease_until,
-    ) = items
+    ) = items[:19]
     return DeadLetter(
         id=dead_letter_id,
         message_id=message_id,
@@ -311,6 +324,7 @@ def _decode_dead_letter(items: list[Any]) -> DeadLetter:
         status=status,
         replay_count=replay_count,
         lease_until=lease_until,
+        type=items[19] if len(items) > 19 else None,
     )
 
 

@@ -40,7 +40,7 @@ logger = logging.getLogger("surelay.storage")
 Txn = Any  # lmdb.Transaction: py-lmdb ships no type information
 T = TypeVar("T")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SINGLE_OWNER_UNTIL = 2
 """The last schema of the single-owner layout (one runtime per directory, no slots)."""
 TABLES = (
@@ -56,6 +56,9 @@ TABLES = (
     "quarantine",
     "inbox",
     "inbox_exp",
+    "scheduled",
+    "scheduled_id",
+    "scheduled_key",
 )
 HOST_TABLE_PREFIX = "host."
 

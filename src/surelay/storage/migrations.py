@@ -80,4 +80,15 @@ def _outbox_by_slot(env: Any, txn: Any, dbs: dict[str, Any]) -> None:
     logger.info("outbox re-keyed by slot: %d entries are slot 0's", len(old))
 
 
-MIGRATIONS: dict[int, Migration] = {1: _outbox_by_partition, 2: _outbox_by_slot}
+def _scheduled_tables(_env: Any, _txn: Any, _dbs: dict[str, Any]) -> None:
+    """Schema 3 → 4. Schema 4 adds the tables of scheduled messages (created empty by
+    the open): nothing to move, but an older surelay must not open a directory whose
+    scheduled messages it would never send."""
+    logger.info("tables for scheduled messages added")
+
+
+MIGRATIONS: dict[int, Migration] = {
+    1: _outbox_by_partition,
+    2: _outbox_by_slot,
+    3: _scheduled_tables,
+}

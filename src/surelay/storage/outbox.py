@@ -113,15 +113,25 @@ class Outbox:
         txn.put(b"outbox_seq", u64(seq), db=self._meta)
         return out
 
+    def holds_id(self, txn: Txn, id_key: bytes) -> bool:
+        """Whether the message of this id key (`text_key(message_id)`) is in the outbox."""
+        return txn.get(id_key, db=self._ids) is not None
+
     def get(self, txn: Txn, message_id: str) -> OutboxEntry | None:
         where = txn.get(text_key(message_id), db=self._ids)
         return None if where is None else self._load(txn, bytes(where))
 
     def reschedule(
-        self, txn: Txn, message_id: str, *, attempt: int, due_at: float
+        self,
+        txn: Txn,
+        message_id: str,
+        *,
+        attempt: int,
+        due_at: float,
+        last_error: str | None = None,
     ) -> OutboxEntry | None:
-        """Set the next attempt number (a retry's, so at least 2) and when it is due;
-        None if the message is not in the outbox."""
+        """Set the next attempt number (a retry's, so at least 2), when it is due and why
+        the attempt before failed; None if the message is not in the outbox."""
         if attempt < 2:
             raise ValueError(f"a rescheduled message's next attempt is at least 2, got {attempt}")
         found = txn.get(text_key(message_id), db=self._ids)
@@ -133,7 +143,12 @@ class Outbox:
             return None
         if entry.envelope.attempt > 1:
             txn.delete(micros(entry.due_at) + where, db=self._due)
-        updated = replace(entry, envelope=replace(entry.envelope, attempt=attempt), due_at=due_at)
+        updated = replace(
+            entry,
+            envelope=replace(entry.envelope, attempt=attempt),
+            due_at=due_at,
+            last_error=last_error,
+        )
         txn.put(where, encode_outbox(updated), db=self._main)
         txn.put(micros(due_at) + where, b"", db=self._due)
         return updated

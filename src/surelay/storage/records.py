@@ -38,16 +38,18 @@ class OutboxEntry:
     """An accepted message not yet delivered or dead-lettered.
 
     `seq` orders acceptance; `envelope.attempt` is the attempt to make next, at `due_at`
-    (epoch seconds); `partition` is the sender partition it was accepted for.
+    (epoch seconds); `partition` is the sender partition it was accepted for;
+    `last_error` why the attempt before failed (None before a retry).
     """
 
     seq: int
     envelope: Envelope
     due_at: float
     partition: int
+    last_error: str | None = None
 
 
-_set_seq, _set_envelope, _set_due_at, _set_partition = (
+_set_seq, _set_envelope, _set_due_at, _set_partition, _set_last_error = (
     OutboxEntry.__dict__[name].__set__ for name in OutboxEntry.__match_args__
 )
 
@@ -60,6 +62,7 @@ def outbox_entry(seq: int, envelope: Envelope, due_at: float, partition: int) ->
     _set_envelope(entry, envelope)
     _set_due_at(entry, due_at)
     _set_partition(entry, partition)
+    _set_last_error(entry, None)
     return entry
 
 
@@ -68,7 +71,8 @@ class DeadLetter:
     """A message that could not be delivered, with why and what happened to it since.
 
     `status`: `dead` (waiting for an operator), `replaying` (leased by a replay worker
-    until `lease_until`), `replayed`, or `archived`.
+    until `lease_until`), `replayed`, or `archived`. `type`: the message type given to
+    `send`, if any.
     """
 
     id: str
@@ -89,6 +93,7 @@ class DeadLetter:
     status: DeadLetterStatus = "dead"
     replay_count: int = 0
     lease_until: float | None = None
+    type: str | None = None
 
     def __post_init__(self) -> None:
         if self.reason_class not in REASON_CLASSES:

@@ -30,6 +30,7 @@ from surelay.storage.outbox import Outbox
 from surelay.storage.quarantine import Quarantine
 from surelay.storage.records import DEAD_LETTER_STATUSES, DeadLetter, OutboxEntry
 from surelay.storage.replay_requests import ReplayRequests
+from surelay.storage.scheduled import Scheduled
 from surelay.storage.slots import SlotLock
 from surelay.storage.status import RuntimeStatus
 from surelay.storage.writer import GroupCommitWriter
@@ -71,6 +72,7 @@ class StoreStats:
     """Sizes of the tables and of the map, read without scanning."""
 
     outbox_pending: int
+    scheduled: int
     dead_letters: dict[str, int]
     dedup_records: int
     quarantined: int
@@ -112,6 +114,7 @@ class Store:
             self.quarantine.report(table, key, raw, error, self.clock())
 
         self.outbox = Outbox(env, report, self.slot)
+        self.scheduled = Scheduled(env, self.outbox, report)
         self.dead_letters = DeadLetterTable(env, report)
         self.dedup = Dedup(env, report)
         self.inbox = Inbox(env, report)
@@ -275,10 +278,12 @@ class Store:
         return self.write(lambda txn: self.outbox.reroute(txn, route, start=start))
 
     def reschedule(
-        self, message_id: str, *, attempt: int, due_at: float
+        self, message_id: str, *, attempt: int, due_at: float, last_error: str | None = None
     ) -> Future[OutboxEntry | None]:
         return self.write(
-            lambda txn: self.outbox.reschedule(txn, message_id, attempt=attempt, due_at=due_at)
+            lambda txn: self.outbox.reschedule(
+                txn, message_id, attempt=attempt, due_at=due_at, last_error=last_error
+            )
         )
 
     def dead_lettered(self, record: DeadLetter) -> Future[DeadLetter]:
@@ -415,6 +420,7 @@ class Store:
         with self.read() as txn:
             return StoreStats(
                 outbox_pending=self.outbox.count(txn),
+                scheduled=self.scheduled.count(txn),
                 dead_letters={s: self.dead_letters.count(txn, s) for s in DEAD_LETTER_STATUSES},
                 dedup_records=self.dedup.count(txn),
                 quarantined=self.quarantine.count(txn),
