@@ -95,7 +95,7 @@ def test_not_before_takes_epoch_seconds_or_an_aware_datetime(tmp_path: Path) -> 
         ({"delay": True}, "delay must be a finite number"),
         ({"delay": 1e12}, "seconds, not milliseconds"),
         ({"delay": 1, "not_before": 5.0}, "delay or not_before, not both"),
-        ({"not_before": dt.datetime(2030, 1, 1)}, "aware datetime"),  # noqa: DTZ001
+        ({"not_before": dt.datetime(2030, 1, 1)}, "aware datetime"),
         ({"not_before": "tomorrow"}, "not_before must be a finite number"),
         ({"type": ""}, "type must be a non-empty str"),
         ({"type": "x" * 300}, "over 256"),
