@@ -18,6 +18,7 @@ from surelay.errors import (
     TransientError,
     UnknownTransport,
 )
+from surelay.operations.message_status import MessageStatus
 from surelay.receipts import Outcome, Receipt
 from surelay.replay_report import ReplayReport
 from surelay.runtime import Runtime, RuntimeStats
@@ -31,6 +32,7 @@ __all__ = [
     "Envelope",
     "Guarantee",
     "InvalidMessage",
+    "MessageStatus",
     "Outcome",
     "Overloaded",
     "PermanentError",

@@ -12,6 +12,7 @@ outbox (an orphan, shown by `health()`) until a runtime with that transport open
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable, Collection
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from surelay.actors.window import Orphans
     from surelay.peers import Peers
     from surelay.receipts import Tracker
+    from surelay.storage.environment import Txn
     from surelay.storage.store import Store
 
 __all__ = ["CHUNK", "Recovery", "route"]
@@ -168,17 +170,18 @@ class Recovery:
         moved = 0
         start: bytes | None = None
         while True:
-            count, start = store.write(
-                lambda txn, start=start: store.scheduled.adopt(
-                    txn, slot, limit=CHUNK, accept=self._transports.__contains__, start=start
-                )
-            ).result()
+            count, start = store.write(functools.partial(self._adopt_chunk, slot, start)).result()
             moved += count
             if start is None:
                 break
         if moved:
             self._peers.timer.tell(Check())
         return moved
+
+    def _adopt_chunk(self, slot: int, start: bytes | None, txn: Txn) -> tuple[int, bytes | None]:
+        return self._store.scheduled.adopt(
+            txn, slot, limit=CHUNK, accept=self._transports.__contains__, start=start
+        )
 
     def _wake(self, after: dict[int, int]) -> None:
         """Tell these partitions' senders to stream their ranges from `after[p]`; the

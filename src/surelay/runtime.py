@@ -36,6 +36,7 @@ from surelay.ingress.answers import resolve_empty
 from surelay.ingress.checks import check_per_transport, check_timeout, check_transports
 from surelay.operations.dead_letters import DeadLetters
 from surelay.operations.health import RuntimeStats, stats
+from surelay.operations.message_status import MessageStatus, message_status
 from surelay.receipts import Receipt
 from surelay.sql.outbox import SqlOutbox
 from surelay.sql.relay import RelaySettings
@@ -435,6 +436,31 @@ class Runtime:
     def stats(self) -> RuntimeStats:
         self._refuse_if_forked()
         return stats(self._parts.readings)
+
+    def status(
+        self, message_id: str | None = None, *, idempotency_key: str | None = None
+    ) -> MessageStatus | None:
+        """What became of one message (give its id, or the idempotency key it was sent
+        with): its `state` (scheduled, pending, in_flight, delivered, duplicate, dead,
+        replayed), attempts, next attempt, last error and when it last changed. Read
+        from the data directory, so it answers for messages of any process on it and
+        after restarts, for `dedup_ttl` after they ended; None for a message it does
+        not know. Only this process knows its calls in flight: to another process such
+        a message is `pending`. By idempotency key, it is the latest message sent with
+        that key."""
+        self._refuse_if_forked()
+        states = self._parts.states
+
+        def in_flight(message_id: str) -> bool:
+            return any(message_id in state.in_flight for state in states)
+
+        return message_status(
+            self._store,
+            message_id,
+            idempotency_key,
+            now=self._config.clock(),
+            in_flight=in_flight,
+        )
 
     def health(self) -> Mapping[str, Any]:
         """`{"ok": bool, "actors": ..., "storage": ..., "breakers": ...}`: `ok` is False

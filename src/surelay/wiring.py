@@ -148,7 +148,7 @@ def start(store: Store, config: RuntimeConfig, transports: dict[str, Transport])
             ChildSpec(
                 "dead_letters",
                 DeadLetterSink,
-                args=(SinkEndpoint(store, tracker, counters, telemetry, set()),),
+                args=(SinkEndpoint(store, tracker, counters, telemetry, set(), config.dedup_ttl),),
             ),
             # A poison message crashes its sender at most twice before it is
             # dead-lettered, so only a sender that cannot run at all should exhaust this.

@@ -24,11 +24,17 @@ from .builders import dead_letter, dead_letters, envelopes, times
     due=times,
     partition=st.integers(0, 65535),
     last_error=st.none() | st.text(max_size=50),
+    failed_at=st.none() | times,
 )
-def test_outbox_entry_round_trip(
-    seq: int, envelope: object, due: float, partition: int, last_error: str | None
+def test_outbox_entry_round_trip(  # noqa: PLR0917  # the record's fields
+    seq: int,
+    envelope: object,
+    due: float,
+    partition: int,
+    last_error: str | None,
+    failed_at: float | None,
 ) -> None:
-    entry = OutboxEntry(seq, envelope, due, partition, last_error)  # type: ignore[arg-type]
+    entry = OutboxEntry(seq, envelope, due, partition, last_error, failed_at)  # type: ignore[arg-type]
     assert decode(OutboxEntry, encode(entry)) == entry
 
 

@@ -85,6 +85,8 @@ class SinkEndpoint:
     counters: Counters
     telemetry: Telemetry
     crashed: set[str]
+    status_ttl: float = 86_400.0
+    """Seconds `rt.status` finds a dead-lettered message by its id (`dedup_ttl`)."""
 
 
 class DeadLetterSink(Actor):
@@ -129,7 +131,7 @@ class DeadLetterSink(Actor):
                 },
             )
             span.end()
-        future = at.store.dead_lettered(record)
+        future = at.store.dead_lettered(record, status_until=capture.failed_at + at.status_ttl)
 
         def stored(done: Future[DeadLetter]) -> None:
             error = done.exception()

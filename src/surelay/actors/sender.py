@@ -54,6 +54,7 @@ from surelay.delivery.attempt import CRASH, LOST, OK, SKIPPED, Attempt, ResultBo
 from surelay.errors import TransientError
 from surelay.policy.verdict import Dead, Delivered, Hold, Retry, decide, describe
 from surelay.receipts import Outcome
+from surelay.storage.ended import Ending
 from surelay.storage.environment import Txn
 from surelay.storage.records import OutboxEntry, ReasonClass
 from surelay.supervision import Actor, CrashReport
@@ -548,13 +549,17 @@ class Sender(Actor):
         due = now + delay
         why = None if error is None else describe(error)[:LAST_ERROR_CHARS]
         following = replace(
-            entry, envelope=replace(envelope, attempt=made + 1), due_at=due, last_error=why
+            entry,
+            envelope=replace(envelope, attempt=made + 1),
+            due_at=due,
+            last_error=why,
+            failed_at=now,
         )
         state.in_flight.pop(message_id, None)
         state.queue.hold(following)
         if at.durable and entry.seq:  # (a relayed row's copy is its row: nothing here)
             at.store.reschedule(
-                message_id, attempt=made + 1, due_at=due, last_error=why
+                message_id, attempt=made + 1, due_at=due, last_error=why, failed_at=now
             ).add_done_callback(_log_failure("could not persist the retry of", message_id))
         at.counters.add("retried", envelope.transport)
         if at.telemetry.tracing:
@@ -618,14 +623,17 @@ class Sender(Actor):
         ids = [e.envelope.message_id for e in delivered]
         relayed = [e.envelope.message_id for e in delivered if not e.seq]
         transports = [e.envelope.transport for e in delivered]
+        endings = _endings(delivered)
         state.delivering.update(keys)
         expires = now + at.config.dedup_ttl
         dedup = at.store.dedup
         outbox = at.store.outbox
+        ended = at.store.ended
         places = outbox.places(self._on_disk(delivered))
 
         def op(txn: Txn) -> None:
             dedup.put_many(txn, keys, delivered_at=now, expires_at=expires)
+            ended.put_many(txn, endings, state="delivered", at=now, expires_at=expires)
             if places:
                 outbox.remove_at(txn, places)
 
@@ -660,19 +668,39 @@ class Sender(Actor):
             at.counters.add_each("duplicates", transports)
             at.tracker.complete(ids, Outcome.DUPLICATE)
 
-        places = outbox.places(self._on_disk(duplicates))
+        on_disk = self._on_disk(duplicates)
+        places = outbox.places(on_disk)
         if not places:  # nothing of them on disk (BEST_EFFORT): nothing to write
             ended()
             return
+        endings = _endings(on_disk, called=False)
+        expires = now + at.config.dedup_ttl
 
         def op(txn: Txn) -> None:
             outbox.remove_at(txn, places)
+            at.store.ended.put_many(txn, endings, state="duplicate", at=now, expires_at=expires)
 
         def done(future: Future[None]) -> None:
             if future.exception() is None:
                 ended()
 
         at.store.write(op).add_done_callback(done)
+
+
+def _endings(entries: list[OutboxEntry], *, called: bool = True) -> list[Ending]:
+    """What `rt.status` keeps of messages that end (no payload); `called`: their last
+    attempt was made (a duplicate ends without one)."""
+    last = 0 if called else 1
+    return [
+        Ending(
+            e.envelope.message_id,
+            e.envelope.transport,
+            e.envelope.key,
+            e.envelope.idempotency_key,
+            e.envelope.attempt - last,
+        )
+        for e in entries
+    ]
 
 
 def _duplicate_spans(at: SenderEndpoint, duplicates: list[OutboxEntry]) -> None:

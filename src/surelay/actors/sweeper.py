@@ -1,6 +1,7 @@
 """The Sweeper: background retention, so the store does not grow without bound.
 
-Every `interval` clock seconds it removes expired dedup and inbox records (`dedup_ttl`)
+Every `interval` clock seconds it removes expired dedup, inbox and message-status records
+(`dedup_ttl`)
 and, when `dead_letter_ttl` is set, dead letters that failed longer ago than that. Each
 sweep removes at most `SWEEP_LIMIT` records per table in one write, so a large backlog is
 worked off over several sweeps without holding the writer.
@@ -67,6 +68,7 @@ class Sweeper(AlarmOwner):
         removed = {
             "dedup": at.store.sweep_dedup(now=now, limit=SWEEP_LIMIT).result(),
             "inbox": at.store.sweep_inbox(now=now, limit=SWEEP_LIMIT).result(),
+            "status": at.store.sweep_ended(now=now, limit=SWEEP_LIMIT).result(),
         }
         if at.dead_letter_ttl is not None:
             removed["dead_letters"] = at.store.sweep_dead_letters(

@@ -16,6 +16,7 @@ from surelay.cli.dlq import dlq
 from surelay.cli.doctor import doctor
 from surelay.cli.relay import relay
 from surelay.cli.stats import stats
+from surelay.cli.status import status
 from surelay.errors import StorageError
 
 __all__ = ["main"]
@@ -60,3 +61,4 @@ main.add_command(dlq)
 main.add_command(doctor)
 main.add_command(relay)
 main.add_command(stats)
+main.add_command(status)

@@ -33,6 +33,7 @@ from surelay.console.queries import (
     payload_views,
     replay_history,
 )
+from surelay.envelope import MAX_KEY_CHARS
 from surelay.errors import StorageError
 from surelay.operations.dead_letters import (
     TAKES,
@@ -42,6 +43,7 @@ from surelay.operations.dead_letters import (
     purged_by,
     record_replay,
 )
+from surelay.operations.message_status import message_status
 from surelay.replay_report import ReplayReport
 from surelay.storage.dead_letters import MAX_LIMIT
 from surelay.storage.records import DEAD_LETTER_STATUSES, REASON_CLASSES
@@ -54,6 +56,8 @@ __all__ = ["MIN_TOKEN", "ConsoleSettings", "create_app", "token_problem", "trace
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 COOKIE = "surelay_console"
 ACTIONS = ("replay", "archive", "purge")
+MAX_SEARCH = MAX_KEY_CHARS
+"""Longest message id or idempotency key searched for (none longer can be sent)."""
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
@@ -118,6 +122,7 @@ def create_app(settings: ConsoleSettings, store: Store | None = None) -> Starlet
     routes = [
         Route("/", console.home),
         Route("/dead-letters", console.dead_letters),
+        Route("/messages", console.message),
         Route("/dead-letters/{dead_letter_id}", console.record),
         Route("/confirm/{action:str}", console.confirm),
         Route("/actions/{action:str}", console.act, methods=["POST"]),
@@ -261,6 +266,24 @@ class _Console:
             statuses=DEAD_LETTER_STATUSES,
             reasons=REASON_CLASSES,
         )
+
+    async def message(self, request: Request) -> Response:
+        """A message's status, searched by its id or (with `by=idempotency_key`) the
+        idempotency key it was sent with."""
+        query = request.query_params.get("q", "").strip()
+        by_key = request.query_params.get("by") == "idempotency_key"
+        found = None
+        if query:
+            if len(query) > MAX_SEARCH:
+                return self.error(request, 400, f"q is over {MAX_SEARCH} characters")
+            found = message_status(
+                self.store,
+                None if by_key else query,
+                query if by_key else None,
+                now=time.time(),
+                in_flight=lambda _message_id: False,  # (known only to its own process)
+            )
+        return self.page(request, "message.html", search=query, by_key=by_key, found=found)
 
     async def record(self, request: Request) -> Response:
         dead_letter_id = request.path_params["dead_letter_id"]

@@ -148,6 +148,7 @@ class Intake:
                 )
             for record in dead:
                 store.dead_letters.insert(txn, record)
+            store.record_dead(txn, dead, expires_at)
             store.inbox.put_many(txn, self.name, inbox_ids, at=now, expires_at=expires_at)
             return entries
 

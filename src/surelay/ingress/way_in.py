@@ -522,7 +522,7 @@ class WayIn:
         """Write messages to the outbox, or as scheduled (`surelay.storage.scheduled`);
         their entries in acceptance order, and those scheduled."""
         now = self._config.clock()
-        entries, later = self._store.scheduled.accept(txn, routed, dues, now=now)
+        entries, later = self._store.accept(txn, routed, dues, now=now)
         if not later:
             return entries, later
         by_id = {e.envelope.message_id: e for e in (*entries, *later)}
@@ -641,9 +641,7 @@ class WayIn:
             if sends is None:
                 raise InvalidMessage("txn must be the transaction of rt.transaction(), still open")
             now = self._config.clock()
-            pending.entries, later = self._store.scheduled.accept(
-                txn, routed, pending.dues, now=now
-            )
+            pending.entries, later = self._store.accept(txn, routed, pending.dues, now=now)
             sends.later.extend(later)
         elif at.durable:
             pending.routed = routed

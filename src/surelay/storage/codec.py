@@ -90,7 +90,7 @@ _WIRE: dict[type[Any], tuple[str, ...]] = {
         "created_at",
         "type",
     ),
-    OutboxEntry: ("seq", "envelope", "due_at", "partition", "last_error"),
+    OutboxEntry: ("seq", "envelope", "due_at", "partition", "last_error", "failed_at"),
     DeadLetter: (
         "id",
         "message_id",
@@ -223,12 +223,23 @@ def encode_outbox(entry: OutboxEntry) -> bytes:
         e.created_at,
         e.type,
     ]
-    return _pack([V1, entry.seq, envelope, entry.due_at, entry.partition, entry.last_error])
+    return _pack(
+        [
+            V1,
+            entry.seq,
+            envelope,
+            entry.due_at,
+            entry.partition,
+            entry.last_error,
+            entry.failed_at,
+        ]
+    )
 
 
 def _decode_outbox(items: list[Any]) -> OutboxEntry:
     seq, envelope, due_at, partition = items[1:5]
     last_error = items[5] if len(items) > 5 else None
+    failed_at = items[6] if len(items) > 6 else None
     if not isinstance(envelope, list) or not 9 <= len(envelope) <= len(_WIRE[Envelope]):
         raise DecodeError(f"Envelope: expected {len(_WIRE[Envelope])} fields")
     message_id, transport, payload, key, idempotency_key, priority, headers, attempt, created = (
@@ -252,6 +263,7 @@ def _decode_outbox(items: list[Any]) -> OutboxEntry:
         due_at,
         partition,
         last_error,
+        failed_at,
     )
 
 

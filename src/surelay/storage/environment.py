@@ -59,6 +59,9 @@ TABLES = (
     "scheduled",
     "scheduled_id",
     "scheduled_key",
+    "ended",
+    "ended_exp",
+    "idempotency_ids",
 )
 HOST_TABLE_PREFIX = "host."
 

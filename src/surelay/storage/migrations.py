@@ -81,10 +81,10 @@ def _outbox_by_slot(env: Any, txn: Any, dbs: dict[str, Any]) -> None:
 
 
 def _scheduled_tables(_env: Any, _txn: Any, _dbs: dict[str, Any]) -> None:
-    """Schema 3 → 4. Schema 4 adds the tables of scheduled messages (created empty by
-    the open): nothing to move, but an older surelay must not open a directory whose
-    scheduled messages it would never send."""
-    logger.info("tables for scheduled messages added")
+    """Schema 3 → 4. Schema 4 adds the tables of scheduled messages and of how messages
+    ended (created empty by the open): nothing to move, but an older surelay must not
+    open a directory whose scheduled messages it would never send."""
+    logger.info("tables for scheduled messages and message status added")
 
 
 MIGRATIONS: dict[int, Migration] = {

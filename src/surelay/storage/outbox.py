@@ -129,9 +129,10 @@ class Outbox:
         attempt: int,
         due_at: float,
         last_error: str | None = None,
+        failed_at: float | None = None,
     ) -> OutboxEntry | None:
         """Set the next attempt number (a retry's, so at least 2), when it is due and why
-        the attempt before failed; None if the message is not in the outbox."""
+        (and when) the attempt before failed; None if the message is not in the outbox."""
         if attempt < 2:
             raise ValueError(f"a rescheduled message's next attempt is at least 2, got {attempt}")
         found = txn.get(text_key(message_id), db=self._ids)
@@ -148,6 +149,7 @@ class Outbox:
             envelope=replace(entry.envelope, attempt=attempt),
             due_at=due_at,
             last_error=last_error,
+            failed_at=failed_at,
         )
         txn.put(where, encode_outbox(updated), db=self._main)
         txn.put(micros(due_at) + where, b"", db=self._due)

@@ -39,7 +39,7 @@ class OutboxEntry:
 
     `seq` orders acceptance; `envelope.attempt` is the attempt to make next, at `due_at`
     (epoch seconds); `partition` is the sender partition it was accepted for;
-    `last_error` why the attempt before failed (None before a retry).
+    `last_error` why the attempt before failed, at `failed_at` (None before a retry).
     """
 
     seq: int
@@ -47,9 +47,10 @@ class OutboxEntry:
     due_at: float
     partition: int
     last_error: str | None = None
+    failed_at: float | None = None
 
 
-_set_seq, _set_envelope, _set_due_at, _set_partition, _set_last_error = (
+_set_seq, _set_envelope, _set_due_at, _set_partition, _set_last_error, _set_failed_at = (
     OutboxEntry.__dict__[name].__set__ for name in OutboxEntry.__match_args__
 )
 
@@ -63,6 +64,7 @@ def outbox_entry(seq: int, envelope: Envelope, due_at: float, partition: int) ->
     _set_due_at(entry, due_at)
     _set_partition(entry, partition)
     _set_last_error(entry, None)
+    _set_failed_at(entry, None)
     return entry
 
 

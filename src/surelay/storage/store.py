@@ -24,6 +24,7 @@ from surelay.envelope import Envelope
 from surelay.errors import RetryTransaction, StorageError, StorageFull
 from surelay.storage.dead_letters import DeadLetterTable
 from surelay.storage.dedup import Dedup
+from surelay.storage.ended import Ended, Ending
 from surelay.storage.environment import Environment, Txn, check_path
 from surelay.storage.inbox import Inbox
 from surelay.storage.outbox import Outbox
@@ -115,6 +116,7 @@ class Store:
 
         self.outbox = Outbox(env, report, self.slot)
         self.scheduled = Scheduled(env, self.outbox, report)
+        self.ended = Ended(env, report)
         self.dead_letters = DeadLetterTable(env, report)
         self.dedup = Dedup(env, report)
         self.inbox = Inbox(env, report)
@@ -278,23 +280,79 @@ class Store:
         return self.write(lambda txn: self.outbox.reroute(txn, route, start=start))
 
     def reschedule(
-        self, message_id: str, *, attempt: int, due_at: float, last_error: str | None = None
+        self,
+        message_id: str,
+        *,
+        attempt: int,
+        due_at: float,
+        last_error: str | None = None,
+        failed_at: float | None = None,
     ) -> Future[OutboxEntry | None]:
         return self.write(
             lambda txn: self.outbox.reschedule(
-                txn, message_id, attempt=attempt, due_at=due_at, last_error=last_error
+                txn,
+                message_id,
+                attempt=attempt,
+                due_at=due_at,
+                last_error=last_error,
+                failed_at=failed_at,
             )
         )
 
-    def dead_lettered(self, record: DeadLetter) -> Future[DeadLetter]:
-        """Store a dead letter and remove its message from the outbox, atomically."""
+    def accept(
+        self,
+        txn: Txn,
+        items: Sequence[tuple[Envelope, int]],
+        dues: Sequence[float | None] | None,
+        *,
+        now: float,
+    ) -> tuple[list[OutboxEntry], list[OutboxEntry]]:
+        """`Scheduled.accept` (to the outbox, or scheduled), and each message sent with
+        an idempotency key of its own made findable by it (`rt.status`)."""
+        accepted = self.scheduled.accept(txn, items, dues, now=now)
+        own = [
+            (e.idempotency_key, e.message_id) for e, _ in items if e.idempotency_key != e.message_id
+        ]
+        if own:
+            self.ended.remember_keys(txn, own)
+        return accepted
+
+    def dead_lettered(
+        self, record: DeadLetter, *, status_until: float | None = None
+    ) -> Future[DeadLetter]:
+        """Store a dead letter and remove its message from the outbox, atomically; with
+        `status_until`, `rt.status` finds it by message id until then."""
 
         def op(txn: Txn) -> DeadLetter:
             self.dead_letters.insert(txn, record)
             self.outbox.remove(txn, record.message_id)
+            if status_until is not None:
+                self.record_dead(txn, [record], status_until)
             return record
 
         return self.write(op)
+
+    def record_dead(self, txn: Txn, records: Sequence[DeadLetter], until: float) -> None:
+        """Let `rt.status` find these dead letters by message id until `until`."""
+        if records:
+            self.ended.put_many(
+                txn,
+                (
+                    Ending(
+                        r.message_id,
+                        r.transport,
+                        r.key,
+                        r.idempotency_key,
+                        r.attempts,
+                        r.reason,
+                        r.id,
+                    )
+                    for r in records
+                ),
+                state="dead",
+                at=records[0].failed_at,
+                expires_at=until,
+            )
 
     def replayed(
         self, dead_letter_id: str, *, delivered_at: float, expires_at: float
@@ -308,6 +366,18 @@ class Store:
                 raise KeyError(f"no dead letter {dead_letter_id!r}")
             self.dedup.put(
                 txn, record.idempotency_key, delivered_at=delivered_at, expires_at=expires_at
+            )
+            ending = Ending(
+                record.message_id,
+                record.transport,
+                record.key,
+                record.idempotency_key,
+                record.attempts + 1,
+                None,
+                record.id,
+            )
+            self.ended.put_many(
+                txn, [ending], state="replayed", at=delivered_at, expires_at=expires_at
             )
             return self.dead_letters.transition(
                 txn,
@@ -394,6 +464,11 @@ class Store:
         """Remove dedup records expired by `now` (default: the clock)."""
         at = self.clock() if now is None else now
         return self.write(lambda txn: self.dedup.sweep(txn, now=at, limit=limit))
+
+    def sweep_ended(self, *, now: float | None = None, limit: int | None = None) -> Future[int]:
+        """Remove the status records of messages that ended, expired by `now`."""
+        at = self.clock() if now is None else now
+        return self.write(lambda txn: self.ended.sweep(txn, now=at, limit=limit))
 
     def sweep_inbox(self, *, now: float | None = None, limit: int | None = None) -> Future[int]:
         """Remove inbox records expired by `now` (default: the clock)."""
