@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import html
 import re
 import subprocess
@@ -346,3 +347,27 @@ def test_the_icon_and_a_layout_for_narrow_screens(web: TestClient) -> None:
     page = web.get("/").text
     assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in page
     assert '<link rel="icon" href="/favicon.svg"' in page and "@media (max-width: 600px)" in page
+
+
+def test_the_search_box_finds_a_messages_status(tmp_path: Path) -> None:
+    path = tmp_path / "data"
+    with Runtime.open(path, transports={"sms": refuse}) as rt:
+        dead = rt.send("sms", b"<script>x</script>", key="k<b>", idempotency_key="order-9")
+        assert dead.wait(10) is Outcome.DEAD_LETTERED
+        later = rt.send("sms", b"later", delay=3600)
+    with contextlib.closing(client(path)) as clients:
+        web = next(clients)
+        assert 'action="/messages"' in web.get("/").text  # in every page's header
+        found = web.get("/messages", params={"q": dead.message_id})
+        assert found.status_code == 200
+        assert re.search(r'id="state">dead<', found.text)
+        assert "<script>" not in found.text and "k&lt;b&gt;" in found.text
+        by_key = web.get("/messages", params={"q": "order-9", "by": "idempotency_key"})
+        assert dead.message_id in by_key.text
+        assert re.search(
+            r'id="state">scheduled<', web.get("/messages", params={"q": later.message_id}).text
+        )
+        missing = web.get("/messages", params={"q": "nope"})
+        assert missing.status_code == 200 and 'id="not-found"' in missing.text
+        assert web.get("/messages", params={"q": "x" * 5000}).status_code == 400
+        assert 'id="not-found"' not in web.get("/messages").text
