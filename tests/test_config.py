@@ -54,6 +54,11 @@ def test_defaults_match_the_contract() -> None:
         (RuntimeConfig, {"clock": 3}, "clock"),
         (RuntimeConfig, {"concurrency": 0}, "concurrency"),
         (RuntimeConfig, {"concurrency_per_transport": {"sms": 0}}, "concurrency_per_transport"),
+        (RuntimeConfig, {"retry_per_type": {"otp": 3}}, "retry_per_type"),
+        (RuntimeConfig, {"retry_per_type": {"": RetryPolicy()}}, "retry_per_type keys"),
+        (RuntimeConfig, {"ack_timeout_per_type": {"otp": 0}}, "ack_timeout_per_type"),
+        (RuntimeConfig, {"ack_timeout_per_type": {7: 1.0}}, "ack_timeout_per_type keys"),
+        (RuntimeConfig, {"on_dead_letter": 5}, "on_dead_letter"),
     ],
 )
 def test_bad_values_name_their_field(cls: type[Any], fields: dict[str, Any], name: str) -> None:
@@ -66,3 +71,12 @@ def test_per_transport_retry_policy() -> None:
     config = RuntimeConfig(retry_per_transport={"sms": sms})
     assert config.retry_for("sms") is sms
     assert config.retry_for("mail") is config.retry
+
+
+def test_a_types_retry_policy_comes_before_its_transports() -> None:
+    sms, otp = RetryPolicy(max_attempts=2), RetryPolicy(max_attempts=7)
+    config = RuntimeConfig(retry_per_transport={"sms": sms}, retry_per_type={"otp": otp})
+    assert config.retry_for("sms", "otp") is otp
+    assert config.retry_for("sms", "other") is sms
+    assert config.retry_for("sms") is sms
+    assert config.retry_for("mail", "otp") is otp

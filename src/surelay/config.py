@@ -9,12 +9,18 @@ from __future__ import annotations
 import enum
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 from surelay.envelope import Priority
+
+if TYPE_CHECKING:
+    from surelay.storage.records import DeadLetter
+
+if TYPE_CHECKING:
+    pass
 
 __all__ = [
     "JITTERS",
@@ -171,6 +177,10 @@ class RuntimeConfig:
     once (`concurrency_per_transport` overrides it per transport); a key never has more
     than one. `retry_per_type` and `ack_timeout_per_type` set the retry policy and the
     ack timeout of messages sent with that `type`, before the per-transport settings.
+    `on_dead_letter(dead_letter)` (a function or a coroutine function) runs once for each
+    dead letter once it is durable (after a crash too), on a thread of its own, cut off
+    after `ack_timeout`: a hook that raises or hangs is logged and never holds up
+    delivery.
     """
 
     guarantee: Guarantee = Guarantee.AT_LEAST_ONCE
@@ -199,6 +209,7 @@ class RuntimeConfig:
     )
     retry_per_type: Mapping[str, RetryPolicy] = field(default_factory=lambda: MappingProxyType({}))
     ack_timeout_per_type: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    on_dead_letter: Callable[[DeadLetter], Awaitable[None] | None] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.guarantee, Guarantee):
@@ -255,6 +266,10 @@ class RuntimeConfig:
         for transport, limit in limits.items():
             _count(f"RuntimeConfig.concurrency_per_transport[{transport!r}]", limit, 1)
         object.__setattr__(self, "concurrency_per_transport", MappingProxyType(limits))
+        if self.on_dead_letter is not None and not callable(self.on_dead_letter):
+            raise ValueError(
+                f"RuntimeConfig.on_dead_letter must be callable, got {self.on_dead_letter!r}"
+            )
         if not callable(self.clock):
             raise ValueError(f"RuntimeConfig.clock must be callable, got {self.clock!r}")
 

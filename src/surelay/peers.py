@@ -28,7 +28,15 @@ class Peers:
     def attach(self, root: SupervisorRef) -> None:
         """The tree runs: look every actor up now, through `root` (`wiring.start`)."""
         self._root = root
-        for name in ("governor", "retry", "timer", "dead_letters", "senders", "replay_coordinator"):
+        for name in (
+            "governor",
+            "retry",
+            "timer",
+            "hooks",
+            "dead_letters",
+            "senders",
+            "replay_coordinator",
+        ):
             getattr(self, name)
         self.replay_workers  # noqa: B018  # looked up now, not from an actor later
 
@@ -57,6 +65,10 @@ class Peers:
     @functools.cached_property
     def timer(self) -> Ref:
         return self._child("timer")
+
+    @functools.cached_property
+    def hooks(self) -> Ref:
+        return self._child("hooks")
 
     @functools.cached_property
     def dead_letters(self) -> Ref:

@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
 
+from surelay.actors.hooks import Resume
 from surelay.actors.timer import Check
 from surelay.actors.window import Wake, hold_name
 from surelay.routing import home
@@ -155,6 +156,9 @@ class Recovery:
             if start is None:
                 break
         moved += self._adopt_scheduled(slot)
+        hooks = store.write(lambda txn: store.hook_marks.adopt(txn, slot)).result()
+        if hooks:
+            self._peers.hooks.tell(Resume())
         if moved:
             logger.warning(
                 "adopted %d message(s) from slot %d of %s, whose runtime is gone",

@@ -4,6 +4,7 @@
 root Supervisor "surelay" (one_for_one)
 ├── governor       PressureGovernor: samples depths, publishes the pressure level
 ├── retry          RetryScheduler: timer heap of held messages
+├── hooks          HookRunner: runs on_dead_letter for each dead letter
 ├── dead_letters   DeadLetterSink: stores terminal failures
 ├── senders        Supervisor: Sender "sender-<i>" per partition
 ├── timer          Timer: moves scheduled messages into the outbox when due
@@ -27,6 +28,7 @@ from types import MappingProxyType
 
 from surelay.actors.dead_letter import DeadLetterSink, SinkEndpoint
 from surelay.actors.governor import GovernorEndpoint, PressureGovernor
+from surelay.actors.hooks import HookEndpoint, HookRunner
 from surelay.actors.replay import CoordinatorEndpoint, ReplayCoordinator
 from surelay.actors.replay_worker import ReplayWorker, WorkerEndpoint, WorkerState
 from surelay.actors.retry import RetryEndpoint, RetryScheduler
@@ -145,10 +147,26 @@ def start(store: Store, config: RuntimeConfig, transports: dict[str, Transport])
         specs = [
             ChildSpec("governor", PressureGovernor, args=(governor,)),
             ChildSpec("retry", RetryScheduler, args=(RetryEndpoint(backlog, clock, peers),)),
+            # before the sink: it stops after it (the sink tells it of each dead letter)
+            ChildSpec(
+                "hooks",
+                HookRunner,
+                args=(HookEndpoint(store, config.on_dead_letter, config.ack_timeout),),
+            ),
             ChildSpec(
                 "dead_letters",
                 DeadLetterSink,
-                args=(SinkEndpoint(store, tracker, counters, telemetry, set(), config.dedup_ttl),),
+                args=(
+                    SinkEndpoint(
+                        store,
+                        tracker,
+                        counters,
+                        telemetry,
+                        set(),
+                        config.dedup_ttl,
+                        peers if config.on_dead_letter is not None else None,
+                    ),
+                ),
             ),
             # A poison message crashes its sender at most twice before it is
             # dead-lettered, so only a sender that cannot run at all should exhaust this.

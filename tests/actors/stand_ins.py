@@ -35,6 +35,7 @@ def tree(*given: ChildSpec) -> SupervisorRef:
         stand_in("governor"),
         stand_in("retry"),
         stand_in("timer"),
+        stand_in("hooks"),
         stand_in("dead_letters"),
         Supervisor.spec("senders", [stand_in("sender-0")]),
         Supervisor.spec("replay", [stand_in("replay-0"), stand_in("coordinator")]),

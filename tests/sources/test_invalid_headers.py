@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from surelay import Runtime
+from surelay import Runtime, RuntimeConfig
 from surelay.sources import JetStreamSource
 from surelay.transports import AsyncHttpTransport, HttpTransport
 from tests.nats_server import NatsServer, add_stream, wait_for
@@ -40,8 +40,10 @@ def test_a_publisher_cannot_smuggle_a_request_through_consume(
             ("orders.a", b"last", {"Nats-Msg-Id": "m5", "X-Fine": "yes"}),
         ],
     )
+    hooked: list[bytes] = []
+    config = RuntimeConfig(on_dead_letter=lambda letter: hooked.append(letter.payload))
     with FramingServer() as downstream:
-        with Runtime.open(tmp_path / "d", transports={}) as rt:
+        with Runtime.open(tmp_path / "d", transports={}, config=config) as rt:
             rt.consume(
                 JetStreamSource(server.url, "ORDERS", durable="hooks"),
                 kind(downstream.url + "/hook"),
@@ -51,6 +53,7 @@ def test_a_publisher_cannot_smuggle_a_request_through_consume(
             assert downstream.wait_for(2)
             assert rt.flush(10)
             wait_for(lambda: consumer_pending(server.url, "hooks") == 0, 10, "every ack")
+            wait_for(lambda: len(hooked) == 3, 10, "the hook of each dead letter")
             stats = rt.stats()
             letters = rt.dead_letters.list()
         requests = list(downstream.requests)
@@ -66,7 +69,7 @@ def test_a_publisher_cannot_smuggle_a_request_through_consume(
         letter.payload: (letter.reason_class, letter.transport, letter.attempts, letter.reason)
         for letter in letters
     }
-    assert set(refused) == {SMUGGLED, b"routed", b"hop"}
+    assert set(refused) == {SMUGGLED, b"routed", b"hop"} == set(hooked)
     for payload, header in [
         (SMUGGLED, "Transfer-Encoding"),
         (b"routed", "Host"),

@@ -14,6 +14,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from surelay.actors.hooks import RunHooks
 from surelay.receipts import Outcome
 from surelay.storage.keys import new_id
 from surelay.storage.records import DeadLetter, OutboxEntry, ReasonClass
@@ -29,6 +30,7 @@ from surelay.telemetry import (
 
 if TYPE_CHECKING:
     from surelay.counters import Counters
+    from surelay.peers import Peers
     from surelay.receipts import Tracker
     from surelay.storage.store import Store
     from surelay.telemetry import Telemetry
@@ -87,6 +89,8 @@ class SinkEndpoint:
     crashed: set[str]
     status_ttl: float = 86_400.0
     """Seconds `rt.status` finds a dead-lettered message by its id (`dedup_ttl`)."""
+    hooks: Peers | None = None
+    """Where the HookRunner is, when there is an `on_dead_letter` hook to run."""
 
 
 class DeadLetterSink(Actor):
@@ -131,7 +135,9 @@ class DeadLetterSink(Actor):
                 },
             )
             span.end()
-        future = at.store.dead_lettered(record, status_until=capture.failed_at + at.status_ttl)
+        future = at.store.dead_lettered(
+            record, status_until=capture.failed_at + at.status_ttl, hooked=at.hooks is not None
+        )
 
         def stored(done: Future[DeadLetter]) -> None:
             error = done.exception()
@@ -146,5 +152,7 @@ class DeadLetterSink(Actor):
                 return
             if at.tracker.complete((envelope.message_id,), Outcome.DEAD_LETTERED):
                 at.counters.add("dead_lettered", envelope.transport)
+            if at.hooks is not None:
+                at.hooks.hooks.tell(RunHooks((record,)))
 
         future.add_done_callback(stored)

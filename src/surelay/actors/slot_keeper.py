@@ -64,7 +64,10 @@ class SlotKeeper(AlarmOwner):
             if slot == store.slot:
                 continue
             with store.read() as txn:
-                if not store.outbox.holds(txn, slot) and not store.scheduled.holds(txn, slot):
+                if not any(
+                    table.holds(txn, slot)
+                    for table in (store.outbox, store.scheduled, store.hook_marks)
+                ):
                     continue  # nothing to adopt: leave its lock alone for whoever opens
             lock = SlotLock.try_take(store.path, slot)
             if lock is None:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from surelay.actors.hooks import RunHooks
 from surelay.actors.window import deliver
 from surelay.envelope import Envelope, Priority, check_headers
 from surelay.errors import InvalidMessage
@@ -138,6 +139,7 @@ class Intake:
         self._writing.update(inbox_ids)
         taken.inbox_ids = inbox_ids
         expires_at = now + at.config.dedup_ttl
+        hooked = at.config.on_dead_letter is not None
 
         def write(txn: Txn) -> list[OutboxEntry]:
             entries = store.outbox.enqueue_many(txn, routed, due_at=now) if routed else []
@@ -148,7 +150,7 @@ class Intake:
                 )
             for record in dead:
                 store.dead_letters.insert(txn, record)
-            store.record_dead(txn, dead, expires_at)
+            store.record_dead(txn, dead, expires_at, hooked=hooked)
             store.inbox.put_many(txn, self.name, inbox_ids, at=now, expires_at=expires_at)
             return entries
 
@@ -192,6 +194,8 @@ class Intake:
         for span in taken.spans:
             span.end()
         deliver(at.peers.senders, entries)
+        if taken.dead and at.config.on_dead_letter is not None:
+            at.peers.hooks.tell(RunHooks(tuple(taken.dead)))
 
     def abort(self, taken: Taken, error: BaseException) -> None:
         """The write failed: nothing was taken (the source delivers the messages again)."""

@@ -62,6 +62,7 @@ TABLES = (
     "ended",
     "ended_exp",
     "idempotency_ids",
+    "hooks_pending",
 )
 HOST_TABLE_PREFIX = "host."
 

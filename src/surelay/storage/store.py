@@ -26,6 +26,7 @@ from surelay.storage.dead_letters import DeadLetterTable
 from surelay.storage.dedup import Dedup
 from surelay.storage.ended import Ended, Ending
 from surelay.storage.environment import Environment, Txn, check_path
+from surelay.storage.hook_marks import HookMarks
 from surelay.storage.inbox import Inbox
 from surelay.storage.outbox import Outbox
 from surelay.storage.quarantine import Quarantine
@@ -117,6 +118,7 @@ class Store:
         self.outbox = Outbox(env, report, self.slot)
         self.scheduled = Scheduled(env, self.outbox, report)
         self.ended = Ended(env, report)
+        self.hook_marks = HookMarks(env, self.slot)
         self.dead_letters = DeadLetterTable(env, report)
         self.dedup = Dedup(env, report)
         self.inbox = Inbox(env, report)
@@ -318,22 +320,28 @@ class Store:
         return accepted
 
     def dead_lettered(
-        self, record: DeadLetter, *, status_until: float | None = None
+        self, record: DeadLetter, *, status_until: float | None = None, hooked: bool = False
     ) -> Future[DeadLetter]:
         """Store a dead letter and remove its message from the outbox, atomically; with
-        `status_until`, `rt.status` finds it by message id until then."""
+        `status_until`, `rt.status` finds it by message id until then; `hooked`: the
+        `on_dead_letter` hook is to run for it (`HookMarks`)."""
 
         def op(txn: Txn) -> DeadLetter:
             self.dead_letters.insert(txn, record)
             self.outbox.remove(txn, record.message_id)
             if status_until is not None:
-                self.record_dead(txn, [record], status_until)
+                self.record_dead(txn, [record], status_until, hooked=hooked)
             return record
 
         return self.write(op)
 
-    def record_dead(self, txn: Txn, records: Sequence[DeadLetter], until: float) -> None:
-        """Let `rt.status` find these dead letters by message id until `until`."""
+    def record_dead(
+        self, txn: Txn, records: Sequence[DeadLetter], until: float, *, hooked: bool = False
+    ) -> None:
+        """Let `rt.status` find these dead letters by message id until `until`; mark them
+        for the `on_dead_letter` hook if `hooked`."""
+        if hooked:
+            self.hook_marks.mark(txn, (r.id for r in records))
         if records:
             self.ended.put_many(
                 txn,
