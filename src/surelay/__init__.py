@@ -5,7 +5,14 @@ persistence in `surelay.storage`, transports in `surelay.transports`. How the pa
 docs/architecture.md.
 """
 
-from surelay.config import BreakerPolicy, Guarantee, PressurePolicy, RetryPolicy, RuntimeConfig
+from surelay.config import (
+    BreakerPolicy,
+    Guarantee,
+    PressurePolicy,
+    Rate,
+    RetryPolicy,
+    RuntimeConfig,
+)
 from surelay.envelope import Envelope, Priority
 from surelay.errors import (
     InvalidMessage,
@@ -38,6 +45,7 @@ __all__ = [
     "PermanentError",
     "PressurePolicy",
     "Priority",
+    "Rate",
     "Receipt",
     "ReplayReport",
     "RetryPolicy",

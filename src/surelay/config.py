@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Literal, get_args
 
-from surelay.envelope import Priority
+from surelay.envelope import Envelope, Priority
 
 if TYPE_CHECKING:
     from surelay.storage.records import DeadLetter
@@ -166,6 +166,41 @@ class PressurePolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class Rate:
+    """At most `count` calls per `per` seconds, spaced evenly (`burst` calls may go at
+    once after an idle spell; default 1). In `RuntimeConfig.rate_limits[transport]` it
+    bounds that transport's calls across every process on the data directory; with `by`
+    (a header name, or a function of the envelope returning a str) it bounds each group
+    (a tenant, an endpoint) on its own, so one group's backlog never delays another's.
+    A message waiting for its turn spends no attempt."""
+
+    count: int
+    per: float
+    by: str | Callable[[Envelope], str] | None = field(default=None, kw_only=True)
+    burst: int | None = field(default=None, kw_only=True)
+
+    def __post_init__(self) -> None:
+        _count("Rate.count", self.count, 1)
+        if isinstance(self.per, bool) or not isinstance(self.per, int | float):
+            raise ValueError(f"Rate.per must be seconds > 0, got {self.per!r}")
+        if not (self.per > 0 and math.isfinite(self.per)):
+            raise ValueError(f"Rate.per must be finite seconds > 0, got {self.per!r}")
+        if self.by is not None and not (
+            (isinstance(self.by, str) and self.by)
+            or (callable(self.by) and not isinstance(self.by, str))
+        ):
+            raise ValueError(
+                f"Rate.by must be a header name or a function of the envelope, got {self.by!r}"
+            )
+        if self.burst is not None:
+            _count("Rate.burst", self.burst, 1)
+
+    @property
+    def burst_or_one(self) -> int:
+        return 1 if self.burst is None else self.burst
+
+
+@dataclass(frozen=True, slots=True)
 class RuntimeConfig:
     """Everything a `Runtime` is configured with; the README and docs/architecture.md say
     what each field does.
@@ -175,7 +210,8 @@ class RuntimeConfig:
     and retries it (`ack_timeout_per_transport`, then a transport's own `ack_timeout`
     attribute, override it). `concurrency` calls of one transport may be in flight at
     once (`concurrency_per_transport` overrides it per transport); a key never has more
-    than one. `retry_per_type` and `ack_timeout_per_type` set the retry policy and the
+    than one. `rate_limits[transport]` (a `Rate`) bounds a transport's calls, or each
+    group's. `retry_per_type` and `ack_timeout_per_type` set the retry policy and the
     ack timeout of messages sent with that `type`, before the per-transport settings.
     `on_dead_letter(dead_letter)` (a function or a coroutine function) runs once for each
     dead letter once it is durable (after a crash too), on a thread of its own, cut off
@@ -209,6 +245,7 @@ class RuntimeConfig:
     )
     retry_per_type: Mapping[str, RetryPolicy] = field(default_factory=lambda: MappingProxyType({}))
     ack_timeout_per_type: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    rate_limits: Mapping[str, Rate] = field(default_factory=lambda: MappingProxyType({}))
     on_dead_letter: Callable[[DeadLetter], Awaitable[None] | None] | None = None
 
     def __post_init__(self) -> None:
@@ -266,6 +303,13 @@ class RuntimeConfig:
         for transport, limit in limits.items():
             _count(f"RuntimeConfig.concurrency_per_transport[{transport!r}]", limit, 1)
         object.__setattr__(self, "concurrency_per_transport", MappingProxyType(limits))
+        rates = dict(self.rate_limits)
+        for transport, rate in rates.items():
+            if not isinstance(rate, Rate):
+                raise ValueError(
+                    f"RuntimeConfig.rate_limits[{transport!r}] must be a Rate, got {rate!r}"
+                )
+        object.__setattr__(self, "rate_limits", MappingProxyType(rates))
         if self.on_dead_letter is not None and not callable(self.on_dead_letter):
             raise ValueError(
                 f"RuntimeConfig.on_dead_letter must be callable, got {self.on_dead_letter!r}"

@@ -44,6 +44,7 @@ from surelay.consumers import Consumers
 from surelay.counters import Counters
 from surelay.delivery import Engines
 from surelay.delivery.breakers import Breakers
+from surelay.delivery.limiter import Limiter
 from surelay.ingress.admission import Gate
 from surelay.ingress.endpoint import IngressEndpoint
 from surelay.ingress.way_in import WayIn
@@ -55,6 +56,7 @@ from surelay.receipts import Tracker
 from surelay.recovery import Recovery, route
 from surelay.replay_jobs import ReplayState
 from surelay.sql.relay import Relays
+from surelay.storage.rate_state import RateState
 from surelay.storage.store import Store
 from surelay.supervision import ChildSpec, Supervisor, SupervisorRef
 from surelay.telemetry import Telemetry
@@ -94,7 +96,7 @@ def start(store: Store, config: RuntimeConfig, transports: dict[str, Transport])
     engines: Engines | None = None
     try:
         breakers = Breakers(config.breaker, transports)
-        engines = Engines(transports, config, breakers, telemetry)
+        engines = _engines(store, config, transports, breakers, telemetry)
         names = MappingProxyType(transports)
         tracker = Tracker()
         counters = Counters(telemetry)
@@ -235,6 +237,25 @@ def start(store: Store, config: RuntimeConfig, transports: dict[str, Transport])
         )
     except BaseException:
         _stop(root, engines, telemetry)
+        raise
+
+
+def _engines(
+    store: Store,
+    config: RuntimeConfig,
+    transports: dict[str, Transport],
+    breakers: Breakers,
+    telemetry: Telemetry,
+) -> Engines:
+    """The transports' engines, with their rates (shared through `<dir>/rates` when
+    the config has any)."""
+    rate_state = RateState(store.path / "rates") if config.rate_limits else None
+    try:
+        limiter = Limiter(config.rate_limits, rate_state, config.clock)
+        return Engines(transports, config, breakers, telemetry, limiter)
+    except BaseException:
+        if rate_state is not None:
+            rate_state.close()
         raise
 
 

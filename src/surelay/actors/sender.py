@@ -489,15 +489,19 @@ class Sender(Actor):
         elif error is not None:
             reason = describe(error)
         ttl = at.config.message_ttl
+        policy = at.config.retry_for(envelope.transport, envelope.type)
+        retry_after = error.retry_after if isinstance(error, TransientError) else None
+        if retry_after:  # the downstream asks every caller to wait, not this message only
+            at.engines.limiter.slow(envelope, min(retry_after, policy.max_retry_after))
         verdict = decide(
             kind,
             failure=attempt.failure,
             reason=reason or "",
             made=envelope.attempt,
-            policy=at.config.retry_for(envelope.transport, envelope.type),
+            policy=policy,
             crashes=crashes,
             wait=attempt.wait,
-            retry_after=error.retry_after if isinstance(error, TransientError) else None,
+            retry_after=retry_after,
             rng=at.rng,
             previous_delay=state.last_delay.get(message_id),
             ttl_left=None if ttl is None else ttl - (now - envelope.created_at),

@@ -17,6 +17,7 @@ from surelay.config import RuntimeConfig
 from surelay.delivery.breakers import Breakers
 from surelay.delivery.engine import Engine
 from surelay.delivery.event_loop import EventLoop, LoopEngine, is_coroutine_transport
+from surelay.delivery.limiter import Limiter
 from surelay.delivery.spec import TransportSpec, resolve
 from surelay.delivery.threads import ThreadEngine
 from surelay.telemetry import Telemetry
@@ -33,8 +34,11 @@ class Engines(Mapping[str, Engine]):
         config: RuntimeConfig,
         breakers: Breakers,
         telemetry: Telemetry,
+        limiter: Limiter | None = None,
     ) -> None:
         self.halted = False
+        self.limiter = limiter if limiter is not None else Limiter({}, None, config.clock)
+        """The rates of the transports' calls, and the pauses their downstreams ask."""
         """Set by `halt` (a closing runtime): no call starts any more."""
         self.loop: EventLoop | None = None
         self._engines: dict[str, Engine] = {}
@@ -69,6 +73,7 @@ class Engines(Mapping[str, Engine]):
             "telemetry": self._telemetry,
             "clock": config.clock,
             "message_ttl": config.message_ttl,
+            "limiter": self.limiter,
         }
         if not spec.coroutine:
             return ThreadEngine(spec, **common)
@@ -108,6 +113,7 @@ class Engines(Mapping[str, Engine]):
             engine.stop(timeout)
         if self.loop is not None:
             self.loop.stop(timeout)
+        self.limiter.close()
 
     def health(self) -> dict[str, dict[str, Any]]:
         return {name: engine.health() for name, engine in list(self._engines.items())}

@@ -49,6 +49,7 @@ from surelay.delivery.attempt import (
 )
 from surelay.delivery.breakers import Breakers
 from surelay.delivery.lanes import Lanes
+from surelay.delivery.limiter import Limiter
 from surelay.delivery.spec import TransportSpec
 from surelay.envelope import Envelope
 from surelay.errors import PermanentError
@@ -105,6 +106,7 @@ class Engine:
         telemetry: Telemetry,
         clock: Callable[[], float],
         message_ttl: float | None = None,
+        limiter: Limiter | None = None,
     ) -> None:
         self.spec = spec
         self.name = spec.name
@@ -112,6 +114,7 @@ class Engine:
         self.limit = spec.concurrency
         self.ack_timeout = spec.ack_timeout
         self._per_type = spec.ack_timeout_per_type
+        self._limiter = limiter
         self.message_ttl = message_ttl
         self.wedged = False
         """Every slot is held by a call past its ack timeout (see the module docstring);
@@ -263,8 +266,14 @@ class Engine:
         return self._per_type.get(kind, self.ack_timeout)
 
     def begin(self, call: Call) -> tuple[Attempt | None, float | None, Span | None]:
-        """Before a call: a HELD attempt if the breaker refuses it (no call then), else
-        the breaker's ticket and the `surelay.deliver` span (None without tracing)."""
+        """Before a call: a HELD attempt if its rate or the breaker refuses it (no call
+        then: its turn comes after `wait`), else the breaker's ticket and the
+        `surelay.deliver` span (None without tracing)."""
+        limiter = self._limiter
+        if limiter is not None and limiter.limits(self.name):
+            wait = limiter.ask(call.envelope)
+            if wait:
+                return Attempt(call, HELD, wait=wait), None, None
         wait, ticket = self._breakers.allow(self.name, self._clock())
         if wait:
             return Attempt(call, HELD, wait=wait), None, None

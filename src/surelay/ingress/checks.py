@@ -218,6 +218,7 @@ def check_per_transport(config: RuntimeConfig, transports: Mapping[str, object])
         "retry_per_transport",
         "ack_timeout_per_transport",
         "concurrency_per_transport",
+        "rate_limits",
     ):
         unknown = sorted(set(getattr(config, setting)) - set(transports))
         if unknown:
