@@ -451,6 +451,7 @@ class ReplayWorker(Actor):
             headers=MappingProxyType(headers),
             attempt=record.attempts + 1,
             created_at=record.first_attempt_at,
+            type=record.type,
         )
         state = self._state
         call = _ReplayCall(envelope, next(state.serial))
@@ -526,7 +527,12 @@ class ReplayWorker(Actor):
             )
         if isinstance(verdict, Hold):
             logger.warning(
-                "replay of %s not sent: the breaker of %r is open", record.id, record.transport
+                "replay of %s not sent: transport %r holds its calls for %.1fs (its breaker "
+                "is open, or its rate limit's next turn is that far); it stays dead: replay "
+                "it later, or at a replay rate under the limit",
+                record.id,
+                record.transport,
+                attempt.wait,
             )
             return "failed", at.store.release_lease(record.id)
         assert isinstance(verdict, Dead)

@@ -30,6 +30,7 @@ second crash dead-lettered with reason `crash`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 from collections.abc import Callable, Mapping
@@ -37,8 +38,11 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+import pykka
+
 from surelay.actors.dead_letter import Capture
 from surelay.actors.queues import PartitionQueue
+from surelay.actors.timer import Check
 from surelay.actors.window import (
     LOOK_MAX,
     WINDOW_MESSAGES,
@@ -50,7 +54,16 @@ from surelay.actors.window import (
     limits_for,
 )
 from surelay.backlog import Due, Schedule
-from surelay.delivery.attempt import CRASH, LOST, OK, SKIPPED, Attempt, ResultBox, Sink
+from surelay.delivery.attempt import (
+    CRASH,
+    LOST,
+    OK,
+    SKIPPED,
+    THROTTLED,
+    Attempt,
+    ResultBox,
+    Sink,
+)
 from surelay.errors import TransientError
 from surelay.policy.verdict import Dead, Delivered, Hold, Retry, decide, describe
 from surelay.receipts import Outcome
@@ -94,6 +107,9 @@ SUBMIT_MAX = 1024
 
 RUN_MAX = 64
 """Most messages of one key submitted as one run."""
+
+DEFER_AFTER = 1.0
+"""Seconds a message's rate must make it wait before it waits on disk, not in memory."""
 
 LAST_ERROR_CHARS = 1000
 """Most characters of a failed attempt's error kept with its message (`rt.status`)."""
@@ -299,8 +315,12 @@ class Sender(Actor):
         room = window.limits.messages - len(state.queue)
         room_bytes = window.limits.bytes - window.bytes
         with store.read() as txn:
-            rows, ended = store.outbox.window(
-                txn, state.partition, after=window.cursor, looked=LOOK_MAX, max_bytes=room_bytes
+            rows, ended = store.outbox.window(  # (a few more than room: some are known)
+                txn,
+                state.partition,
+                after=window.cursor,
+                looked=min(LOOK_MAX, max(room, 0) + 64),
+                max_bytes=room_bytes,
             )
         taken: list[OutboxEntry] = []
         orphans: dict[str, int] = {}
@@ -369,6 +389,10 @@ class Sender(Actor):
         queue = state.queue
         state.taking = heads
         now = at.config.clock()
+        heads = self._within_rate(heads, now)
+        if not heads:
+            state.taking = []
+            return
         share = max(1, min(RUN_MAX, SUBMIT_MAX // len(heads)))
         runs = [[head, *queue.behind(head, share - 1)] if share > 1 else [head] for head in heads]
         # copied before the read: a delivery whose record commits after the read began
@@ -399,6 +423,29 @@ class Sender(Actor):
             engines[transport].submit(items)
         if round_.duplicates:
             self._record_duplicates(round_.duplicates, now)
+
+    def _within_rate(self, heads: list[OutboxEntry], now: float) -> list[OutboxEntry]:
+        """The heads whose rate lets them go now (their turns taken, a group at a time:
+        `Limiter.plan`); the others are held until their turn, or wait for it on disk
+        (`_defer`), without a round trip through their engine."""
+        limiter = self._at.engines.limiter
+        limited = [h for h in heads if limiter.limits(h.envelope.transport)]
+        if not limited:
+            return heads
+        waits = limiter.plan([h.envelope for h in limited])
+        held: set[int] = set()
+        far: list[tuple[OutboxEntry, float]] = []
+        near: list[tuple[OutboxEntry, float]] = []
+        for head, (wait, reserved) in zip(limited, waits, strict=True):
+            if wait > 0:
+                held.add(id(head))
+                (near if reserved else far).append((head, now + wait))
+        deferred = self._defer(far, now) if far else set()
+        for head, due in (*near, *far):
+            if head.envelope.message_id not in deferred:
+                self._state.queue.hold(head)
+                self._schedule(head, due)
+        return [h for h in heads if id(h) not in held] if held else heads
 
     def _live(self, run: list[OutboxEntry], round_: _Round) -> tuple[OutboxEntry, ...]:
         """What of `run` goes to the engine (see `_submit`); an expired head is
@@ -511,6 +558,8 @@ class Sender(Actor):
             self._ended(entry, now)
         elif isinstance(verdict, Hold):
             state.in_flight.pop(message_id, None)
+            if kind == THROTTLED and self._defer([(entry, now + verdict.wait)], now):
+                return
             state.queue.hold(entry)
             self._schedule(entry, now + verdict.wait)
         elif isinstance(verdict, Retry):
@@ -540,6 +589,53 @@ class Sender(Actor):
         following = state.queue.finish(entry)
         if following is not None and following.envelope.message_id not in state.in_flight:
             self._head(following, now)  # (one in flight is on its run already)
+
+    def _defer(self, waits: list[tuple[OutboxEntry, float]], now: float) -> set[str]:
+        """Move messages whose rate's turn is far off (each with its turn's time) out of
+        memory, to wait on disk with the scheduled ones until then (`Scheduled.defer`),
+        so that a group's backlog never fills the window that other groups' messages
+        need: one write for all of them. Only unkeyed messages in the outbox may go (a
+        key's order would not survive the move). Returns the ids of those that went."""
+        at = self._at
+        if not at.durable:
+            return set()
+        going = [
+            (entry, due)
+            for entry, due in waits
+            if entry.seq and entry.envelope.key is None and due - now >= DEFER_AFTER
+        ]
+        if not going:
+            return set()
+        window = self._state.window
+        for entry, _ in going:
+            self._ended(entry, now)  # out of memory; its receipt waits for the move
+            # it comes back from the timer as a new entry, which the window must take in
+            # (a scan never reads it again where it was, behind the cursor; a failed move
+            # moves the cursor back for it)
+            window.known.discard(entry.envelope.message_id)
+        store = at.store
+        ref = self.ref
+
+        def op(txn: Txn) -> list[str]:
+            return [e.envelope.message_id for e in store.scheduled.defer(txn, going)]
+
+        def done(written: Future[list[str]]) -> None:
+            if written.exception() is None:
+                at.tracker.spill(written.result())
+                with contextlib.suppress(pykka.ActorDeadError):  # closing: they fire at open
+                    at.peers.timer.tell(Check(min(due for _, due in going)))
+                return
+            logger.error(
+                "could not defer %d message(s) to their rate's turn (%s); they are sent "
+                "from the outbox",
+                len(going),
+                written.exception(),
+            )
+            if ref is not None:  # still in the outbox, behind the window's cursor
+                ref.tell(Wake(min(entry.seq for entry, _ in going) - 1))
+
+        store.write(op).add_done_callback(done)
+        return {entry.envelope.message_id for entry, _ in going}
 
     def _retry(
         self, entry: OutboxEntry, delay: float, error: BaseException | None, now: float

@@ -23,6 +23,7 @@ __all__ = [
     "LOST",
     "OK",
     "SKIPPED",
+    "THROTTLED",
     "TIMEOUT",
     "Attempt",
     "Call",
@@ -39,7 +40,11 @@ OK: Final = "ok"
 FAILED: Final = "failed"
 """The transport raised an `Exception` (`Attempt.failure` says which kind)."""
 HELD: Final = "held"
-"""The breaker refused the call; nothing was called (`Attempt.wait`: look again then)."""
+"""The breaker refused the call, or its rate made it wait for its turn (reserved); nothing
+was called (`Attempt.wait`: look again then)."""
+THROTTLED: Final = "throttled"
+"""Its rate made the call wait longer than a turn can be reserved ahead; nothing was
+called (`Attempt.wait`: ask again then). Its message may wait on disk meanwhile."""
 TIMEOUT: Final = "timeout"
 """The call outlived its ack timeout: a coroutine was cancelled, a thread abandoned."""
 CRASH: Final = "crash"

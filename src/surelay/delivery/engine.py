@@ -40,6 +40,7 @@ from surelay.delivery.attempt import (
     LOST,
     OK,
     SKIPPED,
+    THROTTLED,
     TIMEOUT,
     Attempt,
     Call,
@@ -271,9 +272,9 @@ class Engine:
         `surelay.deliver` span (None without tracing)."""
         limiter = self._limiter
         if limiter is not None and limiter.limits(self.name):
-            wait = limiter.ask(call.envelope)
+            wait, reserved = limiter.ask(call.envelope)
             if wait:
-                return Attempt(call, HELD, wait=wait), None, None
+                return Attempt(call, HELD if reserved else THROTTLED, wait=wait), None, None
         wait, ticket = self._breakers.allow(self.name, self._clock())
         if wait:
             return Attempt(call, HELD, wait=wait), None, None

@@ -61,24 +61,25 @@ class Limiter:
         """Whether calls of `transport` are ever held here (a rate, or a pause)."""
         return transport in self._limits or transport in self._paused
 
-    def ask(self, envelope: Envelope) -> float:
-        """Seconds the call of `envelope` must wait (0: call it now). A wait within the
-        horizon reserves the call's turn: asked again at that time, it goes."""
+    def ask(self, envelope: Envelope) -> tuple[float, bool]:
+        """Seconds the call of `envelope` must wait (0: call it now), and whether its
+        turn is reserved: a wait within the horizon reserves it (asked again at that
+        time, the call goes); a longer one comes back to ask again."""
         transport = envelope.transport
         rate = self._limits.get(transport)
         if rate is None:
             if not self._paused:
-                return 0.0
-            return self._pause_left(transport)
+                return 0.0, True
+            return self._pause_left(transport), True
         now = self._clock()
         message_id = envelope.message_id
         with self._lock:
             turn_at = self._reserved.pop(message_id, None)
             if turn_at is not None:
                 if turn_at <= now + EARLY:
-                    return 0.0
+                    return 0.0, True
                 self._reserved[message_id] = turn_at
-                return turn_at - now
+                return turn_at - now, True
         assert self._state is not None
         interval = rate.per / rate.count
         turn = self._state.take(
@@ -89,13 +90,56 @@ class Limiter:
             horizon=max(HORIZON, 16 * interval),
         )
         if turn.wait <= 0:
-            return 0.0
+            return 0.0, True
         if turn.reserved:
             with self._lock:
                 if len(self._reserved) >= KEEP_RESERVED:
                     self._reserved = {m: t for m, t in self._reserved.items() if t > now}
                 self._reserved[message_id] = now + turn.wait
-        return turn.wait
+        return turn.wait, turn.reserved
+
+    def plan(self, envelopes: list[Envelope]) -> list[tuple[float, bool]]:
+        """`ask` for several calls at once (a sender's round): per group, one
+        transaction for all of its calls, and no ask past the first turn out of reach
+        (the calls after it get estimated waits, one interval apart)."""
+        out: list[tuple[float, bool]] = [(0.0, True)] * len(envelopes)
+        groups: dict[bytes, list[int]] = {}
+        rates: dict[bytes, Rate] = {}
+        now = self._clock()
+        for index, envelope in enumerate(envelopes):
+            rate = self._limits.get(envelope.transport)
+            if rate is None:
+                out[index] = self.ask(envelope)
+                continue
+            with self._lock:
+                turn_at = self._reserved.get(envelope.message_id)
+            if turn_at is not None:  # (left for the engine's own ask, which takes it)
+                out[index] = (max(0.0, turn_at - now) if turn_at > now + EARLY else 0.0, True)
+                continue
+            assert self._state is not None
+            name = self._state.name(envelope.transport, group_of(rate, envelope))
+            groups.setdefault(name, []).append(index)
+            rates[name] = rate
+        for name, indexes in groups.items():
+            rate = rates[name]
+            interval = rate.per / rate.count
+            assert self._state is not None
+            turns = self._state.take_many(
+                name,
+                now,
+                len(indexes),
+                interval=interval,
+                tolerance=(rate.burst_or_one - 1) * interval,
+                horizon=max(HORIZON, 16 * interval),
+            )
+            with self._lock:
+                if len(self._reserved) >= KEEP_RESERVED:
+                    self._reserved = {m: t for m, t in self._reserved.items() if t > now}
+                for index, turn in zip(indexes, turns, strict=True):
+                    out[index] = (turn.wait, turn.reserved)
+                    if turn.reserved:  # (one going now too: the engine's ask finds it)
+                        self._reserved[envelopes[index].message_id] = now + turn.wait
+        return out
 
     def slow(self, envelope: Envelope, seconds: float) -> None:
         """The downstream asked for a pause (`Retry-After`): no call of the transport

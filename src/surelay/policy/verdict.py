@@ -8,7 +8,7 @@ one of four verdicts:
 - `Delivered`: the transport returned;
 - `Retry(delay)`: a transient failure (a timeout included) with attempts left, or a
   crash that is not yet the message's `CRASHES_TO_DEAD_LETTER`-th;
-- `Hold(wait)`: the breaker refused the call; no attempt was spent;
+- `Hold(wait)`: the breaker or the rate refused the call; no attempt was spent;
 - `Dead(reason_class, reason)`: permanent, invalid, attempts exhausted, crashed too
   often, or expired (the next attempt would come after `message_ttl` runs out).
 """
@@ -26,7 +26,7 @@ from surelay.errors import InvalidMessage, PermanentError, TransientError
 from surelay.policy.retry import can_retry, honoured_retry_after, retry_delay
 from surelay.storage.records import ReasonClass
 
-Kind = Literal["ok", "failed", "held", "timeout", "crash", "lost", "skipped"]
+Kind = Literal["ok", "failed", "held", "throttled", "timeout", "crash", "lost", "skipped"]
 """How a call ended (`surelay.delivery.attempt` names each)."""
 
 Failure = Literal["transient", "permanent", "invalid"]
@@ -148,7 +148,7 @@ def decide(
     """
     if kind == "ok":
         return _DELIVERED
-    if kind == "held":
+    if kind in ("held", "throttled"):
         return Hold(wait)
     spent: ReasonClass = "exhausted"
     if kind in ("crash", "lost"):

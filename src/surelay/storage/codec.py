@@ -10,16 +10,19 @@ from __future__ import annotations
 import struct
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import replace
+from types import MappingProxyType
 from typing import Any, TypeVar, cast
 
 import msgpack
 
-from surelay.envelope import Envelope, Priority
+from surelay.envelope import Envelope, Priority, checked_envelope
 from surelay.storage.records import (
     DeadLetter,
     OutboxEntry,
     QuarantinedRecord,
     ReplayRequest,
+    outbox_entry,
 )
 
 __all__ = [
@@ -238,33 +241,34 @@ def encode_outbox(entry: OutboxEntry) -> bytes:
 
 def _decode_outbox(items: list[Any]) -> OutboxEntry:
     seq, envelope, due_at, partition = items[1:5]
-    last_error = items[5] if len(items) > 5 else None
-    failed_at = items[6] if len(items) > 6 else None
     if not isinstance(envelope, list) or not 9 <= len(envelope) <= len(_WIRE[Envelope]):
         raise DecodeError(f"Envelope: expected {len(_WIRE[Envelope])} fields")
     message_id, transport, payload, key, idempotency_key, priority, headers, attempt, created = (
         envelope[:9]
     )
-    kind = envelope[9] if len(envelope) > 9 else None
-    return OutboxEntry(
+    if not isinstance(headers, dict):
+        raise DecodeError(f"Envelope: headers must be a map, got {type(headers).__name__}")
+    # the fast constructors: every entry of a backlog streamed in is decoded here
+    entry = outbox_entry(
         seq,
-        Envelope(
+        checked_envelope(
             message_id,
             transport,
             payload,
             key,
-            idempotency_key,
+            idempotency_key or message_id,
             Priority(priority),
-            headers,
+            MappingProxyType(headers),
             attempt,
             created,
-            kind,
+            envelope[9] if len(envelope) > 9 else None,
         ),
         due_at,
         partition,
-        last_error,
-        failed_at,
     )
+    if len(items) > 5 and (items[5] is not None or (len(items) > 6 and items[6] is not None)):
+        entry = replace(entry, last_error=items[5], failed_at=items[6] if len(items) > 6 else None)
+    return entry
 
 
 def encode_dead_letter(r: DeadLetter) -> bytes:

@@ -64,6 +64,40 @@ class RateState:
         self._count(now)
         return turn
 
+    def take_many(
+        self,
+        name: bytes,
+        now: float,
+        count: int,
+        *,
+        interval: float,
+        tolerance: float,
+        horizon: float,
+    ) -> list[Turn]:
+        """Ask `count` turns of group `name` in one transaction: turns are reserved
+        while they are within the horizon; from the first that is not, the rest are
+        estimated (one interval apart), not asked."""
+        out: list[Turn] = []
+        with self._env.begin(write=True) as txn:
+            raw = txn.get(name)
+            tat = _TAT.unpack(raw)[0] if raw is not None else now
+            start = tat
+            for _ in range(count):
+                turn = take_turn(tat, now, interval=interval, tolerance=tolerance, horizon=horizon)
+                if not turn.reserved:
+                    break
+                out.append(turn)
+                tat = turn.tat
+            if len(out) < count:
+                first = take_turn(tat, now, interval=interval, tolerance=tolerance, horizon=horizon)
+                out.extend(
+                    Turn(first.wait + k * interval, False, tat) for k in range(count - len(out))
+                )
+            if tat != start or raw is None:
+                txn.put(name, _TAT.pack(tat))
+        self._count(now)
+        return out
+
     def pause(self, name: bytes, until: float) -> None:
         """No turn of group `name` before `until`."""
         with self._env.begin(write=True) as txn:

@@ -96,7 +96,11 @@ class Scheduled:
         raw = txn.get(text_key(key), db=self._keys)
         return None if raw is None else from_u64(raw) / 1_000_000
 
-    def _add(self, txn: Txn, later: list[tuple[Envelope, int, float]]) -> list[OutboxEntry]:
+    def _add(
+        self, txn: Txn, later: list[tuple[Envelope, int, float]], *, moved: bool = False
+    ) -> list[OutboxEntry]:
+        """Schedule messages (new ones: refused if their id is accepted already; `moved`
+        ones were just taken out of the outbox)."""
         raw_seq = txn.get(b"outbox_seq", db=self._meta)
         seq = from_u64(raw_seq) if raw_seq is not None else 0
         rows: list[tuple[bytes, bytes]] = []
@@ -118,7 +122,7 @@ class Scheduled:
         _, added = txn.cursor(db=self._ids).putmulti(ids, overwrite=False)
         for (id_key, where), entry in zip(ids, out, strict=True):
             if (added != len(ids) and txn.get(id_key, db=self._ids) != where) or (
-                self._outbox.holds_id(txn, id_key)
+                not moved and self._outbox.holds_id(txn, id_key)
             ):
                 raise ValueError(f"message {entry.envelope.message_id!r} is already accepted")
         txn.cursor(db=self._rows).putmulti(rows)
@@ -129,6 +133,21 @@ class Scheduled:
             txn.put(name, micros(due) + u64(before + count), db=self._keys)
         txn.put(b"outbox_seq", u64(seq), db=self._meta)
         return out
+
+    def defer(self, txn: Txn, waits: Sequence[tuple[OutboxEntry, float]]) -> list[OutboxEntry]:
+        """Move unkeyed messages of this slot from the outbox to wait here, each until its
+        time (their rate's turn is far off: they free the window meanwhile), their
+        attempts kept; returns the entries made here for those still in the outbox. The
+        entries given are the owner's (no read back: one write for many)."""
+        if any(entry.envelope.key is not None for entry, _ in waits):
+            raise ValueError("only messages without a key may be deferred: keys keep order")
+        places = self._outbox.places(entry for entry, _ in waits)
+        still = [
+            (entry.envelope, entry.partition, due)
+            for (entry, due), place in zip(waits, places, strict=True)
+            if self._outbox.remove_at(txn, [place])
+        ]
+        return self._add(txn, still, moved=True) if still else []
 
     # -- firing --------------------------------------------------------------------------
 
