@@ -7,9 +7,10 @@ before each call (`ask`); a call that must wait is not made and not counted as a
 attempt: its message is held (as for an open breaker) and comes back at its turn. One
 group's backlog takes only its own turns, so it never delays another group.
 
-A transport that answers 429 or 503 with `Retry-After` (a `TransientError` with
-`retry_after`) slows its whole transport, or its group, for that long (`slow`): shared
-by every process for a rate-limited transport, by this process otherwise.
+A rate-limited transport that answers 429 or 503 with `Retry-After` (a `TransientError`
+with `retry_after`) slows its whole transport, or its group, for that long (`slow`), in
+every process, then resumes at its rate. (Without a rate, a `Retry-After` delays only the
+message it answered, as the retry policy says.)
 """
 
 from __future__ import annotations
@@ -54,12 +55,10 @@ class Limiter:
         self._lock = threading.Lock()
         self._reserved: dict[str, float] = {}
         """Message id -> the time of the turn it reserved."""
-        self._paused: dict[str, float] = {}
-        """Transport without a rate -> slowed (by a Retry-After) until then."""
 
     def limits(self, transport: str) -> bool:
-        """Whether calls of `transport` are ever held here (a rate, or a pause)."""
-        return transport in self._limits or transport in self._paused
+        """Whether calls of `transport` are ever held here (it has a rate)."""
+        return transport in self._limits
 
     def ask(self, envelope: Envelope) -> tuple[float, bool]:
         """Seconds the call of `envelope` must wait (0: call it now), and whether its
@@ -68,9 +67,7 @@ class Limiter:
         transport = envelope.transport
         rate = self._limits.get(transport)
         if rate is None:
-            if not self._paused:
-                return 0.0, True
-            return self._pause_left(transport), True
+            return 0.0, True
         now = self._clock()
         message_id = envelope.message_id
         with self._lock:
@@ -142,35 +139,20 @@ class Limiter:
         return out
 
     def slow(self, envelope: Envelope, seconds: float) -> None:
-        """The downstream asked for a pause (`Retry-After`): no call of the transport
-        (or of the envelope's group) for `seconds`."""
-        if seconds <= 0:
-            return
-        transport = envelope.transport
-        until = self._clock() + seconds
-        rate = self._limits.get(transport)
-        if rate is None:
-            with self._lock:
-                self._paused[transport] = max(self._paused.get(transport, 0.0), until)
+        """The downstream of a rate-limited transport asked for a pause (`Retry-After`):
+        no call of the transport (or of the envelope's group) for `seconds`, in any
+        process. A transport without a rate is not paused."""
+        rate = self._limits.get(envelope.transport)
+        if rate is None or seconds <= 0:
             return
         assert self._state is not None
-        self._state.pause(self._state.name(transport, group_of(rate, envelope)), until)
+        name = self._state.name(envelope.transport, group_of(rate, envelope))
+        self._state.pause(name, self._clock() + seconds)
 
     def close(self) -> None:
         """Let go of the shared state (the engines have stopped: nothing asks any more)."""
         if self._state is not None:
             self._state.close()
-
-    def _pause_left(self, transport: str) -> float:
-        with self._lock:
-            until = self._paused.get(transport)
-            if until is None:
-                return 0.0
-            left = until - self._clock()
-            if left <= 0:
-                del self._paused[transport]
-                return 0.0
-            return left
 
 
 def group_of(rate: Rate, envelope: Envelope) -> str | None:
