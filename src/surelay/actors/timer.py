@@ -3,7 +3,8 @@
 Messages sent with a `delay` or `not_before` wait on disk in the `scheduled` table
 (`surelay.storage.scheduled`), never in memory. The timer knows one thing: when this
 slot's earliest one is due (read from the table, so it needs no state a crash could
-lose). Its alarm rings then; it moves what is due into the outbox, in chunks of `CHUNK`,
+lose). Its alarm rings `AHEAD` of then; it moves what is due by then into the outbox (each
+held by its sender until its own time), in chunks of `CHUNK`,
 each one transaction (so each message fires once), and hands the moved messages to the
 senders like newly accepted ones. A send or an adoption that schedules an earlier
 message tells it (`Check`).
@@ -38,6 +39,11 @@ CHUNK = 1000
 NOT_YET = 0.05
 """Seconds before a look that came while the tree was still starting is made again."""
 
+AHEAD = 0.25
+"""Seconds before their due time scheduled messages move into the outbox: their senders
+hold them until that time (the retry scheduler's alarm), so the move's commit is not on
+the way between a due time and the call. They are in memory for this long at most."""
+
 RETRY_AFTER_FAILURE = 1.0
 """Seconds before a move that failed (the store full, say) is tried again."""
 
@@ -71,7 +77,8 @@ class Timer(AlarmOwner):
 
     def on_start(self) -> None:
         self.start_alarm(Check(), self._at.clock, name="surelay-timer", at=None)
-        self._arm(self._next_due())
+        following = self._next_due()
+        self._arm(None if following is None else following - AHEAD)
 
     def on_restart(self, crash: CrashReport) -> None:
         logger.warning("the timer restarted after %r; it reads its table again", crash.error)
@@ -79,7 +86,7 @@ class Timer(AlarmOwner):
     def on_receive(self, message: Any) -> None:
         if not isinstance(message, Check):
             return
-        at = message.at
+        at = None if message.at is None else message.at - AHEAD
         if at is not None and self._armed is not None and at >= self._armed:
             return  # rings by then already
         if at is not None and at > self._at.clock():
@@ -98,9 +105,10 @@ class Timer(AlarmOwner):
         if not at.peers.attached:  # the tree is still starting: nobody to hand them to
             self._arm(now + NOT_YET)
             return
+        until = now + AHEAD
         try:
             moved = store.write(
-                lambda txn: store.scheduled.fire(txn, now, limit=CHUNK, route=at.route, now=now)
+                lambda txn: store.scheduled.fire(txn, until, limit=CHUNK, route=at.route, now=now)
             ).result()
         except Exception as error:  # (the store full or closing, a damaged row): said, retried
             logger.error(
@@ -121,7 +129,8 @@ class Timer(AlarmOwner):
             self._armed = None
             self.ref.tell(Check())  # more may be due: behind newer mail
             return
-        self._arm(self._next_due())
+        following = self._next_due()
+        self._arm(None if following is None else following - AHEAD)
 
     def _next_due(self) -> float | None:
         store = self._at.store

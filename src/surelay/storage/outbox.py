@@ -73,24 +73,30 @@ class Outbox:
         return self.enqueue_many(txn, [(envelope, partition)], due_at=due_at)[0]
 
     def enqueue_many(
-        self, txn: Txn, items: list[tuple[Envelope, int]], *, due_at: float
+        self,
+        txn: Txn,
+        items: list[tuple[Envelope, int]],
+        *,
+        due_at: float,
+        dues: list[float] | None = None,
     ) -> list[OutboxEntry]:
         """`enqueue` for several (envelope, partition) pairs: one sequence update, and one
         LMDB call per table (py-lmdb releases the GIL on every call, which costs a thread
-        switch whenever another thread is running)."""
+        switch whenever another thread is running). `dues`: each one's own due time
+        (its sender holds it until then), instead of `due_at` for all."""
         raw = txn.get(b"outbox_seq", db=self._meta)
         seq = from_u64(raw) if raw is not None else 0
         out = []
         main, ids, retried = [], [], []
         prefixes: dict[int, bytes] = {}
-        for envelope, partition in items:
+        for index, (envelope, partition) in enumerate(items):
             prefix = prefixes.get(partition)
             if prefix is None:
                 if not 0 <= partition < MAX_PARTITIONS:
                     raise ValueError(f"partition must be in [0, {MAX_PARTITIONS}), got {partition}")
                 prefix = prefixes[partition] = self._slot_key + u16(partition)
             seq += 1
-            entry = outbox_entry(seq, envelope, due_at, partition)
+            entry = outbox_entry(seq, envelope, due_at if dues is None else dues[index], partition)
             where = prefix + u64(seq)
             main.append((where, encode_outbox(entry)))
             ids.append((text_key(envelope.message_id), where))

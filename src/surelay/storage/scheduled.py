@@ -168,8 +168,10 @@ class Scheduled:
         """Move this slot's messages due at or before `until` (at most `limit`, earliest
         first, ties in acceptance order) into the outbox, each under the partition
         `route` gives it now, with a new sequence number (behind everything accepted
-        until now, as its key's later messages are still scheduled); returns their outbox
-        entries. A row that does not decode is reported (quarantined) and dropped."""
+        until now, as its key's later messages are still scheduled), due at its own time
+        (`until` may be ahead of `now`: its sender holds it until then); returns their
+        outbox entries. A row that does not decode is reported (quarantined) and
+        dropped."""
         bound = micros(until)
         taken: list[tuple[bytes, bytes]] = []
         cursor = txn.cursor(db=self._rows)
@@ -182,6 +184,7 @@ class Scheduled:
                 if len(taken) >= limit:
                     break
         moving: list[tuple[Envelope, int]] = []
+        dues: list[float] = []
         released: dict[str, int] = {}
         for where, raw in taken:
             txn.delete(where, db=self._rows)
@@ -193,9 +196,12 @@ class Scheduled:
             if envelope.key is not None:
                 released[envelope.key] = released.get(envelope.key, 0) + 1
             moving.append((envelope, route(entry)))
+            dues.append(max(now, entry.due_at))
         for key, count in released.items():
             self._release(txn, key, count)
-        return self._outbox.enqueue_many(txn, moving, due_at=now) if moving else []
+        if not moving:
+            return []
+        return self._outbox.enqueue_many(txn, moving, due_at=now, dues=dues)
 
     def _release(self, txn: Txn, key: str, count: int) -> None:
         name = text_key(key)
