@@ -60,6 +60,8 @@ def raw_row(**values: object) -> dict[str, object]:
         "priority": 1,
         "headers": None,
         "created_at": time.time(),
+        "not_before": None,
+        "msg_type": None,
     }
     row.update(values)
     return row
@@ -83,6 +85,7 @@ EITHER: list[tuple[str, dict[str, object], str | None]] = [
     ("five", {"headers": "5"}, "headers must be a mapping"),
     ("", {}, "no message id"),
     ("nope", {"transport": "5"}, "unknown transport '5'"),
+    ("emptytype", {"msg_type": ""}, "msg_type is '', not a non-empty str"),
 ]
 SQLITE_ONLY: list[tuple[str, dict[str, object], str | None]] = [
     ("text", {"payload": "a text, not bytes"}, "payload is str, not bytes"),
@@ -91,6 +94,7 @@ SQLITE_ONLY: list[tuple[str, dict[str, object], str | None]] = [
     ("numtransport", {"transport": 5}, "unknown transport 5"),
     ("nullid", {"message_id": None}, "no message id"),
     ("nocreated", {"created_at": None}, None),  # no time of its own: relayed, aged from now
+    ("texttime", {"not_before": "soon"}, "not_before is 'soon', not epoch seconds"),
 ]
 
 UNTYPED = """CREATE TABLE {t} (

@@ -24,7 +24,7 @@ __all__ = ["Database", "PostgresDatabase", "SqliteDatabase", "connect", "listen"
 
 ROW_COLUMNS = (
     "id, message_id, part, transport, payload, msg_key, idempotency_key, priority, headers, "
-    "created_at"
+    "created_at, not_before, msg_type"
 )
 DELETE_CHUNK = 1000
 

@@ -29,6 +29,8 @@ COLUMNS = (
     "priority",
     "headers",
     "created_at",
+    "not_before",
+    "msg_type",
 )
 """The columns a send fills, in order (`id` is the database's)."""
 
@@ -139,7 +141,10 @@ class Dialect:
         sending transaction 1.2 times as long.)
 
         No index besides the primary key: relays read in id order and delete by id,
-        and each index would cost every sending transaction an update."""
+        and each index would cost every sending transaction an update. A table made
+        before `not_before` and `msg_type` existed gets them (PostgreSQL: here, only if
+        missing; SQLite: `SqlOutbox.create_table`, or `ALTER TABLE ... ADD COLUMN
+        not_before REAL` and `ADD COLUMN msg_type TEXT` in a migration)."""
         t = self.table
         if self.kind == "postgresql":
             return f"""\
@@ -153,8 +158,19 @@ CREATE TABLE IF NOT EXISTS {t} (
     idempotency_key TEXT,
     priority SMALLINT NOT NULL,
     headers TEXT,
-    created_at DOUBLE PRECISION NOT NULL
+    created_at DOUBLE PRECISION NOT NULL,
+    not_before DOUBLE PRECISION,
+    msg_type TEXT
 );
+DO $$
+BEGIN
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_attribute
+        WHERE attrelid = '{t}'::regclass AND attname = 'not_before' AND NOT attisdropped
+    ) THEN
+        ALTER TABLE {t} ADD COLUMN not_before DOUBLE PRECISION, ADD COLUMN msg_type TEXT;
+    END IF;
+END $$;
 CREATE TABLE IF NOT EXISTS {self.leases} (
     part INTEGER PRIMARY KEY,
     owner TEXT,
@@ -198,7 +214,9 @@ CREATE TABLE IF NOT EXISTS {t} (
     idempotency_key TEXT,
     priority INTEGER NOT NULL,
     headers TEXT,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    not_before REAL,
+    msg_type TEXT
 );
 CREATE TABLE IF NOT EXISTS {self.leases} (
     part INTEGER PRIMARY KEY,

@@ -12,12 +12,13 @@ import itertools
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.trace import ProxyTracerProvider
 
-from surelay.envelope import Priority
+from surelay.envelope import Priority, check_timing
 from surelay.errors import InvalidMessage
 from surelay.sql.dialect import Dialect, Kind, parse_url
 from surelay.sql.host import async_runner, runner
@@ -106,6 +107,10 @@ class SqlOutbox:
         if self._kind == "sqlite":
             with sqlite3.connect(self._target, timeout=30.0) as lite:
                 lite.executescript(self.ddl())
+                have = {row[1] for row in lite.execute(f"PRAGMA table_info({self.table})")}
+                for column, kind in (("not_before", "REAL"), ("msg_type", "TEXT")):
+                    if column not in have:  # a table made by an older surelay
+                        lite.execute(f"ALTER TABLE {self.table} ADD COLUMN {column} {kind}")
             return
         import psycopg  # noqa: PLC0415  # surelay[postgres]
 
@@ -125,6 +130,9 @@ class SqlOutbox:
         idempotency_key: str | None = None,
         priority: Priority = Priority.NORMAL,
         headers: Mapping[str, str] | None = None,
+        delay: float | None = None,
+        not_before: float | datetime | None = None,
+        type: str | None = None,  # (shadows the builtin: the contract names it)
     ) -> str:
         """Insert one message on the host's connection `conn`, inside the host's open
         transaction, and return its message id. Nothing else: it never commits and
@@ -132,13 +140,26 @@ class SqlOutbox:
         commits. Raises `InvalidMessage` as `rt.send` does, `TypeError` for a
         connection it does not know, `RuntimeError` for one in autocommit mode outside a
         transaction; the driver's own errors pass through (the host's transaction is
-        then as the driver left it)."""
+        then as the driver left it). `delay` / `not_before` and `type` are `rt.send`'s:
+        the relay hands such a row in at once, and its sender holds it (in memory, in
+        the relay's window) until its time, its key's later rows behind it."""
         run = runner(conn, self._kind)
+        args = (
+            transport,
+            payload,
+            key,
+            idempotency_key,
+            priority,
+            headers,
+            delay,
+            not_before,
+            type,
+        )
         if not _tracing():  # the common case, kept lean: it runs inside the host's lock
-            row = self._row(transport, payload, key, idempotency_key, priority, headers)
+            row = self._row(*args)
             run(self._statement(1), row)
             return row.message_id
-        rows, spans = self._rows([(transport, payload, key, idempotency_key, priority, headers)])
+        rows, spans = self._rows([args])
         with _ending(spans):
             run(self._statement(1), rows[0])
         return rows[0].message_id
@@ -165,15 +186,29 @@ class SqlOutbox:
         idempotency_key: str | None = None,
         priority: Priority = Priority.NORMAL,
         headers: Mapping[str, str] | None = None,
+        delay: float | None = None,
+        not_before: float | datetime | None = None,
+        type: str | None = None,  # (shadows the builtin: the contract names it)
     ) -> str:
         """`send` on an asyncio connection: a psycopg `AsyncConnection`, an asyncpg
         connection, or a SQLAlchemy `AsyncConnection` / `AsyncSession`."""
         run = async_runner(conn, self._kind)
+        args = (
+            transport,
+            payload,
+            key,
+            idempotency_key,
+            priority,
+            headers,
+            delay,
+            not_before,
+            type,
+        )
         if not _tracing():
-            row = self._row(transport, payload, key, idempotency_key, priority, headers)
+            row = self._row(*args)
             await run(self._statement(1), row)
             return row.message_id
-        rows, spans = self._rows([(transport, payload, key, idempotency_key, priority, headers)])
+        rows, spans = self._rows([args])
         with _ending(spans):
             await run(self._statement(1), rows[0])
         return rows[0].message_id
@@ -203,6 +238,9 @@ class SqlOutbox:
         idempotency_key: object,
         priority: object,
         headers: object,
+        delay: object = None,
+        not_before: object = None,
+        type_: object = None,
     ) -> Row:
         """The row of one send, checked, without a span (tracing is off)."""
         checked = check_send(
@@ -215,27 +253,32 @@ class SqlOutbox:
             max_payload_bytes=self.max_payload_bytes,
         )
         now = time.time()
-        return make_row(new_id(now), *checked, spread=next(self._spread), now=now)
+        due, kind = (None, None)
+        if delay is not None or not_before is not None or type_ is not None:
+            due, kind = check_timing(delay, not_before, type_, now=now)
+        return make_row(new_id(now), *checked, due, kind, spread=next(self._spread), now=now)
 
     def _rows(self, sends: Sequence[tuple[Any, ...]]) -> tuple[list[Row], list[Any] | None]:
         """Rows for checked sends; with tracing on, a `surelay.send` span each (child
         of the caller's span), whose `traceparent` the row carries."""
         checked = []
+        timing = []
+        now = time.time()
         for index, args in enumerate(sends):
             try:
-                checked.append(check_send(*args, max_payload_bytes=self.max_payload_bytes))
+                checked.append(check_send(*args[:6], max_payload_bytes=self.max_payload_bytes))
+                timing.append(check_timing(*args[6:9], now=now))
             except InvalidMessage as error:
                 raise (
                     InvalidMessage(f"messages[{index}]: {error}") if len(sends) > 1 else error
                 ) from None
-        now = time.time()
         ids = new_id.many(len(checked), now)
         tracing = _tracing()
         spans: list[Any] | None = [] if tracing else None
         rows = []
         tracer = trace.get_tracer(NAME) if tracing else None
-        for message_id, (transport, data, key, idem, priority, headers) in zip(
-            ids, checked, strict=True
+        for message_id, (transport, data, key, idem, priority, headers), (due, kind) in zip(
+            ids, checked, timing, strict=True
         ):
             given: Mapping[str, str] = headers
             if tracer is not None and spans is not None:
@@ -255,6 +298,8 @@ class SqlOutbox:
                     idem,
                     priority,
                     given,
+                    due,
+                    kind,
                     spread=next(self._spread),
                     now=now,
                 )
@@ -292,6 +337,9 @@ def _batch(messages: object) -> list[tuple[Any, ...]]:
                 message.get("idempotency_key"),
                 message.get("priority", Priority.NORMAL),
                 message.get("headers"),
+                message.get("delay"),
+                message.get("not_before"),
+                message.get("type"),
             )
         )
     return out

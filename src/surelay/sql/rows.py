@@ -32,7 +32,19 @@ __all__ = [
     "headers_of",
 ]
 
-SEND_ARGS = frozenset({"transport", "payload", "key", "idempotency_key", "priority", "headers"})
+SEND_ARGS = frozenset(
+    {
+        "transport",
+        "payload",
+        "key",
+        "idempotency_key",
+        "priority",
+        "headers",
+        "delay",
+        "not_before",
+        "type",
+    }
+)
 
 PRIORITY_OF_RANK = {p.rank: p for p in Priority}
 
@@ -54,6 +66,8 @@ class Row(NamedTuple):
     priority: int
     headers: str | None
     created_at: float
+    not_before: float | None
+    msg_type: str | None
 
 
 def make_row(  # noqa: PLR0917
@@ -64,6 +78,8 @@ def make_row(  # noqa: PLR0917
     idempotency_key: str | None,
     priority: Priority,
     headers: Mapping[str, str],
+    due: float | None = None,
+    kind: str | None = None,
     *,
     spread: int,
     now: float,
@@ -83,6 +99,8 @@ def make_row(  # noqa: PLR0917
         priority.rank,
         json.dumps(dict(headers), separators=(",", ":")) if headers else None,
         now,
+        due,
+        kind,
     )
 
 
@@ -107,6 +125,7 @@ def envelope_of(  # noqa: PLR0917  # a row's columns
     priority: int,
     headers: MappingProxyType[str, str],
     created_at: float,
+    kind: str | None = None,
 ) -> Envelope:
     """The envelope a relayed row becomes (attempt 1; `idempotency_key` defaults to the
     message id, as with `rt.send`)."""
@@ -120,4 +139,5 @@ def envelope_of(  # noqa: PLR0917  # a row's columns
         headers,
         1,
         created_at,
+        kind,
     )

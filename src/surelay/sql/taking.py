@@ -41,7 +41,8 @@ def entry_of(
 ) -> tuple[OutboxEntry, str | None]:
     """A row's entry for the runtime of `transports` and `config` (not on disk: no
     sequence number), and what makes it unusable (None if nothing)."""
-    row_id, message_id, part, transport, payload, key, idem, priority, raw, created = row
+    row_id, message_id, part, transport, payload, key, idem, priority, raw, created = row[:10]
+    not_before, kind = row[10:12] if len(row) >= 12 else (None, None)
     problems = []
     if not isinstance(message_id, str) or not message_id:
         problems.append("no message id")
@@ -71,7 +72,16 @@ def entry_of(
         idem = None
     created_at = float(created) if isinstance(created, int | float) else now
     rank = priority if isinstance(priority, int) else 1
-    envelope = envelope_of(message_id, transport, data, key, idem, rank, headers, created_at)
+    if kind is not None and not (isinstance(kind, str) and kind):
+        problems.append(f"msg_type is {kind!r}, not a non-empty str")
+        kind = None
+    due = now
+    if not_before is not None:
+        if isinstance(not_before, int | float) and not isinstance(not_before, bool):
+            due = max(now, float(not_before))  # (its sender holds it until then)
+        else:
+            problems.append(f"not_before is {not_before!r}, not epoch seconds")
+    envelope = envelope_of(message_id, transport, data, key, idem, rank, headers, created_at, kind)
     partitions = config.partitions
     partition = home(key, partitions, bucket_of(part))
-    return outbox_entry(0, envelope, now, partition), "; ".join(problems) or None
+    return outbox_entry(0, envelope, due, partition), "; ".join(problems) or None
