@@ -153,3 +153,44 @@ def test_a_hook_cut_short_by_a_crash_runs_at_the_next_open(tmp_path: Path) -> No
 def test_a_hook_must_be_callable() -> None:
     with pytest.raises(ValueError, match="on_dead_letter must be callable"):
         RuntimeConfig(on_dead_letter="print")  # type: ignore[arg-type]
+
+
+def test_many_marks_left_by_a_crash_and_new_dead_letters_each_run_once(tmp_path: Path) -> None:
+    store = Store.open(tmp_path, claim=True)
+    left = [
+        Record(
+            id=f"01J{i:023d}",
+            message_id=f"m-{i}",
+            key=None,
+            transport="t",
+            payload=b"x",
+            headers={},
+            idempotency_key=f"m-{i}",
+            priority=Priority.NORMAL,
+            trace_id=None,
+            reason_class="permanent",
+            reason="refused",
+            error_type="PermanentError",
+            attempts=1,
+            first_attempt_at=1.0,
+            failed_at=2.0,
+        )
+        for i in range(250)  # more than one chunk of marks
+    ]
+    for record in left:
+        store.dead_lettered(record, status_until=9e9, hooked=True)
+    store.write(lambda _txn: None).result()
+    store.close()
+    seen: list[str] = []
+    lock = threading.Lock()
+
+    def hook(record: DeadLetter) -> None:
+        with lock:
+            seen.append(record.message_id)
+
+    config = RuntimeConfig(on_dead_letter=hook)
+    with Runtime.open(tmp_path, transports={"t": refuse_bad}, config=config) as rt:
+        fresh = [rt.send("t", b"bad-%d" % i) for i in range(20)]
+        assert all(r.wait(10) is Outcome.DEAD_LETTERED for r in fresh)
+        wait_until(lambda: len(seen) >= 270 and _marks(rt) == 0, 30)
+    assert sorted(seen) == sorted([r.message_id for r in left] + [r.message_id for r in fresh])

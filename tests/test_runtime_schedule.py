@@ -269,7 +269,7 @@ def test_timers_of_a_killed_host_fire_once_none_early_none_lost(tmp_path: Path) 
     assert len(acked) == 200
     recorder, times = _timed_recorder()
     with Runtime.open(data, transports={"t": recorder}) as rt:
-        assert rt.stats().scheduled == 200 or len(recorder.attempts) > 0
+        assert rt.stats().scheduled > 0  # (the last are due 4 s after they were sent)
         wait_until(lambda: len(recorder.delivered) == 200, 30)
         assert rt.flush(10)
         assert rt.stats().scheduled == 0
@@ -316,3 +316,16 @@ def test_a_hundred_thousand_scheduled_messages_cost_disk_not_memory(tmp_path: Pa
         assert rt.stats().in_flight == 0  # nothing of them held as work in hand
         # held in memory, 99,000 envelopes with their payloads would take well over this
         assert grown < 24 << 20, f"RSS grew {grown / (1 << 20):.1f} MiB"
+
+
+def test_flush_waits_for_scheduled_messages(tmp_path: Path) -> None:
+    clock = Clock()
+    recorder = Recorder()
+    with Runtime.open(
+        tmp_path, transports={"t": recorder}, config=RuntimeConfig(clock=clock)
+    ) as rt:
+        rt.send("t", b"later", delay=30)
+        assert not rt.flush(0.2)  # accepted, not yet delivered
+        clock.advance(31)
+        assert rt.flush(10)
+        assert recorder.payloads() == [b"later"]

@@ -106,6 +106,7 @@ class Tracker:
         self._spilled: weakref.WeakValueDictionary[str, Receipt] = weakref.WeakValueDictionary()
         """Receipts of messages waiting on disk only, while their host keeps them."""
         self._holds: set[str] = set()
+        self._generations: dict[str, int] = {}
         """Work that is not a tracked message but keeps the tracker from being empty:
         a partition whose backlog is still on disk, not yet streamed into memory."""
         self._empty_waiters: list[Callable[[], object]] = []
@@ -219,14 +220,25 @@ class Tracker:
         return _nothing
 
     def hold(self, name: str) -> None:
-        """Keep the tracker from being empty until `release(name)` (idempotent)."""
+        """Keep the tracker from being empty until `release(name)` (idempotent). Each
+        hold moves `name`'s generation on (see `release`)."""
         with self._cond:
             self._holds.add(name)
+            self._generations[name] = self._generations.get(name, 0) + 1
 
-    def release(self, name: str) -> None:
-        """Let `name`'s hold go (idempotent); wakes the empty-waiters if that empties it."""
+    def generation(self, name: str) -> int:
+        """How many times `name` has been held (a release by a caller that read the
+        state it held for before a later hold must not undo that hold)."""
+        with self._cond:
+            return self._generations.get(name, 0)
+
+    def release(self, name: str, *, if_generation: int | None = None) -> None:
+        """Let `name`'s hold go (idempotent); wakes the empty-waiters if that empties it.
+        With `if_generation`, only if nobody held it since that generation was read."""
         with self._cond:
             if name not in self._holds:
+                return
+            if if_generation is not None and self._generations.get(name, 0) != if_generation:
                 return
             self._holds.discard(name)
             empty = self._take_empty_waiters()

@@ -19,7 +19,7 @@ from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
 
 from surelay.actors.hooks import Resume
-from surelay.actors.timer import Check
+from surelay.actors.timer import WAITING, Check
 from surelay.actors.window import Wake, hold_name
 from surelay.routing import home
 from surelay.storage.records import OutboxEntry
@@ -61,8 +61,11 @@ class Recovery:
         tracker: Tracker,
         orphans: Orphans,
         peers: Peers,
+        hooked: bool = False,
     ) -> None:
         self._store = store
+        self.hooked = hooked
+        """Whether this runtime has an `on_dead_letter` hook (then it adopts hook marks)."""
         self._partitions = partitions
         self._transports = transports
         """The runtime's transport names (a live view: `rt.consume` adds to them)."""
@@ -156,9 +159,10 @@ class Recovery:
             if start is None:
                 break
         moved += self._adopt_scheduled(slot)
-        hooks = store.write(lambda txn: store.hook_marks.adopt(txn, slot)).result()
-        if hooks:
-            self._peers.hooks.tell(Resume())
+        if self.hooked:  # (marks wait for a runtime with the hook)
+            hooks = store.write(lambda txn: store.hook_marks.adopt(txn, slot)).result()
+            if hooks:
+                self._peers.hooks.tell(Resume())
         if moved:
             logger.warning(
                 "adopted %d message(s) from slot %d of %s, whose runtime is gone",
@@ -179,6 +183,7 @@ class Recovery:
             if start is None:
                 break
         if moved:
+            self._tracker.hold(WAITING)
             self._peers.timer.tell(Check())
         return moved
 

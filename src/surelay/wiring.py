@@ -116,6 +116,7 @@ def start(store: Store, config: RuntimeConfig, transports: dict[str, Transport])
             tracker=tracker,
             orphans=orphans,
             peers=peers,
+            hooked=config.on_dead_letter is not None,
         )
         snapshot: list[Snapshot] = []
         sender = SenderEndpoint(

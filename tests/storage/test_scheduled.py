@@ -86,6 +86,18 @@ def test_an_id_already_accepted_is_refused_and_nothing_is_written(
         assert store.scheduled.count(txn) == 1
 
 
+def test_firing_ahead_keeps_each_messages_own_due_time(store: Store, clock: Clock) -> None:
+    now = clock()
+    _accept(store, [(Envelope("a", "t", b""), now + 0.1), (Envelope("b", "t", b""), now + 5)], now)
+    fired = store.write(
+        lambda txn: store.scheduled.fire(txn, now + 0.25, limit=10, route=_partition, now=now)
+    ).result()
+    assert [(e.envelope.message_id, e.due_at) for e in fired] == [("a", pytest.approx(now + 0.1))]
+    with store.read() as txn:
+        assert store.outbox.get(txn, "a") is not None  # its sender holds it until then
+        assert store.scheduled.count(txn) == 1
+
+
 def test_firing_takes_chunks_in_due_order(store: Store, clock: Clock) -> None:
     now = clock()
     items = [(Envelope(f"m{i}", "t", b"", key=None), now + 100 - i) for i in range(10)]

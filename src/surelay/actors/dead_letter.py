@@ -153,6 +153,6 @@ class DeadLetterSink(Actor):
             if at.tracker.complete((envelope.message_id,), Outcome.DEAD_LETTERED):
                 at.counters.add("dead_lettered", envelope.transport)
             if at.hooks is not None:
-                at.hooks.hooks.tell(RunHooks((record,)))
+                at.hooks.hooks.tell(RunHooks((record.id,)))
 
         future.add_done_callback(stored)

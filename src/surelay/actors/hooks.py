@@ -39,9 +39,10 @@ Hook = Callable[["DeadLetter"], "Awaitable[None] | None"]
 
 @dataclass(frozen=True, slots=True)
 class RunHooks:
-    """These dead letters are durable, each with its mark: run the hook for each."""
+    """These dead letters are durable, each with its mark: run the hook for each (ids
+    only: a slow hook must not let payloads pile up in the mailbox)."""
 
-    records: tuple[DeadLetter, ...]
+    ids: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,40 +102,55 @@ class HookRunner(Actor):
 
     def on_receive(self, message: Any) -> None:
         if isinstance(message, RunHooks):
-            self._call_hooks(message.records)
+            self._call_hooks(message.ids)
         elif isinstance(message, Resume):
             self._resume()
 
     def _resume(self) -> None:
+        """Run a chunk of the marks left on disk, then look again (behind newer mail)."""
         store = self._at.store
-        if store.env.closed:
+        if store.env.closed or self._at.hook is None:
             return
         with store.read() as txn:
             ids = store.hook_marks.pending(txn, limit=CHUNK)
-            records = [store.dead_letters.get(txn, i) for i in ids]
-        gone = [i for i, r in zip(ids, records, strict=True) if r is None]  # purged since
-        if gone:
-            store.write(lambda txn: store.hook_marks.clear(txn, gone)).result()
-        self._call_hooks(tuple(r for r in records if r is not None))
+        self._call_hooks(tuple(ids))
         if len(ids) >= CHUNK and self.ref is not None:
             self.ref.tell(Resume())
 
-    def _call_hooks(self, records: tuple[DeadLetter, ...]) -> None:
+    def _call_hooks(self, ids: tuple[str, ...]) -> None:
+        """Run the hook of each dead letter whose mark is still there, then clear the
+        mark (waited for: a mark read again later is one whose hook has not run)."""
         at = self._at
-        if at.hook is None or not records:
+        store = at.store
+        if at.hook is None:
             return
-        for record in records:
-            problem = run_hook(at.hook, record, at.timeout)
-            if problem is not None:
-                why, error = problem
-                logger.error(
-                    "on_dead_letter failed for dead letter %s (message %s): %s; it is not "
-                    "called again for it",
-                    record.id,
-                    record.message_id,
-                    why,
-                    exc_info=error,
-                )
-            if at.store.env.closed:
+        for dead_letter_id in ids:
+            if store.env.closed:
                 return  # its mark stays: it runs at the next open
-            at.store.write(functools.partial(at.store.hook_marks.clear, ids=[record.id]))
+            with store.read() as txn:
+                record = store.dead_letters.get(txn, dead_letter_id)
+                marked = store.hook_marks.has(txn, dead_letter_id)
+            if not marked:
+                continue  # run already (a resume and a RunHooks may both name it)
+            if record is not None:  # (none: purged since; nothing to tell the hook)
+                self._call(at.hook, record)
+            try:
+                store.write(
+                    functools.partial(store.hook_marks.clear, ids=[dead_letter_id])
+                ).result()
+            except Exception as error:  # (the store closing): it runs again at the next open
+                logger.warning("could not clear the hook mark of %s: %s", dead_letter_id, error)
+                return
+
+    def _call(self, hook: Hook, record: DeadLetter) -> None:
+        problem = run_hook(hook, record, self._at.timeout)
+        if problem is not None:
+            why, error = problem
+            logger.error(
+                "on_dead_letter failed for dead letter %s (message %s): %s; it is not "
+                "called again for it",
+                record.id,
+                record.message_id,
+                why,
+                exc_info=error,
+            )

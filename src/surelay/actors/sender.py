@@ -42,7 +42,7 @@ import pykka
 
 from surelay.actors.dead_letter import Capture
 from surelay.actors.queues import PartitionQueue
-from surelay.actors.timer import Check
+from surelay.actors.timer import WAITING, Check
 from surelay.actors.window import (
     LOOK_MAX,
     WINDOW_MESSAGES,
@@ -621,6 +621,7 @@ class Sender(Actor):
 
         def done(written: Future[list[str]]) -> None:
             if written.exception() is None:
+                at.tracker.hold(WAITING)  # (`flush()` waits for them on disk too)
                 at.tracker.spill(written.result())
                 with contextlib.suppress(pykka.ActorDeadError):  # closing: they fire at open
                     at.peers.timer.tell(Check(min(due for _, due in going)))

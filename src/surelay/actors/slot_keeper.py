@@ -64,10 +64,10 @@ class SlotKeeper(AlarmOwner):
             if slot == store.slot:
                 continue
             with store.read() as txn:
-                if not any(
-                    table.holds(txn, slot)
-                    for table in (store.outbox, store.scheduled, store.hook_marks)
-                ):
+                holds = [store.outbox.holds, store.scheduled.holds]
+                if self._recovery.hooked:
+                    holds.append(store.hook_marks.holds)
+                if not any(held(txn, slot) for held in holds):
                     continue  # nothing to adopt: leave its lock alone for whoever opens
             lock = SlotLock.try_take(store.path, slot)
             if lock is None:

@@ -12,8 +12,10 @@ message tells it (`Check`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -26,10 +28,11 @@ from surelay.supervision import CrashReport
 if TYPE_CHECKING:
     from surelay.peers import Peers
     from surelay.receipts import Tracker
+    from surelay.storage.environment import Txn
     from surelay.storage.records import OutboxEntry
     from surelay.storage.store import Store
 
-__all__ = ["CHUNK", "Check", "Timer", "TimerEndpoint"]
+__all__ = ["AHEAD", "CHUNK", "WAITING", "Check", "Timer", "TimerEndpoint"]
 
 logger = logging.getLogger("surelay.actors")
 
@@ -38,6 +41,10 @@ CHUNK = 1000
 
 NOT_YET = 0.05
 """Seconds before a look that came while the tree was still starting is made again."""
+
+WAITING = "scheduled"
+"""The tracker hold kept while this slot has scheduled messages: `flush()` waits for
+them too (they are accepted, and waiting for delivery)."""
 
 AHEAD = 0.25
 """Seconds before their due time scheduled messages move into the outbox: their senders
@@ -77,8 +84,7 @@ class Timer(AlarmOwner):
 
     def on_start(self) -> None:
         self.start_alarm(Check(), self._at.clock, name="surelay-timer", at=None)
-        following = self._next_due()
-        self._arm(None if following is None else following - AHEAD)
+        self._arm_next()
 
     def on_restart(self, crash: CrashReport) -> None:
         logger.warning("the timer restarted after %r; it reads its table again", crash.error)
@@ -106,11 +112,29 @@ class Timer(AlarmOwner):
             self._arm(now + NOT_YET)
             return
         until = now + AHEAD
+        tracker = at.tracker
+        taken: list[str] = []
+
+        def op(txn: Txn) -> list[OutboxEntry]:
+            moved = store.scheduled.fire(txn, until, limit=CHUNK, route=at.route, now=now)
+            # pending before the commit: a sender scanning its outbox may take them in
+            # (and end them) as soon as it is visible
+            taken.extend(e.envelope.message_id for e in moved)
+            tracker.add(taken, receipts=False)
+            return moved
+
+        def handed(written: Future[list[OutboxEntry]]) -> None:
+            # on the writer's thread, in commit order: before any later send of their
+            # keys (accepted once their keys' holds went with this commit) is handed over
+            if written.exception() is not None:
+                tracker.forget(taken)
+                return
+            with contextlib.suppress(pykka.ActorDeadError):  # closing: they wait on disk
+                deliver(at.peers.senders, written.result())
+
         try:
-            moved = store.write(
-                lambda txn: store.scheduled.fire(txn, until, limit=CHUNK, route=at.route, now=now)
-            ).result()
-        except Exception as error:  # (the store full or closing, a damaged row): said, retried
+            moved = store.write(op, then=handed).result()
+        except Exception as error:  # (the store closing, a damaged row): said, retried
             logger.error(
                 "could not move due scheduled messages into the outbox (%s); they stay "
                 "scheduled and are tried again in %.0fs",
@@ -119,18 +143,24 @@ class Timer(AlarmOwner):
             )
             self._arm(now + RETRY_AFTER_FAILURE)
             return
-        if moved:
-            at.tracker.add((e.envelope.message_id for e in moved), receipts=False)
-            try:
-                deliver(at.peers.senders, moved)
-            except pykka.ActorDeadError:  # closing: the outbox holds them for the next open
-                return
         if len(moved) >= CHUNK and self.ref is not None:
             self._armed = None
             self.ref.tell(Check())  # more may be due: behind newer mail
             return
+        self._arm_next()
+
+    def _arm_next(self) -> None:
+        """Arm for the next due time; with none left, `flush()` no longer waits for any
+        (unless a message was scheduled since this look began: see `Tracker.release`)."""
+        tracker = self._at.tracker
+        generation = tracker.generation(WAITING)
         following = self._next_due()
-        self._arm(None if following is None else following - AHEAD)
+        if following is None:
+            tracker.release(WAITING, if_generation=generation)
+            self._arm(None)
+        else:
+            tracker.hold(WAITING)
+            self._arm(following - AHEAD)
 
     def _next_due(self) -> float | None:
         store = self._at.store

@@ -195,7 +195,7 @@ class Intake:
             span.end()
         deliver(at.peers.senders, entries)
         if taken.dead and at.config.on_dead_letter is not None:
-            at.peers.hooks.tell(RunHooks(tuple(taken.dead)))
+            at.peers.hooks.tell(RunHooks(tuple(d.id for d in taken.dead)))
 
     def abort(self, taken: Taken, error: BaseException) -> None:
         """The write failed: nothing was taken (the source delivers the messages again)."""

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import pykka
 
 from surelay.actors.governor import Sample
-from surelay.actors.timer import Check
+from surelay.actors.timer import WAITING, Check
 from surelay.actors.window import deliver
 from surelay.envelope import Envelope, Priority
 from surelay.errors import InvalidMessage, Overloaded, RuntimeClosed, StorageError
@@ -699,8 +699,11 @@ class WayIn:
 
     def _scheduled(self, later: list[OutboxEntry]) -> None:
         """Messages were scheduled (durably): they wait on disk, so memory (and pressure)
-        no longer count them, and the timer learns of the earliest."""
-        self._at.tracker.spill(e.envelope.message_id for e in later)
+        no longer count them (`flush()` waits for them all the same: the timer's hold),
+        and the timer learns of the earliest."""
+        tracker = self._at.tracker
+        tracker.hold(WAITING)
+        tracker.spill(e.envelope.message_id for e in later)
         self._at.peers.timer.tell(Check(min(e.due_at for e in later)))
 
 

@@ -28,6 +28,10 @@ class HookMarks:
         for dead_letter_id in ids:
             txn.delete(self._slot_key + dead_letter_id.encode("utf-8"), db=self._db)
 
+    def has(self, txn: Txn, dead_letter_id: str) -> bool:
+        """Whether the hook of this dead letter (of this slot) has still to run."""
+        return txn.get(self._slot_key + dead_letter_id.encode("utf-8"), db=self._db) is not None
+
     def pending(self, txn: Txn, *, limit: int) -> list[str]:
         """Up to `limit` of this slot's marks, oldest dead letter first (ids sort by time)."""
         out = []

@@ -79,11 +79,14 @@ class Outbox:
         *,
         due_at: float,
         dues: list[float] | None = None,
+        moved: bool = False,
     ) -> list[OutboxEntry]:
         """`enqueue` for several (envelope, partition) pairs: one sequence update, and one
         LMDB call per table (py-lmdb releases the GIL on every call, which costs a thread
         switch whenever another thread is running). `dues`: each one's own due time
-        (its sender holds it until then), instead of `due_at` for all."""
+        (its sender holds it until then), instead of `due_at` for all. `moved`: they
+        were just taken out of the scheduled table in this transaction, so they add no
+        data (not refused at the store's reserve, or a full store could never drain)."""
         raw = txn.get(b"outbox_seq", db=self._meta)
         seq = from_u64(raw) if raw is not None else 0
         out = []
@@ -101,11 +104,12 @@ class Outbox:
             main.append((where, encode_outbox(entry)))
             ids.append((text_key(envelope.message_id), where))
             if envelope.attempt > 1:  # carried over from elsewhere: due like a retry
-                retried.append((micros(due_at) + where, b""))
+                retried.append((micros(entry.due_at) + where, b""))
             out.append(entry)
         # Sends add data: refused (`StorageFull`) before the reserve kept for the writes
         # that free space (`surelay.storage.space`).
-        self._space.admit(txn, _bytes_of(main, ids, self._space.page_size))
+        if not moved:
+            self._space.admit(txn, _bytes_of(main, ids, self._space.page_size))
         _, added = txn.cursor(db=self._ids).putmulti(ids, overwrite=False)
         if added != len(ids):
             for (id_key, where), entry in zip(ids, out, strict=True):

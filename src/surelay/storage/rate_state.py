@@ -51,19 +51,6 @@ class RateState:
             return text_key(transport)
         return text_key(transport) + b"\x00" + text_key(group)
 
-    def take(
-        self, name: bytes, now: float, *, interval: float, tolerance: float, horizon: float
-    ) -> Turn:
-        """Ask one turn of group `name` (see `take_turn`), in one write transaction."""
-        with self._env.begin(write=True) as txn:
-            raw = txn.get(name)
-            tat = _TAT.unpack(raw)[0] if raw is not None else now
-            turn = take_turn(tat, now, interval=interval, tolerance=tolerance, horizon=horizon)
-            if turn.tat != tat or raw is None:
-                txn.put(name, _TAT.pack(turn.tat))
-        self._count(now)
-        return turn
-
     def take_many(
         self,
         name: bytes,
@@ -117,17 +104,15 @@ class RateState:
 
     def sweep(self, now: float, *, idle: float = IDLE) -> int:
         """Forget groups whose TAT is more than `idle` seconds past; returns how many."""
-        removed = 0
         with self._env.begin(write=True) as txn:
-            cursor = txn.cursor()
-            more = cursor.first()
-            while more:
-                if _TAT.unpack(cursor.value())[0] < now - idle:
-                    more = cursor.delete()  # (and on to the next)
-                    removed += 1
-                else:
-                    more = cursor.next()
-        return removed
+            stale = [
+                bytes(key)
+                for key, value in txn.cursor().iternext()
+                if len(value) != _TAT.size or _TAT.unpack(value)[0] < now - idle
+            ]
+            for key in stale:
+                txn.delete(key)
+        return len(stale)
 
     def _count(self, now: float) -> None:
         with self._lock:

@@ -117,8 +117,9 @@ class Scheduled:
             if envelope.key is not None:
                 _, count = counts.get(envelope.key, (due, 0))
                 counts[envelope.key] = (due, count + 1)
-        page = self._space.page_size
-        self._space.admit(txn, sum(entry_bytes(len(k), len(v), page) for k, v in rows + ids))
+        if not moved:  # (a move adds no data: a full store must still drain)
+            page = self._space.page_size
+            self._space.admit(txn, sum(entry_bytes(len(k), len(v), page) for k, v in rows + ids))
         _, added = txn.cursor(db=self._ids).putmulti(ids, overwrite=False)
         for (id_key, where), entry in zip(ids, out, strict=True):
             if (added != len(ids) and txn.get(id_key, db=self._ids) != where) or (
@@ -201,7 +202,7 @@ class Scheduled:
             self._release(txn, key, count)
         if not moving:
             return []
-        return self._outbox.enqueue_many(txn, moving, due_at=now, dues=dues)
+        return self._outbox.enqueue_many(txn, moving, due_at=now, dues=dues, moved=True)
 
     def _release(self, txn: Txn, key: str, count: int) -> None:
         name = text_key(key)

@@ -205,14 +205,17 @@ class Store:
         """A read-only snapshot for the table accessors."""
         return self.env.read()
 
-    def write(self, op: Callable[[Txn], T]) -> Future[T]:
-        """Run `op(txn)` in the next group commit; see `surelay.storage.writer`.
-        `StorageError` at once on a read-only filesystem."""
+    def write(
+        self, op: Callable[[Txn], T], *, then: Callable[[Future[T]], object] | None = None
+    ) -> Future[T]:
+        """Run `op(txn)` in the next group commit; see `surelay.storage.writer` (`then`:
+        called as the commit ends, in commit order). `StorageError` at once on a
+        read-only filesystem."""
         if self.env.readonly:
             raise StorageError(
                 f"{self.path} is on a read-only filesystem: it can be read, not changed"
             )
-        return self._writer.submit(op)
+        return self._writer.submit(op, then)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Txn]:

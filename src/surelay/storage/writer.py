@@ -120,9 +120,15 @@ class GroupCommitWriter:
         self._thread.daemon = True  # LMDB is crash-safe; never hold the interpreter open
         self._thread.start()
 
-    def submit(self, op: Callable[[Txn], T]) -> Future[T]:
-        """Queue `op`; its future completes once the commit holding it is durable."""
+    def submit(
+        self, op: Callable[[Txn], T], then: Callable[[Future[T]], object] | None = None
+    ) -> Future[T]:
+        """Queue `op`; its future completes once the commit holding it is durable. `then`
+        is added to the future before `op` is queued, so it runs on the writer's thread
+        as the commit ends, in commit order with other writes' callbacks."""
         future: Future[T] = Future()
+        if then is not None:
+            future.add_done_callback(then)
         with self._lock:
             if self._closing:
                 raise StorageError(f"the store at {self._env.path} is closed")
