@@ -13,6 +13,7 @@ from types import MappingProxyType
 from surelay.errors import InvalidMessage
 
 __all__ = [
+    "SEND_ARGS",
     "Envelope",
     "Priority",
     "check_headers",
@@ -261,6 +262,22 @@ def check_send(  # noqa: PLR0917  # send()'s arguments, checked in one place
         raise InvalidMessage(f"priority must be a surelay.Priority, got {priority!r}")
     return transport, data, checked_key, checked_idempotency, priority, check_headers(headers)
 
+
+SEND_ARGS = frozenset(
+    {
+        "transport",
+        "payload",
+        "key",
+        "idempotency_key",
+        "priority",
+        "headers",
+        "delay",
+        "not_before",
+        "type",
+    }
+)
+"""The arguments of a send, by name (a batch's mappings hold these): `rt.send`'s and
+`SqlOutbox.send`'s (`rt.send` also takes `txn`)."""
 
 MAX_TYPE_CHARS = 256
 """Longest message `type` accepted (characters)."""

@@ -9,6 +9,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from surelay.config import RuntimeConfig
+from surelay.envelope import SEND_ARGS as ENVELOPE_SEND_ARGS
 from surelay.envelope import Envelope, Priority, check_send, check_timing, checked_envelope
 from surelay.errors import InvalidMessage, UnknownTransport
 from surelay.storage.environment import Txn
@@ -27,20 +28,8 @@ __all__ = [
     "envelopes",
 ]
 
-SEND_ARGS = frozenset(
-    {
-        "transport",
-        "payload",
-        "key",
-        "idempotency_key",
-        "priority",
-        "headers",
-        "txn",
-        "delay",
-        "not_before",
-        "type",
-    }
-)
+SEND_ARGS = ENVELOPE_SEND_ARGS | {"txn"}
+"""`rt.send`'s arguments by name: a send's, and the host transaction."""
 
 Checked = tuple[
     str,

@@ -13,6 +13,7 @@ from types import MappingProxyType
 from typing import NamedTuple
 
 from surelay.envelope import (
+    SEND_ARGS,
     Envelope,
     Priority,
     check_headers,
@@ -32,19 +33,6 @@ __all__ = [
     "headers_of",
 ]
 
-SEND_ARGS = frozenset(
-    {
-        "transport",
-        "payload",
-        "key",
-        "idempotency_key",
-        "priority",
-        "headers",
-        "delay",
-        "not_before",
-        "type",
-    }
-)
 
 PRIORITY_OF_RANK = {p.rank: p for p in Priority}
 

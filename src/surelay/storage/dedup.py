@@ -6,14 +6,15 @@ in time proportional to their number (plus one step per re-put key: see `put_man
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from surelay.storage.codec import DecodeError, Report, decode_dedup, encode_dedup
 from surelay.storage.environment import Environment, Txn
 from surelay.storage.keys import micros, text_key
 from surelay.storage.records import DedupRecord
 
-__all__ = ["Dedup"]
+__all__ = ["Dedup", "sweep_expired"]
 
 
 class Dedup:
@@ -77,26 +78,46 @@ class Dedup:
 
     def sweep(self, txn: Txn, *, now: float, limit: int | None = None) -> int:
         """Delete records that expired at or before `now`; returns how many."""
-        bound = micros(now)
-        cursor = txn.cursor(db=self._exp)
-        removed = 0
-        while cursor.first():
-            index_key = bytes(cursor.key())
-            if index_key[:8] > bound or (limit is not None and removed >= limit):
-                break
-            k = index_key[8:]
+
+        def expired(k: bytes, expiry: bytes) -> bool:
             raw = txn.get(k, db=self._db)
-            if raw is not None:
-                try:
-                    current = micros(decode_dedup(bytes(raw))[1]) == index_key[:8]
-                except DecodeError as error:
-                    self._report(self._table, k, bytes(raw), error)
-                    current = False
-                if current:
-                    txn.delete(k, db=self._db)
-                    removed += 1
-            cursor.delete()
-        return removed
+            if raw is None:
+                return False
+            try:
+                current = micros(decode_dedup(bytes(raw))[1]) == expiry
+            except DecodeError as error:
+                self._report(self._table, k, bytes(raw), error)
+                return False
+            if current:
+                txn.delete(k, db=self._db)
+            return current
+
+        return sweep_expired(txn, self._exp, now=now, limit=limit, expired=expired)
 
     def count(self, txn: Txn) -> int:
         return int(txn.stat(self._db)["entries"])
+
+
+def sweep_expired(
+    txn: Txn,
+    index: Any,
+    *,
+    now: float,
+    limit: int | None,
+    expired: Callable[[bytes, bytes], bool],
+) -> int:
+    """Walk an expiry index (8-byte expiry, then a record's key) up to `now`: each entry
+    is dropped, and `expired(key, expiry)` deletes its record if that entry is still the
+    record's (a record put again has a later one) and says whether it did. Returns how
+    many records went, at most `limit`."""
+    bound = micros(now)
+    cursor = txn.cursor(db=index)
+    removed = 0
+    while cursor.first():
+        index_key = bytes(cursor.key())
+        if index_key[:8] > bound or (limit is not None and removed >= limit):
+            break
+        if expired(index_key[8:], index_key[:8]):
+            removed += 1
+        cursor.delete()
+    return removed

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import msgpack
 
 from surelay.storage.codec import DecodeError, Report
+from surelay.storage.dedup import sweep_expired
 from surelay.storage.environment import Environment, Txn
 from surelay.storage.keys import micros, text_key
 
@@ -120,28 +121,24 @@ class Ended:
     def sweep(self, txn: Txn, *, now: float, limit: int | None = None) -> int:
         """Delete records that expired at or before `now` (with their idempotency key's
         entry, if it still names their message); returns how many."""
-        bound = micros(now)
-        cursor = txn.cursor(db=self._exp)
-        removed = 0
-        while cursor.first():
-            index_key = bytes(cursor.key())
-            if index_key[:8] > bound or (limit is not None and removed >= limit):
-                break
-            name = index_key[8:]
+
+        def expired(name: bytes, expiry: bytes) -> bool:
             raw = txn.get(name, db=self._db)
-            if raw is not None:
-                items = self._decode(name, bytes(raw))
-                if items is None or micros(items[6]) == index_key[:8]:
-                    txn.delete(name, db=self._db)
-                    removed += 1
-                    own_key = None if items is None else items[9]
-                    if own_key is not None:
-                        k = text_key(own_key)
-                        named = txn.get(k, db=self._ids)
-                        if named is not None and text_key(bytes(named).decode()) == name:
-                            txn.delete(k, db=self._ids)
-            cursor.delete()
-        return removed
+            if raw is None:
+                return False
+            items = self._decode(name, bytes(raw))
+            if items is not None and micros(items[6]) != expiry:
+                return False  # put again since: its newer index entry will come
+            txn.delete(name, db=self._db)
+            own_key = None if items is None else items[9]
+            if own_key is not None:
+                k = text_key(own_key)
+                named = txn.get(k, db=self._ids)
+                if named is not None and text_key(bytes(named).decode()) == name:
+                    txn.delete(k, db=self._ids)
+            return True
+
+        return sweep_expired(txn, self._exp, now=now, limit=limit, expired=expired)
 
     def count(self, txn: Txn) -> int:
         return int(txn.stat(self._db)["entries"])
