@@ -15,13 +15,12 @@ from surelay import (
     Envelope,
     Outcome,
     PermanentError,
-    Priority,
     Runtime,
     RuntimeConfig,
 )
 from surelay.storage import Store
-from surelay.storage.records import DeadLetter as Record
 from tests.helpers import wait_until
+from tests.storage.builders import dead_letter
 
 
 def refuse_bad(envelope: Envelope) -> None:
@@ -122,23 +121,7 @@ def test_a_hook_cut_short_by_a_crash_runs_at_the_next_open(tmp_path: Path) -> No
     # what a kill between the dead letter's commit and its hook leaves: the record and
     # its mark, durable together
     store = Store.open(tmp_path, claim=True)
-    record = Record(
-        id="01J0000000000000000000000A",
-        message_id="m-1",
-        key=None,
-        transport="t",
-        payload=b"lost?",
-        headers={},
-        idempotency_key="m-1",
-        priority=Priority.NORMAL,
-        trace_id=None,
-        reason_class="permanent",
-        reason="refused",
-        error_type="PermanentError",
-        attempts=1,
-        first_attempt_at=1.0,
-        failed_at=2.0,
-    )
+    record = dead_letter(key=None, transport="t", payload=b"lost?", headers={})
     store.dead_lettered(record, status_until=9e9, hooked=True).result()
     store.close()
     seen: list[DeadLetter] = []
@@ -157,25 +140,9 @@ def test_a_hook_must_be_callable() -> None:
 
 def test_many_marks_left_by_a_crash_and_new_dead_letters_each_run_once(tmp_path: Path) -> None:
     store = Store.open(tmp_path, claim=True)
-    left = [
-        Record(
-            id=f"01J{i:023d}",
-            message_id=f"m-{i}",
-            key=None,
-            transport="t",
-            payload=b"x",
-            headers={},
-            idempotency_key=f"m-{i}",
-            priority=Priority.NORMAL,
-            trace_id=None,
-            reason_class="permanent",
-            reason="refused",
-            error_type="PermanentError",
-            attempts=1,
-            first_attempt_at=1.0,
-            failed_at=2.0,
-        )
-        for i in range(250)  # more than one chunk of marks
+    left = [  # more than one chunk of marks
+        dead_letter(2.0 + i, message_id=f"m-{i}", idempotency_key=f"m-{i}", key=None, transport="t")
+        for i in range(250)
     ]
     for record in left:
         store.dead_lettered(record, status_until=9e9, hooked=True)
