@@ -429,6 +429,8 @@ class Sender(Actor):
         `Limiter.plan`); the others are held until their turn, or wait for it on disk
         (`_defer`), without a round trip through their engine."""
         limiter = self._at.engines.limiter
+        if not limiter.any:  # (the usual case: no rate anywhere, nothing to ask)
+            return heads
         limited = [h for h in heads if limiter.limits(h.envelope.transport)]
         if not limited:
             return heads

@@ -67,6 +67,11 @@ class Limiter:
         horizon, and their next asks see the pause in the shared state)."""
         self._failing_since = 0.0
 
+    @property
+    def any(self) -> bool:
+        """Whether any transport has a rate (without, nothing is ever held here)."""
+        return bool(self._limits)
+
     def limits(self, transport: str) -> bool:
         """Whether calls of `transport` are ever held here (it has a rate)."""
         return transport in self._limits

@@ -166,6 +166,32 @@ class WayIn:
             self._closed = True
             self._lock.notify_all()
 
+    def _check(  # noqa: PLR0917  # send()'s arguments
+        self,
+        transport: object,
+        payload: object,
+        key: object,
+        idempotency_key: object,
+        priority: object,
+        headers: object,
+        delay: object,
+        not_before: object,
+        type_: object,
+    ) -> Checked:
+        return check_one(
+            self._at.transports,
+            self._config,
+            transport,
+            payload,
+            key,
+            idempotency_key,
+            priority,
+            headers,
+            delay,
+            not_before,
+            type_,
+        )
+
     # -- sending -------------------------------------------------------------------------
 
     def send(
@@ -184,18 +210,8 @@ class WayIn:
     ) -> Receipt:
         """`Runtime.send`: one message, its receipt once durable (the sends of many
         threads share writes: `surelay.storage.joining`); with `txn`, in that transaction."""
-        checked = check_one(
-            self._at.transports,
-            self._config,
-            transport,
-            payload,
-            key,
-            idempotency_key,
-            priority,
-            headers,
-            delay,
-            not_before,
-            type,
+        checked = self._check(
+            transport, payload, key, idempotency_key, priority, headers, delay, not_before, type
         )
         return self._accept([checked], txn)[0]
 
@@ -219,18 +235,8 @@ class WayIn:
         type: str | None = None,  # (shadows the builtin: the contract names it)
     ) -> Receipt:
         """`Runtime.asend`: the sends of one loop turn share one write (`Turn`)."""
-        checked = check_one(
-            self._at.transports,
-            self._config,
-            transport,
-            payload,
-            key,
-            idempotency_key,
-            priority,
-            headers,
-            delay,
-            not_before,
-            type,
+        checked = self._check(
+            transport, payload, key, idempotency_key, priority, headers, delay, not_before, type
         )
         if txn is not None:
             return (await self._aaccept([checked], txn))[0]

@@ -66,9 +66,9 @@ class Scheduled:
         those due now and not held back by their key go to the outbox, the others are
         scheduled. Returns (outbox entries, scheduled entries), each in acceptance order.
         `ValueError` if a message id is already scheduled or in the outbox."""
-        if dues is None and not self.holds_keys(txn):
-            return self._outbox.enqueue_many(txn, list(items), due_at=now), []
         keyed = self.holds_keys(txn)
+        if dues is None and not keyed:  # (the usual send: one read, then the outbox)
+            return self._outbox.enqueue_many(txn, list(items), due_at=now), []
         latest: dict[str, float] = {}
         later: list[tuple[Envelope, int, float]] = []
         at_once: list[tuple[Envelope, int]] = []
