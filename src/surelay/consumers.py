@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from surelay.actors.consumer import ConsumerState, Pause, SourceConsumer
 from surelay.envelope import Envelope, Priority
 from surelay.ingress.intake import Intake
+from surelay.policy.forwarding import forward_name
 from surelay.supervision import ChildSpec, SupervisorRef
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ class Consumers:
         transports: MutableMapping[str, Callable[..., Any]],
         recovery: Recovery,
         sources: SupervisorRef,
+        forwards: MutableMapping[str, str],
     ) -> None:
         self._ingress = ingress
         self._engines = engines
@@ -44,6 +46,9 @@ class Consumers:
         self._transports = transports
         self._recovery = recovery
         self._sources = sources
+        self._forwards = forwards
+        """A consumer's dead letters forwarded onwards (its source's dead-letter
+        exchange): the consumer's name -> the transport that carries them."""
         self._lock = threading.Lock()
         self._states: dict[str, ConsumerState] = {}
         self._sources_used: list[Any] = []
@@ -58,16 +63,22 @@ class Consumers:
         priority: Priority,
     ) -> None:
         _check(source, handler, name, key, priority)
+        make_forwarder = getattr(source, "dead_letter_forwarder", None)
+        forwarder = make_forwarder() if callable(make_forwarder) else None
+        forward = forward_name(name) if forwarder is not None else None
         with self._lock:
-            if name in self._transports:
-                raise ValueError(
-                    f"{name!r} is taken (a transport or a consumer of this runtime has it); "
-                    "give the consumer a name of its own"
-                )
+            for taken in (name, forward):
+                if taken is not None and taken in self._transports:
+                    raise ValueError(
+                        f"{taken!r} is taken (a transport or a consumer of this runtime has "
+                        "it); give the consumer a name of its own"
+                    )
             if any(source is used for used in self._sources_used):
                 raise ValueError("this source is consumed already; make one per consumer")
             self._engines.add(name, handler)  # may refuse the handler: nothing added then
             self._breakers.add(name)
+            if forward is not None and forwarder is not None:
+                self._add_forward(name, forward, forwarder)
             description = str(getattr(source, "description", type(source).__name__))
             state = self._states[name] = ConsumerState(name, description)
             self._sources_used.append(source)
@@ -76,10 +87,20 @@ class Consumers:
             self._recovery.recover(
                 transport=name, then=lambda: self._transports.__setitem__(name, handler)
             )
-        intake = Intake(self._ingress, name, key, priority)
+        intake = Intake(self._ingress, name, key, priority, forward=forward)
         self._sources.start_child(
             ChildSpec(f"source-{name}", SourceConsumer, args=(source, intake, state))
         )
+
+    def _add_forward(self, name: str, forward: str, forwarder: Callable[..., Any]) -> None:
+        """Make `forward` the transport that carries consumer `name`'s dead letters
+        onwards (its own messages left by an earlier run go out first)."""
+        self._engines.add(forward, forwarder)
+        self._breakers.add(forward)
+        self._recovery.recover(
+            transport=forward, then=lambda: self._transports.__setitem__(forward, forwarder)
+        )
+        self._forwards[name] = forward
 
     def pause(self, timeout: float) -> None:
         """Stop every consumer pulling (close() does so first), all at once, within

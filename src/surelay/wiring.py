@@ -87,7 +87,9 @@ class Tree:
     """The runtime's transports by name (a live view: `rt.consume` adds to them)."""
 
 
-def start(store: Store, config: RuntimeConfig, transports: dict[str, Transport]) -> Tree:
+def start(  # noqa: PLR0915  # the one place the whole tree is wired
+    store: Store, config: RuntimeConfig, transports: dict[str, Transport]
+) -> Tree:
     """Make the parts the actors share, give each actor (and each way in) a record of
     what it uses, start the tree and let them find its actors by name
     (`Peers.attach`). A failure stops what was started (not the store: the caller
@@ -146,6 +148,7 @@ def start(store: Store, config: RuntimeConfig, transports: dict[str, Transport])
             telemetry,
             peers,
         )
+        forwards: dict[str, str] = {}  # consumers forwarding their dead letters add theirs
         sweeper = SweeperEndpoint(store, clock, config.dedup_ttl, config.dead_letter_ttl)
         specs = [
             ChildSpec("governor", PressureGovernor, args=(governor,)),
@@ -168,6 +171,9 @@ def start(store: Store, config: RuntimeConfig, transports: dict[str, Transport])
                         set(),
                         config.dedup_ttl,
                         peers if config.on_dead_letter is not None else None,
+                        peers,
+                        forwards,
+                        config.partitions,
                     ),
                 ),
             ),
@@ -213,7 +219,7 @@ def start(store: Store, config: RuntimeConfig, transports: dict[str, Transport])
         gate = Gate(pressure, config.pressure, tracker, counters, clock)
         ingress = IngressEndpoint(config, store, names, tracker, counters, telemetry, gate, peers)
         way_in = WayIn(ingress)
-        consumers = Consumers(ingress, engines, breakers, transports, recovery, sources)
+        consumers = Consumers(ingress, engines, breakers, transports, recovery, sources, forwards)
         relays = Relays(ingress)
         readings = Readings(store, counters, tracker, backlog, pressure, breakers, engines)
         vitals = Vitals(root, readings, relays, consumers, recovery, lambda: way_in.closing, names)

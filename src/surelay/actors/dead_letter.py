@@ -9,13 +9,21 @@ transaction, then completes its receipt with `DEAD_LETTERED`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import pykka
+
 from surelay.actors.hooks import RunHooks
+from surelay.actors.window import deliver
+from surelay.envelope import Envelope
+from surelay.policy.forwarding import forwarded
 from surelay.receipts import Outcome
+from surelay.routing import home
 from surelay.storage.keys import new_id
 from surelay.storage.records import DeadLetter, OutboxEntry, ReasonClass
 from surelay.supervision import Actor, CrashReport
@@ -91,6 +99,12 @@ class SinkEndpoint:
     """Seconds `rt.status` finds a dead-lettered message by its id (`dedup_ttl`)."""
     hooks: Peers | None = None
     """Where the HookRunner is, when there is an `on_dead_letter` hook to run."""
+    peers: Peers | None = None
+    """The tree (the senders take a forwarded copy)."""
+    forwards: Mapping[str, str] = field(default_factory=dict)
+    """Transports whose dead letters are also forwarded, and the transport that carries
+    each copy (a live view: consumers add theirs; `surelay.policy.forwarding`)."""
+    partitions: int = 1
 
 
 class DeadLetterSink(Actor):
@@ -135,11 +149,16 @@ class DeadLetterSink(Actor):
                 },
             )
             span.end()
+        forward, handed = self._forward(record)
         future = at.store.dead_lettered(
-            record, status_until=capture.failed_at + at.status_ttl, hooked=at.hooks is not None
+            record,
+            status_until=capture.failed_at + at.status_ttl,
+            hooked=at.hooks is not None,
+            forward=forward,
+            then=handed,
         )
 
-        def stored(done: Future[DeadLetter]) -> None:
+        def stored(done: Future[list[OutboxEntry]]) -> None:
             error = done.exception()
             if error is not None:
                 logger.error(
@@ -156,3 +175,25 @@ class DeadLetterSink(Actor):
                 at.hooks.hooks.tell(RunHooks((record.id,)))
 
         future.add_done_callback(stored)
+
+    def _forward(
+        self, record: DeadLetter
+    ) -> tuple[tuple[Envelope, int] | None, Callable[[Future[list[OutboxEntry]]], None] | None]:
+        """The copy of `record` to forward (with its partition), and what hands it to its
+        sender once it is written (in commit order), if its transport forwards."""
+        at = self._at
+        to = at.forwards.get(record.transport)
+        if to is None or at.peers is None:
+            return None, None
+        copy = forwarded(record, to, new_id(record.failed_at), record.failed_at)
+        at.tracker.add([copy.message_id], receipts=False)
+        peers = at.peers
+
+        def handed(written: Future[list[OutboxEntry]]) -> None:
+            if written.exception() is not None:
+                at.tracker.forget([copy.message_id])
+                return
+            with contextlib.suppress(pykka.ActorDeadError):  # closing: it waits on disk
+                deliver(peers.senders, written.result())
+
+        return (copy, home(record.key, at.partitions, 0)), handed

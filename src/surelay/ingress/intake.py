@@ -37,6 +37,7 @@ from surelay.actors.window import deliver
 from surelay.envelope import Envelope, Priority, check_headers
 from surelay.errors import InvalidMessage
 from surelay.ingress.admission import room
+from surelay.policy.forwarding import forwarded
 from surelay.routing import route
 from surelay.sources.inbound import Inbound
 from surelay.storage.environment import Txn
@@ -89,10 +90,18 @@ class Intake:
     """The way in for one consumer `name` (see the module docstring)."""
 
     def __init__(
-        self, endpoint: IngressEndpoint, name: str, key: KeyFunction | None, priority: Priority
+        self,
+        endpoint: IngressEndpoint,
+        name: str,
+        key: KeyFunction | None,
+        priority: Priority,
+        *,
+        forward: str | None = None,
     ) -> None:
         self._at = endpoint
         self.name = name
+        self._forward = forward
+        """The transport that carries this consumer's dead letters onwards, if any."""
         self._key = key
         self.priority = priority
         self._round_robin = itertools.count()
@@ -131,6 +140,11 @@ class Intake:
                 dead.append(envelope)
             else:
                 envelopes.append(envelope)
+        if dead and self._forward is not None:  # refused ones are forwarded too
+            copies = new_id.many(len(dead), now)
+            envelopes.extend(
+                forwarded(r, self._forward, i, now) for r, i in zip(dead, copies, strict=True)
+            )
         routed = route(envelopes, _key_of, at.config.partitions, self._round_robin)
         accepted = [e.message_id for e in envelopes]
         at.tracker.add(accepted, receipts=False)

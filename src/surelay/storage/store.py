@@ -323,20 +323,30 @@ class Store:
         return accepted
 
     def dead_lettered(
-        self, record: DeadLetter, *, status_until: float | None = None, hooked: bool = False
-    ) -> Future[DeadLetter]:
+        self,
+        record: DeadLetter,
+        *,
+        status_until: float | None = None,
+        hooked: bool = False,
+        forward: tuple[Envelope, int] | None = None,
+        then: Callable[[Future[list[OutboxEntry]]], None] | None = None,
+    ) -> Future[list[OutboxEntry]]:
         """Store a dead letter and remove its message from the outbox, atomically; with
         `status_until`, `rt.status` finds it by message id until then; `hooked`: the
-        `on_dead_letter` hook is to run for it (`HookMarks`)."""
+        `on_dead_letter` hook is to run for it (`HookMarks`); `forward`: a message (and
+        its partition) that carries a copy onwards, enqueued in the same transaction (the
+        future's entries: it, or none). `then` as for `write`."""
 
-        def op(txn: Txn) -> DeadLetter:
+        def op(txn: Txn) -> list[OutboxEntry]:
             self.dead_letters.insert(txn, record)
             self.outbox.remove(txn, record.message_id)
             if status_until is not None:
                 self.record_dead(txn, [record], status_until, hooked=hooked)
-            return record
+            if forward is None:
+                return []
+            return self.outbox.enqueue_many(txn, [forward], due_at=forward[0].created_at)
 
-        return self.write(op)
+        return self.write(op, then=then)
 
     def record_dead(
         self, txn: Txn, records: Sequence[DeadLetter], until: float, *, hooked: bool = False

@@ -11,7 +11,8 @@ Built in: `HttpTransport` (blocking, one keep-alive connection per sender thread
 `AsyncHttpTransport` (aiohttp, the `http` extra), with the same rules, both able to sign
 each request as Standard Webhooks specify (`surelay.transports.webhooks`); and
 `JetStreamTransport` (nats-py, the `nats` extra), which publishes to a NATS JetStream
-stream with server-side dedup.
+stream with server-side dedup; and `RabbitMQTransport` (aiormq, the `rabbitmq` extra),
+which publishes to a RabbitMQ exchange with publisher confirms.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -22,11 +23,13 @@ from surelay.transports.protocol import Transport, Verdict
 if TYPE_CHECKING:
     from surelay.transports.async_http import AsyncHttpTransport
     from surelay.transports.jetstream import JetStreamTransport, subject_by_key
+    from surelay.transports.rabbitmq import RabbitMQTransport
 
 __all__ = [
     "AsyncHttpTransport",
     "HttpTransport",
     "JetStreamTransport",
+    "RabbitMQTransport",
     "Transport",
     "Verdict",
     "subject_by_key",
@@ -36,11 +39,12 @@ _LAZY = {
     "AsyncHttpTransport": "surelay.transports.async_http",
     "JetStreamTransport": "surelay.transports.jetstream",
     "subject_by_key": "surelay.transports.jetstream",
+    "RabbitMQTransport": "surelay.transports.rabbitmq",
 }
 
 
 def __getattr__(name: str) -> Any:
-    # Imported on first use: aiohttp and nats-py (and all they bring, tens of thousands
+    # Imported on first use: aiohttp, nats-py and aiormq (and all they bring, tens of thousands
     # of objects every garbage collection walks) stay out of hosts that do not use them.
     module = _LAZY.get(name)
     if module is None:
