@@ -105,7 +105,7 @@ def test_an_exchange_the_broker_does_not_have_is_permanent_and_says_which(
     good = RabbitMQTransport(rabbitmq.url, routing_key=queue)
 
     async def go() -> None:
-        with pytest.raises(PermanentError, match="'no-such-exchange'.*does not exist"):
+        with pytest.raises(PermanentError, match=r"'no-such-exchange'.*does not exist"):
             await transport(Envelope("m1", "out", b"x"))
         # the channel the broker closed is made again: the next call works
         await good(Envelope("m2", "out", b"y"))
