@@ -195,27 +195,34 @@ class SourceConsumer(Actor):
                 await asyncio.wait(writes)
 
     async def _complete(self, taken: Taken, previous: asyncio.Task[None] | None) -> None:
-        """Acknowledge a batch's duplicates (those the inbox holds durably; copies of a
-        message whose write is still under way are left alone: JetStream delivers them
-        again, and by then the inbox decides); once its write is durable (and the batch
-        before it handed over, so each key keeps its order), hand it to the senders and
-        acknowledge it to the source."""
+        """Acknowledge a batch's duplicates (those the inbox holds durably); once its
+        write is durable (and the batch before it handed over, so each key keeps its
+        order), hand it to the senders and acknowledge it to the source. Copies of a
+        message whose write was under way are settled last: acknowledged if the inbox
+        holds it by then, else given back (a source such as RabbitMQ never delivers an
+        unsettled message again while the consumer lives)."""
         intake = self._intake
         await _each(taken.duplicates, "ack")
-        if taken.durable is None:
-            return
-        try:
-            entries = await asyncio.wrap_future(taken.durable)
-        except BaseException as error:
-            intake.abort(taken, error)
-            await _each(taken.fresh, "nak")
-            raise
-        if previous is not None:
+        if taken.durable is not None:
+            try:
+                entries = await asyncio.wrap_future(taken.durable)
+            except BaseException as error:
+                intake.abort(taken, error)
+                await _each(taken.fresh + taken.copies, "nak")
+                raise
+            if previous is not None:
+                await asyncio.wait([previous])
+            intake.finish(taken, entries)
+            self._state.taken += len(taken.fresh)
+            # a lost ack costs a redelivery, which the inbox drops: the write is durable
+            await _each(taken.fresh, "ack")
+        elif taken.copies and previous is not None:
             await asyncio.wait([previous])
-        intake.finish(taken, entries)
-        self._state.taken += len(taken.fresh)
-        # a lost ack costs a redelivery, which the inbox drops: the write is durable
-        await _each(taken.fresh, "ack")
+        if taken.copies:
+            held, not_held = intake.held(taken.copies)
+            self._state.duplicates += len(held)
+            await _each(held, "ack")
+            await _each(not_held, "nak")
 
 
 async def _each(messages: list[Inbound], verb: str) -> None:

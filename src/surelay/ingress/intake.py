@@ -74,11 +74,14 @@ times its handler's concurrency)."""
 class Taken:
     """One batch on its way in: `duplicates` to acknowledge at once; `fresh` to
     acknowledge once `durable` is done (then `finish`), or to give back if it fails
-    (then `abort`). `dead`: the fresh messages refused as invalid, written as dead
-    letters by the same transaction."""
+    (then `abort`); `copies`: copies of a message whose write is under way (in this
+    batch or one before), settled once those writes are done (`held`). `dead`: the
+    fresh messages refused as invalid, written as dead letters by the same
+    transaction."""
 
     duplicates: list[Inbound]
     fresh: list[Inbound]
+    copies: list[Inbound] = field(default_factory=list)
     durable: Future[list[OutboxEntry]] | None = None
     spans: list[Any] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
@@ -185,18 +188,34 @@ class Intake:
             seen = store.inbox.seen(txn, self.name, {m.message_id for m in batch}, now=now)
         duplicates: list[Inbound] = []
         fresh: list[Inbound] = []
+        copies: list[Inbound] = []
         pending = set(self._writing)  # taken by a batch whose write is under way
         for message in batch:
             if message.message_id in seen:
                 duplicates.append(message)  # durable already: acknowledged at once
             elif message.message_id in pending:
-                continue  # neither acked nor given back: it comes again, after the write
+                copies.append(message)  # settled once the write holding it is done
             else:
                 pending.add(message.message_id)  # twice in one batch: once
                 fresh.append(message)
         if duplicates:
             at.counters.add("duplicates", self.name, len(duplicates))
-        return Taken(duplicates, fresh)
+        return Taken(duplicates, fresh, copies)
+
+    def held(self, copies: Sequence[Inbound]) -> tuple[list[Inbound], list[Inbound]]:
+        """Once the writes before are done: the copies whose message the inbox now holds
+        (duplicates: to acknowledge) and those it does not (its write failed: to give
+        back, so the source delivers them again)."""
+        at = self._at
+        store = at.store
+        with store.read() as txn:
+            seen = store.inbox.seen(
+                txn, self.name, {m.message_id for m in copies}, now=at.config.clock()
+            )
+        held = [m for m in copies if m.message_id in seen]
+        if held:
+            at.counters.add("duplicates", self.name, len(held))
+        return held, [m for m in copies if m.message_id not in seen]
 
     def finish(self, taken: Taken, entries: list[OutboxEntry]) -> None:
         """The write is durable: count the messages and hand them to their senders."""

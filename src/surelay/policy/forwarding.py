@@ -54,8 +54,12 @@ def forwarded(record: DeadLetter, transport: str, message_id: str, now: float) -
     }
     try:
         checked = check_headers(headers)
-    except InvalidMessage:  # the original's own headers are what was refused: leave them
-        checked = check_headers({k: v for k, v in headers.items() if k.startswith("Surelay-")})
+    except InvalidMessage:  # some of the original's headers were refused: not sent on
+        kept = {k: v for k, v in headers.items() if _acceptable(k, v)}
+        try:
+            checked = check_headers(kept)
+        except InvalidMessage:  # too many or too large together: surelay's own only
+            checked = check_headers({k: v for k, v in kept.items() if k.startswith("Surelay-")})
     return Envelope(
         message_id=message_id,
         transport=transport,
@@ -67,3 +71,11 @@ def forwarded(record: DeadLetter, transport: str, message_id: str, now: float) -
         created_at=now,
         type=record.type,
     )
+
+
+def _acceptable(name: str, value: str) -> bool:
+    try:
+        check_headers({name: value})
+    except InvalidMessage:
+        return False
+    return True
