@@ -20,12 +20,14 @@ BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
 
 
 @pytest.mark.parametrize("code", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
-def test_readme_example_runs(code: str, tmp_path: Path) -> None:
+def test_readme_example_runs(code: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     with contextlib.ExitStack() as stack:
         env = dict(os.environ)
         if "NATS_URL" in code:  # the JetStream example gets a real server of its own
             server = stack.enter_context(NatsServer(tmp_path / "nats"))
             env["NATS_URL"] = server.url
+        if "RABBITMQ_URL" in code:  # and the RabbitMQ one a broker node of its own
+            env["RABBITMQ_URL"] = request.getfixturevalue("rabbitmq").url
         for run in ("first", "second"):
             done = subprocess.run(
                 [sys.executable, "-c", code],
