@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import os
 import signal
 import subprocess
 import sys
 import threading
+import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -29,11 +29,11 @@ from tests.helpers import Gate, Recorder, wait_until
 from tests.rabbitmq_server import RabbitMQServer, declare, depth, drain, publish
 
 ROOT = Path(__file__).resolve().parents[2]
-_names = itertools.count()
 
 
 def queue_name(what: str) -> str:
-    return f"{what}-{os.getpid()}-{next(_names)}"
+    """A queue of the test's own on the worker's shared broker."""
+    return f"{what}-{uuid.uuid4().hex[:12]}"
 
 
 def order_of(envelope: Envelope) -> str | None:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
-import os
 import threading
+import uuid
 from pathlib import Path
 
 import pytest
@@ -17,11 +16,10 @@ from surelay.transports import RabbitMQTransport
 from tests.helpers import Recorder, free_port, wait_until
 from tests.rabbitmq_server import RabbitMQServer, declare, declare_exchange, depth, drain
 
-_names = itertools.count()
-
 
 def queue_name(what: str) -> str:
-    return f"{what}-{os.getpid()}-{next(_names)}"
+    """A queue of the test's own on the worker's shared broker."""
+    return f"{what}-{uuid.uuid4().hex[:12]}"
 
 
 def test_a_confirmed_publish_carries_id_headers_priority_and_persistence(
