@@ -3,8 +3,8 @@
 Usage: python -m tests.rabbitmq_consume_host DATA_DIR AMQP_URL QUEUE DELIVERED_FILE
 
 Consumes QUEUE into a runtime on DATA_DIR; the handler appends each message's AMQP
-`message_id` and redelivered flag to DELIVERED_FILE (one line, flushed) before it
-returns. Prints "consuming" once started.
+`message_id` to DELIVERED_FILE (one line, flushed) before it returns. Prints
+"consuming" once started.
 """
 
 from __future__ import annotations

@@ -30,6 +30,9 @@ __all__ = ["RabbitMQServer", "declare", "depth", "drain", "find_server", "publis
 
 T = TypeVar("T")
 
+MAX_MESSAGE_SIZE = 262_144
+"""The nodes' `max_message_size`: a larger message is refused (the channel closed)."""
+
 _CANDIDATES = ("/usr/lib/rabbitmq/bin/rabbitmq-server", "/usr/sbin/rabbitmq-server")
 
 
@@ -61,6 +64,7 @@ class RabbitMQServer:
             f"listeners.tcp.1 = 127.0.0.1:{self.port}",
             "log.console = false",
             "log.file.level = warning",
+            f"max_message_size = {MAX_MESSAGE_SIZE}",
         ]
         if vm_memory_high_watermark is not None:
             config.append(f"vm_memory_high_watermark.relative = {vm_memory_high_watermark}")
@@ -254,3 +258,14 @@ def depth(url: str, queue: str) -> int:
             await connection.close()
 
     return run(go)
+
+
+def delete_queue(url: str, queue: str) -> None:
+    async def go() -> None:
+        connection, channel = await _channel(url)
+        try:
+            await channel.queue_delete(queue)
+        finally:
+            await connection.close()
+
+    run(go)

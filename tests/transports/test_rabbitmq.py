@@ -14,7 +14,14 @@ from surelay.errors import TransientError
 from surelay.sources import RabbitMQSource
 from surelay.transports import RabbitMQTransport
 from tests.helpers import Recorder, free_port, wait_until
-from tests.rabbitmq_server import RabbitMQServer, declare, declare_exchange, depth, drain
+from tests.rabbitmq_server import (
+    MAX_MESSAGE_SIZE,
+    RabbitMQServer,
+    declare,
+    declare_exchange,
+    depth,
+    drain,
+)
 
 
 def queue_name(what: str) -> str:
@@ -117,6 +124,38 @@ def test_an_exchange_the_broker_does_not_have_is_permanent_and_says_which(
     assert [m.body for m in drain(rabbitmq.url, queue)] == [b"y", b"z"]
 
 
+def test_a_message_over_the_brokers_size_is_refused_and_only_it(
+    rabbitmq: RabbitMQServer, tmp_path: Path
+) -> None:
+    """The broker closes the channel for one oversized message; the publishes under way
+    with it on that channel are published again, not dead-lettered."""
+    queue = queue_name("sizes")
+    declare(rabbitmq.url, queue)
+    transport = RabbitMQTransport(rabbitmq.url, routing_key=queue)
+    config = RuntimeConfig(retry=RetryPolicy(base_delay=0.05, max_delay=0.2))
+    with Runtime.open(tmp_path / "d", transports={"out": transport}, config=config) as rt:
+        small = [rt.send("out", b"s%d" % i) for i in range(100)]
+        big = rt.send("out", b"x" * (MAX_MESSAGE_SIZE + 1))
+        small += [rt.send("out", b"t%d" % i) for i in range(100)]
+        assert big.wait(20).name == "DEAD_LETTERED"
+        assert all(r.wait(20).name == "DELIVERED" for r in small)
+        (record,) = rt.dead_letters.list()
+    assert record.reason_class == "permanent" and "larger than configured max size" in record.reason
+    assert len(drain(rabbitmq.url, queue)) == 200
+
+
+def test_an_idempotency_key_amqp_cannot_carry_is_permanent(rabbitmq: RabbitMQServer) -> None:
+    transport = RabbitMQTransport(rabbitmq.url, routing_key="anything")
+
+    async def go() -> None:
+        with pytest.raises(PermanentError, match="idempotency key is 300 bytes"):
+            await transport(Envelope("m1", "out", b"x", idempotency_key="k" * 300))
+        with pytest.raises(PermanentError, match="type is 256 bytes"):
+            await transport(Envelope("m1", "out", b"x", type="t" * 256))
+
+    asyncio.run(go())
+
+
 def test_a_broker_that_cannot_be_reached_is_transient() -> None:
     transport = RabbitMQTransport(f"amqp://guest:secret@127.0.0.1:{free_port()}/", timeout=1.0)
 
@@ -140,7 +179,7 @@ def test_bad_arguments_are_refused_naming_them() -> None:
         RabbitMQTransport("amqp://h/", timeout=0)
     with pytest.raises(TypeError, match="persistent must be a bool"):
         RabbitMQTransport("amqp://h/", persistent=1)  # type: ignore[arg-type]
-    assert RabbitMQTransport("amqp://h/", timeout=2).ack_timeout == 5.0
+    assert RabbitMQTransport("amqp://h/", timeout=2).ack_timeout == 7.0
 
 
 def test_a_routing_key_for_that_gives_no_routing_key_is_permanent(

@@ -216,7 +216,7 @@ class SourceConsumer(Actor):
             self._state.taken += len(taken.fresh)
             # a lost ack costs a redelivery, which the inbox drops: the write is durable
             await _each(taken.fresh, "ack")
-        elif taken.copies and previous is not None:
+        elif previous is not None:  # each batch ends after the one before: a chain
             await asyncio.wait([previous])
         if taken.copies:
             held, not_held = intake.held(taken.copies)

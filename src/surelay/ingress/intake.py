@@ -221,7 +221,9 @@ class Intake:
         """The write is durable: count the messages and hand them to their senders."""
         at = self._at
         self._writing.difference_update(taken.inbox_ids)
-        at.counters.add("received", self.name, len(entries) + len(taken.dead))
+        # (with forwarding, entries hold a copy of each dead one too: not received)
+        copies = len(taken.dead) if self._forward is not None else 0
+        at.counters.add("received", self.name, len(entries) - copies + len(taken.dead))
         if taken.dead:
             at.counters.add("dead_lettered", self.name, len(taken.dead))
         for span in taken.spans:

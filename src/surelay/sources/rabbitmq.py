@@ -1,19 +1,21 @@
 """`RabbitMQSource`: a RabbitMQ queue consumed with manual acks.
 
 The message id (the inbox key) is the AMQP `message_id`, else a hash of the delivery's
-content (exchange, routing key, properties, headers, body: a redelivery hashes the same,
-and so do two identical messages without an id, which the inbox then takes as one).
+content (exchange, routing key, properties, headers but those the broker sets on a
+redelivery, body: a redelivery hashes the same, and so do two identical messages without
+an id, which the inbox then takes as one).
 Each message's origin (`rabbitmq-queue`, `rabbitmq-exchange`, `rabbitmq-routing-key`,
 `rabbitmq-redelivered`, and `rabbitmq-message-id` when it has one) goes with it into
 surelay (a dead letter shows it); its AMQP headers become the envelope's headers
 (values that are not text as their JSON).
 
-The broker pushes at most `prefetch` unacknowledged messages (`basic.qos`), lowered while
-the runtime has less room than that, so a slow handler leaves the rest in the queue.
-Messages arrived and not yet taken are given back (`basic.nack` with requeue) when the
-consumer closes. The queue must exist (declared by its owner, with the arguments that
-matter to it: durable, `x-queue-type: quorum`, `x-max-priority`); a missing one is a
-`SourceError` that says so, tried again.
+The broker pushes at most `prefetch` unacknowledged messages (`basic.qos`); the runtime
+takes them only while it has room (its pressure), so a slow handler leaves the rest in
+the queue and at most `prefetch` wait in the process. Messages arrived and not yet taken
+are given back (`basic.nack` with requeue) when the consumer closes. The queue must
+exist (declared by its owner, with the arguments that matter to it: durable,
+`x-queue-type: quorum`, `x-max-priority`); a missing one, or a consumer the broker
+cancels (its queue deleted), is a `SourceError` that says so, tried again.
 
 With `dead_letter_exchange`, a message surelay dead-letters is also published there,
 confirmed, in the style of RabbitMQ's own dead-lettering: the same body, `message_id`
@@ -40,7 +42,13 @@ from surelay.policy.forwarding import REASON, REASON_CLASS
 from surelay.sources.inbound import Inbound
 from surelay.sources.jetstream import SourceError
 from surelay.transports._checks import check_timeout
-from surelay.transports.rabbitmq import AMQP_PRIORITY, Publisher, check_url, require_aiormq
+from surelay.transports.rabbitmq import (
+    AMQP_PRIORITY,
+    STEERING,
+    Publisher,
+    check_url,
+    require_aiormq,
+)
 
 try:
     import aiormq
@@ -62,13 +70,20 @@ __all__ = [
 
 logger = logging.getLogger("surelay.sources")
 
-CONNECT_TIMEOUT = 5.0
 ORIGIN_QUEUE = "rabbitmq-queue"
 ORIGIN_EXCHANGE = "rabbitmq-exchange"
 ORIGIN_ROUTING_KEY = "rabbitmq-routing-key"
 ORIGIN_REDELIVERED = "rabbitmq-redelivered"
 ORIGIN_MESSAGE_ID = "rabbitmq-message-id"
-DEAD_LETTER_HEADERS = ("x-death", "x-first-death-reason", "x-first-death-queue")
+DEAD_LETTER_HEADERS = (
+    "x-death",
+    "x-first-death-reason",
+    "x-first-death-queue",
+    "x-first-death-exchange",
+    "x-last-death-reason",
+    "x-last-death-queue",
+    "x-last-death-exchange",
+)
 """Headers a forwarded dead letter gets from surelay (a copy's own are replaced)."""
 
 
@@ -133,7 +148,7 @@ class RabbitMQSource:
         self.description = f"RabbitMQ queue {queue!r}"
         self._connection: Any = None
         self._channel: Any = None
-        self._qos = 0
+        self._cancelled_by_broker = False
         self._arrived: deque[Any] = deque()
         self._signal = asyncio.Event()
 
@@ -144,10 +159,13 @@ class RabbitMQSource:
         await self.close()
         self._arrived.clear()
         self._signal = asyncio.Event()  # of this loop (a restarted consumer has a new one)
-        self._connection = await asyncio.wait_for(aiormq.connect(self.url), CONNECT_TIMEOUT)
-        channel = self._channel = await self._connection.channel(publisher_confirms=False)
+        self._cancelled_by_broker = False
+        self._connection = await asyncio.wait_for(aiormq.connect(self.url), self.timeout)
+        channel = self._channel = await asyncio.wait_for(
+            self._connection.channel(publisher_confirms=False), self.timeout
+        )
         try:
-            await channel.queue_declare(self.queue, passive=True)
+            await asyncio.wait_for(channel.queue_declare(self.queue, passive=True), self.timeout)
         except aiormq.exceptions.ChannelNotFoundEntity as error:
             raise SourceError(
                 f"RabbitMQ has no queue {self.queue!r}: declare it (durable; quorum or with "
@@ -157,9 +175,17 @@ class RabbitMQSource:
             raise SourceError(
                 f"RabbitMQ refused access to queue {self.queue!r}: {error}"
             ) from error
-        self._qos = self.prefetch
-        await channel.basic_qos(prefetch_count=self._qos)
-        await channel.basic_consume(self.queue, self._arrive, no_ack=False)
+        await asyncio.wait_for(channel.basic_qos(prefetch_count=self.prefetch), self.timeout)
+        channel.on_consumer_cancel_callbacks.add(self._cancelled)
+        await asyncio.wait_for(
+            channel.basic_consume(self.queue, self._arrive, no_ack=False), self.timeout
+        )
+
+    async def _cancelled(self, _frame: Any) -> None:
+        """The broker cancelled the consumer (its queue deleted): `fetch` says so, and the
+        consumer opens the source again (which waits for the queue)."""
+        self._cancelled_by_broker = True
+        self._signal.set()
 
     @property
     def connected(self) -> bool:
@@ -177,11 +203,8 @@ class RabbitMQSource:
             raise RuntimeError(f"{self.description} is not open")
         if channel.is_closed:
             raise SourceError(f"{self.description}: the channel closed ({channel.closing})")
-        # the broker sends no more than the runtime has room for (at most `prefetch`)
-        wanted = max(1, min(self.prefetch, count))
-        if wanted != self._qos and (wanted < self._qos or wanted == self.prefetch):
-            self._qos = wanted
-            await channel.basic_qos(prefetch_count=wanted)
+        if self._cancelled_by_broker:
+            raise SourceError(f"RabbitMQ cancelled the consumer of {self.description}")
         if not self._arrived:
             self._signal.clear()
             with contextlib.suppress(TimeoutError):
@@ -264,7 +287,7 @@ class DeadLetterForwarder:
     def __init__(self, url: str, exchange: str, queue: str, timeout: float) -> None:
         self.exchange = exchange
         self.queue = queue
-        self.ack_timeout = 2 * timeout + 1.0
+        self.ack_timeout = 3 * timeout + 1.0
         self._publisher = Publisher(url, timeout, f"dead-letter exchange {exchange!r}")
 
     async def __call__(self, envelope: Envelope) -> None:
@@ -275,8 +298,9 @@ class DeadLetterForwarder:
         }
         message_id = headers.pop(ORIGIN_MESSAGE_ID, None)
         reason_class = headers.get(REASON_CLASS, "failed")
-        for name in DEAD_LETTER_HEADERS:
-            headers.pop(name, None)
+        for name in list(headers):  # the broker's to set, not a consumed message's
+            if name.lower() in STEERING or name.lower() in DEAD_LETTER_HEADERS:
+                del headers[name]
         routing_key = origin[ORIGIN_ROUTING_KEY] or self.queue
         death = {
             "reason": "rejected",
@@ -317,9 +341,16 @@ def _content_hash(delivery: Any, properties: Any, headers: Mapping[str, str], bo
         delivery.routing_key or "",
         properties.correlation_id or "",
         str(properties.timestamp or ""),
-        json.dumps(sorted(headers.items())),
+        json.dumps(sorted((k, v) for k, v in headers.items() if not _broker_set(k))),
     ):
         digest.update(part.encode("utf-8"))
         digest.update(b"\0")
     digest.update(body)
     return digest.hexdigest()[:32]
+
+
+def _broker_set(name: str) -> bool:
+    """A header the broker adds or changes on a redelivery (a quorum queue's delivery
+    count, dead-lettering's records): not part of what a message is."""
+    lowered = name.lower()
+    return lowered == "x-delivery-count" or lowered in DEAD_LETTER_HEADERS
