@@ -149,6 +149,7 @@ class RabbitMQSource:
         self._connection: Any = None
         self._channel: Any = None
         self._cancelled_by_broker = False
+        self._acks: _Acks | None = None
         self._arrived: deque[Any] = deque()
         self._signal = asyncio.Event()
 
@@ -164,6 +165,7 @@ class RabbitMQSource:
         channel = self._channel = await asyncio.wait_for(
             self._connection.channel(publisher_confirms=False), self.timeout
         )
+        self._acks = _Acks(channel)
         try:
             await asyncio.wait_for(channel.queue_declare(self.queue, passive=True), self.timeout)
         except aiormq.exceptions.ChannelNotFoundEntity as error:
@@ -194,6 +196,8 @@ class RabbitMQSource:
         return channel is not None and not channel.is_closed
 
     async def _arrive(self, message: Any) -> None:
+        if self._acks is not None:
+            self._acks.delivered(message.delivery.delivery_tag)
         self._arrived.append(message)
         self._signal.set()
 
@@ -233,13 +237,15 @@ class RabbitMQSource:
             message_id = (
                 f"{self.queue}:{_content_hash(delivery, properties, headers, message.body)}"
             )
-        channel, tag = message.channel, delivery.delivery_tag
+        acks, tag = self._acks, delivery.delivery_tag
 
         async def ack() -> None:
-            await channel.basic_ack(tag)
+            if acks is not None:
+                acks.ack(tag)
 
         async def nak() -> None:
-            await channel.basic_nack(tag, requeue=True)
+            if acks is not None:
+                await acks.nack(tag)
 
         return Inbound(
             message_id=message_id,
@@ -253,13 +259,16 @@ class RabbitMQSource:
     async def close(self) -> None:
         """Give back what arrived and was not taken (so the broker delivers it again at
         once), then close the connection (which requeues anything still unacked)."""
-        channel = self._channel
+        acks = self._acks
         while self._arrived:
             message = self._arrived.popleft()
-            if channel is not None and not channel.is_closed:
+            if acks is not None:
                 with contextlib.suppress(Exception):
-                    await channel.basic_nack(message.delivery.delivery_tag, requeue=True)
+                    await acks.nack(message.delivery.delivery_tag)
+        if acks is not None:
+            await acks.drain()
         connection, self._connection, self._channel = self._connection, None, None
+        self._acks = None
         if connection is not None:
             try:
                 await asyncio.wait_for(connection.close(), 2.0)
@@ -332,6 +341,69 @@ class DeadLetterForwarder:
 
     async def aclose(self) -> None:
         await self._publisher.aclose()
+
+
+class _Acks:
+    """The acknowledgements of one channel, coalesced: once every message delivered up
+    to a tag is settled, one `basic.ack` with `multiple` acknowledges them all (a frame
+    per message costs the consumer as much as the rest of taking it). A message is
+    acknowledged only after its own `ack()`, never by another's; a `nack` goes at once."""
+
+    def __init__(self, channel: Any) -> None:
+        self.channel = channel
+        self._unsettled: deque[int] = deque()
+        """Delivery tags delivered and not settled, in delivery order."""
+        self._acked: set[int] = set()
+        self._scheduled = False
+        self._sending: set[asyncio.Task[None]] = set()
+
+    def delivered(self, tag: int) -> None:
+        self._unsettled.append(tag)
+
+    def ack(self, tag: int) -> None:
+        self._acked.add(tag)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    async def nack(self, tag: int) -> None:
+        """Give one message back (requeued at once)."""
+        with contextlib.suppress(ValueError):
+            self._unsettled.remove(tag)
+        self._acked.discard(tag)
+        if not self.channel.is_closed:
+            await self.channel.basic_nack(tag, requeue=True)
+        self._flush()  # what waited behind it may go now
+
+    def _settled(self) -> int | None:
+        """The last tag of the settled run at the head (taken off), or None."""
+        upto = None
+        unsettled, acked = self._unsettled, self._acked
+        while unsettled and unsettled[0] in acked:
+            upto = unsettled.popleft()
+            acked.discard(upto)
+        return upto
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        upto = self._settled()
+        if upto is None or self.channel.is_closed:
+            return
+        task = asyncio.get_running_loop().create_task(self._send(upto))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, upto: int) -> None:
+        try:
+            await self.channel.basic_ack(upto, multiple=True)
+        except Exception as error:  # the broker redelivers; the inbox drops it then
+            logger.debug("could not acknowledge up to delivery %d: %r", upto, error)
+
+    async def drain(self) -> None:
+        """Send what is settled and wait for what is being sent (before a close)."""
+        self._flush()
+        if self._sending:
+            await asyncio.wait(list(self._sending), timeout=2.0)
 
 
 def _content_hash(delivery: Any, properties: Any, headers: Mapping[str, str], body: bytes) -> str:
