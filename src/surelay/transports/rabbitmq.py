@@ -117,8 +117,7 @@ class Publisher:
         where = f"exchange {exchange!r}" if exchange else "the default exchange"
         batcher = await self._open()
         try:
-            async with asyncio.timeout(self.timeout):
-                await batcher.publish(body, exchange, routing_key, properties)
+            await batcher.publish(body, exchange, routing_key, properties)
         except aiormq.exceptions.PublishError as error:
             frame = error.frame
             if getattr(frame, "reply_code", None) == NO_ROUTE:
@@ -186,7 +185,7 @@ class Publisher:
                     connection.channel(publisher_confirms=True, on_return_raises=True),
                     self.timeout,
                 )
-                self._batcher = _Batcher(channel)
+                self._batcher = _Batcher(channel, self.timeout)
             except Exception as error:
                 self._drop(None)
                 raise TransientError(
@@ -226,25 +225,55 @@ class _Batcher:
     so confirms, nacks, returns and a closing channel reach each publish as they do
     through `basic_publish`; frames reach the connection in delivery-tag order."""
 
-    def __init__(self, channel: Any) -> None:
+    def __init__(self, channel: Any, timeout: float) -> None:
         self.channel = channel
+        self.timeout = timeout
         self._waiting: list[tuple[bytes, str, str, Any, asyncio.Future[Any]]] = []
         self._outgoing: deque[Any] = deque()
         self._pump: asyncio.Task[None] | None = None
+        self._methods: dict[tuple[str, str], bytes] = {}
+        """`basic.publish` frames encoded, by exchange and routing key (the same for
+        most messages of a transport)."""
+        self._deadlines: deque[tuple[float, asyncio.Future[Any]]] = deque()
+        self._expired: set[asyncio.Future[Any]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
 
-    def publish(
-        self, body: bytes, exchange: str, routing_key: str, properties: Any
-    ) -> asyncio.Future[Any]:
-        """Queue a publish; the future is its confirmation (fails on a nack, a return
-        or the channel closing)."""
+    async def publish(self, body: bytes, exchange: str, routing_key: str, properties: Any) -> None:
+        """Publish; return once the broker confirms (raises on a nack, a return, the
+        channel closing, or `TimeoutError` with no confirm within `timeout`). One timer
+        task for all publishes, not one per publish (`asyncio.timeout` costs more than
+        the rest of the publish)."""
         channel = self.channel
         if channel.is_closed:
             raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
         confirmation: asyncio.Future[Any] = channel.create_future()
+        loop = asyncio.get_running_loop()
         if not self._waiting:
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop.call_soon(self._flush)
         self._waiting.append((body, exchange, routing_key, properties, confirmation))
-        return confirmation
+        self._deadlines.append((loop.time() + self.timeout, confirmation))
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = loop.create_task(self._sweep())
+        try:
+            await confirmation
+        except asyncio.CancelledError:
+            if confirmation in self._expired:  # cancelled by the sweep, not by our caller
+                self._expired.discard(confirmation)
+                raise TimeoutError from None
+            raise
+
+    async def _sweep(self) -> None:
+        """Cancel the publishes past their deadline (in deadline order: one timeout)."""
+        loop = asyncio.get_running_loop()
+        deadlines = self._deadlines
+        while deadlines:
+            await asyncio.sleep(min(0.1, self.timeout / 4))
+            now = loop.time()
+            while deadlines and (deadlines[0][1].done() or deadlines[0][0] <= now):
+                _, confirmation = deadlines.popleft()
+                if not confirmation.done():
+                    self._expired.add(confirmation)
+                    confirmation.cancel()
 
     def _flush(self) -> None:
         waiting, self._waiting = self._waiting, []
@@ -262,12 +291,19 @@ class _Batcher:
             if confirmation.done():  # cancelled (timed out) before it was written
                 continue
             try:
-                encoded = b"".join(
-                    marshal(frame, number)
-                    for frame in (
+                method = self._methods.get((exchange, routing_key))
+                if method is None:
+                    if len(self._methods) >= 1024:  # routing keys per message: bounded
+                        self._methods.clear()
+                    method = self._methods[exchange, routing_key] = marshal(
                         Basic.Publish(exchange=exchange, routing_key=routing_key, mandatory=True),
-                        ContentHeader(properties=properties, body_size=len(body)),
-                        *channel._split_body(body),
+                        number,
+                    )
+                encoded = b"".join(
+                    (
+                        method,
+                        marshal(ContentHeader(properties=properties, body_size=len(body)), number),
+                        *(marshal(part, number) for part in channel._split_body(body)),
                     )
                 )
             except Exception as error:  # this one cannot be encoded; the rest go
