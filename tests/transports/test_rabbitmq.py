@@ -233,8 +233,13 @@ def test_broker_killed_mid_load_every_message_arrives_and_is_handled_once(
             assert pending_at_kill[0] > 0, "everything was confirmed before the kill"
             broker.start()
             assert rt.flush(120), rt.health()
+            # none dead-lettered; a receipt may say DUPLICATE when an attempt cut off by the
+            # kill had in fact been recorded delivered (the queue check below is the proof)
             outcomes = Counter(r.wait(0).name for r in receipts)
-            assert outcomes == {"DELIVERED": total}, (outcomes, rt.dead_letters.list(limit=3))
+            assert outcomes.keys() <= {"DELIVERED", "DUPLICATE"}, (
+                outcomes,
+                rt.dead_letters.list(limit=3),
+            )
         handler = Recorder()
         with Runtime.open(tmp_path / "consumer", transports={}) as rt:
             rt.consume(RabbitMQSource(broker.url, queue, prefetch=500), handler, name="load")
