@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "InvalidMessage",
+    "MailboxFull",
     "Overloaded",
     "PermanentError",
     "RetryTransaction",
@@ -35,6 +36,11 @@ class Overloaded(SurelayError):
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class MailboxFull(SurelayError):
+    """A push recipient already holds `max_pending` undelivered messages: nothing was
+    accepted (deliver or expire some first)."""
 
 
 class RuntimeClosed(SurelayError):

@@ -40,7 +40,7 @@ logger = logging.getLogger("surelay.storage")
 Txn = Any  # lmdb.Transaction: py-lmdb ships no type information
 T = TypeVar("T")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 SINGLE_OWNER_UNTIL = 2
 """The last schema of the single-owner layout (one runtime per directory, no slots)."""
 TABLES = (
@@ -63,6 +63,12 @@ TABLES = (
     "ended_exp",
     "idempotency_ids",
     "hooks_pending",
+    "push_head",
+    "push_mail",
+    "push_status",
+    "push_idem",
+    "push_cursor",
+    "push_exp",
 )
 HOST_TABLE_PREFIX = "host."
 

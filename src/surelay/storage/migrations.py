@@ -87,8 +87,16 @@ def _scheduled_tables(_env: Any, _txn: Any, _dbs: dict[str, Any]) -> None:
     logger.info("tables for scheduled messages and message status added")
 
 
+def _push_tables(_env: Any, _txn: Any, _dbs: dict[str, Any]) -> None:
+    """Schema 4 → 5. Schema 5 adds the tables of push mailboxes (created empty by the
+    open): nothing to move, but an older surelay must not open a directory whose
+    mailboxes it would neither deliver nor expire."""
+    logger.info("tables for push mailboxes added")
+
+
 MIGRATIONS: dict[int, Migration] = {
     1: _outbox_by_partition,
     2: _outbox_by_slot,
     3: _scheduled_tables,
+    4: _push_tables,
 }
