@@ -37,6 +37,8 @@ from surelay.ingress.checks import check_per_transport, check_timeout, check_tra
 from surelay.operations.dead_letters import DeadLetters
 from surelay.operations.health import RuntimeStats, stats
 from surelay.operations.message_status import MessageStatus, message_status
+from surelay.push.config import PushConfig
+from surelay.push.gateway import Gateway
 from surelay.receipts import Receipt
 from surelay.sql.outbox import SqlOutbox
 from surelay.sql.relay import RelaySettings
@@ -93,6 +95,7 @@ class Runtime:
         self._store = store
         self._config = config
         self._parts = parts
+        self._push: Gateway | None = None
         self._root = parts.root
         self._in = parts.way_in
         self._closer = Closing(
@@ -118,6 +121,7 @@ class Runtime:
         *,
         transports: Mapping[str, Transport],
         config: RuntimeConfig | None = None,
+        push: PushConfig | None = None,
     ) -> Runtime:
         """Open (creating, mode 0o700) the data directory at `path`, take a free slot
         of it, start the tree and dispatch again everything an earlier run of that slot
@@ -129,10 +133,15 @@ class Runtime:
         Raises `ValueError`/`TypeError` for bad transports or config (a per-transport
         setting naming a transport not in `transports` included), `StorageError`
         for a directory that is not surelay's (or is already open in this process).
+
+        With `push`, `rt.push` accepts messages into recipients' mailboxes on this
+        directory (see `surelay.push`).
         """
         config = RuntimeConfig() if config is None else config
         if not isinstance(config, RuntimeConfig):
             raise TypeError(f"config must be a RuntimeConfig, got {type(config).__name__}")
+        if push is not None and not isinstance(push, PushConfig):
+            raise TypeError(f"push must be a PushConfig, got {type(push).__name__}")
         table = check_transports(transports)  # rt.consume adds to it
         check_per_transport(config, table)
         store = Store.open(path, map_size=config.map_size, clock=config.clock, claim=True)
@@ -143,6 +152,8 @@ class Runtime:
             raise
         recovery = parts.recovery
         runtime = cls(store, config, parts)
+        if push is not None:
+            runtime._push = Gateway(store, push, config.clock)
         try:
             recovery.recover()
         except BaseException:
@@ -487,6 +498,18 @@ class Runtime:
     @property
     def config(self) -> RuntimeConfig:
         return self._config
+
+    @property
+    def push(self) -> Gateway:
+        """The push gateway: `send` into a recipient's mailbox, `status`,
+        `issue_token`. Only with `Runtime.open(..., push=PushConfig(...))`."""
+        self._refuse_if_forked()
+        if self._push is None:
+            raise RuntimeError(
+                "push is not configured: open the runtime with "
+                "Runtime.open(..., push=PushConfig(secret=...))"
+            )
+        return self._push
 
     @property
     def path(self) -> str:

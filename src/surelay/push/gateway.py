@@ -1,0 +1,167 @@
+"""The push gateway (`rt.push`): accepts messages into recipients' mailboxes, answers
+what became of them, and issues connection tokens.
+
+`send` returns once the message is in the mailbox on disk with its sequence number: the
+append is one operation of the store's group commit, so concurrent sends share an fsync
+and a `MailboxFull` or `Overloaded` fails only its own send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+from surelay.envelope import check_headers, check_payload, check_text
+from surelay.errors import InvalidMessage
+from surelay.push.config import PushConfig
+from surelay.push.tokens import check_name, issue
+from surelay.storage.environment import Txn
+from surelay.storage.keys import new_id
+from surelay.storage.mailbox import Appended, Mailboxes, PushStatus
+from surelay.storage.store import Store
+
+__all__ = ["MAX_PUSH_PAYLOAD", "Gateway", "PushReceipt"]
+
+MAX_PUSH_PAYLOAD = 256 * 1024
+"""Bytes: a pushed message goes to phones over WebSocket frames; larger data belongs
+behind a link in the message."""
+
+SEND_TIMEOUT = 60.0
+"""Seconds `send` waits for its write (a store that cannot write for this long fails
+the send with `TimeoutError`; the message may still land)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PushReceipt:
+    """A message in a recipient's mailbox: its `msg_id` and `seq`; `status` as it was
+    when `send` returned (`queued` for a new message); `duplicate`: its idempotency key
+    named a message already there, which this receipt describes."""
+
+    msg_id: str
+    seq: int
+    status: str
+    duplicate: bool
+
+
+class Gateway:
+    """`rt.push`: see the module."""
+
+    def __init__(self, store: Store, config: PushConfig, clock: Callable[[], float]) -> None:
+        self._store = store
+        self.config = config
+        self._clock = clock
+        self.mailboxes = Mailboxes(store.env)
+        rate = config.rate_per_recipient
+        self._rate = (
+            None
+            if rate is None
+            else (rate.per / rate.count, (rate.burst_or_one - 1) * rate.per / rate.count)
+        )
+
+    def send(
+        self,
+        recipient: str,
+        payload: bytes,
+        *,
+        idempotency_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        ttl: float | None = None,
+    ) -> PushReceipt:
+        """Put `payload` in `recipient`'s mailbox; return once it is durable there.
+        `ttl` (seconds, at most the config's `retention`) ends its retention sooner.
+        Raises `InvalidMessage` for a bad argument, `MailboxFull` past `max_pending`
+        undelivered messages, `Overloaded` past `rate_per_recipient`."""
+        return self._answer(self._submit(recipient, payload, idempotency_key, headers, ttl))
+
+    async def asend(
+        self,
+        recipient: str,
+        payload: bytes,
+        *,
+        idempotency_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        ttl: float | None = None,
+    ) -> PushReceipt:
+        """`send` for a coroutine: the event loop goes on while the write commits."""
+        future = self._submit(recipient, payload, idempotency_key, headers, ttl)
+        return self._receipt(await asyncio.wrap_future(future))
+
+    def status(self, msg_id: str) -> PushStatus | None:
+        """What became of message `msg_id` (None: unknown, or past its retention), from
+        any process on the directory."""
+        if not isinstance(msg_id, str) or not msg_id:
+            raise InvalidMessage(f"msg_id must be a non-empty str, got {msg_id!r}")
+        with self._store.read() as txn:
+            return self.mailboxes.status(txn, msg_id)
+
+    def issue_token(self, recipient: str, *, device: str | None = None, ttl: float = 900) -> str:
+        """A connection token for `recipient` (only on `device`, when given), valid for
+        `ttl` seconds, signed with the config's secret. Hand it to the client over a
+        channel you already trust (your login)."""
+        if (
+            isinstance(ttl, bool)
+            or not isinstance(ttl, int | float)
+            or not (math.isfinite(ttl) and ttl > 0)
+        ):
+            raise ValueError(f"ttl must be finite seconds > 0, got {ttl!r}")
+        return issue(self.config.key, recipient, device, self._clock() + ttl)
+
+    # -- the write -------------------------------------------------------------------------
+
+    def _submit(
+        self,
+        recipient: object,
+        payload: object,
+        idempotency_key: object,
+        headers: object,
+        ttl: object,
+    ) -> Future[Appended]:
+        try:
+            name = check_name("recipient", recipient)
+        except ValueError as error:
+            raise InvalidMessage(str(error)) from None
+        data = check_payload(payload, MAX_PUSH_PAYLOAD)
+        key = check_text("idempotency_key", idempotency_key, optional=True)
+        fields = dict(check_headers(headers))
+        retention = self.config.retention
+        if ttl is not None and (
+            isinstance(ttl, bool)
+            or not isinstance(ttl, int | float)
+            or not (math.isfinite(ttl) and 0 < ttl <= retention)
+        ):
+            raise InvalidMessage(
+                f"ttl must be seconds > 0 and <= retention ({retention}), got {ttl!r}"
+            )
+        life = retention if ttl is None else float(ttl)
+        msg_id = new_id(self._clock())
+        clock, mailboxes, config, rate = self._clock, self.mailboxes, self.config, self._rate
+
+        def append(txn: Txn) -> Appended:
+            now = clock()  # in the write: the rate and the expiry are the commit's
+            return mailboxes.append(
+                txn,
+                name,
+                data,
+                fields,
+                msg_id=msg_id,
+                idempotency_key=key,
+                now=now,
+                expires_at=now + life,
+                max_pending=config.max_pending,
+                rate=rate,
+            )
+
+        return self._store.write(append)
+
+    def _answer(self, future: Future[Appended]) -> PushReceipt:
+        return self._receipt(future.result(SEND_TIMEOUT))
+
+    def _receipt(self, appended: Appended) -> PushReceipt:
+        if not appended.duplicate:
+            return PushReceipt(appended.msg_id, appended.seq, "queued", False)
+        status = self.status(appended.msg_id)
+        state = "queued" if status is None else status.state
+        return PushReceipt(appended.msg_id, appended.seq, state, True)
