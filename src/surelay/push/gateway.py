@@ -9,10 +9,12 @@ and a `MailboxFull` or `Overloaded` fails only its own send.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from surelay.envelope import check_headers, check_payload, check_text
 from surelay.errors import InvalidMessage
@@ -20,10 +22,17 @@ from surelay.push.config import PushConfig
 from surelay.push.tokens import check_name, issue
 from surelay.storage.environment import Txn
 from surelay.storage.keys import new_id
-from surelay.storage.mailbox import Appended, Mailboxes, PushStatus
+from surelay.storage.mailbox import Appended, Failure, Mail, Mailboxes, PushStatus
 from surelay.storage.store import Store
 
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
+    from surelay.push.server import Presence
+
 __all__ = ["MAX_PUSH_PAYLOAD", "Gateway", "PushReceipt"]
+
+logger = logging.getLogger("surelay.push")
 
 MAX_PUSH_PAYLOAD = 256 * 1024
 """Bytes: a pushed message goes to phones over WebSocket frames; larger data belongs
@@ -60,6 +69,7 @@ class Gateway:
             if rate is None
             else (rate.per / rate.count, (rate.burst_or_one - 1) * rate.per / rate.count)
         )
+        self._presence: Presence | None = None
 
     def send(
         self,
@@ -74,7 +84,9 @@ class Gateway:
         `ttl` (seconds, at most the config's `retention`) ends its retention sooner.
         Raises `InvalidMessage` for a bad argument, `MailboxFull` past `max_pending`
         undelivered messages, `Overloaded` past `rate_per_recipient`."""
-        return self._answer(self._submit(recipient, payload, idempotency_key, headers, ttl))
+        receipt = self._answer(self._submit(recipient, payload, idempotency_key, headers, ttl))
+        self._wake(recipient)
+        return receipt
 
     async def asend(
         self,
@@ -87,7 +99,9 @@ class Gateway:
     ) -> PushReceipt:
         """`send` for a coroutine: the event loop goes on while the write commits."""
         future = self._submit(recipient, payload, idempotency_key, headers, ttl)
-        return self._receipt(await asyncio.wrap_future(future))
+        receipt = self._receipt(await asyncio.wrap_future(future))
+        self._wake(recipient)
+        return receipt
 
     def status(self, msg_id: str) -> PushStatus | None:
         """What became of message `msg_id` (None: unknown, or past its retention), from
@@ -108,6 +122,72 @@ class Gateway:
         ):
             raise ValueError(f"ttl must be finite seconds > 0, got {ttl!r}")
         return issue(self.config.key, recipient, device, self._clock() + ttl)
+
+    def asgi_app(self) -> Starlette:
+        """The push endpoint as an ASGI app (Starlette): mount it in every worker
+        process, e.g. `Mount("/push", app=gw.asgi_app())`; clients connect to
+        `{mount}/ws`. Needs the `push` extra (`pip install surelay[push]`)."""
+        from surelay.push.server import Presence, make_app  # noqa: PLC0415
+
+        if self._presence is None:
+            self._presence = Presence()
+        return make_app(self, self._presence)
+
+    # -- what the connections use ----------------------------------------------------------
+
+    def now(self) -> float:
+        return self._clock()
+
+    def heads(self, recipients: list[str]) -> dict[str, int]:
+        """The last seq of each mailbox, in one read."""
+        with self._store.read() as txn:
+            return {r: self.mailboxes.head(txn, r) for r in recipients}
+
+    def cursor(self, recipient: str, device: str) -> tuple[int, int]:
+        """(the mailbox's head, `device`'s cursor)."""
+        with self._store.read() as txn:
+            return self.mailboxes.head(txn, recipient), self.mailboxes.acked(txn, recipient, device)
+
+    def after(self, recipient: str, seq: int, limit: int) -> tuple[int, list[Mail]]:
+        """(the head, up to `limit` messages after `seq`), in one read."""
+        with self._store.read() as txn:
+            head = self.mailboxes.head(txn, recipient)
+            return head, self.mailboxes.after(txn, recipient, seq, limit=limit)
+
+    def mark_sent(self, mails: list[Mail]) -> None:
+        """Frames of `mails` went: their statuses say so (written in the background:
+        the frame is not held up, and a lost mark only leaves a status at `queued`)."""
+        mailboxes, clock = self.mailboxes, self._clock
+
+        def mark(txn: Txn) -> None:
+            mailboxes.mark_sent(txn, mails, clock())
+
+        self._store.write(mark).add_done_callback(_log_failure)
+
+    async def ack(self, recipient: str, device: str, upto: int) -> int:
+        """`device` acked up to `upto`: durable before this returns; its cursor."""
+        mailboxes, clock = self.mailboxes, self._clock
+        future = self._store.write(lambda txn: mailboxes.ack(txn, recipient, device, upto, clock()))
+        return await asyncio.wrap_future(future)
+
+    async def read(self, recipient: str, device: str, upto: int) -> None:
+        mailboxes, clock = self.mailboxes, self._clock
+        future = self._store.write(
+            lambda txn: mailboxes.read(txn, recipient, device, upto, clock())
+        )
+        await asyncio.wrap_future(future)
+
+    async def fail(self, recipient: str, seq: int, reason: Failure) -> Mail | None:
+        """Take message `seq` out of the mailbox as failed."""
+        mailboxes, clock, keep = self.mailboxes, self._clock, self.config.retention
+        future = self._store.write(
+            lambda txn: mailboxes.fail(txn, recipient, seq, reason, clock(), keep=keep)
+        )
+        return await asyncio.wrap_future(future)
+
+    def _wake(self, recipient: str) -> None:
+        if self._presence is not None:
+            self._presence.wake(recipient)
 
     # -- the write -------------------------------------------------------------------------
 
@@ -165,3 +245,8 @@ class Gateway:
         status = self.status(appended.msg_id)
         state = "queued" if status is None else status.state
         return PushReceipt(appended.msg_id, appended.seq, state, True)
+
+
+def _log_failure(future: Future[None]) -> None:
+    if future.exception() is not None:
+        logger.warning("push: could not record frames sent: %s", future.exception())

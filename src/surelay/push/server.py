@@ -1,0 +1,353 @@
+"""The push endpoint: `gw.asgi_app()`, an ASGI app serving `/ws` (the
+`surelay.push.v1` WebSocket protocol of `surelay.push.frames`).
+
+One connection is one device of one recipient (both from the signed token, never from
+what the client says). It sends the mailbox from the device's cursor on, at most
+`window` unacked frames at a time, re-read from the mailbox whenever they go (nothing
+per message is kept in memory), moves the cursor on each cumulative ack (durably, before
+anything else happens), sends the unacked frames again after `ack_timeout` without
+progress, and fails a message that `max_deliveries` sendings did not get acked (a gap
+frame for the device). A second connection of the same device closes the first (4002).
+
+New messages wake the connections of their recipient at once in this process; what
+other processes on the directory accept is found by looking at the mailbox heads of the
+connected recipients every `POLL` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from surelay.push.frames import (
+    BAD_TOKEN,
+    HELLO_TIMEOUT,
+    REPLACED,
+    SUBPROTOCOL,
+    Ack,
+    BadFrame,
+    Hello,
+    Read,
+    gap,
+    msg,
+    parse_client,
+    ping,
+    welcome,
+)
+from surelay.push.tokens import InvalidToken, verify
+from surelay.push.window import Window
+from surelay.storage.mailbox import Mail
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+    from starlette.websockets import WebSocket
+
+    from surelay.push.gateway import Gateway
+
+__all__ = ["POLL", "Presence", "make_app"]
+
+logger = logging.getLogger("surelay.push")
+
+POLL = 0.1
+"""Seconds between looks at the heads of connected recipients (messages accepted by
+other processes on the directory)."""
+
+STALE = 2.0
+"""A connection silent for this many heartbeats is closed (1001)."""
+
+
+class Presence:
+    """The connections of this process, by device and by recipient; wakes those of a
+    recipient whose mailbox grew. Thread-safe `wake` (sends run on any thread)."""
+
+    def __init__(self) -> None:
+        self._devices: dict[tuple[str, str], _Connection] = {}
+        self._recipients: dict[str, set[_Connection]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+        self._tail: asyncio.Task[None] | None = None
+
+    def join(self, connection: _Connection) -> _Connection | None:
+        """Register `connection`; returns the one of the same device it replaces."""
+        self._loop = asyncio.get_running_loop()
+        with self._lock:
+            key = (connection.recipient, connection.device)
+            older = self._devices.get(key)
+            self._devices[key] = connection
+            self._recipients.setdefault(connection.recipient, set()).add(connection)
+            if older is not None:
+                self._recipients[connection.recipient].discard(older)
+        return older
+
+    def leave(self, connection: _Connection) -> None:
+        with self._lock:
+            key = (connection.recipient, connection.device)
+            if self._devices.get(key) is connection:
+                del self._devices[key]
+            same = self._recipients.get(connection.recipient)
+            if same is not None:
+                same.discard(connection)
+                if not same:
+                    del self._recipients[connection.recipient]
+
+    def wake(self, recipient: str) -> None:
+        """The mailbox of `recipient` grew: its connections send."""
+        loop = self._loop
+        with self._lock:
+            connections = list(self._recipients.get(recipient, ()))
+        if loop is None or not connections or loop.is_closed():
+            return
+        for connection in connections:
+            loop.call_soon_threadsafe(connection.wake.set)
+
+    def connected(self) -> dict[str, list[_Connection]]:
+        with self._lock:
+            return {r: list(c) for r, c in self._recipients.items()}
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self._devices)
+
+    def tail(self, gateway: Gateway) -> None:
+        """Start looking at the heads of connected recipients (once per loop)."""
+        if self._tail is None or self._tail.done():
+            self._tail = asyncio.get_running_loop().create_task(self._look(gateway))
+
+    async def _look(self, gateway: Gateway) -> None:
+        while True:
+            await asyncio.sleep(POLL)
+            connected = self.connected()
+            if not connected:
+                continue
+            try:
+                heads = gateway.heads(list(connected))
+            except Exception as error:  # the store is closing; the connections end too
+                logger.debug("push: cannot read mailbox heads: %r", error)
+                continue
+            for recipient, head in heads.items():
+                for connection in connected[recipient]:
+                    if head > connection.window.sent:
+                        connection.wake.set()
+
+
+def make_app(gateway: Gateway, presence: Presence) -> Starlette:
+    """The ASGI app of `gw.asgi_app()`."""
+    from starlette.applications import Starlette  # noqa: PLC0415
+    from starlette.routing import WebSocketRoute  # noqa: PLC0415
+
+    async def endpoint(websocket: WebSocket) -> None:
+        await serve(websocket, gateway, presence)
+
+    return Starlette(routes=[WebSocketRoute("/ws", endpoint)])
+
+
+async def serve(websocket: WebSocket, gateway: Gateway, presence: Presence) -> None:
+    """One WebSocket: the hello, then the connection's delivery until either side
+    closes."""
+    if SUBPROTOCOL not in websocket.scope.get("subprotocols", ()):
+        await websocket.close(code=1002, reason=f"the subprotocol must be {SUBPROTOCOL}")
+        return
+    await websocket.accept(subprotocol=SUBPROTOCOL)
+    try:
+        hello = parse_client(await _next_frame(websocket, HELLO_TIMEOUT))
+        if not isinstance(hello, Hello):
+            raise BadFrame("the first frame must be hello")
+    except TimeoutError:
+        await _close(websocket, 1008, f"no hello within {HELLO_TIMEOUT:g}s")
+        return
+    except BadFrame as bad:
+        await _close(websocket, bad.code, bad.reason)
+        return
+    except _Gone:
+        return
+    try:
+        grant = verify(gateway.config.key, hello.token, gateway.now())
+        if grant.device is not None and grant.device != hello.device:
+            raise InvalidToken("the token is for another device")
+    except InvalidToken as refused:
+        await _close(websocket, BAD_TOKEN, refused.reason)
+        return
+    connection = _Connection(websocket, gateway, grant.recipient, hello.device)
+    older = presence.join(connection)
+    if older is not None:
+        older.replace()
+    presence.tail(gateway)
+    try:
+        await connection.run(hello.acked)
+    finally:
+        presence.leave(connection)
+
+
+class _Gone(Exception):
+    """The client went away."""
+
+
+async def _next_frame(websocket: WebSocket, timeout: float | None) -> str | bytes:
+    async with asyncio.timeout(timeout):
+        message = await websocket.receive()
+    if message["type"] == "websocket.disconnect":
+        raise _Gone
+    text = message.get("text")
+    if text is not None:
+        return str(text)
+    return bytes(message.get("bytes") or b"")
+
+
+async def _close(websocket: WebSocket, code: int, reason: str) -> None:
+    with contextlib.suppress(Exception):  # the client may be gone already
+        await websocket.close(code=code, reason=reason[:120])
+
+
+class _Connection:
+    """One device's delivery (see the module)."""
+
+    def __init__(self, websocket: WebSocket, gateway: Gateway, recipient: str, device: str):
+        self.websocket = websocket
+        self.gateway = gateway
+        self.recipient = recipient
+        self.device = device
+        config = gateway.config
+        self.window = Window(0, config.window, config.ack_timeout, config.max_deliveries)
+        self.wake = asyncio.Event()
+        self._stored = 0
+        """The device's cursor on disk."""
+        self._replaced = False
+        self._heard = time.monotonic()
+        self._pinged = time.monotonic()
+
+    def replace(self) -> None:
+        """The same device connected again: this connection ends with 4002."""
+        self._replaced = True
+        self.wake.set()
+
+    async def run(self, resume: int) -> None:
+        gateway, recipient, device = self.gateway, self.recipient, self.device
+        head, stored = gateway.cursor(recipient, device)
+        acked = min(resume, head)
+        if acked > stored:  # the device holds more than the server heard it ack
+            stored = await gateway.ack(recipient, device, acked)
+        self._stored = stored
+        self.window = Window(
+            acked, self.window.size, self.window.ack_timeout, self.window.max_deliveries
+        )
+        await self._send(welcome(head, acked))
+        receiver = asyncio.get_running_loop().create_task(self._receive())
+        try:
+            await self._deliver(receiver)
+        except _Gone:
+            pass
+        finally:
+            receiver.cancel()
+            with contextlib.suppress(BaseException):
+                await receiver
+
+    async def _deliver(self, receiver: asyncio.Task[None]) -> None:
+        heartbeat = self.gateway.config.heartbeat
+        while not receiver.done():
+            if self._replaced:
+                await _close(self.websocket, REPLACED, "the same device connected again")
+                return
+            now = time.monotonic()
+            if now - self._heard > STALE * heartbeat:
+                await _close(self.websocket, 1001, "no frame within two heartbeats")
+                return
+            if now - self._pinged >= heartbeat:
+                self._pinged = now
+                await self._send(ping())
+            action = self.window.due(now)
+            if action == "resend":
+                await self._resend(now)
+            elif action == "poison":
+                await self._poison(now)
+            await self._fill(now)
+            self.wake.clear()
+            wait = self._pinged + heartbeat - now
+            resend_at = self.window.resend_at()
+            if resend_at is not None:
+                wait = min(wait, resend_at - now)
+            woken = asyncio.ensure_future(self.wake.wait())
+            await asyncio.wait(
+                [woken, receiver], timeout=max(wait, 0.0), return_when=asyncio.FIRST_COMPLETED
+            )
+            woken.cancel()
+        with contextlib.suppress(_Gone):
+            receiver.result()  # a bad frame closes the connection with its code
+
+    async def _fill(self, now: float) -> None:
+        window = self.window
+        if window.room == 0:
+            return
+        head, mails = self.gateway.after(self.recipient, window.sent, window.room)
+        sent = window.sent
+        for mail in mails:
+            if mail.seq > sent + 1:
+                await self._send(gap(sent + 1, mail.seq - 1, "removed"))
+            await self._send(_frame(mail, 1))
+            sent = mail.seq
+        if not mails and head > sent and window.unacked == 0:
+            # everything after the cursor was removed before this device got it
+            await self._send(gap(sent + 1, head, "removed"))
+            window.skip(head, now)
+            return
+        if mails:
+            window.sent_up_to(sent, now)
+            self.gateway.mark_sent(mails)
+
+    async def _resend(self, now: float) -> None:
+        window = self.window
+        _, mails = self.gateway.after(self.recipient, window.acked, window.unacked)
+        attempt = window.tries + 1
+        for mail in mails:
+            if mail.seq <= window.sent:
+                await self._send(_frame(mail, attempt))
+        window.resent(now)
+        if mails:
+            self.gateway.mark_sent([m for m in mails if m.seq <= window.sent])
+
+    async def _poison(self, now: float) -> None:
+        window = self.window
+        _, mails = self.gateway.after(self.recipient, window.acked, 1)
+        if mails and mails[0].seq <= window.sent:
+            seq = mails[0].seq
+            await self.gateway.fail(self.recipient, seq, "poison")
+            await self._send(gap(seq, seq, "poison"))
+            window.skip(seq, now)
+        else:  # the oldest was removed meanwhile: the rest go again
+            window.resent(now)
+
+    async def _receive(self) -> None:
+        """Inbound frames: acks move the cursor (durably first), reads mark messages
+        read, pongs keep the connection alive. A bad frame closes it with its code."""
+        gateway, recipient, device = self.gateway, self.recipient, self.device
+        while True:
+            try:
+                frame = parse_client(await _next_frame(self.websocket, None))
+            except BadFrame as bad:
+                await _close(self.websocket, bad.code, bad.reason)
+                raise _Gone from None
+            self._heard = time.monotonic()
+            if isinstance(frame, Ack):
+                upto = min(frame.upto, self.window.sent)
+                if upto > self._stored:
+                    self._stored = await gateway.ack(recipient, device, upto)
+                if self.window.ack(upto, time.monotonic()):
+                    self.wake.set()
+            elif isinstance(frame, Read):
+                await gateway.read(recipient, device, frame.upto)
+            elif isinstance(frame, Hello):
+                await _close(self.websocket, 1008, "hello was already sent")
+                raise _Gone
+
+    async def _send(self, text: str) -> None:
+        try:
+            await self.websocket.send_text(text)
+        except Exception as error:  # the client went away mid-send
+            raise _Gone from error
+
+
+def _frame(mail: Mail, attempt: int) -> str:
+    return msg(mail.seq, mail.msg_id, mail.payload, mail.headers, attempt)
