@@ -135,7 +135,8 @@ class Runtime:
         for a directory that is not surelay's (or is already open in this process).
 
         With `push`, `rt.push` accepts messages into recipients' mailboxes on this
-        directory (see `surelay.push`).
+        directory (see `surelay.push`), and the built-in transport `push` takes
+        `rt.send("push", payload, key=recipient)` there through the outbox.
         """
         config = RuntimeConfig() if config is None else config
         if not isinstance(config, RuntimeConfig):
@@ -143,17 +144,24 @@ class Runtime:
         if push is not None and not isinstance(push, PushConfig):
             raise TypeError(f"push must be a PushConfig, got {type(push).__name__}")
         table = check_transports(transports)  # rt.consume adds to it
-        check_per_transport(config, table)
+        if push is not None and "push" in table:
+            raise ValueError(
+                "transport 'push' is built in when Runtime.open is given push=: name yours "
+                "otherwise"
+            )
+        check_per_transport(config, table if push is None else {**table, "push": print})
         store = Store.open(path, map_size=config.map_size, clock=config.clock, claim=True)
+        gateway = None if push is None else Gateway(store, push, config.clock)
+        if gateway is not None:
+            table["push"] = gateway.transport
         try:
-            parts = start(store, config, table)
+            parts = start(store, config, table, push=gateway)
         except BaseException:
             store.close()
             raise
         recovery = parts.recovery
         runtime = cls(store, config, parts)
-        if push is not None:
-            runtime._push = Gateway(store, push, config.clock)
+        runtime._push = gateway
         try:
             recovery.recover()
         except BaseException:

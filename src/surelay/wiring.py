@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from surelay.actors.dead_letter import DeadLetterSink, SinkEndpoint
 from surelay.actors.governor import GovernorEndpoint, PressureGovernor
@@ -62,6 +63,9 @@ from surelay.supervision import ChildSpec, Supervisor, SupervisorRef
 from surelay.telemetry import Telemetry
 from surelay.transports.protocol import Transport
 
+if TYPE_CHECKING:
+    from surelay.push.gateway import Gateway
+
 __all__ = ["Tree", "start"]
 
 
@@ -88,7 +92,11 @@ class Tree:
 
 
 def start(  # noqa: PLR0915  # the one place the whole tree is wired
-    store: Store, config: RuntimeConfig, transports: dict[str, Transport]
+    store: Store,
+    config: RuntimeConfig,
+    transports: dict[str, Transport],
+    *,
+    push: Gateway | None = None,
 ) -> Tree:
     """Make the parts the actors share, give each actor (and each way in) a record of
     what it uses, start the tree and let them find its actors by name
@@ -149,7 +157,14 @@ def start(  # noqa: PLR0915  # the one place the whole tree is wired
             peers,
         )
         forwards: dict[str, str] = {}  # consumers forwarding their dead letters add theirs
-        sweeper = SweeperEndpoint(store, clock, config.dedup_ttl, config.dead_letter_ttl)
+        sweeper = SweeperEndpoint(
+            store,
+            clock,
+            config.dedup_ttl,
+            config.dead_letter_ttl,
+            push_expire=None if push is None else push.expire,
+            push_next=None if push is None else push.next_expiry,
+        )
         specs = [
             ChildSpec("governor", PressureGovernor, args=(governor,)),
             ChildSpec("retry", RetryScheduler, args=(RetryEndpoint(backlog, clock, peers),)),

@@ -190,11 +190,21 @@ def test_retention_fails_the_undelivered_and_forgets_the_delivered(
         assert (status.state, status.reason, status.expires_at) == ("failed", "expired", 360.0)
         assert mb.count(txn) == 0
     assert put(store, mb, "ann", 7, key="a").duplicate is False  # the key went with it
-    assert put(store, mb, "ann", 8, key="b").duplicate is True  # kept with the failed status
+    resent = put(store, mb, "ann", 8, key="b")  # a failed message sent again is new
+    assert (resent.duplicate, resent.seq) == (False, 5)
+    assert put(store, mb, "ann", 9, key="b").duplicate is True
     with store.env.write() as txn:
+        assert mb.next_expiry(txn) == 360.0
         mb.expire(txn, now=360.0, limit=10, keep=60.0)
         assert mb.status(txn, "ann-1") is None
-    assert put(store, mb, "ann", 9, key="b").duplicate is False
+        assert mb.status(txn, "ann-8") is not None  # the key's new message keeps it
+        assert mb.next_expiry(txn) == 1000.0
+    assert put(store, mb, "ann", 10, key="b").duplicate is True
+    with store.env.write() as txn:
+        mb.expire(txn, now=2000.0, limit=10, keep=60.0)
+        assert mb.next_expiry(txn) == 2060.0  # the failed ones' statuses
+        mb.expire(txn, now=2060.0, limit=10, keep=60.0)
+        assert mb.next_expiry(txn) is None
 
 
 def test_a_store_of_schema_4_is_upgraded_with_empty_mailboxes(tmp_path: Path) -> None:

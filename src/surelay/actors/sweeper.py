@@ -1,8 +1,10 @@
 """The Sweeper: background retention, so the store does not grow without bound.
 
 Every `interval` clock seconds it removes expired dedup, inbox and message-status records
-(`dedup_ttl`)
-and, when `dead_letter_ttl` is set, dead letters that failed longer ago than that. Each
+(`dedup_ttl`), and, when `dead_letter_ttl` is set, dead letters that failed longer ago
+than that. With push, it also ends the retention of pushed messages (those no device
+acked become dead letters), waking at the next one due rather than a whole interval
+late. Each
 sweep removes at most `SWEEP_LIMIT` records per table in one write, so a large backlog is
 worked off over several sweeps without holding the writer.
 """
@@ -46,6 +48,10 @@ class SweeperEndpoint:
     clock: Callable[[], float]
     dedup_ttl: float
     dead_letter_ttl: float | None
+    push_expire: Callable[[float], int] | None = None
+    """Ends the push retention due at a time; returns how many messages failed."""
+    push_next: Callable[[], float | None] | None = None
+    """When the next push retention ends."""
 
 
 class Sweeper(AlarmOwner):
@@ -56,9 +62,16 @@ class Sweeper(AlarmOwner):
 
     def on_start(self) -> None:
         clock = self._at.clock
-        self.start_alarm(
-            Sweep(), clock, name="surelay-sweeper", at=clock() + self._interval, poll=0.2
-        )
+        self.start_alarm(Sweep(), clock, name="surelay-sweeper", at=self._next(clock()), poll=0.2)
+
+    def _next(self, now: float) -> float:
+        """The next sweep: an interval on, or sooner when a push retention ends."""
+        later = now + self._interval
+        if self._at.push_next is not None:
+            due = self._at.push_next()
+            if due is not None:
+                later = min(later, max(due, now + 0.05))
+        return later
 
     def on_receive(self, message: Any) -> Any:
         if not isinstance(message, Sweep):
@@ -74,9 +87,11 @@ class Sweeper(AlarmOwner):
             removed["dead_letters"] = at.store.sweep_dead_letters(
                 at.dead_letter_ttl, now=now, limit=SWEEP_LIMIT
             ).result()
+        if at.push_expire is not None:
+            removed["push_failed"] = at.push_expire(now)
         if any(removed.values()):
             logger.info("retention sweep removed %s", removed)
         if self._alarm is not None:
             full = any(n >= SWEEP_LIMIT for n in removed.values())
-            self._alarm.set(now if full else now + self._interval)
+            self._alarm.set(now if full else self._next(now))
         return removed

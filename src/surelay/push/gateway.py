@@ -16,13 +16,14 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from surelay.envelope import check_headers, check_payload, check_text
-from surelay.errors import InvalidMessage
+from surelay.envelope import Envelope, Priority, check_headers, check_payload, check_text
+from surelay.errors import InvalidMessage, MailboxFull, Overloaded, PermanentError, TransientError
 from surelay.push.config import PushConfig
 from surelay.push.tokens import check_name, issue
 from surelay.storage.environment import Txn
 from surelay.storage.keys import new_id
 from surelay.storage.mailbox import Appended, Failure, Mail, Mailboxes, PushStatus
+from surelay.storage.records import DeadLetter
 from surelay.storage.store import Store
 
 if TYPE_CHECKING:
@@ -178,12 +179,67 @@ class Gateway:
         await asyncio.wrap_future(future)
 
     async def fail(self, recipient: str, seq: int, reason: Failure) -> Mail | None:
-        """Take message `seq` out of the mailbox as failed."""
-        mailboxes, clock, keep = self.mailboxes, self._clock, self.config.retention
-        future = self._store.write(
-            lambda txn: mailboxes.fail(txn, recipient, seq, reason, clock(), keep=keep)
-        )
-        return await asyncio.wrap_future(future)
+        """Take message `seq` out of the mailbox as failed, and store it as a dead letter
+        of transport `push` in the same write (replay puts it back in the mailbox)."""
+        keep, store = self.config.retention, self._store
+
+        def op(txn: Txn) -> Mail | None:
+            now = self._clock()
+            attempts = self._attempts(txn, recipient, seq)
+            mail = self.mailboxes.fail(txn, recipient, seq, reason, now, keep=keep)
+            if mail is not None:
+                store.dead_letters.insert(txn, _dead_letter(mail, reason, attempts, now))
+            return mail
+
+        return await asyncio.wrap_future(self._store.write(op))
+
+    def expire(self, now: float | None = None, *, limit: int = 10_000) -> int:
+        """End the retention of what is due (the runtime's sweeper does this on its
+        own): messages no device acked in time become dead letters (`expired`), acked
+        ones are forgotten. Returns how many messages failed."""
+        keep, store, mailboxes = self.config.retention, self._store, self.mailboxes
+        at = self._clock() if now is None else now
+
+        def op(txn: Txn) -> int:
+            failed = mailboxes.expire(txn, at, limit=limit, keep=keep)
+            for mail in failed:
+                store.dead_letters.insert(txn, _dead_letter(mail, "expired", 0, at))
+            return len(failed)
+
+        return self._store.write(op).result(SEND_TIMEOUT)
+
+    def next_expiry(self) -> float | None:
+        """When `expire` next has something to do (None: nothing held)."""
+        with self._store.read() as txn:
+            return self.mailboxes.next_expiry(txn)
+
+    def transport(self, envelope: Envelope) -> None:
+        """The built-in `push` transport: `rt.send("push", payload, key=recipient)`
+        goes through the outbox (transactions, the SQL outbox, `rt.consume`, replay)
+        into the recipient's mailbox; the message's idempotency key is the mailbox's,
+        so a retried or replayed call adds it once."""
+        if envelope.key is None:
+            raise PermanentError("a push message needs key=<recipient>")
+        try:
+            self.send(
+                envelope.key,
+                envelope.payload,
+                idempotency_key=envelope.idempotency_key,
+                headers=envelope.headers,
+            )
+        except InvalidMessage as error:
+            raise PermanentError(f"cannot push: {error}") from error
+        except MailboxFull as error:
+            raise TransientError(str(error)) from error
+        except Overloaded as error:
+            raise TransientError(str(error), retry_after=error.retry_after) from error
+
+    def _attempts(self, txn: Txn, recipient: str, seq: int) -> int:
+        for mail in self.mailboxes.after(txn, recipient, seq - 1, limit=1):
+            status = self.mailboxes.status(txn, mail.msg_id)
+            if mail.seq == seq and status is not None:
+                return status.attempts
+        return 0
 
     def _wake(self, recipient: str) -> None:
         if self._presence is not None:
@@ -245,6 +301,36 @@ class Gateway:
         status = self.status(appended.msg_id)
         state = "queued" if status is None else status.state
         return PushReceipt(appended.msg_id, appended.seq, state, True)
+
+
+_REASONS = {
+    "poison": "sent max_deliveries times to a device without an ack (poison)",
+    "expired": "no device acked it within its retention (expired)",
+    "overflow": "the mailbox overflowed",
+    "canceled": "canceled",
+}
+
+
+def _dead_letter(mail: Mail, reason: Failure, attempts: int, now: float) -> DeadLetter:
+    """A failed push message as a dead letter of transport `push`, keyed by its
+    recipient: replaying it sends it to that mailbox again."""
+    return DeadLetter(
+        id=new_id(now),
+        message_id=mail.msg_id,
+        key=mail.recipient,
+        transport="push",
+        payload=mail.payload,
+        headers=dict(mail.headers),
+        idempotency_key=mail.msg_id,
+        priority=Priority.NORMAL,
+        trace_id=None,
+        reason_class="expired" if reason == "expired" else "permanent",
+        reason=f"push to {mail.recipient!r}: {_REASONS[reason]}",
+        error_type=None,
+        attempts=attempts,
+        first_attempt_at=mail.created_at,
+        failed_at=now,
+    )
 
 
 def _log_failure(future: Future[None]) -> None:

@@ -153,7 +153,8 @@ class Mailboxes:
             known = txn.get(name + idempotency_key.encode("utf-8"), db=self._idem)
             if known is not None:
                 status = self.status(txn, bytes(known).decode("utf-8"))
-                if status is not None:
+                # a failed message sent again (a dead letter replayed) is a new message
+                if status is not None and status.state != "failed":
                     return Appended(status.msg_id, status.seq, duplicate=True)
         head = self._read_head(txn, name)
         if head.pending >= max_pending:
@@ -379,6 +380,13 @@ class Mailboxes:
                 self._forget(txn, status)
         return failed
 
+    def next_expiry(self, txn: Txn) -> float | None:
+        """When the next retention ends (None: nothing is held)."""
+        cursor = txn.cursor(db=self._exp)
+        if not cursor.first():
+            return None
+        return from_u64(bytes(cursor.key())) / 1_000_000
+
     def count(self, txn: Txn) -> int:
         """Messages held in every mailbox."""
         return int(txn.stat(self._mail)["entries"])
@@ -388,9 +396,10 @@ class Mailboxes:
     def _forget(self, txn: Txn, status: PushStatus) -> None:
         txn.delete(status.msg_id.encode("utf-8"), db=self._status)
         if status.idempotency_key is not None:
-            txn.delete(
-                _name(status.recipient) + status.idempotency_key.encode("utf-8"), db=self._idem
-            )
+            key = _name(status.recipient) + status.idempotency_key.encode("utf-8")
+            named = txn.get(key, db=self._idem)
+            if named is not None and bytes(named) == status.msg_id.encode("utf-8"):
+                txn.delete(key, db=self._idem)  # (not when the key names a newer message)
 
     def _read_head(self, txn: Txn, name: bytes) -> _Head:
         raw = txn.get(name, db=self._head)
