@@ -1,0 +1,111 @@
+"""The Python client: each message handed to the app once, in order, across a
+reconnect and a restart of the client; the cursor saved before the ack."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from surelay import Runtime
+from surelay.push import PushConfig
+from surelay.push.client import FileCursor, MemoryCursor, PushClient, PushClosed, PushMessage
+from tests.helpers import wait_until
+from tests.push.serving import SECRET, serving
+
+
+async def take(client: PushClient, n: int) -> list[PushMessage]:
+    out: list[PushMessage] = []
+    async with asyncio.timeout(10):
+        async for message in client:
+            out.append(message)
+            if len(out) == n:
+                break
+    return out
+
+
+def test_messages_once_in_order_across_client_restarts(tmp_path: Path) -> None:
+    cursor = tmp_path / "phone.cursor"
+    with (
+        Runtime.open(tmp_path / "d", transports={}, push=PushConfig(SECRET)) as rt,
+        serving(rt) as url,
+    ):
+        token = rt.push.issue_token("ann", device="phone")
+        for i in range(5):
+            rt.push.send("ann", b"%d" % i, headers={"i": str(i)})
+
+        async def first() -> list[PushMessage]:
+            async with PushClient(url, token, "phone", cursor_store=cursor) as client:
+                return await take(client, 3)  # the third is handled, not yet acked
+
+        got = asyncio.run(first())
+        assert [(m.seq, m.data, dict(m.headers)) for m in got] == [
+            (1, b"0", {"i": "0"}),
+            (2, b"1", {"i": "1"}),
+            (3, b"2", {"i": "2"}),
+        ]
+        assert FileCursor(cursor).load() == 2  # saved before each ack
+        wait_until(lambda: rt.push.cursor("ann", "phone")[1] == 2, 5)
+
+        async def again() -> list[PushMessage]:  # a new process: the file's cursor
+            async with PushClient(url, token, "phone", cursor_store=str(cursor)) as client:
+                return await take(client, 3)
+
+        assert [m.seq for m in asyncio.run(again())] == [3, 4, 5]
+
+
+def test_the_client_reconnects_and_stops_on_4001_and_4002(tmp_path: Path) -> None:
+    with (
+        Runtime.open(tmp_path / "d", transports={}, push=PushConfig(SECRET)) as rt,
+        serving(rt) as url,
+    ):
+        token = rt.push.issue_token("ann")
+
+        async def main() -> None:
+            client = PushClient(url, token, "phone", backoff=0.05)
+            rt.push.send("ann", b"a")
+            messages = client.__aiter__()
+            assert (await anext(messages)).seq == 1
+            await client._ws.close()  # the connection drops: the client connects again
+            rt.push.send("ann", b"b")
+            assert (await asyncio.wait_for(anext(messages), 10)).seq == 2
+            other = PushClient(url, token, "phone")
+            taking = asyncio.ensure_future(anext(other.__aiter__()))
+            with pytest.raises(PushClosed) as closed:
+                await asyncio.wait_for(anext(messages), 10)
+            assert closed.value.code == 4002
+            # a client with no cursor of its own gets what the mailbox holds from the start
+            assert (await asyncio.wait_for(taking, 10)).seq == 1
+            await other.close()
+            bad = PushClient(url, "v1.bad.token", "phone")
+            with pytest.raises(PushClosed, match="4001"):
+                await asyncio.wait_for(anext(bad.__aiter__()), 10)
+
+        asyncio.run(main())
+
+
+def test_a_frame_already_handled_is_dropped(tmp_path: Path) -> None:
+    with (
+        Runtime.open(tmp_path / "d", transports={}, push=PushConfig(SECRET)) as rt,
+        serving(rt) as url,
+    ):
+        token = rt.push.issue_token("ann")
+        for i in range(3):
+            rt.push.send("ann", b"%d" % i)
+
+        async def main() -> None:
+            # the server never heard this device ack; the device holds up to 2
+            client = PushClient(url, token, "phone", cursor_store=MemoryCursor(2))
+            assert [m.seq for m in await take(client, 1)] == [3]
+            await client.read(3)
+            await client.close()
+
+        asyncio.run(main())
+        wait_until(lambda: rt.push.cursor("ann", "phone")[1] >= 2, 5)
+
+
+def test_a_damaged_cursor_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "c").write_text("not a number")
+    with pytest.raises(ValueError, match="does not hold a push cursor"):
+        PushClient("ws://127.0.0.1:1/ws", "t", "d", cursor_store=tmp_path / "c")
