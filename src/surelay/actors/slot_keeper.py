@@ -11,6 +11,7 @@ them, and lets the lock go. It also clears LMDB's reader slots of dead processes
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -64,7 +65,7 @@ class SlotKeeper(AlarmOwner):
             if slot == store.slot:
                 continue
             with store.read() as txn:
-                holds = [store.outbox.holds, store.scheduled.holds]
+                holds = [store.outbox.holds, store.scheduled.holds, store.mailboxes.presence_holds]
                 if self._recovery.hooked:
                     holds.append(store.hook_marks.holds)
                 if not any(held(txn, slot) for held in holds):
@@ -74,6 +75,8 @@ class SlotKeeper(AlarmOwner):
                 continue  # its runtime is alive
             try:
                 adopted[slot] = self._recovery.adopt(slot)
+                # its push connections died with it
+                store.write(functools.partial(store.mailboxes.release_slot, slot=slot)).result()
             finally:
                 lock.release()
         cleared = store.env.reader_check()

@@ -22,7 +22,7 @@ from surelay.push.config import PushConfig
 from surelay.push.tokens import check_name, issue
 from surelay.storage.environment import Txn
 from surelay.storage.keys import new_id
-from surelay.storage.mailbox import Appended, Failure, Mail, Mailboxes, PushStatus
+from surelay.storage.mailbox import Appended, Failure, Mail, PushStatus
 from surelay.storage.records import DeadLetter
 from surelay.storage.store import Store
 
@@ -63,7 +63,9 @@ class Gateway:
         self._store = store
         self.config = config
         self._clock = clock
-        self.mailboxes = Mailboxes(store.env)
+        self.mailboxes = store.mailboxes
+        # this slot is ours now: rows of an earlier run of it name connections long gone
+        store.write(lambda txn: self.mailboxes.release_slot(txn, store.slot)).result(SEND_TIMEOUT)
         rate = config.rate_per_recipient
         self._rate = (
             None
@@ -139,10 +141,33 @@ class Gateway:
     def now(self) -> float:
         return self._clock()
 
-    def heads(self, recipients: list[str]) -> dict[str, int]:
-        """The last seq of each mailbox, in one read."""
+    def look(
+        self, devices: list[tuple[str, str]]
+    ) -> tuple[dict[str, int], dict[tuple[str, str], str | None]]:
+        """In one read: the head of each recipient's mailbox, and the connection that
+        serves each (recipient, device)."""
         with self._store.read() as txn:
-            return {r: self.mailboxes.head(txn, r) for r in recipients}
+            heads = {r: self.mailboxes.head(txn, r) for r, _ in devices}
+            holders = {(r, d): self.mailboxes.holder(txn, r, d) for r, d in devices}
+        return heads, holders
+
+    async def claim(self, recipient: str, device: str, connection: str) -> None:
+        """`connection` serves `device` now (one that served it in another process sees
+        this and closes with 4002)."""
+        mailboxes, slot, clock = self.mailboxes, self._store.slot, self._clock
+        future = self._store.write(
+            lambda txn: mailboxes.claim(
+                txn, recipient, device, slot=slot, connection=connection, now=clock()
+            )
+        )
+        await asyncio.wrap_future(future)
+
+    async def release(self, recipient: str, device: str, connection: str) -> None:
+        mailboxes = self.mailboxes
+        future = self._store.write(
+            lambda txn: mailboxes.release(txn, recipient, device, connection)
+        )
+        await asyncio.wrap_future(future)
 
     def cursor(self, recipient: str, device: str) -> tuple[int, int]:
         """(the mailbox's head, `device`'s cursor)."""

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import threading
 import time
+import uuid
 from typing import TYPE_CHECKING
 
 from surelay.push.frames import (
@@ -104,9 +105,9 @@ class Presence:
         for connection in connections:
             loop.call_soon_threadsafe(connection.wake.set)
 
-    def connected(self) -> dict[str, list[_Connection]]:
+    def connections(self) -> list[_Connection]:
         with self._lock:
-            return {r: list(c) for r, c in self._recipients.items()}
+            return list(self._devices.values())
 
     def count(self) -> int:
         with self._lock:
@@ -120,18 +121,20 @@ class Presence:
     async def _look(self, gateway: Gateway) -> None:
         while True:
             await asyncio.sleep(POLL)
-            connected = self.connected()
-            if not connected:
+            connections = self.connections()
+            if not connections:
                 continue
             try:
-                heads = gateway.heads(list(connected))
+                heads, holders = gateway.look([(c.recipient, c.device) for c in connections])
             except Exception as error:  # the store is closing; the connections end too
                 logger.debug("push: cannot read mailbox heads: %r", error)
                 continue
-            for recipient, head in heads.items():
-                for connection in connected[recipient]:
-                    if head > connection.window.sent:
-                        connection.wake.set()
+            for connection in connections:
+                holder = holders[connection.recipient, connection.device]
+                if connection.claimed and holder != connection.id:
+                    connection.replace()  # the device connected to another process
+                elif heads[connection.recipient] > connection.window.sent:
+                    connection.wake.set()
 
 
 def make_app(gateway: Gateway, presence: Presence) -> Starlette:
@@ -177,9 +180,13 @@ async def serve(websocket: WebSocket, gateway: Gateway, presence: Presence) -> N
         older.replace()
     presence.tail(gateway)
     try:
+        await gateway.claim(connection.recipient, connection.device, connection.id)
+        connection.claimed = True
         await connection.run(hello.acked)
     finally:
         presence.leave(connection)
+        with contextlib.suppress(Exception):  # a closing store: the slot's rows go with it
+            await gateway.release(connection.recipient, connection.device, connection.id)
 
 
 class _Gone(Exception):
@@ -213,6 +220,9 @@ class _Connection:
         config = gateway.config
         self.window = Window(0, config.window, config.ack_timeout, config.max_deliveries)
         self.wake = asyncio.Event()
+        self.id = uuid.uuid4().hex
+        self.claimed = False
+        """Its presence row is written (another process's connection may take it)."""
         self._stored = 0
         """The device's cursor on disk."""
         self._replaced = False

@@ -69,6 +69,7 @@ TABLES = (
     "push_idem",
     "push_cursor",
     "push_exp",
+    "push_presence",
 )
 HOST_TABLE_PREFIX = "host."
 

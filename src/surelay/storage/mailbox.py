@@ -13,12 +13,13 @@ not acked it sees a gap.
 Tables (schema 5): `push_head` (recipient -> head, delivered and read marks, pending
 count, rate TAT), `push_mail` (recipient, seq -> message), `push_status` (message id ->
 status), `push_idem` (recipient, idempotency key -> message id), `push_cursor`
-(recipient, device -> acked), `push_exp` (time, kind, message id: what to sweep when).
+(recipient, device -> acked), `push_exp` (time, kind, message id: what to sweep when),
+`push_presence` (recipient, device -> the slot and connection serving it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -127,6 +128,7 @@ class Mailboxes:
         self._idem = env.db("push_idem")
         self._cursor = env.db("push_cursor")
         self._exp = env.db("push_exp")
+        self._presence = env.db("push_presence")
 
     # -- accepting -----------------------------------------------------------------------
 
@@ -379,6 +381,53 @@ class Mailboxes:
                 txn.delete(_name(status.recipient) + u64(status.seq), db=self._mail)
                 self._forget(txn, status)
         return failed
+
+    # -- presence: which connection serves a device -----------------------------------
+
+    def claim(
+        self, txn: Txn, recipient: str, device: str, *, slot: int, connection: str, now: float
+    ) -> tuple[int, str] | None:
+        """`connection` (of the runtime holding `slot`) serves `device` from now on;
+        returns the (slot, connection) it displaces, if another held it."""
+        key = _name(recipient) + _name(device)
+        older = txn.get(key, db=self._presence)
+        txn.put(key, _pack([slot, connection, now]), db=self._presence)
+        if older is None:
+            return None
+        held_slot, held_by, _ = _unpack(older)
+        return None if held_by == connection else (held_slot, held_by)
+
+    def holder(self, txn: Txn, recipient: str, device: str) -> str | None:
+        """The connection serving `device` (None: none)."""
+        raw = txn.get(_name(recipient) + _name(device), db=self._presence)
+        return None if raw is None else str(_unpack(raw)[1])
+
+    def release(self, txn: Txn, recipient: str, device: str, connection: str) -> None:
+        """`connection` ended: its row goes, unless another connection holds it now."""
+        key = _name(recipient) + _name(device)
+        raw = txn.get(key, db=self._presence)
+        if raw is not None and _unpack(raw)[1] == connection:
+            txn.delete(key, db=self._presence)
+
+    def presence_holds(self, txn: Txn, slot: int) -> bool:
+        return any(True for _ in self._rows_of(txn, slot))
+
+    def release_slot(self, txn: Txn, slot: int) -> int:
+        """The runtime of `slot` is gone: its connections are too."""
+        keys = list(self._rows_of(txn, slot))
+        for key in keys:
+            txn.delete(key, db=self._presence)
+        return len(keys)
+
+    def online(self, txn: Txn) -> int:
+        """Devices connected, in every process on the directory."""
+        return int(txn.stat(self._presence)["entries"])
+
+    def _rows_of(self, txn: Txn, slot: int) -> Iterator[bytes]:
+        cursor = txn.cursor(db=self._presence)
+        for key, value in cursor.iternext():
+            if _unpack(value)[0] == slot:
+                yield bytes(key)
 
     def next_expiry(self, txn: Txn) -> float | None:
         """When the next retention ends (None: nothing is held)."""

@@ -28,6 +28,7 @@ from surelay.storage.ended import Ended, Ending
 from surelay.storage.environment import Environment, Txn, check_path
 from surelay.storage.hook_marks import HookMarks
 from surelay.storage.inbox import Inbox
+from surelay.storage.mailbox import Mailboxes
 from surelay.storage.outbox import Outbox
 from surelay.storage.quarantine import Quarantine
 from surelay.storage.records import DEAD_LETTER_STATUSES, DeadLetter, OutboxEntry
@@ -119,6 +120,7 @@ class Store:
         self.scheduled = Scheduled(env, self.outbox, report)
         self.ended = Ended(env, report)
         self.hook_marks = HookMarks(env, self.slot)
+        self.mailboxes = Mailboxes(env)
         self.dead_letters = DeadLetterTable(env, report)
         self.dedup = Dedup(env, report)
         self.inbox = Inbox(env, report)
