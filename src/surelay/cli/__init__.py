@@ -14,6 +14,7 @@ import click
 from surelay.cli.console import console
 from surelay.cli.dlq import dlq
 from surelay.cli.doctor import doctor
+from surelay.cli.push import push
 from surelay.cli.relay import relay
 from surelay.cli.stats import stats
 from surelay.cli.status import status
@@ -59,6 +60,7 @@ def demo(messages: int, path: Path) -> None:
 main.add_command(console)
 main.add_command(dlq)
 main.add_command(doctor)
+main.add_command(push)
 main.add_command(relay)
 main.add_command(stats)
 main.add_command(status)
