@@ -37,7 +37,7 @@ def test_messages_once_in_order_across_client_restarts(tmp_path: Path) -> None:
 
         async def first() -> list[PushMessage]:
             async with PushClient(url, token, "phone", cursor_store=cursor) as client:
-                return await take(client, 3)  # the third is handled, not yet acked
+                return await take(client, 3)  # left without an error: all three handled
 
         got = asyncio.run(first())
         assert [(m.seq, m.data, dict(m.headers)) for m in got] == [
@@ -45,14 +45,24 @@ def test_messages_once_in_order_across_client_restarts(tmp_path: Path) -> None:
             (2, b"1", {"i": "1"}),
             (3, b"2", {"i": "2"}),
         ]
-        assert FileCursor(cursor).load() == 2  # saved before each ack
-        wait_until(lambda: rt.push.cursor("ann", "phone")[1] == 2, 5)
+        assert FileCursor(cursor).load() == 3  # saved before each ack
+        wait_until(lambda: rt.push.cursor("ann", "phone")[1] == 3, 5)
+
+        async def crash() -> None:  # the app fails on message 4: it is not acked
+            async with PushClient(url, token, "phone", cursor_store=cursor) as client:
+                async for message in client:
+                    assert message.seq == 4
+                    raise RuntimeError("the app failed")
+
+        with pytest.raises(RuntimeError, match="the app failed"):
+            asyncio.run(crash())
+        assert FileCursor(cursor).load() == 3
 
         async def again() -> list[PushMessage]:  # a new process: the file's cursor
             async with PushClient(url, token, "phone", cursor_store=str(cursor)) as client:
-                return await take(client, 3)
+                return await take(client, 2)
 
-        assert [m.seq for m in asyncio.run(again())] == [3, 4, 5]
+        assert [m.seq for m in asyncio.run(again())] == [4, 5]
 
 
 def test_the_client_reconnects_and_stops_on_4001_and_4002(tmp_path: Path) -> None:

@@ -6,7 +6,8 @@ once, in order, across reconnects and restarts of either side.
             handle(message.data)          # acked once the loop asks for the next one
 
 A message is acked only after the app has handled it (when the loop asks for the next
-one) and after its seq is saved in `cursor_store`, so a crash never loses one: the next
+one, or leaves the `async with` block without an exception) and after its seq is saved
+in `cursor_store`, so a crash never loses one: the next
 run resumes after the saved cursor, and a message at or below it is dropped (the server
 may send one again after a lost ack). The connection is made again with back-off when
 it drops; 4001 (bad token) and 4002 (the device connected elsewhere) end the iteration
@@ -120,6 +121,8 @@ class PushClient:
         self.acked = self.cursor.load()
         self._backoff, self._max_backoff = backoff, max_backoff
         self._ws: Any = None
+        self._handed: int | None = None
+        """The seq handed to the app and not yet acked."""
 
     async def __aenter__(self) -> PushClient:
         return self
@@ -130,6 +133,9 @@ class PushClient:
         error: BaseException | None,
         trace: TracebackType | None,
     ) -> None:
+        handed, self._handed = self._handed, None
+        if kind is None and handed is not None:  # the last message was handled too
+            await self._ack(handed)
         await self.close()
 
     async def close(self) -> None:
@@ -153,7 +159,9 @@ class PushClient:
             try:
                 async for message in self._session():
                     failures = 0
+                    self._handed = message.seq
                     yield message
+                    self._handed = None
                     await self._ack(message.seq)  # handled: saved, then acked
             except websockets.ConnectionClosed as closed:
                 code = closed.rcvd.code if closed.rcvd is not None else None
