@@ -8,13 +8,13 @@ import asyncio
 import contextlib
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import uvicorn
 import websockets
 from starlette.applications import Starlette
-from starlette.routing import Mount
+from starlette.routing import BaseRoute, Mount
 
 from surelay import Runtime
 from tests.helpers import free_port, listening, wait_until
@@ -23,10 +23,10 @@ SECRET = "push-test-secret-0123456789"
 
 
 @contextlib.contextmanager
-def serving(rt: Runtime) -> Iterator[str]:
-    """uvicorn serving `rt.push` at /push; yields the WebSocket URL."""
+def serving(rt: Runtime, routes: Sequence[BaseRoute] = ()) -> Iterator[str]:
+    """uvicorn serving `rt.push` at /push (and `routes`); yields the WebSocket URL."""
     port = free_port()
-    app = Starlette(routes=[Mount("/push", app=rt.push.asgi_app())])
+    app = Starlette(routes=[Mount("/push", app=rt.push.asgi_app()), *routes])
     server = uvicorn.Server(
         uvicorn.Config(
             app, host="127.0.0.1", port=port, ws="websockets-sansio", log_level="warning"

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from surelay.push.tokens import check_name
+from surelay.storage.mailbox import Mail
 
 __all__ = [
     "BAD_FRAME",
@@ -32,6 +33,7 @@ __all__ = [
     "Pong",
     "Read",
     "gap",
+    "message_frame",
     "msg",
     "parse_client",
     "ping",
@@ -167,6 +169,11 @@ def msg(seq: int, msg_id: str, data: bytes, headers: Mapping[str, str], attempt:
             "attempt": attempt,
         }
     )
+
+
+def message_frame(mail: Mail, attempt: int) -> str:
+    """The `msg` frame of a mailbox message."""
+    return msg(mail.seq, mail.msg_id, mail.payload, mail.headers, attempt)
 
 
 def gap(first: int, last: int, reason: str) -> str:

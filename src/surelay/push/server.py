@@ -34,14 +34,13 @@ from surelay.push.frames import (
     Hello,
     Read,
     gap,
-    msg,
+    message_frame,
     parse_client,
     ping,
     welcome,
 )
 from surelay.push.tokens import InvalidToken, verify
 from surelay.push.window import Window
-from surelay.storage.mailbox import Mail
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -68,9 +67,28 @@ class Presence:
     def __init__(self) -> None:
         self._devices: dict[tuple[str, str], _Connection] = {}
         self._recipients: dict[str, set[_Connection]] = {}
+        self._listeners: dict[str, set[asyncio.Event]] = {}
+        """SSE streams and long polls waiting for a recipient's messages."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
         self._tail: asyncio.Task[None] | None = None
+
+    def listen(self, recipient: str) -> asyncio.Event:
+        """An event set when `recipient`'s mailbox grows in this process (`unlisten` it
+        when done); what other processes accept is for the listener to look for."""
+        self._loop = asyncio.get_running_loop()
+        event = asyncio.Event()
+        with self._lock:
+            self._listeners.setdefault(recipient, set()).add(event)
+        return event
+
+    def unlisten(self, recipient: str, event: asyncio.Event) -> None:
+        with self._lock:
+            same = self._listeners.get(recipient)
+            if same is not None:
+                same.discard(event)
+                if not same:
+                    del self._listeners[recipient]
 
     def join(self, connection: _Connection) -> _Connection | None:
         """Register `connection`; returns the one of the same device it replaces."""
@@ -99,11 +117,12 @@ class Presence:
         """The mailbox of `recipient` grew: its connections send."""
         loop = self._loop
         with self._lock:
-            connections = list(self._recipients.get(recipient, ()))
-        if loop is None or not connections or loop.is_closed():
+            events = [c.wake for c in self._recipients.get(recipient, ())]
+            events += self._listeners.get(recipient, ())
+        if loop is None or not events or loop.is_closed():
             return
-        for connection in connections:
-            loop.call_soon_threadsafe(connection.wake.set)
+        for event in events:
+            loop.call_soon_threadsafe(event.set)
 
     def connections(self) -> list[_Connection]:
         with self._lock:
@@ -142,10 +161,12 @@ def make_app(gateway: Gateway, presence: Presence) -> Starlette:
     from starlette.applications import Starlette  # noqa: PLC0415
     from starlette.routing import WebSocketRoute  # noqa: PLC0415
 
+    from surelay.push.http import http_routes  # noqa: PLC0415
+
     async def endpoint(websocket: WebSocket) -> None:
         await serve(websocket, gateway, presence)
 
-    return Starlette(routes=[WebSocketRoute("/ws", endpoint)])
+    return Starlette(routes=[WebSocketRoute("/ws", endpoint), *http_routes(gateway, presence)])
 
 
 async def serve(websocket: WebSocket, gateway: Gateway, presence: Presence) -> None:
@@ -296,7 +317,7 @@ class _Connection:
         for mail in mails:
             if mail.seq > sent + 1:
                 await self._send(gap(sent + 1, mail.seq - 1, "removed"))
-            await self._send(_frame(mail, 1))
+            await self._send(message_frame(mail, 1))
             sent = mail.seq
         if not mails and head > sent and window.unacked == 0:
             # everything after the cursor was removed before this device got it
@@ -313,7 +334,7 @@ class _Connection:
         attempt = window.tries + 1
         for mail in mails:
             if mail.seq <= window.sent:
-                await self._send(_frame(mail, attempt))
+                await self._send(message_frame(mail, attempt))
         window.resent(now)
         if mails:
             self.gateway.mark_sent([m for m in mails if m.seq <= window.sent])
@@ -357,7 +378,3 @@ class _Connection:
             await self.websocket.send_text(text)
         except Exception as error:  # the client went away mid-send
             raise _Gone from error
-
-
-def _frame(mail: Mail, attempt: int) -> str:
-    return msg(mail.seq, mail.msg_id, mail.payload, mail.headers, attempt)
