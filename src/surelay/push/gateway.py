@@ -141,6 +141,11 @@ class Gateway:
     def now(self) -> float:
         return self._clock()
 
+    def changes(self) -> int:
+        """See `Mailboxes.changes`."""
+        with self._store.read() as txn:
+            return self.mailboxes.changes(txn)
+
     def look(
         self, devices: list[tuple[str, str]]
     ) -> tuple[dict[str, int], dict[tuple[str, str], str | None]]:

@@ -52,9 +52,13 @@ __all__ = ["POLL", "Presence", "make_app"]
 
 logger = logging.getLogger("surelay.push")
 
-POLL = 0.1
-"""Seconds between looks at the heads of connected recipients (messages accepted by
-other processes on the directory)."""
+POLL = 0.005
+"""Seconds between looks at the directory's change count (one key): when it moved, the
+heads of the connected recipients and their devices' presence are read (messages
+accepted by other processes, devices that connected elsewhere)."""
+
+LOOK_ANYWAY = 1.0
+"""Seconds after which they are read even if the count did not move."""
 
 STALE = 2.0
 """A connection silent for this many heartbeats is closed (1001)."""
@@ -138,12 +142,18 @@ class Presence:
             self._tail = asyncio.get_running_loop().create_task(self._look(gateway))
 
     async def _look(self, gateway: Gateway) -> None:
+        seen, looked = -1, 0.0
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(POLL)
             connections = self.connections()
             if not connections:
                 continue
             try:
+                changes = gateway.changes()
+                if changes == seen and loop.time() - looked < LOOK_ANYWAY:
+                    continue
+                seen, looked = changes, loop.time()
                 heads, holders = gateway.look([(c.recipient, c.device) for c in connections])
             except Exception as error:  # the store is closing; the connections end too
                 logger.debug("push: cannot read mailbox heads: %r", error)

@@ -38,6 +38,9 @@ Failure = Literal["expired", "poison", "overflow", "canceled"]
 FAILURES: tuple[Failure, ...] = ("expired", "poison", "overflow", "canceled")
 
 _V1 = 1
+_FEED = b"\xff\xff"
+"""`push_head` key of the change count: a name's key starts with its length (at most
+`MAX_NAME_BYTES`), never with 0xFFFF."""
 _MESSAGE_ENDS = b"m"
 """`push_exp` kind: the message's retention ends (removed; failed if undelivered)."""
 _STATUS_ENDS = b"s"
@@ -202,6 +205,7 @@ class Mailboxes:
             txn.put(name + idempotency_key.encode("utf-8"), msg_id.encode("utf-8"), db=self._idem)
         txn.put(micros(expires_at) + _MESSAGE_ENDS + msg_id.encode("utf-8"), b"", db=self._exp)
         self._write_head(txn, name, replace(head, head=seq, pending=head.pending + 1, tat=tat))
+        self._bump(txn)
         return Appended(msg_id, seq, duplicate=False)
 
     # -- reading -------------------------------------------------------------------------
@@ -392,6 +396,7 @@ class Mailboxes:
         key = _name(recipient) + _name(device)
         older = txn.get(key, db=self._presence)
         txn.put(key, _pack([slot, connection, now]), db=self._presence)
+        self._bump(txn)
         if older is None:
             return None
         held_slot, held_by, _ = _unpack(older)
@@ -428,6 +433,15 @@ class Mailboxes:
         for key, value in cursor.iternext():
             if _unpack(value)[0] == slot:
                 yield bytes(key)
+
+    def changes(self, txn: Txn) -> int:
+        """A count that moves whenever a message is appended or a device's connection
+        changes, anywhere on the directory: one read tells a process whether to look."""
+        raw = txn.get(_FEED, db=self._head)
+        return 0 if raw is None else from_u64(bytes(raw))
+
+    def _bump(self, txn: Txn) -> None:
+        txn.put(_FEED, u64((self.changes(txn) + 1) % 2**64), db=self._head)
 
     def next_expiry(self, txn: Txn) -> float | None:
         """When the next retention ends (None: nothing is held)."""
