@@ -374,3 +374,44 @@ def test_a_jetstream_publish_carries_the_attempts_traceparent(tmp_path: Path) ->
     published = [s for s in spans("surelay.deliver") if s.attributes["surelay.transport"] == "js"]
     assert receive.parent is not None
     assert receive.parent.span_id == published[0].context.span_id
+
+
+def test_push_has_spans_and_metrics(tmp_path: Path) -> None:
+    from surelay import Runtime  # noqa: PLC0415
+    from surelay.push import PushConfig  # noqa: PLC0415
+    from tests.push.serving import SECRET, Client, serving  # noqa: PLC0415
+
+    push = PushConfig(SECRET, ack_timeout=0.2, max_deliveries=1)
+    with Runtime.open(tmp_path, transports={}, push=push) as rt, serving(rt) as url:
+        first = rt.push.send("ann", b"a")
+        rt.push.send("ann", b"b")
+        token = rt.push.issue_token("ann")
+
+        async def main() -> None:
+            client = await Client.connect(url, token, "phone")
+            assert [f["seq"] for f in await client.take(2)] == [1, 2]
+            assert sum(p.value for p in metric_points()["surelay.push.pending"]) == 2
+            await client.ack(1)
+            await client.read(1)
+            assert (await client.next())["t"] == "gap"  # 2 never acked: poison
+            points = metric_points()
+            assert sum(p.value for p in points["surelay.push.connections"]) >= 1
+            assert sum(p.value for p in points["surelay.push.pending"]) == 0  # acked, failed
+            await client.close()
+
+        asyncio.run(main())
+        wait_for(lambda: bool(spans("surelay.push.failed")), 5, "the failed span")
+    (append, _) = spans("surelay.push.append")
+    assert append.attributes == {
+        "surelay.push.recipient": "ann",
+        "surelay.push.seq": 1,
+        "surelay.message_id": first.msg_id,
+    }
+    (ack,) = spans("surelay.push.ack")
+    assert (ack.attributes or {})["surelay.push.device"] == "phone"
+    assert spans("surelay.push.read") and spans("surelay.push.deliver")
+    (failed,) = spans("surelay.push.failed")
+    assert (failed.attributes or {})["surelay.reason"] == "poison"
+    points = metric_points()
+    for name in ("appended", "frames", "acks", "reads", "failed"):
+        assert sum(p.value for p in points[f"surelay.push.{name}"]) >= 1, name

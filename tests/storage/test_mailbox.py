@@ -333,6 +333,7 @@ class MailboxModel(StoreMachine):
                 held = [m.seq for m in self.mb.after(txn, recipient, 0, limit=1000)]
                 assert held == sorted(s for r, s in self.held if r == recipient)
                 assert self.mb.pending(txn, recipient) == self._pending(recipient)
+            assert self.mb.pending_total(txn) == self._pending("a") + self._pending("b")
         for (recipient, seq), status in statuses.items():
             assert status.seq == seq
             delivered = any(self.acked.get((recipient, d), 0) >= seq for d in ("phone", "laptop"))

@@ -19,6 +19,13 @@ from typing import TYPE_CHECKING
 from surelay.envelope import Envelope, Priority, check_headers, check_payload, check_text
 from surelay.errors import InvalidMessage, MailboxFull, Overloaded, PermanentError, TransientError
 from surelay.push.config import PushConfig
+from surelay.push.telemetry import (
+    ATTR_DEVICE,
+    ATTR_MSG_ID,
+    ATTR_REASON,
+    ATTR_SEQ,
+    PushTelemetry,
+)
 from surelay.push.tokens import check_name, issue
 from surelay.storage.environment import Txn
 from surelay.storage.keys import new_id
@@ -27,6 +34,7 @@ from surelay.storage.records import DeadLetter
 from surelay.storage.store import Store
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import Span
     from starlette.applications import Starlette
 
     from surelay.push.server import Presence
@@ -73,6 +81,7 @@ class Gateway:
             else (rate.per / rate.count, (rate.burst_or_one - 1) * rate.per / rate.count)
         )
         self._presence: Presence | None = None
+        self.telemetry = PushTelemetry(self._connections, self._pending)
 
     def send(
         self,
@@ -87,8 +96,10 @@ class Gateway:
         `ttl` (seconds, at most the config's `retention`) ends its retention sooner.
         Raises `InvalidMessage` for a bad argument, `MailboxFull` past `max_pending`
         undelivered messages, `Overloaded` past `rate_per_recipient`."""
-        receipt = self._answer(self._submit(recipient, payload, idempotency_key, headers, ttl))
-        self._wake(recipient)
+        with self.telemetry.span("append", str(recipient)[:256]) as span:
+            future = self._submit(recipient, payload, idempotency_key, headers, ttl)
+            receipt = self._answer(future)
+            self._appended(span, recipient, receipt)
         return receipt
 
     async def asend(
@@ -101,10 +112,18 @@ class Gateway:
         ttl: float | None = None,
     ) -> PushReceipt:
         """`send` for a coroutine: the event loop goes on while the write commits."""
-        future = self._submit(recipient, payload, idempotency_key, headers, ttl)
-        receipt = self._receipt(await asyncio.wrap_future(future))
-        self._wake(recipient)
+        with self.telemetry.span("append", str(recipient)[:256]) as span:
+            future = self._submit(recipient, payload, idempotency_key, headers, ttl)
+            receipt = self._receipt(await asyncio.wrap_future(future))
+            self._appended(span, recipient, receipt)
         return receipt
+
+    def _appended(self, span: Span, recipient: str, receipt: PushReceipt) -> None:
+        span.set_attribute(ATTR_SEQ, receipt.seq)
+        span.set_attribute(ATTR_MSG_ID, receipt.msg_id)
+        if not receipt.duplicate:
+            self.telemetry.count("appended")
+        self._wake(recipient)
 
     def status(self, msg_id: str) -> PushStatus | None:
         """What became of message `msg_id` (None: unknown, or past its retention), from
@@ -189,6 +208,10 @@ class Gateway:
         """Frames of `mails` went: their statuses say so (written in the background:
         the frame is not held up, and a lost mark only leaves a status at `queued`)."""
         mailboxes, clock = self.mailboxes, self._clock
+        if mails:
+            self.telemetry.count("frames", len(mails))
+            with self.telemetry.span("deliver", mails[0].recipient, {ATTR_SEQ: mails[-1].seq}):
+                pass  # the frames went just before: the span marks when, and up to which
 
         def mark(txn: Txn) -> None:
             mailboxes.mark_sent(txn, mails, clock())
@@ -198,15 +221,22 @@ class Gateway:
     async def ack(self, recipient: str, device: str, upto: int) -> int:
         """`device` acked up to `upto`: durable before this returns; its cursor."""
         mailboxes, clock = self.mailboxes, self._clock
-        future = self._store.write(lambda txn: mailboxes.ack(txn, recipient, device, upto, clock()))
-        return await asyncio.wrap_future(future)
+        with self.telemetry.span("ack", recipient, {ATTR_DEVICE: device, ATTR_SEQ: upto}):
+            future = self._store.write(
+                lambda txn: mailboxes.ack(txn, recipient, device, upto, clock())
+            )
+            acked = await asyncio.wrap_future(future)
+        self.telemetry.count("acks")
+        return acked
 
     async def read(self, recipient: str, device: str, upto: int) -> None:
         mailboxes, clock = self.mailboxes, self._clock
-        future = self._store.write(
-            lambda txn: mailboxes.read(txn, recipient, device, upto, clock())
-        )
-        await asyncio.wrap_future(future)
+        with self.telemetry.span("read", recipient, {ATTR_DEVICE: device, ATTR_SEQ: upto}):
+            future = self._store.write(
+                lambda txn: mailboxes.read(txn, recipient, device, upto, clock())
+            )
+            await asyncio.wrap_future(future)
+        self.telemetry.count("reads")
 
     async def fail(self, recipient: str, seq: int, reason: Failure) -> Mail | None:
         """Take message `seq` out of the mailbox as failed, and store it as a dead letter
@@ -221,7 +251,11 @@ class Gateway:
                 store.dead_letters.insert(txn, _dead_letter(mail, reason, attempts, now))
             return mail
 
-        return await asyncio.wrap_future(self._store.write(op))
+        with self.telemetry.span("failed", recipient, {ATTR_SEQ: seq, ATTR_REASON: reason}):
+            mail = await asyncio.wrap_future(self._store.write(op))
+        if mail is not None:
+            self.telemetry.count("failed", reason=reason)
+        return mail
 
     def expire(self, now: float | None = None, *, limit: int = 10_000) -> int:
         """End the retention of what is due (the runtime's sweeper does this on its
@@ -236,7 +270,9 @@ class Gateway:
                 store.dead_letters.insert(txn, _dead_letter(mail, "expired", 0, at))
             return len(failed)
 
-        return self._store.write(op).result(SEND_TIMEOUT)
+        failed: int = self._store.write(op).result(SEND_TIMEOUT)
+        self.telemetry.count("failed", failed, reason="expired")
+        return failed
 
     def next_expiry(self) -> float | None:
         """When `expire` next has something to do (None: nothing held)."""
@@ -270,6 +306,13 @@ class Gateway:
             if mail.seq == seq and status is not None:
                 return status.attempts
         return 0
+
+    def _connections(self) -> int:
+        return 0 if self._presence is None else self._presence.count()
+
+    def _pending(self) -> int:
+        with self._store.read() as txn:
+            return self.mailboxes.pending_total(txn)
 
     def _wake(self, recipient: str) -> None:
         if self._presence is not None:

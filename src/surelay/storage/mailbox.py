@@ -41,6 +41,8 @@ _V1 = 1
 _FEED = b"\xff\xff"
 """`push_head` key of the change count: a name's key starts with its length (at most
 `MAX_NAME_BYTES`), never with 0xFFFF."""
+_PENDING = b"\xff\xfe"
+"""`push_head` key of the undelivered messages of every mailbox (the pending gauge)."""
 _MESSAGE_ENDS = b"m"
 """`push_exp` kind: the message's retention ends (removed; failed if undelivered)."""
 _STATUS_ENDS = b"s"
@@ -206,6 +208,7 @@ class Mailboxes:
         txn.put(micros(expires_at) + _MESSAGE_ENDS + msg_id.encode("utf-8"), b"", db=self._exp)
         self._write_head(txn, name, replace(head, head=seq, pending=head.pending + 1, tat=tat))
         self._bump(txn)
+        self._add_pending(txn, 1)
         return Appended(msg_id, seq, duplicate=False)
 
     # -- reading -------------------------------------------------------------------------
@@ -301,6 +304,7 @@ class Mailboxes:
         self._write_head(
             txn, name, replace(head, delivered=acked, pending=max(0, head.pending - delivered))
         )
+        self._add_pending(txn, -delivered)
         return acked
 
     def read(self, txn: Txn, recipient: str, device: str, upto: int, now: float) -> None:
@@ -338,6 +342,7 @@ class Mailboxes:
             if undelivered:
                 head = self._read_head(txn, name)
                 self._write_head(txn, name, replace(head, pending=max(0, head.pending - 1)))
+                self._add_pending(txn, -1)
             state: State = "failed" if undelivered else status.state
             until = now + keep
             self._write_status(
@@ -439,6 +444,16 @@ class Mailboxes:
         changes, anywhere on the directory: one read tells a process whether to look."""
         raw = txn.get(_FEED, db=self._head)
         return 0 if raw is None else from_u64(bytes(raw))
+
+    def pending_total(self, txn: Txn) -> int:
+        """Undelivered messages in every mailbox of the directory."""
+        raw = txn.get(_PENDING, db=self._head)
+        return 0 if raw is None else from_u64(bytes(raw))
+
+    def _add_pending(self, txn: Txn, delta: int) -> None:
+        if delta:
+            total = max(0, self.pending_total(txn) + delta)
+            txn.put(_PENDING, u64(total), db=self._head)
 
     def _bump(self, txn: Txn) -> None:
         txn.put(_FEED, u64((self.changes(txn) + 1) % 2**64), db=self._head)
