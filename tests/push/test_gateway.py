@@ -137,23 +137,22 @@ def test_issued_tokens_verify_and_expire(tmp_path: Path) -> None:
             rt.push.issue_token("user-42", ttl=0)
 
 
-def test_seq_is_the_acceptance_order_across_processes(tmp_path: Path) -> None:
-    """Three processes send to one recipient at once: the sequence numbers are 1..N,
-    each taken once, and each process's own messages are in the order it sent them."""
-    data = tmp_path / "data"
+def _hosts(data: Path, count: int, *extra: str) -> dict[str, list[str]]:
+    """Three processes sending `count` messages each to "ann" at once; their answers."""
     Runtime.open(data, transports={}).close()  # (made once, not by three at a time)
     start_at = time.time() + 2.0
-    hosts = [
-        subprocess.Popen(
+    hosts = {
+        name: subprocess.Popen(
             [
                 sys.executable,
                 "-m",
                 "tests.push_host",
                 str(data),
                 "ann",
-                "100",
+                str(count),
                 name,
                 repr(start_at),
+                *extra,
             ],
             cwd=ROOT,
             stdout=subprocess.PIPE,
@@ -161,16 +160,33 @@ def test_seq_is_the_acceptance_order_across_processes(tmp_path: Path) -> None:
             env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
         for name in ("a", "b", "c")
-    ]
-    seqs: dict[str, list[int]] = {}
+    }
+    answers: dict[str, list[str]] = {}
     try:
-        for name, host in zip("abc", hosts, strict=True):
+        for name, host in hosts.items():
             out, _ = host.communicate(timeout=90)
             assert host.returncode == 0
-            seqs[name] = [int(line) for line in out.split()]
+            answers[name] = out.split()
     finally:
-        for host in hosts:
+        for host in hosts.values():
             host.kill()
+    return answers
+
+
+def test_max_pending_and_the_rate_are_exact_across_processes(tmp_path: Path) -> None:
+    full = _hosts(tmp_path / "full", 40, "50")  # 120 sent at once, room for 50
+    taken = [a for answers in full.values() for a in answers if a != "full"]
+    assert sorted(int(a) for a in taken) == list(range(1, 51))
+    over = _hosts(tmp_path / "over", 40, "100000", "30")  # 30 a minute, a burst of 30
+    taken = [a for answers in over.values() for a in answers if a != "over"]
+    assert sorted(int(a) for a in taken) == list(range(1, 31))
+
+
+def test_seq_is_the_acceptance_order_across_processes(tmp_path: Path) -> None:
+    """Three processes send to one recipient at once: the sequence numbers are 1..N,
+    each taken once, and each process's own messages are in the order it sent them."""
+    data = tmp_path / "data"
+    seqs = {name: [int(a) for a in answers] for name, answers in _hosts(data, 100).items()}
     every = sorted(s for own in seqs.values() for s in own)
     assert every == list(range(1, 301))
     for own in seqs.values():
