@@ -61,6 +61,12 @@ MAX_SEARCH = MAX_KEY_CHARS
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
+PUSH_LOOK = 10_000
+"""Mailboxes the push page looks at (a directory with more says so)."""
+PUSH_ROWS = 50
+"""Recipients it lists, oldest waiting first."""
+
+
 @dataclass
 class ConsoleSettings:
     """How the console runs. `token`: required on every request when set (a `?token=`
@@ -123,6 +129,7 @@ def create_app(settings: ConsoleSettings, store: Store | None = None) -> Starlet
         Route("/", console.home),
         Route("/dead-letters", console.dead_letters),
         Route("/messages", console.message),
+        Route("/push", console.push),
         Route("/dead-letters/{dead_letter_id}", console.record),
         Route("/confirm/{action:str}", console.confirm),
         Route("/actions/{action:str}", console.act, methods=["POST"]),
@@ -284,6 +291,30 @@ class _Console:
                 in_flight=lambda _message_id: False,  # (known only to its own process)
             )
         return self.page(request, "message.html", search=query, by_key=by_key, found=found)
+
+    async def push(self, request: Request) -> Response:
+        """Push to clients: devices online, what waits for them (oldest first), and a
+        pushed message's status by its msg_id."""
+        query = request.query_params.get("q", "").strip()
+        if len(query) > MAX_SEARCH:
+            return self.error(request, 400, f"q is over {MAX_SEARCH} characters")
+        mailboxes = self.store.mailboxes
+        with self.store.read() as txn:
+            found = mailboxes.status(txn, query) if query else None
+            waiting, more = mailboxes.waiting(txn, limit=PUSH_LOOK)
+            online = mailboxes.online(txn)
+            pending = mailboxes.pending_total(txn)
+        return self.page(
+            request,
+            "push.html",
+            search=query,
+            found=found,
+            waiting=waiting[:PUSH_ROWS],
+            more=more,
+            online=online,
+            pending=pending,
+            look=PUSH_LOOK,
+        )
 
     async def record(self, request: Request) -> Response:
         dead_letter_id = request.path_params["dead_letter_id"]

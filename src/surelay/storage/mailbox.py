@@ -439,6 +439,31 @@ class Mailboxes:
             if _unpack(value)[0] == slot:
                 yield bytes(key)
 
+    def waiting(self, txn: Txn, *, limit: int) -> tuple[list[tuple[str, int, float]], bool]:
+        """The recipients with undelivered messages: (recipient, how many, when the oldest
+        was accepted), oldest first, looking at up to `limit` mailboxes (and whether
+        there were more)."""
+        out: list[tuple[str, int, float]] = []
+        cursor = txn.cursor(db=self._head)
+        looked = 0
+        for key, value in cursor.iternext():
+            raw = bytes(key)
+            if raw in (_FEED, _PENDING):
+                continue
+            looked += 1
+            if looked > limit:
+                out.sort(key=lambda row: row[2])
+                return out, True
+            head = _Head(*_unpack(value))
+            if head.pending <= 0:
+                continue
+            recipient = raw[2:].decode("utf-8")
+            first = self.after(txn, recipient, head.delivered, limit=1)
+            oldest = first[0].created_at if first else 0.0
+            out.append((recipient, head.pending, oldest))
+        out.sort(key=lambda row: row[2])
+        return out, False
+
     def changes(self, txn: Txn) -> int:
         """A count that moves whenever a message is appended or a device's connection
         changes, anywhere on the directory: one read tells a process whether to look."""
