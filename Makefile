@@ -58,6 +58,7 @@ bench: $(DEV_STAMP) $(BENCH_STAMP)
 	$(BIN)/python benchmarks/hosts.py
 	$(BIN)/python benchmarks/jetstream.py
 	$(BIN)/python benchmarks/rabbitmq.py
+	$(BIN)/python benchmarks/push.py
 	$(BIN)/python benchmarks/console.py
 	$(BIN)/python benchmarks/backlog.py
 	$(BIN)/python benchmarks/replay.py
