@@ -58,6 +58,7 @@ def start_uvicorn(cwd: Path, app: str, port: int, env: dict[str, str]) -> subpro
 def test_the_recipes_are_all_tested() -> None:
     assert sorted(PROGRAMS) == [
         "app.py",
+        "chat.py",
         "gunicorn.conf.py",
         "orders.py",
         "orders/migrations/0001_initial.py",  # the SQL outbox recipes: tests/sql/test_recipes.py
@@ -105,6 +106,57 @@ def test_fastapi_recipe_under_uvicorn(tmp_path: Path) -> None:
     for order in ("o0", "o1", "o2", "o3"):  # one order's events arrive in order
         mine = [b for b in got if json.loads(b)["order"] == order]
         assert mine == [b for b in sent if json.loads(b)["order"] == order]
+
+
+def test_chat_recipe_pushes_to_a_device_under_uvicorn(tmp_path: Path) -> None:
+    import asyncio  # noqa: PLC0415
+
+    from surelay.push.client import PushClient  # noqa: PLC0415
+
+    program(tmp_path, "chat.py")
+    port = free_port()
+    env = {**os.environ, "PUSH_SECRET": "s" * 32, "SURELAY_PATH": str(tmp_path / "data")}
+    server = start_uvicorn(tmp_path, "chat:app", port, env)
+
+    def call(method: str, path: str, body: bytes = b"", **headers: str) -> tuple[int, bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        answer = (response.status, response.read())
+        connection.close()
+        return answer
+
+    try:
+        status, page = call("GET", "/")
+        assert status == 200 and b"/push/client.js" in page
+        assert call("GET", "/push/client.js")[0] == 200
+        token = json.loads(call("GET", "/token?user=bob")[1])["token"]
+        first = json.loads(
+            call("POST", "/messages/bob", b"alice: hi", **{"Idempotency-Key": "k1"})[1]
+        )
+        again = json.loads(
+            call("POST", "/messages/bob", b"alice: hi", **{"Idempotency-Key": "k1"})[1]
+        )
+        assert (first["seq"], again["duplicate"], again["msg_id"]) == (1, True, first["msg_id"])
+
+        async def phone() -> list[bytes]:
+            url = f"ws://127.0.0.1:{port}/push/ws"
+            async with PushClient(url, token, "phone") as client:
+                async for message in client:
+                    return [message.data]  # handled: acked as the block ends
+            return []
+
+        assert asyncio.run(phone()) == [b"alice: hi"]
+        wait_for(
+            lambda: (
+                json.loads(call("GET", f"/messages/{first['msg_id']}/status")[1])["state"]
+                == "delivered"
+            )
+        )
+    finally:
+        server.send_signal(signal.SIGTERM)
+        output, _ = server.communicate(timeout=20)
+    assert "Application shutdown complete" in output
 
 
 def test_worker_recipe_stops_cleanly_on_sigterm(tmp_path: Path) -> None:

@@ -178,7 +178,7 @@ def message_frame(mail: Mail, attempt: int) -> str:
 
 def gap(first: int, last: int, reason: str) -> str:
     """Messages `first`..`last` were removed before this device acked them (`reason`:
-    expired, poison, overflow, canceled)."""
+    expired or poison, or `removed` when the reason is no longer known)."""
     return _dumps({"t": "gap", "from": first, "to": last, "reason": reason})
 
 

@@ -379,8 +379,6 @@ class Gateway:
 _REASONS = {
     "poison": "sent max_deliveries times to a device without an ack (poison)",
     "expired": "no device acked it within its retention (expired)",
-    "overflow": "the mailbox overflowed",
-    "canceled": "canceled",
 }
 
 

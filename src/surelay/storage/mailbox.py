@@ -7,7 +7,7 @@ that stores it (acceptance order across every process on the directory), and its
 idempotency key, `max_pending` and the recipient's rate are checked in that same write
 (exact across processes). A device's cumulative ack moves its cursor; the first device
 to ack a message makes it `delivered`. A message stays until its retention ends; one
-that fails (poison, expired, overflow, canceled) leaves the mailbox, so a device that had
+that fails (poison, or expired) leaves the mailbox, so a device that had
 not acked it sees a gap.
 
 Tables (schema 5): `push_head` (recipient -> head, delivered and read marks, pending
@@ -34,8 +34,8 @@ __all__ = ["FAILURES", "STATES", "Appended", "Mail", "Mailboxes", "PushStatus"]
 
 State = Literal["queued", "sent", "delivered", "read", "failed"]
 STATES: tuple[State, ...] = ("queued", "sent", "delivered", "read", "failed")
-Failure = Literal["expired", "poison", "overflow", "canceled"]
-FAILURES: tuple[Failure, ...] = ("expired", "poison", "overflow", "canceled")
+Failure = Literal["expired", "poison"]
+FAILURES: tuple[Failure, ...] = ("expired", "poison")
 
 _V1 = 1
 _FEED = b"\xff\xff"
@@ -66,7 +66,7 @@ class Mail:
 class PushStatus:
     """What became of a pushed message: `queued`, `sent` (a frame went to a device),
     `delivered` (a device acked it: `delivered_at`, `delivered_device`), `read`, or
-    `failed` (`reason`: expired, poison, overflow, canceled). `attempts` counts frames
+    `failed` (`reason`: expired, or poison). `attempts` counts frames
     sent."""
 
     msg_id: str
