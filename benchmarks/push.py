@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -97,6 +98,67 @@ async def _latency_client(url: str, prefix: str, count: int, expect: int, bare: 
     print(json.dumps({"latencies": latencies}), flush=True)
 
 
+async def _count_client(url: str, prefix: str, count: int, expect: int) -> None:
+    """Push devices that ack each message; prints how many distinct messages arrived
+    and when the last did."""
+    sockets = await _open_all(url, [f"{prefix}{i}" for i in range(count)], False)
+    print("ready", flush=True)
+    seen: set[bytes] = set()
+    done = asyncio.Event()
+    last = 0.0
+
+    async def read(ws: Any) -> None:
+        nonlocal last
+        async for raw in ws:
+            frame = json.loads(raw)
+            if frame["t"] == "ping":
+                await ws.send('{"t":"pong"}')
+            elif frame["t"] == "msg":
+                seen.add(base64.b64decode(frame["data"]))
+                last = time.time()
+                await ws.send(json.dumps({"t": "ack", "upto": frame["seq"]}))
+                if len(seen) >= expect:
+                    done.set()
+
+    readers = [asyncio.ensure_future(read(ws)) for ws in sockets]
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(done.wait(), 300)
+    for reader in readers:
+        reader.cancel()
+    print(json.dumps({"received": len(seen), "last": last}), flush=True)
+
+
+async def _socketio_client(url: str, count: int, expect: int, quiet: float) -> None:
+    """python-socketio clients, one per recipient, reconnecting on their own; prints how
+    many distinct messages arrived (and when the last did) once `expect` have, or when
+    none came for `quiet` seconds after the driver says it is done (stdin closed)."""
+    import socketio  # noqa: PLC0415
+
+    seen: set[int] = set()
+    last = 0.0
+    clients = []
+    for i in range(count):
+        client = socketio.AsyncClient(reconnection=True, reconnection_delay=0.1)
+
+        @client.on("msg")  # type: ignore[misc]
+        async def on_msg(data: dict[str, Any]) -> None:
+            nonlocal last
+            seen.add(int(data["n"]))
+            last = time.time()
+
+        await client.connect(url, auth={"recipient": f"r{i}"}, transports=["websocket"])
+        clients.append(client)
+    print("ready", flush=True)
+    stdin_closed = asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    while len(seen) < expect:
+        await asyncio.sleep(0.1)
+        if stdin_closed.done() and time.time() - max(last, 0.0) > quiet:
+            break
+    print(json.dumps({"received": len(seen), "last": last}), flush=True)
+    for client in clients:
+        await client.disconnect()
+
+
 async def _idle_client(url: str, count: int, bare: bool) -> None:
     sockets = await _open_all(url, [f"idle{i}" for i in range(count)], bare)
 
@@ -122,8 +184,8 @@ def _free_port() -> int:
 
 
 class Worker:
-    def __init__(self, data: Path, port: int | None = None) -> None:
-        self.data, self.port = data, port or _free_port()
+    def __init__(self, data: Path, app: str = "benchmarks.push_app:app") -> None:
+        self.data, self.port, self.app = data, _free_port(), app
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Worker:
@@ -132,7 +194,7 @@ class Worker:
                 sys.executable,
                 "-m",
                 "uvicorn",
-                "benchmarks.push_app:app",
+                self.app,
                 "--port",
                 str(self.port),
                 "--ws",
@@ -189,6 +251,8 @@ def _client(*args: str, module: str | None = None) -> subprocess.Popen[str]:
     )
     process = subprocess.Popen(
         command,
+        # python-socketio's clients report each session the server dropped: noise here
+        stderr=subprocess.DEVNULL if args[:1] == ("socketio",) else None,
         cwd=ROOT,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -287,6 +351,62 @@ def storm(data: Path, count: int, kills: int, per_device: int) -> None:
         two.stop()
 
 
+def beside_socketio(data: Path, messages: int, devices: int, kills: int) -> None:
+    """Throughput to `devices` clients of one worker, and what reaches them of what was
+    accepted while the server is SIGKILLed `kills` times (python-socketio keeps nothing:
+    a message it accepted and did not deliver is gone; surelay's storm above)."""
+    print(f"beside python-socketio, {devices} clients on one worker:")
+    push = Worker(data).start()
+    try:
+        client = _client("count", push.ws(), "f", str(devices), str(messages))
+        started = time.time()
+        push.get(f"/flood?messages={messages}&recipients={devices}&prefix=f")
+        out, _ = client.communicate(timeout=400)
+        result = json.loads(out)
+        rate = result["received"] / max(result["last"] - started, 1e-9)
+        print(f"  surelay push   {rate:8,.0f} msg/s delivered and acked ({messages} messages)")
+    finally:
+        push.stop()
+    sio = Worker(data, "benchmarks.socketio_app:app").start()
+    try:
+        url = f"http://127.0.0.1:{sio.port}"
+        client = _client("socketio", url, str(devices), str(messages), "2")
+        started = time.time()
+        sio.get(f"/flood?messages={messages}&recipients={devices}")
+        out, _ = client.communicate("", timeout=400)  # done sending: stdin closed
+        result = json.loads(out)
+        rate = result["received"] / max(result["last"] - started, 1e-9)
+        print(f"  python-socketio{rate:8,.0f} msg/s delivered ({result['received']} of {messages})")
+        rounds = 20
+        client = _client("socketio", url, str(devices), str(rounds * devices), "3")
+        accepted = 0
+        pool = ThreadPoolExecutor(16)
+
+        def emit(n: int) -> bool:
+            try:
+                sio.get(f"/emit?recipient=r{n % devices}&n={n}")
+            except OSError:
+                return False
+            return True
+
+        for round_ in range(rounds):
+            accepted += sum(pool.map(emit, range(round_ * devices, (round_ + 1) * devices)))
+            if (
+                round_ % (rounds // max(kills, 1)) == 0
+                and round_ // (rounds // max(kills, 1)) < kills
+            ):
+                sio.kill()
+                sio.start()
+        out, _ = client.communicate("", timeout=400)  # done sending: stdin closed
+        received = json.loads(out)["received"]
+        print(
+            f"  python-socketio under {kills} SIGKILLs: {accepted} of {rounds * devices} "
+            f"emits accepted, {received} received: {accepted - received} accepted and lost"
+        )
+    finally:
+        sio.stop()
+
+
 def main() -> None:
     if sys.argv[1:2] == ["client"]:
         mode, *rest = sys.argv[2:]
@@ -294,6 +414,10 @@ def main() -> None:
         rest = [r for r in rest if r != "--bare"]
         if mode == "latency":
             asyncio.run(_latency_client(rest[0], rest[1], int(rest[2]), int(rest[3]), bare))
+        elif mode == "count":
+            asyncio.run(_count_client(rest[0], rest[1], int(rest[2]), int(rest[3])))
+        elif mode == "socketio":
+            asyncio.run(_socketio_client(rest[0], int(rest[1]), int(rest[2]), float(rest[3])))
         else:
             asyncio.run(_idle_client(rest[0], int(rest[1]), bare))
         return
@@ -308,6 +432,7 @@ def main() -> None:
         latency(Path(tmp) / "latency", args.seconds, args.rate, 100)
         idle(Path(tmp) / "idle", args.idle)
         storm(Path(tmp) / "storm", args.storm, args.kills, args.kills + 5)
+        beside_socketio(Path(tmp) / "socketio", 20_000, 100, 4)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 the directory in SURELAY_PUSH_DATA, and a bare WebSocket fan-out at /bare/ws (no mailbox,
 no acks, nothing on disk: the baseline).
 
+GET /flood?messages=N&recipients=R sends N messages as fast as it can (64 threads).
 GET /start?rate=R&seconds=S&recipients=N sends R messages a second for S seconds,
 round robin to recipients r0..r(N-1), each payload the time it was sent (push: through
 `rt.push.send`, so its fsync is included; bare: straight to the sockets). GET /rss is
@@ -78,6 +79,24 @@ async def start(request: Request) -> Response:
     return JSONResponse({"started": True})
 
 
+async def flood(request: Request) -> Response:
+    """N messages, round robin to prefix0..prefix(R-1), as fast as T threads can send
+    them (sends of many threads share an fsync); each payload its index."""
+    messages = int(request.query_params["messages"])
+    recipients = int(request.query_params["recipients"])
+    threads = int(request.query_params.get("threads", "64"))
+    prefix = request.query_params.get("prefix", "f")
+    rt: Runtime = STATE["rt"]
+
+    def share(first: int) -> None:
+        for i in range(first, messages, threads):
+            rt.push.send(f"{prefix}{i % recipients}", b"%d" % i)
+
+    for first in range(threads):
+        threading.Thread(target=share, args=(first,), daemon=True).start()
+    return JSONResponse({"started": True})
+
+
 async def rss(_request: Request) -> Response:
     return JSONResponse({"rss_kib": rss_kib()})
 
@@ -109,5 +128,10 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
 
 app = Starlette(
     lifespan=lifespan,
-    routes=[Route("/start", start), Route("/rss", rss), WebSocketRoute("/bare/ws", bare)],
+    routes=[
+        Route("/start", start),
+        Route("/flood", flood),
+        Route("/rss", rss),
+        WebSocketRoute("/bare/ws", bare),
+    ],
 )
