@@ -118,6 +118,16 @@ def test_retention_dead_letters_what_no_device_acked(tmp_path: Path) -> None:
         assert (dead.reason_class, dead.message_id) == ("expired", gone.msg_id)
         assert held(rt, "ann") == [(2, b"long")]
         assert rt.push.status(kept.msg_id) is not None
+        with rt._store.env.write() as txn:  # a row no live connection touches any more
+            rt.push.mailboxes.claim(txn, "ann", "phone", slot=7, connection="c", now=clock.now)
+        clock.now += 299
+        rt.push.expire()
+        with rt._store.read() as txn:
+            assert rt.push.mailboxes.online(txn) == 1
+        clock.now += 1
+        rt.push.expire()
+        with rt._store.read() as txn:
+            assert rt.push.mailboxes.online(txn) == 0  # the idle backstop
 
 
 def test_the_sweeper_ends_retention_on_its_own(tmp_path: Path) -> None:

@@ -345,3 +345,25 @@ class MailboxModel(StoreMachine):
 
 TestMailboxModel = MailboxModel.TestCase
 TestMailboxModel.settings = settings(max_examples=40, stateful_step_count=30, deadline=None)
+
+
+def test_presence_rows_claimed_touched_released_and_forgotten_when_idle(
+    boxes: tuple[Store, Mailboxes],
+) -> None:
+    store, mb = boxes
+    with store.env.write() as txn:
+        assert mb.claim(txn, "ann", "phone", slot=1, connection="c1", now=0.0) is None
+        assert mb.claim(txn, "ann", "phone", slot=2, connection="c2", now=1.0) == (1, "c1")
+        assert mb.claim(txn, "ann", "phone", slot=2, connection="c2", now=2.0) is None
+        mb.claim(txn, "ann", "tablet", slot=1, connection="c3", now=0.0)
+        mb.claim(txn, "bob", "phone", slot=1, connection="c4", now=0.0)
+        assert mb.holder(txn, "ann", "phone") == "c2"
+        mb.release(txn, "ann", "phone", "c1")  # not its row any more
+        assert mb.holder(txn, "ann", "phone") == "c2"
+        mb.touch(txn, [("ann", "tablet", "c3"), ("bob", "phone", "other")], now=500.0)
+        assert mb.forget_idle(txn, 100.0, limit=10) == 2  # c2 (2.0) and c4 (not its touch)
+        assert (mb.holder(txn, "ann", "tablet"), mb.holder(txn, "bob", "phone")) == ("c3", None)
+        assert mb.presence_holds(txn, 1) and not mb.presence_holds(txn, 2)
+        assert mb.release_slot(txn, 1) == 1
+        assert mb.online(txn) == 0
+        assert mb.holder(txn, "nobody", "x") is None

@@ -39,13 +39,19 @@ if TYPE_CHECKING:
 
     from surelay.push.server import Presence
 
-__all__ = ["MAX_PUSH_PAYLOAD", "Gateway", "PushReceipt"]
+__all__ = ["IDLE", "MAX_PUSH_PAYLOAD", "TOUCH", "Gateway", "PushReceipt"]
 
 logger = logging.getLogger("surelay.push")
 
 MAX_PUSH_PAYLOAD = 256 * 1024
 """Bytes: a pushed message goes to phones over WebSocket frames; larger data belongs
 behind a link in the message."""
+
+IDLE = 300.0
+"""Seconds after which a presence row no process has touched is removed (live
+connections touch theirs every `TOUCH` seconds)."""
+
+TOUCH = 60.0
 
 SEND_TIMEOUT = 60.0
 """Seconds `send` waits for its write (a store that cannot write for this long fails
@@ -186,6 +192,12 @@ class Gateway:
         )
         await asyncio.wrap_future(future)
 
+    async def touch(self, rows: list[tuple[str, str, str]]) -> None:
+        """This process's connections are alive (their presence rows' time moves)."""
+        mailboxes, clock = self.mailboxes, self._clock
+        future = self._store.write(lambda txn: mailboxes.touch(txn, rows, clock()))
+        await asyncio.wrap_future(future)
+
     async def release(self, recipient: str, device: str, connection: str) -> None:
         mailboxes = self.mailboxes
         future = self._store.write(
@@ -265,6 +277,7 @@ class Gateway:
         at = self._clock() if now is None else now
 
         def op(txn: Txn) -> int:
+            mailboxes.forget_idle(txn, at - IDLE, limit=limit)
             failed = mailboxes.expire(txn, at, limit=limit, keep=keep)
             for mail in failed:
                 store.dead_letters.insert(txn, _dead_letter(mail, "expired", 0, at))

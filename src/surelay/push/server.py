@@ -39,6 +39,7 @@ from surelay.push.frames import (
     ping,
     welcome,
 )
+from surelay.push.gateway import TOUCH
 from surelay.push.tokens import InvalidToken, verify
 from surelay.push.window import Window
 
@@ -144,12 +145,16 @@ class Presence:
     async def _look(self, gateway: Gateway) -> None:
         seen, looked = -1, 0.0
         loop = asyncio.get_running_loop()
+        touched = loop.time()
         while True:
             await asyncio.sleep(POLL)
             connections = self.connections()
             if not connections:
                 continue
             try:
+                if loop.time() - touched >= TOUCH:  # alive: the idle backstop spares them
+                    touched = loop.time()
+                    await gateway.touch([(c.recipient, c.device, c.id) for c in connections])
                 changes = gateway.changes()
                 if changes == seen and loop.time() - looked < LOOK_ANYWAY:
                     continue

@@ -419,6 +419,32 @@ class Mailboxes:
         if raw is not None and _unpack(raw)[1] == connection:
             txn.delete(key, db=self._presence)
 
+    def touch(self, txn: Txn, rows: list[tuple[str, str, str]], now: float) -> None:
+        """The connections `rows` (recipient, device, connection) are alive at `now`
+        (rows another connection holds now are left alone)."""
+        for recipient, device, connection in rows:
+            key = _name(recipient) + _name(device)
+            raw = txn.get(key, db=self._presence)
+            if raw is not None:
+                slot, held_by, _ = _unpack(raw)
+                if held_by == connection:
+                    txn.put(key, _pack([slot, connection, now]), db=self._presence)
+
+    def forget_idle(self, txn: Txn, before: float, *, limit: int) -> int:
+        """Remove up to `limit` presence rows not touched since `before`: the backstop
+        for a connection whose process neither released its row nor died (its slot's
+        adoption clears those)."""
+        stale = []
+        cursor = txn.cursor(db=self._presence)
+        for key, value in cursor.iternext():
+            if _unpack(value)[2] <= before:
+                stale.append(bytes(key))
+                if len(stale) >= limit:
+                    break
+        for key in stale:
+            txn.delete(key, db=self._presence)
+        return len(stale)
+
     def presence_holds(self, txn: Txn, slot: int) -> bool:
         return any(True for _ in self._rows_of(txn, slot))
 
