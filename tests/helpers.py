@@ -102,3 +102,28 @@ def listening(port: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def system_chromium() -> str:  # noqa: RET503  # (pytest.skip and fail raise)
+    """The system's Chromium for the browser tests; without one the calling module is
+    skipped, unless SURELAY_BROWSER_TESTS=required (as in CI), where that is a failure."""
+    import os  # noqa: PLC0415
+    import shutil  # noqa: PLC0415
+
+    import pytest  # noqa: PLC0415
+
+    found = next(
+        (path for name in ("chromium", "chromium-browser") if (path := shutil.which(name))), None
+    )
+    if found is not None:
+        return found
+    if os.environ.get("SURELAY_BROWSER_TESTS") == "required":
+        pytest.fail(
+            "SURELAY_BROWSER_TESTS=required but no chromium on PATH (apt-get install chromium)",
+            pytrace=False,
+        )
+    pytest.skip(
+        "no system Chromium: install it (apt-get install chromium) to run the browser tests "
+        "(.ci/run does, and requires them)",
+        allow_module_level=True,
+    )

@@ -7,8 +7,6 @@ Screenshots of each page go to artifacts/console/.
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,26 +16,12 @@ import pytest
 
 from surelay import Outcome, RetryPolicy, Runtime, RuntimeConfig
 from tests.cli.test_dlq import Switch
-from tests.helpers import free_port, listening
+from tests.helpers import free_port, listening, system_chromium
 from tests.nats_server import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 SHOTS = ROOT / "artifacts" / "console"
-CHROMIUM = next(
-    (found for name in ("chromium", "chromium-browser") if (found := shutil.which(name))), None
-)
-
-if CHROMIUM is None:
-    if os.environ.get("SURELAY_BROWSER_TESTS") == "required":
-        pytest.fail(
-            "SURELAY_BROWSER_TESTS=required but no chromium on PATH (apt-get install chromium)",
-            pytrace=False,
-        )
-    pytest.skip(
-        "no system Chromium: install it (apt-get install chromium) to run the browser tests "
-        "(.ci/run does, and requires them)",
-        allow_module_level=True,
-    )
+CHROMIUM = system_chromium()  # (skips this module without one, unless required)
 
 from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
 

@@ -7,8 +7,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -20,6 +25,7 @@ from surelay import Runtime
 from tests.helpers import free_port, listening, wait_until
 
 SECRET = "push-test-secret-0123456789"
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 @contextlib.contextmanager
@@ -89,3 +95,51 @@ class Client:
 
     async def close(self) -> None:
         await self.ws.close()
+
+
+class Worker:
+    """A uvicorn worker process serving `tests.push_app` on `data`, as each worker of a
+    host does (`start` returns at once: the caller waits for `listening(port)`)."""
+
+    def __init__(self, data: Path) -> None:
+        self.data, self.port = data, free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/push/ws"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "tests.push_app:app",
+                "--port",
+                str(self.port),
+                "--ws",
+                "websockets-sansio",
+                "--ws-per-message-deflate",
+                "false",
+                "--log-level",
+                "critical",
+            ],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), "SURELAY_PUSH_DATA": str(self.data)},
+            stderr=subprocess.DEVNULL,
+        )
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        """SIGTERM (uvicorn shuts down: the lifespan closes the runtime), else SIGKILL."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()

@@ -4,30 +4,18 @@ after its saved cursor, each message shown once."""
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
-import pytest
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 from starlette.routing import Route
 
 from surelay import Runtime
 from surelay.push import PushConfig
-from tests.helpers import wait_until
+from tests.helpers import system_chromium, wait_until
 from tests.push.serving import SECRET, serving
 
-CHROMIUM = next(
-    (found for name in ("chromium", "chromium-browser") if (found := shutil.which(name))), None
-)
-if CHROMIUM is None:
-    if os.environ.get("SURELAY_BROWSER_TESTS") == "required":
-        pytest.fail(
-            "SURELAY_BROWSER_TESTS=required but no chromium on PATH (apt-get install chromium)",
-            pytrace=False,
-        )
-    pytest.skip("no system Chromium (apt-get install chromium)", allow_module_level=True)
+CHROMIUM = system_chromium()  # (skips this module without one, unless required)
 
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 

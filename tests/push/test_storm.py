@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -17,49 +16,14 @@ import pytest
 
 from surelay import Runtime
 from surelay.push import PushConfig
-from tests.helpers import free_port, listening, wait_until
+from tests.helpers import listening, wait_until
+from tests.push.serving import Worker
 from tests.push_app import SECRET
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 DEVICES = 1000
 ROUNDS = 25
 KILLS_PER_ROUND = 4  # 100 in all
-
-
-class Worker:
-    def __init__(self, data: Path) -> None:
-        self.data, self.port = data, free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/push/ws"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "tests.push_app:app",
-                "--port",
-                str(self.port),
-                "--ws",
-                "websockets-sansio",
-                "--ws-per-message-deflate",
-                "false",
-                "--log-level",
-                "critical",
-            ],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT), "SURELAY_PUSH_DATA": str(self.data)},
-            stderr=subprocess.DEVNULL,
-        )
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
 
 
 @pytest.mark.timeout(600)

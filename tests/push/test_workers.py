@@ -6,55 +6,29 @@ cleared when its slot is adopted."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from surelay import Runtime
 from surelay.push import PushConfig
-from tests.helpers import free_port, listening, wait_until
-from tests.push.serving import SECRET, Client
-
-ROOT = Path(__file__).resolve().parent.parent.parent
+from tests.helpers import listening, wait_until
+from tests.push.serving import SECRET, Client, Worker
 
 
 @contextmanager
 def worker(data: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "tests.push_app:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--ws",
-            "websockets-sansio",
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "SURELAY_PUSH_DATA": str(data)},
-    )
+    started = Worker(data)
+    started.start()
     try:
-        wait_until(lambda: listening(port) or process.poll() is not None, 30)
-        assert process.poll() is None, "the worker did not start"
-        yield f"ws://127.0.0.1:{port}/push/ws", process
+        assert started.process is not None
+        wait_until(lambda: listening(started.port) or started.process.poll() is not None, 30)  # type: ignore[union-attr]
+        assert started.process.poll() is None, "the worker did not start"
+        yield started.url, started.process
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+        started.stop()
 
 
 def test_a_message_accepted_anywhere_reaches_a_device_on_any_worker(tmp_path: Path) -> None:
