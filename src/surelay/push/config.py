@@ -6,7 +6,7 @@ Every bad value raises `ValueError` naming the field, as `RuntimeConfig` does.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 
 from surelay.config import Rate
 
@@ -41,6 +41,7 @@ class PushConfig:
     `max_deliveries` times without progress; `heartbeat` is the ping interval."""
 
     secret: str | bytes
+    _: KW_ONLY
     retention: float = 7 * 86400
     max_pending: int = 1000
     rate_per_recipient: Rate | None = None
