@@ -151,10 +151,10 @@ class Runtime:
             )
         check_per_transport(config, table if push is None else {**table, "push": print})
         store = Store.open(path, map_size=config.map_size, clock=config.clock, claim=True)
-        gateway = None if push is None else Gateway(store, push, config.clock)
-        if gateway is not None:
-            table["push"] = gateway.transport
         try:
+            gateway = None if push is None else Gateway(store, push, config.clock)
+            if gateway is not None:
+                table["push"] = gateway.transport
             parts = start(store, config, table, push=gateway)
         except BaseException:
             store.close()

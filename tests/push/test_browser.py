@@ -29,6 +29,10 @@ PAGE = """<!doctype html>
   const url = `ws://${location.host}/push/ws`;
   window.push = new SurelayPush(url, params.get("token"), "browser-1", {
     onMessage: (message) => {
+      if (message.text() === "boom" && !window.failedOnce) {
+        window.failedOnce = true;
+        throw new Error("the app failed once");  // unacked: it comes again, in order
+      }
       const item = document.createElement("li");
       item.textContent = `${message.seq}:${message.text()}`;  // text, never HTML
       document.getElementById("messages").appendChild(item);
@@ -44,7 +48,7 @@ async def page(_request: Request) -> HTMLResponse:
 
 def test_a_page_gets_its_messages_goes_offline_reloads_and_resumes(tmp_path: Path) -> None:
     with (
-        Runtime.open(tmp_path, transports={}, push=PushConfig(SECRET)) as rt,
+        Runtime.open(tmp_path, transports={}, push=PushConfig(SECRET, ack_timeout=0.3)) as rt,
         serving(rt, [Route("/", page)]) as url,
         sync_playwright() as playwright,
     ):
@@ -69,5 +73,8 @@ def test_a_page_gets_its_messages_goes_offline_reloads_and_resumes(tmp_path: Pat
             expect(items).to_have_text(["5:later 0", "6:later 1"])  # after the saved cursor
             assert tab.evaluate("localStorage.getItem('surelay.push.cursor.browser-1')") == "6"
             wait_until(lambda: rt.push.status(later[-1].msg_id).state == "delivered", 10)  # type: ignore[union-attr]
+            rt.push.send("ann", b"boom")
+            rt.push.send("ann", b"after")
+            expect(items).to_have_text(["5:later 0", "6:later 1", "7:boom", "8:after"])
         finally:
             browser.close()

@@ -38,8 +38,10 @@ def test_acks_and_reads_parse(upto: int) -> None:
 
 def test_a_hello_parses_with_or_without_resume() -> None:
     hello = {"t": "hello", "v": 1, "token": "v1.a.b", "device": "ios-7f3a"}
-    assert parse_client(json.dumps(hello)) == Hello("v1.a.b", "ios-7f3a", 0)
-    assert parse_client(json.dumps({**hello, "resume": None})) == Hello("v1.a.b", "ios-7f3a", 0)
+    # no resume: a device with no cursor of its own (the server's is used)
+    assert parse_client(json.dumps(hello)) == Hello("v1.a.b", "ios-7f3a", None)
+    assert parse_client(json.dumps({**hello, "resume": None})) == Hello("v1.a.b", "ios-7f3a", None)
+    assert parse_client(json.dumps({**hello, "resume": {}})) == Hello("v1.a.b", "ios-7f3a", 0)
     resumed = {**hello, "resume": {"acked": 41}}
     assert parse_client(json.dumps(resumed)) == Hello("v1.a.b", "ios-7f3a", 41)
     assert parse_client('{"t": "pong"}') == Pong()
@@ -50,6 +52,7 @@ def test_a_hello_parses_with_or_without_resume() -> None:
     [
         (b'{"t": "ack", "upto": 1}', "binary frames"),
         ("not json", "JSON object"),
+        ("[" * 4000, "JSON object"),  # nesting that exhausts the parser
         ("[1, 2]", "JSON object"),
         ('{"t": "msg"}', "unknown frame type 'msg'"),
         ("{}", "unknown frame type None"),

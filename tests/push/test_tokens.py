@@ -42,11 +42,8 @@ def test_a_token_changed_anywhere_is_refused(recipient: str, position: int, char
     forged = token[:at] + char + token[at + 1 :]
     if forged == token:
         return
-    with pytest.raises(InvalidToken):
-        grant = verify(KEY, forged, now=0)
-        # base64 padding bits may absorb a change that decodes to the same bytes
-        assert grant != Grant(recipient, "phone", 10.0**9)
-        raise InvalidToken("decoded to the same grant")
+    with pytest.raises(InvalidToken):  # (also one that decodes to the same bytes)
+        verify(KEY, forged, now=0)
 
 
 def test_another_secret_or_a_forged_payload_is_refused() -> None:

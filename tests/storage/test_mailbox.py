@@ -293,8 +293,14 @@ class MailboxModel(StoreMachine):
     def fail(self, data: st.DataObject) -> None:
         recipient, seq = data.draw(st.sampled_from(sorted(self.held)))
         with self.store.env.write() as txn:
-            assert self.mb.fail(txn, recipient, seq, "poison", self.now, keep=5.0) is not None
-        del self.held[recipient, seq]
+            before = self.mb.status(txn, self.held[recipient, seq])
+            failed = self.mb.fail(txn, recipient, seq, "poison", self.now, keep=5.0)
+        assert before is not None
+        if before.state in ("delivered", "read"):  # some device has it: it stays
+            assert failed is None
+        else:
+            assert failed is not None
+            del self.held[recipient, seq]
 
     @rule(step=st.floats(0.5, 30))
     def tick(self, step: float) -> None:
@@ -367,3 +373,27 @@ def test_presence_rows_claimed_touched_released_and_forgotten_when_idle(
         assert mb.release_slot(txn, 1) == 1
         assert mb.online(txn) == 0
         assert mb.holder(txn, "nobody", "x") is None
+
+
+def test_a_message_a_device_acked_is_never_failed(boxes: tuple[Store, Mailboxes]) -> None:
+    store, mb = boxes
+    put(store, mb, "ann", 0)
+    with store.env.write() as txn:
+        mb.ack(txn, "ann", "phone", 1, now=101.0)
+        assert mb.fail(txn, "ann", 1, "poison", now=102.0, keep=10.0) is None  # the laptop's
+        status = mb.status(txn, "ann-0")
+        assert status is not None
+        assert status.state == "delivered"
+        assert [m.seq for m in mb.after(txn, "ann", 0, limit=5)] == [1]  # kept for the rest
+        assert mb.fail(txn, "ann", 9, "poison", now=102.0, keep=10.0) is None
+
+
+def test_long_idempotency_keys_and_names_fit_lmdb_keys(boxes: tuple[Store, Mailboxes]) -> None:
+    store, mb = boxes
+    name, device, key = "n" * 250, "d" * 250, "k" * 1024
+    assert put(store, mb, name, 0, key=key).duplicate is False
+    assert put(store, mb, name, 1, key=key).duplicate is True
+    with store.env.write() as txn:
+        assert mb.ack(txn, name, device, 1, now=101.0) == 1
+        mb.claim(txn, name, device, slot=0, connection="c", now=1.0)
+        assert mb.holder(txn, name, device) == "c"

@@ -70,7 +70,7 @@ class Sweeper(AlarmOwner):
         if self._at.push_next is not None:
             due = self._at.push_next()
             if due is not None:
-                later = min(later, max(due, now + 0.05))
+                later = min(later, max(due, now + 1.0))  # (at most one push sweep a second)
         return later
 
     def on_receive(self, message: Any) -> Any:

@@ -19,11 +19,14 @@
     this.device = device;
     this.onMessage = options.onMessage || function () {};
     this.onClose = options.onClose || function () {};
+    this.onError = options.onError || function (error) { console.error(error); };
     this.storage = options.storage || global.localStorage;
     this.key = options.key || "surelay.push.cursor." + device;
-    this.acked = Number(this.storage.getItem(this.key) || 0);
+    var saved = this.storage.getItem(this.key);
+    this.acked = saved === null ? null : Number(saved);  // null: the server's cursor
     this.failures = 0;
     this.closed = false;
+    this.blocked = null;
     this.chain = Promise.resolve();
     this.connect();
   }
@@ -33,10 +36,9 @@
     var ws = new WebSocket(this.url, "surelay.push.v1");
     this.ws = ws;
     ws.onopen = function () {
-      ws.send(JSON.stringify({
-        t: "hello", v: 1, token: self.token, device: self.device,
-        resume: { acked: self.acked },
-      }));
+      var hello = { t: "hello", v: 1, token: self.token, device: self.device };
+      if (self.acked !== null) hello.resume = { acked: self.acked };
+      ws.send(JSON.stringify(hello));
     };
     ws.onmessage = function (event) {
       var frame = JSON.parse(event.data);
@@ -44,9 +46,13 @@
         ws.send('{"t":"pong"}');
       } else if (frame.t === "welcome") {
         self.failures = 0;
+        if (self.acked === null) self.acked = frame.acked;
       } else if (frame.t === "msg" || frame.t === "gap") {
-        // one at a time, in order: the next waits for the app to finish this one
-        self.chain = self.chain.then(function () { return self.handle(ws, frame); });
+        // one at a time, in order: the next waits for the app to finish this one; a
+        // handler that fails leaves its message unacked (it comes again), the rest go on
+        self.chain = self.chain
+          .then(function () { return self.handle(ws, frame); })
+          .catch(function (error) { self.onError(error); });
       }
     };
     ws.onclose = function (event) {
@@ -81,8 +87,17 @@
       data: Uint8Array.from(atob(frame.data), function (c) { return c.charCodeAt(0); }),
       text: function () { return new TextDecoder().decode(this.data); },
     };
-    return Promise.resolve(this.onMessage(message)).then(function () {
+    if (this.blocked !== null && frame.seq !== this.blocked) {
+      // a message before it failed: in order, nothing after it until it is sent again
+      return Promise.resolve();
+    }
+    // (a handler that throws at once fails like one whose promise rejects)
+    return new Promise(function (resolve) { resolve(self.onMessage(message)); }).then(function () {
+      self.blocked = null;
       self.ack(ws, frame.seq);
+    }, function (error) {
+      self.blocked = frame.seq;  // unacked: the server sends it (and what follows) again
+      throw error;
     });
   };
 

@@ -34,21 +34,21 @@ __all__ = ["CursorStore", "FileCursor", "MemoryCursor", "PushClient", "PushClose
 
 
 class CursorStore(Protocol):
-    """Where a client keeps the last seq it handled."""
+    """Where a client keeps the last seq it handled (`load`: None before the first)."""
 
-    def load(self) -> int: ...
+    def load(self) -> int | None: ...
 
     def save(self, seq: int) -> None: ...
 
 
 class MemoryCursor:
-    """A cursor that lives as long as the process (a restart starts from the server's
-    view of what this device acked)."""
+    """A cursor that lives as long as the process: a new process has none, and resumes
+    after the cursor the server keeps for the device (what it last acked)."""
 
-    def __init__(self, seq: int = 0) -> None:
+    def __init__(self, seq: int | None = None) -> None:
         self.seq = seq
 
-    def load(self) -> int:
+    def load(self) -> int | None:
         return self.seq
 
     def save(self, seq: int) -> None:
@@ -62,11 +62,11 @@ class FileCursor:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
 
-    def load(self) -> int:
+    def load(self) -> int | None:
         try:
             text = self.path.read_text().strip()
         except FileNotFoundError:
-            return 0
+            return None
         if not text.isdigit():
             raise ValueError(f"{self.path} does not hold a push cursor: {text[:40]!r}")
         return int(text)
@@ -180,18 +180,16 @@ class PushClient:
 
         ws = await websockets.connect(self.url, subprotocols=[SUBPROTOCOL])  # type: ignore[list-item]
         self._ws = ws
-        hello = {
-            "t": "hello",
-            "v": 1,
-            "token": self.token,
-            "device": self.device,
-            "resume": {"acked": self.acked},
-        }
+        hello: dict[str, Any] = {"t": "hello", "v": 1, "token": self.token, "device": self.device}
+        if self.acked is not None:  # else: after the cursor the server keeps
+            hello["resume"] = {"acked": self.acked}
         await ws.send(json.dumps(hello))
         async for raw in ws:
             frame = json.loads(raw)
             kind = frame.get("t")
-            if kind == "ping":
+            if kind == "welcome" and self.acked is None:
+                self.acked = int(frame["acked"])
+            elif kind == "ping":
                 await ws.send('{"t": "pong"}')
             elif kind == "msg":
                 if frame["seq"] <= self.acked:  # handled before: tell the server again

@@ -70,11 +70,12 @@ class BadFrame(ValueError):
 @dataclass(frozen=True, slots=True)
 class Hello:
     """The first frame: who (`token`), which device, and the last sequence number the
-    device has acked (`acked`, 0 for none), so delivery resumes after it."""
+    device has handled (`acked`), so delivery resumes after it; None (no `resume`): a
+    device with no cursor of its own, which resumes after the one the server keeps."""
 
     token: str
     device: str
-    acked: int
+    acked: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +114,7 @@ def parse_client(frame: str | bytes) -> ClientFrame:
         raise BadFrame(f"a client frame must be at most {MAX_CLIENT_FRAME} bytes", TOO_BIG)
     try:
         fields = json.loads(frame)
-    except ValueError:
+    except (ValueError, RecursionError):  # (nesting deep enough to exhaust the parser)
         raise BadFrame("a client frame must be a JSON object") from None
     if not isinstance(fields, dict):
         raise BadFrame("a client frame must be a JSON object")
@@ -139,9 +140,9 @@ def _hello(fields: dict[str, object]) -> Hello:
         device = check_name("hello.device", fields.get("device"))
     except ValueError as error:
         raise BadFrame(str(error)) from None
-    resume = fields.get("resume", {})
+    resume = fields.get("resume")
     if resume is None:
-        resume = {}
+        return Hello(token, device, None)
     if not isinstance(resume, dict):
         raise BadFrame(f'hello.resume must be {{"acked": N}}, got {resume!r}')
     return Hello(token, device, _seq("hello.resume.acked", resume.get("acked", 0)))

@@ -87,6 +87,7 @@ class Gateway:
             else (rate.per / rate.count, (rate.burst_or_one - 1) * rate.per / rate.count)
         )
         self._presence: Presence | None = None
+        self._idle_swept = float("-inf")
         self.telemetry = PushTelemetry(self._connections, self._pending)
 
     def send(
@@ -276,8 +277,13 @@ class Gateway:
         keep, store, mailboxes = self.config.retention, self._store, self.mailboxes
         at = self._clock() if now is None else now
 
+        idle = at - self._idle_swept >= TOUCH
+        if idle:
+            self._idle_swept = at
+
         def op(txn: Txn) -> int:
-            mailboxes.forget_idle(txn, at - IDLE, limit=limit)
+            if idle:  # (a scan of the presence rows: once a minute is enough)
+                mailboxes.forget_idle(txn, at - IDLE, limit=limit)
             failed = mailboxes.expire(txn, at, limit=limit, keep=keep)
             for mail in failed:
                 store.dead_letters.insert(txn, _dead_letter(mail, "expired", 0, at))
@@ -405,7 +411,8 @@ def _dead_letter(mail: Mail, reason: Failure, attempts: int, now: float) -> Dead
         transport="push",
         payload=mail.payload,
         headers=dict(mail.headers),
-        idempotency_key=mail.msg_id,
+        # the key it was sent with: a replay is then the one message that key names
+        idempotency_key=mail.idempotency_key or mail.msg_id,
         priority=Priority.NORMAL,
         trace_id=None,
         reason_class="expired" if reason == "expired" else "permanent",

@@ -13,7 +13,8 @@ polls, with acks and reads as small POSTs, and the JavaScript client.
 - `GET {mount}/client.js`: the browser client.
 
 A bad or expired token is 401 with the reason; anything else malformed is 400 naming
-it; a body over 4 KiB is 413. Nothing a client sends is kept beyond its request.
+it; a body over 4 KiB is 413. What a client sends moves only its device's cursor and
+read mark.
 """
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ def _device(pinned: str | None, device: object) -> str:
 
 
 def _seq(what: str, text: str) -> int:
-    if not text.isdigit() or int(text) > MAX_SEQ:
+    if len(text) > 20 or not (text.isascii() and text.isdecimal()) or int(text) > MAX_SEQ:
         raise _Refused(400, f"{what} must be a sequence number, got {text[:40]!r}")
     return int(text)
 
@@ -167,7 +168,7 @@ async def _cursor_post(request: Request, gateway: Gateway) -> tuple[str, str, in
             raise _Refused(413, f"the body must be at most {MAX_CLIENT_FRAME} bytes")
     try:
         fields: Any = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise _Refused(400, 'the body must be JSON: {"device": D, "upto": N}') from None
     if not isinstance(fields, dict):
         raise _Refused(400, 'the body must be JSON: {"device": D, "upto": N}')
@@ -222,7 +223,10 @@ async def _events(
     (acks come as POSTs: the stream looks at the device's cursor), a comment line every
     `heartbeat` so proxies keep it open."""
     config = gateway.config
+    head, _ = gateway.cursor(recipient, device)
+    after = min(after, head)  # (a Last-Event-ID from a directory restored to before it)
     window = Window(after, config.window, config.ack_timeout, config.max_deliveries)
+    waited = 0.0
     yield "retry: 2000\n\n"
     while True:
         _, acked = gateway.cursor(recipient, device)
@@ -242,4 +246,8 @@ async def _events(
             if not mails and head <= window.sent:
                 yield ": ping\n\n"
         else:  # the window is full: wait for an ack (a POST, maybe to another process)
+            waited += LOOK
             await asyncio.sleep(LOOK)
+            if waited >= config.heartbeat:  # a comment keeps proxies from cutting it
+                waited = 0.0
+                yield ": ping\n\n"

@@ -138,9 +138,11 @@ class Presence:
             return len(self._devices)
 
     def tail(self, gateway: Gateway) -> None:
-        """Start looking at the heads of connected recipients (once per loop)."""
-        if self._tail is None or self._tail.done():
-            self._tail = asyncio.get_running_loop().create_task(self._look(gateway))
+        """Start looking at the heads of connected recipients (once per running loop: a
+        server started again on a new loop gets a new look)."""
+        loop = asyncio.get_running_loop()
+        if self._tail is None or self._tail.done() or self._tail.get_loop() is not loop:
+            self._tail = loop.create_task(self._look(gateway))
 
     async def _look(self, gateway: Gateway) -> None:
         seen, looked = -1, 0.0
@@ -165,7 +167,9 @@ class Presence:
                 continue
             for connection in connections:
                 holder = holders[connection.recipient, connection.device]
-                if connection.claimed and holder != connection.id:
+                if connection.claimed and holder is None:  # swept as idle: still here
+                    await gateway.claim(connection.recipient, connection.device, connection.id)
+                elif connection.claimed and holder != connection.id:
                     connection.replace()  # the device connected to another process
                 elif heads[connection.recipient] > connection.window.sent:
                     connection.wake.set()
@@ -242,7 +246,9 @@ async def _next_frame(websocket: WebSocket, timeout: float | None) -> str | byte
 
 async def _close(websocket: WebSocket, code: int, reason: str) -> None:
     with contextlib.suppress(Exception):  # the client may be gone already
-        await websocket.close(code=code, reason=reason[:120])
+        # a close frame's reason is at most 123 bytes of UTF-8
+        short = reason.encode()[:120].decode(errors="ignore")
+        await websocket.close(code=code, reason=short)
 
 
 class _Connection:
@@ -270,10 +276,10 @@ class _Connection:
         self._replaced = True
         self.wake.set()
 
-    async def run(self, resume: int) -> None:
+    async def run(self, resume: int | None) -> None:
         gateway, recipient, device = self.gateway, self.recipient, self.device
         head, stored = gateway.cursor(recipient, device)
-        acked = min(resume, head)
+        acked = min(stored if resume is None else resume, head)
         if acked > stored:  # the device holds more than the server heard it ack
             stored = await gateway.ack(recipient, device, acked)
         self._stored = stored
@@ -309,8 +315,8 @@ class _Connection:
                 await self._resend(now)
             elif action == "poison":
                 await self._poison(now)
+            self.wake.clear()  # before the look: a wake-up during it is not lost
             await self._fill(now)
-            self.wake.clear()
             wait = self._pinged + heartbeat - now
             resend_at = self.window.resend_at()
             if resend_at is not None:

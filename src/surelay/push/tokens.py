@@ -28,8 +28,9 @@ __all__ = [
     "verify",
 ]
 
-MAX_NAME_BYTES = 256
-"""A recipient's or a device's name, UTF-8: keys of the mailbox, so bounded."""
+MAX_NAME_BYTES = 250
+"""A recipient's or a device's name, UTF-8: both together (each with its length) key a
+device's cursor, within LMDB's 511-byte keys."""
 
 MAX_TOKEN_CHARS = 2048
 """Anything longer is refused before it is decoded (inbound frames are bounded)."""
@@ -122,10 +123,14 @@ def verify(key: bytes, token: object, now: float) -> Grant:
         expected = _mac(key, signed)
     except (binascii.Error, ValueError, UnicodeEncodeError):
         raise InvalidToken("the token's signature is not valid") from None
-    if not hmac.compare_digest(given, expected):
+    # only the canonical encoding: no two strings are the same token
+    if not hmac.compare_digest(given, expected) or _b64(given) != parts[2]:
         raise InvalidToken("the token's signature is not valid")
     try:  # signed by us: well formed unless the secret leaked or the format changed
-        fields = json.loads(_unb64(parts[1]))
+        payload = _unb64(parts[1])
+        if _b64(payload) != parts[1]:
+            raise ValueError("not canonical")
+        fields = json.loads(payload)
         recipient, device, expires_at = fields["r"], fields["d"], fields["e"]
         check_name("recipient", recipient)
         if device is not None:

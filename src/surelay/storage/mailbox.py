@@ -19,6 +19,7 @@ status), `push_idem` (recipient, idempotency key -> message id), `push_cursor`
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -60,6 +61,7 @@ class Mail:
     headers: Mapping[str, str]
     created_at: float
     expires_at: float
+    idempotency_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +159,7 @@ class Mailboxes:
         `Overloaded` with the wait."""
         name = _name(recipient)
         if idempotency_key is not None:
-            known = txn.get(name + idempotency_key.encode("utf-8"), db=self._idem)
+            known = txn.get(name + _idem(idempotency_key), db=self._idem)
             if known is not None:
                 status = self.status(txn, bytes(known).decode("utf-8"))
                 # a failed message sent again (a dead letter replayed) is a new message
@@ -182,7 +184,7 @@ class Mailboxes:
         seq = head.head + 1
         txn.put(
             name + u64(seq),
-            _pack([msg_id, recipient, dict(headers), payload, now, expires_at]),
+            _pack([msg_id, recipient, dict(headers), payload, now, expires_at, idempotency_key]),
             db=self._mail,
         )
         self._write_status(
@@ -204,7 +206,7 @@ class Mailboxes:
             ),
         )
         if idempotency_key is not None:
-            txn.put(name + idempotency_key.encode("utf-8"), msg_id.encode("utf-8"), db=self._idem)
+            txn.put(name + _idem(idempotency_key), msg_id.encode("utf-8"), db=self._idem)
         txn.put(micros(expires_at) + _MESSAGE_ENDS + msg_id.encode("utf-8"), b"", db=self._exp)
         self._write_head(txn, name, replace(head, head=seq, pending=head.pending + 1, tat=tat))
         self._bump(txn)
@@ -280,8 +282,10 @@ class Mailboxes:
         upto = min(upto, head.head)
         cursor_key = name + _name(device)
         old = txn.get(cursor_key, db=self._cursor)
-        acked = max(upto, 0 if old is None else from_u64(bytes(old)))
-        txn.put(cursor_key, u64(acked), db=self._cursor)
+        was = 0 if old is None else from_u64(bytes(old))
+        acked = max(upto, was)
+        if acked > was:  # (an ack that moves nothing writes nothing)
+            txn.put(cursor_key, u64(acked), db=self._cursor)
         if acked <= head.delivered:
             return acked
         delivered = 0
@@ -327,35 +331,27 @@ class Mailboxes:
         self, txn: Txn, recipient: str, seq: int, reason: Failure, now: float, *, keep: float
     ) -> Mail | None:
         """Take message `seq` out of `recipient`'s mailbox as `failed` (its status kept
-        `keep` seconds): the caller dead-letters the message returned. None when it is
-        not there (already gone)."""
+        `keep` seconds): the caller dead-letters the message returned. None, and nothing
+        changed, when it is not there or a device has acked it (a message some device
+        got stays for the others: only the device that cannot take it skips it)."""
         name = _name(recipient)
         raw = txn.get(name + u64(seq), db=self._mail)
         if raw is None:
             return None
         mail = _mail(seq, raw)
+        status = self.status(txn, mail.msg_id)
+        if status is None or status.state not in ("queued", "sent"):
+            return None
         txn.delete(name + u64(seq), db=self._mail)
         txn.delete(micros(mail.expires_at) + _MESSAGE_ENDS + mail.msg_id.encode(), db=self._exp)
-        status = self.status(txn, mail.msg_id)
-        if status is not None:
-            undelivered = status.state in ("queued", "sent")
-            if undelivered:
-                head = self._read_head(txn, name)
-                self._write_head(txn, name, replace(head, pending=max(0, head.pending - 1)))
-                self._add_pending(txn, -1)
-            state: State = "failed" if undelivered else status.state
-            until = now + keep
-            self._write_status(
-                txn,
-                replace(
-                    status,
-                    state=state,
-                    reason=reason if undelivered else status.reason,
-                    updated_at=now,
-                    expires_at=until,
-                ),
-            )
-            txn.put(micros(until) + _STATUS_ENDS + mail.msg_id.encode(), b"", db=self._exp)
+        head = self._read_head(txn, name)
+        self._write_head(txn, name, replace(head, pending=max(0, head.pending - 1)))
+        self._add_pending(txn, -1)
+        until = now + keep
+        self._write_status(
+            txn, replace(status, state="failed", reason=reason, updated_at=now, expires_at=until)
+        )
+        txn.put(micros(until) + _STATUS_ENDS + mail.msg_id.encode(), b"", db=self._exp)
         return mail
 
     def expire(self, txn: Txn, now: float, *, limit: int, keep: float) -> list[Mail]:
@@ -525,7 +521,7 @@ class Mailboxes:
     def _forget(self, txn: Txn, status: PushStatus) -> None:
         txn.delete(status.msg_id.encode("utf-8"), db=self._status)
         if status.idempotency_key is not None:
-            key = _name(status.recipient) + status.idempotency_key.encode("utf-8")
+            key = _name(status.recipient) + _idem(status.idempotency_key)
             named = txn.get(key, db=self._idem)
             if named is not None and bytes(named) == status.msg_id.encode("utf-8"):
                 txn.delete(key, db=self._idem)  # (not when the key names a newer message)
@@ -565,5 +561,10 @@ class Mailboxes:
 
 
 def _mail(seq: int, raw: bytes) -> Mail:
-    msg_id, recipient, headers, payload, created_at, expires_at = _unpack(raw)
-    return Mail(msg_id, recipient, seq, payload, headers, created_at, expires_at)
+    msg_id, recipient, headers, payload, created_at, expires_at, key = _unpack(raw)
+    return Mail(msg_id, recipient, seq, payload, headers, created_at, expires_at, key)
+
+
+def _idem(idempotency_key: str) -> bytes:
+    """An idempotency key's part of a key: its SHA-256 (any length of key fits)."""
+    return hashlib.sha256(idempotency_key.encode("utf-8")).digest()
