@@ -66,6 +66,9 @@ def test_a_hundred_sigkills_in_a_reconnect_storm_lose_nothing(tmp_path: Path) ->
                     worker.kill()  # mid-flow, with devices on it
                     worker.start()
                     kills += 1
+                    # one worker starting at a time: the storm is the devices', and the
+                    # machine's other tests keep a core
+                    wait_until(lambda w=worker: listening(w.port), 30)  # type: ignore[misc]
             out, _ = devices.communicate(timeout=400)
         result = json.loads(out)
         assert kills == 100
