@@ -239,3 +239,24 @@ def test_a_bad_frame_after_hello_and_a_missing_subprotocol(tmp_path: Path) -> No
                 await websockets.connect(url)  # no surelay.push.v1: refused before accept
 
         asyncio.run(main())
+
+
+def test_a_recipient_has_at_most_max_devices_connected(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("surelay.push.gateway.MAX_DEVICES", 2)
+    with Runtime.open(tmp_path, transports={}, push=PushConfig(SECRET)) as rt, serving(rt) as url:
+        token = rt.push.issue_token("ann")
+
+        async def main() -> None:
+            first = await Client.connect(url, token, "a")
+            second = await Client.connect(url, token, "b")
+            ws = await websockets.connect(url, subprotocols=["surelay.push.v1"])
+            await ws.send(json.dumps({"t": "hello", "v": 1, "token": token, "device": "c"}))
+            assert await Client(ws, {}).closed() == (1008, "'ann' already has 2 devices connected")
+            again = await Client.connect(url, token, "a")  # a device already counted: fine
+            assert await first.closed() == (4002, "the same device connected again")
+            await again.close()
+            await second.close()
+
+        asyncio.run(main())

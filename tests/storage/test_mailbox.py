@@ -397,3 +397,19 @@ def test_long_idempotency_keys_and_names_fit_lmdb_keys(boxes: tuple[Store, Mailb
         assert mb.ack(txn, name, device, 1, now=101.0) == 1
         mb.claim(txn, name, device, slot=0, connection="c", now=1.0)
         assert mb.holder(txn, name, device) == "c"
+
+
+def test_a_recipient_connects_at_most_limit_devices(boxes: tuple[Store, Mailboxes]) -> None:
+    from surelay.storage.mailbox import TooManyDevices  # noqa: PLC0415
+
+    store, mb = boxes
+    with store.env.write() as txn:
+        for device in ("a", "b"):
+            mb.claim(txn, "ann", device, slot=0, connection=device, now=0.0, limit=2)
+        mb.claim(txn, "an", "x", slot=0, connection="x", now=0.0, limit=2)  # another's
+        mb.claim(txn, "ann", "a", slot=0, connection="a2", now=1.0, limit=2)  # a again: fine
+    with (
+        pytest.raises(TooManyDevices, match="'ann' already has 2 devices"),
+        store.env.write() as txn,
+    ):
+        mb.claim(txn, "ann", "c", slot=0, connection="c", now=2.0, limit=2)

@@ -39,13 +39,17 @@ if TYPE_CHECKING:
 
     from surelay.push.server import Presence
 
-__all__ = ["IDLE", "MAX_PUSH_PAYLOAD", "TOUCH", "Gateway", "PushReceipt"]
+__all__ = ["IDLE", "MAX_DEVICES", "MAX_PUSH_PAYLOAD", "TOUCH", "Gateway", "PushReceipt"]
 
 logger = logging.getLogger("surelay.push")
 
 MAX_PUSH_PAYLOAD = 256 * 1024
 """Bytes: a pushed message goes to phones over WebSocket frames; larger data belongs
 behind a link in the message."""
+
+MAX_DEVICES = 32
+"""Devices of one recipient connected at once, across every process on the directory:
+one token cannot hold a worker's sockets without bound."""
 
 IDLE = 300.0
 """Seconds after which a presence row no process has touched is removed (live
@@ -182,13 +186,18 @@ class Gateway:
             holders = {(r, d): self.mailboxes.holder(txn, r, d) for r, d in devices}
         return heads, holders
 
-    async def claim(self, recipient: str, device: str, connection: str) -> None:
+    async def claim(
+        self, recipient: str, device: str, connection: str, *, limit: bool = True
+    ) -> None:
         """`connection` serves `device` now (one that served it in another process sees
-        this and closes with 4002)."""
+        this and closes with 4002). `TooManyDevices` past `MAX_DEVICES` connected
+        devices of one recipient (across the directory); `limit=False` for a connection
+        taking its own row again."""
         mailboxes, slot, clock = self.mailboxes, self._store.slot, self._clock
+        most = MAX_DEVICES if limit else None
         future = self._store.write(
             lambda txn: mailboxes.claim(
-                txn, recipient, device, slot=slot, connection=connection, now=clock()
+                txn, recipient, device, slot=slot, connection=connection, now=clock(), limit=most
             )
         )
         await asyncio.wrap_future(future)

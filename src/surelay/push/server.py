@@ -25,6 +25,7 @@ import uuid
 from typing import TYPE_CHECKING
 
 from surelay.push.frames import (
+    BAD_FRAME,
     BAD_TOKEN,
     HELLO_TIMEOUT,
     REPLACED,
@@ -42,6 +43,7 @@ from surelay.push.frames import (
 from surelay.push.gateway import TOUCH
 from surelay.push.tokens import InvalidToken, verify
 from surelay.push.window import Window
+from surelay.storage.mailbox import TooManyDevices
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -168,7 +170,9 @@ class Presence:
             for connection in connections:
                 holder = holders[connection.recipient, connection.device]
                 if connection.claimed and holder is None:  # swept as idle: still here
-                    await gateway.claim(connection.recipient, connection.device, connection.id)
+                    await gateway.claim(
+                        connection.recipient, connection.device, connection.id, limit=False
+                    )
                 elif connection.claimed and holder != connection.id:
                     connection.replace()  # the device connected to another process
                 elif heads[connection.recipient] > connection.window.sent:
@@ -220,7 +224,11 @@ async def serve(websocket: WebSocket, gateway: Gateway, presence: Presence) -> N
         older.replace()
     presence.tail(gateway)
     try:
-        await gateway.claim(connection.recipient, connection.device, connection.id)
+        try:
+            await gateway.claim(connection.recipient, connection.device, connection.id)
+        except TooManyDevices as refused:
+            await _close(websocket, BAD_FRAME, str(refused))
+            return
         connection.claimed = True
         await connection.run(hello.acked)
     finally:

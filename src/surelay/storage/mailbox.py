@@ -31,7 +31,15 @@ from surelay.policy.rate import take_turn
 from surelay.storage.environment import Environment, Txn
 from surelay.storage.keys import from_u64, micros, u16, u64
 
-__all__ = ["FAILURES", "STATES", "Appended", "Mail", "Mailboxes", "PushStatus"]
+__all__ = [
+    "FAILURES",
+    "STATES",
+    "Appended",
+    "Mail",
+    "Mailboxes",
+    "PushStatus",
+    "TooManyDevices",
+]
 
 State = Literal["queued", "sent", "delivered", "read", "failed"]
 STATES: tuple[State, ...] = ("queued", "sent", "delivered", "read", "failed")
@@ -48,6 +56,10 @@ _MESSAGE_ENDS = b"m"
 """`push_exp` kind: the message's retention ends (removed; failed if undelivered)."""
 _STATUS_ENDS = b"s"
 """`push_exp` kind: a failed message's status is forgotten."""
+
+
+class TooManyDevices(Exception):
+    """A recipient already has the most devices connected at once."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,12 +402,32 @@ class Mailboxes:
     # -- presence: which connection serves a device -----------------------------------
 
     def claim(
-        self, txn: Txn, recipient: str, device: str, *, slot: int, connection: str, now: float
+        self,
+        txn: Txn,
+        recipient: str,
+        device: str,
+        *,
+        slot: int,
+        connection: str,
+        now: float,
+        limit: int | None = None,
     ) -> tuple[int, str] | None:
         """`connection` (of the runtime holding `slot`) serves `device` from now on;
-        returns the (slot, connection) it displaces, if another held it."""
-        key = _name(recipient) + _name(device)
+        returns the (slot, connection) it displaces, if another held it. With `limit`,
+        `TooManyDevices` when the recipient has that many other devices connected."""
+        name = _name(recipient)
+        key = name + _name(device)
         older = txn.get(key, db=self._presence)
+        if limit is not None and older is None:
+            others = 0
+            cursor = txn.cursor(db=self._presence)
+            if cursor.set_range(name):
+                for found in cursor.iternext(keys=True, values=False):
+                    if not bytes(found).startswith(name):
+                        break
+                    others += 1
+                    if others >= limit:
+                        raise TooManyDevices(f"{recipient!r} already has {limit} devices connected")
         txn.put(key, _pack([slot, connection, now]), db=self._presence)
         self._bump(txn)
         if older is None:
