@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from surelay.supervision import Actor
+from surelay.supervision._mailbox import quiet_when_dropped
 
 __all__ = ["Alarm", "AlarmOwner"]
 
@@ -86,6 +87,7 @@ class AlarmOwner(Actor):
     ) -> Alarm:
         """An alarm that tells this actor `message` when it fires; armed for `at`."""
         ref = self.ref if self.ref is not None else self.actor_ref
+        quiet_when_dropped(type(message))  # a tick left at the final stop is no loss
         self._alarm = Alarm(lambda: ref.tell(message), clock, name=name, poll=poll)
         self._alarm.set(at)
         return self._alarm

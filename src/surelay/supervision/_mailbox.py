@@ -26,9 +26,18 @@ from typing import Any
 from pykka import ActorDeadError
 from pykka._envelope import Envelope
 
-__all__ = ["Mailbox"]
+__all__ = ["Mailbox", "quiet_when_dropped"]
 
 logger = logging.getLogger("surelay.supervision")
+
+_QUIET: set[type] = set()
+"""Kinds of message that are nudges (a timer's tick): one queued when its actor stops for
+good is dropped without a warning (the actor's work went with it)."""
+
+
+def quiet_when_dropped(kind: type) -> None:
+    """Drop messages of `kind` queued at a final stop without a warning."""
+    _QUIET.add(kind)
 
 
 class Mailbox:
@@ -95,7 +104,7 @@ class Mailbox:
         dropped = 0
         for envelope in pending:
             if envelope.reply_to is None:
-                dropped += 1
+                dropped += type(envelope.message) not in _QUIET
                 continue
             error = ActorDeadError(f"{self._name} stopped before handling the message")
             with contextlib.suppress(queue.Full):  # a future is answered once
