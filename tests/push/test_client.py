@@ -99,7 +99,9 @@ def test_the_client_reconnects_and_stops_on_4001_and_4002(tmp_path: Path) -> Non
         asyncio.run(main())
 
 
-def test_a_frame_already_handled_is_dropped(tmp_path: Path) -> None:
+def test_a_device_holding_more_than_the_server_heard_resumes_after_its_own_cursor(
+    tmp_path: Path,
+) -> None:
     with (
         Runtime.open(tmp_path / "d", transports={}, push=PushConfig(SECRET)) as rt,
         serving(rt) as url,
@@ -117,6 +119,38 @@ def test_a_frame_already_handled_is_dropped(tmp_path: Path) -> None:
 
         asyncio.run(main())
         wait_until(lambda: rt.push.cursor("ann", "phone")[1] >= 2, 5)
+
+
+def test_a_frame_sent_again_after_it_was_handled_is_dropped(tmp_path: Path) -> None:
+    """A slow app: the server sends the unacked frames again while the app still holds
+    the first; the client hands each message to the app once."""
+    push = PushConfig(SECRET, ack_timeout=0.1)
+    with (
+        Runtime.open(tmp_path / "d", transports={}, push=push) as rt,
+        serving(rt) as url,
+    ):
+        token = rt.push.issue_token("ann")
+        first = rt.push.send("ann", b"0")
+        rt.push.send("ann", b"1")
+
+        async def main() -> list[tuple[int, int]]:
+            seen: list[tuple[int, int]] = []
+            async with asyncio.timeout(10), PushClient(url, token, "phone") as client:
+                async for message in client:
+                    seen.append((message.seq, message.attempt))
+                    if message.seq == 1:
+                        await asyncio.sleep(0.5)  # the server resends 1 and 2 meanwhile
+                    elif message.seq == 2:
+                        rt.push.send("ann", b"2")
+                    else:
+                        break
+            return seen
+
+        seen = asyncio.run(main())
+        assert [seq for seq, _ in seen] == [1, 2, 3]
+        sent = rt.push.status(first.msg_id)
+        assert sent is not None
+        assert sent.attempts >= 2  # it did go again: the client dropped the copy
 
 
 def test_a_damaged_cursor_file_is_refused(tmp_path: Path) -> None:

@@ -109,7 +109,7 @@ class Gateway:
         undelivered messages, `Overloaded` past `rate_per_recipient`."""
         with self.telemetry.span("append", str(recipient)[:256]) as span:
             future = self._submit(recipient, payload, idempotency_key, headers, ttl)
-            receipt = self._answer(future)
+            receipt = self._receipt(future.result(SEND_TIMEOUT))
             self._appended(span, recipient, receipt)
         return receipt
 
@@ -392,9 +392,6 @@ class Gateway:
             )
 
         return self._store.write(append)
-
-    def _answer(self, future: Future[Appended]) -> PushReceipt:
-        return self._receipt(future.result(SEND_TIMEOUT))
 
     def _receipt(self, appended: Appended) -> PushReceipt:
         if not appended.duplicate:

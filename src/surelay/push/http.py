@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     from surelay.push.server import Presence
 
 __all__ = ["POLL_WAIT", "http_routes"]
+
+Endpoint = Callable[["Request"], Awaitable["Response"]]
 
 POLL_WAIT = 25.0
 """Seconds a long poll waits for a message before it answers with none."""
@@ -89,24 +91,22 @@ def http_routes(gateway: Gateway, presence: Presence) -> list[Route]:
             {"head": head, "messages": [json.loads(text) for text in _frames(after, mails, head)]}
         )
 
-    async def ack(request: Request) -> Response:
-        try:
-            recipient, device, upto = await _cursor_post(request, gateway)
-        except _Refused as error:
-            return refused(error)
-        await gateway.ack(recipient, device, upto)
-        return Response(status_code=204)
+    def cursor_post(move: Callable[[str, str, int], Awaitable[object]]) -> Endpoint:
+        """A POST moving the device's cursor (`gateway.ack`) or read mark (`read`)."""
 
-    async def read(request: Request) -> Response:
-        try:
-            recipient, device, upto = await _cursor_post(request, gateway)
-        except _Refused as error:
-            return refused(error)
-        await gateway.read(recipient, device, upto)
-        return Response(status_code=204)
+        async def endpoint(request: Request) -> Response:
+            try:
+                recipient, device, upto = await _cursor_post(request, gateway)
+            except _Refused as error:
+                return refused(error)
+            await move(recipient, device, upto)  # durable before the answer
+            return Response(status_code=204)
+
+        return endpoint
+
+    script = resources.files("surelay.push").joinpath("client.js").read_text()  # (once)
 
     async def client_js(_request: Request) -> Response:
-        script = resources.files("surelay.push").joinpath("client.js").read_text()
         return Response(
             script,
             media_type="text/javascript",
@@ -116,8 +116,8 @@ def http_routes(gateway: Gateway, presence: Presence) -> list[Route]:
     return [
         Route("/sse", sse),
         Route("/poll", poll),
-        Route("/ack", ack, methods=["POST"]),
-        Route("/read", read, methods=["POST"]),
+        Route("/ack", cursor_post(gateway.ack), methods=["POST"]),
+        Route("/read", cursor_post(gateway.read), methods=["POST"]),
         Route("/client.js", client_js),
     ]
 
